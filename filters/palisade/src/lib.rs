@@ -1,0 +1,1 @@
+pub use palisade_core::hello;
