@@ -1,1 +1,20 @@
-pub fn hello() {}
+//! Palisade core: the API bot-defense policy, independent of any proxy host.
+//!
+//! The proxy-wasm glue (`filters/palisade`) feeds [`pipeline::Engine`] a
+//! request view and host services ([`host`]) and applies the verdict it gets
+//! back. Everything here builds and is tested natively.
+
+pub mod client_ip;
+pub mod config;
+pub mod duration;
+pub mod host;
+pub mod metrics;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod request;
+pub mod routes;
+pub mod slots;
+pub mod verdict;
+
+/// Crate version, logged at VM start.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,216 @@
-pub use palisade_core::hello;
+//! proxy-wasm glue: moves data between the host and the palisade core.
+//! Policy lives in the core crate; this file only adapts.
+
+mod host;
+
+use host::{HostClock, HostMetrics, HostStore, MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
+use palisade_core::config::Policy;
+use palisade_core::metrics::Counter;
+use palisade_core::pipeline::{Engine, Services};
+use palisade_core::request::{encode_map, HeaderMap};
+use palisade_core::slots;
+use palisade_core::verdict::{Reason, Verdict};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+
+const LOG_INFO: u32 = 2;
+const LOG_WARN: u32 = 3;
+const LOG_ERROR: u32 = 4;
+const LOG_CRITICAL: u32 = 5;
+
+/// `log` records go to the proxy's log; Envoy filters by its own level.
+struct ProxyLogger;
+
+impl log::Log for ProxyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+    fn log(&self, record: &log::Record) {
+        let level = match record.level() {
+            log::Level::Error => LOG_ERROR,
+            log::Level::Warn => LOG_WARN,
+            _ => LOG_INFO,
+        };
+        host::log(level, &record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: ProxyLogger = ProxyLogger;
+
+proxy_wasm::main! {{
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| host::log(LOG_CRITICAL, &format!("palisade: panic: {info}"))));
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+#[derive(Default)]
+struct Root {
+    engine: Option<Rc<Engine>>,
+    metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+}
+
+/// 128 random bits from the WASI host (std seeds `RandomState` with `random_get`).
+fn fresh_seed() -> [u8; 16] {
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        h.finish().to_le_bytes()
+    };
+    let (a, b) = (half(), half());
+    let mut seed = [0u8; 16];
+    seed[..8].copy_from_slice(&a);
+    seed[8..].copy_from_slice(&b);
+    seed
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        log::info!(
+            "palisade {} starting ({} build)",
+            palisade_core::VERSION,
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match host::plugin_configuration() {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                log::error!(
+                    "palisade: cannot read the plugin configuration (host status {status})"
+                );
+                return false;
+            }
+        };
+        let policy = match Policy::from_json(&bytes) {
+            Ok(policy) => policy,
+            Err(e) => {
+                log::error!("palisade: {e}");
+                return false;
+            }
+        };
+        let store = HostStore;
+        let prepared = slots::shared_seed(&store, fresh_seed()).and_then(|seed| {
+            slots::ensure_pages(
+                &store,
+                policy.rate_limits.pages,
+                policy.rate_limits.rules.len(),
+            )
+            .map(|()| seed)
+        });
+        let seed = match prepared {
+            Ok(seed) => seed,
+            Err(e) => {
+                log::error!("palisade: cannot prepare shared data tables: {e:?}");
+                return false;
+            }
+        };
+        log::info!(
+            "palisade: configured: {} route classes, {} rate-limit rules, {} slot pages",
+            policy.routes.len_with_default() - 1,
+            policy.rate_limits.rules.len(),
+            policy.rate_limits.pages
+        );
+        self.engine = Some(Rc::new(Engine::new(policy, seed)));
+        self.metric_ids.borrow_mut().clear();
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            engine: self.engine.clone(),
+            metric_ids: self.metric_ids.clone(),
+            response_headers: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    engine: Option<Rc<Engine>>,
+    metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    response_headers: Vec<(&'static str, String)>,
+}
+
+impl Stream {
+    fn respond(&self, status: u16, headers: &[(&'static str, String)], body: &str) -> Action {
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Err(status) = host::send_local_response(status, &encode_map(&pairs), body) {
+            log::error!("palisade: cannot send local response (host status {status})");
+        }
+        Action::Pause
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(engine) = self.engine.clone() else {
+            // Unreachable in Envoy (a refused configuration never gets
+            // traffic); fail closed anyway.
+            let body = format!(
+                r#"{{"error":"unavailable","reason":"{}","request_id":""}}"#,
+                Reason::ConfigMissing.as_str()
+            );
+            return self.respond(
+                503,
+                &[("content-type", "application/json".to_string())],
+                &body,
+            );
+        };
+        let bytes = host::header_map_bytes(MAP_REQUEST_HEADERS).unwrap_or_else(|status| {
+            log::error!("palisade: cannot read request headers (host status {status})");
+            Vec::new()
+        });
+        let headers = HeaderMap::decode(&bytes).unwrap_or_else(|| {
+            log::error!("palisade: malformed header map from host");
+            HeaderMap::default()
+        });
+        let peer =
+            || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
+        let metrics = HostMetrics {
+            engine: engine.clone(),
+            ids: self.metric_ids.clone(),
+        };
+        let services = Services {
+            store: &HostStore,
+            clock: &HostClock,
+            metrics: &metrics,
+        };
+        match engine.evaluate(&headers, &peer, &services) {
+            Verdict::Allow { response_headers } => {
+                self.response_headers = response_headers;
+                Action::Continue
+            }
+            Verdict::Respond(response) => {
+                self.respond(response.status, &response.headers, &response.body)
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.drain(..) {
+            if let Err(status) = host::add_header(MAP_RESPONSE_HEADERS, name, &value) {
+                log::warn!("palisade: cannot add response header {name} (host status {status})");
+            }
+        }
+        Action::Continue
+    }
+}

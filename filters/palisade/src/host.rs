@@ -1,0 +1,278 @@
+//! Host calls palisade makes, declared against the proxy-wasm ABI directly.
+//!
+//! The SDK's wrappers `panic!` on any status they do not expect and decode
+//! header maps with `unwrap`, so one odd header value or host hiccup would
+//! abort the VM and every stream on its worker. These wrappers turn every
+//! status into a `Result` and leave decoding to the core.
+
+use palisade_core::host::{Clock, Metrics, SharedStore, StoreError, Versioned};
+use palisade_core::metrics::Counter;
+use palisade_core::pipeline::Engine;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ptr::{null, null_mut};
+use std::rc::Rc;
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+
+pub const MAP_REQUEST_HEADERS: u32 = 0;
+pub const MAP_RESPONSE_HEADERS: u32 = 2;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const METRIC_COUNTER: u32 = 0;
+
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's
+/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+///
+/// # Safety
+/// `data` must be null or come from the host for this call with `size` bytes.
+unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+pub fn log(level: u32, message: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    unsafe {
+        proxy_log(level, message.as_ptr(), message.len());
+    }
+}
+
+pub fn now_ms() -> u64 {
+    let mut nanos: u64 = 0;
+    // SAFETY: the host writes one u64 to a valid pointer.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == OK {
+        nanos / 1_000_000
+    } else {
+        0
+    }
+}
+
+pub fn plugin_configuration() -> Result<Vec<u8>, u32> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: out-pointers are valid; the returned buffer is taken over once.
+    unsafe {
+        match proxy_get_buffer_bytes(
+            BUFFER_PLUGIN_CONFIGURATION,
+            0,
+            usize::MAX,
+            &mut data,
+            &mut size,
+        ) {
+            OK => Ok(take_host_buffer(data, size)),
+            NOT_FOUND => Ok(Vec::new()),
+            status => Err(status),
+        }
+    }
+}
+
+/// The serialized header map (proxy-wasm map format), decoded by the core.
+pub fn header_map_bytes(map_type: u32) -> Result<Vec<u8>, u32> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as above.
+    unsafe {
+        match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
+            OK => Ok(take_host_buffer(data, size)),
+            status => Err(status),
+        }
+    }
+}
+
+pub fn add_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+    // SAFETY: pointers and lengths describe live &strs.
+    match unsafe {
+        proxy_add_header_map_value(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    } {
+        OK => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// A property by path segments (e.g. `["source", "address"]`).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let joined = path.join("\0");
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as above.
+    unsafe {
+        match proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) {
+            OK => Some(take_host_buffer(data, size)),
+            _ => None,
+        }
+    }
+}
+
+pub fn send_local_response(status: u16, headers: &[u8], body: &str) -> Result<(), u32> {
+    const DETAILS: &str = "palisade";
+    // SAFETY: pointers and lengths describe live buffers.
+    match unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            DETAILS.as_ptr(),
+            DETAILS.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    } {
+        OK => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// proxy-wasm shared data: one process-wide store for all worker VMs.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let mut data: *mut u8 = null_mut();
+        let mut size: usize = 0;
+        let mut cas: u32 = 0;
+        // SAFETY: as above.
+        unsafe {
+            match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+                OK => Ok(Some((take_host_buffer(data, size), cas))),
+                NOT_FOUND => Ok(None),
+                status => Err(StoreError::Host(status)),
+            }
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let value_ptr = if value.is_empty() {
+            null()
+        } else {
+            value.as_ptr()
+        };
+        // SAFETY: as above.
+        match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value_ptr, value.len(), cas) }
+        {
+            OK => Ok(()),
+            CAS_MISMATCH => Err(StoreError::CasMismatch),
+            status => Err(StoreError::Host(status)),
+        }
+    }
+}
+
+pub struct HostClock;
+
+impl Clock for HostClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// Counters defined on first use and remembered per VM, so the hot path
+/// makes one host call per increment.
+pub struct HostMetrics {
+    pub engine: Rc<Engine>,
+    pub ids: Rc<RefCell<HashMap<Counter, u32>>>,
+}
+
+impl HostMetrics {
+    fn id_of(&self, counter: Counter) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(&counter) {
+            return Some(*id);
+        }
+        let name = counter.stat_name(&self.engine.policy);
+        let mut id: u32 = 0;
+        // SAFETY: as above.
+        let status =
+            unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) };
+        if status != OK {
+            return None;
+        }
+        self.ids.borrow_mut().insert(counter, id);
+        Some(id)
+    }
+}
+
+impl Metrics for HostMetrics {
+    fn increment(&self, counter: Counter) {
+        if let Some(id) = self.id_of(counter) {
+            // SAFETY: no pointers.
+            unsafe {
+                proxy_increment_metric(id, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Which address a request comes from.
+//!
+//! Trust model: only the last `trusted_hops` entries of `X-Forwarded-For` were
+//! written by proxies the operator runs; everything left of them is whatever
+//! the client sent, so the client is the `trusted_hops`-th entry from the
+//! right. A request with fewer entries did not pass through those proxies,
+//! and its TCP peer is the client. An entry that is not an address is a
+//! malformed request, not a reason to fall back to a spoofable one.
+
+use crate::config::ClientIpSource;
+use crate::request::HeaderMap;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpError {
+    /// The trusted `X-Forwarded-For` entry is not an IP address.
+    InvalidForwardedFor,
+}
+
+/// Parses `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` and `[::1]:80`.
+pub fn parse_addr(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = text.parse::<SocketAddr>() {
+        return Some(sock.ip());
+    }
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<IpAddr>().ok())
+}
+
+/// The client address, or `Ok(None)` when the host cannot tell (no peer
+/// address, e.g. a Unix socket listener): such requests share one key.
+pub fn resolve(
+    source: ClientIpSource,
+    headers: &HeaderMap<'_>,
+    peer: &dyn Fn() -> Option<String>,
+) -> Result<Option<IpAddr>, ClientIpError> {
+    let from_peer = || peer().as_deref().and_then(parse_addr);
+    let hops = match source {
+        ClientIpSource::Peer => return Ok(from_peer()),
+        ClientIpSource::ForwardedFor { trusted_hops } => trusted_hops as usize,
+    };
+    // Several X-Forwarded-For lines are one list, in order (RFC 9110 5.3).
+    let mut entries: Vec<&[u8]> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        entries.extend(value.split(|b| *b == b','));
+    }
+    if entries.len() < hops {
+        return Ok(from_peer());
+    }
+    let Some(trusted) = entries.get(entries.len() - hops) else {
+        return Ok(from_peer());
+    };
+    std::str::from_utf8(trusted)
+        .ok()
+        .and_then(parse_addr)
+        .map(Some)
+        .ok_or(ClientIpError::InvalidForwardedFor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::encode_map;
+
+    fn resolve_with(
+        source: ClientIpSource,
+        xff: &[&str],
+        peer: Option<&str>,
+    ) -> Result<Option<IpAddr>, ClientIpError> {
+        let pairs: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+        let bytes = encode_map(&pairs);
+        let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+        let peer = peer.map(str::to_string);
+        resolve(source, &headers, &move || peer.clone())
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        text.parse().ok()
+    }
+
+    #[test]
+    fn peer_source_ignores_forwarded_for() {
+        let got = resolve_with(ClientIpSource::Peer, &["9.9.9.9"], Some("10.0.0.1:5555"));
+        assert_eq!(got, Ok(ip("10.0.0.1")));
+        assert_eq!(
+            resolve_with(ClientIpSource::Peer, &[], Some("[2001:db8::1]:443")),
+            Ok(ip("2001:db8::1"))
+        );
+        assert_eq!(resolve_with(ClientIpSource::Peer, &[], None), Ok(None));
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_trusted_hop_from_the_right() {
+        let one = ClientIpSource::ForwardedFor { trusted_hops: 1 };
+        let two = ClientIpSource::ForwardedFor { trusted_hops: 2 };
+        assert_eq!(
+            resolve_with(one, &["6.6.6.6, 198.51.100.7"], Some("10.0.0.1:1")),
+            Ok(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            resolve_with(two, &["6.6.6.6, 198.51.100.7 ,10.0.0.9"], None),
+            Ok(ip("198.51.100.7"))
+        );
+        // Two header lines are one list.
+        assert_eq!(
+            resolve_with(two, &["6.6.6.6", "198.51.100.7", "10.0.0.9"], None),
+            Ok(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            resolve_with(one, &["[2001:db8::5]:8080"], None),
+            Ok(ip("2001:db8::5"))
+        );
+        assert_eq!(
+            resolve_with(one, &["192.0.2.1:3000"], None),
+            Ok(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn too_few_entries_means_the_peer_is_the_client() {
+        let two = ClientIpSource::ForwardedFor { trusted_hops: 2 };
+        assert_eq!(
+            resolve_with(two, &["6.6.6.6"], Some("10.0.0.1:1")),
+            Ok(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            resolve_with(two, &[], Some("10.0.0.1:1")),
+            Ok(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
+    fn a_garbage_trusted_entry_is_an_error_not_a_fallback() {
+        let one = ClientIpSource::ForwardedFor { trusted_hops: 1 };
+        for bad in ["nonsense", "1.2.3.4, ", "999.1.1.1", "", "1.2.3.4 5.6.7.8"] {
+            assert_eq!(
+                resolve_with(one, &[bad], Some("10.0.0.1:1")),
+                Err(ClientIpError::InvalidForwardedFor),
+                "{bad:?}"
+            );
+        }
+        // Garbage left of the trusted entry is the client's business.
+        assert_eq!(
+            resolve_with(one, &["<script>, 203.0.113.9"], None),
+            Ok(ip("203.0.113.9"))
+        );
+    }
+}

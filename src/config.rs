@@ -1,0 +1,938 @@
+//! The filter's one JSON document, parsed and validated once, in
+//! `on_configure`. Everything here runs before traffic flows, so it may be
+//! slow and thorough; everything it produces ([`Policy`]) is what the request
+//! path reads, already checked, with names resolved to indices.
+//!
+//! Every error names the JSON path it is about (`rate_limits.rules[0].capacity`)
+//! and what was expected, so that the operator reading Envoy's log can fix the
+//! document without reading this code.
+
+use crate::duration::Millis;
+use crate::ratelimit::{KeySpec, Refill, Rule};
+use crate::routes::{PathMatcher, RouteClass, RouteTable};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+/// The only schema version so far. Kept explicit so that a later, incompatible
+/// schema can be told apart instead of half-parsed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const MAX_ROUTES: usize = 255;
+const MAX_RULES: usize = 255;
+const MIN_SLOTS: u32 = 16;
+const MAX_SLOTS: u32 = 1 << 22;
+const DEFAULT_SLOTS: u32 = 65_536;
+const MAX_BAN_AFTER: u32 = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending value, `.` for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration at `{}`: {}",
+            self.path, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Whether a stage's findings can deny, or are only logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// What a request gets when palisade's own state (shared data) fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpSource {
+    /// The TCP peer of Envoy.
+    Peer,
+    /// The `n`-th `X-Forwarded-For` entry from the right, for `n` proxies in
+    /// front of Envoy that each append the address they saw.
+    ForwardedFor { trusted_hops: u32 },
+}
+
+/// Escalating cooldowns for keys that keep exceeding a rule with `ban: true`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanPolicy {
+    pub mode: Mode,
+    pub after: u32,
+    pub base_ms: u64,
+    pub factor: f64,
+    pub max_ms: u64,
+    pub decay_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub mode: Mode,
+    /// Number of slot pages in the shared table (slots / slots per page).
+    pub pages: u32,
+    pub quota_headers: bool,
+    pub rules: Vec<Rule>,
+}
+
+/// The validated, compiled configuration the request path reads.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub mode: Mode,
+    pub failure_mode: FailureMode,
+    pub client_ip: ClientIpSource,
+    /// Lower-cased name of the header carrying the user identity.
+    pub user_header: Option<String>,
+    pub routes: RouteTable,
+    pub rate_limits: RateLimits,
+    pub bans: BanPolicy,
+}
+
+impl Policy {
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(err(
+                ".",
+                "the configuration is empty; palisade needs a JSON object (see README, Configuration)",
+            ));
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(".", format!("not valid JSON: {e}")))?;
+        reject_arrays_as_objects(&value, &mut String::new())?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = match e.path().to_string() {
+                p if p == "?" || p.is_empty() => ".".to_string(),
+                p => p,
+            };
+            err(path, e.into_inner().to_string())
+        })?;
+        compile(raw)
+    }
+}
+
+/// The only places the schema has lists; the path pattern writes `[]` for
+/// any index.
+const LIST_PATHS: [&str; 5] = [
+    "routes",
+    "routes[].methods",
+    "rate_limits.rules",
+    "rate_limits.rules[].key",
+    "rate_limits.rules[].routes",
+];
+
+/// serde lets a struct be written as a positional array (`"bans": [3]`);
+/// that is never what an operator means, so arrays are accepted only where
+/// the schema has a list.
+fn reject_arrays_as_objects(
+    value: &serde_json::Value,
+    pattern: &mut String,
+) -> Result<(), ConfigError> {
+    match value {
+        serde_json::Value::Array(items) => {
+            if !LIST_PATHS.contains(&pattern.as_str()) {
+                let shown = if pattern.is_empty() {
+                    "."
+                } else {
+                    pattern.as_str()
+                };
+                return Err(err(
+                    shown.replace("[]", "[..]"),
+                    "expected an object, found an array",
+                ));
+            }
+            for item in items {
+                let len = pattern.len();
+                pattern.push_str("[]");
+                reject_arrays_as_objects(item, pattern)?;
+                pattern.truncate(len);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields {
+                let len = pattern.len();
+                if !pattern.is_empty() {
+                    pattern.push('.');
+                }
+                pattern.push_str(name);
+                reject_arrays_as_objects(field, pattern)?;
+                pattern.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_version")]
+    version: u32,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    failure_mode: FailureMode,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    user: Option<RawUser>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
+    bans: RawBans,
+}
+
+fn default_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    source: RawIpSource,
+    #[serde(default)]
+    trusted_hops: Option<u32>,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+enum RawIpSource {
+    #[default]
+    #[serde(rename = "peer")]
+    Peer,
+    #[serde(rename = "x-forwarded-for")]
+    ForwardedFor,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    header: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    quota_headers: bool,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    key: Vec<KeyPart>,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+    capacity: u32,
+    refill: RawRefill,
+    #[serde(default)]
+    ban: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum KeyPart {
+    Ip,
+    User,
+    Route,
+}
+
+/// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
+/// because a bucket that never refills is a real but surprising policy.
+enum RawRefill {
+    Never,
+    Every { tokens: u32, every: Millis },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefillRate {
+    tokens: u32,
+    every: Millis,
+}
+
+impl<'de> Deserialize<'de> for RawRefill {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefillVisitor;
+        impl<'de> Visitor<'de> for RefillVisitor {
+            type Value = RawRefill;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"none\" or an object {\"tokens\": n, \"every\": \"1s\"}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRefill, E> {
+                match v {
+                    "none" => Ok(RawRefill::Never),
+                    other => Err(E::custom(format!(
+                        "unknown refill `{other}`; expected \"none\" or {{\"tokens\": n, \"every\": \"1s\"}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRefill, A::Error> {
+                let rate = RawRefillRate::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawRefill::Every {
+                    tokens: rate.tokens,
+                    every: rate.every,
+                })
+            }
+        }
+        deserializer.deserialize_any(RefillVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBans {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    after: Option<u32>,
+    #[serde(default)]
+    base: Option<Millis>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    max: Option<Millis>,
+    #[serde(default)]
+    decay: Option<Millis>,
+}
+
+/// Names end up in metric tags and response headers: keep them short and
+/// free of anything that needs escaping.
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "`{name}` is not a valid name; use 1 to 32 lowercase letters, digits, `_` or `-`"
+            ),
+        ))
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
+    if raw.version != SCHEMA_VERSION {
+        return Err(err(
+            "version",
+            format!(
+                "unsupported version {}; this build understands version {SCHEMA_VERSION}",
+                raw.version
+            ),
+        ));
+    }
+    let client_ip = compile_client_ip(&raw.client_ip)?;
+    let user_header = match raw.user {
+        None => None,
+        Some(user) => {
+            if !is_header_name(&user.header) {
+                return Err(err(
+                    "user.header",
+                    format!("`{}` is not a valid HTTP header name", user.header),
+                ));
+            }
+            Some(user.header.to_ascii_lowercase())
+        }
+    };
+    let routes = compile_routes(raw.routes)?;
+    let bans = compile_bans(&raw.bans, raw.mode)?;
+    let rate_limits =
+        compile_rate_limits(raw.rate_limits, raw.mode, &routes, user_header.is_some())?;
+    Ok(Policy {
+        mode: raw.mode,
+        failure_mode: raw.failure_mode,
+        client_ip,
+        user_header,
+        routes,
+        rate_limits,
+        bans,
+    })
+}
+
+fn compile_client_ip(raw: &RawClientIp) -> Result<ClientIpSource, ConfigError> {
+    match (&raw.source, raw.trusted_hops) {
+        (RawIpSource::Peer, None) => Ok(ClientIpSource::Peer),
+        (RawIpSource::Peer, Some(_)) => Err(err(
+            "client_ip.trusted_hops",
+            "only applies with \"source\": \"x-forwarded-for\"",
+        )),
+        (RawIpSource::ForwardedFor, None) => Err(err(
+            "client_ip.trusted_hops",
+            "required with \"source\": \"x-forwarded-for\": the number of proxies in front of Envoy that append to X-Forwarded-For",
+        )),
+        (RawIpSource::ForwardedFor, Some(0)) => Err(err(
+            "client_ip.trusted_hops",
+            "must be at least 1; with no trusted proxy use \"source\": \"peer\"",
+        )),
+        (RawIpSource::ForwardedFor, Some(n)) if n > 16 => {
+            Err(err("client_ip.trusted_hops", format!("{n} is more hops than any real deployment; at most 16")))
+        }
+        (RawIpSource::ForwardedFor, Some(n)) => Ok(ClientIpSource::ForwardedFor { trusted_hops: n }),
+    }
+}
+
+fn compile_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
+    if raw.len() > MAX_ROUTES {
+        return Err(err("routes", format!("at most {MAX_ROUTES} route classes")));
+    }
+    let mut classes: Vec<RouteClass> = Vec::with_capacity(raw.len());
+    for (i, route) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        check_name(&at("name"), &route.name)?;
+        if route.name == RouteTable::DEFAULT_NAME {
+            return Err(err(
+                at("name"),
+                "`default` is reserved for requests no route matches",
+            ));
+        }
+        if classes.iter().any(|c| c.name == route.name) {
+            return Err(err(
+                at("name"),
+                format!("duplicate route name `{}`", route.name),
+            ));
+        }
+        let matcher = match (route.prefix, route.path, route.regex) {
+            (Some(prefix), None, None) => {
+                if !prefix.starts_with('/') {
+                    return Err(err(at("prefix"), "must start with `/`"));
+                }
+                PathMatcher::Prefix(prefix)
+            }
+            (None, Some(path), None) => {
+                if !path.starts_with('/') {
+                    return Err(err(at("path"), "must start with `/`"));
+                }
+                PathMatcher::Exact(path)
+            }
+            (None, None, Some(pattern)) => {
+                let regex = regex_lite::Regex::new(&pattern)
+                    .map_err(|e| err(at("regex"), format!("invalid regular expression: {e}")))?;
+                PathMatcher::Regex(regex)
+            }
+            _ => {
+                return Err(err(
+                    format!("routes[{i}]"),
+                    "needs exactly one of `prefix`, `path` or `regex`",
+                ))
+            }
+        };
+        let methods = match route.methods {
+            None => None,
+            Some(methods) => {
+                if methods.is_empty() {
+                    return Err(err(
+                        at("methods"),
+                        "must not be empty; omit it to match every method",
+                    ));
+                }
+                for (j, m) in methods.iter().enumerate() {
+                    if !is_header_name(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {
+                        return Err(err(
+                            format!("routes[{i}].methods[{j}]"),
+                            format!("`{m}` is not an upper-case HTTP method"),
+                        ));
+                    }
+                }
+                Some(methods)
+            }
+        };
+        classes.push(RouteClass {
+            name: route.name,
+            matcher,
+            methods,
+        });
+    }
+    Ok(RouteTable::new(classes))
+}
+
+fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigError> {
+    let after = raw.after.unwrap_or(3);
+    if after == 0 || after > MAX_BAN_AFTER {
+        return Err(err(
+            "bans.after",
+            format!("must be between 1 and {MAX_BAN_AFTER}"),
+        ));
+    }
+    let factor = raw.factor.unwrap_or(2.0);
+    if !factor.is_finite() || !(1.0..=100.0).contains(&factor) {
+        return Err(err("bans.factor", "must be a number between 1 and 100"));
+    }
+    let base_ms = raw.base.map_or(30_000, Millis::as_ms);
+    let max_ms = raw.max.map_or(3_600_000, Millis::as_ms);
+    if max_ms < base_ms {
+        return Err(err("bans.max", "must not be shorter than bans.base"));
+    }
+    Ok(BanPolicy {
+        mode: raw.mode.unwrap_or(global),
+        after,
+        base_ms,
+        factor,
+        max_ms,
+        decay_ms: raw.decay.map_or(600_000, Millis::as_ms),
+    })
+}
+
+fn compile_rate_limits(
+    raw: RawRateLimits,
+    global: Mode,
+    routes: &RouteTable,
+    has_user_header: bool,
+) -> Result<RateLimits, ConfigError> {
+    let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
+        return Err(err(
+            "rate_limits.slots",
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    if raw.rules.len() > MAX_RULES {
+        return Err(err(
+            "rate_limits.rules",
+            format!("at most {MAX_RULES} rules"),
+        ));
+    }
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+    for (i, rule) in raw.rules.into_iter().enumerate() {
+        let at = |field: &str| format!("rate_limits.rules[{i}].{field}");
+        check_name(&at("name"), &rule.name)?;
+        if rules.iter().any(|r| r.name == rule.name) {
+            return Err(err(
+                at("name"),
+                format!("duplicate rule name `{}`", rule.name),
+            ));
+        }
+        if rule.key.is_empty() {
+            return Err(err(
+                at("key"),
+                "must name at least one of \"ip\", \"user\", \"route\"",
+            ));
+        }
+        let mut key = KeySpec::default();
+        for (j, part) in rule.key.iter().enumerate() {
+            let seen = match part {
+                KeyPart::Ip => std::mem::replace(&mut key.ip, true),
+                KeyPart::User => std::mem::replace(&mut key.user, true),
+                KeyPart::Route => std::mem::replace(&mut key.route, true),
+            };
+            if seen {
+                return Err(err(
+                    format!("rate_limits.rules[{i}].key[{j}]"),
+                    "listed twice",
+                ));
+            }
+        }
+        if key.user && !has_user_header {
+            return Err(err(
+                at("key"),
+                "keys on \"user\" but no `user.header` is configured",
+            ));
+        }
+        let applies_to = match rule.routes {
+            None => None,
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(err(
+                        at("routes"),
+                        "must not be empty; omit it to apply to every route",
+                    ));
+                }
+                let mut ids = Vec::with_capacity(names.len());
+                for (j, name) in names.iter().enumerate() {
+                    let id = routes.id_of(name).ok_or_else(|| {
+                        err(
+                            format!("rate_limits.rules[{i}].routes[{j}]"),
+                            format!("no route class named `{name}` (define it under `routes`, or use `default`)"),
+                        )
+                    })?;
+                    ids.push(id);
+                }
+                Some(ids)
+            }
+        };
+        if rule.capacity == 0 {
+            return Err(err(
+                at("capacity"),
+                "must be at least 1: a bucket of zero would refuse every request",
+            ));
+        }
+        let refill =
+            match rule.refill {
+                RawRefill::Never => None,
+                RawRefill::Every { tokens: 0, .. } => return Err(err(
+                    format!("rate_limits.rules[{i}].refill.tokens"),
+                    "must be at least 1; use \"refill\": \"none\" for a bucket that never refills",
+                )),
+                RawRefill::Every { tokens, every } => Some(Refill {
+                    tokens,
+                    every_ms: every.as_ms(),
+                }),
+            };
+        rules.push(Rule::new(
+            rule.name,
+            u8::try_from(i).unwrap_or(u8::MAX),
+            key,
+            applies_to,
+            routes.len_with_default(),
+            rule.capacity,
+            refill,
+            rule.ban,
+        ));
+    }
+    Ok(RateLimits {
+        mode: raw.mode.unwrap_or(global),
+        pages: slots.div_ceil(crate::slots::SLOTS_PER_PAGE as u32),
+        quota_headers: raw.quota_headers,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(json: &str) -> ConfigError {
+        match Policy::from_json(json.as_bytes()) {
+            Ok(_) => unreachable!("configuration should have been rejected: {json}"),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_rejected(json: &str, path: &str, needle: &str) {
+        let e = error_of(json);
+        assert_eq!(e.path, path, "wrong path for {json}: {e}");
+        assert!(
+            e.message.contains(needle),
+            "message {:?} lacks {needle:?}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn empty_object_is_a_valid_policy_with_safe_defaults() {
+        let p = Policy::from_json(b"{}").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.failure_mode, FailureMode::Deny);
+        assert_eq!(p.client_ip, ClientIpSource::Peer);
+        assert!(p.rate_limits.rules.is_empty());
+        assert_eq!(p.rate_limits.pages, DEFAULT_SLOTS / 4);
+        assert_eq!(p.bans.after, 3);
+    }
+
+    #[test]
+    fn full_document_compiles() {
+        let json = r#"{
+            "version": 1, "mode": "monitor", "failure_mode": "allow",
+            "client_ip": {"source": "x-forwarded-for", "trusted_hops": 2},
+            "user": {"header": "X-User-Id"},
+            "routes": [
+                {"name": "login", "prefix": "/login", "methods": ["POST"]},
+                {"name": "exact", "path": "/health"},
+                {"name": "search", "regex": "^/api/v[0-9]+/search"}
+            ],
+            "rate_limits": {"mode": "enforce", "slots": 1000, "quota_headers": true, "rules": [
+                {"name": "login-ip", "key": ["ip", "route"], "routes": ["login", "default"], "capacity": 5,
+                 "refill": {"tokens": 5, "every": "1m"}, "ban": true},
+                {"name": "users", "key": ["user"], "capacity": 50, "refill": "none"}
+            ]},
+            "bans": {"after": 2, "base": "1s", "factor": 1.5, "max": "1m", "decay": "30s"}
+        }"#;
+        let p = Policy::from_json(json.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(p.mode, Mode::Monitor);
+        assert_eq!(p.rate_limits.mode, Mode::Enforce);
+        assert_eq!(
+            p.bans.mode,
+            Mode::Monitor,
+            "sections inherit the global mode"
+        );
+        assert_eq!(
+            p.client_ip,
+            ClientIpSource::ForwardedFor { trusted_hops: 2 }
+        );
+        assert_eq!(p.user_header.as_deref(), Some("x-user-id"));
+        assert_eq!(p.rate_limits.pages, 250);
+        assert_eq!(p.rate_limits.rules.len(), 2);
+        assert_eq!(
+            p.rate_limits.rules[0].refill,
+            Some(Refill {
+                tokens: 5,
+                every_ms: 60_000
+            })
+        );
+        assert_eq!(p.rate_limits.rules[1].refill, None);
+        assert_eq!(p.bans.base_ms, 1_000);
+    }
+
+    #[test]
+    fn rejects_what_is_not_json() {
+        assert_rejected("", ".", "empty");
+        assert_rejected("  \n", ".", "empty");
+        assert_rejected("{\"version\": 1,", ".", "not valid JSON");
+        assert_rejected("{\"mode\": \"enforce\" \"x\"}", ".", "line 1 column 20");
+        assert_rejected("{} {}", ".", "trailing characters");
+        assert_rejected("[]", ".", "expected an object");
+        assert_rejected(r#"{"bans": [3]}"#, "bans", "expected an object");
+        assert_rejected(
+            r#"{"routes": [["r", "/"]]}"#,
+            "routes[..]",
+            "expected an object",
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields_everywhere() {
+        assert_rejected(r#"{"bogus": 1}"#, "bogus", "unknown field `bogus`");
+        assert_rejected(
+            r#"{"bans": {"lenght": "1s"}}"#,
+            "bans.lenght",
+            "unknown field",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["ip"], "capacity": 1, "refill": {"tokens": 1, "every": "1s", "x": 1}}]}}"#,
+            "rate_limits.rules[0].refill.x",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_types_with_their_path() {
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["ip"], "capacity": "ten", "refill": "none"}]}}"#,
+            "rate_limits.rules[0].capacity",
+            "invalid type",
+        );
+        assert_rejected(r#"{"mode": "block"}"#, "mode", "unknown variant");
+        assert_rejected(
+            r#"{"client_ip": {"source": "header"}}"#,
+            "client_ip.source",
+            "unknown variant",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["mac"], "capacity": 1, "refill": "none"}]}}"#,
+            "rate_limits.rules[0].key[0]",
+            "unknown variant",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["ip"], "capacity": 1, "refill": "daily"}]}}"#,
+            "rate_limits.rules[0].refill",
+            "unknown refill",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["ip"], "capacity": 1, "refill": {"tokens": 1, "every": "1 minute"}}]}}"#,
+            "rate_limits.rules[0].refill.every",
+            "unknown unit",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"slots": -1}}"#,
+            "rate_limits.slots",
+            "invalid value",
+        );
+    }
+
+    #[test]
+    fn rejects_impossible_values() {
+        let rule = |body: &str| format!(r#"{{"rate_limits": {{"rules": [{body}]}}}}"#);
+        assert_rejected(
+            &rule(r#"{"name": "a", "key": ["ip"], "capacity": 0, "refill": "none"}"#),
+            "rate_limits.rules[0].capacity",
+            "at least 1",
+        );
+        assert_rejected(
+            &rule(
+                r#"{"name": "a", "key": ["ip"], "capacity": 1, "refill": {"tokens": 0, "every": "1s"}}"#,
+            ),
+            "rate_limits.rules[0].refill.tokens",
+            "at least 1",
+        );
+        assert_rejected(
+            &rule(r#"{"name": "a", "key": [], "capacity": 1, "refill": "none"}"#),
+            "rate_limits.rules[0].key",
+            "at least one",
+        );
+        assert_rejected(
+            &rule(r#"{"name": "a", "key": ["ip", "ip"], "capacity": 1, "refill": "none"}"#),
+            "rate_limits.rules[0].key[1]",
+            "twice",
+        );
+        assert_rejected(
+            &rule(r#"{"name": "a", "key": ["user"], "capacity": 1, "refill": "none"}"#),
+            "rate_limits.rules[0].key",
+            "user.header",
+        );
+        assert_rejected(
+            &rule(
+                r#"{"name": "a", "key": ["ip"], "routes": ["nowhere"], "capacity": 1, "refill": "none"}"#,
+            ),
+            "rate_limits.rules[0].routes[0]",
+            "no route class named `nowhere`",
+        );
+        assert_rejected(
+            &rule(r#"{"name": "Bad Name", "key": ["ip"], "capacity": 1, "refill": "none"}"#),
+            "rate_limits.rules[0].name",
+            "not a valid name",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"slots": 8}}"#,
+            "rate_limits.slots",
+            "between",
+        );
+        assert_rejected(
+            r#"{"bans": {"factor": 0.5}}"#,
+            "bans.factor",
+            "between 1 and 100",
+        );
+        assert_rejected(r#"{"bans": {"after": 0}}"#, "bans.after", "between");
+        assert_rejected(
+            r#"{"bans": {"base": "1h", "max": "1m"}}"#,
+            "bans.max",
+            "shorter",
+        );
+        assert_rejected(
+            r#"{"bans": {"base": "0s"}}"#,
+            "bans.base",
+            "greater than zero",
+        );
+        assert_rejected(r#"{"version": 2}"#, "version", "unsupported version 2");
+        assert_rejected(
+            r#"{"client_ip": {"source": "x-forwarded-for"}}"#,
+            "client_ip.trusted_hops",
+            "required",
+        );
+        assert_rejected(
+            r#"{"client_ip": {"source": "x-forwarded-for", "trusted_hops": 0}}"#,
+            "client_ip.trusted_hops",
+            "at least 1",
+        );
+        assert_rejected(
+            r#"{"client_ip": {"trusted_hops": 1}}"#,
+            "client_ip.trusted_hops",
+            "only applies",
+        );
+        assert_rejected(
+            r#"{"user": {"header": "x user"}}"#,
+            "user.header",
+            "not a valid HTTP header",
+        );
+    }
+
+    #[test]
+    fn rejects_bad_routes() {
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "regex": "(unclosed"}]}"#,
+            "routes[0].regex",
+            "invalid regular expression",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r"}]}"#,
+            "routes[0]",
+            "exactly one of",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "prefix": "/a", "path": "/b"}]}"#,
+            "routes[0]",
+            "exactly one of",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "prefix": "a"}]}"#,
+            "routes[0].prefix",
+            "start with",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "default", "prefix": "/"}]}"#,
+            "routes[0].name",
+            "reserved",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "prefix": "/a"}, {"name": "r", "prefix": "/b"}]}"#,
+            "routes[1].name",
+            "duplicate",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "prefix": "/a", "methods": ["post"]}]}"#,
+            "routes[0].methods[0]",
+            "upper-case",
+        );
+        assert_rejected(
+            r#"{"routes": [{"name": "r", "prefix": "/a", "methods": []}]}"#,
+            "routes[0].methods",
+            "not be empty",
+        );
+    }
+
+    #[test]
+    fn error_display_names_the_path() {
+        let e = error_of(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["ip"], "capacity": 0, "refill": "none"}]}}"#,
+        );
+        assert!(e
+            .to_string()
+            .starts_with("invalid configuration at `rate_limits.rules[0].capacity`: "));
+    }
+}

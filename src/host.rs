@@ -1,0 +1,163 @@
+//! What the core needs from its host, as small traits: the proxy-wasm glue
+//! implements them over host calls, tests over memory. Nothing in the core
+//! calls the host any other way, so every policy can be tested natively.
+
+use crate::metrics::Counter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Wall-clock milliseconds since the Unix epoch, read once per request.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+/// Why a shared-store call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else wrote the key since we read it: read again and retry.
+    CasMismatch,
+    /// The host answered with an unexpected status (its numeric code).
+    Host(u32),
+}
+
+/// A value and the version it was read at.
+pub type Versioned = (Vec<u8>, u32);
+
+/// Process-wide key/value store shared by all worker threads, with
+/// compare-and-swap: proxy-wasm shared data.
+///
+/// Semantics follow Envoy's: `set` with a non-zero `cas` fails with
+/// [`StoreError::CasMismatch`] when the key changed since that version, but
+/// on a key that does not exist yet `set` always inserts, whatever `cas` says
+/// (the first insert is not atomic, which is why slot pages are created up
+/// front, see [`crate::slots`]).
+pub trait SharedStore {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// Counter sink.
+pub trait Metrics {
+    fn increment(&self, counter: Counter);
+}
+
+/// In-memory [`SharedStore`] with Envoy's semantics, safe to share between
+/// threads so native tests can play several workers at once.
+#[derive(Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<String, Versioned>>,
+    next_cas: AtomicU32,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys ever written: what bounds memory.
+    pub fn key_count(&self) -> usize {
+        self.entries.lock().map_or(0, |m| m.len())
+    }
+
+    /// Total bytes of keys and values held.
+    pub fn byte_size(&self) -> usize {
+        self.entries
+            .lock()
+            .map_or(0, |m| m.iter().map(|(k, (v, _))| k.len() + v.len()).sum())
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let entries = self.entries.lock().map_err(|_| StoreError::Host(1))?;
+        Ok(entries.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut entries = self.entries.lock().map_err(|_| StoreError::Host(1))?;
+        let version = self
+            .next_cas
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1);
+        match entries.get_mut(key) {
+            Some(entry) => {
+                if cas != 0 && cas != entry.1 {
+                    return Err(StoreError::CasMismatch);
+                }
+                *entry = (value.to_vec(), version);
+            }
+            None => {
+                entries.insert(key.to_string(), (value.to_vec(), version));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn at(ms: u64) -> Self {
+        ManualClock(AtomicU64::new(ms))
+    }
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts increments per counter, for tests.
+#[derive(Default)]
+pub struct MemoryMetrics(Mutex<HashMap<Counter, u64>>);
+
+impl MemoryMetrics {
+    pub fn get(&self, counter: &Counter) -> u64 {
+        self.0
+            .lock()
+            .map_or(0, |m| m.get(counter).copied().unwrap_or(0))
+    }
+}
+
+impl Metrics for MemoryMetrics {
+    fn increment(&self, counter: Counter) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(counter).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_follows_envoy_cas_semantics() {
+        let store = MemoryStore::new();
+        assert_eq!(store.get("k"), Ok(None));
+        // First insert ignores cas, as Envoy does.
+        assert_eq!(store.set("k", b"a", 12345), Ok(()));
+        let (value, cas) = store.get("k").ok().flatten().unwrap_or_default();
+        assert_eq!(value, b"a");
+        assert_eq!(store.set("k", b"b", cas), Ok(()));
+        assert_eq!(
+            store.set("k", b"c", cas),
+            Err(StoreError::CasMismatch),
+            "stale version"
+        );
+        assert_eq!(store.set("k", b"d", 0), Ok(()), "cas 0 overwrites");
+        assert_eq!(
+            store.get("k").ok().flatten().map(|v| v.0),
+            Some(b"d".to_vec())
+        );
+        assert_eq!(store.key_count(), 1);
+    }
+}

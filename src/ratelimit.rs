@@ -1,0 +1,611 @@
+//! Token-bucket rate limits per client IP, user, route and their
+//! combinations, with escalating cooldowns (bans) for keys that keep
+//! exceeding a rule.
+//!
+//! Threat: credential stuffing, scraping and flooding from one source, and
+//! attempts to dodge a limit by spreading over worker threads or by flooding
+//! the state table. Every bucket lives in a shared-data slot page (see
+//! `slots`), updated by compare-and-swap, so a limit holds exactly across
+//! workers; a full table sends unplaced keys to a shared overflow bucket.
+//!
+//! Buckets refilling over time use GCRA: the state is the "theoretical
+//! arrival time" (microseconds) at which the bucket would be full again,
+//! exact with integer math however often it is read. Buckets that never
+//! refill count the requests they let through.
+
+use crate::config::BanPolicy;
+use crate::host::{Metrics, SharedStore, StoreError};
+use crate::routes::RouteId;
+use crate::slots::{self, Page, Record};
+use crate::verdict::Quota;
+
+/// Which request attributes make up a rule's key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySpec {
+    pub ip: bool,
+    pub user: bool,
+    pub route: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    pub tokens: u32,
+    pub every_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub index: u8,
+    pub key: KeySpec,
+    /// Indexed by route id: whether the rule applies to that route class.
+    applies: Vec<bool>,
+    pub capacity: u32,
+    pub refill: Option<Refill>,
+    pub ban: bool,
+    /// Microseconds per token; `None` when the bucket never refills.
+    interval_us: Option<u64>,
+}
+
+/// The outcome of taking one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Take {
+    pub allowed: bool,
+    pub state: u64,
+    pub remaining: u64,
+    /// Allowed: µs until the bucket is full again. Refused: µs until the next
+    /// token. `None` for buckets that never refill.
+    pub wait_us: Option<u64>,
+}
+
+fn ceil_seconds(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+impl Rule {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        index: u8,
+        key: KeySpec,
+        applies_to: Option<Vec<RouteId>>,
+        route_count: usize,
+        capacity: u32,
+        refill: Option<Refill>,
+        ban: bool,
+    ) -> Rule {
+        let applies = match applies_to {
+            None => vec![true; route_count],
+            Some(ids) => (0..route_count)
+                .map(|id| ids.iter().any(|r| usize::from(*r) == id))
+                .collect(),
+        };
+        let interval_us =
+            refill.map(|r| (r.every_ms.saturating_mul(1000) / u64::from(r.tokens)).max(1));
+        Rule {
+            name,
+            index,
+            key,
+            applies,
+            capacity,
+            refill,
+            ban,
+            interval_us,
+        }
+    }
+
+    pub fn applies_to(&self, route: RouteId) -> bool {
+        self.applies
+            .get(usize::from(route))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// µs to refill the whole capacity.
+    fn burst_us(&self, interval_us: u64) -> u64 {
+        interval_us.saturating_mul(u64::from(self.capacity))
+    }
+
+    /// Whether a bucket in `state` is full, i.e. remembers nothing.
+    pub fn is_full(&self, state: u64, now_us: u64) -> bool {
+        match self.interval_us {
+            Some(_) => state <= now_us,
+            None => state == 0,
+        }
+    }
+
+    /// Takes one token from a bucket in `state`.
+    pub fn take(&self, state: u64, now_us: u64) -> Take {
+        let Some(interval) = self.interval_us else {
+            let used = state;
+            let capacity = u64::from(self.capacity);
+            return if used < capacity {
+                Take {
+                    allowed: true,
+                    state: used + 1,
+                    remaining: capacity - used - 1,
+                    wait_us: None,
+                }
+            } else {
+                Take {
+                    allowed: false,
+                    state,
+                    remaining: 0,
+                    wait_us: None,
+                }
+            };
+        };
+        let burst = self.burst_us(interval);
+        let next = state.max(now_us).saturating_add(interval);
+        let ahead = next - now_us;
+        if ahead <= burst {
+            Take {
+                allowed: true,
+                state: next,
+                remaining: (burst - ahead) / interval,
+                wait_us: Some(ahead),
+            }
+        } else {
+            Take {
+                allowed: false,
+                state,
+                remaining: 0,
+                wait_us: Some(ahead - burst),
+            }
+        }
+    }
+
+    pub fn quota(&self, take: &Take) -> Quota {
+        Quota {
+            rule: self.index,
+            capacity: self.capacity,
+            window_s: self.interval_us.map(|i| ceil_seconds(self.burst_us(i))),
+            remaining: take.remaining,
+            reset_s: take.wait_us.map(ceil_seconds),
+        }
+    }
+}
+
+impl BanPolicy {
+    /// Cooldown for the `level`-th ban in a row: base × factor^(level−1), capped.
+    pub fn duration_ms(&self, level: u8) -> u64 {
+        let exponent = i32::from(level.max(1)) - 1;
+        let ms = self.base_ms as f64 * self.factor.powi(exponent);
+        if ms.is_finite() && ms < self.max_ms as f64 {
+            ms as u64
+        } else {
+            self.max_ms
+        }
+    }
+
+    /// Level and strikes of `record` at `now_ms` once good behaviour is
+    /// accounted for: one level less per `decay` since the last violation or
+    /// the end of the last ban, whichever is later; strikes are forgotten
+    /// after one `decay` without a violation.
+    pub fn decayed(&self, record: &Record, now_ms: u64) -> (u8, u16) {
+        let anchor = record.last_violation_ms.max(record.banned_until_ms);
+        let level = if now_ms > anchor {
+            let periods = (now_ms - anchor) / self.decay_ms;
+            record
+                .level
+                .saturating_sub(u8::try_from(periods).unwrap_or(u8::MAX))
+        } else {
+            record.level
+        };
+        let strikes = if now_ms.saturating_sub(record.last_violation_ms) >= self.decay_ms {
+            0
+        } else {
+            record.strikes
+        };
+        (level, strikes)
+    }
+
+    /// Records one violation; returns whether it started a ban.
+    pub fn strike(&self, record: &mut Record, now_ms: u64) -> bool {
+        let (level, strikes) = self.decayed(record, now_ms);
+        record.level = level;
+        record.strikes = strikes.saturating_add(1);
+        record.last_violation_ms = now_ms;
+        if u32::from(record.strikes) < self.after {
+            return false;
+        }
+        record.level = level.saturating_add(1).min(63);
+        record.banned_until_ms = now_ms.saturating_add(self.duration_ms(record.level));
+        record.strikes = 0;
+        true
+    }
+}
+
+/// What one rule says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOutcome {
+    Allowed(Quota),
+    Throttled {
+        quota: Quota,
+        retry_after_s: Option<u64>,
+        /// The key had no slot and went through the overflow bucket.
+        overflow: bool,
+        ban_issued: bool,
+    },
+    Banned {
+        retry_after_s: u64,
+    },
+}
+
+/// Everything needed to judge records of any rule (a slot may hold another
+/// rule's record, and only its own rule knows whether it is reclaimable).
+pub struct Limiter<'a> {
+    pub rules: &'a [Rule],
+    pub bans: &'a BanPolicy,
+    pub store: &'a dyn SharedStore,
+    pub metrics: &'a dyn Metrics,
+}
+
+enum Placed {
+    Done(RuleOutcome),
+    NoSlot,
+}
+
+impl Limiter<'_> {
+    fn reclaimable(&self, record: &Record, now_ms: u64) -> bool {
+        let Some(owner) = self.rules.get(usize::from(record.rule)) else {
+            return true;
+        };
+        record.banned_until_ms <= now_ms
+            && owner.is_full(record.state, now_ms.saturating_mul(1000))
+            && self.bans.decayed(record, now_ms) == (0, 0)
+    }
+
+    /// Applies `rule` to the client whose key hashes to (`tag`, `page`).
+    pub fn check(
+        &self,
+        rule: &Rule,
+        tag: u64,
+        page: u32,
+        now_ms: u64,
+    ) -> Result<RuleOutcome, StoreError> {
+        let now_us = now_ms.saturating_mul(1000);
+        let placed = slots::update(
+            self.store,
+            self.metrics,
+            &slots::page_key(page),
+            |page: &mut Page| {
+                let Some(i) = page.place(tag, |r| self.reclaimable(r, now_ms)) else {
+                    return (false, Placed::NoSlot);
+                };
+                let Some(slot) = page.records.get_mut(i) else {
+                    return (false, Placed::NoSlot);
+                };
+                let mut record = if slot.tag == tag {
+                    *slot
+                } else {
+                    Record {
+                        tag,
+                        rule: rule.index,
+                        ..Record::default()
+                    }
+                };
+                if record.banned_until_ms > now_ms {
+                    let left = record.banned_until_ms - now_ms;
+                    return (
+                        false,
+                        Placed::Done(RuleOutcome::Banned {
+                            retry_after_s: left.div_ceil(1000).max(1),
+                        }),
+                    );
+                }
+                let take = rule.take(record.state, now_us);
+                let quota = rule.quota(&take);
+                if take.allowed {
+                    record.state = take.state;
+                    *slot = record;
+                    return (true, Placed::Done(RuleOutcome::Allowed(quota)));
+                }
+                let ban_issued = rule.ban && self.bans.strike(&mut record, now_ms);
+                let changed = rule.ban;
+                if changed {
+                    *slot = record;
+                }
+                let outcome = RuleOutcome::Throttled {
+                    quota,
+                    retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
+                    overflow: false,
+                    ban_issued,
+                };
+                (changed, Placed::Done(outcome))
+            },
+        )?;
+        match placed {
+            Placed::Done(outcome) => Ok(outcome),
+            Placed::NoSlot => self.check_overflow(rule, now_us),
+        }
+    }
+
+    /// All keys of `rule` that found no slot share one bucket with the rule's
+    /// own limits: a full table throttles newcomers, it never frees them.
+    fn check_overflow(&self, rule: &Rule, now_us: u64) -> Result<RuleOutcome, StoreError> {
+        slots::update(
+            self.store,
+            self.metrics,
+            &slots::overflow_key(rule.index),
+            |page: &mut Page| {
+                let record = &mut page.records[0];
+                let take = rule.take(record.state, now_us);
+                let quota = rule.quota(&take);
+                if take.allowed {
+                    record.state = take.state;
+                    record.rule = rule.index;
+                    return (true, RuleOutcome::Allowed(quota));
+                }
+                let outcome = RuleOutcome::Throttled {
+                    quota,
+                    retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
+                    overflow: true,
+                    ban_issued: false,
+                };
+                (false, outcome)
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+    use crate::host::{MemoryMetrics, MemoryStore};
+
+    fn rule(capacity: u32, refill: Option<Refill>, ban: bool) -> Rule {
+        Rule::new(
+            "r".into(),
+            0,
+            KeySpec {
+                ip: true,
+                ..KeySpec::default()
+            },
+            None,
+            1,
+            capacity,
+            refill,
+            ban,
+        )
+    }
+
+    fn bans(after: u32) -> BanPolicy {
+        BanPolicy {
+            mode: Mode::Enforce,
+            after,
+            base_ms: 1_000,
+            factor: 2.0,
+            max_ms: 8_000,
+            decay_ms: 10_000,
+        }
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn refilling_bucket_allows_capacity_then_one_per_interval() {
+        let r = rule(
+            5,
+            Some(Refill {
+                tokens: 5,
+                every_ms: 60_000,
+            }),
+            false,
+        );
+        let now = T0 * 1000;
+        let mut state = 0;
+        for left in (0..5).rev() {
+            let t = r.take(state, now);
+            assert!(t.allowed);
+            assert_eq!(t.remaining, left);
+            state = t.state;
+        }
+        let refused = r.take(state, now);
+        assert!(!refused.allowed);
+        assert_eq!(refused.wait_us, Some(12_000_000), "one token every 12 s");
+        assert_eq!(refused.state, state, "a refusal costs nothing");
+        assert!(!r.take(state, now + 11_999_999).allowed);
+        assert!(r.take(state, now + 12_000_000).allowed);
+        assert!(r.is_full(state, now + 60_000_000));
+        assert!(!r.is_full(state, now + 59_999_999));
+    }
+
+    #[test]
+    fn frequent_reads_do_not_lose_fractional_refill() {
+        // 1 token per 3 s, read every millisecond: exactly one token per 3 s.
+        let r = rule(
+            1,
+            Some(Refill {
+                tokens: 1,
+                every_ms: 3_000,
+            }),
+            false,
+        );
+        let mut state = 0;
+        let mut allowed = 0;
+        for ms in 0..30_000u64 {
+            let t = r.take(state, (T0 + ms) * 1000);
+            if t.allowed {
+                allowed += 1;
+                state = t.state;
+            }
+        }
+        assert_eq!(allowed, 10);
+    }
+
+    #[test]
+    fn bucket_without_refill_counts_down_for_ever() {
+        let r = rule(2, None, false);
+        let a = r.take(0, 0);
+        let b = r.take(a.state, 0);
+        let c = r.take(b.state, u64::MAX / 2);
+        assert!(a.allowed && b.allowed && !c.allowed);
+        assert_eq!(c.wait_us, None);
+        assert_eq!(r.quota(&c).window_s, None);
+    }
+
+    #[test]
+    fn quota_reports_window_and_reset() {
+        let r = rule(
+            2,
+            Some(Refill {
+                tokens: 1,
+                every_ms: 10_000,
+            }),
+            false,
+        );
+        let first = r.take(0, 5);
+        let q = r.quota(&first);
+        assert_eq!(
+            (q.capacity, q.window_s, q.remaining, q.reset_s),
+            (2, Some(20), 1, Some(10))
+        );
+    }
+
+    #[test]
+    fn bans_escalate_cap_and_decay() {
+        let b = bans(2);
+        assert_eq!(
+            [1, 2, 3, 4, 5].map(|l| b.duration_ms(l)),
+            [1_000, 2_000, 4_000, 8_000, 8_000]
+        );
+        let mut rec = Record::default();
+        assert!(!b.strike(&mut rec, T0));
+        assert!(b.strike(&mut rec, T0 + 1), "second strike bans");
+        assert_eq!((rec.level, rec.banned_until_ms), (1, T0 + 1 + 1_000));
+        assert!(!b.strike(&mut rec, T0 + 2_000));
+        assert!(b.strike(&mut rec, T0 + 2_001));
+        assert_eq!((rec.level, rec.banned_until_ms), (2, T0 + 2_001 + 2_000));
+        // One decay period after the ban ended: level 1; two: level 0.
+        let end = rec.banned_until_ms;
+        assert_eq!(b.decayed(&rec, end + 9_999), (2, 0));
+        assert_eq!(b.decayed(&rec, end + 10_000), (1, 0));
+        assert_eq!(b.decayed(&rec, end + 20_000), (0, 0));
+        // Strikes alone are forgotten after one decay period.
+        let mut fresh = Record::default();
+        b.strike(&mut fresh, T0);
+        assert_eq!(b.decayed(&fresh, T0 + 9_999), (0, 1));
+        assert_eq!(b.decayed(&fresh, T0 + 10_000), (0, 0));
+    }
+
+    #[test]
+    fn huge_factors_cap_at_max() {
+        let b = BanPolicy {
+            factor: 100.0,
+            ..bans(1)
+        };
+        assert_eq!(b.duration_ms(63), 8_000);
+    }
+
+    fn limiter_fixture(pages: u32) -> (MemoryStore, MemoryMetrics) {
+        let store = MemoryStore::new();
+        slots::ensure_pages(&store, pages, 1).unwrap_or_else(|e| unreachable!("{e:?}"));
+        (store, MemoryMetrics::default())
+    }
+
+    #[test]
+    fn a_full_page_sends_newcomers_to_the_overflow_bucket() {
+        let (store, metrics) = limiter_fixture(1);
+        let rules = [rule(
+            2,
+            Some(Refill {
+                tokens: 1,
+                every_ms: 60_000,
+            }),
+            false,
+        )];
+        let b = bans(3);
+        let limiter = Limiter {
+            rules: &rules,
+            bans: &b,
+            store: &store,
+            metrics: &metrics,
+        };
+        // Four keys each take a token: their buckets are not full, so they hold their slots.
+        for tag in 1..=4 {
+            assert!(matches!(
+                limiter.check(&rules[0], tag, 0, T0),
+                Ok(RuleOutcome::Allowed(_))
+            ));
+        }
+        // Newcomers share the overflow bucket of capacity 2.
+        assert!(matches!(
+            limiter.check(&rules[0], 5, 0, T0),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[0], 6, 0, T0),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[0], 7, 0, T0),
+            Ok(RuleOutcome::Throttled { overflow: true, .. })
+        ));
+        // Key 1 kept its half-empty bucket: one more token, then throttled.
+        assert!(matches!(
+            limiter.check(&rules[0], 1, 0, T0),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[0], 1, 0, T0),
+            Ok(RuleOutcome::Throttled {
+                overflow: false,
+                ..
+            })
+        ));
+        // Once buckets are full again, slots are reclaimed.
+        assert!(matches!(
+            limiter.check(&rules[0], 9, 0, T0 + 120_000),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+    }
+
+    #[test]
+    fn a_banned_key_keeps_its_slot_through_a_flood() {
+        let (store, metrics) = limiter_fixture(1);
+        let rules = [rule(
+            1,
+            Some(Refill {
+                tokens: 1,
+                every_ms: 1_000,
+            }),
+            true,
+        )];
+        let b = BanPolicy {
+            base_ms: 3_600_000,
+            max_ms: 3_600_000,
+            ..bans(1)
+        };
+        let limiter = Limiter {
+            rules: &rules,
+            bans: &b,
+            store: &store,
+            metrics: &metrics,
+        };
+        assert!(matches!(
+            limiter.check(&rules[0], 1, 0, T0),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[0], 1, 0, T0),
+            Ok(RuleOutcome::Throttled {
+                ban_issued: true,
+                ..
+            })
+        ));
+        for tag in 2..10_000u64 {
+            let _ = limiter.check(&rules[0], tag, 0, T0 + tag);
+        }
+        assert!(matches!(
+            limiter.check(&rules[0], 1, 0, T0 + 20_000),
+            Ok(RuleOutcome::Banned { retry_after_s }) if retry_after_s > 3_500
+        ));
+        assert_eq!(
+            store.key_count(),
+            2,
+            "one page and one overflow bucket, whatever the traffic"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The request as every stage sees it: one read of the header map, parsed
+//! without copying.
+//!
+//! The proxy-wasm SDK's own map decoder unwraps UTF-8 conversions and slice
+//! bounds, so a header value with a non-UTF-8 byte (which Envoy forwards)
+//! would panic and take the worker's VM down. This decoder borrows bytes,
+//! checks every bound, and reports a malformed buffer instead.
+
+/// Header pairs as the host serialized them: `(name, value)`, in order.
+#[derive(Debug, Default)]
+pub struct HeaderMap<'a> {
+    pairs: Vec<(&'a [u8], &'a [u8])>,
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(raw)).ok()
+}
+
+impl<'a> HeaderMap<'a> {
+    /// Decodes the proxy-wasm map format: a u32 count, then a (name length,
+    /// value length) u32 pair per entry, then each name and value followed by
+    /// a NUL byte. Returns `None` for a buffer that does not add up.
+    pub fn decode(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.is_empty() {
+            return Some(HeaderMap::default());
+        }
+        let count = read_u32(bytes, 0)?;
+        let mut data = count.checked_mul(8)?.checked_add(4)?;
+        if data > bytes.len() {
+            return None;
+        }
+        let mut pairs = Vec::with_capacity(count);
+        for n in 0..count {
+            let sizes = 4 + n * 8;
+            let name_len = read_u32(bytes, sizes)?;
+            let value_len = read_u32(bytes, sizes + 4)?;
+            let name = bytes.get(data..data.checked_add(name_len)?)?;
+            data = data.checked_add(name_len)?.checked_add(1)?;
+            let value = bytes.get(data..data.checked_add(value_len)?)?;
+            data = data.checked_add(value_len)?.checked_add(1)?;
+            pairs.push((name, value));
+        }
+        Some(HeaderMap { pairs })
+    }
+
+    pub fn from_pairs(pairs: Vec<(&'a [u8], &'a [u8])>) -> Self {
+        HeaderMap { pairs }
+    }
+
+    /// First value of a header; `name` must be lower case (HTTP/2 and Envoy
+    /// keep header names lower case).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    /// Every value of a header, in order.
+    pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        self.pairs
+            .iter()
+            .filter(move |(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    pub fn get_str(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Encodes pairs in the proxy-wasm map format (tests and the glue's header
+/// writes use it).
+pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// `x-request-id` is echoed in denial bodies so that a client can quote it to
+/// support; only a plain token of at most 64 characters is echoed, never
+/// arbitrary client bytes.
+pub fn request_id<'a>(headers: &HeaderMap<'a>) -> &'a str {
+    match headers.get_str("x-request-id") {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            id
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_it_encodes() {
+        let bytes = encode_map(&[
+            (":method", "GET"),
+            (":path", "/a?b"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        let map = HeaderMap::decode(&bytes).unwrap_or_default();
+        assert_eq!(map.get_str(":method"), Some("GET"));
+        assert_eq!(map.get_str(":path"), Some("/a?b"));
+        assert_eq!(map.get_all("x-forwarded-for").count(), 2);
+        assert_eq!(map.get("missing"), None);
+    }
+
+    #[test]
+    fn non_utf8_values_are_kept_as_bytes() {
+        let mut bytes = encode_map(&[("x-bin", "ab")]);
+        let at = bytes.len() - 3;
+        bytes[at] = 0xff;
+        let map = HeaderMap::decode(&bytes).unwrap_or_default();
+        assert_eq!(map.get("x-bin"), Some(&[0xff, b'b'][..]));
+        assert_eq!(map.get_str("x-bin"), None);
+    }
+
+    #[test]
+    fn malformed_buffers_are_refused_not_panicked_on() {
+        let good = encode_map(&[("a", "b"), ("cc", "dd")]);
+        for cut in 1..good.len() - 1 {
+            // Every truncation either fails or decodes fewer bytes; none panics.
+            let _ = HeaderMap::decode(&good[..cut]);
+        }
+        assert!(HeaderMap::decode(&[1, 0, 0]).is_none());
+        assert!(HeaderMap::decode(&[255, 255, 255, 255]).is_none());
+        let mut huge_len = good.clone();
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMap::decode(&huge_len).is_none());
+        assert!(HeaderMap::decode(&[]).is_some_and(|m| m.get("a").is_none()));
+    }
+
+    #[test]
+    fn request_id_is_echoed_only_when_plain() {
+        let ok = encode_map(&[("x-request-id", "3f1c-AB_9")]);
+        assert_eq!(
+            request_id(&HeaderMap::decode(&ok).unwrap_or_default()),
+            "3f1c-AB_9"
+        );
+        for bad in ["", "<script>", "a b", &"x".repeat(65)] {
+            let bytes = encode_map(&[("x-request-id", bad)]);
+            assert_eq!(
+                request_id(&HeaderMap::decode(&bytes).unwrap_or_default()),
+                "",
+                "{bad:?}"
+            );
+        }
+    }
+}
