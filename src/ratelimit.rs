@@ -277,7 +277,11 @@ impl Limiter<'_> {
                     return (false, Placed::NoSlot);
                 };
                 let mut record = if slot.tag == tag {
-                    *slot
+                    // The rule index follows reloads that reorder rules.
+                    Record {
+                        rule: rule.index,
+                        ..*slot
+                    }
                 } else {
                     Record {
                         tag,
