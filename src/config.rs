@@ -926,6 +926,28 @@ mod tests {
         );
     }
 
+    /// Every configuration sample in README must be one palisade accepts.
+    #[test]
+    fn readme_configuration_samples_are_valid() {
+        let readme = include_str!("../README.md");
+        let mut checked = 0;
+        for block in readme.split("```json\n").skip(1) {
+            let sample = block.split("```").next().unwrap_or_default();
+            let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(sample) else {
+                continue;
+            };
+            // Response bodies and security events are JSON samples too.
+            if fields.contains_key("error") || fields.contains_key("event") {
+                continue;
+            }
+            if let Err(e) = Policy::from_json(sample.as_bytes()) {
+                unreachable!("README sample rejected: {e}\n{sample}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 1, "no configuration sample found in README");
+    }
+
     #[test]
     fn error_display_names_the_path() {
         let e = error_of(
