@@ -933,7 +933,9 @@ mod tests {
         let mut checked = 0;
         for block in readme.split("```json\n").skip(1) {
             let sample = block.split("```").next().unwrap_or_default();
-            let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(sample) else {
+            let Ok(serde_json::Value::Object(fields)) =
+                serde_json::from_str::<serde_json::Value>(sample)
+            else {
                 continue;
             };
             // Response bodies and security events are JSON samples too.
