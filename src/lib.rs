@@ -6,6 +6,7 @@
 
 pub mod client_ip;
 pub mod config;
+pub mod digest;
 pub mod duration;
 pub mod host;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod request;
 pub mod routes;
+pub mod signature;
 pub mod slots;
 pub mod verdict;
 
