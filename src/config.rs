@@ -9,7 +9,10 @@
 
 use crate::duration::Millis;
 use crate::ratelimit::{KeySpec, Refill, Rule};
-use crate::routes::{PathMatcher, RouteClass, RouteTable};
+use crate::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
+use crate::signature::{KeyRing, Requirements};
+use crate::slots;
+use base64::Engine as _;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -119,9 +122,62 @@ pub struct Policy {
     pub routes: RouteTable,
     pub rate_limits: RateLimits,
     pub bans: BanPolicy,
+    pub signatures: Signatures,
+}
+
+/// RFC 9421 request signatures: the keys, and which route classes need what.
+#[derive(Debug, Clone)]
+pub struct Signatures {
+    pub mode: Mode,
+    pub keys: KeyRing,
+    /// Largest body buffered for a `Content-Digest` check.
+    pub max_body_bytes: usize,
+    /// Pages of the shared replay table.
+    pub replay_pages: u32,
+    pub policies: Vec<SignaturePolicy>,
+    /// Indexed by route id: the policy that applies, if any.
+    by_route: Vec<Option<usize>>,
+}
+
+impl Signatures {
+    pub fn policy_for(&self, route: RouteId) -> Option<&SignaturePolicy> {
+        self.by_route
+            .get(usize::from(route))
+            .copied()
+            .flatten()
+            .and_then(|i| self.policies.get(i))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SignaturePolicy {
+    pub requirements: Requirements,
+    /// Each nonce (or, without one, each signature) is accepted once.
+    pub replay: bool,
+    /// A `Content-Digest` header is required and checked against the body.
+    pub require_digest: bool,
 }
 
 impl Policy {
+    /// Every shared-data key the policy's tables use: all are created up
+    /// front (see `slots`).
+    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
+        let replay_pages = if self.signatures.policies.iter().any(|p| p.replay) {
+            self.signatures.replay_pages
+        } else {
+            0
+        };
+        let overflow = self
+            .rate_limits
+            .rules
+            .iter()
+            .map(|r| slots::overflow_key(r.index));
+        (0..self.rate_limits.pages)
+            .map(|i| slots::page_key(slots::RATE_LIMITS, i))
+            .chain(overflow)
+            .chain((0..replay_pages).map(|i| slots::page_key(slots::REPLAY, i)))
+    }
+
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -146,12 +202,16 @@ impl Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 5] = [
+const LIST_PATHS: [&str; 9] = [
     "routes",
     "routes[].methods",
     "rate_limits.rules",
     "rate_limits.rules[].key",
     "rate_limits.rules[].routes",
+    "signatures.keys",
+    "signatures.policies",
+    "signatures.policies[].routes",
+    "signatures.policies[].components",
 ];
 
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
@@ -216,6 +276,8 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     bans: RawBans,
+    #[serde(default)]
+    signatures: RawSignatures,
 }
 
 fn default_version() -> u32 {
@@ -287,11 +349,71 @@ struct RawRule {
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum KeyPart {
     Ip,
     User,
     Route,
+    KeyId,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSignatures {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    keys: Vec<RawSigningKey>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    replay_slots: Option<u32>,
+    #[serde(default)]
+    policies: Vec<RawSignaturePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigningKey {
+    id: String,
+    secret: RawSecret,
+}
+
+/// A secret is never written in the policy itself for production: `env`
+/// names an environment variable of the wasm VM (Envoy's
+/// `vm_config.environment_variables`, fed from a Kubernetes Secret) holding
+/// its base64; `base64` inline is for demos and tests.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum RawSecret {
+    Base64(String),
+    Env(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignaturePolicy {
+    routes: Vec<String>,
+    #[serde(default)]
+    components: Option<Vec<String>>,
+    #[serde(default)]
+    max_age: Option<Millis>,
+    #[serde(default)]
+    clock_skew: Option<Millis>,
+    #[serde(default)]
+    require_nonce: bool,
+    #[serde(default = "yes")]
+    replay: bool,
+    #[serde(default)]
+    require_digest: bool,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
@@ -404,8 +526,14 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     };
     let routes = compile_routes(raw.routes)?;
     let bans = compile_bans(&raw.bans, raw.mode)?;
-    let rate_limits =
-        compile_rate_limits(raw.rate_limits, raw.mode, &routes, user_header.is_some())?;
+    let signatures = compile_signatures(raw.signatures, raw.mode, &routes)?;
+    let rate_limits = compile_rate_limits(
+        raw.rate_limits,
+        raw.mode,
+        &routes,
+        user_header.is_some(),
+        !signatures.policies.is_empty(),
+    )?;
     Ok(Policy {
         mode: raw.mode,
         failure_mode: raw.failure_mode,
@@ -414,6 +542,141 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         routes,
         rate_limits,
         bans,
+        signatures,
+    })
+}
+
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
+const MAX_MAX_BODY: u64 = 64 << 20;
+const DEFAULT_REPLAY_SLOTS: u32 = 65_536;
+
+fn route_ids(
+    routes: &RouteTable,
+    names: &[String],
+    path: &str,
+) -> Result<Vec<RouteId>, ConfigError> {
+    if names.is_empty() {
+        return Err(err(path, "must not be empty"));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            routes.id_of(name).ok_or_else(|| {
+                err(
+                    format!("{path}[{j}]"),
+                    format!("no route class named `{name}` (define it under `routes`, or use `default`)"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn decode_secret(secret: &RawSecret, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let (text, source) = match secret {
+        RawSecret::Base64(text) => (text.clone(), format!("{path}.base64")),
+        RawSecret::Env(name) => {
+            let text = std::env::var(name).map_err(|_| {
+                err(
+                    format!("{path}.env"),
+                    format!(
+                        "environment variable `{name}` is not set in the wasm VM \
+                         (list it in Envoy's vm_config.environment_variables)"
+                    ),
+                )
+            })?;
+            (text, format!("{path}.env"))
+        }
+    };
+    // The error never quotes the secret.
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| err(source, "is not valid standard base64"))
+}
+
+fn compile_signatures(
+    raw: RawSignatures,
+    global: Mode,
+    routes: &RouteTable,
+) -> Result<Signatures, ConfigError> {
+    let mut keys = KeyRing::new();
+    for (i, key) in raw.keys.iter().enumerate() {
+        let secret = decode_secret(&key.secret, &format!("signatures.keys[{i}].secret"))?;
+        keys.add(&key.id, &secret)
+            .map_err(|e| err(format!("signatures.keys[{i}]"), e.to_string()))?;
+    }
+    let max_body = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    if !(1..=MAX_MAX_BODY).contains(&max_body) {
+        return Err(err(
+            "signatures.max_body_bytes",
+            format!("must be between 1 and {MAX_MAX_BODY}"),
+        ));
+    }
+    let replay_slots = raw.replay_slots.unwrap_or(DEFAULT_REPLAY_SLOTS);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&replay_slots) {
+        return Err(err(
+            "signatures.replay_slots",
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    if !raw.policies.is_empty() && keys.is_empty() {
+        return Err(err("signatures.keys", "policies need at least one key"));
+    }
+    let mut by_route: Vec<Option<usize>> = vec![None; routes.len_with_default()];
+    let mut policies = Vec::with_capacity(raw.policies.len());
+    for (i, policy) in raw.policies.into_iter().enumerate() {
+        let at = |field: &str| format!("signatures.policies[{i}].{field}");
+        for (j, id) in route_ids(routes, &policy.routes, &at("routes"))?
+            .into_iter()
+            .enumerate()
+        {
+            let Some(slot) = by_route.get_mut(usize::from(id)) else {
+                continue;
+            };
+            if slot.is_some() {
+                return Err(err(
+                    format!("signatures.policies[{i}].routes[{j}]"),
+                    "this route class already has a signature policy",
+                ));
+            }
+            *slot = Some(i);
+        }
+        let defaults = Requirements::default();
+        let max_age_s = policy.max_age.map_or(300, |d| d.as_ms().div_ceil(1000));
+        let requirements = Requirements {
+            label: policy.label,
+            components: policy.components.unwrap_or(defaults.components),
+            tag: policy.tag,
+            max_age_s: Some(max_age_s),
+            clock_skew_s: policy
+                .clock_skew
+                .map_or(defaults.clock_skew_s, |d| d.as_ms() / 1000),
+            require_created: true,
+            require_nonce: policy.require_nonce,
+        };
+        requirements.validate().map_err(|e| {
+            let field = if e.starts_with("label") {
+                "label"
+            } else if e.starts_with("tag") {
+                "tag"
+            } else {
+                "components"
+            };
+            err(at(field), e)
+        })?;
+        policies.push(SignaturePolicy {
+            requirements,
+            replay: policy.replay,
+            require_digest: policy.require_digest,
+        });
+    }
+    Ok(Signatures {
+        mode: raw.mode.unwrap_or(global),
+        keys,
+        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        replay_pages: replay_slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        policies,
+        by_route,
     })
 }
 
@@ -545,6 +808,7 @@ fn compile_rate_limits(
     global: Mode,
     routes: &RouteTable,
     has_user_header: bool,
+    has_signatures: bool,
 ) -> Result<RateLimits, ConfigError> {
     let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
     if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
@@ -572,7 +836,7 @@ fn compile_rate_limits(
         if rule.key.is_empty() {
             return Err(err(
                 at("key"),
-                "must name at least one of \"ip\", \"user\", \"route\"",
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\"",
             ));
         }
         let mut key = KeySpec::default();
@@ -581,6 +845,7 @@ fn compile_rate_limits(
                 KeyPart::Ip => std::mem::replace(&mut key.ip, true),
                 KeyPart::User => std::mem::replace(&mut key.user, true),
                 KeyPart::Route => std::mem::replace(&mut key.route, true),
+                KeyPart::KeyId => std::mem::replace(&mut key.key_id, true),
             };
             if seen {
                 return Err(err(
@@ -595,27 +860,15 @@ fn compile_rate_limits(
                 "keys on \"user\" but no `user.header` is configured",
             ));
         }
+        if key.key_id && !has_signatures {
+            return Err(err(
+                at("key"),
+                "keys on \"key_id\" but no `signatures.policies` verify any signature",
+            ));
+        }
         let applies_to = match rule.routes {
             None => None,
-            Some(names) => {
-                if names.is_empty() {
-                    return Err(err(
-                        at("routes"),
-                        "must not be empty; omit it to apply to every route",
-                    ));
-                }
-                let mut ids = Vec::with_capacity(names.len());
-                for (j, name) in names.iter().enumerate() {
-                    let id = routes.id_of(name).ok_or_else(|| {
-                        err(
-                            format!("rate_limits.rules[{i}].routes[{j}]"),
-                            format!("no route class named `{name}` (define it under `routes`, or use `default`)"),
-                        )
-                    })?;
-                    ids.push(id);
-                }
-                Some(ids)
-            }
+            Some(names) => Some(route_ids(routes, &names, &at("routes"))?),
         };
         if rule.capacity == 0 {
             return Err(err(
@@ -923,6 +1176,94 @@ mod tests {
             r#"{"routes": [{"name": "r", "prefix": "/a", "methods": []}]}"#,
             "routes[0].methods",
             "not be empty",
+        );
+    }
+
+    #[test]
+    fn signature_section_is_validated_with_paths() {
+        let key = r#"{"id": "k", "secret": {"base64": "YS1kZW1vLXNlY3JldC1vZi1hdC1sZWFzdC0zMi1ieXRlcyEh"}}"#;
+        let with = |keys: &str, policies: &str| {
+            format!(
+                r#"{{"routes": [{{"name": "pay", "prefix": "/pay"}}],
+                    "signatures": {{"keys": [{keys}], "policies": [{policies}]}}}}"#
+            )
+        };
+        let good = Policy::from_json(
+            with(key, r#"{"routes": ["pay"], "require_nonce": true}"#).as_bytes(),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let pay = good.routes.id_of("pay").unwrap_or_default();
+        assert!(good
+            .signatures
+            .policy_for(pay)
+            .is_some_and(|p| p.replay && p.requirements.require_nonce));
+        assert!(good
+            .signatures
+            .policy_for(good.routes.default_id())
+            .is_none());
+        assert!(good.shared_keys().any(|k| k.starts_with("palisade.rp.p.")));
+        assert!(
+            !format!("{good:?}").contains("YS1kZW1v"),
+            "secrets stay out of Debug"
+        );
+
+        assert_rejected(
+            &with(r#"{"id": "k", "secret": {"base64": "not base64!"}}"#, ""),
+            "signatures.keys[0].secret.base64",
+            "base64",
+        );
+        assert_rejected(
+            &with(r#"{"id": "k", "secret": {"base64": "c2hvcnQ="}}"#, ""),
+            "signatures.keys[0]",
+            "32",
+        );
+        assert_rejected(
+            &with(
+                r#"{"id": "k", "secret": {"env": "PALISADE_TEST_UNSET_VARIABLE"}}"#,
+                "",
+            ),
+            "signatures.keys[0].secret.env",
+            "not set",
+        );
+        assert_rejected(
+            &with(r#"{"id": "k", "secret": {"base64": "x", "env": "Y"}}"#, ""),
+            "signatures.keys[0].secret",
+            "",
+        );
+        assert_rejected(
+            &with(key, r#"{"routes": ["nowhere"]}"#),
+            "signatures.policies[0].routes[0]",
+            "no route class",
+        );
+        assert_rejected(
+            &with(key, r#"{"routes": []}"#),
+            "signatures.policies[0].routes",
+            "not be empty",
+        );
+        assert_rejected(
+            &with(key, r#"{"routes": ["pay"]}, {"routes": ["pay"]}"#),
+            "signatures.policies[1].routes[0]",
+            "already has",
+        );
+        assert_rejected(
+            &with(key, r#"{"routes": ["pay"], "components": ["@status"]}"#),
+            "signatures.policies[0].components",
+            "not supported",
+        );
+        assert_rejected(
+            &with("", r#"{"routes": ["pay"]}"#),
+            "signatures.keys",
+            "at least one key",
+        );
+        assert_rejected(
+            r#"{"signatures": {"max_body_bytes": 0}}"#,
+            "signatures.max_body_bytes",
+            "between",
+        );
+        assert_rejected(
+            r#"{"rate_limits": {"rules": [{"name": "a", "key": ["key_id"], "capacity": 1, "refill": "none"}]}}"#,
+            "rate_limits.rules[0].key",
+            "signatures",
         );
     }
 

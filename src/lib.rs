@@ -12,6 +12,7 @@ pub mod host;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod replay;
 pub mod request;
 pub mod routes;
 pub mod signature;

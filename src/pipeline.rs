@@ -2,17 +2,22 @@
 //!
 //! Stages run in the order of DESIGN.md and stop at the first enforced
 //! denial (later stages would only spend host calls). Monitor-mode findings
-//! are counted and logged, and the request goes on.
+//! are counted and logged, and the request goes on. A request whose body
+//! must be checked (a signed `Content-Digest`) gets its final decision in
+//! [`Engine::check_body`].
 
 use crate::client_ip;
-use crate::config::{FailureMode, Mode, Policy};
+use crate::config::{FailureMode, Mode, Policy, SignaturePolicy};
+use crate::digest::{ContentDigest, DigestError};
 use crate::host::{Clock, Metrics, SharedStore, StoreError};
 use crate::metrics::Counter;
 use crate::ratelimit::{Limiter, Rule, RuleOutcome};
+use crate::replay::{self, Sighting};
 use crate::request::{request_id, HeaderMap};
 use crate::routes::RouteId;
-use crate::verdict::{Decision, Finding, LocalResponse, Quota, Reason, Stage, Verdict};
-use siphasher::sip128::{Hasher128, SipHasher13};
+use crate::signature::{self, Verified};
+use crate::verdict::{BodyCheck, Decision, Finding, LocalResponse, Quota, Reason, Stage, Verdict};
+use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
 use std::hash::Hasher;
 use std::net::IpAddr;
 
@@ -34,7 +39,18 @@ struct Facts<'h> {
     route: RouteId,
     client_ip: Option<IpAddr>,
     user: Option<&'h [u8]>,
+    /// Key id of a verified request signature.
+    key_id: Option<String>,
     request_id: &'h str,
+}
+
+/// The request body as the body phase saw it.
+pub enum Body<'a> {
+    Complete(&'a [u8]),
+    /// Larger than the configured limit; not buffered further.
+    TooLarge,
+    /// The host failed to hand it over: it cannot be checked.
+    Unreadable,
 }
 
 impl Engine {
@@ -57,10 +73,12 @@ impl Engine {
             route,
             client_ip: None,
             user: None,
+            key_id: None,
             request_id: request_id(headers),
         };
         let mut findings: Vec<Finding> = Vec::new();
         let mut quota: Option<Quota> = None;
+        let mut body: Option<BodyCheck> = None;
 
         match client_ip::resolve(self.policy.client_ip, headers, peer) {
             Ok(ip) => facts.client_ip = ip,
@@ -76,10 +94,111 @@ impl Engine {
             .as_deref()
             .and_then(|h| headers.get(h));
 
-        if !findings.iter().any(Finding::enforced) {
+        let blocked = |findings: &[Finding]| findings.iter().any(Finding::enforced);
+        if !blocked(&findings) {
+            if let Some(policy) = self.policy.signatures.policy_for(route) {
+                self.authenticate(policy, headers, &mut facts, host, &mut findings, &mut body);
+            }
+        }
+        if !blocked(&findings) {
             self.rate_limit(&facts, host, &mut findings, &mut quota);
         }
-        self.conclude(&facts, findings, quota, host.metrics)
+        self.conclude(&facts, findings, quota, body, host.metrics)
+    }
+
+    /// The signature stage: verify the RFC 9421 signature, check that its
+    /// nonce or itself was not seen before, and prepare the body's digest
+    /// check.
+    fn authenticate(
+        &self,
+        policy: &SignaturePolicy,
+        headers: &HeaderMap<'_>,
+        facts: &mut Facts<'_>,
+        host: &Services<'_>,
+        findings: &mut Vec<Finding>,
+        body: &mut Option<BodyCheck>,
+    ) {
+        let sigs = &self.policy.signatures;
+        let mut flag = |reason| findings.push(Finding::new(Stage::Signature, reason, sigs.mode));
+        let now_ms = host.clock.now_ms();
+        let verified =
+            match signature::verify(headers, &sigs.keys, &policy.requirements, now_ms / 1000) {
+                Ok(verified) => verified,
+                Err(error) => return flag(Reason::Signature(error)),
+            };
+        if policy.require_digest || verified.covers_content_digest {
+            let digest = match ContentDigest::from_headers(headers) {
+                Ok(digest) => digest,
+                Err(error) => return flag(Reason::Digest(error)),
+            };
+            let declared = headers
+                .get_str("content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|len| len > sigs.max_body_bytes as u64) {
+                return flag(Reason::BodyTooLarge);
+            }
+            *body = Some(BodyCheck {
+                digest,
+                max_bytes: sigs.max_body_bytes,
+                mode: sigs.mode,
+                route: facts.route,
+                client_ip: facts.client_ip,
+                request_id: facts.request_id.to_string(),
+            });
+        }
+        if policy.replay {
+            match self.remember(&verified, now_ms, host) {
+                Ok(Sighting::Fresh) => {}
+                Ok(Sighting::Replay) => return flag(Reason::SignatureReplay),
+                Ok(Sighting::TableFull) => {
+                    log::error!(
+                        "palisade: replay table full; raise signatures.replay_slots (now {})",
+                        sigs.replay_pages.saturating_mul(4)
+                    );
+                    return flag(Reason::ReplayCapacity);
+                }
+                Err(error) => {
+                    findings.push(self.store_failure("signature replay", Stage::Signature, error));
+                    return;
+                }
+            }
+        }
+        facts.key_id = Some(verified.key_id);
+    }
+
+    /// Remembers a verified signature (by nonce when it has one) until it
+    /// would expire anyway.
+    fn remember(
+        &self,
+        verified: &Verified,
+        now_ms: u64,
+        host: &Services<'_>,
+    ) -> Result<Sighting, StoreError> {
+        let hash = self.keyed_hash(|h| {
+            h.write(b"replay");
+            h.write(verified.key_id.as_bytes());
+            h.write_u8(0xff);
+            match &verified.nonce {
+                Some(nonce) => {
+                    h.write_u8(1);
+                    h.write(nonce.as_bytes());
+                }
+                None => {
+                    h.write_u8(0);
+                    h.write(&verified.id);
+                }
+            }
+        });
+        let pages = self.policy.signatures.replay_pages;
+        let (tag, page) = Self::tag_and_page(hash, pages);
+        // `created` is always required, so there is an end; an hour is a
+        // backstop that keeps records from living for ever.
+        let expires_ms = verified
+            .fresh_until_s
+            .map_or(now_ms.saturating_add(3_600_000), |s| {
+                s.saturating_add(1).saturating_mul(1000)
+            });
+        replay::remember(host.store, host.metrics, tag, page, expires_ms, now_ms)
     }
 
     /// Bans and rate limits: both read the same slot record, in one round trip.
@@ -102,7 +221,10 @@ impl Engine {
             metrics: host.metrics,
         };
         for rule in &limits.rules {
-            if !rule.applies_to(facts.route) || (rule.key.user && facts.user.is_none()) {
+            if !rule.applies_to(facts.route)
+                || (rule.key.user && facts.user.is_none())
+                || (rule.key.key_id && facts.key_id.is_none())
+            {
                 continue;
             }
             let (tag, page) = self.slot_of(rule, facts, limits.pages);
@@ -140,7 +262,10 @@ impl Engine {
                         ..Finding::new(Stage::RateLimit, reason, limits.mode)
                     }
                 }
-                Err(error) => self.store_failure(rule, error),
+                Err(error) => Finding {
+                    rule: Some(rule.index),
+                    ..self.store_failure(&rule.name, Stage::RateLimit, error)
+                },
             };
             let stop = finding.enforced() || finding.reason == Reason::StoreUnavailable;
             findings.push(finding);
@@ -151,10 +276,9 @@ impl Engine {
     }
 
     /// The one place that decides what a shared-data failure means.
-    fn store_failure(&self, rule: &Rule, error: StoreError) -> Finding {
+    fn store_failure(&self, what: &str, stage: Stage, error: StoreError) -> Finding {
         log::error!(
-            "palisade: shared data failed for rule `{}` ({error:?}); failure_mode is {}",
-            rule.name,
+            "palisade: shared data failed for `{what}` ({error:?}); failure_mode is {}",
             match self.policy.failure_mode {
                 FailureMode::Deny => "deny",
                 FailureMode::Allow => "allow",
@@ -164,38 +288,49 @@ impl Engine {
             FailureMode::Deny => Mode::Enforce,
             FailureMode::Allow => Mode::Monitor,
         };
-        Finding {
-            rule: Some(rule.index),
-            ..Finding::new(Stage::RateLimit, Reason::StoreUnavailable, mode)
-        }
+        Finding::new(stage, Reason::StoreUnavailable, mode)
     }
 
-    /// Slot tag and page of the rule's key for this request. The key is
-    /// hashed with the process seed, so neither the page nor the tag of a
-    /// victim can be predicted.
-    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> (u64, u32) {
+    /// SipHash-1-3 keyed with the process seed: neither a slot nor a tag of
+    /// someone else's key can be predicted without the seed.
+    fn keyed_hash(&self, write: impl FnOnce(&mut SipHasher13)) -> Hash128 {
         let mut h = SipHasher13::new_with_key(&self.seed);
-        h.write(rule.name.as_bytes());
-        h.write_u8(0xff);
-        if rule.key.ip {
-            match facts.client_ip {
-                Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
-                Some(IpAddr::V6(ip)) => h.write(&ip.octets()),
-                None => h.write(b"unknown"),
-            }
-            h.write_u8(0xff);
-        }
-        if rule.key.user {
-            h.write(facts.user.unwrap_or_default());
-            h.write_u8(0xff);
-        }
-        if rule.key.route {
-            h.write_u16(facts.route);
-        }
-        let hash = h.finish128();
+        write(&mut h);
+        h.finish128()
+    }
+
+    fn tag_and_page(hash: Hash128, pages: u32) -> (u64, u32) {
         let tag = hash.h1.max(1);
         let page = u32::try_from(hash.h2 % u64::from(pages.max(1))).unwrap_or(0);
         (tag, page)
+    }
+
+    /// Slot tag and page of the rule's key for this request.
+    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> (u64, u32) {
+        let hash = self.keyed_hash(|h| {
+            h.write(rule.name.as_bytes());
+            h.write_u8(0xff);
+            if rule.key.ip {
+                match facts.client_ip {
+                    Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
+                    Some(IpAddr::V6(ip)) => h.write(&ip.octets()),
+                    None => h.write(b"unknown"),
+                }
+                h.write_u8(0xff);
+            }
+            if rule.key.user {
+                h.write(facts.user.unwrap_or_default());
+                h.write_u8(0xff);
+            }
+            if rule.key.key_id {
+                h.write(facts.key_id.as_deref().unwrap_or_default().as_bytes());
+                h.write_u8(0xff);
+            }
+            if rule.key.route {
+                h.write_u16(facts.route);
+            }
+        });
+        Self::tag_and_page(hash, pages)
     }
 
     fn conclude(
@@ -203,33 +338,84 @@ impl Engine {
         facts: &Facts<'_>,
         findings: Vec<Finding>,
         quota: Option<Quota>,
+        body: Option<BodyCheck>,
         metrics: &dyn Metrics,
     ) -> Verdict {
         for finding in &findings {
-            metrics.increment(Counter::Finding {
-                stage: finding.stage,
-                reason: finding.reason,
-                mode: finding.mode,
+            self.record(facts, finding, metrics);
+        }
+        if let Some(denial) = findings.iter().find(|f| f.enforced()) {
+            metrics.increment(Counter::Request {
+                decision: denial.reason.decision(),
                 route: facts.route,
             });
-            self.log_event(facts, finding);
+            return Verdict::Respond(self.respond(denial, facts.request_id));
         }
-        let Some(denial) = findings.iter().find(|f| f.enforced()) else {
+        // With a body still to check, the request is counted when it is.
+        if body.is_none() {
             metrics.increment(Counter::Request {
                 decision: Decision::Allow,
                 route: facts.route,
             });
-            let response_headers = match quota {
-                Some(q) if self.policy.rate_limits.quota_headers => self.quota_headers(&q),
-                _ => Vec::new(),
-            };
-            return Verdict::Allow { response_headers };
+        }
+        let response_headers = match quota {
+            Some(q) if self.policy.rate_limits.quota_headers => self.quota_headers(&q),
+            _ => Vec::new(),
         };
+        Verdict::Allow {
+            response_headers,
+            body,
+        }
+    }
+
+    /// The body phase: the request's body against its `Content-Digest`.
+    /// Returns the response to send instead of forwarding, if any.
+    pub fn check_body(
+        &self,
+        check: &BodyCheck,
+        body: Body<'_>,
+        metrics: &dyn Metrics,
+    ) -> Option<LocalResponse> {
+        let failure = match body {
+            Body::TooLarge => Some(Reason::BodyTooLarge),
+            Body::Unreadable => Some(Reason::BodyUnreadable),
+            Body::Complete(bytes) if bytes.len() > check.max_bytes => Some(Reason::BodyTooLarge),
+            Body::Complete(bytes) => check
+                .digest
+                .check(bytes)
+                .err()
+                .map(|e: DigestError| Reason::Digest(e)),
+        };
+        let finding = failure.map(|reason| Finding::new(Stage::Signature, reason, check.mode));
+        let facts = Facts {
+            route: check.route,
+            client_ip: check.client_ip,
+            user: None,
+            key_id: None,
+            request_id: &check.request_id,
+        };
+        if let Some(finding) = &finding {
+            self.record(&facts, finding, metrics);
+        }
+        let denial = finding.filter(Finding::enforced);
         metrics.increment(Counter::Request {
-            decision: denial.reason.decision(),
+            decision: denial
+                .as_ref()
+                .map_or(Decision::Allow, |f| f.reason.decision()),
+            route: check.route,
+        });
+        denial.map(|f| self.respond(&f, &check.request_id))
+    }
+
+    /// Counts and logs one finding.
+    fn record(&self, facts: &Facts<'_>, finding: &Finding, metrics: &dyn Metrics) {
+        metrics.increment(Counter::Finding {
+            stage: finding.stage,
+            reason: finding.reason,
+            mode: finding.mode,
             route: facts.route,
         });
-        Verdict::Respond(self.respond(denial, facts.request_id))
+        self.log_event(facts, finding);
     }
 
     fn rule_name(&self, rule: u8) -> &str {
@@ -290,6 +476,7 @@ impl Engine {
             "rule": finding.rule.map(|r| self.rule_name(r)),
             "client_ip": facts.client_ip.map(|ip| ip.to_string()),
             "user_hash": facts.user.map(|u| self.short_hash(u)),
+            "key_id": facts.key_id,
             "request_id": facts.request_id,
         });
         log::warn!("{event}");
@@ -326,12 +513,8 @@ mod tests {
         fn new(json: &str) -> Fixture {
             let policy = Policy::from_json(json.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
             let store = MemoryStore::new();
-            slots::ensure_pages(
-                &store,
-                policy.rate_limits.pages,
-                policy.rate_limits.rules.len(),
-            )
-            .unwrap_or_else(|e| unreachable!("{e:?}"));
+            slots::ensure_pages(&store, policy.shared_keys())
+                .unwrap_or_else(|e| unreachable!("{e:?}"));
             Fixture {
                 engine: Engine::new(policy, [7; 16]),
                 store,
@@ -449,17 +632,18 @@ mod tests {
     #[test]
     fn quota_headers_on_allowed_responses_only_when_asked() {
         let f = Fixture::new(LOGIN);
-        assert_eq!(
+        assert!(matches!(
             f.send("POST", "/login", &[]),
-            Verdict::Allow {
-                response_headers: vec![]
-            }
-        );
+            Verdict::Allow { response_headers, body: None } if response_headers.is_empty()
+        ));
         let with = Fixture::new(&LOGIN.replace(
             "\"rate_limits\": {",
             "\"rate_limits\": {\"quota_headers\": true,",
         ));
-        let Verdict::Allow { response_headers } = with.send("POST", "/login", &[]) else {
+        let Verdict::Allow {
+            response_headers, ..
+        } = with.send("POST", "/login", &[])
+        else {
             unreachable!("first login is allowed");
         };
         assert_eq!(
@@ -633,5 +817,260 @@ mod tests {
             403,
             "the ban survived the flood"
         );
+    }
+
+    mod signed {
+        use super::*;
+        use crate::digest::{content_digest, DigestAlg};
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+
+        const SECRET: &[u8] = b"a-demo-secret-of-at-least-32-bytes!!";
+        const OTHER: &[u8] = b"another-secret-of-at-least-32-bytes!";
+
+        fn config(policy_extra: &str) -> String {
+            let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+            format!(
+                r#"{{"routes": [{{"name": "pay", "prefix": "/pay"}}],
+                    "signatures": {{
+                        "keys": [{{"id": "client-a", "secret": {{"base64": "{}"}}}},
+                                 {{"id": "client-b", "secret": {{"base64": "{}"}}}}],
+                        "max_body_bytes": 64,
+                        "policies": [{{"routes": ["pay"], "components": ["@method", "@path", "@query", "content-digest"],
+                                       "require_digest": true {policy_extra}}}]}},
+                    "rate_limits": {{"rules": [{{"name": "per-signer", "key": ["key_id"], "routes": ["pay"], "capacity": 3, "refill": "none"}}]}}}}"#,
+                b64(SECRET),
+                b64(OTHER)
+            )
+        }
+
+        /// Headers of a request signed over method, path, query and content-digest.
+        fn signed(
+            path: &str,
+            body: &[u8],
+            key: (&str, &[u8]),
+            params: &str,
+        ) -> Vec<(String, String)> {
+            let mut headers: Vec<(String, String)> = vec![
+                (":method".into(), "POST".into()),
+                (":path".into(), path.into()),
+                (":authority".into(), "api.example".into()),
+                (
+                    "content-digest".into(),
+                    content_digest(DigestAlg::Sha256, body),
+                ),
+                (
+                    "signature-input".into(),
+                    format!(
+                        r#"sig1=("@method" "@path" "@query" "content-digest");keyid="{}"{params}"#,
+                        key.0
+                    ),
+                ),
+            ];
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let bytes = encode_map(&pairs);
+            let map = HeaderMap::decode(&bytes).unwrap_or_default();
+            let base =
+                signature::signature_base(&map, "sig1").unwrap_or_else(|e| unreachable!("{e:?}"));
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(key.1).unwrap_or_else(|e| unreachable!("{e}"));
+            mac.update(&base);
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            headers.push(("signature".into(), format!("sig1=:{sig}:")));
+            headers
+        }
+
+        type Headers = Vec<(String, String)>;
+
+        fn created(f: &Fixture) -> String {
+            format!(";created={}", f.clock.now_ms() / 1000)
+        }
+
+        fn send(f: &Fixture, headers: &[(String, String)]) -> Verdict {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let bytes = encode_map(&pairs);
+            let map = HeaderMap::decode(&bytes).unwrap_or_default();
+            let services = Services {
+                store: &f.store,
+                clock: &f.clock,
+                metrics: &f.metrics,
+            };
+            f.engine
+                .evaluate(&map, &|| Some("192.0.2.1:1".to_string()), &services)
+        }
+
+        /// Status after headers and, when asked for, the body phase.
+        fn outcome(f: &Fixture, headers: &[(String, String)], body: &[u8]) -> (u16, String) {
+            match send(f, headers) {
+                Verdict::Respond(r) => (r.status, r.body),
+                Verdict::Allow { body: None, .. } => (200, String::new()),
+                Verdict::Allow {
+                    body: Some(check), ..
+                } => {
+                    match f
+                        .engine
+                        .check_body(&check, Body::Complete(body), &f.metrics)
+                    {
+                        None => (200, String::new()),
+                        Some(r) => (r.status, r.body),
+                    }
+                }
+            }
+        }
+
+        fn reason(outcome: &(u16, String)) -> String {
+            let body: serde_json::Value = serde_json::from_str(&outcome.1).unwrap_or_default();
+            body["reason"].as_str().unwrap_or("").to_string()
+        }
+
+        #[test]
+        fn a_signed_request_with_its_body_passes_once() {
+            let f = Fixture::new(&config(""));
+            let body = br#"{"amount": 5}"#;
+            let headers = signed(
+                "/pay?x=1",
+                body,
+                ("client-a", SECRET),
+                &format!("{};nonce=\"n1\"", created(&f)),
+            );
+            assert_eq!(outcome(&f, &headers, body).0, 200);
+            let replay = outcome(&f, &headers, body);
+            assert_eq!((replay.0, reason(&replay)), (401, "sig.replay".into()));
+        }
+
+        #[test]
+        fn without_nonce_the_same_signature_is_accepted_once() {
+            let f = Fixture::new(&config(""));
+            let headers = signed("/pay", b"", ("client-a", SECRET), &created(&f));
+            assert_eq!(outcome(&f, &headers, b"").0, 200);
+            assert_eq!(reason(&outcome(&f, &headers, b"")), "sig.replay");
+            // Disabled replay protection accepts it again.
+            let open = Fixture::new(&config(r#", "replay": false"#));
+            let again = signed("/pay", b"", ("client-a", SECRET), &created(&open));
+            assert_eq!(outcome(&open, &again, b"").0, 200);
+            assert_eq!(outcome(&open, &again, b"").0, 200);
+        }
+
+        #[test]
+        fn tampering_and_bad_signatures_are_refused_with_their_reason() {
+            let f = Fixture::new(&config(""));
+            let c = created(&f);
+            let body = b"amount=5";
+            let case = |mutate: &dyn Fn(&mut Headers),
+                        params: &str,
+                        key: (&str, &[u8]),
+                        sent_body: &[u8]| {
+                let mut headers = signed("/pay?x=1", body, key, params);
+                mutate(&mut headers);
+                reason(&outcome(&f, &headers, sent_body))
+            };
+            let set = |name: &'static str, value: &'static str| {
+                move |h: &mut Vec<(String, String)>| {
+                    h.retain(|(n, _)| n != name);
+                    h.push((name.to_string(), value.to_string()));
+                }
+            };
+            let none = |_: &mut Vec<(String, String)>| {};
+            assert_eq!(
+                case(&set(":path", "/pay?x=2"), &c, ("client-a", SECRET), body),
+                "sig.invalid"
+            );
+            assert_eq!(
+                case(&set(":method", "PUT"), &c, ("client-a", SECRET), body),
+                "sig.invalid"
+            );
+            assert_eq!(
+                case(&none, &c, ("client-a", SECRET), b"amount=6"),
+                "digest.mismatch"
+            );
+            assert_eq!(case(&none, &c, ("client-a", OTHER), body), "sig.invalid");
+            assert_eq!(
+                case(&none, &c, ("client-z", SECRET), body),
+                "sig.unknown_key"
+            );
+            let old = format!(";created={}", f.clock.now_ms() / 1000 - 600);
+            assert_eq!(case(&none, &old, ("client-a", SECRET), body), "sig.expired");
+            let future = format!(";created={}", f.clock.now_ms() / 1000 + 600);
+            assert_eq!(
+                case(&none, &future, ("client-a", SECRET), body),
+                "sig.future"
+            );
+            let unsigned =
+                |h: &mut Vec<(String, String)>| h.retain(|(n, _)| !n.starts_with("signature"));
+            assert_eq!(
+                case(&unsigned, &c, ("client-a", SECRET), body),
+                "sig.missing"
+            );
+            let no_digest =
+                |h: &mut Vec<(String, String)>| h.retain(|(n, _)| n != "content-digest");
+            assert_eq!(
+                case(&no_digest, &c, ("client-a", SECRET), body),
+                "sig.components"
+            );
+            // Routes without a policy are not checked.
+            let mut elsewhere = signed("/other", body, ("client-z", SECRET), &c);
+            elsewhere.retain(|(n, _)| !n.starts_with("signature"));
+            assert_eq!(outcome(&f, &elsewhere, body).0, 200);
+        }
+
+        #[test]
+        fn bodies_over_the_limit_are_413_before_and_after_buffering() {
+            let f = Fixture::new(&config(""));
+            let big = [b'x'; 65];
+            let buffered = signed("/pay", &big, ("client-a", SECRET), &created(&f));
+            assert_eq!(outcome(&f, &buffered, &big).0, 413);
+            let mut headers = signed(
+                "/pay",
+                &big,
+                ("client-a", SECRET),
+                &format!("{};nonce=\"x\"", created(&f)),
+            );
+            headers.push(("content-length".into(), "65".into()));
+            let Verdict::Respond(r) = send(&f, &headers) else {
+                unreachable!("declared length over the limit is refused at once");
+            };
+            assert_eq!(r.status, 413);
+        }
+
+        #[test]
+        fn both_rotated_keys_verify_and_key_id_is_a_rate_limit_key() {
+            let f = Fixture::new(&config(""));
+            let statuses: Vec<u16> = (0..4)
+                .map(|n| {
+                    let params = format!("{};nonce=\"a{n}\"", created(&f));
+                    outcome(&f, &signed("/pay", b"", ("client-a", SECRET), &params), b"").0
+                })
+                .collect();
+            assert_eq!(statuses, [200, 200, 200, 429], "three per signer");
+            let params = format!("{};nonce=\"b0\"", created(&f));
+            assert_eq!(
+                outcome(&f, &signed("/pay", b"", ("client-b", OTHER), &params), b"").0,
+                200
+            );
+        }
+
+        #[test]
+        fn monitor_mode_lets_bad_signatures_through_but_counts_them() {
+            let f = Fixture::new(&config("").replace(
+                "\"signatures\": {",
+                "\"signatures\": {\"mode\": \"monitor\",",
+            ));
+            let mut headers = signed("/pay", b"", ("client-a", SECRET), &created(&f));
+            headers.retain(|(n, _)| n != "signature");
+            assert_eq!(outcome(&f, &headers, b"").0, 200);
+            let counted = Counter::Finding {
+                stage: Stage::Signature,
+                reason: Reason::Signature(signature::SigError::Missing),
+                mode: Mode::Monitor,
+                route: f.route("pay"),
+            };
+            assert_eq!(f.metrics.get(&counted), 1);
+        }
     }
 }

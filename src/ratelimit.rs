@@ -25,6 +25,8 @@ pub struct KeySpec {
     pub ip: bool,
     pub user: bool,
     pub route: bool,
+    /// The verified request-signature key id.
+    pub key_id: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +270,7 @@ impl Limiter<'_> {
         let placed = slots::update(
             self.store,
             self.metrics,
-            &slots::page_key(page),
+            &slots::page_key(slots::RATE_LIMITS, page),
             |page: &mut Page| {
                 let Some(i) = page.place(tag, |r| self.reclaimable(r, now_ms)) else {
                     return (false, Placed::NoSlot);
@@ -505,7 +507,13 @@ mod tests {
 
     fn limiter_fixture(pages: u32) -> (MemoryStore, MemoryMetrics) {
         let store = MemoryStore::new();
-        slots::ensure_pages(&store, pages, 1).unwrap_or_else(|e| unreachable!("{e:?}"));
+        slots::ensure_pages(
+            &store,
+            (0..pages)
+                .map(|i| slots::page_key(slots::RATE_LIMITS, i))
+                .chain([slots::overflow_key(0)]),
+        )
+        .unwrap_or_else(|e| unreachable!("{e:?}"));
         (store, MemoryMetrics::default())
     }
 

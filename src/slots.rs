@@ -14,7 +14,7 @@
 //!
 //! Envoy ignores the CAS version on a key that does not exist, so the first
 //! insert of a page is not atomic. [`ensure_pages`] therefore creates every
-//! page when the configuration is loaded: Envoy configures the main thread's
+//! page (of every table: see `Policy::shared_keys`) when the configuration is loaded: Envoy configures the main thread's
 //! VM before any worker serves traffic, so by then all pages exist and every
 //! later write is a real compare-and-swap.
 
@@ -116,10 +116,17 @@ impl Page {
     }
 }
 
-pub fn page_key(index: u32) -> String {
-    format!("palisade.rl.p.{index}")
+/// The rate-limit table (buckets and bans).
+pub const RATE_LIMITS: &str = "rl";
+/// The replay table (signature nonces and ids).
+pub const REPLAY: &str = "rp";
+
+/// Key of page `index` of `table`.
+pub fn page_key(table: &str, index: u32) -> String {
+    format!("palisade.{table}.p.{index}")
 }
 
+/// Key of a rate-limit rule's overflow bucket.
 pub fn overflow_key(rule: u8) -> String {
     format!("palisade.rl.o.{rule}")
 }
@@ -127,16 +134,14 @@ pub fn overflow_key(rule: u8) -> String {
 const SEED_KEY: &str = "palisade.seed";
 const SEED_PENDING: &[u8] = b"pending";
 
-/// Creates every page (and the overflow pages of `rules` rules) that does
-/// not exist yet. Existing pages are left as they are, so a reload or another
-/// worker's start never resets state.
-pub fn ensure_pages(store: &dyn SharedStore, pages: u32, rules: usize) -> Result<(), StoreError> {
+/// Creates every key in `keys` that does not exist yet. Existing keys are
+/// left as they are, so a reload or another worker's start never resets
+/// state.
+pub fn ensure_pages(
+    store: &dyn SharedStore,
+    keys: impl IntoIterator<Item = String>,
+) -> Result<(), StoreError> {
     let empty = Page::default().encode();
-    let keys = (0..pages).map(page_key).chain(
-        (0..rules)
-            .filter_map(|r| u8::try_from(r).ok())
-            .map(overflow_key),
-    );
     for key in keys {
         if store.get(&key)?.is_none() {
             store.set(&key, &empty, 0)?;
@@ -205,6 +210,13 @@ mod tests {
     use super::*;
     use crate::host::{MemoryMetrics, MemoryStore};
 
+    fn test_keys(pages: u32, rules: u8) -> Vec<String> {
+        (0..pages)
+            .map(|i| page_key(RATE_LIMITS, i))
+            .chain((0..rules).map(overflow_key))
+            .collect()
+    }
+
     #[test]
     fn records_round_trip_through_bytes() {
         let mut page = Page::default();
@@ -251,15 +263,22 @@ mod tests {
     #[test]
     fn ensure_pages_creates_once_and_never_resets() {
         let store = MemoryStore::new();
-        ensure_pages(&store, 8, 2).unwrap_or_else(|e| unreachable!("{e:?}"));
+        ensure_pages(&store, test_keys(8, 2)).unwrap_or_else(|e| unreachable!("{e:?}"));
         assert_eq!(store.key_count(), 10);
         let mut page = Page::default();
         page.records[0].tag = 5;
-        let (_, cas) = store.get(&page_key(3)).ok().flatten().unwrap_or_default();
-        assert_eq!(store.set(&page_key(3), &page.encode(), cas), Ok(()));
-        ensure_pages(&store, 8, 2).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let (_, cas) = store
+            .get(&page_key(RATE_LIMITS, 3))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(
+            store.set(&page_key(RATE_LIMITS, 3), &page.encode(), cas),
+            Ok(())
+        );
+        ensure_pages(&store, test_keys(8, 2)).unwrap_or_else(|e| unreachable!("{e:?}"));
         let after = store
-            .get(&page_key(3))
+            .get(&page_key(RATE_LIMITS, 3))
             .ok()
             .flatten()
             .map(|(b, _)| Page::decode(&b));
@@ -279,8 +298,8 @@ mod tests {
     fn update_retries_on_conflict_and_skips_unchanged_writes() {
         let store = MemoryStore::new();
         let metrics = MemoryMetrics::default();
-        ensure_pages(&store, 1, 0).unwrap_or_else(|e| unreachable!("{e:?}"));
-        let key = page_key(0);
+        ensure_pages(&store, test_keys(1, 0)).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let key = page_key(RATE_LIMITS, 0);
         let mut first = true;
         let result = update(&store, &metrics, &key, |page| {
             if first {

@@ -5,11 +5,16 @@
 //! security log see every stage the same way.
 
 use crate::config::Mode;
+use crate::digest::{ContentDigest, DigestError};
+use crate::routes::RouteId;
+use crate::signature::SigError;
+use std::net::IpAddr;
 
 /// The pipeline stages, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Classify,
+    Signature,
     Bans,
     RateLimit,
 }
@@ -18,6 +23,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Classify => "classify",
+            Stage::Signature => "signature",
             Stage::Bans => "bans",
             Stage::RateLimit => "ratelimit",
         }
@@ -29,6 +35,14 @@ impl Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     ClientIpInvalid,
+    Signature(SigError),
+    SignatureReplay,
+    /// The replay table had no free slot to remember a signature.
+    ReplayCapacity,
+    Digest(DigestError),
+    BodyTooLarge,
+    /// The host could not hand over the buffered body.
+    BodyUnreadable,
     BanActive,
     RateLimitExhausted,
     RateLimitOverflow,
@@ -37,18 +51,15 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::ClientIpInvalid,
-        Reason::BanActive,
-        Reason::RateLimitExhausted,
-        Reason::RateLimitOverflow,
-        Reason::StoreUnavailable,
-        Reason::ConfigMissing,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::ClientIpInvalid => "client_ip.invalid",
+            Reason::Signature(e) => e.as_str(),
+            Reason::SignatureReplay => "sig.replay",
+            Reason::ReplayCapacity => "sig.replay_capacity",
+            Reason::Digest(e) => e.as_str(),
+            Reason::BodyTooLarge => "body.too_large",
+            Reason::BodyUnreadable => "body.unreadable",
             Reason::BanActive => "ban.active",
             Reason::RateLimitExhausted => "rl.exhausted",
             Reason::RateLimitOverflow => "rl.overflow",
@@ -60,18 +71,31 @@ impl Reason {
     /// The answer a request gets when this finding is enforced.
     pub fn decision(self) -> Decision {
         match self {
-            Reason::ClientIpInvalid | Reason::BanActive => Decision::Deny,
+            Reason::ClientIpInvalid
+            | Reason::Signature(_)
+            | Reason::SignatureReplay
+            | Reason::Digest(_)
+            | Reason::BodyTooLarge
+            | Reason::BanActive => Decision::Deny,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
-            Reason::StoreUnavailable | Reason::ConfigMissing => Decision::Error,
+            Reason::ReplayCapacity
+            | Reason::BodyUnreadable
+            | Reason::StoreUnavailable
+            | Reason::ConfigMissing => Decision::Error,
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::ClientIpInvalid => 400,
+            Reason::ClientIpInvalid | Reason::Digest(_) => 400,
+            Reason::Signature(_) | Reason::SignatureReplay => 401,
+            Reason::BodyTooLarge => 413,
             Reason::BanActive => 403,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
-            Reason::StoreUnavailable | Reason::ConfigMissing => 503,
+            Reason::ReplayCapacity
+            | Reason::BodyUnreadable
+            | Reason::StoreUnavailable
+            | Reason::ConfigMissing => 503,
         }
     }
 
@@ -79,7 +103,9 @@ impl Reason {
     pub fn error_word(self) -> &'static str {
         match self.status() {
             400 => "bad_request",
+            401 => "unauthorized",
             403 => "forbidden",
+            413 => "payload_too_large",
             429 => "too_many_requests",
             _ => "unavailable",
         }
@@ -156,12 +182,26 @@ pub struct LocalResponse {
     pub body: String,
 }
 
+/// What the request-body phase still has to check before the request may
+/// go upstream: the body against its `Content-Digest`.
+#[derive(Debug, Clone)]
+pub struct BodyCheck {
+    pub digest: ContentDigest,
+    pub max_bytes: usize,
+    pub mode: Mode,
+    pub route: RouteId,
+    pub client_ip: Option<IpAddr>,
+    pub request_id: String,
+}
+
 /// The outcome of the pipeline for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
-    /// Forward upstream; add these headers to the response (quota headers).
+    /// Forward upstream (once `body` passes, if set); add these headers to
+    /// the response (quota headers).
     Allow {
         response_headers: Vec<(&'static str, String)>,
+        body: Option<BodyCheck>,
     },
     Respond(LocalResponse),
 }

@@ -19,6 +19,7 @@ const CAS_MISMATCH: u32 = 8;
 
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
+const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
 
@@ -117,23 +118,26 @@ pub fn now_ms() -> u64 {
     }
 }
 
-pub fn plugin_configuration() -> Result<Vec<u8>, u32> {
+fn buffer_bytes(buffer_type: u32, max_size: usize) -> Result<Vec<u8>, u32> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: out-pointers are valid; the returned buffer is taken over once.
     unsafe {
-        match proxy_get_buffer_bytes(
-            BUFFER_PLUGIN_CONFIGURATION,
-            0,
-            usize::MAX,
-            &mut data,
-            &mut size,
-        ) {
+        match proxy_get_buffer_bytes(buffer_type, 0, max_size, &mut data, &mut size) {
             OK => Ok(take_host_buffer(data, size)),
             NOT_FOUND => Ok(Vec::new()),
             status => Err(status),
         }
     }
+}
+
+pub fn plugin_configuration() -> Result<Vec<u8>, u32> {
+    buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+}
+
+/// The request body buffered so far, up to `max_size` bytes.
+pub fn request_body(max_size: usize) -> Result<Vec<u8>, u32> {
+    buffer_bytes(BUFFER_HTTP_REQUEST_BODY, max_size)
 }
 
 /// The serialized header map (proxy-wasm map format), decoded by the core.

@@ -6,10 +6,10 @@ mod host;
 use host::{HostClock, HostMetrics, HostStore, MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
 use palisade_core::config::Policy;
 use palisade_core::metrics::Counter;
-use palisade_core::pipeline::{Engine, Services};
+use palisade_core::pipeline::{Body, Engine, Services};
 use palisade_core::request::{encode_map, HeaderMap};
 use palisade_core::slots;
-use palisade_core::verdict::{Reason, Verdict};
+use palisade_core::verdict::{BodyCheck, LocalResponse, Reason, Verdict};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
@@ -103,14 +103,8 @@ impl RootContext for Root {
             }
         };
         let store = HostStore;
-        let prepared = slots::shared_seed(&store, fresh_seed()).and_then(|seed| {
-            slots::ensure_pages(
-                &store,
-                policy.rate_limits.pages,
-                policy.rate_limits.rules.len(),
-            )
-            .map(|()| seed)
-        });
+        let prepared = slots::shared_seed(&store, fresh_seed())
+            .and_then(|seed| slots::ensure_pages(&store, policy.shared_keys()).map(|()| seed));
         let seed = match prepared {
             Ok(seed) => seed,
             Err(e) => {
@@ -134,6 +128,7 @@ impl RootContext for Root {
             engine: self.engine.clone(),
             metric_ids: self.metric_ids.clone(),
             response_headers: Vec::new(),
+            body_check: None,
         }))
     }
 
@@ -146,9 +141,33 @@ struct Stream {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
     response_headers: Vec<(&'static str, String)>,
+    /// Set while the body must still be checked before the request goes on.
+    body_check: Option<BodyCheck>,
 }
 
 impl Stream {
+    fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
+        HostMetrics {
+            engine: engine.clone(),
+            ids: self.metric_ids.clone(),
+        }
+    }
+
+    /// Finishes a pending body check: forwards the request, or answers.
+    fn finish_body(&mut self, body: Body<'_>) -> Action {
+        let (Some(check), Some(engine)) = (self.body_check.take(), self.engine.clone()) else {
+            return Action::Continue;
+        };
+        match engine.check_body(&check, body, &self.metrics(&engine)) {
+            None => Action::Continue,
+            Some(response) => self.send(response),
+        }
+    }
+
+    fn send(&self, response: LocalResponse) -> Action {
+        self.respond(response.status, &response.headers, &response.body)
+    }
+
     fn respond(&self, status: u16, headers: &[(&'static str, String)], body: &str) -> Action {
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(status) = host::send_local_response(status, &encode_map(&pairs), body) {
@@ -160,8 +179,20 @@ impl Stream {
 
 impl Context for Stream {}
 
+impl Stream {
+    fn finish_buffered_body(&mut self, max_size: usize) -> Action {
+        match host::request_body(max_size) {
+            Ok(bytes) => self.finish_body(Body::Complete(&bytes)),
+            Err(status) => {
+                log::error!("palisade: cannot read the request body (host status {status})");
+                self.finish_body(Body::Unreadable)
+            }
+        }
+    }
+}
+
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(engine) = self.engine.clone() else {
             // Unreachable in Envoy (a refused configuration never gets
             // traffic); fail closed anyway.
@@ -185,22 +216,54 @@ impl HttpContext for Stream {
         });
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
-        let metrics = HostMetrics {
-            engine: engine.clone(),
-            ids: self.metric_ids.clone(),
-        };
+        let metrics = self.metrics(&engine);
         let services = Services {
             store: &HostStore,
             clock: &HostClock,
             metrics: &metrics,
         };
         match engine.evaluate(&headers, &peer, &services) {
-            Verdict::Allow { response_headers } => {
+            Verdict::Allow {
+                response_headers,
+                body,
+            } => {
                 self.response_headers = response_headers;
-                Action::Continue
+                self.body_check = body;
+                if self.body_check.is_none() {
+                    Action::Continue
+                } else if end_of_stream {
+                    self.finish_body(Body::Complete(&[]))
+                } else {
+                    // Hold the headers until the body is verified.
+                    Action::Pause
+                }
             }
-            Verdict::Respond(response) => {
-                self.respond(response.status, &response.headers, &response.body)
+            Verdict::Respond(response) => self.send(response),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(check) = &self.body_check else {
+            return Action::Continue;
+        };
+        if body_size > check.max_bytes {
+            return self.finish_body(Body::TooLarge);
+        }
+        if !end_of_stream {
+            // Buffer until the whole body is here.
+            return Action::Pause;
+        }
+        self.finish_buffered_body(body_size)
+    }
+
+    /// With HTTP/2 trailers the last body callback may not see
+    /// `end_of_stream`: the trailers end the body.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match &self.body_check {
+            None => Action::Continue,
+            Some(check) => {
+                let limit = check.max_bytes.saturating_add(1);
+                self.finish_buffered_body(limit)
             }
         }
     }
