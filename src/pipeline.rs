@@ -526,7 +526,11 @@ mod tests {
         fn send(&self, method: &str, path: &str, extra: &[(&str, &str)]) -> Verdict {
             let mut pairs = vec![(":method", method), (":path", path)];
             pairs.extend_from_slice(extra);
-            let bytes = encode_map(&pairs);
+            self.send_headers(&pairs)
+        }
+
+        fn send_headers(&self, pairs: &[(&str, &str)]) -> Verdict {
+            let bytes = encode_map(pairs);
             let headers = HeaderMap::decode(&bytes).unwrap_or_default();
             let services = Services {
                 store: &self.store,
@@ -894,15 +898,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
-            let bytes = encode_map(&pairs);
-            let map = HeaderMap::decode(&bytes).unwrap_or_default();
-            let services = Services {
-                store: &f.store,
-                clock: &f.clock,
-                metrics: &f.metrics,
-            };
-            f.engine
-                .evaluate(&map, &|| Some("192.0.2.1:1".to_string()), &services)
+            f.send_headers(&pairs)
         }
 
         /// Status after headers and, when asked for, the body phase.
