@@ -126,6 +126,9 @@ impl Engine {
                 Ok(verified) => verified,
                 Err(error) => return flag(Reason::Signature(error)),
             };
+        // Verified, so the key id is known even if a later check fails: it
+        // is what an investigation of a replay needs.
+        facts.key_id = Some(verified.key_id.clone());
         if policy.require_digest || verified.covers_content_digest {
             let digest = match ContentDigest::from_headers(headers) {
                 Ok(digest) => digest,
@@ -159,11 +162,9 @@ impl Engine {
                 }
                 Err(error) => {
                     findings.push(self.store_failure("signature replay", Stage::Signature, error));
-                    return;
                 }
             }
         }
-        facts.key_id = Some(verified.key_id);
     }
 
     /// Remembers a verified signature (by nonce when it has one) until it
