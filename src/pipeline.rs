@@ -152,13 +152,13 @@ impl Engine {
         if policy.replay {
             match self.remember(&verified, now_ms, host) {
                 Ok(Sighting::Fresh) => {}
-                Ok(Sighting::Replay) => return flag(Reason::SignatureReplay),
+                Ok(Sighting::Replay) => flag(Reason::SignatureReplay),
                 Ok(Sighting::TableFull) => {
                     log::error!(
                         "palisade: replay table full; raise signatures.replay_slots (now {})",
                         sigs.replay_pages.saturating_mul(4)
                     );
-                    return flag(Reason::ReplayCapacity);
+                    flag(Reason::ReplayCapacity);
                 }
                 Err(error) => {
                     findings.push(self.store_failure("signature replay", Stage::Signature, error));
