@@ -54,9 +54,33 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Unit enums are written as plain strings only: serde would also take the
+/// map form `{"enforce": null}`, which no operator means.
+macro_rules! string_enum {
+    ($name:ident, $expecting:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct StrVisitor;
+                impl Visitor<'_> for StrVisitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        match v {
+                            $($text => Ok($variant),)+
+                            other => Err(E::unknown_variant(other, &[$($text),+])),
+                        }
+                    }
+                }
+                deserializer.deserialize_str(StrVisitor)
+            }
+        }
+    };
+}
+
 /// Whether a stage's findings can deny, or are only logged and counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Mode {
     #[default]
     Enforce,
@@ -72,14 +96,17 @@ impl Mode {
     }
 }
 
+string_enum!(Mode, "\"enforce\" or \"monitor\"", { "enforce" => Mode::Enforce, "monitor" => Mode::Monitor });
+
 /// What a request gets when palisade's own state (shared data) fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailureMode {
     #[default]
     Deny,
     Allow,
 }
+
+string_enum!(FailureMode, "\"deny\" or \"allow\"", { "deny" => FailureMode::Deny, "allow" => FailureMode::Allow });
 
 /// Where the client address comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,14 +320,17 @@ struct RawClientIp {
     trusted_hops: Option<u32>,
 }
 
-#[derive(Deserialize, Default, PartialEq)]
+#[derive(Default, PartialEq)]
 enum RawIpSource {
     #[default]
-    #[serde(rename = "peer")]
     Peer,
-    #[serde(rename = "x-forwarded-for")]
     ForwardedFor,
 }
+
+string_enum!(RawIpSource, "\"peer\" or \"x-forwarded-for\"", {
+    "peer" => RawIpSource::Peer,
+    "x-forwarded-for" => RawIpSource::ForwardedFor,
+});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,14 +378,20 @@ struct RawRule {
     ban: bool,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum KeyPart {
     Ip,
     User,
     Route,
     KeyId,
 }
+
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\" or \"key_id\"", {
+    "ip" => KeyPart::Ip,
+    "user" => KeyPart::User,
+    "route" => KeyPart::Route,
+    "key_id" => KeyPart::KeyId,
+});
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -1022,6 +1058,16 @@ mod tests {
             "invalid type",
         );
         assert_rejected(r#"{"mode": "block"}"#, "mode", "unknown variant");
+        assert_rejected(
+            r#"{"mode": {"enforce": null}}"#,
+            "mode",
+            "invalid type: map",
+        );
+        assert_rejected(
+            r#"{"client_ip": {"source": {"x-forwarded-for": null}, "trusted_hops": 1}}"#,
+            "client_ip.source",
+            "invalid type: map",
+        );
         assert_rejected(
             r#"{"client_ip": {"source": "header"}}"#,
             "client_ip.source",

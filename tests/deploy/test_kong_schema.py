@@ -173,6 +173,9 @@ INVALID = [
     ("mode-unknown", {"mode": "block"}),
     ("mode-capitalised", {"mode": "Enforce"}),
     ("mode-null", {"mode": None}),
+    ("mode-as-map", {"mode": {"enforce": None}}),
+    ("source-as-map", {"client_ip": {"source": {"x-forwarded-for": None}, "trusted_hops": 1}}),
+    ("key-part-as-map", {"rate_limits": {"rules": [{"name": "a", "key": [{"ip": None}], "capacity": 1, "refill": "none"}]}}),
     ("failure-mode-unknown", {"failure_mode": "open"}),
     ("client-ip-null", {"client_ip": None}),
     ("client-ip-array", {"client_ip": []}),
@@ -352,13 +355,7 @@ SEMANTIC = [
 
 # Configurations palisade accepts that the schema rejects on purpose. Keep
 # this list empty if you can; each entry says why it is not a schema bug.
-KNOWN_DEVIATIONS = [
-    # serde accepts an enum's unit variant written as a one-key map, so
-    # palisade takes {"enforce": null} for "enforce". Nobody means that; the
-    # schema only takes the documented string. (Core: deserialize modes from
-    # strings only, then delete these entries.)
-    ("mode-as-map", {"mode": {"enforce": None}}),
-    ("source-as-map", {"client_ip": {"source": {"x-forwarded-for": None}, "trusted_hops": 1}}),
+KNOWN_DEVIATIONS: list[tuple[str, dict]] = [
 ]
 
 
