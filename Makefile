@@ -54,6 +54,8 @@ ENVOY_BIN ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bi
 export ENVOY_BIN
 
 DEMO_UPSTREAM := envoy/demo_upstream.py
+# The demo's public signing key (envoy/envoy.yaml, key id demo-client).
+DEMO_SIGNING_KEY := PzMJdwhYCagyf4qv+oAsKv1EnEzOaOye1k/Nl16hJyQ=
 ENVOY_CONFIG  := envoy/envoy.yaml
 
 .PHONY: all test setup rust-target build fmt-check fmt clippy unit integration run clean distclean \
@@ -202,6 +204,9 @@ run: setup build tls-cert
 	echo "             (login allows 5 per minute per client IP)"; \
 	echo "  403 ban:   keep posting: for i in \$$(seq 1 10); do curl -s -X POST localhost:10000/login; echo; done"; \
 	echo "             (3 rejected logins earn a 30s ban; repeat offenders get longer bans)"; \
+	echo "  signed:    /payments needs an RFC 9421 signature; print a signed curl (demo key) with"; \
+	echo "             PALISADE_SECRET_B64=$(DEMO_SIGNING_KEY) $(PYTHON) tests/integration/signing.py --key-id demo-client POST http://localhost:10000/payments '{\"amount\": 5}'"; \
+	echo "             (run it twice: 200, then 401 sig.replay; unsigned: curl -i -X POST localhost:10000/payments)"; \
 	echo "  metrics:   curl -s localhost:9901/stats/prometheus | grep palisade"; \
 	echo "Ctrl-C stops Envoy and the upstream."; \
 	echo; \

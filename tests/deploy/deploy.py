@@ -459,6 +459,25 @@ SHIPPED_CONFIGS: list[tuple[str, Callable[[], list[Shipped]]]] = [
 ]
 
 
+def without_demo_signatures(config: dict) -> dict:
+    """The demo's signed `payments` route uses a public demo key inline,
+    which deployment files must not ship (their keys come from a secret
+    store): they carry the demo policy without that route, its signature
+    policy and its per-signer rule."""
+    signed_routes = {r for p in config.get("signatures", {}).get("policies", []) for r in p["routes"]}
+    config = {k: v for k, v in config.items() if k != "signatures"}
+    config["routes"] = [r for r in config.get("routes", []) if r["name"] not in signed_routes]
+    limits = dict(config.get("rate_limits", {}))
+    limits["rules"] = [rule for rule in limits.get("rules", []) if "key_id" not in rule["key"]]
+    config["rate_limits"] = limits
+    return config
+
+
+def is_demo(shipped: Shipped) -> bool:
+    """The local demo (`make run`), the one file allowed an inline demo key."""
+    return shipped.label.startswith("envoy/envoy.yaml")
+
+
 def shipped_configs() -> list[Shipped]:
     out: list[Shipped] = []
     for label, extract in SHIPPED_CONFIGS:

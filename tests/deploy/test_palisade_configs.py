@@ -24,14 +24,25 @@ def test_readme_has_configuration_samples():
     assert len(deploy.readme_samples()) >= 1, "no configuration sample found in README.md"
 
 
+def test_demo_has_a_signed_route():
+    demo = json.loads(deploy.from_envoy(deploy.SHIPPED_ENVOY[0])[0].text)
+    assert demo["signatures"]["policies"], "make run's demo shows a signed route"
+    assert deploy.without_demo_signatures(demo) != demo
+
+
 @pytest.mark.parametrize("label", [label for label, _ in deploy.SHIPPED_CONFIGS])
 def test_shipped_configuration_is_the_demo_configuration(label):
     """One demo configuration everywhere: each deployment file carries the
     configuration of envoy/envoy.yaml (compared as JSON values), so a change
     to it - a new stage, a renamed field - reaches every shipped file."""
-    demo = json.loads(deploy.from_envoy(deploy.SHIPPED_ENVOY[0])[0].text)
+    demo = deploy.without_demo_signatures(json.loads(deploy.from_envoy(deploy.SHIPPED_ENVOY[0])[0].text))
     extract = dict(deploy.SHIPPED_CONFIGS)[label]
     for shipped in extract():
+        if deploy.is_demo(shipped):
+            continue
+        assert "signatures" not in json.loads(shipped.text), (
+            f"{shipped.label}: deployment files must not carry inline signature keys"
+        )
         assert json.loads(shipped.text) == demo, (
             f"{shipped.label} differs from envoy/envoy.yaml's palisade configuration; "
             "update every shipped copy together"
