@@ -74,6 +74,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# One definition of the palisade filter entry, shared with the integration tests.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+from harness import palisade_wasm_filter  # noqa: E402
 DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "palisade.wasm"
 
 ENVOY_CPU = "0"
@@ -354,30 +357,7 @@ def bootstrap(palisade_config: dict | None, wasm: Path, read_body: bool = False)
     filter unchanged, and the only route is a direct_response (no upstream)."""
     filters: list[dict] = []
     if palisade_config is not None:
-        filters.append(
-            {
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "palisade",
-                        "vm_config": {
-                            "vm_id": "palisade",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": str(wasm)}},
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": json.dumps(palisade_config),
-                        },
-                        "fail_open": False,
-                        # Without it a filter holding the headers never gets
-                        # the body (Content-Digest checks hang).
-                        "allow_on_headers_stop_iteration": True,
-                    },
-                },
-            }
-        )
+        filters.append(palisade_wasm_filter(json.dumps(palisade_config), wasm))
     if read_body:
         # direct_response answers before a request body arrives, and Envoy
         # then discards the body its own way; reading it whole in every

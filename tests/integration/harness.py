@@ -137,6 +137,35 @@ def config_text(config: dict | str) -> str:
     return config if isinstance(config, str) else json.dumps(config)
 
 
+def palisade_wasm_filter(configuration: str, wasm: Path) -> dict:
+    """The palisade HTTP filter entry of an Envoy bootstrap (also used by
+    tests/bench)."""
+    return {
+        "name": "palisade",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "palisade",
+                "vm_config": {
+                    "vm_id": "palisade",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm)}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+                "fail_open": False,
+                # Since Envoy 1.35 a wasm filter that pauses in
+                # on_request_headers is stopped for the body too (StopAll)
+                # unless this is set, and then never sees the body its
+                # Content-Digest check waits for.
+                "allow_on_headers_stop_iteration": True,
+            },
+        },
+    }
+
+
 def bootstrap_yaml(
     config: dict | str,
     *,
@@ -170,30 +199,7 @@ def bootstrap_yaml(
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
-            {
-                "name": "palisade",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "palisade",
-                        "vm_config": {
-                            "vm_id": "palisade",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": str(wasm)}},
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": config_text(config),
-                        },
-                        "fail_open": False,
-                        # Since Envoy 1.35 a wasm filter that pauses in
-                        # on_request_headers is stopped for the body too
-                        # (StopAll) unless this is set, and then never sees
-                        # the body its Content-Digest check waits for.
-                        "allow_on_headers_stop_iteration": True,
-                    },
-                },
-            },
+            palisade_wasm_filter(config_text(config), wasm),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
