@@ -245,11 +245,38 @@ impl Clock for HostClock {
     }
 }
 
+/// The proxy running the filter. Host calls differ: ngx_wasm_module (NGINX,
+/// Kong) implements `proxy_define_metric` as a trap, so calling it there
+/// would kill the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    Envoy,
+    NgxWasm,
+}
+
+impl HostKind {
+    /// Envoy answers the `plugin_vm_id` property; ngx_wasm_module declines
+    /// it (not implemented). Asked from a request context, where both hosts
+    /// answer properties.
+    pub fn detect() -> HostKind {
+        match property(&["plugin_vm_id"]) {
+            Some(_) => HostKind::Envoy,
+            None => HostKind::NgxWasm,
+        }
+    }
+
+    pub fn has_metrics(self) -> bool {
+        self == HostKind::Envoy
+    }
+}
+
 /// Counters defined on first use and remembered per VM, so the hot path
-/// makes one host call per increment.
+/// makes one host call per increment. On a host without metrics, counting
+/// is skipped (the security log still records every finding).
 pub struct HostMetrics {
     pub engine: Rc<Engine>,
     pub ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    pub enabled: bool,
 }
 
 impl HostMetrics {
@@ -272,6 +299,9 @@ impl HostMetrics {
 
 impl Metrics for HostMetrics {
     fn increment(&self, counter: Counter) {
+        if !self.enabled {
+            return;
+        }
         if let Some(id) = self.id_of(counter) {
             // SAFETY: no pointers.
             unsafe {

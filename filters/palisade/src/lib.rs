@@ -3,7 +3,9 @@
 
 mod host;
 
-use host::{HostClock, HostMetrics, HostStore, MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
+use host::{
+    HostClock, HostKind, HostMetrics, HostStore, MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
+};
 use palisade_core::config::Policy;
 use palisade_core::metrics::Counter;
 use palisade_core::pipeline::{Body, Engine, Services};
@@ -12,7 +14,7 @@ use palisade_core::slots;
 use palisade_core::verdict::{BodyCheck, LocalResponse, Reason, Verdict};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
@@ -53,6 +55,8 @@ proxy_wasm::main! {{
 struct Root {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    /// Found out on the first request (properties need a request context).
+    host: Rc<Cell<Option<HostKind>>>,
 }
 
 /// 128 random bits from the WASI host (std seeds `RandomState` with `random_get`).
@@ -127,6 +131,7 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             engine: self.engine.clone(),
             metric_ids: self.metric_ids.clone(),
+            host: self.host.clone(),
             response_headers: Vec::new(),
             body_check: None,
         }))
@@ -140,16 +145,30 @@ impl RootContext for Root {
 struct Stream {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    host: Rc<Cell<Option<HostKind>>>,
     response_headers: Vec<(&'static str, String)>,
     /// Set while the body must still be checked before the request goes on.
     body_check: Option<BodyCheck>,
 }
 
 impl Stream {
+    fn host_kind(&self) -> HostKind {
+        if let Some(kind) = self.host.get() {
+            return kind;
+        }
+        let kind = HostKind::detect();
+        if !kind.has_metrics() {
+            log::warn!("palisade: ngx_wasm_module host: counters are off (it has no proxy-wasm metrics); findings are still logged");
+        }
+        self.host.set(Some(kind));
+        kind
+    }
+
     fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
         HostMetrics {
             engine: engine.clone(),
             ids: self.metric_ids.clone(),
+            enabled: self.host_kind().has_metrics(),
         }
     }
 
