@@ -661,14 +661,12 @@ fn check(
         expires: member.expires,
         id,
         fresh_until_s: fresh_until(member, req),
-        covers_content_digest: member.components.iter().any(|c| {
-            c.name == "content-digest"
-                && c.source
-                    == Source::Field {
-                        bs: false,
-                        key: None,
-                    }
-        }),
+        // Any form of the field (`;bs`, `;key=...`) signs the digest the
+        // client meant to bind the body with: the body must then match it.
+        covers_content_digest: member
+            .components
+            .iter()
+            .any(|c| c.name == "content-digest" && matches!(c.source, Source::Field { .. })),
     })
 }
 
@@ -1410,6 +1408,23 @@ mod tests {
                 Err(SigError::Components),
                 "{missing}"
             );
+        }
+    }
+
+    #[test]
+    fn every_form_of_a_covered_content_digest_binds_the_body() {
+        let basic = Requirements::default();
+        for form in [
+            "\"content-digest\";bs",
+            "\"content-digest\";key=\"sha-512\"",
+        ] {
+            let input = format!(
+                r#"("@method" "@authority" "@path" "@query" {form});created={CREATED};keyid="k1""#
+            );
+            let p = signed(&input, "k1", S1);
+            let verified = verify(&map(&p), &ring(&[("k1", S1)]), &basic, NOW)
+                .unwrap_or_else(|e| unreachable!("{form}: {e}"));
+            assert!(verified.covers_content_digest, "{form}");
         }
     }
 
