@@ -311,6 +311,13 @@ impl Engine {
         let hash = self.keyed_hash(|h| {
             h.write(rule.name.as_bytes());
             h.write_u8(0xff);
+            // A reload that changes a rule's limits starts fresh buckets:
+            // a bucket's state only means something under its own limits.
+            h.write_u32(rule.capacity);
+            if let Some(refill) = rule.refill {
+                h.write_u32(refill.tokens);
+                h.write_u64(refill.every_ms);
+            }
             if rule.key.ip {
                 match facts.client_ip {
                     Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
