@@ -9,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod duration;
 pub mod host;
+pub mod jwt;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
