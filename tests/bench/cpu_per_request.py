@@ -95,8 +95,13 @@ CLIENTS = 10_000
 _XFF = {"source": "x-forwarded-for", "trusted_hops": 1}
 _HUGE = {"capacity": 1_000_000_000, "refill": {"tokens": 1_000_000_000, "every": "1s"}}
 
-CONFIGS: dict[str, tuple[str, dict | None]] = {
+# The floor: a proxy-wasm filter that does nothing (tests/bench/empty-filter).
+EMPTY_FILTER = "empty-filter"
+EMPTY_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "empty_filter.wasm"
+
+CONFIGS: dict[str, tuple[str, dict | str | None]] = {
     "bare": ("bare Envoy (HCM + router, direct_response)", None),
+    "empty": ("an empty proxy-wasm filter: the floor of any wasm filter", EMPTY_FILTER),
     "no-rules": (
         "palisade, client_ip only, no rate-limit rules (filter + header scan, no bucket)",
         {"client_ip": _XFF},
@@ -351,12 +356,14 @@ def children_cpu_ns() -> int:
 # ----------------------------------------------------------------------------
 # Envoy
 # ----------------------------------------------------------------------------
-def bootstrap(palisade_config: dict | None, wasm: Path, read_body: bool = False) -> str:
+def bootstrap(palisade_config: dict | str | None, wasm: Path, read_body: bool = False) -> str:
     """Envoy bootstrap as JSON (valid YAML). The HCM settings match
     tests/integration/harness.py: the client's X-Forwarded-For reaches the
     filter unchanged, and the only route is a direct_response (no upstream)."""
     filters: list[dict] = []
-    if palisade_config is not None:
+    if palisade_config == EMPTY_FILTER:
+        filters.append(palisade_wasm_filter("", EMPTY_WASM))
+    elif palisade_config is not None:
         filters.append(palisade_wasm_filter(json.dumps(palisade_config), wasm))
     if read_body:
         # direct_response answers before a request body arrives, and Envoy
@@ -435,7 +442,7 @@ class Envoy:
     """One Envoy process serving one configuration."""
 
     name: str
-    palisade_config: dict | None
+    palisade_config: dict | str | None
     binary: Path
     wasm: Path
     workdir: Path
@@ -682,7 +689,7 @@ def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: 
     # in flight; Envoy still served those.
     if not (0 <= completed - res["requests"] <= WRK_CONNECTIONS):
         raise BenchError(f"{where}: Envoy completed {completed} requests but wrk counted {res['requests']}")
-    if envoy.palisade_config is not None:
+    if isinstance(envoy.palisade_config, dict):
         allowed = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total.decision.allow."))
         seen = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total."))
         findings = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_findings_total."))
@@ -811,6 +818,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, envoys: list[Envoy], procs: list, workdir: Path) -> int:
     envoy_bin = find_envoy(args.envoy)
     wasm_src = find_wasm(args.wasm)
+    if "empty" in args.configs and not EMPTY_WASM.is_file():
+        raise SetupError(
+            f"empty filter not found at {EMPTY_WASM}: build it with "
+            "`cargo build --release --target wasm32-wasip1 -p empty-filter`"
+        )
     # Every Envoy loads the same private copy, even if the build tree's file is
     # rebuilt while they start; its hash says which build was measured.
     wasm = workdir / "palisade.wasm"
