@@ -76,7 +76,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One definition of the palisade filter entry, shared with the integration tests.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
-from harness import palisade_wasm_filter  # noqa: E402
+from harness import OK_ROUTE, ROUTER_FILTER, ingress_bootstrap, palisade_wasm_filter  # noqa: E402
 DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "palisade.wasm"
 
 ENVOY_CPU = "0"
@@ -357,9 +357,9 @@ def children_cpu_ns() -> int:
 # Envoy
 # ----------------------------------------------------------------------------
 def bootstrap(palisade_config: dict | str | None, wasm: Path, read_body: bool = False) -> str:
-    """Envoy bootstrap as JSON (valid YAML). The HCM settings match
-    tests/integration/harness.py: the client's X-Forwarded-For reaches the
-    filter unchanged, and the only route is a direct_response (no upstream)."""
+    """Envoy bootstrap as JSON (valid YAML): the integration tests' listener
+    and HTTP connection manager (harness.ingress_bootstrap), so the client's
+    X-Forwarded-For reaches the filter unchanged and Envoy answers itself."""
     filters: list[dict] = []
     if palisade_config == EMPTY_FILTER:
         filters.append(palisade_wasm_filter("", EMPTY_WASM))
@@ -378,55 +378,8 @@ def bootstrap(palisade_config: dict | str | None, wasm: Path, read_body: bool = 
                 },
             }
         )
-    filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }
-    )
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress_http",
-        "codec_type": "AUTO",
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
-        "use_remote_address": False,
-        "xff_num_trusted_hops": 0,
-        "route_config": {
-            "name": "local",
-            "virtual_hosts": [
-                {
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                        }
-                    ],
-                }
-            ],
-        },
-        "http_filters": filters,
-    }
-    return json.dumps(
-        {
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "static_resources": {
-                "listeners": [
-                    {
-                        "name": "ingress",
-                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                        "filter_chains": [
-                            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-                        ],
-                    }
-                ]
-            },
-        },
-        indent=2,
-    )
+    filters.append(ROUTER_FILTER)
+    return json.dumps(ingress_bootstrap([OK_ROUTE], filters), indent=2)
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> str:

@@ -166,24 +166,18 @@ def palisade_wasm_filter(configuration: str, wasm: Path) -> dict:
     }
 
 
-def bootstrap_yaml(
-    config: dict | str,
-    *,
-    wasm: Path,
-    extra_routes: list[dict] | None = None,
-    stats_tags: bool = True,
-) -> str:
-    """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
+# The "upstream" of every test and bench Envoy: Envoy answers itself.
+OK_ROUTE = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+ROUTER_FILTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 
-    ``extra_routes`` are route entries (Envoy RouteConfiguration ``routes``
-    items, as dicts) placed before the catch-all direct_response route.
-    """
-    routes = list(extra_routes or []) + [
-        {
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-        }
-    ]
+
+def ingress_bootstrap(routes: list[dict], http_filters: list[dict]) -> dict[str, Any]:
+    """One listener `ingress` and the admin interface, both on 127.0.0.1 port
+    0 (the kernel picks free ports), with the HTTP connection manager every
+    test and bench Envoy uses (also used by tests/bench)."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress_http",
@@ -198,15 +192,9 @@ def bootstrap_yaml(
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
-        "http_filters": [
-            palisade_wasm_filter(config_text(config), wasm),
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            },
-        ],
+        "http_filters": http_filters,
     }
-    bootstrap: dict[str, Any] = {
+    return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [
@@ -215,16 +203,28 @@ def bootstrap_yaml(
                     "stat_prefix": "ingress",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                     "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ]
-                        }
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],
                 }
             ]
         },
     }
+
+
+def bootstrap_yaml(
+    config: dict | str,
+    *,
+    wasm: Path,
+    extra_routes: list[dict] | None = None,
+    stats_tags: bool = True,
+) -> str:
+    """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
+
+    ``extra_routes`` are route entries (Envoy RouteConfiguration ``routes``
+    items, as dicts) placed before the catch-all direct_response route.
+    """
+    routes = list(extra_routes or []) + [OK_ROUTE]
+    bootstrap = ingress_bootstrap(routes, [palisade_wasm_filter(config_text(config), wasm), ROUTER_FILTER])
     if stats_tags:
         bootstrap["stats_config"] = {"stats_tags": PALISADE_STATS_TAGS}
     return json.dumps(bootstrap, indent=2)
