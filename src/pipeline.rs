@@ -18,6 +18,7 @@ use crate::routes::RouteId;
 use crate::signature::{self, Verified};
 use crate::verdict::{BodyCheck, Decision, Finding, LocalResponse, Quota, Reason, Stage, Verdict};
 use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
+use std::cell::Cell;
 use std::hash::Hasher;
 use std::net::IpAddr;
 
@@ -42,6 +43,21 @@ struct Facts<'h> {
     /// Key id of a verified request signature.
     key_id: Option<String>,
     request_id: &'h str,
+    /// The clock, read at most once per request (each read is a host call).
+    now_ms: Cell<Option<u64>>,
+}
+
+impl Facts<'_> {
+    fn now_ms(&self, clock: &dyn Clock) -> u64 {
+        match self.now_ms.get() {
+            Some(now) => now,
+            None => {
+                let now = clock.now_ms();
+                self.now_ms.set(Some(now));
+                now
+            }
+        }
+    }
 }
 
 /// The request body as the body phase saw it.
@@ -75,6 +91,7 @@ impl Engine {
             user: None,
             key_id: None,
             request_id: request_id(headers),
+            now_ms: Cell::new(None),
         };
         let mut findings: Vec<Finding> = Vec::new();
         let mut quota: Option<Quota> = None;
@@ -120,7 +137,7 @@ impl Engine {
     ) {
         let sigs = &self.policy.signatures;
         let mut flag = |reason| findings.push(Finding::new(Stage::Signature, reason, sigs.mode));
-        let now_ms = host.clock.now_ms();
+        let now_ms = facts.now_ms(host.clock);
         let verified =
             match signature::verify(headers, &sigs.keys, &policy.requirements, now_ms / 1000) {
                 Ok(verified) => verified,
@@ -146,6 +163,7 @@ impl Engine {
                 mode: sigs.mode,
                 route: facts.route,
                 client_ip: facts.client_ip,
+                key_id: verified.key_id.clone(),
                 request_id: facts.request_id.to_string(),
             });
         }
@@ -214,7 +232,7 @@ impl Engine {
         if limits.rules.is_empty() {
             return;
         }
-        let now_ms = host.clock.now_ms();
+        let now_ms = facts.now_ms(host.clock);
         let limiter = Limiter {
             rules: &limits.rules,
             bans: &self.policy.bans,
@@ -399,8 +417,9 @@ impl Engine {
             route: check.route,
             client_ip: check.client_ip,
             user: None,
-            key_id: None,
+            key_id: Some(check.key_id.clone()),
             request_id: &check.request_id,
+            now_ms: Cell::new(None),
         };
         if let Some(finding) = &finding {
             self.record(&facts, finding, metrics);

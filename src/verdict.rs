@@ -191,6 +191,8 @@ pub struct BodyCheck {
     pub mode: Mode,
     pub route: RouteId,
     pub client_ip: Option<IpAddr>,
+    /// Key id of the verified signature, for the security log.
+    pub key_id: String,
     pub request_id: String,
 }
 

@@ -342,6 +342,10 @@ def test_content_digest_checks(envoy):
     h = signed(e, "POST", "/uploads/doc", body, components=BASIC)
     wrong = signing.content_digest(body + b" ")
     expect(e.request("POST", "/uploads/doc", {**h, "Content-Digest": wrong}, body), 400, "digest.mismatch")
+    # The body-phase event names the verified signer.
+    log = e.wait_for_log('"reason":"digest.mismatch"')
+    events = [line for line in log.splitlines() if '"reason":"digest.mismatch"' in line]
+    assert events and all('"key_id":"client-a"' in line for line in events), events
     # One right, one wrong: every listed algorithm must match.
     h = signed(e, "POST", "/uploads/doc", body, components=BASIC)
     mixed = f"{signing.content_digest(body, 'sha-256')}, {signing.content_digest(body + b'!', 'sha-512')}"
