@@ -1,11 +1,13 @@
 //! JSON Web Token (RFC 7519) verification: compact JWS (RFC 7515) bearer
 //! tokens signed with `RS256`/`RS384`/`RS512`, `PS256`/`PS384`/`PS512`,
-//! `ES256`, `EdDSA` (Ed25519, RFC 8037) or, only where a symmetric key is
-//! configured, `HS256`, against keys from a JWK Set (RFC 7517).
+//! `ES256`, `ES384`, `EdDSA` (Ed25519, RFC 8037) or, only where a symmetric
+//! key is configured, `HS256`, against keys from a JWK Set (RFC 7517).
 //!
 //! The cryptography is the `jwt-compact` crate's (itself on `rsa`, `p256`,
-//! `ed25519-compact`, `hmac`, `sha2`); this module parses the token and the
-//! key set, chooses the key, and checks the claims.
+//! `ed25519-compact`, `hmac`, `sha2`), except `ES384`, which `jwt-compact`
+//! 0.8 lacks: it is RustCrypto's `p384` ECDSA verifier (SHA-384, signature
+//! `r || s` of 96 bytes, RFC 7518 section 3.4), called directly. This module
+//! parses the token and the key set, chooses the key, and checks the claims.
 //!
 //! Threat: a bot that replays or forges bearer tokens to look like a logged-in
 //! user.
@@ -17,11 +19,12 @@
 //!   come from configuration or the provider's JWKS only. A `crit` header is
 //!   refused (no extension is understood).
 //! - Algorithm confusion. Every key is bound, when it is parsed, to one
-//!   algorithm family ([`KeyFamily`]: RSA, P-256, Ed25519, HMAC) and, when its
-//!   JWK has `alg`, to that one algorithm. A token's `alg` picks the family, so
-//!   an `HS256` token is only ever checked against an `oct` key and never
-//!   against the bytes of an RSA, EC or OKP public key, and an `oct` key never
-//!   verifies `RS*`. `oct` keys are refused by [`Jwks::parse`] (a key set
+//!   algorithm family ([`KeyFamily`]: RSA, P-256, P-384, Ed25519, HMAC) and,
+//!   when its JWK has `alg`, to that one algorithm. A token's `alg` picks the
+//!   family, so an `HS256` token is only ever checked against an `oct` key and
+//!   never against the bytes of an RSA, EC or OKP public key, an `oct` key
+//!   never verifies `RS*`, and a P-256 key never verifies `ES384` nor a P-384
+//!   key `ES256`. `oct` keys are refused by [`Jwks::parse`] (a key set
 //!   fetched from an identity provider is public; a shared secret has no
 //!   place in it) and accepted only by [`Jwks::parse_with_symmetric`], for
 //!   inline configuration; [`Provider::new`] refuses `HS256` unless the key set
@@ -71,8 +74,8 @@
 //!   stop verifying on time grounds; swapping a provider's keys does not
 //!   evict tokens signed by a removed key unless the caller calls
 //!   [`TokenCache::clear`].
-//! - JWE (encrypted tokens, five segments) is refused as malformed; `ES384`,
-//!   `ES512`, `HS384`, `HS512`, `Ed448` are not supported.
+//! - JWE (encrypted tokens, five segments) is refused as malformed; `ES512`
+//!   (P-521), `ES256K`, `HS384`, `HS512`, `Ed448` are not supported.
 //!
 //! No input panics; errors never carry token or key material.
 
@@ -80,6 +83,7 @@ use base64::Engine as _;
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
+use p384::ecdsa::signature::Verifier as _;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -104,6 +108,11 @@ const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 
 type P256Key = <Es256 as Algorithm>::VerifyingKey;
 type Ed25519Key = <Ed25519 as Algorithm>::VerifyingKey;
+type P384Key = p384::ecdsa::VerifyingKey;
+
+/// Size of a P-384 coordinate, and of each of `r` and `s` in an `ES384`
+/// signature (RFC 7518 sections 3.4 and 6.2.1.2).
+const P384_FIELD_LEN: usize = 48;
 
 /// Why a token was refused. The string form is stable: it appears in
 /// responses, logs and metrics.
@@ -195,12 +204,13 @@ pub enum Alg {
     Ps384,
     Ps512,
     Es256,
+    Es384,
     EdDsa,
     Hs256,
 }
 
 impl Alg {
-    pub const ALL: [Alg; 9] = [
+    pub const ALL: [Alg; 10] = [
         Alg::Rs256,
         Alg::Rs384,
         Alg::Rs512,
@@ -208,6 +218,7 @@ impl Alg {
         Alg::Ps384,
         Alg::Ps512,
         Alg::Es256,
+        Alg::Es384,
         Alg::EdDsa,
         Alg::Hs256,
     ];
@@ -222,6 +233,7 @@ impl Alg {
             Alg::Ps384 => "PS384",
             Alg::Ps512 => "PS512",
             Alg::Es256 => "ES256",
+            Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
             Alg::Hs256 => "HS256",
         }
@@ -240,6 +252,7 @@ impl Alg {
                 KeyFamily::Rsa
             }
             Alg::Es256 => KeyFamily::P256,
+            Alg::Es384 => KeyFamily::P384,
             Alg::EdDsa => KeyFamily::Ed25519,
             Alg::Hs256 => KeyFamily::Hmac,
         }
@@ -260,6 +273,8 @@ pub enum KeyFamily {
     Rsa,
     /// `kty: EC`, `crv: P-256`: `ES256`.
     P256,
+    /// `kty: EC`, `crv: P-384`: `ES384`.
+    P384,
     /// `kty: OKP`, `crv: Ed25519`: `EdDSA`.
     Ed25519,
     /// `kty: oct`: `HS256`.
@@ -269,6 +284,7 @@ pub enum KeyFamily {
 enum KeyMaterial {
     Rsa(RsaPublicKey),
     P256(P256Key),
+    P384(P384Key),
     Ed25519(Ed25519Key),
     Hmac(Hs256Key),
 }
@@ -304,6 +320,7 @@ impl Jwk {
         match self.material {
             KeyMaterial::Rsa(_) => KeyFamily::Rsa,
             KeyMaterial::P256(_) => KeyFamily::P256,
+            KeyMaterial::P384(_) => KeyFamily::P384,
             KeyMaterial::Ed25519(_) => KeyFamily::Ed25519,
             KeyMaterial::Hmac(_) => KeyFamily::Hmac,
         }
@@ -339,6 +356,7 @@ impl Jwk {
                 check(&Rsa::ps512(), key, signing_input, signature)
             }
             (KeyMaterial::P256(key), Alg::Es256) => check(&Es256, key, signing_input, signature),
+            (KeyMaterial::P384(key), Alg::Es384) => check_es384(key, signing_input, signature),
             (KeyMaterial::Ed25519(key), Alg::EdDsa) => {
                 check(&Ed25519, key, signing_input, signature)
             }
@@ -360,6 +378,33 @@ fn check<A: Algorithm>(alg: &A, key: &A::VerifyingKey, message: &[u8], signature
         Ok(signature) => alg.verify_signature(&signature, key, message),
         Err(_) => false,
     }
+}
+
+/// An `ES384` check (RFC 7518 section 3.4) through `p384`: the signature is
+/// `r || s`, 48 bytes each, big-endian (not DER); `Signature::from_slice`
+/// refuses any other length and a zero or out-of-range `r` or `s`, and the
+/// verifier hashes the message with SHA-384.
+fn check_es384(key: &P384Key, message: &[u8], signature: &[u8]) -> bool {
+    if signature.len() != 2 * P384_FIELD_LEN {
+        return false;
+    }
+    match p384::ecdsa::Signature::from_slice(signature) {
+        Ok(signature) => key.verify(message, &signature).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A P-384 public key from its JWK coordinates: each exactly 48 bytes (RFC
+/// 7518 section 6.2.1.2), and the point on the curve.
+fn p384_key(x: &[u8], y: &[u8]) -> Result<P384Key, &'static str> {
+    if x.len() != P384_FIELD_LEN || y.len() != P384_FIELD_LEN {
+        return Err("invalid P-384 key (`x` and `y` must be 48 bytes)");
+    }
+    let mut sec1 = [0u8; 1 + 2 * P384_FIELD_LEN];
+    sec1[0] = 4; // SEC1 uncompressed point
+    sec1[1..=P384_FIELD_LEN].copy_from_slice(x);
+    sec1[1 + P384_FIELD_LEN..].copy_from_slice(y);
+    P384Key::from_sec1_bytes(&sec1).map_err(|_| "invalid P-384 key (not a point of the curve)")
 }
 
 /// Why an entry of a JWK Set was skipped. Never carries key material.
@@ -395,7 +440,7 @@ pub struct Jwks {
 
 impl Jwks {
     /// Parses a JWK Set (`{"keys": [...]}`) of public keys: `RSA` (`n`, `e`),
-    /// `EC` P-256 (`crv`, `x`, `y`) and `OKP` Ed25519 (`crv`, `x`), each with
+    /// `EC` P-256 and P-384 (`crv`, `x`, `y`) and `OKP` Ed25519 (`crv`, `x`), each with
     /// optional `kid`, `alg` and `use`. Keys with `use: enc` are skipped
     /// silently; `oct` keys, private keys and anything malformed or
     /// unsupported are skipped and reported. The good keys are kept.
@@ -507,8 +552,13 @@ fn parse_jwk(entry: &Value, allow_symmetric: bool) -> Result<Option<Jwk>, &'stat
         return Err("private key material in a key set");
     }
     match kty {
-        Some("EC") if obj.get("crv").and_then(Value::as_str) != Some("P-256") => {
-            return Err("unsupported EC curve (only P-256)")
+        Some("EC")
+            if !matches!(
+                obj.get("crv").and_then(Value::as_str),
+                Some("P-256") | Some("P-384")
+            ) =>
+        {
+            return Err("unsupported EC curve (only P-256 and P-384)")
         }
         Some("OKP") if obj.get("crv").and_then(Value::as_str) != Some("Ed25519") => {
             return Err("unsupported OKP curve (only Ed25519)")
@@ -530,6 +580,9 @@ fn parse_jwk(entry: &Value, allow_symmetric: bool) -> Result<Option<Jwk>, &'stat
             }
             let key = RsaPublicKey::try_from(&jwk).map_err(|_| "invalid RSA key")?;
             KeyMaterial::Rsa(key)
+        }
+        JsonWebKey::EllipticCurve { curve, x, y, .. } if curve == "P-384" => {
+            KeyMaterial::P384(p384_key(x, y)?)
         }
         JsonWebKey::EllipticCurve { .. } => {
             KeyMaterial::P256(P256Key::try_from(&jwk).map_err(|_| "invalid P-256 key")?)
@@ -1104,6 +1157,20 @@ mod tests {
     const A4_TOKEN: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.\
         hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
 
+    // ES384 (RFC 7518 section 3.4) by an independent implementation: PyJWT
+    // 2.15.1 on `cryptography` 50.0.2, a fresh P-384 key, the claims of
+    // `claims()` (so valid at `NOW`), header `{"alg":"ES384","kid":"ec384",
+    // "typ":"JWT"}`; PyJWT's own `jwt.decode` with the public JWK below
+    // accepted it.
+    const ES384_TOKEN: &str = "eyJhbGciOiJFUzM4NCIsImtpZCI6ImVjMzg0IiwidHlwIjoiSldUIn0.\
+        eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoiYXBpIiwic3ViIjoidXNlci0xIiwiaWF0IjoxNjk5\
+        OTk5OTkwLCJleHAiOjE3MDAwMDAzMDAsInNjb3BlIjoicmVhZCB3cml0ZSIsInJvbGVzIjpbImFkbWluIiw3LCJvcHMi\
+        XSwiYW1yIjpbInB3ZCIsIm1mYSJdLCJvcmciOnsiaWQiOiJvLTEiLCJ0ZWFtcyI6W3sibmFtZSI6ImJsdWUifV19fQ.\
+        -zAtjG8DUpfcuw4rjW6QKDXbIzzrwrWUSE5Zuiuieo-FWn97zrOF03eZKCwc_ujHLPyqrci4IHsdhrOdo7-EyaO88lTJ\
+        XFIBs6KCSGHyxf_Pz3RrGQvpnjJP6f-9vQYB";
+    const ES384_X: &str = "UVPhSccFZBJtpMj1-KWR4Wocom0du1Aas8_9POTlnTIiYPt3I3qodrWTfoEQTJZA";
+    const ES384_Y: &str = "7fSuE4QVtPGtso-j-MPAGLjv_dEvVy8DnXwAHc7Gmj6r8tDJzqd92OCxx33Yzn_W";
+
     const NOW: u64 = 1_700_000_000;
     const ISS: &str = "https://issuer.example";
 
@@ -1180,10 +1247,11 @@ mod tests {
             {"kty": "EC", "kid": "ec1", "crv": "P-256", "x": A3_X, "y": A3_Y},
             {"kty": "OKP", "kid": "ed1", "crv": "Ed25519", "x": ED_X},
             {"kty": "oct", "kid": "hs1", "k": A1_K},
+            {"kty": "EC", "kid": "ec384", "crv": "P-384", "x": ES384_X, "y": ES384_Y},
         ]});
         let (set, errors) = Jwks::parse_with_symmetric(doc.to_string().as_bytes());
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(set.len(), 4);
+        assert_eq!(set.len(), 5);
         set
     }
 
@@ -1297,6 +1365,257 @@ mod tests {
         assert!(key.verify(Alg::EdDsa, input2.as_bytes(), &B64URL.decode(sig2).unwrap()));
     }
 
+    /// A P-384 key pair from a fixed scalar, for the tokens this crate signs
+    /// itself (`ES384_TOKEN` is the independent one).
+    fn other_p384_signer() -> p384::ecdsa::SigningKey {
+        p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap()
+    }
+
+    fn p384_public_jwk(key: &p384::ecdsa::SigningKey, kid: &str) -> Value {
+        let point = key.verifying_key().to_encoded_point(false);
+        json!({
+            "kty": "EC", "kid": kid, "crv": "P-384",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+        })
+    }
+
+    fn mint_es384(key: &p384::ecdsa::SigningKey, header: Value, claims: Value) -> String {
+        use p384::ecdsa::signature::Signer as _;
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig: p384::ecdsa::Signature = key.sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig.to_bytes()))
+    }
+
+    /// The DER `ECDSA-Sig-Value` form of a raw `r || s` signature, which
+    /// some libraries emit instead of the JWS form.
+    fn der_signature(raw: &[u8]) -> Vec<u8> {
+        let int = |bytes: &[u8]| {
+            let start = bytes
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(bytes.len() - 1);
+            let mut v = bytes[start..].to_vec();
+            if v[0] & 0x80 != 0 {
+                v.insert(0, 0);
+            }
+            let mut out = vec![0x02, v.len() as u8];
+            out.extend(v);
+            out
+        };
+        let (r, s) = raw.split_at(raw.len() / 2);
+        let body = [int(r), int(s)].concat();
+        let mut der = vec![0x30, body.len() as u8];
+        der.extend(body);
+        der
+    }
+
+    #[test]
+    fn es384_token_from_pyjwt_verifies() {
+        // Alone in its set, as an identity provider publishes it.
+        let jwks = json!({"keys": [{
+            "kty": "EC", "kid": "ec384", "crv": "P-384", "x": ES384_X, "y": ES384_Y,
+            "alg": "ES384", "use": "sig",
+        }]});
+        let (set, errors) = Jwks::parse(jwks.to_string().as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(set.keys()[0].family(), KeyFamily::P384);
+        assert_eq!(set.keys()[0].alg(), Some(Alg::Es384));
+        let p = Provider::new(settings(&[Alg::Es384]), set).unwrap();
+        let v = verify(ES384_TOKEN, &p, NOW).unwrap();
+        assert_eq!((v.alg, v.kid.as_deref()), (Alg::Es384, Some("ec384")));
+        assert_eq!(v.sub.as_deref(), Some("user-1"));
+        assert_eq!(v.scopes, ["read", "write"]);
+        assert_eq!(v.claim_at("org.teams.0.name"), Some(&json!("blue")));
+        assert_eq!(v.valid_until_s, NOW + 300 + 30);
+        // The time checks still apply.
+        assert_eq!(verify(ES384_TOKEN, &p, NOW + 330), Err(JwtError::Expired));
+        // Among keys of every family too; refused where ES384 is not listed.
+        assert!(verify(ES384_TOKEN, &all_algs(), NOW).is_ok());
+        let es256_only = provider(&[Alg::Es256]);
+        assert_eq!(verify(ES384_TOKEN, &es256_only, NOW), Err(JwtError::Alg));
+
+        let parts: Vec<&str> = ES384_TOKEN.split('.').collect();
+        // A tampered payload.
+        let mut evil = claims();
+        evil["sub"] = json!("admin");
+        let evil = b64(evil.to_string().as_bytes());
+        let forged = format!("{}.{evil}.{}", parts[0], parts[2]);
+        assert_eq!(verify(&forged, &p, NOW), Err(JwtError::Signature));
+        // The same signature in DER form is not a JWS signature (RFC 7518
+        // section 3.4: `r || s`, 96 bytes).
+        let raw = B64URL.decode(parts[2]).unwrap();
+        assert_eq!(raw.len(), 96);
+        let der = format!("{}.{}.{}", parts[0], parts[1], b64(&der_signature(&raw)));
+        assert_eq!(verify(&der, &p, NOW), Err(JwtError::Signature));
+        // `r` and `s` swapped.
+        let swapped = [&raw[48..], &raw[..48]].concat();
+        let swapped = format!("{}.{}.{}", parts[0], parts[1], b64(&swapped));
+        assert_eq!(verify(&swapped, &p, NOW), Err(JwtError::Signature));
+        // Zero `r` and `s`, and values of all ones (over the group order).
+        for bad in [[0u8; 96], [0xff; 96]] {
+            let t = format!("{}.{}.{}", parts[0], parts[1], b64(&bad));
+            assert_eq!(verify(&t, &p, NOW), Err(JwtError::Signature));
+        }
+        // Another P-384 key's signature under the same kid.
+        let other = mint_es384(
+            &other_p384_signer(),
+            json!({"alg": "ES384", "kid": "ec384"}),
+            claims(),
+        );
+        assert_eq!(verify(&other, &p, NOW), Err(JwtError::Signature));
+        // Without kid, every P-384 key is tried, and only those.
+        let doc = json!({"keys": [
+            {"kty": "EC", "kid": "ec384", "crv": "P-384", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "ec1", "crv": "P-256", "x": A3_X, "y": A3_Y},
+            p384_public_jwk(&other_p384_signer(), "other"),
+        ]});
+        let (set, errors) = Jwks::parse(doc.to_string().as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        let p = Provider::new(settings(&[Alg::Es256, Alg::Es384]), set).unwrap();
+        let no_kid = mint_es384(&other_p384_signer(), json!({"alg": "ES384"}), claims());
+        let v = verify(&no_kid, &p, NOW).unwrap();
+        assert_eq!((v.alg, v.kid), (Alg::Es384, None));
+        assert!(verify(ES384_TOKEN, &p, NOW).is_ok());
+    }
+
+    #[test]
+    fn p256_and_p384_keys_never_cross() {
+        let parse = |doc: Value| {
+            let (set, errors) = Jwks::parse(doc.to_string().as_bytes());
+            assert!(errors.is_empty(), "{errors:?}");
+            Provider::new(settings(&[Alg::Es256, Alg::Es384]), set).unwrap()
+        };
+        // A P-384 key set cannot verify ES256, even under the token's kid.
+        let p384_set = parse(json!({"keys": [
+            {"kty": "EC", "kid": "ec1", "crv": "P-384", "x": ES384_X, "y": ES384_Y},
+        ]}));
+        let es256 = mint(
+            &Es256,
+            &es_signer(),
+            json!({"alg": "ES256", "kid": "ec1"}),
+            claims(),
+        );
+        assert_eq!(verify(&es256, &p384_set, NOW), Err(JwtError::Alg));
+        let es256_no_kid = mint(&Es256, &es_signer(), json!({"alg": "ES256"}), claims());
+        assert_eq!(
+            verify(&es256_no_kid, &p384_set, NOW),
+            Err(JwtError::UnknownKid)
+        );
+        // A P-256 key set cannot verify the ES384 token, even under its kid.
+        let p256_set = parse(json!({"keys": [
+            {"kty": "EC", "kid": "ec384", "crv": "P-256", "x": A3_X, "y": A3_Y},
+        ]}));
+        assert_eq!(verify(ES384_TOKEN, &p256_set, NOW), Err(JwtError::Alg));
+        let (_, rest) = ES384_TOKEN.split_once('.').unwrap();
+        let es384_no_kid = format!("{}.{rest}", b64(br#"{"alg":"ES384"}"#));
+        assert_eq!(
+            verify(&es384_no_kid, &p256_set, NOW),
+            Err(JwtError::UnknownKid)
+        );
+        // The ES384 token relabelled ES256 (its signature no longer covers
+        // the header, and it is 96 bytes, not 64): the P-384 key named by its
+        // kid is not for ES256.
+        let relabelled = format!("{}.{rest}", b64(br#"{"alg":"ES256","kid":"ec384"}"#));
+        let both = parse(json!({"keys": [
+            {"kty": "EC", "kid": "ec384", "crv": "P-384", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "ec1", "crv": "P-256", "x": A3_X, "y": A3_Y},
+        ]}));
+        assert_eq!(verify(&relabelled, &both, NOW), Err(JwtError::Alg));
+        assert!(verify(ES384_TOKEN, &both, NOW).is_ok());
+        assert!(verify(&es256, &both, NOW).is_ok());
+        // At the key level, whatever the signature bytes.
+        let k384 = &both.keys().keys()[0];
+        let k256 = &both.keys().keys()[1];
+        assert_eq!(
+            (k384.family(), k256.family()),
+            (KeyFamily::P384, KeyFamily::P256)
+        );
+        assert!(!k384.accepts(Alg::Es256) && !k256.accepts(Alg::Es384));
+        let (input, sig) = ES384_TOKEN.rsplit_once('.').unwrap();
+        let sig = B64URL.decode(sig).unwrap();
+        assert!(k384.verify(Alg::Es384, input.as_bytes(), &sig));
+        assert!(!k384.verify(Alg::Es256, input.as_bytes(), &sig));
+        assert!(!k256.verify(Alg::Es384, input.as_bytes(), &sig));
+        let (input, sig) = es256.rsplit_once('.').unwrap();
+        let sig = B64URL.decode(sig).unwrap();
+        assert!(k256.verify(Alg::Es256, input.as_bytes(), &sig));
+        assert!(!k384.verify(Alg::Es256, input.as_bytes(), &sig));
+        assert!(!k384.verify(Alg::Es384, input.as_bytes(), &sig));
+        // A key's `alg` must fit its curve.
+        let doc = json!({"keys": [
+            {"kty": "EC", "crv": "P-384", "alg": "ES256", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "crv": "P-256", "alg": "ES384", "x": A3_X, "y": A3_Y},
+        ]});
+        let (set, errors) = Jwks::parse(doc.to_string().as_bytes());
+        assert!(set.is_empty());
+        let reasons: Vec<_> = errors.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["`alg` does not match the key type"; 2]);
+    }
+
+    #[test]
+    fn malformed_p384_jwk_entries_are_reported() {
+        let x = B64URL.decode(ES384_X).unwrap();
+        let short_x = b64(&x[..47]);
+        let long_y = b64(&[B64URL.decode(ES384_Y).unwrap(), vec![0]].concat());
+        let over_p = b64(&[0xff; 48]);
+        let d = b64(&[1u8; 48]);
+        let doc = json!({"keys": [
+            {"kty": "EC", "kid": "ec384", "crv": "P-384", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "short-x", "crv": "P-384", "x": short_x, "y": ES384_Y},
+            {"kty": "EC", "kid": "long-y", "crv": "P-384", "x": ES384_X, "y": long_y},
+            {"kty": "EC", "kid": "p256-size", "crv": "P-384", "x": A3_X, "y": A3_Y},
+            {"kty": "EC", "kid": "off-curve", "crv": "P-384", "x": ES384_X, "y": ES384_X},
+            {"kty": "EC", "kid": "over-p", "crv": "P-384", "x": over_p, "y": ES384_Y},
+            {"kty": "EC", "kid": "no-y", "crv": "P-384", "x": ES384_X},
+            {"kty": "EC", "kid": "bad-b64", "crv": "P-384", "x": "!!!", "y": ES384_Y},
+            {"kty": "EC", "kid": "priv", "crv": "P-384", "x": ES384_X, "y": ES384_Y, "d": d},
+            {"kty": "EC", "kid": "p521", "crv": "P-521", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "case", "crv": "p-384", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "no-crv", "x": ES384_X, "y": ES384_Y},
+            {"kty": "EC", "kid": "good-alg", "crv": "P-384", "alg": "ES384",
+             "x": ES384_X, "y": ES384_Y, "use": "sig"},
+        ]});
+        let (set, errors) = Jwks::parse(doc.to_string().as_bytes());
+        let kids: Vec<_> = set.keys().iter().map(|k| k.kid().unwrap()).collect();
+        assert_eq!(kids, ["ec384", "good-alg"]);
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.index.unwrap(), e.kid.as_deref().unwrap(), e.reason))
+            .collect();
+        let size = "invalid P-384 key (`x` and `y` must be 48 bytes)";
+        let point = "invalid P-384 key (not a point of the curve)";
+        let curve = "unsupported EC curve (only P-256 and P-384)";
+        assert_eq!(
+            found,
+            [
+                (1, "short-x", size),
+                (2, "long-y", size),
+                (3, "p256-size", size),
+                (4, "off-curve", point),
+                (5, "over-p", point),
+                (6, "no-y", "invalid key parameters"),
+                (7, "bad-b64", "invalid key parameters"),
+                (8, "priv", "private key material in a key set"),
+                (9, "p521", curve),
+                (10, "case", curve),
+                (11, "no-crv", curve),
+            ]
+        );
+        for e in &errors {
+            let shown = e.to_string();
+            for material in [ES384_X, ES384_Y, d.as_str(), short_x.as_str()] {
+                assert!(!shown.contains(material), "{shown}");
+            }
+        }
+        // The good entries still verify.
+        let p = Provider::new(settings(&[Alg::Es384]), set).unwrap();
+        assert!(verify(ES384_TOKEN, &p, NOW).is_ok());
+    }
+
     #[test]
     fn good_tokens_of_every_family_verify_and_expose_claims() {
         let p = all_algs();
@@ -1333,6 +1652,7 @@ mod tests {
             ),
             // No kid: the keys of the family are tried.
             mint(&Ed25519, &ed_signer(), json!({"alg": "EdDSA"}), claims()),
+            ES384_TOKEN.to_owned(),
         ];
         for token in &tokens {
             let v = verify(token, &p, NOW).unwrap();
@@ -1388,7 +1708,7 @@ mod tests {
             r#"{"alg":"none","kid":"hs1"}"#,
             r#"{"alg":"hs256"}"#,
             r#"{"alg":"HS512"}"#,
-            r#"{"alg":"ES384"}"#,
+            r#"{"alg":"ES512"}"#,
             r#"{"alg":""}"#,
             r#"{"alg":null}"#,
             r#"{"kid":"hs1"}"#,
@@ -1617,6 +1937,7 @@ mod tests {
                 json!({"alg": "ES256", "kid": "ec1"}),
                 claims(),
             ),
+            ES384_TOKEN.to_owned(),
         ] {
             let parts: Vec<&str> = token.split('.').collect();
             let mut evil = claims();
@@ -1814,6 +2135,7 @@ mod tests {
                 claims(),
             ),
             mint(&Ed25519, &ed_signer(), json!({"alg": "EdDSA"}), claims()),
+            ES384_TOKEN.to_owned(),
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         const ALPHABET: &[u8] = b"ABCxyz019-_.=+/ \"{}";
