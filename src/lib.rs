@@ -4,11 +4,13 @@
 //! request view and host services ([`host`]) and applies the verdict it gets
 //! back. Everything here builds and is tested natively.
 
+pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod digest;
 pub mod duration;
 pub mod host;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod pipeline;

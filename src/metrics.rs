@@ -26,6 +26,11 @@ pub enum Counter {
         rule: u8,
     },
     CasRetry,
+    /// A remote JWK Set fetch finished (`ok`: it brought usable keys).
+    JwksFetch {
+        provider: u8,
+        ok: bool,
+    },
 }
 
 /// Reason codes use `.`, which separates stat-name segments; metrics use `_`.
@@ -62,6 +67,15 @@ impl Counter {
                     .map_or("unknown", |r| r.name.as_str())
             ),
             Counter::CasRetry => "palisade_shared_data_cas_retries_total".to_string(),
+            Counter::JwksFetch { provider, ok } => format!(
+                "palisade_jwks_fetches_total.provider.{}.result.{}",
+                policy
+                    .auth
+                    .providers
+                    .get(usize::from(provider))
+                    .map_or("unknown", |p| p.name.as_str()),
+                if ok { "ok" } else { "failed" }
+            ),
         }
     }
 }

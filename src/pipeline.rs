@@ -6,26 +6,37 @@
 //! must be checked (a signed `Content-Digest`) gets its final decision in
 //! [`Engine::check_body`].
 
+use crate::auth::{self, AuthState, AuthzPolicy};
 use crate::client_ip;
-use crate::config::{FailureMode, Mode, Policy, SignaturePolicy};
-use crate::digest::{ContentDigest, DigestError};
+use crate::config::{ConfigError, FailureMode, Mode, Policy, SignaturePolicy};
+use crate::digest::ContentDigest;
 use crate::host::{Clock, Metrics, SharedStore, StoreError};
+use crate::jwks::{self, FetchPlan};
+use crate::jwt;
 use crate::metrics::Counter;
 use crate::ratelimit::{Limiter, Rule, RuleOutcome};
 use crate::replay::{self, Sighting};
 use crate::request::{request_id, HeaderMap};
 use crate::routes::RouteId;
 use crate::signature::{self, Verified};
-use crate::verdict::{BodyCheck, Decision, Finding, LocalResponse, Quota, Reason, Stage, Verdict};
+use crate::slots;
+use crate::verdict::{
+    BodyCheck, ContentType, Decision, Finding, LocalResponse, Quota, Reason, Stage,
+    UpstreamHeaders, Verdict,
+};
 use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::hash::Hasher;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
-/// A compiled policy bound to the process-wide hash seed.
+/// A compiled policy bound to the process-wide hash seed, with the
+/// worker's authentication state (current key sets, verified tokens).
 pub struct Engine {
     pub policy: Policy,
     seed: [u8; 16],
+    auth: Mutex<AuthState>,
 }
 
 /// Host services one evaluation uses.
@@ -39,7 +50,8 @@ pub struct Services<'a> {
 struct Facts<'h> {
     route: RouteId,
     client_ip: Option<IpAddr>,
-    user: Option<&'h [u8]>,
+    /// The authenticated subject, or the configured user header.
+    user: Option<Cow<'h, [u8]>>,
     /// Key id of a verified request signature.
     key_id: Option<String>,
     request_id: &'h str,
@@ -70,8 +82,126 @@ pub enum Body<'a> {
 }
 
 impl Engine {
-    pub fn new(policy: Policy, seed: [u8; 16]) -> Engine {
-        Engine { policy, seed }
+    pub fn new(policy: Policy, seed: [u8; 16]) -> Result<Engine, ConfigError> {
+        let auth = AuthState::new(&policy.auth).map_err(|e| ConfigError {
+            path: format!("jwt.providers.{}", e.field),
+            message: e.message,
+        })?;
+        Ok(Engine {
+            policy,
+            seed,
+            auth: Mutex::new(auth),
+        })
+    }
+
+    /// Called from the root context's tick: installs key sets other
+    /// workers fetched, and returns the fetches this worker won.
+    pub fn jwks_due(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<FetchPlan> {
+        let mut plans = Vec::new();
+        for (index, spec) in self.policy.auth.providers.iter().enumerate() {
+            let Some(remote) = &spec.remote else {
+                continue;
+            };
+            let have = auth::lock(&self.auth).generation(index).unwrap_or(0);
+            match jwks::read_newer(store, remote, have) {
+                Ok(Some((generation, keys))) => {
+                    auth::lock(&self.auth).install(index, keys, generation);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "palisade: cannot read the shared key set of provider `{}` ({e:?})",
+                    spec.name
+                ),
+            }
+            match jwks::claim_fetch(store, remote, now_ms) {
+                Ok(true) => plans.push(FetchPlan {
+                    provider: index,
+                    upstream: remote.upstream.clone(),
+                    authority: remote.authority.clone(),
+                    path: remote.path.clone(),
+                    timeout_ms: remote.timeout_ms,
+                }),
+                Ok(false) => {}
+                Err(e) => log::warn!(
+                    "palisade: cannot schedule the JWKS fetch of provider `{}` ({e:?})",
+                    spec.name
+                ),
+            }
+        }
+        plans
+    }
+
+    /// A fetch finished: `Ok(body)` for a 200 response, `Err(why)` otherwise
+    /// (status, transport failure). A set with at least one usable key
+    /// replaces the provider's keys on every worker; anything else keeps the
+    /// last good set.
+    pub fn jwks_fetched(
+        &self,
+        provider: usize,
+        result: Result<&[u8], String>,
+        host: &Services<'_>,
+    ) {
+        let Some(spec) = self.policy.auth.providers.get(provider) else {
+            return;
+        };
+        let Some(remote) = &spec.remote else {
+            return;
+        };
+        let counter = |ok| Counter::JwksFetch {
+            provider: u8::try_from(provider).unwrap_or(u8::MAX),
+            ok,
+        };
+        let body = match result {
+            Ok(body) => body,
+            Err(why) => {
+                log::warn!(
+                    "palisade: JWKS fetch for provider `{}` failed: {why}; the last good key set stays in use",
+                    spec.name
+                );
+                return host.metrics.increment(counter(false));
+            }
+        };
+        let (keys, errors) = jwt::Jwks::parse(body);
+        for e in &errors {
+            log::warn!(
+                "palisade: provider `{}`: JWKS entry skipped: {e}",
+                spec.name
+            );
+        }
+        if keys.is_empty() {
+            log::warn!(
+                "palisade: JWKS of provider `{}` has no usable key; the last good key set stays in use",
+                spec.name
+            );
+            return host.metrics.increment(counter(false));
+        }
+        match jwks::store_fetched(host.store, remote, host.clock.now_ms(), body) {
+            Ok(generation) => {
+                log::info!(
+                    "palisade: provider `{}`: fetched key set generation {generation} ({} keys)",
+                    spec.name,
+                    keys.len()
+                );
+                auth::lock(&self.auth).install(provider, keys, generation);
+                host.metrics.increment(counter(true));
+            }
+            Err(e) => {
+                log::warn!(
+                    "palisade: cannot share the key set of provider `{}` ({e:?})",
+                    spec.name
+                );
+                host.metrics.increment(counter(false));
+            }
+        }
+    }
+
+    /// Whether any provider's keys are fetched (the root needs a tick).
+    pub fn needs_tick(&self) -> bool {
+        self.policy
+            .auth
+            .providers
+            .iter()
+            .any(|p| p.remote.is_some())
     }
 
     /// Evaluates one request. `peer` returns the TCP peer address; it is only
@@ -95,7 +225,18 @@ impl Engine {
         };
         let mut findings: Vec<Finding> = Vec::new();
         let mut quota: Option<Quota> = None;
-        let mut body: Option<BodyCheck> = None;
+        let mut digest: Option<(ContentDigest, Mode)> = None;
+        let mut upstream = UpstreamHeaders {
+            remove: self
+                .policy
+                .auth
+                .owned_headers
+                .iter()
+                .filter(|h| headers.get(h).is_some())
+                .cloned()
+                .collect(),
+            set: Vec::new(),
+        };
 
         match client_ip::resolve(self.policy.client_ip, headers, peer) {
             Ok(ip) => facts.client_ip = ip,
@@ -109,31 +250,137 @@ impl Engine {
             .policy
             .user_header
             .as_deref()
-            .and_then(|h| headers.get(h));
+            .and_then(|h| headers.get(h))
+            .map(Cow::Borrowed);
 
         let blocked = |findings: &[Finding]| findings.iter().any(Finding::enforced);
         if !blocked(&findings) {
             if let Some(policy) = self.policy.signatures.policy_for(route) {
-                self.authenticate(policy, headers, &mut facts, host, &mut findings, &mut body);
+                self.verify_signature(
+                    policy,
+                    headers,
+                    &mut facts,
+                    host,
+                    &mut findings,
+                    &mut digest,
+                );
+            }
+        }
+        if !blocked(&findings) {
+            if let Some(policy) = self.policy.auth.policy_for(route) {
+                self.check_credentials(
+                    policy,
+                    headers,
+                    &mut facts,
+                    host,
+                    &mut findings,
+                    &mut upstream,
+                );
             }
         }
         if !blocked(&findings) {
             self.rate_limit(&facts, host, &mut findings, &mut quota);
         }
-        self.conclude(&facts, findings, quota, body, host.metrics)
+        let body = self.body_check(headers, &facts, digest);
+        self.conclude(&facts, findings, quota, upstream, body, host.metrics)
+    }
+
+    /// Authentication and authorization on a route that requires a
+    /// credential: the principal becomes the `user` key and the identity
+    /// headers.
+    fn check_credentials(
+        &self,
+        policy: &AuthzPolicy,
+        headers: &HeaderMap<'_>,
+        facts: &mut Facts<'_>,
+        host: &Services<'_>,
+        findings: &mut Vec<Finding>,
+        upstream: &mut UpstreamHeaders,
+    ) {
+        let auth = &self.policy.auth;
+        let now_ms = facts.now_ms(host.clock);
+        match auth::check(auth, &self.auth, policy, headers, now_ms, host.store) {
+            Ok(principal) => {
+                upstream.set = principal.headers;
+                facts.user = Some(Cow::Owned(principal.subject.into_bytes()));
+            }
+            Err(Reason::JwtNoKeys) if auth.without_keys == FailureMode::Allow => {
+                findings.push(Finding::new(
+                    Stage::Authenticate,
+                    Reason::JwtNoKeys,
+                    Mode::Monitor,
+                ));
+            }
+            Err(reason) => {
+                let (stage, mode) = if reason.status() == 403 {
+                    (Stage::Authorize, auth.authz_mode)
+                } else {
+                    (Stage::Authenticate, auth.jwt_mode)
+                };
+                findings.push(Finding::new(stage, reason, mode));
+            }
+        }
+    }
+
+    /// What the body phase must check, if anything: a signed digest, a
+    /// refresh-token grant.
+    fn body_check(
+        &self,
+        headers: &HeaderMap<'_>,
+        facts: &Facts<'_>,
+        digest: Option<(ContentDigest, Mode)>,
+    ) -> Option<BodyCheck> {
+        let refresh = self
+            .policy
+            .auth
+            .refresh
+            .as_ref()
+            .filter(|r| r.applies_to(facts.route) && headers.get_str(":method") == Some("POST"))
+            .map(|_| self.policy.auth.jwt_mode);
+        if digest.is_none() && refresh.is_none() {
+            return None;
+        }
+        let mut max_bytes = 0;
+        if digest.is_some() {
+            max_bytes = self.policy.signatures.max_body_bytes;
+        }
+        if refresh.is_some() {
+            max_bytes = max_bytes.max(MAX_TOKEN_REQUEST_BYTES);
+        }
+        let content_type = match headers.get_str("content-type").map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        }) {
+            Some(t) if t == "application/x-www-form-urlencoded" => ContentType::Form,
+            Some(t) if t == "application/json" => ContentType::Json,
+            _ => ContentType::Other,
+        };
+        Some(BodyCheck {
+            digest,
+            refresh,
+            max_bytes,
+            route: facts.route,
+            client_ip: facts.client_ip,
+            key_id: facts.key_id.clone(),
+            request_id: facts.request_id.to_string(),
+            content_type,
+        })
     }
 
     /// The signature stage: verify the RFC 9421 signature, check that its
     /// nonce or itself was not seen before, and prepare the body's digest
     /// check.
-    fn authenticate(
+    fn verify_signature(
         &self,
         policy: &SignaturePolicy,
         headers: &HeaderMap<'_>,
         facts: &mut Facts<'_>,
         host: &Services<'_>,
         findings: &mut Vec<Finding>,
-        body: &mut Option<BodyCheck>,
+        body_digest: &mut Option<(ContentDigest, Mode)>,
     ) {
         let sigs = &self.policy.signatures;
         let mut flag = |reason| findings.push(Finding::new(Stage::Signature, reason, sigs.mode));
@@ -157,15 +404,7 @@ impl Engine {
             if declared.is_some_and(|len| len > sigs.max_body_bytes as u64) {
                 return flag(Reason::BodyTooLarge);
             }
-            *body = Some(BodyCheck {
-                digest,
-                max_bytes: sigs.max_body_bytes,
-                mode: sigs.mode,
-                route: facts.route,
-                client_ip: facts.client_ip,
-                key_id: verified.key_id.clone(),
-                request_id: facts.request_id.to_string(),
-            });
+            *body_digest = Some((digest, sigs.mode));
         }
         if policy.replay {
             match self.remember(&verified, now_ms, host) {
@@ -217,7 +456,15 @@ impl Engine {
             .map_or(now_ms.saturating_add(3_600_000), |s| {
                 s.saturating_add(1).saturating_mul(1000)
             });
-        replay::remember(host.store, host.metrics, tag, page, expires_ms, now_ms)
+        replay::remember(
+            host.store,
+            host.metrics,
+            slots::REPLAY,
+            tag,
+            page,
+            expires_ms,
+            now_ms,
+        )
     }
 
     /// Bans and rate limits: both read the same slot record, in one round trip.
@@ -345,7 +592,7 @@ impl Engine {
                 h.write_u8(0xff);
             }
             if rule.key.user {
-                h.write(facts.user.unwrap_or_default());
+                h.write(facts.user.as_deref().unwrap_or_default());
                 h.write_u8(0xff);
             }
             if rule.key.key_id {
@@ -364,6 +611,7 @@ impl Engine {
         facts: &Facts<'_>,
         findings: Vec<Finding>,
         quota: Option<Quota>,
+        upstream: UpstreamHeaders,
         body: Option<BodyCheck>,
         metrics: &dyn Metrics,
     ) -> Verdict {
@@ -390,48 +638,121 @@ impl Engine {
         };
         Verdict::Allow {
             response_headers,
+            upstream,
             body,
         }
     }
 
-    /// The body phase: the request's body against its `Content-Digest`.
-    /// Returns the response to send instead of forwarding, if any.
+    /// The body phase: the body against its `Content-Digest`, a refresh
+    /// token against reuse. Returns the response to send instead of
+    /// forwarding, if any.
     pub fn check_body(
         &self,
         check: &BodyCheck,
         body: Body<'_>,
-        metrics: &dyn Metrics,
+        host: &Services<'_>,
     ) -> Option<LocalResponse> {
-        let failure = match body {
-            Body::TooLarge => Some(Reason::BodyTooLarge),
-            Body::Unreadable => Some(Reason::BodyUnreadable),
-            Body::Complete(bytes) if bytes.len() > check.max_bytes => Some(Reason::BodyTooLarge),
-            Body::Complete(bytes) => check
-                .digest
-                .check(bytes)
-                .err()
-                .map(|e: DigestError| Reason::Digest(e)),
-        };
-        let finding = failure.map(|reason| Finding::new(Stage::Signature, reason, check.mode));
         let facts = Facts {
             route: check.route,
             client_ip: check.client_ip,
             user: None,
-            key_id: Some(check.key_id.clone()),
+            key_id: check.key_id.clone(),
             request_id: &check.request_id,
             now_ms: Cell::new(None),
         };
-        if let Some(finding) = &finding {
-            self.record(&facts, finding, metrics);
+        let mut findings = Vec::new();
+        let oversized = |mode| Finding::new(Stage::Signature, Reason::BodyTooLarge, mode);
+        match body {
+            Body::TooLarge => findings.push(oversized(Self::body_mode(check))),
+            Body::Complete(bytes) if bytes.len() > check.max_bytes => {
+                findings.push(oversized(Self::body_mode(check)));
+            }
+            Body::Unreadable => findings.push(Finding::new(
+                Stage::Signature,
+                Reason::BodyUnreadable,
+                Self::body_mode(check),
+            )),
+            Body::Complete(bytes) => {
+                if let Some((digest, mode)) = &check.digest {
+                    if let Err(e) = digest.check(bytes) {
+                        findings.push(Finding::new(Stage::Signature, Reason::Digest(e), *mode));
+                    }
+                }
+                let blocked = findings.iter().any(Finding::enforced);
+                if let (Some(mode), false) = (check.refresh, blocked) {
+                    findings.extend(self.refresh_reuse(check, bytes, mode, &facts, host));
+                }
+            }
         }
-        let denial = finding.filter(Finding::enforced);
-        metrics.increment(Counter::Request {
+        for finding in &findings {
+            self.record(&facts, finding, host.metrics);
+        }
+        let denial = findings.into_iter().find(Finding::enforced);
+        host.metrics.increment(Counter::Request {
             decision: denial
                 .as_ref()
                 .map_or(Decision::Allow, |f| f.reason.decision()),
             route: check.route,
         });
         denial.map(|f| self.respond(&f, &check.request_id))
+    }
+
+    /// The strictest mode among the body checks: a body that cannot be read
+    /// fails every check.
+    fn body_mode(check: &BodyCheck) -> Mode {
+        let enforced = check
+            .digest
+            .as_ref()
+            .is_some_and(|(_, m)| *m == Mode::Enforce)
+            || check.refresh == Some(Mode::Enforce);
+        if enforced {
+            Mode::Enforce
+        } else {
+            Mode::Monitor
+        }
+    }
+
+    /// Remembers the refresh token of a `refresh_token` grant; a second
+    /// presentation within `remember` is reuse (OAuth 2.0 Security BCP:
+    /// a stolen refresh token used after the client used it).
+    fn refresh_reuse(
+        &self,
+        check: &BodyCheck,
+        body: &[u8],
+        mode: Mode,
+        facts: &Facts<'_>,
+        host: &Services<'_>,
+    ) -> Option<Finding> {
+        let refresh = self.policy.auth.refresh.as_ref()?;
+        let token = refresh_token_of(check.content_type, body)?;
+        let hash = self.keyed_hash(|h| {
+            h.write(b"refresh");
+            h.write(token.as_bytes());
+        });
+        let (tag, page) = Self::tag_and_page(hash, refresh.pages);
+        let now_ms = facts.now_ms(host.clock);
+        let expires_ms = now_ms.saturating_add(refresh.remember_ms);
+        let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
+        match replay::remember(
+            host.store,
+            host.metrics,
+            slots::REFRESH,
+            tag,
+            page,
+            expires_ms,
+            now_ms,
+        ) {
+            Ok(Sighting::Fresh) => None,
+            Ok(Sighting::Replay) => flag(Reason::RefreshReuse),
+            Ok(Sighting::TableFull) => {
+                log::error!(
+                    "palisade: refresh-token table full; raise jwt.refresh_tokens.slots (now {})",
+                    refresh.pages.saturating_mul(slots::SLOTS_PER_PAGE as u32)
+                );
+                flag(Reason::RefreshCapacity)
+            }
+            Err(error) => Some(self.store_failure("refresh tokens", Stage::Authenticate, error)),
+        }
     }
 
     /// Counts and logs one finding.
@@ -471,6 +792,15 @@ impl Engine {
         let reason = finding.reason;
         let mut headers: Vec<(&'static str, String)> =
             vec![("content-type", "application/json".to_string())];
+        if let Some(error) = reason.bearer_error() {
+            headers.push((
+                "www-authenticate",
+                format!(
+                    "Bearer error=\"{error}\", error_description=\"{}\"",
+                    reason.as_str()
+                ),
+            ));
+        }
         if let Some(seconds) = finding.retry_after_s {
             headers.push(("retry-after", seconds.to_string()));
         }
@@ -502,7 +832,7 @@ impl Engine {
             "route": self.policy.routes.name(facts.route),
             "rule": finding.rule.map(|r| self.rule_name(r)),
             "client_ip": facts.client_ip.map(|ip| ip.to_string()),
-            "user_hash": facts.user.map(|u| self.short_hash(u)),
+            "user_hash": facts.user.as_deref().map(|u| self.short_hash(u)),
             "key_id": facts.key_id,
             "request_id": facts.request_id,
         });
@@ -517,6 +847,38 @@ impl Engine {
         h.write(value);
         format!("{:08x}", h.finish() >> 32)
     }
+}
+
+/// Largest token-endpoint request body read for a refresh-token grant.
+const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// The `refresh_token` of a `grant_type=refresh_token` request (RFC 6749
+/// section 6), form-encoded or, as some servers accept, JSON.
+fn refresh_token_of(content_type: ContentType, body: &[u8]) -> Option<String> {
+    let (grant, token) = match content_type {
+        ContentType::Form => {
+            let mut grant = None;
+            let mut token = None;
+            for (k, v) in form_urlencoded::parse(body) {
+                match k.as_ref() {
+                    "grant_type" => grant = Some(v.into_owned()),
+                    "refresh_token" => token = Some(v.into_owned()),
+                    _ => {}
+                }
+            }
+            (grant, token)
+        }
+        ContentType::Json => {
+            let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+            let field = |name: &str| doc.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            (field("grant_type"), field("refresh_token"))
+        }
+        ContentType::Other => return None,
+    };
+    (grant.as_deref() == Some("refresh_token"))
+        .then_some(token)
+        .flatten()
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -543,10 +905,18 @@ mod tests {
             slots::ensure_pages(&store, policy.shared_keys())
                 .unwrap_or_else(|e| unreachable!("{e:?}"));
             Fixture {
-                engine: Engine::new(policy, [7; 16]),
+                engine: Engine::new(policy, [7; 16]).unwrap_or_else(|e| unreachable!("{e}")),
                 store,
                 clock: ManualClock::at(T0),
                 metrics: MemoryMetrics::default(),
+            }
+        }
+
+        fn services(&self) -> Services<'_> {
+            Services {
+                store: &self.store,
+                clock: &self.clock,
+                metrics: &self.metrics,
             }
         }
 
@@ -665,7 +1035,7 @@ mod tests {
         let f = Fixture::new(LOGIN);
         assert!(matches!(
             f.send("POST", "/login", &[]),
-            Verdict::Allow { response_headers, body: None } if response_headers.is_empty()
+            Verdict::Allow { response_headers, body: None, .. } if response_headers.is_empty()
         ));
         let with = Fixture::new(&LOGIN.replace(
             "\"rate_limits\": {",
@@ -938,7 +1308,7 @@ mod tests {
                 } => {
                     match f
                         .engine
-                        .check_body(&check, Body::Complete(body), &f.metrics)
+                        .check_body(&check, Body::Complete(body), &f.services())
                     {
                         None => (200, String::new()),
                         Some(r) => (r.status, r.body),
@@ -1094,6 +1464,383 @@ mod tests {
                 route: f.route("pay"),
             };
             assert_eq!(f.metrics.get(&counted), 1);
+        }
+    }
+
+    /// Authentication and authorization through the whole pipeline, with
+    /// HS256 tokens minted here (the `hmac` crate signs) and verified by the
+    /// `jwt` module.
+    mod credentials {
+        use super::*;
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha256};
+
+        const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+        const B64: base64::engine::GeneralPurpose =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        fn mint(claims: serde_json::Value) -> String {
+            let header = B64.encode(br#"{"alg":"HS256","kid":"k1","typ":"JWT"}"#);
+            let payload = B64.encode(claims.to_string());
+            let input = format!("{header}.{payload}");
+            let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap_or_else(|_| unreachable!());
+            mac.update(input.as_bytes());
+            format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
+        }
+
+        fn claims(sub: &str, extra: serde_json::Value) -> serde_json::Value {
+            let now = T0 / 1000;
+            let mut c = serde_json::json!({
+                "iss": "https://idp.example", "aud": "api", "sub": sub,
+                "iat": now, "exp": now + 300
+            });
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            c
+        }
+
+        fn config(extra: &str) -> String {
+            let k = B64.encode(KEY);
+            let api_hash = hex(&Sha256::digest(b"partner-secret"));
+            format!(
+                r#"{{
+                "routes": [{{"name": "admin", "prefix": "/admin"}}, {{"name": "api", "prefix": "/api"}},
+                           {{"name": "token", "path": "/oauth/token", "methods": ["POST"]}}],
+                "jwt": {{"providers": [{{"name": "idp", "issuer": "https://idp.example", "audiences": ["api"],
+                         "algorithms": ["HS256"], "max_lifetime": "1h",
+                         "jwks": {{"inline": {{"keys": [{{"kty": "oct", "kid": "k1", "k": "{k}"}}]}}}},
+                         "forward_claims": [{{"claim": "tenant", "header": "x-tenant"}}]}}],
+                         "refresh_tokens": {{"routes": ["token"], "slots": 64}}}},
+                "api_keys": {{"header": "x-api-key", "keys": [{{"id": "partner", "sha256": "{api_hash}", "roles": ["reports"]}}]}},
+                "authorization": {{"policies": [
+                    {{"routes": ["admin"], "roles": ["admin"], "amr": ["mfa"]}},
+                    {{"routes": ["api"], "credentials": ["jwt", "api_key"]}}
+                ]}}
+                {extra}
+            }}"#
+            )
+        }
+
+        fn hex(bytes: &[u8]) -> String {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+
+        fn bearer(token: &str) -> String {
+            format!("Bearer {token}")
+        }
+
+        fn respond(v: Verdict) -> LocalResponse {
+            match v {
+                Verdict::Respond(r) => r,
+                Verdict::Allow { .. } => unreachable!("expected a refusal"),
+            }
+        }
+
+        fn reason(r: &LocalResponse) -> String {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            body["reason"].as_str().unwrap_or("").to_string()
+        }
+
+        #[test]
+        fn a_protected_route_needs_a_valid_token_and_says_why_not() {
+            let f = Fixture::new(&config(""));
+            let r = respond(f.send("GET", "/api/items", &[]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "auth.missing"));
+            assert_eq!(
+                header(&r, "www-authenticate"),
+                Some("Bearer error=\"invalid_token\", error_description=\"auth.missing\"")
+            );
+            let expired = mint(claims("alice", serde_json::json!({"exp": T0 / 1000 - 60})));
+            let r = respond(f.send("GET", "/api/items", &[("authorization", &bearer(&expired))]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.expired"));
+            let mut tampered = mint(claims("alice", serde_json::json!({})));
+            tampered.insert(tampered.len() - 3, 'A');
+            let r = respond(f.send(
+                "GET",
+                "/api/items",
+                &[("authorization", &bearer(&tampered))],
+            ));
+            assert_eq!(r.status, 401);
+            let long_lived = mint(claims(
+                "alice",
+                serde_json::json!({"exp": T0 / 1000 + 7200}),
+            ));
+            let r = respond(f.send(
+                "GET",
+                "/api/items",
+                &[("authorization", &bearer(&long_lived))],
+            ));
+            assert_eq!(reason(&r), "jwt.lifetime");
+            assert!(!r.body.contains(&expired) && !format!("{r:?}").contains(&long_lived));
+        }
+
+        #[test]
+        fn a_valid_token_sets_the_identity_and_strips_forged_copies() {
+            let f = Fixture::new(&config(""));
+            let token = mint(claims("alice", serde_json::json!({"tenant": "acme"})));
+            let auth = bearer(&token);
+            let Verdict::Allow { upstream, .. } = f.send(
+                "GET",
+                "/api/items",
+                &[
+                    ("authorization", &auth),
+                    ("x-palisade-user", "mallory"),
+                    ("x-tenant", "evil"),
+                ],
+            ) else {
+                unreachable!("a valid token is allowed");
+            };
+            assert_eq!(upstream.remove, ["x-palisade-user", "x-tenant"]);
+            assert_eq!(
+                upstream.set,
+                [
+                    ("x-palisade-user".to_string(), "alice".to_string()),
+                    ("x-tenant".to_string(), "acme".to_string())
+                ]
+            );
+            // Forged identity headers are removed on unprotected routes too.
+            let Verdict::Allow { upstream, .. } =
+                f.send("GET", "/public", &[("x-palisade-user", "mallory")])
+            else {
+                unreachable!("public route");
+            };
+            assert_eq!(upstream.remove, ["x-palisade-user"]);
+            assert!(upstream.set.is_empty());
+        }
+
+        #[test]
+        fn roles_and_mfa_are_required_where_configured() {
+            let f = Fixture::new(&config(""));
+            let user = mint(claims(
+                "bob",
+                serde_json::json!({"roles": ["user"], "amr": ["mfa"]}),
+            ));
+            let r = respond(f.send("GET", "/admin", &[("authorization", &bearer(&user))]));
+            assert_eq!((r.status, reason(&r).as_str()), (403, "authz.role"));
+            assert_eq!(
+                header(&r, "www-authenticate"),
+                Some("Bearer error=\"insufficient_scope\", error_description=\"authz.role\"")
+            );
+            let no_mfa = mint(claims(
+                "root",
+                serde_json::json!({"roles": ["admin"], "amr": ["pwd"]}),
+            ));
+            let r = respond(f.send("GET", "/admin", &[("authorization", &bearer(&no_mfa))]));
+            assert_eq!(reason(&r), "authz.mfa");
+            let admin = mint(claims(
+                "root",
+                serde_json::json!({"roles": ["admin"], "amr": ["pwd", "mfa"]}),
+            ));
+            assert_eq!(
+                f.status("GET", "/admin", &[("authorization", &bearer(&admin))]),
+                200
+            );
+            // API keys are not accepted where only tokens are.
+            let r = respond(f.send("GET", "/admin", &[("x-api-key", "partner-secret")]));
+            assert_eq!(reason(&r), "auth.missing");
+        }
+
+        #[test]
+        fn api_keys_authenticate_by_hash() {
+            let f = Fixture::new(&config(""));
+            let Verdict::Allow { upstream, .. } =
+                f.send("GET", "/api/x", &[("x-api-key", "partner-secret")])
+            else {
+                unreachable!("a valid key is allowed");
+            };
+            assert_eq!(
+                upstream.set,
+                [("x-palisade-user".to_string(), "apikey:partner".to_string())]
+            );
+            let r = respond(f.send("GET", "/api/x", &[("x-api-key", "partner-secreT")]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "apikey.invalid"));
+        }
+
+        #[test]
+        fn the_verified_subject_is_the_user_rate_limit_key() {
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "per-user", "key": ["user"], "routes": ["api"], "capacity": 2, "refill": "none"}]}"#,
+            ));
+            let alice = bearer(&mint(claims("alice", serde_json::json!({}))));
+            let alice_again = bearer(&mint(claims("alice", serde_json::json!({"jti": "2"}))));
+            let bob = bearer(&mint(claims("bob", serde_json::json!({}))));
+            let statuses: Vec<u16> = [&alice, &alice_again, &alice]
+                .iter()
+                .map(|t| f.status("GET", "/api/x", &[("authorization", t.as_str())]))
+                .collect();
+            assert_eq!(
+                statuses,
+                [200, 200, 429],
+                "two tokens, one subject, one bucket"
+            );
+            assert_eq!(f.status("GET", "/api/x", &[("authorization", &bob)]), 200);
+        }
+
+        #[test]
+        fn a_refresh_token_is_accepted_once() {
+            let f = Fixture::new(&config(""));
+            let grant = |token: &str| {
+                let body = format!("grant_type=refresh_token&refresh_token={token}&client_id=web");
+                let Verdict::Allow {
+                    body: Some(check), ..
+                } = f.send(
+                    "POST",
+                    "/oauth/token",
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                )
+                else {
+                    unreachable!("the token route holds the body");
+                };
+                f.engine
+                    .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+            };
+            assert_eq!(grant("rt-1"), None);
+            let r = grant("rt-1").unwrap_or_else(|| unreachable!("reuse is refused"));
+            assert_eq!(
+                (r.status, reason(&r).as_str()),
+                (400, "oauth.refresh_reuse")
+            );
+            assert!(r.body.contains("\"invalid_grant\"") && !r.body.contains("rt-1"));
+            assert_eq!(grant("rt-2"), None);
+            f.clock.advance(31 * 86_400_000);
+            assert_eq!(grant("rt-1"), None, "forgotten after `remember`");
+        }
+
+        fn remote_config(without_keys: &str) -> String {
+            format!(
+                r#"{{"routes": [{{"name": "api", "prefix": "/api"}}],
+                "jwt": {{"without_keys": "{without_keys}", "providers": [{{"name": "idp", "issuer": "https://idp.example",
+                    "audiences": ["api"], "algorithms": ["EdDSA"],
+                    "jwks": {{"remote": {{"cluster": "idp", "path": "/jwks", "min_refetch": "10s"}}}}}}]}},
+                "authorization": {{"policies": [{{"routes": ["api"]}}]}}}}"#
+            )
+        }
+
+        /// The RFC 8037 A.1 Ed25519 key pair.
+        const ED_JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+        #[test]
+        fn remote_keys_fail_closed_until_loaded_and_are_fetched_once() {
+            let f = Fixture::new(&remote_config("deny"));
+            jwks::ensure_record(
+                &f.store,
+                f.engine.policy.auth.providers[0]
+                    .remote
+                    .as_ref()
+                    .unwrap_or_else(|| unreachable!()),
+            )
+            .unwrap_or_else(|e| unreachable!("{e:?}"));
+            let token = bearer("eyJhbGciOiJFZERTQSJ9.e30.AAAA");
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &token)]));
+            assert_eq!((r.status, reason(&r).as_str()), (503, "jwt.no_keys"));
+            let plans = f.engine.jwks_due(&f.store, T0);
+            assert_eq!(plans.len(), 1);
+            assert_eq!(
+                (plans[0].upstream.as_str(), plans[0].path.as_str()),
+                ("idp", "/jwks")
+            );
+            assert!(
+                f.engine.jwks_due(&f.store, T0 + 1).is_empty(),
+                "one fetch in flight"
+            );
+            f.engine
+                .jwks_fetched(0, Err("HTTP status 500".into()), &f.services());
+            assert_eq!(
+                f.metrics.get(&Counter::JwksFetch {
+                    provider: 0,
+                    ok: false
+                }),
+                1
+            );
+            f.engine.jwks_fetched(0, Ok(ED_JWKS), &f.services());
+            assert_eq!(
+                f.metrics.get(&Counter::JwksFetch {
+                    provider: 0,
+                    ok: true
+                }),
+                1
+            );
+            // Keys are there: the token is now judged on its merits.
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &token)]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.signature"));
+            // A garbage document keeps the last good keys.
+            f.engine.jwks_fetched(0, Ok(b"<html>"), &f.services());
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &token)]));
+            assert_eq!(reason(&r), "jwt.signature");
+        }
+
+        #[test]
+        fn without_keys_allow_lets_requests_through_unauthenticated() {
+            let f = Fixture::new(&remote_config("allow"));
+            assert_eq!(
+                f.status("GET", "/api/x", &[("authorization", "Bearer a.b.c")]),
+                200
+            );
+        }
+
+        #[test]
+        fn an_unknown_kid_asks_for_one_refetch() {
+            let f = Fixture::new(&remote_config("deny"));
+            let remote = f.engine.policy.auth.providers[0]
+                .remote
+                .clone()
+                .unwrap_or_else(|| unreachable!());
+            jwks::ensure_record(&f.store, &remote).unwrap_or_else(|e| unreachable!("{e:?}"));
+            assert_eq!(f.engine.jwks_due(&f.store, T0).len(), 1);
+            f.engine.jwks_fetched(0, Ok(ED_JWKS), &f.services());
+            f.clock.advance(20_000);
+            assert!(
+                f.engine.jwks_due(&f.store, T0 + 20_000).is_empty(),
+                "refresh is 5 min"
+            );
+            let unknown = bearer(&format!(
+                "{}.e30.AAAA",
+                B64.encode(br#"{"alg":"EdDSA","kid":"rotated"}"#)
+            ));
+            for _ in 0..50 {
+                let r = respond(f.send("GET", "/api/x", &[("authorization", &unknown)]));
+                assert_eq!(reason(&r), "jwt.unknown_kid");
+            }
+            assert_eq!(
+                f.engine.jwks_due(&f.store, T0 + 20_001).len(),
+                1,
+                "one refetch for 50 misses"
+            );
+            assert!(f.engine.jwks_due(&f.store, T0 + 20_002).is_empty());
+        }
+
+        #[test]
+        fn configuration_errors_name_their_path() {
+            let bad = config("").replace("\"HS256\"", "\"HS257\"");
+            let e = Policy::from_json(bad.as_bytes())
+                .err()
+                .unwrap_or_else(|| unreachable!());
+            assert_eq!(e.path, "jwt.providers[0].algorithms[0]");
+            let bad = config("").replace(
+                "\"roles\": [\"admin\"], ",
+                "\"roles\": [\"admin\"], \"providers\": [\"nope\"], ",
+            );
+            let e = Policy::from_json(bad.as_bytes())
+                .err()
+                .unwrap_or_else(|| unreachable!());
+            assert_eq!(e.path, "authorization.policies[0].providers[0]");
+            let bad = config("")
+                .replace("\"kty\": \"oct\"", "\"kty\": \"oct\", \"k2\": 1")
+                .replace("\"k\": ", "\"x\": ");
+            let e = Policy::from_json(bad.as_bytes())
+                .err()
+                .unwrap_or_else(|| unreachable!());
+            assert_eq!(e.path, "jwt.providers[0].jwks.inline.keys[0]");
+            let bad = remote_config("deny").replace(
+                "\"min_refetch\": \"10s\"",
+                "\"min_refetch\": \"1s\", \"timeout\": \"5s\"",
+            );
+            let e = Policy::from_json(bad.as_bytes())
+                .err()
+                .unwrap_or_else(|| unreachable!());
+            assert_eq!(e.path, "jwt.providers[0].jwks.remote.min_refetch");
         }
     }
 }

@@ -24,17 +24,18 @@ pub enum Sighting {
     TableFull,
 }
 
-/// Records `tag` (a keyed hash of key id and nonce or signature) on `page`
-/// until `expires_ms`.
+/// Records `tag` (a keyed hash of what must be seen once: a signature's key
+/// id and nonce, a refresh token) on `page` of `table` until `expires_ms`.
 pub fn remember(
     store: &dyn SharedStore,
     metrics: &dyn Metrics,
+    table: &str,
     tag: u64,
     page: u32,
     expires_ms: u64,
     now_ms: u64,
 ) -> Result<Sighting, StoreError> {
-    let key = slots::page_key(slots::REPLAY, page);
+    let key = slots::page_key(table, page);
     slots::update(store, metrics, &key, |page: &mut Page| {
         if page
             .records
@@ -69,7 +70,7 @@ mod tests {
         let metrics = MemoryMetrics::default();
         slots::ensure_pages(&store, [slots::page_key(slots::REPLAY, 0)])
             .unwrap_or_else(|e| unreachable!("{e:?}"));
-        let seen = |tag, now| remember(&store, &metrics, tag, 0, now + 1_000, now);
+        let seen = |tag, now| remember(&store, &metrics, slots::REPLAY, tag, 0, now + 1_000, now);
         assert_eq!(seen(7, 0), Ok(Sighting::Fresh));
         assert_eq!(seen(7, 500), Ok(Sighting::Replay));
         assert_eq!(seen(8, 500), Ok(Sighting::Fresh));
@@ -83,21 +84,21 @@ mod tests {
         let metrics = MemoryMetrics::default();
         for tag in 1..=4 {
             assert_eq!(
-                remember(&store, &metrics, tag, 0, 10_000, 0),
+                remember(&store, &metrics, slots::REPLAY, tag, 0, 10_000, 0),
                 Ok(Sighting::Fresh)
             );
         }
         assert_eq!(
-            remember(&store, &metrics, 5, 0, 10_000, 1),
+            remember(&store, &metrics, slots::REPLAY, 5, 0, 10_000, 1),
             Ok(Sighting::TableFull)
         );
         assert_eq!(
-            remember(&store, &metrics, 2, 0, 10_000, 1),
+            remember(&store, &metrics, slots::REPLAY, 2, 0, 10_000, 1),
             Ok(Sighting::Replay),
             "nothing was evicted"
         );
         assert_eq!(
-            remember(&store, &metrics, 5, 0, 20_000, 10_000),
+            remember(&store, &metrics, slots::REPLAY, 5, 0, 20_000, 10_000),
             Ok(Sighting::Fresh)
         );
     }

@@ -120,6 +120,8 @@ impl Page {
 pub const RATE_LIMITS: &str = "rl";
 /// The replay table (signature nonces and ids).
 pub const REPLAY: &str = "rp";
+/// The refresh-token table (tokens presented to the token endpoint).
+pub const REFRESH: &str = "rt";
 
 /// Key of page `index` of `table`.
 pub fn page_key(table: &str, index: u32) -> String {
@@ -182,21 +184,42 @@ pub fn update<T>(
     store: &dyn SharedStore,
     metrics: &dyn Metrics,
     key: &str,
-    mut change: impl FnMut(&mut Page) -> (bool, T),
+    change: impl FnMut(&mut Page) -> (bool, T),
+) -> Result<T, StoreError> {
+    update_value(
+        store,
+        key,
+        Page::decode,
+        |page| page.encode().to_vec(),
+        || metrics.increment(Counter::CasRetry),
+        change,
+    )
+}
+
+/// The compare-and-swap loop of any shared record: read and decode (a
+/// missing key reads as `decode(&[])`), change, write back if changed,
+/// retry on conflict a bounded number of times.
+pub fn update_value<R, T>(
+    store: &dyn SharedStore,
+    key: &str,
+    decode: impl Fn(&[u8]) -> R,
+    encode: impl Fn(&R) -> Vec<u8>,
+    mut on_retry: impl FnMut(),
+    mut change: impl FnMut(&mut R) -> (bool, T),
 ) -> Result<T, StoreError> {
     for attempt in 0..MAX_CAS_ATTEMPTS {
         if attempt > 0 {
-            metrics.increment(Counter::CasRetry);
+            on_retry();
         }
-        let (mut page, cas) = match store.get(key)? {
-            Some((bytes, cas)) => (Page::decode(&bytes), cas),
-            None => (Page::default(), 0),
+        let (mut record, cas) = match store.get(key)? {
+            Some((bytes, cas)) => (decode(&bytes), cas),
+            None => (decode(&[]), 0),
         };
-        let (changed, result) = change(&mut page);
+        let (changed, result) = change(&mut record);
         if !changed {
             return Ok(result);
         }
-        match store.set(key, &page.encode(), cas) {
+        match store.set(key, &encode(&record), cas) {
             Ok(()) => return Ok(result),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),

@@ -6,6 +6,7 @@
 
 use crate::config::Mode;
 use crate::digest::{ContentDigest, DigestError};
+use crate::jwt::JwtError;
 use crate::routes::RouteId;
 use crate::signature::SigError;
 use std::net::IpAddr;
@@ -15,6 +16,8 @@ use std::net::IpAddr;
 pub enum Stage {
     Classify,
     Signature,
+    Authenticate,
+    Authorize,
     Bans,
     RateLimit,
 }
@@ -24,6 +27,8 @@ impl Stage {
         match self {
             Stage::Classify => "classify",
             Stage::Signature => "signature",
+            Stage::Authenticate => "authenticate",
+            Stage::Authorize => "authorize",
             Stage::Bans => "bans",
             Stage::RateLimit => "ratelimit",
         }
@@ -43,6 +48,19 @@ pub enum Reason {
     BodyTooLarge,
     /// The host could not hand over the buffered body.
     BodyUnreadable,
+    /// No credential of a kind the route accepts.
+    AuthMissing,
+    Jwt(JwtError),
+    /// A remote key set was never loaded (and `without_keys` is `deny`).
+    JwtNoKeys,
+    ApiKeyInvalid,
+    AuthzRole,
+    AuthzScope,
+    AuthzMfa,
+    /// A refresh token presented a second time.
+    RefreshReuse,
+    /// The refresh-token table had no free slot.
+    RefreshCapacity,
     BanActive,
     RateLimitExhausted,
     RateLimitOverflow,
@@ -60,6 +78,15 @@ impl Reason {
             Reason::Digest(e) => e.as_str(),
             Reason::BodyTooLarge => "body.too_large",
             Reason::BodyUnreadable => "body.unreadable",
+            Reason::AuthMissing => "auth.missing",
+            Reason::Jwt(e) => e.as_str(),
+            Reason::JwtNoKeys => "jwt.no_keys",
+            Reason::ApiKeyInvalid => "apikey.invalid",
+            Reason::AuthzRole => "authz.role",
+            Reason::AuthzScope => "authz.scope",
+            Reason::AuthzMfa => "authz.mfa",
+            Reason::RefreshReuse => "oauth.refresh_reuse",
+            Reason::RefreshCapacity => "oauth.refresh_capacity",
             Reason::BanActive => "ban.active",
             Reason::RateLimitExhausted => "rl.exhausted",
             Reason::RateLimitOverflow => "rl.overflow",
@@ -76,10 +103,19 @@ impl Reason {
             | Reason::SignatureReplay
             | Reason::Digest(_)
             | Reason::BodyTooLarge
+            | Reason::AuthMissing
+            | Reason::Jwt(_)
+            | Reason::ApiKeyInvalid
+            | Reason::AuthzRole
+            | Reason::AuthzScope
+            | Reason::AuthzMfa
+            | Reason::RefreshReuse
             | Reason::BanActive => Decision::Deny,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
+            | Reason::JwtNoKeys
+            | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing => Decision::Error,
         }
@@ -87,13 +123,19 @@ impl Reason {
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::ClientIpInvalid | Reason::Digest(_) => 400,
-            Reason::Signature(_) | Reason::SignatureReplay => 401,
+            Reason::ClientIpInvalid | Reason::Digest(_) | Reason::RefreshReuse => 400,
+            Reason::Signature(_)
+            | Reason::SignatureReplay
+            | Reason::AuthMissing
+            | Reason::Jwt(_)
+            | Reason::ApiKeyInvalid => 401,
             Reason::BodyTooLarge => 413,
-            Reason::BanActive => 403,
+            Reason::BanActive | Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa => 403,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
+            | Reason::JwtNoKeys
+            | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing => 503,
         }
@@ -101,6 +143,10 @@ impl Reason {
 
     /// The short `error` word of the JSON body.
     pub fn error_word(self) -> &'static str {
+        if self == Reason::RefreshReuse {
+            // What OAuth clients expect from a token endpoint (RFC 6749 5.2).
+            return "invalid_grant";
+        }
         match self.status() {
             400 => "bad_request",
             401 => "unauthorized",
@@ -108,6 +154,17 @@ impl Reason {
             413 => "payload_too_large",
             429 => "too_many_requests",
             _ => "unavailable",
+        }
+    }
+}
+
+impl Reason {
+    /// The RFC 6750 `WWW-Authenticate` error for bearer-token failures.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Reason::AuthMissing | Reason::Jwt(_) | Reason::ApiKeyInvalid => Some("invalid_token"),
+            Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa => Some("insufficient_scope"),
+            _ => None,
         }
     }
 }
@@ -183,17 +240,37 @@ pub struct LocalResponse {
 }
 
 /// What the request-body phase still has to check before the request may
-/// go upstream: the body against its `Content-Digest`.
+/// go upstream: the body against a signature's `Content-Digest`, and a
+/// refresh-token grant against refresh-token reuse.
 #[derive(Debug, Clone)]
 pub struct BodyCheck {
-    pub digest: ContentDigest,
+    /// The digest to check, with the signature stage's mode.
+    pub digest: Option<(ContentDigest, Mode)>,
+    /// Refresh-token reuse detection applies, in this mode.
+    pub refresh: Option<Mode>,
     pub max_bytes: usize,
-    pub mode: Mode,
     pub route: RouteId,
     pub client_ip: Option<IpAddr>,
     /// Key id of the verified signature, for the security log.
-    pub key_id: String,
+    pub key_id: Option<String>,
     pub request_id: String,
+    pub content_type: ContentType,
+}
+
+/// Body formats the body phase reads a refresh-token grant from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Form,
+    Json,
+    Other,
+}
+
+/// Changes to the request before it goes upstream: client copies of the
+/// headers palisade owns are removed, the identity headers set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamHeaders {
+    pub remove: Vec<String>,
+    pub set: Vec<(String, String)>,
 }
 
 /// The outcome of the pipeline for one request.
@@ -203,6 +280,7 @@ pub enum Verdict {
     /// the response (quota headers).
     Allow {
         response_headers: Vec<(&'static str, String)>,
+        upstream: UpstreamHeaders,
         body: Option<BodyCheck>,
     },
     Respond(LocalResponse),

@@ -19,7 +19,9 @@ const CAS_MISMATCH: u32 = 8;
 
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
+pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
 
@@ -47,6 +49,15 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -153,10 +164,17 @@ pub fn header_map_bytes(map_type: u32) -> Result<Vec<u8>, u32> {
     }
 }
 
-pub fn add_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+type HeaderValueCall = unsafe extern "C" fn(u32, *const u8, usize, *const u8, usize) -> u32;
+
+fn header_value_call(
+    call: HeaderValueCall,
+    map_type: u32,
+    name: &str,
+    value: &str,
+) -> Result<(), u32> {
     // SAFETY: pointers and lengths describe live &strs.
     match unsafe {
-        proxy_add_header_map_value(
+        call(
             map_type,
             name.as_ptr(),
             name.len(),
@@ -167,6 +185,36 @@ pub fn add_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
         OK => Ok(()),
         status => Err(status),
     }
+}
+
+pub fn add_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+    header_value_call(proxy_add_header_map_value, map_type, name, value)
+}
+
+/// Sets a header, replacing any value it had.
+pub fn replace_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+    header_value_call(proxy_replace_header_map_value, map_type, name, value)
+}
+
+pub fn remove_header(map_type: u32, name: &str) -> Result<(), u32> {
+    // SAFETY: pointer and length describe a live &str.
+    match unsafe { proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()) } {
+        OK => Ok(()),
+        status => Err(status),
+    }
+}
+
+pub fn set_tick_period_ms(period: u32) -> Result<(), u32> {
+    // SAFETY: no pointers.
+    match unsafe { proxy_set_tick_period_milliseconds(period) } {
+        OK => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// The body of an HTTP call's response, up to `max_size` bytes.
+pub fn http_call_response_body(max_size: usize) -> Result<Vec<u8>, u32> {
+    buffer_bytes(BUFFER_HTTP_CALL_RESPONSE_BODY, max_size)
 }
 
 /// A property by path segments (e.g. `["source", "address"]`).

@@ -4,20 +4,30 @@
 mod host;
 
 use host::{
-    HostClock, HostKind, HostMetrics, HostStore, MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
+    HostClock, HostKind, HostMetrics, HostStore, MAP_HTTP_CALL_RESPONSE_HEADERS,
+    MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
 };
 use palisade_core::config::Policy;
+use palisade_core::jwks;
 use palisade_core::metrics::Counter;
 use palisade_core::pipeline::{Body, Engine, Services};
 use palisade_core::request::{encode_map, HeaderMap};
 use palisade_core::slots;
-use palisade_core::verdict::{BodyCheck, LocalResponse, Reason, Verdict};
+use palisade_core::verdict::{BodyCheck, LocalResponse, Reason, UpstreamHeaders, Verdict};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often the root context looks at remote key sets: new sets other
+/// workers fetched are installed within this period.
+const TICK_MS: u32 = 1_000;
+
+/// Largest JWK Set document read from a fetch.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
@@ -57,6 +67,8 @@ struct Root {
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
     /// Found out on the first request (properties need a request context).
     host: Rc<Cell<Option<HostKind>>>,
+    /// JWKS fetches in flight: call token to provider index.
+    fetches: HashMap<u32, usize>,
 }
 
 /// 128 random bits from the WASI host (std seeds `RandomState` with `random_get`).
@@ -73,7 +85,67 @@ fn fresh_seed() -> [u8; 16] {
     seed
 }
 
-impl Context for Root {}
+impl Root {
+    fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
+        // Before the first request the host is not known yet; asking from
+        // the root context is good enough to keep counters off on
+        // ngx_wasm_module, and is not cached.
+        let kind = self.host.get().unwrap_or_else(HostKind::detect);
+        HostMetrics {
+            engine: engine.clone(),
+            ids: self.metric_ids.clone(),
+            enabled: kind.has_metrics(),
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(provider), Some(engine)) = (self.fetches.remove(&token_id), self.engine.clone())
+        else {
+            return;
+        };
+        let status = host::header_map_bytes(MAP_HTTP_CALL_RESPONSE_HEADERS)
+            .ok()
+            .and_then(|bytes| {
+                HeaderMap::decode(&bytes)?
+                    .get_str(":status")
+                    .map(str::to_owned)
+            });
+        let body;
+        let result = match status.as_deref() {
+            Some("200") if body_size > MAX_JWKS_BYTES => {
+                Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"))
+            }
+            Some("200") => match host::http_call_response_body(body_size) {
+                Ok(bytes) => {
+                    body = bytes;
+                    Ok(body.as_slice())
+                }
+                Err(status) => Err(format!(
+                    "cannot read the response body (host status {status})"
+                )),
+            },
+            Some(other) => Err(format!("HTTP status {other}")),
+            // Envoy answers a failed call (connection refused, timeout) with
+            // no headers.
+            None => Err("no response (connection failure or timeout)".to_string()),
+        };
+        let metrics = self.metrics(&engine);
+        let services = Services {
+            store: &HostStore,
+            clock: &HostClock,
+            metrics: &metrics,
+        };
+        engine.jwks_fetched(provider, result, &services);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -116,15 +188,86 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for remote in policy
+            .auth
+            .providers
+            .iter()
+            .filter_map(|p| p.remote.as_ref())
+        {
+            if let Err(e) = jwks::ensure_record(&store, remote) {
+                log::error!("palisade: cannot prepare the shared key-set record: {e:?}");
+                return false;
+            }
+        }
         log::info!(
-            "palisade: configured: {} route classes, {} rate-limit rules, {} slot pages",
+            "palisade: configured: {} route classes, {} rate-limit rules, {} slot pages, {} token providers",
             policy.routes.len_with_default() - 1,
             policy.rate_limits.rules.len(),
-            policy.rate_limits.pages
+            policy.rate_limits.pages,
+            policy.auth.providers.len()
         );
-        self.engine = Some(Rc::new(Engine::new(policy, seed)));
+        let engine = match Engine::new(policy, seed) {
+            Ok(engine) => Rc::new(engine),
+            Err(e) => {
+                log::error!("palisade: {e}");
+                return false;
+            }
+        };
+        if engine.needs_tick() {
+            if let Err(status) = host::set_tick_period_ms(TICK_MS) {
+                log::error!("palisade: cannot start the key-set timer (host status {status})");
+                return false;
+            }
+        }
+        self.engine = Some(engine);
+        self.fetches.clear();
         self.metric_ids.borrow_mut().clear();
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(engine) = self.engine.clone() else {
+            return;
+        };
+        for plan in engine.jwks_due(&HostStore, host::now_ms()) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", plan.path.as_str()),
+                (":authority", plan.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            // The SDK's call registers the token with its dispatcher, which
+            // routes the response back here (a raw call would not be routed).
+            // It panics only on statuses outside the ABI's documented
+            // BadArgument/InternalFailure.
+            match proxy_wasm::hostcalls::dispatch_http_call(
+                &plan.upstream,
+                headers,
+                None,
+                vec![],
+                Duration::from_millis(plan.timeout_ms),
+            ) {
+                Ok(token) => {
+                    self.fetches.insert(token, plan.provider);
+                }
+                Err(status) => {
+                    let metrics = self.metrics(&engine);
+                    let services = Services {
+                        store: &HostStore,
+                        clock: &HostClock,
+                        metrics: &metrics,
+                    };
+                    engine.jwks_fetched(
+                        plan.provider,
+                        Err(format!(
+                            "cannot call upstream `{}` ({status:?}); is the cluster defined?",
+                            plan.upstream
+                        )),
+                        &services,
+                    );
+                }
+            }
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -177,7 +320,13 @@ impl Stream {
         let (Some(check), Some(engine)) = (self.body_check.take(), self.engine.clone()) else {
             return Action::Continue;
         };
-        match engine.check_body(&check, body, &self.metrics(&engine)) {
+        let metrics = self.metrics(&engine);
+        let services = Services {
+            store: &HostStore,
+            clock: &HostClock,
+            metrics: &metrics,
+        };
+        match engine.check_body(&check, body, &services) {
             None => Action::Continue,
             Some(response) => self.send(response),
         }
@@ -206,6 +355,22 @@ impl Stream {
                 log::error!("palisade: cannot read the request body (host status {status})");
                 self.finish_body(Body::Unreadable)
             }
+        }
+    }
+}
+
+/// Removes client copies of palisade's identity headers, sets the verified
+/// ones. A failure is logged; a header that cannot be removed would let a
+/// forged identity through, so it is logged at error level.
+fn apply_upstream_headers(upstream: &UpstreamHeaders) {
+    for name in &upstream.remove {
+        if let Err(status) = host::remove_header(MAP_REQUEST_HEADERS, name) {
+            log::error!("palisade: cannot remove request header {name} (host status {status})");
+        }
+    }
+    for (name, value) in &upstream.set {
+        if let Err(status) = host::replace_header(MAP_REQUEST_HEADERS, name, value) {
+            log::warn!("palisade: cannot set request header {name} (host status {status})");
         }
     }
 }
@@ -244,8 +409,10 @@ impl HttpContext for Stream {
         match engine.evaluate(&headers, &peer, &services) {
             Verdict::Allow {
                 response_headers,
+                upstream,
                 body,
             } => {
+                apply_upstream_headers(&upstream);
                 self.response_headers = response_headers;
                 self.body_check = body;
                 if self.body_check.is_none() {

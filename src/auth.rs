@@ -1,0 +1,594 @@
+//! Authentication (JWT bearer tokens, API keys) and authorization (roles,
+//! scopes, MFA) per route class.
+//!
+//! Threat: credential stuffing and token hijacking end in requests that
+//! carry someone's credential. This stage makes every protected route
+//! require a credential that verifies now (short-lived tokens, see
+//! [`crate::jwt`]), checks what it grants, and hands the upstream an identity
+//! it can trust: the headers palisade sets (`x-palisade-user`, forwarded
+//! claims) are always stripped from the client's request first, on every
+//! route, so a client cannot forge them where palisade does not authenticate.
+//!
+//! Cost: a repeated token is found in a per-worker cache keyed by its hash
+//! (no signature check, no JSON parse); a miss costs one signature check.
+//! Remote key sets are fetched by the root context ([`crate::jwks`]), never
+//! on the request path; an unknown `kid` costs one shared-data read to pick
+//! up a set another worker fetched.
+
+use crate::config::{FailureMode, Mode};
+use crate::jwks::{self, RemoteJwks};
+use crate::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
+use crate::request::HeaderMap;
+use crate::routes::RouteId;
+use crate::verdict::Reason;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::{Mutex, MutexGuard};
+use subtle::ConstantTimeEq;
+
+/// Header carrying the authenticated principal to the upstream.
+pub const USER_HEADER: &str = "x-palisade-user";
+
+/// Longest claim value forwarded as a header; longer ones are dropped.
+const MAX_FORWARDED_VALUE: usize = 4096;
+
+/// Where a bearer token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A header (lower-case name), with a scheme prefix matched
+    /// case-insensitively (`Bearer `) when one is configured.
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    /// A cookie of the `Cookie` header.
+    Cookie(String),
+}
+
+/// A configured claim forwarded upstream as a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedClaim {
+    pub claim: String,
+    /// Lower-case header name.
+    pub header: String,
+}
+
+/// A token issuer as configured.
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub settings: jwt::ProviderSettings,
+    /// The inline JWK Set document, already checked to parse cleanly.
+    pub inline_jwks: Option<Vec<u8>>,
+    pub remote: Option<RemoteJwks>,
+    /// Claim path of the roles array.
+    pub roles_claim: String,
+    pub forward: Vec<ForwardedClaim>,
+}
+
+/// An API key: only the SHA-256 of the key is known.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub roles: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a route class requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthzPolicy {
+    pub accept_jwt: bool,
+    pub accept_api_key: bool,
+    /// Indices into [`Auth::providers`] whose tokens are accepted.
+    pub providers: Vec<usize>,
+    /// Any of these roles.
+    pub roles: Vec<String>,
+    /// All of these scopes.
+    pub scopes: Vec<String>,
+    /// Any of these `amr` values.
+    pub amr: Vec<String>,
+}
+
+/// Refresh-token reuse detection on token-endpoint routes.
+#[derive(Debug, Clone)]
+pub struct RefreshTokens {
+    pub by_route: Vec<bool>,
+    pub remember_ms: u64,
+    pub pages: u32,
+}
+
+impl RefreshTokens {
+    pub fn applies_to(&self, route: RouteId) -> bool {
+        self.by_route
+            .get(usize::from(route))
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+/// The compiled `jwt`, `api_keys` and `authorization` sections.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub jwt_mode: Mode,
+    pub authz_mode: Mode,
+    pub sources: Vec<TokenSource>,
+    pub cache_entries: usize,
+    /// What a request gets while a remote key set was never loaded.
+    pub without_keys: FailureMode,
+    pub providers: Vec<ProviderSpec>,
+    pub api_key_header: Option<String>,
+    pub api_keys: Vec<ApiKey>,
+    pub policies: Vec<AuthzPolicy>,
+    /// Indexed by route id: the policy that applies, if any.
+    pub by_route: Vec<Option<usize>>,
+    pub refresh: Option<RefreshTokens>,
+    /// Headers palisade sets upstream; client copies are always removed.
+    pub owned_headers: Vec<String>,
+}
+
+impl Auth {
+    pub fn policy_for(&self, route: RouteId) -> Option<&AuthzPolicy> {
+        self.by_route
+            .get(usize::from(route))
+            .copied()
+            .flatten()
+            .and_then(|i| self.policies.get(i))
+    }
+}
+
+/// Who a request authenticated as, and what that grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `sub` of a token, or `apikey:<id>`.
+    pub subject: String,
+    /// Headers to set on the upstream request.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Per-worker state: providers with their current keys, and their caches.
+pub struct AuthState {
+    providers: Vec<ProviderState>,
+}
+
+struct ProviderState {
+    provider: Provider,
+    cache: TokenCache,
+    /// Whether a key set was ever loaded (inline sets always are).
+    loaded: bool,
+    /// Generation of the shared record the keys came from.
+    generation: u64,
+    /// When this worker last asked for a refetch.
+    kid_miss_flagged_ms: Option<u64>,
+}
+
+impl AuthState {
+    /// Builds providers from their specs. Fails only on settings that the
+    /// configuration should already have refused.
+    pub fn new(auth: &Auth) -> Result<AuthState, jwt::ProviderError> {
+        let providers = auth
+            .providers
+            .iter()
+            .map(|spec| {
+                let keys = match &spec.inline_jwks {
+                    Some(doc) => jwt::Jwks::parse_with_symmetric(doc).0,
+                    None => jwt::Jwks::default(),
+                };
+                Ok(ProviderState {
+                    provider: Provider::new(spec.settings.clone(), keys)?,
+                    cache: TokenCache::new(auth.cache_entries),
+                    loaded: spec.inline_jwks.is_some(),
+                    generation: 0,
+                    kid_miss_flagged_ms: None,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuthState { providers })
+    }
+
+    /// Installs a fetched key set of provider `index` (generation from the
+    /// shared record); cached tokens are dropped, since a key may have been
+    /// revoked.
+    pub fn install(&mut self, index: usize, keys: jwt::Jwks, generation: u64) {
+        if let Some(state) = self.providers.get_mut(index) {
+            state.provider.set_keys(keys);
+            state.cache.clear();
+            state.loaded = true;
+            state.generation = generation;
+        }
+    }
+
+    pub fn generation(&self, index: usize) -> Option<u64> {
+        self.providers.get(index).map(|p| p.generation)
+    }
+}
+
+/// A lock that cannot poison in practice (the wasm aborts on panic) and
+/// recovers if it does.
+pub fn lock(state: &Mutex<AuthState>) -> MutexGuard<'_, AuthState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Authenticates and authorizes one request on a route with `policy`.
+/// `store` is only touched on an unknown `kid` of a remote provider.
+pub fn check(
+    auth: &Auth,
+    state: &Mutex<AuthState>,
+    policy: &AuthzPolicy,
+    headers: &HeaderMap<'_>,
+    now_ms: u64,
+    store: &dyn crate::host::SharedStore,
+) -> Result<Principal, Reason> {
+    if policy.accept_api_key {
+        if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
+            let key = api_key(&auth.api_keys, presented).ok_or(Reason::ApiKeyInvalid)?;
+            authorize(policy, &key.roles, &[], &[])?;
+            let subject = format!("apikey:{}", key.id);
+            return Ok(Principal {
+                headers: vec![(USER_HEADER.to_string(), subject.clone())],
+                subject,
+            });
+        }
+    }
+    if !policy.accept_jwt {
+        return Err(Reason::AuthMissing);
+    }
+    let token = bearer_token(&auth.sources, headers).ok_or(Reason::AuthMissing)?;
+    let mut guard = lock(state);
+    let (index, verified) = verify_token(&mut guard, auth, policy, token, now_ms, store)?;
+    let spec = auth
+        .providers
+        .get(index)
+        .ok_or(Reason::Jwt(JwtError::Issuer))?;
+    let roles = string_list(verified.claim_at(&spec.roles_claim));
+    authorize(policy, &roles, &verified.scopes, &verified.amr)?;
+    let subject = verified.sub.clone().unwrap_or_default();
+    let mut headers = Vec::with_capacity(1 + spec.forward.len());
+    if !subject.is_empty() && header_value_ok(&subject) {
+        headers.push((USER_HEADER.to_string(), subject.clone()));
+    }
+    for forward in &spec.forward {
+        if let Some(value) = verified.claim_at(&forward.claim).and_then(claim_as_header) {
+            headers.push((forward.header.clone(), value));
+        }
+    }
+    Ok(Principal { subject, headers })
+}
+
+/// The token of the first configured source present.
+fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Option<&'h str> {
+    for source in sources {
+        let found = match source {
+            TokenSource::Header { name, prefix } => headers.get_str(name).and_then(|value| {
+                let value = value.trim();
+                match prefix {
+                    None => Some(value),
+                    Some(prefix) => value
+                        .get(..prefix.len())
+                        .filter(|p| p.eq_ignore_ascii_case(prefix))
+                        .and_then(|_| value.get(prefix.len()..))
+                        .map(str::trim_start),
+                }
+            }),
+            TokenSource::Cookie(name) => headers.get_all("cookie").find_map(|line| {
+                std::str::from_utf8(line).ok()?.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v.trim_matches('"'))
+                })
+            }),
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// The `iss` of a token not verified yet: it only chooses which provider
+/// verifies the token, and that provider checks it again.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    match serde_json::from_slice::<Value>(&bytes).ok()?.get("iss")? {
+        Value::String(iss) => Some(iss.clone()),
+        _ => None,
+    }
+}
+
+/// The provider that must verify `token`, from the providers the policy
+/// accepts: the only one, or the one whose issuer is the token's `iss`.
+fn pick_provider(auth: &Auth, policy: &AuthzPolicy, token: &str) -> Result<usize, Reason> {
+    if let [only] = policy.providers.as_slice() {
+        return Ok(*only);
+    }
+    let iss = unverified_issuer(token).ok_or(Reason::Jwt(JwtError::Malformed))?;
+    policy
+        .providers
+        .iter()
+        .copied()
+        .find(|&i| {
+            auth.providers
+                .get(i)
+                .is_some_and(|p| p.settings.issuer == iss)
+        })
+        .ok_or(Reason::Jwt(JwtError::Issuer))
+}
+
+fn verify_token(
+    state: &mut AuthState,
+    auth: &Auth,
+    policy: &AuthzPolicy,
+    token: &str,
+    now_ms: u64,
+    store: &dyn crate::host::SharedStore,
+) -> Result<(usize, VerifiedToken), Reason> {
+    let now_s = now_ms / 1000;
+    for &index in &policy.providers {
+        if let Some(hit) = state
+            .providers
+            .get_mut(index)
+            .and_then(|p| p.cache.get(token, now_s))
+        {
+            return Ok((index, hit.clone()));
+        }
+    }
+    let index = pick_provider(auth, policy, token)?;
+    let spec = auth
+        .providers
+        .get(index)
+        .ok_or(Reason::Jwt(JwtError::Issuer))?;
+    let provider_state = state
+        .providers
+        .get_mut(index)
+        .ok_or(Reason::Jwt(JwtError::Issuer))?;
+    if !provider_state.loaded && spec.remote.is_some() {
+        // A key set may have arrived since the last tick.
+        adopt_shared(provider_state, spec, store);
+        if !provider_state.loaded {
+            return Err(Reason::JwtNoKeys);
+        }
+    }
+    let mut result = jwt::verify(token, &provider_state.provider, now_s);
+    if result == Err(JwtError::UnknownKid) {
+        if let Some(remote) = &spec.remote {
+            if adopt_shared(provider_state, spec, store) {
+                result = jwt::verify(token, &provider_state.provider, now_s);
+            } else if provider_state
+                .kid_miss_flagged_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= remote.min_refetch_ms)
+            {
+                provider_state.kid_miss_flagged_ms = Some(now_ms);
+                if let Err(e) = jwks::flag_unknown_kid(store, remote, now_ms) {
+                    log::warn!(
+                        "palisade: cannot ask for a JWKS refetch of provider `{}` ({e:?})",
+                        spec.name
+                    );
+                }
+            }
+        }
+    }
+    let verified = result.map_err(Reason::Jwt)?;
+    provider_state.cache.insert(token, verified.clone(), now_s);
+    Ok((index, verified))
+}
+
+/// Installs the shared key set if it is newer than this worker's. Returns
+/// whether keys changed.
+fn adopt_shared(
+    state: &mut ProviderState,
+    spec: &ProviderSpec,
+    store: &dyn crate::host::SharedStore,
+) -> bool {
+    let Some(remote) = &spec.remote else {
+        return false;
+    };
+    match jwks::read_newer(store, remote, state.generation) {
+        Ok(Some((generation, keys))) => {
+            log::info!(
+                "palisade: provider `{}`: key set generation {generation} installed ({} keys)",
+                spec.name,
+                keys.len()
+            );
+            state.provider.set_keys(keys);
+            state.cache.clear();
+            state.loaded = true;
+            state.generation = generation;
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            log::warn!(
+                "palisade: cannot read the shared key set of provider `{}` ({e:?})",
+                spec.name
+            );
+            false
+        }
+    }
+}
+
+/// Roles any-of, scopes all-of, `amr` any-of.
+fn authorize(
+    policy: &AuthzPolicy,
+    roles: &[String],
+    scopes: &[String],
+    amr: &[String],
+) -> Result<(), Reason> {
+    if !policy.roles.is_empty() && !policy.roles.iter().any(|r| roles.contains(r)) {
+        return Err(Reason::AuthzRole);
+    }
+    if !policy.scopes.iter().all(|s| scopes.contains(s)) {
+        return Err(Reason::AuthzScope);
+    }
+    if !policy.amr.is_empty() && !policy.amr.iter().any(|a| amr.contains(a)) {
+        return Err(Reason::AuthzMfa);
+    }
+    Ok(())
+}
+
+/// The configured key whose hash is the presented key's, compared in
+/// constant time against every key (no early exit).
+fn api_key<'a>(keys: &'a [ApiKey], presented: &[u8]) -> Option<&'a ApiKey> {
+    let digest: [u8; 32] = Sha256::digest(presented).into();
+    let mut found = None;
+    for key in keys {
+        if bool::from(key.sha256.ct_eq(&digest)) {
+            found = Some(key);
+        }
+    }
+    found
+}
+
+/// Strings of a claim that is an array of strings, or a space-separated
+/// string.
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A claim as a header value: strings, numbers and booleans as they are,
+/// arrays of those joined with `,`. Values that could split or smuggle a
+/// header (control characters) or are too long are not forwarded.
+fn claim_as_header(value: &Value) -> Option<String> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let text = match value {
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        other => scalar(other)?,
+    };
+    header_value_ok(&text).then_some(text)
+}
+
+fn header_value_ok(text: &str) -> bool {
+    text.len() <= MAX_FORWARDED_VALUE && !text.chars().any(|c| c.is_control() && c != '\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap<'static> {
+        HeaderMap::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn tokens_come_from_the_first_configured_source_present() {
+        let sources = vec![
+            TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into()),
+            },
+            TokenSource::Cookie("access_token".into()),
+        ];
+        let h = headers(&[("authorization", "bearer   abc.def.ghi")]);
+        assert_eq!(bearer_token(&sources, &h), Some("abc.def.ghi"));
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(
+            bearer_token(&sources, &h),
+            None,
+            "another scheme is no token"
+        );
+        let h = headers(&[("cookie", "a=1; access_token=t.o.k; b=2")]);
+        assert_eq!(bearer_token(&sources, &h), Some("t.o.k"));
+        let h = headers(&[("cookie", "xaccess_token=t.o.k")]);
+        assert_eq!(bearer_token(&sources, &h), None);
+    }
+
+    #[test]
+    fn api_keys_match_by_hash_only() {
+        let keys = vec![
+            ApiKey {
+                id: "a".into(),
+                sha256: Sha256::digest(b"key-a").into(),
+                roles: vec!["reports".into()],
+            },
+            ApiKey {
+                id: "b".into(),
+                sha256: Sha256::digest(b"key-b").into(),
+                roles: vec![],
+            },
+        ];
+        assert_eq!(api_key(&keys, b"key-b").map(|k| k.id.as_str()), Some("b"));
+        assert!(api_key(&keys, b"key-c").is_none());
+        assert!(api_key(&keys, b"").is_none());
+    }
+
+    #[test]
+    fn authorization_is_roles_any_scopes_all_amr_any() {
+        let policy = AuthzPolicy {
+            accept_jwt: true,
+            accept_api_key: false,
+            providers: vec![0],
+            roles: vec!["admin".into(), "ops".into()],
+            scopes: vec!["a".into(), "b".into()],
+            amr: vec!["mfa".into(), "otp".into()],
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            authorize(
+                &policy,
+                &s(&["ops"]),
+                &s(&["b", "a", "c"]),
+                &s(&["pwd", "otp"])
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&policy, &s(&["user"]), &s(&["a", "b"]), &s(&["otp"])),
+            Err(Reason::AuthzRole)
+        );
+        assert_eq!(
+            authorize(&policy, &s(&["admin"]), &s(&["a"]), &s(&["otp"])),
+            Err(Reason::AuthzScope)
+        );
+        assert_eq!(
+            authorize(&policy, &s(&["admin"]), &s(&["a", "b"]), &s(&["pwd"])),
+            Err(Reason::AuthzMfa)
+        );
+    }
+
+    #[test]
+    fn claims_become_header_values_only_when_safe() {
+        assert_eq!(claim_as_header(&Value::from("alice")), Some("alice".into()));
+        assert_eq!(claim_as_header(&Value::from(42)), Some("42".into()));
+        assert_eq!(
+            claim_as_header(&serde_json::json!(["a", "b"])),
+            Some("a,b".into())
+        );
+        assert_eq!(claim_as_header(&serde_json::json!({"a": 1})), None);
+        assert_eq!(claim_as_header(&Value::from("a\r\nx-admin: 1")), None);
+        assert_eq!(claim_as_header(&Value::from("x".repeat(5000))), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! Remote JWK Sets, fetched once per process and shared by every worker.
+//!
+//! Envoy runs one wasm VM per worker, each with its own root context and
+//! tick. Were each to fetch on its own, N workers would mean N fetches per
+//! refresh and N per unknown `kid`: a burst of forged `kid`s would become a
+//! fetch storm against the identity provider. So one shared-data record per
+//! provider holds the last good key set and the fetch schedule, and a worker
+//! fetches only after winning a compare-and-swap that moves the attempt
+//! time; every other worker adopts the stored set when its generation
+//! changes.
+//!
+//! Record layout (little-endian): attempt ms, success ms, unknown-kid ms,
+//! generation (each u64), then the JWK Set document as fetched.
+//!
+//! Assumptions: `min_refetch` is at least the fetch timeout (checked in
+//! configuration), so an attempt in flight is never duplicated; a fetched
+//! document with no usable key is a failure and the last good set stays.
+
+use crate::host::{SharedStore, StoreError};
+use crate::jwt::Jwks;
+use crate::slots;
+
+const HEADER_LEN: usize = 32;
+
+/// Longest interval between retries while no key set was ever loaded.
+const FIRST_LOAD_RETRY_MS: u64 = 5_000;
+
+/// Where and how often a provider's JWK Set is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// `dispatch_http_call` upstream: an Envoy cluster name, or `host:port`
+    /// on ngx_wasm_module.
+    pub upstream: String,
+    pub authority: String,
+    pub path: String,
+    pub refresh_ms: u64,
+    pub min_refetch_ms: u64,
+    pub timeout_ms: u64,
+    /// Shared-data key of the provider's record; it changes with the
+    /// provider's name and URI, so a reload that points elsewhere starts
+    /// from nothing rather than from another issuer's keys.
+    pub record_key: String,
+}
+
+/// One fetch the root context should dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPlan {
+    pub provider: usize,
+    pub upstream: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Record {
+    attempt_ms: u64,
+    success_ms: u64,
+    kid_miss_ms: u64,
+    generation: u64,
+    body: Vec<u8>,
+}
+
+impl Record {
+    fn decode(bytes: &[u8]) -> Record {
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Record {
+            attempt_ms: word(0),
+            success_ms: word(1),
+            kid_miss_ms: word(2),
+            generation: word(3),
+            body: bytes.get(HEADER_LEN..).unwrap_or_default().to_vec(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
+        for word in [
+            self.attempt_ms,
+            self.success_ms,
+            self.kid_miss_ms,
+            self.generation,
+        ] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Whether a fetch should start now.
+    fn due(&self, remote: &RemoteJwks, now_ms: u64) -> bool {
+        let since_attempt = now_ms.saturating_sub(self.attempt_ms);
+        if self.success_ms == 0 {
+            let retry = remote
+                .min_refetch_ms
+                .min(FIRST_LOAD_RETRY_MS)
+                .max(remote.timeout_ms);
+            return since_attempt >= retry;
+        }
+        since_attempt >= remote.min_refetch_ms
+            && (now_ms.saturating_sub(self.success_ms) >= remote.refresh_ms
+                || self.kid_miss_ms > self.attempt_ms)
+    }
+}
+
+/// Creates the provider's record if it does not exist (at configuration,
+/// before traffic: Envoy's first insert is not atomic).
+pub fn ensure_record(store: &dyn SharedStore, remote: &RemoteJwks) -> Result<(), StoreError> {
+    if store.get(&remote.record_key)?.is_none() {
+        store.set(&remote.record_key, &Record::default().encode(), 0)?;
+    }
+    Ok(())
+}
+
+fn update<T>(
+    store: &dyn SharedStore,
+    key: &str,
+    change: impl FnMut(&mut Record) -> (bool, T),
+) -> Result<T, StoreError> {
+    slots::update_value(store, key, Record::decode, Record::encode, || {}, change)
+}
+
+/// Claims the next fetch if one is due: true for the one worker that should
+/// dispatch it.
+pub fn claim_fetch(
+    store: &dyn SharedStore,
+    remote: &RemoteJwks,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    update(store, &remote.record_key, |record| {
+        if record.due(remote, now_ms) {
+            record.attempt_ms = now_ms;
+            (true, true)
+        } else {
+            (false, false)
+        }
+    })
+}
+
+/// Asks for a refetch because a token named a `kid` no key has; honoured at
+/// most once per `min_refetch`.
+pub fn flag_unknown_kid(
+    store: &dyn SharedStore,
+    remote: &RemoteJwks,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    update(store, &remote.record_key, |record| {
+        if record.kid_miss_ms > record.attempt_ms {
+            (false, ())
+        } else {
+            record.kid_miss_ms = now_ms;
+            (true, ())
+        }
+    })
+}
+
+/// Stores a fetched document that parsed to at least one key; returns its
+/// generation.
+pub fn store_fetched(
+    store: &dyn SharedStore,
+    remote: &RemoteJwks,
+    now_ms: u64,
+    body: &[u8],
+) -> Result<u64, StoreError> {
+    update(store, &remote.record_key, |record| {
+        record.generation = record.generation.wrapping_add(1).max(1);
+        record.success_ms = now_ms;
+        record.body = body.to_vec();
+        (true, record.generation)
+    })
+}
+
+/// The stored key set, if its generation is not `have`. Entries that do not
+/// parse were reported when the set was fetched and are skipped here.
+pub fn read_newer(
+    store: &dyn SharedStore,
+    remote: &RemoteJwks,
+    have: u64,
+) -> Result<Option<(u64, Jwks)>, StoreError> {
+    let Some((bytes, _)) = store.get(&remote.record_key)? else {
+        return Ok(None);
+    };
+    let record = Record::decode(&bytes);
+    if record.generation == 0 || record.generation == have {
+        return Ok(None);
+    }
+    Ok(Some((record.generation, Jwks::parse(&record.body).0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::MemoryStore;
+
+    fn remote() -> RemoteJwks {
+        RemoteJwks {
+            upstream: "idp".into(),
+            authority: "idp.example".into(),
+            path: "/jwks".into(),
+            refresh_ms: 300_000,
+            min_refetch_ms: 30_000,
+            timeout_ms: 2_000,
+            record_key: "palisade.jwks.test".into(),
+        }
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+    const KEYS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+    #[test]
+    fn one_worker_wins_each_fetch_and_the_rest_adopt_its_keys() {
+        let store = MemoryStore::new();
+        let r = remote();
+        ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let winners = (0..4)
+            .filter(|_| claim_fetch(&store, &r, T0) == Ok(true))
+            .count();
+        assert_eq!(winners, 1, "one fetch for all workers");
+        assert_eq!(read_newer(&store, &r, 0).map(|o| o.is_none()), Ok(true));
+        assert_eq!(store_fetched(&store, &r, T0 + 10, KEYS), Ok(1));
+        let adopted = read_newer(&store, &r, 0).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(adopted.map(|(g, k)| (g, k.len())), Some((1, 1)));
+        assert_eq!(read_newer(&store, &r, 1).map(|o| o.is_none()), Ok(true));
+        // Nothing is due until the refresh interval passes.
+        assert_eq!(claim_fetch(&store, &r, T0 + 60_000), Ok(false));
+        assert_eq!(claim_fetch(&store, &r, T0 + 300_010), Ok(true));
+    }
+
+    #[test]
+    fn unknown_kids_cause_at_most_one_fetch_per_min_refetch() {
+        let store = MemoryStore::new();
+        let r = remote();
+        ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(claim_fetch(&store, &r, T0), Ok(true));
+        assert_eq!(store_fetched(&store, &r, T0, KEYS), Ok(1));
+        let mut fetches = 0;
+        // A storm of unknown kids, one per 10 ms for two minutes.
+        for step in 0..12_000u64 {
+            let now = T0 + 1_000 + step * 10;
+            flag_unknown_kid(&store, &r, now).unwrap_or_else(|e| unreachable!("{e:?}"));
+            if claim_fetch(&store, &r, now) == Ok(true) {
+                fetches += 1;
+            }
+        }
+        // 120 s at most one per 30 s.
+        assert!((3..=4).contains(&fetches), "{fetches} fetches");
+    }
+
+    #[test]
+    fn before_the_first_load_failed_fetches_are_retried_soon() {
+        let store = MemoryStore::new();
+        let r = remote();
+        ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(claim_fetch(&store, &r, T0), Ok(true));
+        // The fetch failed (nothing stored): retried after 5 s, not 30 s.
+        assert_eq!(claim_fetch(&store, &r, T0 + 4_000), Ok(false));
+        assert_eq!(claim_fetch(&store, &r, T0 + 5_000), Ok(true));
+    }
+
+    #[test]
+    fn a_record_survives_truncation_as_empty() {
+        assert_eq!(Record::decode(&[1, 2, 3]), Record::default());
+        let record = Record {
+            attempt_ms: 1,
+            success_ms: 2,
+            kid_miss_ms: 3,
+            generation: 4,
+            body: b"{}".to_vec(),
+        };
+        assert_eq!(Record::decode(&record.encode()), record);
+    }
+}
