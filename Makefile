@@ -207,6 +207,11 @@ run: setup build tls-cert
 	echo "  signed:    /payments needs an RFC 9421 signature; print a signed curl (demo key) with"; \
 	echo "             PALISADE_SECRET_B64=$(DEMO_SIGNING_KEY) $(PYTHON) tests/integration/signing.py --key-id demo-client POST http://localhost:10000/payments '{\"amount\": 5}'"; \
 	echo "             (run it twice: 200, then 401 sig.replay; unsigned: curl -i -X POST localhost:10000/payments)"; \
+	echo "  JWT:       /account needs a bearer token of the demo issuer (Ed25519 key of RFC 8037, demo only):"; \
+	echo "             curl -i localhost:10000/account -H \"authorization: Bearer \$$($(PYTHON) tests/integration/demo_token.py --sub alice)\""; \
+	echo "             /admin also needs role admin and MFA: demo_token.py --sub root --roles admin --amr pwd mfa"; \
+	echo "  API key:   curl -i localhost:10000/partner/report -H 'x-api-key: demo-partner-key'"; \
+	echo "  refresh:   a refresh token is accepted once: repeat curl -i localhost:10000/oauth/token -d grant_type=refresh_token -d refresh_token=rt-1"; \
 	echo "  metrics:   curl -s localhost:9901/stats/prometheus | grep palisade"; \
 	echo "Ctrl-C stops Envoy and the upstream."; \
 	echo; \

@@ -1,0 +1,52 @@
+"""Mint a token the demo configuration (envoy/envoy.yaml) accepts.
+
+The demo provider's key pair is the Ed25519 example of RFC 8037 (appendix
+A.1): its private half is published, so these tokens prove nothing outside
+the demo. Tokens are signed by PyJWT, an implementation independent of
+palisade's.
+
+    .venv/bin/python tests/integration/demo_token.py --sub alice
+    .venv/bin/python tests/integration/demo_token.py --sub root --roles admin --amr pwd mfa
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import time
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+DEMO_ISSUER = "https://idp.palisade.demo"
+DEMO_AUDIENCE = "palisade-demo"
+DEMO_KID = "demo-ed25519"
+# RFC 8037 A.1 private key `d` (base64url); public `x` is in envoy/envoy.yaml.
+DEMO_PRIVATE_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+
+
+def demo_private_key() -> Ed25519PrivateKey:
+    d = base64.urlsafe_b64decode(DEMO_PRIVATE_D + "=" * (-len(DEMO_PRIVATE_D) % 4))
+    return Ed25519PrivateKey.from_private_bytes(d)
+
+
+def mint(sub: str, lifetime_s: int = 600, **claims: object) -> str:
+    now = int(time.time())
+    payload = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": sub, "iat": now, "exp": now + lifetime_s}
+    payload.update({k: v for k, v in claims.items() if v is not None})
+    return jwt.encode(payload, demo_private_key(), algorithm="EdDSA", headers={"kid": DEMO_KID})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sub", default="alice")
+    parser.add_argument("--lifetime", type=int, default=600, help="seconds (the demo allows at most 900)")
+    parser.add_argument("--roles", nargs="*")
+    parser.add_argument("--amr", nargs="*")
+    parser.add_argument("--tenant")
+    args = parser.parse_args()
+    print(mint(args.sub, args.lifetime, roles=args.roles, amr=args.amr, tenant=args.tenant))
+
+
+if __name__ == "__main__":
+    main()
