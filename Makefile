@@ -2,6 +2,7 @@
 #
 #   make test          everything CI runs (setup, fmt-check, clippy, unit, integration, check-deploy)
 #   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
+#   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
 #   make integration   only the Envoy integration tests
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
@@ -59,7 +60,7 @@ DEMO_SIGNING_KEY := PzMJdwhYCagyf4qv+oAsKv1EnEzOaOye1k/Nl16hJyQ=
 ENVOY_CONFIG  := envoy/envoy.yaml
 
 .PHONY: all test setup rust-target build fmt-check fmt clippy unit integration run clean distclean \
-	deploy-setup palisade-check check-deploy tls-cert oci-layout k8s-manifests
+	deploy-setup palisade-check check-deploy tls-cert oci-layout k8s-manifests sim demo
 
 all: build
 
@@ -180,7 +181,7 @@ clippy: rust-target
 unit:
 	$(CARGO) test --workspace
 
-integration: build setup tls-cert
+integration: build setup tls-cert sim
 	$(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
 
 # Every shipped deployment file: Envoy configs in envoy --mode validate (and
@@ -216,6 +217,36 @@ run: setup build tls-cert
 	echo "Ctrl-C stops Envoy and the upstream."; \
 	echo; \
 	"$(ENVOY_BIN)" -c $(ENVOY_CONFIG) --concurrency 2 --disable-hot-restart
+
+# The traffic simulator (tests/sim): classes of legitimate and abusive
+# clients against a running palisade, a table of what each class got.
+# A debug build: it shares target/debug with unit and clippy, and is fast enough.
+SIM          := target/debug/palisade-sim
+DEMO_SECONDS ?= 25
+SIM_ARGS     ?=
+DEMO_LOGS    := target/demo
+
+sim:
+	$(CARGO) build -p palisade-sim
+
+# Envoy with the demo configuration (as `make run`), then palisade-sim against
+# it for DEMO_SECONDS; Envoy and the upstream stop when the table is printed.
+# Their logs go to target/demo/. Extra simulator options: SIM_ARGS='--seed 2'.
+demo: setup build sim tls-cert
+	@test -n "$(ENVOY_BIN)" -a -x "$(ENVOY_BIN)" || { echo "envoy binary not found (ENVOY_BIN='$(ENVOY_BIN)'); run make setup" >&2; exit 1; }
+	@for port in 10000 10443 9901 8081; do \
+	  if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
+	    echo "port $$port is in use (is make run still running?): make demo starts its own Envoy" >&2; exit 1; \
+	  fi; \
+	done
+	@mkdir -p $(DEMO_LOGS)
+	@$(PYTHON) $(DEMO_UPSTREAM) >$(DEMO_LOGS)/upstream.log 2>&1 & upstream=$$!; \
+	"$(ENVOY_BIN)" -c $(ENVOY_CONFIG) --concurrency 2 --disable-hot-restart -l warning >$(DEMO_LOGS)/envoy.log 2>&1 & envoy=$$!; \
+	trap 'kill $$envoy $$upstream 2>/dev/null; wait $$envoy $$upstream 2>/dev/null || true' EXIT; \
+	trap 'exit 130' INT TERM; \
+	echo "Envoy with $(ENVOY_CONFIG) on :10000 (2 workers), demo upstream on :8081; logs in $(DEMO_LOGS)/"; \
+	echo "palisade-sim: every client class at once for $(DEMO_SECONDS) s, each simulated client on its own 127.x.y.z address"; \
+	DEMO_SIGNING_KEY='$(DEMO_SIGNING_KEY)' $(SIM) --target http://127.0.0.1:10000 --duration $(DEMO_SECONDS) --wait 30 $(SIM_ARGS)
 
 # ---------------------------------------------------------------- clean ----
 clean:
