@@ -23,6 +23,7 @@ use crate::routes::RouteId;
 use crate::verdict::Reason;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::sync::{Mutex, MutexGuard};
 use subtle::ConstantTimeEq;
 
@@ -171,9 +172,10 @@ struct ProviderState {
 }
 
 impl AuthState {
-    /// Builds providers from their specs. Fails only on settings that the
-    /// configuration should already have refused.
-    pub fn new(auth: &Auth) -> Result<AuthState, jwt::ProviderError> {
+    /// Builds providers from their specs; `cache_key` keys the token caches
+    /// (the process seed). Fails only on settings that the configuration
+    /// should already have refused.
+    pub fn new(auth: &Auth, cache_key: [u8; 16]) -> Result<AuthState, jwt::ProviderError> {
         let providers = auth
             .providers
             .iter()
@@ -184,7 +186,7 @@ impl AuthState {
                 };
                 Ok(ProviderState {
                     provider: Provider::new(spec.settings.clone(), keys)?,
-                    cache: TokenCache::new(auth.cache_entries),
+                    cache: TokenCache::new(auth.cache_entries, cache_key),
                     loaded: spec.inline_jwks.is_some(),
                     generation: 0,
                     kid_miss_flagged_ms: None,
@@ -246,6 +248,7 @@ pub fn check(
     let token = bearer_token(&auth.sources, headers).ok_or(Reason::AuthMissing)?;
     let mut guard = lock(state);
     let (index, verified) = verify_token(&mut guard, auth, policy, token, now_ms, store)?;
+    let verified: &VerifiedToken = &verified;
     let spec = auth
         .providers
         .get(index)
@@ -327,23 +330,34 @@ fn pick_provider(auth: &Auth, policy: &AuthzPolicy, token: &str) -> Result<usize
         .ok_or(Reason::Jwt(JwtError::Issuer))
 }
 
-fn verify_token(
-    state: &mut AuthState,
+/// The verified token, from the cache (borrowed: a hit copies nothing) or
+/// verified now.
+fn verify_token<'s>(
+    state: &'s mut AuthState,
     auth: &Auth,
     policy: &AuthzPolicy,
     token: &str,
     now_ms: u64,
     store: &dyn crate::host::SharedStore,
-) -> Result<(usize, VerifiedToken), Reason> {
+) -> Result<(usize, Cow<'s, VerifiedToken>), Reason> {
     let now_s = now_ms / 1000;
-    for &index in &policy.providers {
-        if let Some(hit) = state
+    let cached = policy.providers.iter().copied().find(|&i| {
+        state
+            .providers
+            .get_mut(i)
+            .is_some_and(|p| p.cache.get(token, now_s).is_some())
+    });
+    if let Some(index) = cached {
+        // Looked up again (one keyed hash) so that this branch returns
+        // unconditionally and the borrow ends here.
+        return match state
             .providers
             .get_mut(index)
             .and_then(|p| p.cache.get(token, now_s))
         {
-            return Ok((index, hit.clone()));
-        }
+            Some(hit) => Ok((index, Cow::Borrowed(hit))),
+            None => Err(Reason::Jwt(JwtError::Malformed)),
+        };
     }
     let index = pick_provider(auth, policy, token)?;
     let spec = auth
@@ -382,7 +396,7 @@ fn verify_token(
     }
     let verified = result.map_err(Reason::Jwt)?;
     provider_state.cache.insert(token, verified.clone(), now_s);
-    Ok((index, verified))
+    Ok((index, Cow::Owned(verified)))
 }
 
 /// Installs the shared key set if it is newer than this worker's. Returns

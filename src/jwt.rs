@@ -85,9 +85,10 @@ use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use p384::ecdsa::signature::Verifier as _;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::Hasher;
 
 /// Longest token accepted, in bytes (the compact serialization).
 pub const MAX_TOKEN_LEN: usize = 8192;
@@ -985,16 +986,20 @@ fn strings(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-type TokenHash = [u8; 32];
+type TokenHash = u128;
 
 struct CacheEntry {
     token: VerifiedToken,
     seq: u64,
 }
 
-/// Verified tokens of one [`Provider`], per worker, keyed by the SHA-256 of
-/// the token (the token itself is never stored), each kept until its
-/// [`VerifiedToken::valid_until_s`].
+/// Verified tokens of one [`Provider`], per worker, keyed by a 128-bit
+/// SipHash of the token under a secret key (the token itself is never
+/// stored), each kept until its [`VerifiedToken::valid_until_s`].
+///
+/// A keyed PRF rather than SHA-256: a lookup happens on every request and
+/// SipHash is several times cheaper in wasm, while finding two tokens with
+/// one cache key still needs the secret key (the process seed).
 ///
 /// Bounded by `capacity` entries. When full, an insertion first drops the
 /// expired entries (at most one sweep per second, so that a cache full of
@@ -1003,6 +1008,7 @@ struct CacheEntry {
 /// issuer must not be found when checking another.
 pub struct TokenCache {
     capacity: usize,
+    key: [u8; 16],
     map: HashMap<TokenHash, CacheEntry>,
     /// Insertion order, with stale entries (replaced or removed) skipped by
     /// their sequence number.
@@ -1021,10 +1027,12 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cache of at most `capacity` tokens (0 caches nothing).
-    pub fn new(capacity: usize) -> TokenCache {
+    /// A cache of at most `capacity` tokens (0 caches nothing), keyed with
+    /// the secret `key`.
+    pub fn new(capacity: usize, key: [u8; 16]) -> TokenCache {
         TokenCache {
             capacity,
+            key,
             map: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
@@ -1050,13 +1058,15 @@ impl TokenCache {
         self.order.clear();
     }
 
-    fn key(token: &str) -> TokenHash {
-        Sha256::digest(token.as_bytes()).into()
+    fn hash(&self, token: &str) -> TokenHash {
+        let mut h = SipHasher13::new_with_key(&self.key);
+        h.write(token.as_bytes());
+        h.finish128().as_u128()
     }
 
     /// The cached verification of `token`, if it is still valid at `now_s`.
     pub fn get(&mut self, token: &str, now_s: u64) -> Option<&VerifiedToken> {
-        let key = TokenCache::key(token);
+        let key = self.hash(token);
         let live = self.map.get(&key)?.token.valid_until_s > now_s;
         if !live {
             self.map.remove(&key);
@@ -1071,7 +1081,7 @@ impl TokenCache {
         if self.capacity == 0 || verified.valid_until_s <= now_s {
             return;
         }
-        let key = TokenCache::key(token);
+        let key = self.hash(token);
         if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
             self.make_room(now_s);
         }
@@ -2314,7 +2324,7 @@ mod tests {
         let p = all_algs();
         let token = hs(claims());
         let v = verify(&token, &p, NOW).unwrap();
-        let mut cache = TokenCache::new(4);
+        let mut cache = TokenCache::new(4, [9; 16]);
         assert!(cache.get(&token, NOW).is_none());
         cache.insert(&token, v.clone(), NOW);
         assert_eq!(cache.get(&token, NOW), Some(&v));
@@ -2324,7 +2334,7 @@ mod tests {
         // Expired on arrival: not stored. Capacity 0: nothing stored.
         cache.insert("t", verified(NOW), NOW);
         assert!(cache.is_empty());
-        let mut none = TokenCache::new(0);
+        let mut none = TokenCache::new(0, [9; 16]);
         none.insert("t", verified(NOW + 10), NOW);
         assert!(none.is_empty());
         // The cache is keyed by a hash: a different token misses.
@@ -2336,7 +2346,7 @@ mod tests {
 
     #[test]
     fn cache_evicts_expired_first_then_oldest() {
-        let mut cache = TokenCache::new(3);
+        let mut cache = TokenCache::new(3, [9; 16]);
         cache.insert("a", verified(NOW + 100), NOW);
         cache.insert("b", verified(NOW + 5), NOW);
         cache.insert("c", verified(NOW + 100), NOW);

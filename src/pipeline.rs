@@ -83,7 +83,7 @@ pub enum Body<'a> {
 
 impl Engine {
     pub fn new(policy: Policy, seed: [u8; 16]) -> Result<Engine, ConfigError> {
-        let auth = AuthState::new(&policy.auth).map_err(|e| ConfigError {
+        let auth = AuthState::new(&policy.auth, seed).map_err(|e| ConfigError {
             path: format!("jwt.providers.{}", e.field),
             message: e.message,
         })?;
