@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::client::{Client, Request, Target};
+use crate::jwt;
 use crate::report::{Kind, Recorder};
 use crate::signing::{self, Message, Params, PAYMENT_COMPONENTS};
 
@@ -27,6 +29,8 @@ pub struct Ctx {
     pub deadline: Instant,
     pub seed: u64,
     pub key: SigningKey,
+    /// Mints the bearer tokens of browsers and of the shared-token class.
+    pub jwt: jwt::Issuer,
 }
 
 impl Ctx {
@@ -167,6 +171,29 @@ impl Simulated {
     }
 }
 
+/// The one token all clients of the shared-token class send: minted once,
+/// and again only when half its lifetime is gone (long runs).
+#[derive(Default)]
+pub(crate) struct SharedToken(Mutex<Option<(u64, String)>>);
+
+impl SharedToken {
+    fn current(&self, ctx: &Ctx) -> String {
+        let mut slot = match self.0.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = unix_now();
+        match &*slot {
+            Some((minted, token)) if now < minted + jwt::LIFETIME_S / 2 => token.clone(),
+            _ => {
+                let token = ctx.jwt.mint(SHARED_USER, now);
+                *slot = Some((now, token.clone()));
+                token
+            }
+        }
+    }
+}
+
 /// One class of clients.
 pub struct Class {
     pub name: &'static str,
@@ -186,7 +213,7 @@ pub(crate) enum Behaviour {
     StuffingFewIps,
     StuffingRotating(AtomicU32),
     Scraper(AtomicU64),
-    SharedToken,
+    SharedToken(SharedToken),
     Replay,
     LoginFlood,
 }
@@ -209,9 +236,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
 /// The one fingerprint the rotating stuffing botnet sends from every address.
 const BOTNET_UA: &str = BROWSER_UAS[0];
-/// A bearer token that leaked and is used by many clients at once (opaque to
-/// the simulator; JWT-shaped).
-const SHARED_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhY2N0LTQ3MTEiLCJzY29wZSI6Iml0ZW1zOnJlYWQifQ.c2ltdWxhdGVkLXNoYXJlZC10b2tlbg";
+/// The account whose token is shared.
 const SHARED_USER: &str = "acct-4711";
 const PAYMENTS_UA: &str = "acme-payments/2.3";
 
@@ -220,7 +245,7 @@ pub fn all() -> Vec<Class> {
         Class {
             name: "browsers",
             kind: Kind::Legitimate,
-            description: "people in browsers: one address each, a short session (page, login, a few API reads) at human pace",
+            description: "people in browsers: one address each, a short session (page, login, /account with their own token, a few API reads) at human pace",
             stopped_by: "",
             threads: 24,
             block: 0,
@@ -268,11 +293,11 @@ pub fn all() -> Vec<Class> {
         Class {
             name: "shared-token",
             kind: Kind::Attack,
-            description: "one bearer token (one account) used from 30 addresses at once, 6 requests/s in all",
+            description: "one valid bearer token (one account) used from 30 addresses at once, on /account and the API, 6 requests/s in all",
             stopped_by: "token binding: one token seen from too many clients (not the per-user rate limit)",
             threads: 6,
             block: 5,
-            behaviour: Behaviour::SharedToken,
+            behaviour: Behaviour::SharedToken(SharedToken::default()),
         },
         Class {
             name: "replay",
@@ -305,7 +330,7 @@ impl Class {
             Behaviour::StuffingFewIps => stuffing_few_ips(self, ctx, rec, thread, &mut rng),
             Behaviour::StuffingRotating(next) => stuffing_rotating(self, ctx, rec, next, &mut rng),
             Behaviour::Scraper(next_id) => scraper(self, ctx, rec, next_id, &mut rng),
-            Behaviour::SharedToken => shared_token(self, ctx, rec, thread, &mut rng),
+            Behaviour::SharedToken(token) => shared_token(self, ctx, rec, thread, token, &mut rng),
             Behaviour::Replay => replay(self, ctx, rec, &mut rng),
             Behaviour::LoginFlood => login_flood(self, ctx, rec, thread, &mut rng),
         }
@@ -341,6 +366,7 @@ fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &m
         let lang = LANGUAGES[rng.gen_range(0..LANGUAGES.len())];
         let user = format!("user{}", rng.gen_range(1..1_000_000u32));
         let cookie = format!("session={}", hex(rng, 16));
+        let bearer = format!("Bearer {}", ctx.jwt.mint(&user, unix_now()));
 
         let page = [
             ("user-agent", ua),
@@ -365,17 +391,17 @@ fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &m
             ("accept", ACCEPT_JSON),
             ("accept-language", lang),
             ("cookie", cookie.as_str()),
-            ("x-user-id", user.as_str()),
+            ("authorization", bearer.as_str()),
         ];
-        let reads = rng.gen_range(2..=5);
+        let reads = rng.gen_range(3..=6);
         for i in 0..reads {
             if !ctx.think(rng, 300..1500) {
                 return;
             }
-            let path = if i == 0 {
-                "/api/items?page=1".to_owned()
-            } else {
-                format!("/api/items/{}", rng.gen_range(1..5000))
+            let path = match i {
+                0 => "/account".to_owned(),
+                1 => "/api/items?page=1".to_owned(),
+                _ => format!("/api/items/{}", rng.gen_range(1..5000)),
             };
             person.get(rec, &path, &api);
         }
@@ -503,28 +529,35 @@ fn scraper(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, next_id: &AtomicU64, rn
     }
 }
 
-/// Five addresses per thread take turns with the same token.
-fn shared_token(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &mut StdRng) {
+/// Five addresses per thread take turns with the same token, on the
+/// authenticated /account and on the API.
+fn shared_token(
+    class: &Class,
+    ctx: &Ctx,
+    rec: &Recorder<'_>,
+    thread: usize,
+    token: &SharedToken,
+    rng: &mut StdRng,
+) {
     const PER_THREAD: u32 = 5;
     let holders = ctx.clients(class.block, thread as u32 * PER_THREAD, PER_THREAD);
     let uas: Vec<&str> = holders
         .iter()
         .map(|_| BROWSER_UAS[rng.gen_range(0..BROWSER_UAS.len())])
         .collect();
-    let bearer = format!("Bearer {SHARED_TOKEN}");
     let mut pacer = Pacer::per_second(6.0, class.threads, rng);
     let mut turn = 0usize;
     while pacer.wait(ctx) {
         let i = turn % holders.len();
         turn += 1;
+        let bearer = format!("Bearer {}", token.current(ctx));
         let headers = [
             ("user-agent", uas[i]),
             ("accept", ACCEPT_JSON),
             ("authorization", bearer.as_str()),
-            ("x-user-id", SHARED_USER),
         ];
-        let path = if turn % 4 == 0 {
-            "/api/account".to_owned()
+        let path = if turn % 2 == 0 {
+            "/account".to_owned()
         } else {
             format!("/api/items/{}", rng.gen_range(1..5000))
         };

@@ -7,6 +7,7 @@
 
 mod classes;
 mod client;
+mod jwt;
 mod report;
 mod signing;
 
@@ -51,6 +52,9 @@ options:
 
 environment:
   DEMO_SIGNING_KEY   base64 HMAC secret of the key id (default: the demo's public key)
+  DEMO_JWT_KEY       base64url Ed25519 private key (`d`) the bearer tokens are signed with,
+                     issuer https://idp.palisade.demo, audience palisade-demo, kid demo-ed25519
+                     (default: the demo's, the public example key of RFC 8037)
 ";
 
 struct Options {
@@ -185,6 +189,8 @@ fn run(opts: &Options) -> Result<(), String> {
     let secret = BASE64
         .decode(secret_b64.trim())
         .map_err(|_| "DEMO_SIGNING_KEY is not standard base64".to_owned())?;
+    let jwt_key = std::env::var("DEMO_JWT_KEY").unwrap_or_else(|_| jwt::DEMO_PRIVATE_D.to_owned());
+    let jwt = jwt::Issuer::demo(&jwt_key).map_err(|e| format!("DEMO_JWT_KEY: {e}"))?;
     // One GET / first (or until it answers, with --wait): a wrong target
     // fails here rather than as a table of transport errors.
     wait_ready(&target, Duration::from_secs_f64(opts.wait.unwrap_or(0.0)))?;
@@ -199,6 +205,7 @@ fn run(opts: &Options) -> Result<(), String> {
             id: opts.key_id.clone(),
             secret,
         },
+        jwt,
     };
     let totals = Totals::default();
     let recorders: Vec<Recorder<'_>> = classes.iter().map(|_| Recorder::new(&totals)).collect();
