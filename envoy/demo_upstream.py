@@ -19,6 +19,8 @@ ECHOED = ("x-forwarded-for", "x-request-id")
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "palisade-demo-upstream"
+    # Keep-alive responses go out at once (Nagle would hold each ~40 ms).
+    disable_nagle_algorithm = True
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -50,6 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
+    # Envoy opens bursts of connections under load; the default backlog of 5
+    # would leave some waiting past Envoy's connect timeout (503s).
+    ThreadingHTTPServer.request_queue_size = 512
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(f"demo upstream listening on http://{args.host}:{args.port}", flush=True)
     try:

@@ -2,8 +2,7 @@
 
 envoy/envoy.yaml runs as `make run` and `make demo` run it (same palisade
 configuration, Envoy with two workers, envoy/demo_upstream.py behind it),
-only on loopback ports the kernel picks (and with the upstream's socket
-settings fixed, see _UPSTREAM).  palisade-sim then sends every
+only on loopback ports the kernel picks.  palisade-sim then sends every
 class of clients at once for SIM_SECONDS and writes its summary as JSON.
 
 Thresholds:
@@ -59,17 +58,6 @@ API_IP = {"capacity": 100, "per_second": 100.0}  # api-ip
 # Nagle's algorithm adds about 40 ms to every keep-alive answer.  Both belong
 # in demo_upstream.py itself; until then the test sets them here, so that an
 # error it sees is palisade's.
-_UPSTREAM = """
-import sys
-sys.path.insert(0, sys.argv[1])
-import demo_upstream
-demo_upstream.ThreadingHTTPServer.request_queue_size = 512
-demo_upstream.Handler.disable_nagle_algorithm = True
-sys.argv = ["demo_upstream.py", "--port", sys.argv[2]]
-demo_upstream.main()
-"""
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +103,7 @@ def demo_port(artefacts, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sim")
     upstream_port = _free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-c", _UPSTREAM, str(harness.REPO_ROOT / "envoy"), str(upstream_port)],
+        [sys.executable, str(harness.REPO_ROOT / "envoy" / "demo_upstream.py"), "--port", str(upstream_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
