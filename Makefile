@@ -7,6 +7,7 @@
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
 #   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
+#   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
 #
 # Pass extra pytest arguments with PYTEST_ARGS (integration) or
 # DEPLOY_PYTEST_ARGS (check-deploy), e.g.
@@ -247,6 +248,35 @@ demo: setup build sim tls-cert
 	echo "Envoy with $(ENVOY_CONFIG) on :10000 (2 workers), demo upstream on :8081; logs in $(DEMO_LOGS)/"; \
 	echo "palisade-sim: every client class at once for $(DEMO_SECONDS) s, each simulated client on its own 127.x.y.z address"; \
 	DEMO_SIGNING_KEY='$(DEMO_SIGNING_KEY)' $(SIM) --target http://127.0.0.1:10000 --duration $(DEMO_SECONDS) --wait 30 $(SIM_ARGS)
+
+# ---------------------------------------------------------------- bench ----
+# What palisade costs Envoy per request, next to bare Envoy, Envoy's native
+# jwt_authn + local_ratelimit and an empty wasm filter (tests/bench/bench.py,
+# about 12 minutes). Writes target/bench/results.{md,json} and cost.svg.
+#   make bench BENCH_QUICK=1   one short round: a smoke test, not a measurement
+#   make bench README=1        also copy the table into README.md (Performance)
+#   make bench BENCH_ARGS='--configs bare,native,rl'
+# Installs wrk (Debian) when missing; its Python needs are in tests/bench/requirements.txt.
+BENCH_REQUIREMENTS := tests/bench/requirements.txt
+BENCH_STAMP        := $(VENV)/.palisade-bench.stamp
+BENCH_ARGS         ?=
+
+.PHONY: bench
+bench: setup rust-target $(BENCH_STAMP)
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing wrk (Debian)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else \
+	    echo "error: the bench needs wrk: install it (Debian: sudo apt-get install wrk)" >&2; exit 1; \
+	  fi; \
+	fi
+	$(CARGO) build --release --target $(WASM_TARGET) -p palisade-filter -p empty-filter
+	BENCH_QUICK='$(BENCH_QUICK)' $(PYTHON) tests/bench/bench.py --out target/bench $(if $(README),--readme README.md) $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(BENCH_REQUIREMENTS) $(SETUP_STAMP)
+	$(PIP) install --disable-pip-version-check --no-input -q -r $(BENCH_REQUIREMENTS)
+	@touch $@
 
 # ---------------------------------------------------------------- clean ----
 clean:

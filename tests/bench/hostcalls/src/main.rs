@@ -1,0 +1,201 @@
+//! Counts the host calls palisade makes for one request, for the bench's
+//! "host calls/request" column.
+//!
+//! Every host call of palisade goes through the core's host traits
+//! (`SharedStore`, `Clock`, `Metrics`) or is made by the proxy-wasm glue
+//! around `Engine::evaluate` (filters/palisade/src/lib.rs). This program runs
+//! the real engine with counting implementations of the traits and adds the
+//! glue's own calls the way `on_http_request_headers`, `on_http_request_body`
+//! and `on_http_response_headers` make them:
+//!
+//! * one header-map read (`proxy_get_header_map_pairs`);
+//! * one property read per call of the `peer` closure (`source.address`);
+//! * one remove or replace per upstream header, one add per response header;
+//! * one body read when the request has a body to check.
+//!
+//! Once-per-VM calls are not per request and are left out: the first request
+//! of a worker also defines each counter (`proxy_define_metric`) and asks the
+//! host's kind (`plugin_vm_id`), so the request is sent twice and the second
+//! is counted (which also finds a verified token in the cache).
+//!
+//! Input on stdin: a JSON list of `{"name", "config", "headers": [[name,
+//! value], ...], "body": string|null}`. Output on stdout: a JSON list of
+//! `{"name", <count fields>, "total"}` or `{"name", "error"}`.
+
+use palisade::config::Policy;
+use palisade::host::{Clock, MemoryStore, Metrics, SharedStore, StoreError, Versioned};
+use palisade::metrics::Counter;
+use palisade::pipeline::{Body, Engine, Services};
+use palisade::request::{encode_map, HeaderMap};
+use palisade::slots;
+use palisade::verdict::Verdict;
+use serde_json::{json, Value};
+use std::cell::Cell;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+struct Counts {
+    header_map_reads: u32,
+    property_reads: Cell<u32>,
+    clock_reads: Cell<u32>,
+    shared_gets: Cell<u32>,
+    shared_sets: Cell<u32>,
+    metric_increments: Cell<u32>,
+    header_writes: u32,
+    body_reads: u32,
+}
+
+impl Counts {
+    fn to_json(&self, name: &str) -> Value {
+        let fields = [
+            ("header_map_reads", self.header_map_reads),
+            ("property_reads", self.property_reads.get()),
+            ("clock_reads", self.clock_reads.get()),
+            ("shared_gets", self.shared_gets.get()),
+            ("shared_sets", self.shared_sets.get()),
+            ("metric_increments", self.metric_increments.get()),
+            ("header_writes", self.header_writes),
+            ("body_reads", self.body_reads),
+        ];
+        let mut out = json!({"name": name, "total": fields.iter().map(|(_, n)| n).sum::<u32>()});
+        for (key, n) in fields {
+            out[key] = json!(n);
+        }
+        out
+    }
+}
+
+fn bump(cell: &Cell<u32>) {
+    cell.set(cell.get() + 1);
+}
+
+/// The host services of one request, counting each call.
+struct Counting<'a> {
+    store: &'a MemoryStore,
+    counts: &'a Counts,
+}
+
+impl SharedStore for Counting<'_> {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        bump(&self.counts.shared_gets);
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        bump(&self.counts.shared_sets);
+        self.store.set(key, value, cas)
+    }
+}
+
+impl Clock for Counting<'_> {
+    fn now_ms(&self) -> u64 {
+        bump(&self.counts.clock_reads);
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl Metrics for Counting<'_> {
+    fn increment(&self, _counter: Counter) {
+        bump(&self.counts.metric_increments);
+    }
+}
+
+/// One request as the proxy-wasm glue handles it.
+fn one_request(
+    engine: &Engine,
+    store: &MemoryStore,
+    map: &[u8],
+    body: Option<&[u8]>,
+) -> Result<Counts, String> {
+    let mut counts = Counts {
+        header_map_reads: 1,
+        ..Counts::default()
+    };
+    let headers = HeaderMap::decode(map).ok_or("malformed header map")?;
+    let host = Counting {
+        store,
+        counts: &counts,
+    };
+    let services = Services {
+        store: &host,
+        clock: &host,
+        metrics: &host,
+    };
+    let peer = || {
+        bump(&counts.property_reads);
+        Some("127.0.0.1".to_string())
+    };
+    let (writes, check) = match engine.evaluate(&headers, &peer, &services) {
+        Verdict::Allow {
+            response_headers,
+            upstream,
+            body,
+        } => (
+            upstream.remove.len() + upstream.set.len() + response_headers.len(),
+            body,
+        ),
+        Verdict::Respond(response) => {
+            return Err(format!(
+                "the request was answered {} by palisade",
+                response.status
+            ))
+        }
+    };
+    let mut body_reads = 0;
+    if let Some(check) = check {
+        // A request with a body: the glue reads it once, at its end.
+        let bytes = body.unwrap_or_default();
+        body_reads = u32::from(!bytes.is_empty());
+        if let Some(response) = engine.check_body(&check, Body::Complete(bytes), &services) {
+            return Err(format!("the body check answered {}", response.status));
+        }
+    }
+    counts.header_writes = u32::try_from(writes).unwrap_or(u32::MAX);
+    counts.body_reads = body_reads;
+    Ok(counts)
+}
+
+fn count(job: &Value) -> Result<Counts, String> {
+    let config = job["config"].as_str().ok_or("config missing")?;
+    let policy = Policy::from_json(config.as_bytes()).map_err(|e| e.to_string())?;
+    // What on_configure prepares.
+    let store = MemoryStore::new();
+    let seed = slots::shared_seed(&store, [7; 16]).map_err(|e| format!("{e:?}"))?;
+    slots::ensure_pages(&store, policy.shared_keys()).map_err(|e| format!("{e:?}"))?;
+    let engine = Engine::new(policy, seed).map_err(|e| e.to_string())?;
+    let pairs: Vec<(&str, &str)> = job["headers"]
+        .as_array()
+        .ok_or("headers missing")?
+        .iter()
+        .filter_map(|pair| Some((pair.get(0)?.as_str()?, pair.get(1)?.as_str()?)))
+        .collect();
+    let map = encode_map(&pairs);
+    let body = job["body"].as_str().map(str::as_bytes);
+    one_request(&engine, &store, &map, body)?;
+    one_request(&engine, &store, &map, body)
+}
+
+fn main() {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: reading stdin: {e}");
+        std::process::exit(2);
+    }
+    let jobs: Vec<Value> = match serde_json::from_str(&input) {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            eprintln!("error: stdin is not a JSON list of jobs: {e}");
+            std::process::exit(2);
+        }
+    };
+    let out: Vec<Value> = jobs
+        .iter()
+        .map(|job| {
+            let name = job["name"].as_str().unwrap_or("?");
+            count(job).map_or_else(|e| json!({"name": name, "error": e}), |c| c.to_json(name))
+        })
+        .collect();
+    println!("{}", Value::Array(out));
+}
