@@ -21,6 +21,11 @@
   envoy-gateway/...       image `make oci-layout` builds from the same wasm,
                           and `url` set to --image when given.
 
+Files named *.example.yaml (the shape of a Secret you create) and
+*.patch.yaml (patches for objects you own, applied with `kubectl patch`) are
+not manifests to apply and are not copied: applying the rendered directory
+never overwrites your Secrets with an example.
+
 The digest is computed exactly as envoy/oci/oci_layout.py computes it (same
 code), so the manifests match the image that layout holds once it is pushed
 with its digest preserved. Standard library only.
@@ -48,6 +53,12 @@ CONFIGMAP_LIMIT = 1024 * 1024
 PLACEHOLDER_SHA256 = "0" * 64
 PLACEHOLDER_IMAGE = "registry.example.com/palisade/palisade:0.1.0"
 WASM_CONFIGMAP = "palisade-wasm-configmap.yaml"
+NOT_RENDERED = (".example.yaml", ".patch.yaml")
+
+
+def manifests(directory: Path) -> list[Path]:
+    """The manifests of `directory` that are rendered (and applied)."""
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.endswith(NOT_RENDERED))
 
 
 def _oci_layout():
@@ -106,7 +117,7 @@ def render(wasm_path: Path, out: Path, image: str | None) -> dict[str, Path]:
 
     plain = out / "plain"
     plain.mkdir(parents=True)
-    for src in sorted((HERE / "plain").glob("*.yaml")):
+    for src in manifests(HERE / "plain"):
         shutil.copyfile(src, plain / src.name)
         written[f"plain/{src.name}"] = plain / src.name
     try:
@@ -124,7 +135,7 @@ def render(wasm_path: Path, out: Path, image: str | None) -> dict[str, Path]:
 
     for sub in ("istio", "envoy-gateway"):
         (out / sub).mkdir()
-        for src in sorted((HERE / sub).glob("*.yaml")):
+        for src in manifests(HERE / sub):
             text = src.read_text()
             if PLACEHOLDER_SHA256 in text:
                 text = stamp_image(text, digest_hex, image, src)
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rendered {len(written)} manifests into {args.out}")
     print(f"  palisade-wasm ConfigMap: {size} bytes of wasm ({100 * size // CONFIGMAP_LIMIT}% of the 1 MiB limit);")
     print(f"  apply it with: kubectl apply --server-side -f {args.out / 'plain'}")
+    print("  first create the Secrets it reads (TLS, signing keys): see envoy/k8s/README.md")
     if not args.image:
         print(f"  istio/, envoy-gateway/: image still {PLACEHOLDER_IMAGE}; pass IMAGE=registry/palisade:tag")
     return 0

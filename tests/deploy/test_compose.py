@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,34 @@ import yaml
 
 import deploy
 
-COMPOSE_FILE = deploy.REPO_ROOT / "envoy" / "docker-compose.yml"
+COMPOSE_FILE = deploy.COMPOSE_FILE
 PROMETHEUS = deploy.REPO_ROOT / "envoy" / "prometheus.yml"
 COMPOSE_ENVOY = deploy.SHIPPED_ENVOY[1]
-
-
-def _compose(binary: Path, compose_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(binary), "-f", str(compose_file), *args],
-        capture_output=True, text=True, timeout=60,
-        # No Docker engine is needed for `config`; keep the user's contexts out.
-        env={"PATH": "/usr/bin:/bin", "HOME": str(compose_file.parent), "DOCKER_CONFIG": str(compose_file.parent)},
-    )
+ENV_EXAMPLE = deploy.COMPOSE_ENV_EXAMPLE
+ENV_FILE = ENV_EXAMPLE.with_name("palisade.env")
+_compose = deploy.run_compose
 
 
 def test_compose_config_quiet(compose):
     proc = _compose(compose, COMPOSE_FILE, "config", "--quiet")
     assert proc.returncode == 0, f"docker compose config --quiet failed:\n{proc.stdout}{proc.stderr}"
+
+
+def test_compose_refuses_to_start_without_the_env_file(compose, tmp_path):
+    """No env file, no Envoy (rather than one whose palisade has no key)."""
+    missing = tmp_path / "palisade.env"
+    proc = _compose(compose, COMPOSE_FILE, "config", "--quiet", env_file=missing)
+    assert proc.returncode != 0 and str(missing) in proc.stderr, proc.stderr
+
+
+def test_env_file_is_the_git_ignored_one_next_to_its_example():
+    (envoy,) = [s for name, s in yaml.safe_load(COMPOSE_FILE.read_text())["services"].items() if name == "envoy"]
+    (entry,) = envoy["env_file"]
+    assert entry == {"path": "${PALISADE_ENV_FILE:-./compose/palisade.env}", "required": True}
+    default = COMPOSE_FILE.parent / entry["path"].split(":-", 1)[1].rstrip("}")
+    assert default.resolve() == ENV_FILE and ENV_EXAMPLE.is_file()
+    ignored = (ENV_FILE.parent / ".gitignore").read_text().splitlines()
+    assert ENV_FILE.name in ignored, "compose/palisade.env holds a key: it must be git-ignored"
 
 
 def test_compose_binary_really_validates(compose, tmp_path):

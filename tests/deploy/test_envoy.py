@@ -11,8 +11,12 @@ shipped bootstrap, with its container paths pointed at local files).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
+import os
+import secrets
 import socket
 import ssl
 import subprocess
@@ -34,14 +38,24 @@ def _base_id(i: int) -> int:
     return 31000 + i
 
 
-@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY, ids=lambda c: c.label)
-def test_shipped_envoy_config_loads(config, envoy, wasm, cert, tmp_path):
-    path = deploy.materialize(config, tmp_path, *cert)
-    proc = subprocess.run(
+def _validate(envoy, config, path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` of `path` with `env` as the variables palisade's
+    secrets may come from (none of the test process's own leak in)."""
+    base = {k: v for k, v in os.environ.items() if k not in deploy.random_secret_env()}
+    return subprocess.run(
         [str(envoy), "--mode", "validate", "-c", str(path), "-l", "info", "--base-id",
          str(_base_id(deploy.SHIPPED_ENVOY.index(config)))],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**base, **env},
     )
+
+
+@pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY, ids=lambda c: c.label)
+def test_shipped_envoy_config_loads(config, envoy, wasm, cert, tmp_path):
+    """Loads with palisade's secrets in Envoy's environment, as the Secret
+    (or compose's env file) puts them there: random test keys, never a
+    committed one."""
+    path = deploy.materialize(config, tmp_path, *cert)
+    proc = _validate(envoy, config, path, deploy.random_secret_env())
     out = proc.stdout + proc.stderr
     tail = "\n".join(out.splitlines()[-25:])
     assert proc.returncode == 0, f"{config.label} does not load in Envoy:\n{tail}"
@@ -104,18 +118,47 @@ def test_listener_layout(config):
         assert pal["typed_config"]["config"]["fail_open"] is False, f"{config.label} {name}: palisade must fail closed"
 
 
-def _normalized(config: deploy.EnvoyConfig) -> dict:
+# The shipped Envoy configurations whose palisade reads secrets from Envoy's
+# environment.
+ENV_KEYED = [c for c in deploy.SHIPPED_ENVOY if any(map(deploy.host_env_keys, deploy.wasm_filters(c.bootstrap())))]
+
+
+@pytest.mark.parametrize("config", ENV_KEYED, ids=lambda c: c.label)
+def test_envoy_config_without_its_secrets_fails_closed(config, envoy, wasm, cert, tmp_path):
+    """Without the variables (a missing Secret key, an empty env file),
+    palisade refuses its configuration and so does Envoy: no traffic flows
+    through a filter that has no key. Also shows that the key really reaches
+    palisade through host_env_keys (the run above passes only with it)."""
+    path = deploy.materialize(config, tmp_path, *cert)
+    proc = _validate(envoy, config, path, {})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{config.label} loads without palisade's secrets"
+    missing = sorted(set().union(*map(deploy.host_env_keys, deploy.wasm_filters(config.bootstrap()))))
+    assert any(f"environment variable `{name}` is not set in the wasm VM" in out for name in missing), (
+        f"{config.label}: Envoy failed, but not because palisade's secret is missing:\n"
+        + "\n".join(out.splitlines()[-25:])
+    )
+
+
+def _normalized(config: deploy.EnvoyConfig, demo_policy_as: str | None = None) -> dict:
     """The parts every shipped bootstrap shares with the demo, with the
-    deployment-specific names (paths, upstream cluster) made generic."""
+    deployment-specific names (paths, upstream cluster) made generic.
+
+    Deployment files carry the demo policy as deploy.EXPECTED_POLICY says
+    (their keys read from the environment): the demo's own policy is
+    compared as the one `demo_policy_as` should carry. Where the VM's
+    environment comes from (environment_variables) is left out here;
+    test_secrets.py checks it."""
     text = config.text()
     for path, kind in config.files.items():
         text = text.replace(path, f"<{kind}>")
     boot = yaml.safe_load(text)
-    # Deployment files carry the demo policy without its signed route (see
-    # deploy.without_demo_signatures): compare them on that.
     for f in deploy.wasm_filters(boot):
-        policy = deploy.without_demo_signatures(json.loads(f["configuration"]["value"]))
+        policy = json.loads(f["configuration"]["value"])
+        if demo_policy_as is not None:
+            policy = deploy.EXPECTED_POLICY[demo_policy_as](policy)
         f["configuration"]["value"] = json.dumps(policy, sort_keys=True)
+        f["vm_config"].pop("environment_variables", None)
     ls = deploy.listeners(boot)
     out = {"stats_config": boot["stats_config"], "admin": boot["admin"]}
     for name in ("ingress", "ingress_tls"):
@@ -131,7 +174,7 @@ def _normalized(config: deploy.EnvoyConfig) -> dict:
 def test_deployment_bootstraps_match_the_demo(config):
     """Compose and Kubernetes run the demo's listeners, filter chains and
     palisade configuration: a change to envoy/envoy.yaml must be carried over."""
-    demo, other = _normalized(DEMO), _normalized(config)
+    demo, other = _normalized(DEMO, demo_policy_as=config.label), _normalized(config)
     for part in demo:
         assert other[part] == demo[part], f"{config.label}: `{part}` differs from envoy/envoy.yaml"
 
@@ -179,31 +222,36 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def demo_envoy(envoy, wasm, cert, tmp_path):
-    """envoy/envoy.yaml running on loopback ports the kernel picks, in front
-    of envoy/demo_upstream.py; yields {listener name: port}."""
+@contextlib.contextmanager
+def _running(config: deploy.EnvoyConfig, envoy, cert, tmp_path, env: dict[str, str] | None = None):
+    """`config` running on loopback ports the kernel picks, in front of
+    envoy/demo_upstream.py (every upstream cluster pointed at it), with `env`
+    as the variables palisade's secrets may come from; yields {listener
+    name: port}."""
     upstream_port = _free_port()
     upstream = subprocess.Popen(
         [sys.executable, str(deploy.REPO_ROOT / "envoy" / "demo_upstream.py"), "--port", str(upstream_port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    path = deploy.materialize(DEMO, tmp_path, *cert)
+    path = deploy.materialize(config, tmp_path, *cert)
     boot = yaml.safe_load(path.read_text())
     boot["admin"]["address"]["socket_address"]["port_value"] = 0
     for listener in boot["static_resources"]["listeners"]:
         listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
-    (cluster,) = boot["static_resources"]["clusters"]
-    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
-        "port_value"
-    ] = upstream_port
+    for cluster in boot["static_resources"]["clusters"]:
+        if cluster["name"] != "envoy_admin":
+            cluster["type"] = "STATIC"
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
+                "address": "127.0.0.1", "port_value": upstream_port,
+            }
     path.write_text(json.dumps(boot))
     admin_path = tmp_path / "admin.address"
     log = open(tmp_path / "envoy.log", "w")
+    base = {k: v for k, v in os.environ.items() if k not in deploy.random_secret_env()}
     proc = subprocess.Popen(
         [str(envoy), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
          "--admin-address-path", str(admin_path)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})},
     )
     try:
         admin = _wait(lambda: admin_path.exists() and admin_path.read_text().strip(), 30, "Envoy's admin address")
@@ -231,6 +279,56 @@ def demo_envoy(envoy, wasm, cert, tmp_path):
                 p.kill()
                 p.wait()
         log.close()
+
+
+@pytest.fixture
+def demo_envoy(envoy, wasm, cert, tmp_path):
+    """envoy/envoy.yaml running (see _running); yields {listener name: port}."""
+    with _running(DEMO, envoy, cert, tmp_path) as ports:
+        yield ports
+
+
+def _signing():
+    """tests/integration/signing.py: requests signed by the independent
+    http-message-signatures package, as the integration tests sign them."""
+    sys.path.insert(0, str(deploy.REPO_ROOT / "tests" / "integration"))
+    try:
+        import signing
+    finally:
+        sys.path.pop(0)
+    return signing
+
+
+@pytest.mark.parametrize("config", ENV_KEYED, ids=lambda c: c.label)
+def test_deployment_verifies_signatures_with_the_key_from_its_environment(config, envoy, wasm, cert, tmp_path):
+    """The signing key travels as the deployment makes it travel - the
+    proxy's environment, host_env_keys, the VM - and verifies signatures:
+    a request signed with it reaches the upstream; one signed with another
+    key, or unsigned, does not."""
+    signing = _signing()
+    env = deploy.random_secret_env()
+    ((_, key_id),) = [where for where in deploy.SECRET_ENV if where[0] == "signatures"]
+    name = deploy.SECRET_ENV[("signatures", key_id)]
+    body = b'{"amount": 5}'
+    with _running(config, envoy, cert, tmp_path, env) as ports:
+        url = f"http://127.0.0.1:{ports['ingress']}/payments"
+
+        def post(secret: bytes | None) -> int:
+            headers = {"Content-Type": "application/json"}
+            if secret is not None:
+                headers = signing.sign("POST", url, headers, body, key_id=key_id, secret=secret)
+            conn = http.client.HTTPConnection("127.0.0.1", ports["ingress"], timeout=10)
+            try:
+                conn.request("POST", "/payments", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status
+            finally:
+                conn.close()
+
+        assert post(base64.b64decode(env[name])) == 200, f"{config.label}: a request signed with the Secret's key"
+        assert post(secrets.token_bytes(32)) == 401, f"{config.label}: a request signed with another key"
+        assert post(None) == 401, f"{config.label}: an unsigned request"
 
 
 def _echoed_headers(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> dict[str, str]:

