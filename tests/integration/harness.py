@@ -63,7 +63,7 @@ _EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
 # `rl_exhausted`).  Envoy removes the first capture group from the stat name and
 # uses the second as the tag value.
 # --------------------------------------------------------------------------
-PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule")
+PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "result")
 PALISADE_STATS_TAGS = [
     {"tag_name": name, "regex": rf"^wasmcustom\.palisade_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{name}\.([^.]+))"}
     for name in PALISADE_TAG_NAMES
@@ -211,20 +211,37 @@ def ingress_bootstrap(routes: list[dict], http_filters: list[dict]) -> dict[str,
     }
 
 
+def static_cluster(name: str, port: int, host: str = "127.0.0.1") -> dict:
+    """A STATIC Envoy cluster with one plain-HTTP/1.1 endpoint (a local test
+    server), for ``extra_clusters``."""
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+
+
 def bootstrap_yaml(
     config: dict | str,
     *,
     wasm: Path,
     extra_routes: list[dict] | None = None,
     stats_tags: bool = True,
+    extra_clusters: list[dict] | None = None,
 ) -> str:
     """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
 
     ``extra_routes`` are route entries (Envoy RouteConfiguration ``routes``
     items, as dicts) placed before the catch-all direct_response route.
+    ``extra_clusters`` are static clusters (e.g. :func:`static_cluster`) that
+    those routes, or the filter's own HTTP calls, name.
     """
     routes = list(extra_routes or []) + [OK_ROUTE]
     bootstrap = ingress_bootstrap(routes, [palisade_wasm_filter(config_text(config), wasm), ROUTER_FILTER])
+    if extra_clusters:
+        bootstrap["static_resources"]["clusters"] = list(extra_clusters)
     if stats_tags:
         bootstrap["stats_config"] = {"stats_tags": PALISADE_STATS_TAGS}
     return json.dumps(bootstrap, indent=2)
@@ -286,6 +303,7 @@ class EnvoyInstance:
         log_level: str = "info",
         component_log_level: str | None = "wasm:debug",
         stats_tags: bool = True,
+        extra_clusters: list[dict] | None = None,
     ) -> None:
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
@@ -301,7 +319,9 @@ class EnvoyInstance:
         self.admin_address_path = self.dir / "admin_address"
         self.base_id = _unique_base_id()
         self.config_path.write_text(
-            bootstrap_yaml(config, wasm=self.wasm, extra_routes=extra_routes, stats_tags=stats_tags)
+            bootstrap_yaml(
+                config, wasm=self.wasm, extra_routes=extra_routes, stats_tags=stats_tags, extra_clusters=extra_clusters
+            )
         )
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -608,6 +628,22 @@ def palisade_counter(prom_text: str, metric: str, **tags: str) -> float:
         if ok:
             total += value
     return total
+
+
+def leaks(secrets: dict[str, str], log: str, responses: list[Response]) -> list[str]:
+    """``"<description> in <where>"`` for each of ``secrets`` ({description:
+    text}; texts under 8 characters are ignored) found in ``log`` or in a
+    response's headers or body."""
+    haystacks = {"envoy log": log}
+    for i, (status, headers, body) in enumerate(responses):
+        haystacks[f"response {i} ({status}) body"] = body.decode("latin-1")
+        haystacks[f"response {i} ({status}) headers"] = json.dumps(headers)
+    return [
+        f"{what} in {where}"
+        for what, needle in secrets.items()
+        for where, hay in haystacks.items()
+        if len(needle) >= 8 and needle in hay
+    ]
 
 
 def palisade_lines(prom_text: str) -> str:
