@@ -111,7 +111,6 @@ WASM_DIR = REPO_ROOT / "target" / "wasm32-wasip1" / "release"
 DEFAULT_WASM = WASM_DIR / "palisade.wasm"
 # The floor: a proxy-wasm filter that does nothing (tests/bench/empty-filter).
 EMPTY_WASM = WASM_DIR / "empty_filter.wasm"
-HOSTCALLS_MANIFEST = REPO_ROOT / "tests" / "bench" / "hostcalls" / "Cargo.toml"
 DEFAULT_OUT = REPO_ROOT / "target" / "bench"
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
@@ -1196,11 +1195,8 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
     if not jobs:
         return {}, None
     cargo = os.environ.get("CARGO", "cargo")
-    cmd = [
-        cargo, "run", "--quiet",
-        "--manifest-path", str(HOSTCALLS_MANIFEST),
-        "--target-dir", str(REPO_ROOT / "target" / "bench-hostcalls"),
-    ]  # fmt: skip
+    # A workspace member: it shares target/ with the unit tests.
+    cmd = [cargo, "run", "--quiet", "-p", "palisade-hostcalls"]
     print("host calls: building and running tests/bench/hostcalls", file=sys.stderr)
     try:
         p = subprocess.run(cmd, input=json.dumps(jobs), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
