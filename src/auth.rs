@@ -149,10 +149,38 @@ impl Auth {
 /// Who a request authenticated as, and what that grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `sub` of a token, or `apikey:<id>`.
-    pub subject: String,
+    /// The `user` rate-limit key: namespaced by credential kind and
+    /// provider, so that no token's `sub` shares a bucket with an API key or
+    /// with a subject of another issuer.
+    pub user_key: Vec<u8>,
     /// Headers to set on the upstream request.
     pub headers: Vec<(String, String)>,
+}
+
+/// Why a credential was refused; `user_key` is set when the credential was
+/// valid but not sufficient (authorization), for the security log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub user_key: Option<Vec<u8>>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            user_key: None,
+        }
+    }
+}
+
+/// Prefix of API-key principals in `x-palisade-user`; a token whose `sub`
+/// starts with it is refused, so the upstream cannot mistake one for the
+/// other.
+const API_KEY_PREFIX: &str = "apikey:";
+
+fn user_key(kind: &str, namespace: &str, id: &str) -> Vec<u8> {
+    [kind.as_bytes(), namespace.as_bytes(), id.as_bytes()].join(&0u8)
 }
 
 /// Per-worker state: providers with their current keys, and their caches.
@@ -230,20 +258,28 @@ pub fn check(
     headers: &HeaderMap<'_>,
     now_ms: u64,
     store: &dyn crate::host::SharedStore,
-) -> Result<Principal, Reason> {
+) -> Result<Principal, Refusal> {
     if policy.accept_api_key {
         if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
             let key = api_key(&auth.api_keys, presented).ok_or(Reason::ApiKeyInvalid)?;
-            authorize(policy, &key.roles, &[], &[])?;
-            let subject = format!("apikey:{}", key.id);
+            let user_key = user_key("apikey", "", &key.id);
+            if let Err(reason) = authorize(policy, &key.roles, &[], &[]) {
+                return Err(Refusal {
+                    reason,
+                    user_key: Some(user_key),
+                });
+            }
             return Ok(Principal {
-                headers: vec![(USER_HEADER.to_string(), subject.clone())],
-                subject,
+                user_key,
+                headers: vec![(
+                    USER_HEADER.to_string(),
+                    format!("{API_KEY_PREFIX}{}", key.id),
+                )],
             });
         }
     }
     if !policy.accept_jwt {
-        return Err(Reason::AuthMissing);
+        return Err(Reason::AuthMissing.into());
     }
     let token = bearer_token(&auth.sources, headers).ok_or(Reason::AuthMissing)?;
     let mut guard = lock(state);
@@ -253,9 +289,18 @@ pub fn check(
         .providers
         .get(index)
         .ok_or(Reason::Jwt(JwtError::Issuer))?;
-    let roles = string_list(verified.claim_at(&spec.roles_claim));
-    authorize(policy, &roles, &verified.scopes, &verified.amr)?;
     let subject = verified.sub.clone().unwrap_or_default();
+    if subject.starts_with(API_KEY_PREFIX) {
+        return Err(Reason::Jwt(JwtError::Claims).into());
+    }
+    let user_key = user_key("jwt", &spec.name, &subject);
+    let roles = string_list(verified.claim_at(&spec.roles_claim));
+    if let Err(reason) = authorize(policy, &roles, &verified.scopes, &verified.amr) {
+        return Err(Refusal {
+            reason,
+            user_key: Some(user_key),
+        });
+    }
     let mut headers = Vec::with_capacity(1 + spec.forward.len());
     if !subject.is_empty() && header_value_ok(&subject) {
         headers.push((USER_HEADER.to_string(), subject.clone()));
@@ -265,7 +310,7 @@ pub fn check(
             headers.push((forward.header.clone(), value));
         }
     }
-    Ok(Principal { subject, headers })
+    Ok(Principal { user_key, headers })
 }
 
 /// The token of the first configured source present.

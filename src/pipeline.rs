@@ -302,21 +302,29 @@ impl Engine {
         match auth::check(auth, &self.auth, policy, headers, now_ms, host.store) {
             Ok(principal) => {
                 upstream.set = principal.headers;
-                facts.user = Some(Cow::Owned(principal.subject.into_bytes()));
+                facts.user = Some(Cow::Owned(principal.user_key));
             }
-            Err(Reason::JwtNoKeys) if auth.without_keys == FailureMode::Allow => {
+            Err(refusal)
+                if refusal.reason == Reason::JwtNoKeys
+                    && auth.without_keys == FailureMode::Allow =>
+            {
                 findings.push(Finding::new(
                     Stage::Authenticate,
                     Reason::JwtNoKeys,
                     Mode::Monitor,
                 ));
             }
-            Err(reason) => {
+            Err(refusal) => {
+                let reason = refusal.reason;
                 let (stage, mode) = if reason.status() == 403 {
                     (Stage::Authorize, auth.authz_mode)
                 } else {
                     (Stage::Authenticate, auth.jwt_mode)
                 };
+                // Known but not authorized: the event can correlate the user.
+                if let Some(key) = refusal.user_key {
+                    facts.user = Some(Cow::Owned(key));
+                }
                 findings.push(Finding::new(stage, reason, mode));
             }
         }
@@ -1640,6 +1648,14 @@ mod tests {
             // API keys are not accepted where only tokens are.
             let r = respond(f.send("GET", "/admin", &[("x-api-key", "partner-secret")]));
             assert_eq!(reason(&r), "auth.missing");
+        }
+
+        #[test]
+        fn a_token_cannot_pass_for_an_api_key() {
+            let f = Fixture::new(&config(""));
+            let forged = mint(claims("apikey:partner", serde_json::json!({})));
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &bearer(&forged))]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.claims"));
         }
 
         #[test]
