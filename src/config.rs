@@ -12,7 +12,7 @@ use crate::auth::{
 };
 use crate::duration::Millis;
 use crate::jwks::RemoteJwks;
-use crate::jwt::{Alg, Jwks, Provider, ProviderSettings};
+use crate::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
 use crate::ratelimit::{KeySpec, Refill, Rule};
 use crate::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
 use crate::signature::{KeyRing, Requirements};
@@ -1027,7 +1027,12 @@ fn compile_auth(
         keys.push(ApiKey {
             id: key.id,
             sha256,
-            roles: key.roles,
+            roles: {
+                if let Some(j) = key.roles.iter().position(String::is_empty) {
+                    return Err(err(format!("{at}.roles[{j}]"), "must not be empty"));
+                }
+                key.roles
+            },
         });
     }
     if !keys.is_empty() && api_key_header.is_none() {
@@ -1260,11 +1265,18 @@ fn compile_provider(raw: RawProvider, at: &str) -> Result<ProviderSpec, ConfigEr
             "`HS256` needs a symmetric key, which only an inline key set may hold",
         ));
     }
+    let skew_ms = raw.clock_skew.map_or(DEFAULT_CLOCK_SKEW_MS, |d| d.0);
+    if skew_ms > jwt::MAX_CLOCK_SKEW_S * 1000 {
+        return Err(err(
+            format!("{at}.clock_skew"),
+            format!("must be at most {} seconds", jwt::MAX_CLOCK_SKEW_S),
+        ));
+    }
     let settings = ProviderSettings {
         issuer: raw.issuer,
         audiences: raw.audiences,
         algorithms,
-        clock_skew_s: raw.clock_skew.map_or(DEFAULT_CLOCK_SKEW_MS, |d| d.0) / 1000,
+        clock_skew_s: skew_ms / 1000,
         max_lifetime_s: raw.max_lifetime.map(|d| d.as_ms().div_ceil(1000)),
         max_age_s: raw.max_age.map(|d| d.as_ms().div_ceil(1000)),
         required_claims: raw.required_claims,
@@ -1292,6 +1304,18 @@ fn compile_provider(raw: RawProvider, at: &str) -> Result<ProviderSpec, ConfigEr
             return Err(err(
                 format!("{at}.forward_claims[{j}].header"),
                 format!("`{header}` cannot carry a claim"),
+            ));
+        }
+        if header == crate::auth::USER_HEADER {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{header}` is palisade's own identity header (the token's `sub`)"),
+            ));
+        }
+        if forward.iter().any(|g: &ForwardedClaim| g.header == header) {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{header}` already carries another claim"),
             ));
         }
         if f.claim.is_empty() {
@@ -1327,9 +1351,20 @@ fn compile_remote_jwks(
     let upstream = match (raw.cluster, raw.address) {
         (Some(cluster), None) if !cluster.is_empty() => cluster,
         (None, Some(address)) => {
+            let host_ok = |host: &str| {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+            };
+            let port_ok = |port: &str| {
+                !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            };
             let valid = address
                 .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                .is_some_and(|(host, port)| host_ok(host) && !host.ends_with(':') && port_ok(port));
             if !valid {
                 return Err(err(format!("{at}.address"), format!("`{address}` is not host:port")));
             }

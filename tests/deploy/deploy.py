@@ -711,7 +711,10 @@ def readme_samples() -> list[Shipped]:
     return out
 
 
-PALISADE_TOP_LEVEL = {"version", "mode", "failure_mode", "client_ip", "user", "routes", "rate_limits", "bans", "signatures"}
+PALISADE_TOP_LEVEL = {
+    "version", "mode", "failure_mode", "client_ip", "user", "routes", "rate_limits", "bans", "signatures",
+    "jwt", "api_keys", "authorization",
+}  # fmt: skip
 
 
 def integration_test_configs() -> list[Shipped]:

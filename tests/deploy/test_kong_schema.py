@@ -74,6 +74,11 @@ GAPS = {
         r"not a valid name|not a valid HTTP header name|not an upper-case HTTP method"
         r"|\n` is not a valid cookie name|\n` is not host:port|has unknown unit `[^`]*\n`"
     ),
+    # After the trailing-newline gap, whose message also ends in "is not host:port".
+    "forward_claims headers are distinct and not x-palisade-user":
+        r"is palisade's own identity header|already carries another claim",
+    "a key-set address's host is a host name or address": r"` is not host:port",
+    "roles of an API key are not empty": r"roles\[\d+\]`: must not be empty",
 }
 
 
@@ -315,7 +320,6 @@ VALID = [
     ("api-key-hash-padded", api_key(sha256=f" {KEY_SHA256}\n")),
     ("api-key-hash-unicode-padded", api_key(sha256=f"\u00a0\u3000{KEY_SHA256}\u2029")),  # Rust's str::trim
     ("api-key-hash-env", api_key(sha256={"env": "PALISADE_DEPLOY_CHECK_KEY_SHA256"})),
-    ("api-key-empty-role", api_key(roles=[""])),
     ("api-keys-header-only", {"api_keys": {"header": "x-api-key", "keys": []}}),
     ("api-keys-nulls", {"api_keys": {"header": None}}),
     ("authorization-nulls", authz({"credentials": None, "providers": None}) | {
@@ -342,6 +346,7 @@ VALID = [
 
 # (id, configuration) both must reject: what a JSON Schema can say.
 INVALID = [
+    ("api-key-empty-role", api_key(roles=[""])),
     # unknown fields, at every level
     ("unknown-top", {"bogus": 1}),
     ("unknown-client-ip", {"client_ip": {"source": "peer", "hops": 1}}),
