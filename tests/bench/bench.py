@@ -122,7 +122,7 @@ WRK_CONNECTIONS = 8
 WRK_THREADS = 1
 CLIENTS = 10_000
 
-FULL = {"rounds": 7, "seconds": 5, "memory_keys": 1_000_000, "memory_seconds": 300}
+FULL = {"rounds": 7, "seconds": 5, "memory_keys": 1_000_000, "memory_seconds": 600}
 QUICK = {"rounds": 1, "seconds": 2, "memory_keys": 50_000, "memory_seconds": 90}
 
 
