@@ -199,6 +199,15 @@ struct ProviderState {
     kid_miss_flagged_ms: Option<u64>,
 }
 
+impl ProviderState {
+    fn install(&mut self, keys: jwt::Jwks, generation: u64) {
+        self.provider.set_keys(keys);
+        self.cache.clear();
+        self.loaded = true;
+        self.generation = generation;
+    }
+}
+
 impl AuthState {
     /// Builds providers from their specs; `cache_key` keys the token caches
     /// (the process seed). Fails only on settings that the configuration
@@ -229,10 +238,7 @@ impl AuthState {
     /// revoked.
     pub fn install(&mut self, index: usize, keys: jwt::Jwks, generation: u64) {
         if let Some(state) = self.providers.get_mut(index) {
-            state.provider.set_keys(keys);
-            state.cache.clear();
-            state.loaded = true;
-            state.generation = generation;
+            state.install(keys, generation);
         }
     }
 
@@ -461,10 +467,7 @@ fn adopt_shared(
                 spec.name,
                 keys.len()
             );
-            state.provider.set_keys(keys);
-            state.cache.clear();
-            state.loaded = true;
-            state.generation = generation;
+            state.install(keys, generation);
             true
         }
         Ok(None) => false,

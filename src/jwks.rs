@@ -125,21 +125,41 @@ fn update<T>(
     slots::update_value(store, key, Record::decode, Record::encode, || {}, change)
 }
 
-/// Claims the next fetch if one is due: true for the one worker that should
-/// dispatch it.
-pub fn claim_fetch(
+/// What one look at the shared record found.
+#[derive(Debug, Default)]
+pub struct Poll {
+    /// A key set of another generation than the caller's, to install.
+    pub newer: Option<(u64, Jwks)>,
+    /// A fetch is due and this caller won it: dispatch it.
+    pub fetch: bool,
+}
+
+/// One read of the record per tick: picks up a key set another worker
+/// fetched, and claims the next fetch if one is due (a compare-and-swap on
+/// the attempt time, which exactly one worker wins).
+pub fn poll(
     store: &dyn SharedStore,
     remote: &RemoteJwks,
+    have: u64,
     now_ms: u64,
-) -> Result<bool, StoreError> {
-    update(store, &remote.record_key, |record| {
-        if record.due(remote, now_ms) {
-            record.attempt_ms = now_ms;
-            (true, true)
-        } else {
-            (false, false)
-        }
-    })
+) -> Result<Poll, StoreError> {
+    let Some((bytes, cas)) = store.get(&remote.record_key)? else {
+        return Ok(Poll::default());
+    };
+    let mut record = Record::decode(&bytes);
+    let newer = (record.generation != 0 && record.generation != have)
+        .then(|| (record.generation, Jwks::parse(&record.body).0));
+    let mut fetch = false;
+    if record.due(remote, now_ms) {
+        record.attempt_ms = now_ms;
+        fetch = match store.set(&remote.record_key, &record.encode(), cas) {
+            Ok(()) => true,
+            // Another worker claimed it first.
+            Err(StoreError::CasMismatch) => false,
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(Poll { newer, fetch })
 }
 
 /// Asks for a refetch because a token named a `kid` no key has; honoured at
@@ -210,6 +230,10 @@ mod tests {
     }
 
     const T0: u64 = 1_700_000_000_000;
+
+    fn claimed(store: &MemoryStore, r: &RemoteJwks, now_ms: u64) -> Result<bool, StoreError> {
+        poll(store, r, u64::MAX, now_ms).map(|p| p.fetch)
+    }
     const KEYS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
     #[test]
@@ -218,7 +242,7 @@ mod tests {
         let r = remote();
         ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
         let winners = (0..4)
-            .filter(|_| claim_fetch(&store, &r, T0) == Ok(true))
+            .filter(|_| claimed(&store, &r, T0) == Ok(true))
             .count();
         assert_eq!(winners, 1, "one fetch for all workers");
         assert_eq!(read_newer(&store, &r, 0).map(|o| o.is_none()), Ok(true));
@@ -227,8 +251,8 @@ mod tests {
         assert_eq!(adopted.map(|(g, k)| (g, k.len())), Some((1, 1)));
         assert_eq!(read_newer(&store, &r, 1).map(|o| o.is_none()), Ok(true));
         // Nothing is due until the refresh interval passes.
-        assert_eq!(claim_fetch(&store, &r, T0 + 60_000), Ok(false));
-        assert_eq!(claim_fetch(&store, &r, T0 + 300_010), Ok(true));
+        assert_eq!(claimed(&store, &r, T0 + 60_000), Ok(false));
+        assert_eq!(claimed(&store, &r, T0 + 300_010), Ok(true));
     }
 
     #[test]
@@ -236,14 +260,14 @@ mod tests {
         let store = MemoryStore::new();
         let r = remote();
         ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
-        assert_eq!(claim_fetch(&store, &r, T0), Ok(true));
+        assert_eq!(claimed(&store, &r, T0), Ok(true));
         assert_eq!(store_fetched(&store, &r, T0, KEYS), Ok(1));
         let mut fetches = 0;
         // A storm of unknown kids, one per 10 ms for two minutes.
         for step in 0..12_000u64 {
             let now = T0 + 1_000 + step * 10;
             flag_unknown_kid(&store, &r, now).unwrap_or_else(|e| unreachable!("{e:?}"));
-            if claim_fetch(&store, &r, now) == Ok(true) {
+            if claimed(&store, &r, now) == Ok(true) {
                 fetches += 1;
             }
         }
@@ -256,10 +280,10 @@ mod tests {
         let store = MemoryStore::new();
         let r = remote();
         ensure_record(&store, &r).unwrap_or_else(|e| unreachable!("{e:?}"));
-        assert_eq!(claim_fetch(&store, &r, T0), Ok(true));
+        assert_eq!(claimed(&store, &r, T0), Ok(true));
         // The fetch failed (nothing stored): retried after 5 s, not 30 s.
-        assert_eq!(claim_fetch(&store, &r, T0 + 4_000), Ok(false));
-        assert_eq!(claim_fetch(&store, &r, T0 + 5_000), Ok(true));
+        assert_eq!(claimed(&store, &r, T0 + 4_000), Ok(false));
+        assert_eq!(claimed(&store, &r, T0 + 5_000), Ok(true));
     }
 
     #[test]

@@ -103,29 +103,27 @@ impl Engine {
                 continue;
             };
             let have = auth::lock(&self.auth).generation(index).unwrap_or(0);
-            match jwks::read_newer(store, remote, have) {
-                Ok(Some((generation, keys))) => {
-                    auth::lock(&self.auth).install(index, keys, generation);
+            let poll = match jwks::poll(store, remote, have, now_ms) {
+                Ok(poll) => poll,
+                Err(e) => {
+                    log::warn!(
+                        "palisade: cannot read the shared key set of provider `{}` ({e:?})",
+                        spec.name
+                    );
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => log::warn!(
-                    "palisade: cannot read the shared key set of provider `{}` ({e:?})",
-                    spec.name
-                ),
+            };
+            if let Some((generation, keys)) = poll.newer {
+                auth::lock(&self.auth).install(index, keys, generation);
             }
-            match jwks::claim_fetch(store, remote, now_ms) {
-                Ok(true) => plans.push(FetchPlan {
+            if poll.fetch {
+                plans.push(FetchPlan {
                     provider: index,
                     upstream: remote.upstream.clone(),
                     authority: remote.authority.clone(),
                     path: remote.path.clone(),
                     timeout_ms: remote.timeout_ms,
-                }),
-                Ok(false) => {}
-                Err(e) => log::warn!(
-                    "palisade: cannot schedule the JWKS fetch of provider `{}` ({e:?})",
-                    spec.name
-                ),
+                });
             }
         }
         plans
