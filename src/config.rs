@@ -848,21 +848,24 @@ fn assign_routes(
     Ok(())
 }
 
+/// A secret's text from an environment variable of the wasm VM, for the
+/// `{"env": NAME}` form at `path`.
+fn env_value(name: &str, path: &str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| {
+        err(
+            format!("{path}.env"),
+            format!(
+                "environment variable `{name}` is not set in the wasm VM \
+                 (list it in Envoy's vm_config.environment_variables)"
+            ),
+        )
+    })
+}
+
 fn decode_secret(secret: &RawSecret, path: &str) -> Result<Vec<u8>, ConfigError> {
     let (text, source) = match secret {
         RawSecret::Base64(text) => (text.clone(), format!("{path}.base64")),
-        RawSecret::Env(name) => {
-            let text = std::env::var(name).map_err(|_| {
-                err(
-                    format!("{path}.env"),
-                    format!(
-                        "environment variable `{name}` is not set in the wasm VM \
-                         (list it in Envoy's vm_config.environment_variables)"
-                    ),
-                )
-            })?;
-            (text, format!("{path}.env"))
-        }
+        RawSecret::Env(name) => (env_value(name, path)?, format!("{path}.env")),
     };
     // The error never quotes the secret.
     base64::engine::general_purpose::STANDARD
@@ -1423,19 +1426,7 @@ fn compile_remote_jwks(
 fn decode_key_hash(raw: &RawHash, path: &str) -> Result<[u8; 32], ConfigError> {
     let (text, at) = match raw {
         RawHash::Hex(text) => (text.clone(), path.to_string()),
-        RawHash::Env(r) => (
-            std::env::var(&r.env).map_err(|_| {
-                err(
-                    format!("{path}.env"),
-                    format!(
-                        "environment variable `{}` is not set in the wasm VM \
-                         (list it in Envoy's vm_config.environment_variables)",
-                        r.env
-                    ),
-                )
-            })?,
-            format!("{path}.env"),
-        ),
+        RawHash::Env(r) => (env_value(&r.env, path)?, format!("{path}.env")),
     };
     let text = text.trim();
     let mut out = [0u8; 32];

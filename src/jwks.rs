@@ -92,6 +92,14 @@ impl Record {
         out
     }
 
+    /// The stored key set, if one was ever stored and its generation is
+    /// not `have`. Entries that do not parse were reported when the set was
+    /// fetched and are skipped here.
+    fn newer_than(&self, have: u64) -> Option<(u64, Jwks)> {
+        (self.generation != 0 && self.generation != have)
+            .then(|| (self.generation, Jwks::parse(&self.body).0))
+    }
+
     /// Whether a fetch should start now.
     fn due(&self, remote: &RemoteJwks, now_ms: u64) -> bool {
         let since_attempt = now_ms.saturating_sub(self.attempt_ms);
@@ -147,8 +155,7 @@ pub fn poll(
         return Ok(Poll::default());
     };
     let mut record = Record::decode(&bytes);
-    let newer = (record.generation != 0 && record.generation != have)
-        .then(|| (record.generation, Jwks::parse(&record.body).0));
+    let newer = record.newer_than(have);
     let mut fetch = false;
     if record.due(remote, now_ms) {
         record.attempt_ms = now_ms;
@@ -195,8 +202,8 @@ pub fn store_fetched(
     })
 }
 
-/// The stored key set, if its generation is not `have`. Entries that do not
-/// parse were reported when the set was fetched and are skipped here.
+/// The stored key set, if its generation is not `have` (one read, for the
+/// request path on an unknown `kid`).
 pub fn read_newer(
     store: &dyn SharedStore,
     remote: &RemoteJwks,
@@ -205,11 +212,7 @@ pub fn read_newer(
     let Some((bytes, _)) = store.get(&remote.record_key)? else {
         return Ok(None);
     };
-    let record = Record::decode(&bytes);
-    if record.generation == 0 || record.generation == have {
-        return Ok(None);
-    }
-    Ok(Some((record.generation, Jwks::parse(&record.body).0)))
+    Ok(Record::decode(&bytes).newer_than(have))
 }
 
 #[cfg(test)]
