@@ -21,7 +21,7 @@ use crate::routes::RouteId;
 use crate::signature::{self, Verified};
 use crate::slots;
 use crate::verdict::{
-    BodyCheck, ContentType, Decision, Finding, LocalResponse, Quota, Reason, Stage,
+    BodyCheck, ContentType, Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage,
     UpstreamHeaders, Verdict,
 };
 use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
@@ -210,8 +210,10 @@ impl Engine {
         peer: &dyn Fn() -> Option<String>,
         host: &Services<'_>,
     ) -> Verdict {
-        let method = headers.get_str(":method").unwrap_or("");
-        let path = headers.get_str(":path").unwrap_or("");
+        let (method, path) = match request_line(headers) {
+            Ok(line) => line,
+            Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
+        };
         let route = self.policy.routes.classify(method, path);
         let mut facts = Facts {
             route,
@@ -281,6 +283,38 @@ impl Engine {
         }
         let body = self.body_check(headers, &facts, digest);
         self.conclude(&facts, findings, quota, upstream, body, host.metrics)
+    }
+
+    /// A request that cannot be classified never reaches a stage: it is
+    /// refused whatever the mode, since `monitor` would let it pass every
+    /// route's policy unchecked.
+    fn refuse_unclassified(
+        &self,
+        headers: &HeaderMap<'_>,
+        pseudo: Pseudo,
+        metrics: &dyn Metrics,
+    ) -> Verdict {
+        let facts = Facts {
+            route: self.policy.routes.default_id(),
+            client_ip: None,
+            user: None,
+            key_id: None,
+            request_id: request_id(headers),
+            now_ms: Cell::new(None),
+        };
+        let finding = Finding::new(
+            Stage::Classify,
+            Reason::RequestMalformed(pseudo),
+            Mode::Enforce,
+        );
+        self.conclude(
+            &facts,
+            vec![finding],
+            None,
+            UpstreamHeaders::default(),
+            None,
+            metrics,
+        )
     }
 
     /// Authentication and authorization on a route that requires a
@@ -855,6 +889,28 @@ impl Engine {
     }
 }
 
+/// `:method` and `:path` as text, and a check that `:authority`, when
+/// present, is text too. Envoy's HTTP/2 codec passes raw non-UTF-8 bytes in
+/// the query through; reading such a path as empty would classify the
+/// request as `default` and skip every route's policy.
+fn request_line<'h>(headers: &HeaderMap<'h>) -> Result<(&'h str, &'h str), Pseudo> {
+    let text = |name, pseudo| {
+        headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or(pseudo)
+    };
+    let method = text(":method", Pseudo::Method)?;
+    let path = text(":path", Pseudo::Path)?;
+    if headers
+        .get(":authority")
+        .is_some_and(|v| std::str::from_utf8(v).is_err())
+    {
+        return Err(Pseudo::Authority);
+    }
+    Ok((method, path))
+}
+
 /// Largest token-endpoint request body read for a refresh-token grant.
 const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 
@@ -978,6 +1034,80 @@ mod tests {
             {"name": "public-ip", "key": ["ip"], "routes": ["public"], "capacity": 100, "refill": {"tokens": 100, "every": "1s"}}
         ]}
     }"#;
+
+    /// `encode_map` over raw bytes: HTTP/2 hands the filter bytes that are
+    /// not UTF-8.
+    type RawPair<'a> = (&'a [u8], &'a [u8]);
+
+    fn raw_map(pairs: &[RawPair<'_>]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (n, v) in pairs {
+            out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            out.extend_from_slice(n);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn unreadable_pseudo_headers_are_refused_not_classified_as_default() {
+        // Without the fix, `/login?q=\xff` read as "" and skipped login-ip.
+        let f = Fixture::new(LOGIN);
+        let cases: [(&[RawPair<'_>], &str); 5] = [
+            (
+                &[(b":method", b"POST"), (b":path", b"/login?q=\xff")],
+                "request.path",
+            ),
+            (
+                &[(b":method", b"POST"), (b":path", b"/log\xc3in")],
+                "request.path",
+            ),
+            (
+                &[(b":method", b"P\xffST"), (b":path", b"/login")],
+                "request.method",
+            ),
+            (&[(b":method", b"POST")], "request.path"),
+            (
+                &[
+                    (b":method", b"POST"),
+                    (b":path", b"/login"),
+                    (b":authority", b"h\xff"),
+                ],
+                "request.authority",
+            ),
+        ];
+        for (pairs, reason) in cases {
+            let bytes = raw_map(pairs);
+            let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+            let verdict = f.engine.evaluate(&headers, &|| None, &f.services());
+            let Verdict::Respond(r) = verdict else {
+                unreachable!("{reason}: allowed");
+            };
+            assert_eq!(r.status, 400, "{reason}");
+            assert!(r.body.contains(reason), "{reason}: {}", r.body);
+        }
+        // Monitor mode does not let such a request through either.
+        let monitor = Fixture::new(&LOGIN.replacen('{', r#"{"mode": "monitor","#, 1));
+        let bytes = raw_map(&[(b":method", b"POST"), (b":path", b"/login?\xff")]);
+        let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+        assert!(matches!(
+            monitor
+                .engine
+                .evaluate(&headers, &|| None, &monitor.services()),
+            Verdict::Respond(LocalResponse { status: 400, .. })
+        ));
+        // Five valid logins still pass and the sixth is throttled: the
+        // refused requests took no token and skipped nothing.
+        let logins: Vec<u16> = (0..6)
+            .map(|_| f.status("POST", "/login?q=%FF", &[]))
+            .collect();
+        assert_eq!(logins, [200, 200, 200, 200, 200, 429]);
+    }
 
     #[test]
     fn endpoint_rules_differ_per_route() {

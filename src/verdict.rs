@@ -39,6 +39,11 @@ impl Stage {
 /// responses, logs and metrics, and operators build alerts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// A pseudo-header the route classification needs (`:method`, `:path`)
+    /// is missing, or one of those or `:authority` is not UTF-8. HTTP/2 lets
+    /// raw bytes through that HTTP/1 parsers refuse; such a request cannot
+    /// be classified, so it is refused rather than treated as `default`.
+    RequestMalformed(Pseudo),
     ClientIpInvalid,
     Signature(SigError),
     SignatureReplay,
@@ -71,6 +76,7 @@ pub enum Reason {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::RequestMalformed(p) => p.reason_code(),
             Reason::ClientIpInvalid => "client_ip.invalid",
             Reason::Signature(e) => e.as_str(),
             Reason::SignatureReplay => "sig.replay",
@@ -98,7 +104,8 @@ impl Reason {
     /// The answer a request gets when this finding is enforced.
     pub fn decision(self) -> Decision {
         match self {
-            Reason::ClientIpInvalid
+            Reason::RequestMalformed(_)
+            | Reason::ClientIpInvalid
             | Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::Digest(_)
@@ -123,7 +130,10 @@ impl Reason {
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::ClientIpInvalid | Reason::Digest(_) | Reason::RefreshReuse => 400,
+            Reason::RequestMalformed(_)
+            | Reason::ClientIpInvalid
+            | Reason::Digest(_)
+            | Reason::RefreshReuse => 400,
             Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::AuthMissing
@@ -165,6 +175,24 @@ impl Reason {
             Reason::AuthMissing | Reason::Jwt(_) | Reason::ApiKeyInvalid => Some("invalid_token"),
             Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa => Some("insufficient_scope"),
             _ => None,
+        }
+    }
+}
+
+/// The pseudo-headers a request must carry as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pseudo {
+    Method,
+    Path,
+    Authority,
+}
+
+impl Pseudo {
+    fn reason_code(self) -> &'static str {
+        match self {
+            Pseudo::Method => "request.method",
+            Pseudo::Path => "request.path",
+            Pseudo::Authority => "request.authority",
         }
     }
 }

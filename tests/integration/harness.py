@@ -284,6 +284,67 @@ def http_request(
             c.close()
 
 
+def h2_request(
+    port: int,
+    method: bytes | str = b"GET",
+    path: bytes | str = b"/",
+    headers: list[tuple[bytes | str, bytes | str]] | dict | None = None,
+    body: bytes = b"",
+    *,
+    authority: bytes | str = b"palisade.test",
+    timeout: float = 10.0,
+) -> Response:
+    """One HTTP/2 request (cleartext, prior knowledge) on a fresh connection.
+
+    Header names and values go out as raw bytes, unvalidated: HTTP/2 carries
+    bytes (e.g. non-UTF-8 in the query) that an HTTP/1 parser would refuse,
+    and the tests need to send exactly those.
+    """
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def raw(v: bytes | str) -> bytes:
+        return v if isinstance(v, bytes) else v.encode("latin-1")
+
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    block = [(b":method", raw(method)), (b":scheme", b"http"), (b":authority", raw(authority)), (b":path", raw(path))]
+    block += [(raw(k).lower(), raw(v)) for k, v in pairs]
+    config = h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+    conn = h2.connection.H2Connection(config=config)
+    status, got, data = 0, {}, bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        conn.initiate_connection()
+        conn.send_headers(1, block, end_stream=not body)
+        if body:
+            conn.send_data(1, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        done = False
+        while not done:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise HarnessError("HTTP/2: connection closed before the response ended")
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    for k, v in event.headers:
+                        k, v = k.decode("latin-1"), v.decode("latin-1")
+                        if k == ":status":
+                            status = int(v)
+                        else:
+                            got[k] = f"{got[k]}, {v}" if k in got else v
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+                elif isinstance(event, h2.events.StreamReset):
+                    raise HarnessError(f"HTTP/2: stream reset (error code {event.error_code})")
+            sock.sendall(conn.data_to_send())
+    return status, got, bytes(data)
+
+
 def _admin_get(port: int, path: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.read().decode("utf-8", "replace")
