@@ -40,12 +40,13 @@
 //!   a bad signature, so that the caller can refetch the JWKS (rate-limited)
 //!   and retry, then swap the set in with [`Provider::set_keys`]. Several keys
 //!   may share a `kid`: each one that fits the algorithm is tried.
-//! - A token without `kid` is tried against every key of the set that fits
-//!   its algorithm (in set order, up to [`MAX_KEYS`]), so that single-key
-//!   issuers that omit `kid` work; the cost is one signature check per
-//!   candidate key, which stays small because sets are small. With no
-//!   candidate key at all the error is `jwt.unknown_kid` too (the provider may
-//!   have rotated to a key the proxy has not fetched yet).
+//! - A token without `kid` is tried against the keys of the set that fit its
+//!   algorithm when there are at most [`MAX_KIDLESS_CANDIDATES`] of them, so
+//!   that issuers that omit `kid` (one key, two while rotating) work; with
+//!   more it is refused (`jwt.kid_required`) rather than cost one signature
+//!   check per key. With no candidate key at all the error is
+//!   `jwt.unknown_kid` too (the provider may have rotated to a key the proxy
+//!   has not fetched yet).
 //! - Audience confusion. A token minted for another service of the same
 //!   issuer is refused when the provider lists its audiences (`aud` must
 //!   contain one of them). An empty audience list disables the check, as in
@@ -89,6 +90,10 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hasher;
+
+/// Keys a token without `kid` is tried against, at most: an issuer that
+/// omits `kid` has one key, or two while it rotates.
+pub const MAX_KIDLESS_CANDIDATES: usize = 2;
 
 /// Longest token accepted, in bytes (the compact serialization).
 pub const MAX_TOKEN_LEN: usize = 8192;
@@ -149,10 +154,14 @@ pub enum JwtError {
     Claims,
     /// Longer than [`MAX_TOKEN_LEN`].
     TooLarge,
+    /// No `kid`, and more than [`MAX_KIDLESS_CANDIDATES`] keys of the set fit
+    /// its algorithm: trying them all would let one request cost that many
+    /// signature checks.
+    KidRequired,
 }
 
 impl JwtError {
-    pub const ALL: [JwtError; 13] = [
+    pub const ALL: [JwtError; 14] = [
         JwtError::Missing,
         JwtError::Malformed,
         JwtError::Alg,
@@ -166,6 +175,7 @@ impl JwtError {
         JwtError::Audience,
         JwtError::Claims,
         JwtError::TooLarge,
+        JwtError::KidRequired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -183,6 +193,7 @@ impl JwtError {
             JwtError::Audience => "jwt.audience",
             JwtError::Claims => "jwt.claims",
             JwtError::TooLarge => "jwt.too_large",
+            JwtError::KidRequired => "jwt.kid_required",
         }
     }
 }
@@ -844,11 +855,16 @@ pub fn verify(token: &str, provider: &Provider, now_s: u64) -> Result<VerifiedTo
             usable.any(|k| k.verify(alg, signing_input, &signature))
         }
         None => {
-            let mut usable = keys.iter().filter(|k| k.accepts(alg)).peekable();
-            if usable.peek().is_none() {
+            let candidates = keys.iter().filter(|k| k.accepts(alg)).count();
+            if candidates == 0 {
                 return Err(JwtError::UnknownKid);
             }
-            usable.any(|k| k.verify(alg, signing_input, &signature))
+            if candidates > MAX_KIDLESS_CANDIDATES {
+                return Err(JwtError::KidRequired);
+            }
+            keys.iter()
+                .filter(|k| k.accepts(alg))
+                .any(|k| k.verify(alg, signing_input, &signature))
         }
     };
     if !verified {
@@ -1926,6 +1942,28 @@ mod tests {
     }
 
     #[test]
+    fn without_kid_more_candidates_than_the_bound_are_refused() {
+        // Issue 11: a kid-less token was tried against every key (up to 64).
+        let third = <Es256 as Algorithm>::SigningKey::from_slice(&[8u8; 32]).unwrap();
+        let doc = json!({"keys": [
+            ec_public_jwk(&other_es_signer(), "a"),
+            {"kty": "EC", "kid": "b", "crv": "P-256", "x": A3_X, "y": A3_Y},
+            ec_public_jwk(&third, "c"),
+        ]});
+        let (set, _) = Jwks::parse(doc.to_string().as_bytes());
+        let p = Provider::new(settings(&[Alg::Es256]), set).unwrap();
+        let t = mint(&Es256, &es_signer(), json!({"alg": "ES256"}), claims());
+        assert_eq!(verify(&t, &p, NOW), Err(JwtError::KidRequired));
+        let t = mint(
+            &Es256,
+            &third,
+            json!({"alg": "ES256", "kid": "c"}),
+            claims(),
+        );
+        assert!(verify(&t, &p, NOW).is_ok(), "with a kid it verifies");
+    }
+
+    #[test]
     fn tampering_breaks_the_signature() {
         let p = all_algs();
         for token in [
@@ -2401,6 +2439,7 @@ mod tests {
                 "jwt.audience",
                 "jwt.claims",
                 "jwt.too_large",
+                "jwt.kid_required",
             ]
         );
         for alg in Alg::ALL {
