@@ -113,6 +113,43 @@ pub enum FailureMode {
 
 string_enum!(FailureMode, "\"deny\" or \"allow\"", { "deny" => FailureMode::Deny, "allow" => FailureMode::Allow });
 
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Deny => "deny",
+            FailureMode::Allow => "allow",
+        }
+    }
+}
+
+/// Which requests take a token from a rule's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counts {
+    /// Every request the rule applies to.
+    #[default]
+    Requests,
+    /// Only requests refused by authentication, authorization or signature
+    /// verification; while the bucket is empty (or the key banned) every
+    /// request of the key is refused before any of that verification runs.
+    Failures,
+}
+
+string_enum!(Counts, "\"requests\" or \"failures\"", { "requests" => Counts::Requests, "failures" => Counts::Failures });
+
+/// How much of a client address makes its `ip` key: one IPv6 host can use a
+/// whole /64, so keying by /128 would give it billions of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for IpPrefixes {
+    fn default() -> Self {
+        IpPrefixes { v4: 32, v6: 64 }
+    }
+}
+
 /// Where the client address comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientIpSource {
@@ -149,6 +186,7 @@ pub struct Policy {
     pub mode: Mode,
     pub failure_mode: FailureMode,
     pub client_ip: ClientIpSource,
+    pub ip_prefixes: IpPrefixes,
     /// Lower-cased name of the header carrying the user identity.
     pub user_header: Option<String>,
     pub routes: RouteTable,
@@ -354,6 +392,10 @@ struct RawClientIp {
     source: RawIpSource,
     #[serde(default)]
     trusted_hops: Option<u32>,
+    #[serde(default)]
+    ipv4_prefix: Option<u8>,
+    #[serde(default)]
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Default, PartialEq)]
@@ -412,6 +454,8 @@ struct RawRule {
     refill: RawRefill,
     #[serde(default)]
     ban: bool,
+    #[serde(default)]
+    counts: Counts,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -761,6 +805,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         ));
     }
     let client_ip = compile_client_ip(&raw.client_ip)?;
+    let ip_prefixes = compile_ip_prefixes(&raw.client_ip)?;
     let user_header = match raw.user {
         None => None,
         Some(user) => {
@@ -788,6 +833,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         mode: raw.mode,
         failure_mode: raw.failure_mode,
         client_ip,
+        ip_prefixes,
         user_header,
         routes,
         rate_limits,
@@ -1464,6 +1510,23 @@ fn compile_client_ip(raw: &RawClientIp) -> Result<ClientIpSource, ConfigError> {
     }
 }
 
+fn compile_ip_prefixes(raw: &RawClientIp) -> Result<IpPrefixes, ConfigError> {
+    let mut prefixes = IpPrefixes::default();
+    if let Some(v4) = raw.ipv4_prefix {
+        if !(8..=32).contains(&v4) {
+            return Err(err("client_ip.ipv4_prefix", "must be between 8 and 32"));
+        }
+        prefixes.v4 = v4;
+    }
+    if let Some(v6) = raw.ipv6_prefix {
+        if !(16..=128).contains(&v6) {
+            return Err(err("client_ip.ipv6_prefix", "must be between 16 and 128"));
+        }
+        prefixes.v6 = v6;
+    }
+    Ok(prefixes)
+}
+
 fn compile_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
     if raw.len() > MAX_ROUTES {
         return Err(err("routes", format!("at most {MAX_ROUTES} route classes")));
@@ -1628,6 +1691,12 @@ fn compile_rate_limits(
                 "keys on \"key_id\" but no `signatures.policies` verify any signature",
             ));
         }
+        if rule.counts == Counts::Failures && (key.user || key.key_id) {
+            return Err(err(
+                at("counts"),
+                "a rule counting failures is checked before authentication, so its key can only use \"ip\" and \"route\"",
+            ));
+        }
         let applies_to = match rule.routes {
             None => None,
             Some(names) => Some(route_ids(routes, &names, &at("routes"))?),
@@ -1650,16 +1719,19 @@ fn compile_rate_limits(
                     every_ms: every.as_ms(),
                 }),
             };
-        rules.push(Rule::new(
-            rule.name,
-            u8::try_from(i).unwrap_or(u8::MAX),
-            key,
-            applies_to,
-            routes.len_with_default(),
-            rule.capacity,
-            refill,
-            rule.ban,
-        ));
+        rules.push(
+            Rule::new(
+                rule.name,
+                u8::try_from(i).unwrap_or(u8::MAX),
+                key,
+                applies_to,
+                routes.len_with_default(),
+                rule.capacity,
+                refill,
+                rule.ban,
+            )
+            .counting(rule.counts),
+        );
     }
     Ok(RateLimits {
         mode: raw.mode.unwrap_or(global),
@@ -1824,6 +1896,31 @@ mod tests {
     #[test]
     fn rejects_impossible_values() {
         let rule = |body: &str| format!(r#"{{"rate_limits": {{"rules": [{body}]}}}}"#);
+        assert_rejected(
+            &format!(
+                r#"{{"user": {{"header": "x-u"}}, "rate_limits": {{"rules": [{}]}}}}"#,
+                r#"{"name": "a", "key": ["user"], "capacity": 1, "refill": "none", "counts": "failures"}"#
+            ),
+            "rate_limits.rules[0].counts",
+            "only use \"ip\" and \"route\"",
+        );
+        assert_rejected(
+            &rule(
+                r#"{"name": "a", "key": ["ip"], "capacity": 1, "refill": "none", "counts": "all"}"#,
+            ),
+            "rate_limits.rules[0].counts",
+            "`requests` or `failures`",
+        );
+        assert_rejected(
+            r#"{"client_ip": {"ipv6_prefix": 8}}"#,
+            "client_ip.ipv6_prefix",
+            "between 16 and 128",
+        );
+        assert_rejected(
+            r#"{"client_ip": {"ipv4_prefix": 33}}"#,
+            "client_ip.ipv4_prefix",
+            "between 8 and 32",
+        );
         assert_rejected(
             &rule(r#"{"name": "a", "key": ["ip"], "capacity": 0, "refill": "none"}"#),
             "rate_limits.rules[0].capacity",

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Wall-clock milliseconds since the Unix epoch, read once per request.
+/// `None` when the host cannot tell: a time of 0 would make every bucket
+/// full and every ban over, so callers go through `failure_mode` instead.
 pub trait Clock {
-    fn now_ms(&self) -> u64;
+    fn now_ms(&self) -> Option<u64>;
 }
 
 /// Why a shared-store call failed.
@@ -35,6 +37,51 @@ pub type Versioned = (Vec<u8>, u32);
 pub trait SharedStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// A store whose keys carry a filter instance's prefix, so that two
+/// palisade filters in one VM (same `vm_id`, shared data per VM) keep
+/// separate tables, seeds and key sets instead of evicting each other's.
+pub struct Namespaced<'a> {
+    pub store: &'a dyn SharedStore,
+    /// From [`namespace_prefix`].
+    pub prefix: &'a str,
+}
+
+impl SharedStore for Namespaced<'_> {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        if self.prefix.is_empty() {
+            return self.store.get(key);
+        }
+        self.store.get(&format!("{}{key}", self.prefix))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if self.prefix.is_empty() {
+            return self.store.set(key, value, cas);
+        }
+        self.store.set(&format!("{}{key}", self.prefix), value, cas)
+    }
+}
+
+/// The key prefix of a filter instance (Envoy: the filter's `name`), or
+/// none when the host names no instance. Bytes outside `A-Z a-z 0-9 _ - .`
+/// are escaped (`%xx`), so different names never share a prefix, and no
+/// `/` appears (ngx_wasm_module reads `<zone>/` as a shm_kv zone).
+pub fn namespace_prefix(instance: &str) -> String {
+    if instance.is_empty() {
+        return String::new();
+    }
+    let mut prefix = String::with_capacity(instance.len() + 1);
+    for b in instance.bytes().take(128) {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
+            prefix.push(char::from(b));
+        } else {
+            prefix.push_str(&format!("%{b:02x}"));
+        }
+    }
+    prefix.push(':');
+    prefix
 }
 
 /// Counter sink.
@@ -109,9 +156,19 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
+impl ManualClock {
+    pub fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+    /// Moves the clock back, as an NTP step would.
+    pub fn step_back(&self, ms: u64) {
+        self.0.fetch_sub(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::SeqCst))
     }
 }
 
@@ -138,6 +195,37 @@ impl Metrics for MemoryMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaced_stores_do_not_see_each_other() {
+        let store = MemoryStore::new();
+        let (pa, pb) = (namespace_prefix("edge"), namespace_prefix("edge/2"));
+        assert_eq!((pa.as_str(), pb.as_str()), ("edge:", "edge%2f2:"));
+        let a = Namespaced {
+            store: &store,
+            prefix: &pa,
+        };
+        let b = Namespaced {
+            store: &store,
+            prefix: &pb,
+        };
+        assert_eq!(a.set("palisade.seed", b"A", 0), Ok(()));
+        assert_eq!(b.get("palisade.seed"), Ok(None));
+        assert_eq!(b.set("palisade.seed", b"B", 0), Ok(()));
+        assert_eq!(
+            a.get("palisade.seed").ok().flatten().map(|v| v.0),
+            Some(b"A".to_vec())
+        );
+        assert_eq!(store.key_count(), 2);
+        let bare = Namespaced {
+            store: &store,
+            prefix: "",
+        };
+        assert_eq!(
+            bare.get("edge:palisade.seed").ok().flatten().map(|v| v.0),
+            Some(b"A".to_vec())
+        );
+    }
 
     #[test]
     fn memory_store_follows_envoy_cas_semantics() {

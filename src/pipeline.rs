@@ -8,13 +8,13 @@
 
 use crate::auth::{self, AuthState, AuthzPolicy};
 use crate::client_ip;
-use crate::config::{ConfigError, FailureMode, Mode, Policy, SignaturePolicy};
+use crate::config::{ConfigError, Counts, FailureMode, Mode, Policy, SignaturePolicy};
 use crate::digest::ContentDigest;
 use crate::host::{Clock, Metrics, SharedStore, StoreError};
 use crate::jwks::{self, FetchPlan};
 use crate::jwt;
 use crate::metrics::Counter;
-use crate::ratelimit::{Limiter, Rule, RuleOutcome};
+use crate::ratelimit::{Charge, Limiter, Rule, RuleOutcome};
 use crate::replay::{self, Sighting};
 use crate::request::{request_id, HeaderMap};
 use crate::routes::RouteId;
@@ -60,16 +60,26 @@ struct Facts<'h> {
 }
 
 impl Facts<'_> {
-    fn now_ms(&self, clock: &dyn Clock) -> u64 {
-        match self.now_ms.get() {
-            Some(now) => now,
-            None => {
-                let now = clock.now_ms();
-                self.now_ms.set(Some(now));
-                now
-            }
+    /// `None` when the host clock failed (see `Engine::host_failure`).
+    fn now_ms(&self, clock: &dyn Clock) -> Option<u64> {
+        if let Some(now) = self.now_ms.get() {
+            return Some(now);
         }
+        let now = clock.now_ms()?;
+        self.now_ms.set(Some(now));
+        Some(now)
     }
+}
+
+/// When a group of rate-limit rules runs (see `Engine::rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before any verification: rules keyed on what every request carries.
+    PreAuth,
+    /// After authentication: rules keyed on the user or the signing key.
+    PostAuth,
+    /// The request was refused by verification: `failures` rules take a token.
+    Failed,
 }
 
 /// The request body as the body phase saw it.
@@ -173,7 +183,14 @@ impl Engine {
             );
             return host.metrics.increment(counter(false));
         }
-        match jwks::store_fetched(host.store, remote, host.clock.now_ms(), body) {
+        let Some(now_ms) = host.clock.now_ms() else {
+            log::warn!(
+                "palisade: no clock to stamp the key set of provider `{}`; the last good key set stays in use",
+                spec.name
+            );
+            return host.metrics.increment(counter(false));
+        };
+        match jwks::store_fetched(host.store, remote, now_ms, body) {
             Ok(generation) => {
                 log::info!(
                     "palisade: provider `{}`: fetched key set generation {generation} ({} keys)",
@@ -254,6 +271,12 @@ impl Engine {
             .map(Cow::Borrowed);
 
         let blocked = |findings: &[Finding]| findings.iter().any(Finding::enforced);
+        // Pre-auth: bans and limits on the address and route, so that a
+        // banned or flooding client costs no cryptography.
+        if !blocked(&findings) {
+            self.rate_limit(Phase::PreAuth, &facts, host, &mut findings, &mut quota);
+        }
+        let verified_from = findings.len();
         if !blocked(&findings) {
             if let Some(policy) = self.policy.signatures.policy_for(route) {
                 self.verify_signature(
@@ -278,8 +301,11 @@ impl Engine {
                 );
             }
         }
+        if Self::refused_credentials(&findings[verified_from..]) {
+            self.rate_limit(Phase::Failed, &facts, host, &mut findings, &mut quota);
+        }
         if !blocked(&findings) {
-            self.rate_limit(&facts, host, &mut findings, &mut quota);
+            self.rate_limit(Phase::PostAuth, &facts, host, &mut findings, &mut quota);
         }
         let body = self.body_check(headers, &facts, digest);
         self.conclude(&facts, findings, quota, upstream, body, host.metrics)
@@ -330,7 +356,9 @@ impl Engine {
         upstream: &mut UpstreamHeaders,
     ) {
         let auth = &self.policy.auth;
-        let now_ms = facts.now_ms(host.clock);
+        let Some(now_ms) = facts.now_ms(host.clock) else {
+            return findings.push(self.host_failure("clock", Stage::Authenticate));
+        };
         match auth::check(auth, &self.auth, policy, headers, now_ms, host.store) {
             Ok(principal) => {
                 upstream.set = principal.headers;
@@ -423,8 +451,10 @@ impl Engine {
         body_digest: &mut Option<(ContentDigest, Mode)>,
     ) {
         let sigs = &self.policy.signatures;
+        let Some(now_ms) = facts.now_ms(host.clock) else {
+            return findings.push(self.host_failure("clock", Stage::Signature));
+        };
         let mut flag = |reason| findings.push(Finding::new(Stage::Signature, reason, sigs.mode));
-        let now_ms = facts.now_ms(host.clock);
         let verified =
             match signature::verify(headers, &sigs.keys, &policy.requirements, now_ms / 1000) {
                 Ok(verified) => verified,
@@ -507,36 +537,53 @@ impl Engine {
         )
     }
 
-    /// Bans and rate limits: both read the same slot record, in one round trip.
+    /// Bans and rate limits of one phase: both read the same slot record, in
+    /// one round trip per rule.
     fn rate_limit(
         &self,
+        phase: Phase,
         facts: &Facts<'_>,
         host: &Services<'_>,
         findings: &mut Vec<Finding>,
         quota: &mut Option<Quota>,
     ) {
         let limits = &self.policy.rate_limits;
-        if limits.rules.is_empty() {
+        let mut due = limits
+            .rules
+            .iter()
+            .filter_map(|rule| {
+                let charge = match (phase, rule.counts) {
+                    (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Take,
+                    (Phase::PreAuth, Counts::Failures) => Charge::Peek,
+                    (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Take,
+                    (Phase::Failed, Counts::Failures) => Charge::Take,
+                    _ => return None,
+                };
+                let applies = rule.applies_to(facts.route)
+                    && !(rule.key.user && facts.user.is_none())
+                    && !(rule.key.key_id && facts.key_id.is_none());
+                applies.then_some((rule, charge))
+            })
+            .peekable();
+        if due.peek().is_none() {
             return;
         }
-        let now_ms = facts.now_ms(host.clock);
+        let Some(now_ms) = facts.now_ms(host.clock) else {
+            return findings.push(self.host_failure("clock", Stage::RateLimit));
+        };
         let limiter = Limiter {
             rules: &limits.rules,
             bans: &self.policy.bans,
             store: host.store,
             metrics: host.metrics,
         };
-        for rule in &limits.rules {
-            if !rule.applies_to(facts.route)
-                || (rule.key.user && facts.user.is_none())
-                || (rule.key.key_id && facts.key_id.is_none())
-            {
-                continue;
-            }
+        for (rule, charge) in due {
             let (tag, page) = self.slot_of(rule, facts, limits.pages);
-            let finding = match limiter.check(rule, tag, page, now_ms) {
+            let finding = match limiter.check(rule, tag, page, now_ms, charge) {
                 Ok(RuleOutcome::Allowed(q)) => {
-                    if quota.is_none_or(|best| q.remaining < best.remaining) {
+                    // A failures rule is no quota of the client's requests.
+                    let counted = rule.counts == Counts::Requests;
+                    if counted && quota.is_none_or(|best| q.remaining < best.remaining) {
                         *quota = Some(q);
                     }
                     continue;
@@ -575,26 +622,67 @@ impl Engine {
             };
             let stop = finding.enforced() || finding.reason == Reason::StoreUnavailable;
             findings.push(finding);
-            if stop {
+            if stop && phase != Phase::Failed {
                 return;
             }
         }
     }
 
-    /// The one place that decides what a shared-data failure means.
+    /// Whether verification refused the request for something the client
+    /// sent (or failed to send): such refusals count against the client.
+    fn refused_credentials(findings: &[Finding]) -> bool {
+        findings
+            .iter()
+            .any(|f| f.enforced() && f.reason.is_credential_failure())
+    }
+
+    /// What a shared-data failure means (see [`Engine::host_failure`]).
     fn store_failure(&self, what: &str, stage: Stage, error: StoreError) -> Finding {
         log::error!(
             "palisade: shared data failed for `{what}` ({error:?}); failure_mode is {}",
-            match self.policy.failure_mode {
-                FailureMode::Deny => "deny",
-                FailureMode::Allow => "allow",
-            }
+            self.policy.failure_mode.as_str()
         );
-        let mode = match self.policy.failure_mode {
+        Finding::new(stage, Reason::StoreUnavailable, self.failure_mode())
+    }
+
+    /// The one place that decides what a failed host service (clock, header
+    /// map) means: `failure_mode` deny refuses the request with 503, allow
+    /// lets it go on unchecked by that stage, logged and counted.
+    pub fn host_failure(&self, what: &str, stage: Stage) -> Finding {
+        log::error!(
+            "palisade: the host failed to provide the {what}; failure_mode is {}",
+            self.policy.failure_mode.as_str()
+        );
+        Finding::new(stage, Reason::HostUnavailable, self.failure_mode())
+    }
+
+    fn failure_mode(&self) -> Mode {
+        match self.policy.failure_mode {
             FailureMode::Deny => Mode::Enforce,
             FailureMode::Allow => Mode::Monitor,
+        }
+    }
+
+    /// The request headers could not be read from the host: nothing can be
+    /// classified, so `failure_mode` decides alone.
+    pub fn headers_unavailable(&self, metrics: &dyn Metrics) -> Verdict {
+        let facts = Facts {
+            route: self.policy.routes.default_id(),
+            client_ip: None,
+            user: None,
+            key_id: None,
+            request_id: "",
+            now_ms: Cell::new(None),
         };
-        Finding::new(stage, Reason::StoreUnavailable, mode)
+        let finding = self.host_failure("request headers", Stage::Classify);
+        self.conclude(
+            &facts,
+            vec![finding],
+            None,
+            UpstreamHeaders::default(),
+            None,
+            metrics,
+        )
     }
 
     /// SipHash-1-3 keyed with the process seed: neither a slot nor a tag of
@@ -624,9 +712,16 @@ impl Engine {
                 h.write_u64(refill.every_ms);
             }
             if rule.key.ip {
+                let prefixes = self.policy.ip_prefixes;
                 match facts.client_ip {
-                    Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
-                    Some(IpAddr::V6(ip)) => h.write(&ip.octets()),
+                    Some(IpAddr::V4(ip)) => {
+                        let bits = u32::from(ip) & mask_u32(prefixes.v4);
+                        h.write(&bits.to_be_bytes());
+                    }
+                    Some(IpAddr::V6(ip)) => {
+                        let bits = u128::from(ip) & mask_u128(prefixes.v6);
+                        h.write(&bits.to_be_bytes());
+                    }
                     None => h.write(b"unknown"),
                 }
                 h.write_u8(0xff);
@@ -724,6 +819,9 @@ impl Engine {
                 }
             }
         }
+        if Self::refused_credentials(&findings) {
+            self.rate_limit(Phase::Failed, &facts, host, &mut findings, &mut None);
+        }
         for finding in &findings {
             self.record(&facts, finding, host.metrics);
         }
@@ -770,7 +868,9 @@ impl Engine {
             h.write(token.as_bytes());
         });
         let (tag, page) = Self::tag_and_page(hash, refresh.pages);
-        let now_ms = facts.now_ms(host.clock);
+        let Some(now_ms) = facts.now_ms(host.clock) else {
+            return Some(self.host_failure("clock", Stage::Authenticate));
+        };
         let expires_ms = now_ms.saturating_add(refresh.remember_ms);
         let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
         match replay::remember(
@@ -909,6 +1009,20 @@ fn request_line<'h>(headers: &HeaderMap<'h>) -> Result<(&'h str, &'h str), Pseud
         return Err(Pseudo::Authority);
     }
     Ok((method, path))
+}
+
+/// The first `bits` bits set (`bits` is validated to 8..=32).
+fn mask_u32(bits: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
+}
+
+/// The first `bits` bits set (`bits` is validated to 16..=128).
+fn mask_u128(bits: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
 }
 
 /// Largest token-endpoint request body read for a refresh-token grant.
@@ -1606,6 +1720,8 @@ mod tests {
     /// Authentication and authorization through the whole pipeline, with
     /// HS256 tokens minted here (the `hmac` crate signs) and verified by the
     /// `jwt` module.
+    use credentials::config as credentials_config;
+
     mod credentials {
         use super::*;
         use base64::Engine as _;
@@ -1637,7 +1753,7 @@ mod tests {
             c
         }
 
-        fn config(extra: &str) -> String {
+        pub(super) fn config(extra: &str) -> String {
             let k = B64.encode(KEY);
             let api_hash = hex(&Sha256::digest(b"partner-secret"));
             format!(
@@ -1986,5 +2102,241 @@ mod tests {
                 .unwrap_or_else(|| unreachable!());
             assert_eq!(e.path, "jwt.providers[0].jwks.remote.min_refetch");
         }
+    }
+
+    /// Issue 11: failed authentication is throttled and banned, and bans run
+    /// before any verification.
+    mod phases {
+        use super::credentials_config as config;
+        use super::*;
+
+        fn reason(v: &Verdict) -> (u16, String) {
+            match v {
+                Verdict::Allow { .. } => (200, String::new()),
+                Verdict::Respond(r) => {
+                    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+                    (r.status, body["reason"].as_str().unwrap_or("").to_string())
+                }
+            }
+        }
+
+        fn wrong_keys(f: &Fixture, n: usize) -> Vec<(u16, String)> {
+            (0..n)
+                .map(|i| {
+                    let key = format!("guess-{i}");
+                    reason(&f.send("GET", "/api/items", &[("x-api-key", &key)]))
+                })
+                .collect()
+        }
+
+        #[test]
+        fn wrong_credentials_from_one_address_are_throttled_then_banned() {
+            // An address rule counting every request: it runs before
+            // authentication, so refused requests take tokens too.
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "api-ip", "key": ["ip"], "routes": ["api"],
+                     "capacity": 2, "refill": "none", "ban": true}]},
+                   "bans": {"after": 2, "base": "1m", "factor": 2.0, "max": "1h", "decay": "10m"}"#,
+            ));
+            let got = wrong_keys(&f, 20);
+            let verified = got.iter().filter(|r| r.1 == "apikey.invalid").count();
+            assert_eq!(verified, 2, "{got:?}");
+            assert_eq!(got[2].1, "rl.exhausted");
+            assert_eq!(got[3].1, "rl.exhausted", "second strike bans");
+            assert!(got[4..].iter().all(|r| r.1 == "ban.active"), "{got:?}");
+        }
+
+        #[test]
+        fn a_failures_rule_counts_only_refusals_and_guards_before_verification() {
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "api-failures", "key": ["ip"], "routes": ["api"],
+                     "capacity": 3, "refill": {"tokens": 3, "every": "1m"}, "ban": true, "counts": "failures"}]},
+                   "bans": {"after": 1, "base": "1m", "factor": 2.0, "max": "1h", "decay": "10m"}"#,
+            ));
+            let good = [("x-api-key", "partner-secret")];
+            // Successes take nothing: far more than the capacity pass.
+            for _ in 0..10 {
+                assert_eq!(reason(&f.send("GET", "/api/items", &good)).0, 200);
+            }
+            let got = wrong_keys(&f, 20);
+            let verified = got.iter().filter(|r| r.1 == "apikey.invalid").count();
+            assert_eq!(verified, 3, "only the capacity is ever verified: {got:?}");
+            assert_eq!(got[3].1, "rl.exhausted", "refused before verification");
+            assert!(got[4..].iter().all(|r| r.1 == "ban.active"), "{got:?}");
+            // The ban holds for the good key too: it is the address that is banned.
+            assert_eq!(reason(&f.send("GET", "/api/items", &good)).1, "ban.active");
+            assert_eq!(f.metrics.get(&Counter::BanIssued { rule: 0 }), 1);
+        }
+
+        #[test]
+        fn a_banned_client_costs_no_verification() {
+            // A route that needs a token, and a remote key set never loaded:
+            // verification would answer 503 jwt.no_keys. A banned address
+            // gets 403 ban.active instead, so the ban ran first.
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "admin-ip", "key": ["ip"], "routes": ["admin"],
+                     "capacity": 1, "refill": "none", "ban": true}]},
+                   "bans": {"after": 1, "base": "1m", "factor": 2.0, "max": "1h", "decay": "10m"}"#,
+            ));
+            let got: Vec<_> = (0..3)
+                .map(|_| reason(&f.send("GET", "/admin/x", &[("authorization", "Bearer x.y.z")])))
+                .collect();
+            assert_eq!(
+                got[0].1, "jwt.malformed",
+                "verified while the address has tokens"
+            );
+            assert_eq!(got[1].1, "rl.exhausted");
+            assert_eq!(got[2].1, "ban.active");
+        }
+
+        #[test]
+        fn body_phase_refusals_count_too() {
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "token-failures", "key": ["ip"], "routes": ["token"],
+                     "capacity": 1, "refill": "none", "counts": "failures"}]}"#,
+            ));
+            let form = [("content-type", "application/x-www-form-urlencoded")];
+            let grant = b"grant_type=refresh_token&refresh_token=rt-1";
+            let outcome = || match f.send("POST", "/oauth/token", &form) {
+                Verdict::Allow {
+                    body: Some(check), ..
+                } => f
+                    .engine
+                    .check_body(&check, Body::Complete(grant), &f.services())
+                    .map_or(200, |r| r.status),
+                other => reason(&other).0,
+            };
+            assert_eq!(outcome(), 200);
+            assert_eq!(
+                outcome(),
+                400,
+                "reuse: a refusal, which takes the one token"
+            );
+            assert_eq!(outcome(), 429, "the failures bucket is empty");
+        }
+    }
+
+    #[test]
+    fn a_clock_stepping_back_neither_empties_buckets_nor_stretches_bans() {
+        let f = Fixture::new(
+            r#"{"routes": [{"name": "api", "prefix": "/api"}],
+                "rate_limits": {"rules": [
+                    {"name": "api-ip", "key": ["ip"], "routes": ["api"], "capacity": 10,
+                     "refill": {"tokens": 10, "every": "10s"}, "ban": true}]},
+                "bans": {"after": 1, "base": "30s", "factor": 2.0, "max": "1h", "decay": "10m"}}"#,
+        );
+        for _ in 0..3 {
+            assert_eq!(f.status("GET", "/api/x", &[]), 200);
+        }
+        f.clock.step_back(3_600_000);
+        // Before: 429 with Retry-After 3600. Now the bucket keeps its level:
+        // exactly the 7 tokens left.
+        let after: Vec<u16> = (0..8).map(|_| f.status("GET", "/api/x", &[])).collect();
+        assert_eq!(after, [200, 200, 200, 200, 200, 200, 200, 429]);
+        f.clock.advance(1_000);
+        // Empty the bucket and get banned (30 s), then step back an hour.
+        while f.status("GET", "/api/x", &[]) == 200 {}
+        f.clock.step_back(3_600_000);
+        let Verdict::Respond(r) = f.send("GET", "/api/x", &[]) else {
+            unreachable!("banned");
+        };
+        let retry: u64 = header(&r, "retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(retry <= 30, "Retry-After {retry}");
+        f.clock.advance(31_000);
+        assert_eq!(
+            f.status("GET", "/api/x", &[]),
+            200,
+            "the ban ended 30 s later"
+        );
+        // And forward: a jump ahead refills, as the clock says.
+        while f.status("GET", "/api/x", &[]) == 200 {}
+        f.clock.advance(24 * 3_600_000);
+        assert_eq!(f.status("GET", "/api/x", &[]), 200);
+    }
+
+    struct BrokenClock;
+    impl Clock for BrokenClock {
+        fn now_ms(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_failed_clock_goes_through_failure_mode() {
+        for (failure_mode, expect) in [("deny", 503), ("allow", 200)] {
+            let f = Fixture::new(&LOGIN.replacen(
+                '{',
+                &format!(r#"{{"failure_mode": "{failure_mode}","#),
+                1,
+            ));
+            let bytes = encode_map(&[(":method", "POST"), (":path", "/login")]);
+            let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+            let services = Services {
+                store: &f.store,
+                clock: &BrokenClock,
+                metrics: &f.metrics,
+            };
+            let status = match f.engine.evaluate(&headers, &|| None, &services) {
+                Verdict::Allow { .. } => 200,
+                Verdict::Respond(r) => {
+                    assert!(r.body.contains("host.unavailable"), "{}", r.body);
+                    r.status
+                }
+            };
+            assert_eq!(status, expect, "{failure_mode}");
+            let unread = match f.engine.headers_unavailable(&f.metrics) {
+                Verdict::Allow { .. } => 200,
+                Verdict::Respond(r) => r.status,
+            };
+            assert_eq!(unread, expect, "unreadable header map, {failure_mode}");
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix() {
+        let rules = r#""routes": [{"name": "api", "prefix": "/api"}],
+            "rate_limits": {"rules": [{"name": "api-ip", "key": ["ip"], "routes": ["api"],
+                "capacity": 2, "refill": "none"}]}"#;
+        let from = |f: &Fixture, peer: &str| {
+            let bytes = encode_map(&[(":method", "GET"), (":path", "/api/x")]);
+            let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+            let peer = peer.to_string();
+            match f
+                .engine
+                .evaluate(&headers, &move || Some(peer.clone()), &f.services())
+            {
+                Verdict::Allow { .. } => 200,
+                Verdict::Respond(r) => r.status,
+            }
+        };
+        // Default /64: every address of one /64 shares the bucket.
+        let f = Fixture::new(&format!("{{{rules}}}"));
+        let same_64: Vec<u16> = [
+            "[2001:db8:1:2::1]:1",
+            "[2001:db8:1:2::2]:1",
+            "[2001:db8:1:2:ffff::9]:1",
+        ]
+        .iter()
+        .map(|a| from(&f, a))
+        .collect();
+        assert_eq!(same_64, [200, 200, 429]);
+        assert_eq!(from(&f, "[2001:db8:1:3::1]:1"), 200, "another /64");
+        assert_eq!(from(&f, "192.0.2.1:1"), 200);
+        assert_eq!(from(&f, "192.0.2.1:1"), 200);
+        assert_eq!(from(&f, "192.0.2.2:1"), 200, "IPv4 keyed by /32");
+        // Configurable: /128 separates them, /24 groups IPv4.
+        let f = Fixture::new(&format!(
+            r#"{{"client_ip": {{"ipv6_prefix": 128, "ipv4_prefix": 24}}, {rules}}}"#
+        ));
+        for a in ["[2001:db8::1]:1", "[2001:db8::2]:1", "[2001:db8::3]:1"] {
+            assert_eq!(from(&f, a), 200, "{a}");
+        }
+        let v4: Vec<u16> = ["192.0.2.1:1", "192.0.2.200:1", "192.0.2.3:1"]
+            .iter()
+            .map(|a| from(&f, a))
+            .collect();
+        assert_eq!(v4, [200, 200, 429]);
     }
 }

@@ -13,7 +13,7 @@
 //! exact with integer math however often it is read. Buckets that never
 //! refill count the requests they let through.
 
-use crate::config::BanPolicy;
+use crate::config::{BanPolicy, Counts};
 use crate::host::{Metrics, SharedStore, StoreError};
 use crate::routes::RouteId;
 use crate::slots::{self, Page, Record};
@@ -45,6 +45,7 @@ pub struct Rule {
     pub capacity: u32,
     pub refill: Option<Refill>,
     pub ban: bool,
+    pub counts: Counts,
     /// Microseconds per token; `None` when the bucket never refills.
     interval_us: Option<u64>,
 }
@@ -92,8 +93,20 @@ impl Rule {
             capacity,
             refill,
             ban,
+            counts: Counts::Requests,
             interval_us,
         }
+    }
+
+    pub fn counting(self, counts: Counts) -> Rule {
+        Rule { counts, ..self }
+    }
+
+    /// Rules keyed on the user or the signing key run after authentication,
+    /// the others before it, so that a flooding or banned client costs no
+    /// cryptography.
+    pub fn post_auth(&self) -> bool {
+        self.key.user || self.key.key_id
     }
 
     pub fn applies_to(&self, route: RouteId) -> bool {
@@ -138,6 +151,10 @@ impl Rule {
             };
         };
         let burst = self.burst_us(interval);
+        // A bucket is never emptier than "empty now": after the wall clock
+        // steps back, a stored arrival time far ahead would otherwise refuse
+        // the key for as long as the step.
+        let state = state.min(now_us.saturating_add(burst));
         let next = state.max(now_us).saturating_add(interval);
         let ahead = next - now_us;
         if ahead <= burst {
@@ -185,7 +202,10 @@ impl BanPolicy {
     /// the end of the last ban, whichever is later; strikes are forgotten
     /// after one `decay` without a violation.
     pub fn decayed(&self, record: &Record, now_ms: u64) -> (u8, u16) {
-        let anchor = record.last_violation_ms.max(record.banned_until_ms);
+        // A violation "in the future" (the wall clock stepped back) counts
+        // as now: strikes and levels then decay from now, not from then.
+        let last_violation_ms = record.last_violation_ms.min(now_ms);
+        let anchor = last_violation_ms.max(record.banned_until_ms);
         let level = if now_ms > anchor {
             let periods = (now_ms - anchor) / self.decay_ms;
             record
@@ -194,7 +214,7 @@ impl BanPolicy {
         } else {
             record.level
         };
-        let strikes = if now_ms.saturating_sub(record.last_violation_ms) >= self.decay_ms {
+        let strikes = if now_ms - last_violation_ms >= self.decay_ms {
             0
         } else {
             record.strikes
@@ -218,6 +238,15 @@ impl BanPolicy {
     }
 }
 
+/// Whether a check takes a token or only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    Take,
+    /// Refuses (and strikes) when the bucket is empty, writes nothing when it
+    /// is not: how a `failures` rule guards a request before verification.
+    Peek,
+}
+
 /// What one rule says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleOutcome {
@@ -232,6 +261,32 @@ pub enum RuleOutcome {
     Banned {
         retry_after_s: u64,
     },
+}
+
+fn seconds(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// Shifts a record's times back by how far the wall clock stepped back
+/// since the record was written, so that a bucket keeps its fill level and
+/// a ban its remaining time instead of lasting as long as the step. Stamps
+/// the record with `now`; returns whether it shifted (the record must then
+/// be written, or the next read would shift it again from the old stamp).
+fn rebase(record: &mut Record, rule: &Rule, now_ms: u64) -> bool {
+    let written_ms = u64::from(record.updated_s).saturating_mul(1000);
+    // The stamp is rounded down to whole seconds, so with a steady clock it
+    // is never ahead of now.
+    let step_ms = written_ms.saturating_sub(now_ms);
+    if step_ms > 0 {
+        let back = |t: u64| if t == 0 { 0 } else { t.saturating_sub(step_ms) };
+        if rule.interval_us.is_some() {
+            record.state = record.state.saturating_sub(step_ms.saturating_mul(1000));
+        }
+        record.banned_until_ms = back(record.banned_until_ms);
+        record.last_violation_ms = back(record.last_violation_ms);
+    }
+    record.updated_s = seconds(now_ms);
+    step_ms > 0
 }
 
 /// Everything needed to judge records of any rule (a slot may hold another
@@ -265,6 +320,7 @@ impl Limiter<'_> {
         tag: u64,
         page: u32,
         now_ms: u64,
+        charge: Charge,
     ) -> Result<RuleOutcome, StoreError> {
         let now_us = now_ms.saturating_mul(1000);
         let placed = slots::update(
@@ -278,58 +334,86 @@ impl Limiter<'_> {
                 let Some(slot) = page.records.get_mut(i) else {
                     return (false, Placed::NoSlot);
                 };
-                let mut record = if slot.tag == tag {
-                    // The rule index follows reloads that reorder rules.
-                    Record {
+                // The rule index follows reloads that reorder rules.
+                let (mut record, mut write) = if slot.tag == tag {
+                    let mut record = Record {
                         rule: rule.index,
                         ..*slot
-                    }
+                    };
+                    let stepped = rebase(&mut record, rule, now_ms);
+                    (record, stepped)
                 } else {
-                    Record {
+                    let fresh = Record {
                         tag,
                         rule: rule.index,
+                        updated_s: seconds(now_ms),
                         ..Record::default()
-                    }
+                    };
+                    (fresh, false)
                 };
-                if record.banned_until_ms > now_ms {
-                    let left = record.banned_until_ms - now_ms;
-                    return (
-                        false,
-                        Placed::Done(RuleOutcome::Banned {
-                            retry_after_s: left.div_ceil(1000).max(1),
-                        }),
-                    );
-                }
-                let take = rule.take(record.state, now_us);
-                let quota = rule.quota(&take);
-                if take.allowed {
-                    record.state = take.state;
-                    *slot = record;
-                    return (true, Placed::Done(RuleOutcome::Allowed(quota)));
-                }
-                let ban_issued = rule.ban && self.bans.strike(&mut record, now_ms);
-                let changed = rule.ban;
-                if changed {
+                let outcome = self.judge(rule, &mut record, &mut write, now_ms, charge);
+                if write {
                     *slot = record;
                 }
-                let outcome = RuleOutcome::Throttled {
-                    quota,
-                    retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
-                    overflow: false,
-                    ban_issued,
-                };
-                (changed, Placed::Done(outcome))
+                (write, Placed::Done(outcome))
             },
         )?;
         match placed {
             Placed::Done(outcome) => Ok(outcome),
-            Placed::NoSlot => self.check_overflow(rule, now_us),
+            Placed::NoSlot => self.check_overflow(rule, now_us, charge),
+        }
+    }
+
+    /// The rule's verdict on one placed record; sets `write` when the
+    /// record changed.
+    fn judge(
+        &self,
+        rule: &Rule,
+        record: &mut Record,
+        write: &mut bool,
+        now_ms: u64,
+        charge: Charge,
+    ) -> RuleOutcome {
+        if record.banned_until_ms > now_ms {
+            // A ban never outlasts its level's length from now (a safety net
+            // behind `rebase` for records written without a time stamp).
+            let longest = self.bans.duration_ms(record.level);
+            if record.banned_until_ms - now_ms > longest {
+                record.banned_until_ms = now_ms + longest;
+                *write = true;
+            }
+            let left = record.banned_until_ms - now_ms;
+            return RuleOutcome::Banned {
+                retry_after_s: left.div_ceil(1000).max(1),
+            };
+        }
+        let take = rule.take(record.state, now_ms.saturating_mul(1000));
+        let quota = rule.quota(&take);
+        if take.allowed {
+            if charge == Charge::Take {
+                record.state = take.state;
+                *write = true;
+            }
+            return RuleOutcome::Allowed(quota);
+        }
+        let ban_issued = rule.ban && self.bans.strike(record, now_ms);
+        *write |= rule.ban;
+        RuleOutcome::Throttled {
+            quota,
+            retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
+            overflow: false,
+            ban_issued,
         }
     }
 
     /// All keys of `rule` that found no slot share one bucket with the rule's
     /// own limits: a full table throttles newcomers, it never frees them.
-    fn check_overflow(&self, rule: &Rule, now_us: u64) -> Result<RuleOutcome, StoreError> {
+    fn check_overflow(
+        &self,
+        rule: &Rule,
+        now_us: u64,
+        charge: Charge,
+    ) -> Result<RuleOutcome, StoreError> {
         slots::update(
             self.store,
             self.metrics,
@@ -338,6 +422,9 @@ impl Limiter<'_> {
                 let record = &mut page.records[0];
                 let take = rule.take(record.state, now_us);
                 let quota = rule.quota(&take);
+                if take.allowed && charge == Charge::Peek {
+                    return (false, RuleOutcome::Allowed(quota));
+                }
                 if take.allowed {
                     record.state = take.state;
                     record.rule = rule.index;
@@ -538,30 +625,30 @@ mod tests {
         // Four keys each take a token: their buckets are not full, so they hold their slots.
         for tag in 1..=4 {
             assert!(matches!(
-                limiter.check(&rules[0], tag, 0, T0),
+                limiter.check(&rules[0], tag, 0, T0, Charge::Take),
                 Ok(RuleOutcome::Allowed(_))
             ));
         }
         // Newcomers share the overflow bucket of capacity 2.
         assert!(matches!(
-            limiter.check(&rules[0], 5, 0, T0),
+            limiter.check(&rules[0], 5, 0, T0, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
         assert!(matches!(
-            limiter.check(&rules[0], 6, 0, T0),
+            limiter.check(&rules[0], 6, 0, T0, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
         assert!(matches!(
-            limiter.check(&rules[0], 7, 0, T0),
+            limiter.check(&rules[0], 7, 0, T0, Charge::Take),
             Ok(RuleOutcome::Throttled { overflow: true, .. })
         ));
         // Key 1 kept its half-empty bucket: one more token, then throttled.
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0),
+            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0),
+            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
             Ok(RuleOutcome::Throttled {
                 overflow: false,
                 ..
@@ -569,7 +656,7 @@ mod tests {
         ));
         // Once buckets are full again, slots are reclaimed.
         assert!(matches!(
-            limiter.check(&rules[0], 9, 0, T0 + 120_000),
+            limiter.check(&rules[0], 9, 0, T0 + 120_000, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
     }
@@ -597,21 +684,21 @@ mod tests {
             metrics: &metrics,
         };
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0),
+            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0),
+            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
             Ok(RuleOutcome::Throttled {
                 ban_issued: true,
                 ..
             })
         ));
         for tag in 2..10_000u64 {
-            let _ = limiter.check(&rules[0], tag, 0, T0 + tag);
+            let _ = limiter.check(&rules[0], tag, 0, T0 + tag, Charge::Take);
         }
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0 + 20_000),
+            limiter.check(&rules[0], 1, 0, T0 + 20_000, Charge::Take),
             Ok(RuleOutcome::Banned { retry_after_s }) if retry_after_s > 3_500
         ));
         assert_eq!(

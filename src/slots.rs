@@ -40,6 +40,9 @@ pub struct Record {
     pub strikes: u16,
     pub rule: u8,
     pub level: u8,
+    /// Unix seconds of the last write (0: unknown). Lets a reader whose wall
+    /// clock stepped back since then shift the record's times by the step.
+    pub updated_s: u32,
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -62,6 +65,10 @@ impl Record {
                 .map_or(0, u16::from_le_bytes),
             rule: bytes.get(34).copied().unwrap_or(0),
             level: bytes.get(35).copied().unwrap_or(0),
+            updated_s: bytes
+                .get(36..40)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_le_bytes),
         }
     }
 
@@ -73,7 +80,7 @@ impl Record {
         out[32..34].copy_from_slice(&self.strikes.to_le_bytes());
         out[34] = self.rule;
         out[35] = self.level;
-        out[36..40].fill(0);
+        out[36..40].copy_from_slice(&self.updated_s.to_le_bytes());
     }
 }
 
@@ -251,6 +258,7 @@ mod tests {
             strikes: 513,
             rule: 7,
             level: 9,
+            updated_s: 1_700_000_000,
         };
         let bytes = page.encode();
         assert_eq!(bytes.len(), PAGE_LEN);

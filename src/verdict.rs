@@ -71,6 +71,8 @@ pub enum Reason {
     RateLimitOverflow,
     StoreUnavailable,
     ConfigMissing,
+    /// The host failed to provide the clock or the request headers.
+    HostUnavailable,
 }
 
 impl Reason {
@@ -98,6 +100,7 @@ impl Reason {
             Reason::RateLimitOverflow => "rl.overflow",
             Reason::StoreUnavailable => "store.unavailable",
             Reason::ConfigMissing => "config.missing",
+            Reason::HostUnavailable => "host.unavailable",
         }
     }
 
@@ -124,7 +127,8 @@ impl Reason {
             | Reason::JwtNoKeys
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
-            | Reason::ConfigMissing => Decision::Error,
+            | Reason::ConfigMissing
+            | Reason::HostUnavailable => Decision::Error,
         }
     }
 
@@ -147,7 +151,8 @@ impl Reason {
             | Reason::JwtNoKeys
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
-            | Reason::ConfigMissing => 503,
+            | Reason::ConfigMissing
+            | Reason::HostUnavailable => 503,
         }
     }
 
@@ -169,6 +174,25 @@ impl Reason {
 }
 
 impl Reason {
+    /// A refusal by authentication, authorization or signature verification
+    /// caused by what the client sent: these count against the client
+    /// (`failures` rules), so guessing credentials is throttled and banned.
+    pub fn is_credential_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::Signature(_)
+                | Reason::SignatureReplay
+                | Reason::Digest(_)
+                | Reason::AuthMissing
+                | Reason::Jwt(_)
+                | Reason::ApiKeyInvalid
+                | Reason::AuthzRole
+                | Reason::AuthzScope
+                | Reason::AuthzMfa
+                | Reason::RefreshReuse
+        )
+    }
+
     /// The RFC 6750 `WWW-Authenticate` error for bearer-token failures.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {

@@ -137,15 +137,16 @@ def config_text(config: dict | str) -> str:
     return config if isinstance(config, str) else json.dumps(config)
 
 
-def palisade_wasm_filter(configuration: str, wasm: Path) -> dict:
+def palisade_wasm_filter(configuration: str, wasm: Path, name: str = "palisade") -> dict:
     """The palisade HTTP filter entry of an Envoy bootstrap (also used by
-    tests/bench)."""
+    tests/bench). Filters of one ``vm_id`` share a VM and its shared data;
+    ``name`` tells palisade instances apart."""
     return {
-        "name": "palisade",
+        "name": name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "palisade",
+                "name": name,
                 "vm_config": {
                     "vm_id": "palisade",
                     "runtime": "envoy.wasm.runtime.v8",
@@ -230,16 +231,20 @@ def bootstrap_yaml(
     extra_routes: list[dict] | None = None,
     stats_tags: bool = True,
     extra_clusters: list[dict] | None = None,
+    more_palisades: dict[str, dict | str] | None = None,
 ) -> str:
     """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
 
     ``extra_routes`` are route entries (Envoy RouteConfiguration ``routes``
     items, as dicts) placed before the catch-all direct_response route.
     ``extra_clusters`` are static clusters (e.g. :func:`static_cluster`) that
-    those routes, or the filter's own HTTP calls, name.
+    those routes, or the filter's own HTTP calls, name. ``more_palisades``
+    adds palisade filters after the first, by name, in the same VM.
     """
     routes = list(extra_routes or []) + [OK_ROUTE]
-    bootstrap = ingress_bootstrap(routes, [palisade_wasm_filter(config_text(config), wasm), ROUTER_FILTER])
+    filters = [palisade_wasm_filter(config_text(config), wasm)]
+    filters += [palisade_wasm_filter(config_text(c), wasm, name) for name, c in (more_palisades or {}).items()]
+    bootstrap = ingress_bootstrap(routes, filters + [ROUTER_FILTER])
     if extra_clusters:
         bootstrap["static_resources"]["clusters"] = list(extra_clusters)
     if stats_tags:
@@ -365,6 +370,7 @@ class EnvoyInstance:
         component_log_level: str | None = "wasm:debug",
         stats_tags: bool = True,
         extra_clusters: list[dict] | None = None,
+        more_palisades: dict[str, dict | str] | None = None,
     ) -> None:
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
@@ -381,7 +387,12 @@ class EnvoyInstance:
         self.base_id = _unique_base_id()
         self.config_path.write_text(
             bootstrap_yaml(
-                config, wasm=self.wasm, extra_routes=extra_routes, stats_tags=stats_tags, extra_clusters=extra_clusters
+                config,
+                wasm=self.wasm,
+                extra_routes=extra_routes,
+                stats_tags=stats_tags,
+                extra_clusters=extra_clusters,
+                more_palisades=more_palisades,
             )
         )
         self.log_level = log_level

@@ -118,15 +118,11 @@ pub fn log(level: u32, message: &str) {
     }
 }
 
-pub fn now_ms() -> u64 {
+pub fn now_ms() -> Option<u64> {
     let mut nanos: u64 = 0;
     // SAFETY: the host writes one u64 to a valid pointer.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
-    if status == OK {
-        nanos / 1_000_000
-    } else {
-        0
-    }
+    (status == OK).then_some(nanos / 1_000_000)
 }
 
 fn buffer_bytes(buffer_type: u32, max_size: usize) -> Result<Vec<u8>, u32> {
@@ -288,7 +284,7 @@ impl SharedStore for HostStore {
 pub struct HostClock;
 
 impl Clock for HostClock {
-    fn now_ms(&self) -> u64 {
+    fn now_ms(&self) -> Option<u64> {
         now_ms()
     }
 }

@@ -8,6 +8,7 @@ use host::{
     MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
 };
 use palisade_core::config::Policy;
+use palisade_core::host::{namespace_prefix, Namespaced};
 use palisade_core::jwks;
 use palisade_core::metrics::Counter;
 use palisade_core::pipeline::{Body, Engine, Services};
@@ -69,6 +70,18 @@ struct Root {
     host: Rc<Cell<Option<HostKind>>>,
     /// JWKS fetches in flight: call token to provider index.
     fetches: HashMap<u32, usize>,
+    /// Shared-data key prefix of this filter instance.
+    namespace: Rc<str>,
+}
+
+static HOST_STORE: HostStore = HostStore;
+
+/// The shared store as this filter instance sees it.
+fn store(namespace: &str) -> Namespaced<'_> {
+    Namespaced {
+        store: &HOST_STORE,
+        prefix: namespace,
+    }
 }
 
 /// 128 random bits from the WASI host (std seeds `RandomState` with `random_get`).
@@ -138,8 +151,9 @@ impl Context for Root {
             None => Err("no response (connection failure or timeout)".to_string()),
         };
         let metrics = self.metrics(&engine);
+        let store = store(&self.namespace);
         let services = Services {
-            store: &HostStore,
+            store: &store,
             clock: &HostClock,
             metrics: &metrics,
         };
@@ -178,7 +192,13 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let store = HostStore;
+        // Envoy: the filter's `name`; two palisade filters in one VM need
+        // different names to keep separate state.
+        let instance = host::property(&["plugin_name"])
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_default();
+        self.namespace = Rc::from(namespace_prefix(&instance));
+        let store = store(&self.namespace);
         let prepared = slots::shared_seed(&store, fresh_seed())
             .and_then(|seed| slots::ensure_pages(&store, policy.shared_keys()).map(|()| seed));
         let seed = match prepared {
@@ -229,7 +249,11 @@ impl RootContext for Root {
         let Some(engine) = self.engine.clone() else {
             return;
         };
-        for plan in engine.jwks_due(&HostStore, host::now_ms()) {
+        let Some(now_ms) = host::now_ms() else {
+            log::warn!("palisade: the host clock failed; key sets are looked at on the next tick");
+            return;
+        };
+        for plan in engine.jwks_due(&store(&self.namespace), now_ms) {
             let headers = vec![
                 (":method", "GET"),
                 (":path", plan.path.as_str()),
@@ -252,8 +276,9 @@ impl RootContext for Root {
                 }
                 Err(status) => {
                     let metrics = self.metrics(&engine);
+                    let store = store(&self.namespace);
                     let services = Services {
-                        store: &HostStore,
+                        store: &store,
                         clock: &HostClock,
                         metrics: &metrics,
                     };
@@ -277,6 +302,7 @@ impl RootContext for Root {
             host: self.host.clone(),
             response_headers: Vec::new(),
             body_check: None,
+            namespace: self.namespace.clone(),
         }))
     }
 
@@ -292,6 +318,7 @@ struct Stream {
     response_headers: Vec<(&'static str, String)>,
     /// Set while the body must still be checked before the request goes on.
     body_check: Option<BodyCheck>,
+    namespace: Rc<str>,
 }
 
 impl Stream {
@@ -321,8 +348,9 @@ impl Stream {
             return Action::Continue;
         };
         let metrics = self.metrics(&engine);
+        let store = store(&self.namespace);
         let services = Services {
-            store: &HostStore,
+            store: &store,
             clock: &HostClock,
             metrics: &metrics,
         };
@@ -346,6 +374,32 @@ impl Stream {
 }
 
 impl Context for Stream {}
+
+impl Stream {
+    /// Carries out the header phase's verdict.
+    fn apply(&mut self, verdict: Verdict, end_of_stream: bool) -> Action {
+        match verdict {
+            Verdict::Allow {
+                response_headers,
+                upstream,
+                body,
+            } => {
+                apply_upstream_headers(&upstream);
+                self.response_headers = response_headers;
+                self.body_check = body;
+                if self.body_check.is_none() {
+                    Action::Continue
+                } else if end_of_stream {
+                    self.finish_body(Body::Complete(&[]))
+                } else {
+                    // Hold the headers until the body is verified.
+                    Action::Pause
+                }
+            }
+            Verdict::Respond(response) => self.send(response),
+        }
+    }
+}
 
 impl Stream {
     fn finish_buffered_body(&mut self, max_size: usize) -> Action {
@@ -390,42 +444,28 @@ impl HttpContext for Stream {
                 &body,
             );
         };
-        let bytes = host::header_map_bytes(MAP_REQUEST_HEADERS).unwrap_or_else(|status| {
-            log::error!("palisade: cannot read request headers (host status {status})");
-            Vec::new()
-        });
-        let headers = HeaderMap::decode(&bytes).unwrap_or_else(|| {
+        let metrics = self.metrics(&engine);
+        let bytes = match host::header_map_bytes(MAP_REQUEST_HEADERS) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                log::error!("palisade: cannot read request headers (host status {status})");
+                return self.apply(engine.headers_unavailable(&metrics), end_of_stream);
+            }
+        };
+        let Some(headers) = HeaderMap::decode(&bytes) else {
             log::error!("palisade: malformed header map from host");
-            HeaderMap::default()
-        });
+            return self.apply(engine.headers_unavailable(&metrics), end_of_stream);
+        };
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
-        let metrics = self.metrics(&engine);
+        let store = store(&self.namespace);
         let services = Services {
-            store: &HostStore,
+            store: &store,
             clock: &HostClock,
             metrics: &metrics,
         };
-        match engine.evaluate(&headers, &peer, &services) {
-            Verdict::Allow {
-                response_headers,
-                upstream,
-                body,
-            } => {
-                apply_upstream_headers(&upstream);
-                self.response_headers = response_headers;
-                self.body_check = body;
-                if self.body_check.is_none() {
-                    Action::Continue
-                } else if end_of_stream {
-                    self.finish_body(Body::Complete(&[]))
-                } else {
-                    // Hold the headers until the body is verified.
-                    Action::Pause
-                }
-            }
-            Verdict::Respond(response) => self.send(response),
-        }
+        let verdict = engine.evaluate(&headers, &peer, &services);
+        self.apply(verdict, end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -88,11 +88,12 @@ impl SharedStore for Counting<'_> {
 }
 
 impl Clock for Counting<'_> {
-    fn now_ms(&self) -> u64 {
+    fn now_ms(&self) -> Option<u64> {
         bump(&self.counts.clock_reads);
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .ok()
+            .map(|d| d.as_millis() as u64)
     }
 }
 
