@@ -1933,6 +1933,35 @@ mod tests {
             assert_eq!(grant("rt-1"), None, "forgotten after `remember`");
         }
 
+        #[test]
+        fn tokens_without_a_subject_share_no_user_key() {
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "per-user", "key": ["user"], "routes": ["api"], "capacity": 1, "refill": "none"}]}"#,
+            ));
+            let without = |extra: serde_json::Value| {
+                let mut c = claims("", extra);
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("sub");
+                }
+                bearer(&mint(c))
+            };
+            let a = without(serde_json::json!({"jti": "a"}));
+            let b = without(serde_json::json!({"jti": "b"}));
+            let empty = bearer(&mint(claims("", serde_json::json!({"jti": "c"}))));
+            for token in [&a, &b, &empty] {
+                let Verdict::Allow { upstream, .. } =
+                    f.send("GET", "/api/x", &[("authorization", token)])
+                else {
+                    unreachable!("each token has a bucket of its own");
+                };
+                assert!(upstream.set.is_empty(), "no user to forward");
+            }
+            assert_eq!(f.status("GET", "/api/x", &[("authorization", &a)]), 429);
+            let numeric = bearer(&mint(claims("", serde_json::json!({"sub": 42}))));
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &numeric)]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.claims"));
+        }
+
         /// A token request through both phases: `None` when it may go on.
         fn token_request(
             f: &Fixture,
