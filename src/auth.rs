@@ -299,7 +299,15 @@ pub fn check(
     if subject.starts_with(API_KEY_PREFIX) {
         return Err(Reason::Jwt(JwtError::Claims).into());
     }
-    let user_key = user_key("jwt", &spec.name, &subject);
+    // Without a subject the token itself is the user: tokens that name
+    // nobody must not all share one empty-subject bucket.
+    let user_key = if subject.is_empty() {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        user_key("jwt-token", &spec.name, &hex)
+    } else {
+        user_key("jwt", &spec.name, &subject)
+    };
     let roles = string_list(verified.claim_at(&spec.roles_claim));
     if let Err(reason) = authorize(policy, &roles, &verified.scopes, &verified.amr) {
         return Err(Refusal {

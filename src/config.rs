@@ -261,13 +261,16 @@ impl Policy {
         }
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| err(".", format!("not valid JSON: {e}")))?;
-        reject_arrays_as_objects(&value, &mut String::new())?;
+        reject_arrays_as_objects(&value, &mut String::new())
+            .map_err(|e| without_secrets(e, &value))?;
+        // Kept for the error path only: serde consumes `value`.
+        let doc = value.clone();
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = match e.path().to_string() {
                 p if p == "?" || p.is_empty() => ".".to_string(),
                 p => p,
             };
-            err(path, e.into_inner().to_string())
+            without_secrets(err(path, e.into_inner().to_string()), &doc)
         })?;
         compile(raw)
     }
@@ -306,6 +309,175 @@ const LIST_PATHS: [&str; 25] = [
 /// Values that are whole documents of another format.
 const OPAQUE_PATHS: [&str; 1] = ["jwt.providers[].jwks.inline"];
 
+const OBJECT_NOT_ARRAY: &str = "expected an object, found an array";
+
+/// Schema paths (`[]` for any index) whose values are, or may hold, secrets,
+/// with what each takes. The first three are the roots: an operator who
+/// pastes a key in the wrong place or form gets an error that names the
+/// path and what it takes, never the text it found (serde's messages quote
+/// values and unknown names, and Envoy logs them).
+const SECRET_FIELDS: [(&str, &str); 16] = [
+    ("signatures.keys", "a list of keys {\"id\": \"<keyid>\", \"secret\": {...}}"),
+    ("api_keys.keys", "a list of keys {\"id\": \"<name>\", \"sha256\": ..., \"roles\": [...]}"),
+    ("jwt.providers[].jwks", "exactly one of {\"inline\": {\"keys\": [...]}} or {\"remote\": {...}}"),
+    ("signatures.keys[]", "an object {\"id\": \"<keyid>\", \"secret\": {\"base64\": \"...\"} or {\"env\": \"VAR\"}}"),
+    ("signatures.keys[].id", "a string: the key id signers send"),
+    ("signatures.keys[].secret", "exactly one of {\"base64\": \"<standard base64>\"} or {\"env\": \"<environment variable of the wasm VM>\"}"),
+    ("signatures.keys[].secret.base64", "a string: the secret in standard base64"),
+    ("signatures.keys[].secret.env", "a string: the name of an environment variable of the wasm VM"),
+    ("api_keys.keys[]", "an object {\"id\": \"<name>\", \"sha256\": \"<64 hex digits>\" or {\"env\": \"VAR\"}, \"roles\": [...]}"),
+    ("api_keys.keys[].id", "a string: the key's name"),
+    ("api_keys.keys[].sha256", "a string of the 64 hex digits of the key's SHA-256, or {\"env\": \"<environment variable of the wasm VM>\"}"),
+    ("api_keys.keys[].sha256.env", "a string: the name of an environment variable of the wasm VM"),
+    ("api_keys.keys[].roles", "a list of strings"),
+    ("api_keys.keys[].roles[]", "a string"),
+    ("jwt.providers[].jwks.inline", "a JWK Set {\"keys\": [...]}"),
+    ("jwt.providers[].jwks.remote", "an object {\"cluster\" or \"address\", \"path\", ...}"),
+];
+
+/// Fields of a remote key set are locations and durations, never secrets:
+/// their errors keep serde's and palisade's own precise messages.
+const NOT_SECRET_BELOW: &str = "jwt.providers[].jwks.remote";
+
+/// One step of an error path: a field name, or an index (`[3]`, or `[..]`
+/// for any).
+enum PathStep<'a> {
+    Name(&'a str),
+    Index(&'a str),
+}
+
+fn path_steps(path: &str) -> Vec<PathStep<'_>> {
+    let mut steps = Vec::new();
+    let mut rest = path;
+    while !rest.is_empty() {
+        if rest.starts_with('[') {
+            let end = rest.find(']').map_or(rest.len(), |i| i + 1);
+            let (index, tail) = rest.split_at(end);
+            steps.push(PathStep::Index(index));
+            rest = tail;
+        } else {
+            let name_end = rest.find(['.', '[']).unwrap_or(rest.len());
+            let (name, tail) = rest.split_at(name_end);
+            if !name.is_empty() {
+                steps.push(PathStep::Name(name));
+            }
+            rest = tail.strip_prefix('.').unwrap_or(tail);
+        }
+    }
+    steps
+}
+
+/// What a JSON value is, without its text; for an object, the field names
+/// the schema knows at `pattern` and how many others there are.
+fn describe(value: &serde_json::Value, pattern: &str) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(_) => "a boolean".to_string(),
+        Value::Number(_) => "a number".to_string(),
+        Value::String(_) => "a string".to_string(),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(fields) => {
+            let known: Vec<String> = fields
+                .keys()
+                .filter(|k| {
+                    SECRET_FIELDS
+                        .iter()
+                        .any(|(p, _)| *p == format!("{pattern}.{k}"))
+                })
+                .map(|k| format!("`{k}`"))
+                .collect();
+            let others = fields.len() - known.len();
+            let mut text = "an object".to_string();
+            if !known.is_empty() {
+                text.push_str(&format!(" with fields {}", known.join(", ")));
+            }
+            if others > 0 {
+                let joint = if known.is_empty() { "with" } else { "and" };
+                text.push_str(&format!(
+                    " {joint} {others} field(s) not in the schema (names not shown)"
+                ));
+            }
+            text
+        }
+    }
+}
+
+/// `e` as it may be shown: at or below a [`SECRET_FIELDS`] root, the path
+/// is cut at the first name the schema does not know and the message is
+/// rebuilt from the schema and the kind of value found (`doc`), so no text
+/// of the document reaches Envoy's log or `palisade-check`'s output.
+fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
+    let steps = path_steps(&e.path);
+    let mut pattern = String::new();
+    let mut shown = String::new();
+    let mut value = Some(doc);
+    let mut inside = None;
+    for (i, step) in steps.iter().enumerate() {
+        if pattern == NOT_SECRET_BELOW {
+            return e;
+        }
+        let mut next_pattern = pattern.clone();
+        let mut next_shown = shown.clone();
+        match step {
+            PathStep::Name(name) => {
+                for s in [&mut next_pattern, &mut next_shown] {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(name);
+                }
+            }
+            PathStep::Index(index) => {
+                next_pattern.push_str("[]");
+                next_shown.push_str(index);
+            }
+        }
+        let expected = SECRET_FIELDS
+            .iter()
+            .find(|(p, _)| *p == next_pattern)
+            .map(|(_, x)| *x);
+        if inside.is_some() && expected.is_none() {
+            break;
+        }
+        value = value.and_then(|v| match step {
+            PathStep::Name(name) => v.get(*name),
+            PathStep::Index(index) => index
+                .trim_matches(['[', ']'])
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| v.get(n)),
+        });
+        pattern = next_pattern;
+        shown = next_shown;
+        // Every entry extends a root, so the first one met is a root.
+        if let Some(expected) = expected {
+            inside = Some((i + 1, expected));
+        }
+    }
+    let Some((depth, expected)) = inside else {
+        return e;
+    };
+    let cut = depth < steps.len();
+    let problem = if cut {
+        "a field not in the schema (its name is not shown: it may be a secret)".to_string()
+    } else if e.message.starts_with("missing field `") || e.message == OBJECT_NOT_ARRAY {
+        // Names from the schema only.
+        return err(shown, e.message);
+    } else {
+        match value {
+            Some(v) => format!("found {}", describe(v, &pattern)),
+            None => "an invalid value".to_string(),
+        }
+    };
+    err(
+        shown,
+        format!(
+            "{problem}; expected {expected} (values here are never shown: they may be secrets)"
+        ),
+    )
+}
+
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
 /// that is never what an operator means, so arrays are accepted only where
 /// the schema has a list.
@@ -321,10 +493,7 @@ fn reject_arrays_as_objects(
                 } else {
                     pattern.as_str()
                 };
-                return Err(err(
-                    shown.replace("[]", "[..]"),
-                    "expected an object, found an array",
-                ));
+                return Err(err(shown.replace("[]", "[..]"), OBJECT_NOT_ARRAY));
             }
             for item in items {
                 let len = pattern.len();
@@ -896,12 +1065,24 @@ fn assign_routes(
 
 /// A secret's text from an environment variable of the wasm VM, for the
 /// `{"env": NAME}` form at `path`.
+/// The name is quoted only when it reads as a variable name
+/// (`PALISADE_KEY`): a secret pasted in place of its name is never echoed.
 fn env_value(name: &str, path: &str) -> Result<String, ConfigError> {
+    let conventional = (1..=64).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let shown = if conventional {
+        format!("`{name}`")
+    } else {
+        "named here (not shown: it is not an upper-case variable name)".to_string()
+    };
     std::env::var(name).map_err(|_| {
         err(
             format!("{path}.env"),
             format!(
-                "environment variable `{name}` is not set in the wasm VM \
+                "environment variable {shown} is not set in the wasm VM \
                  (list it in Envoy's vm_config.environment_variables)"
             ),
         )

@@ -149,8 +149,9 @@ pub enum JwtError {
     Issuer,
     /// `aud` missing or none of its values is one of the provider's audiences.
     Audience,
-    /// A required claim is missing (or `null`), or `iat` is missing when a
-    /// maximum lifetime or age is configured.
+    /// A required claim is missing (or `null`, or an empty string), `sub`,
+    /// `jti` or `aud` is not of its registered type, or `iat` is missing
+    /// when a maximum lifetime or age is configured.
     Claims,
     /// Longer than [`MAX_TOKEN_LEN`].
     TooLarge,
@@ -958,8 +959,25 @@ fn check_claims(
         }
     }
 
+    // Registered claims must have their types (RFC 7519 section 4.1): a
+    // numeric `sub` would forward no user and share one rate-limit key with
+    // every other such token. An `iss` of another type never matched above;
+    // an `aud` of another type is refused here when no audience check did.
+    let string_or_absent = |name: &str| claims.get(name).is_none_or(Value::is_string);
+    let aud_typed = match claims.get("aud") {
+        None | Some(Value::String(_)) => true,
+        Some(Value::Array(items)) => items.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    if !(string_or_absent("sub") && string_or_absent("jti") && aud_typed) {
+        return Err(JwtError::Claims);
+    }
+    // An empty string is no value: `"sub": ""` names nobody.
     for name in &settings.required_claims {
-        if claims.get(name).is_none_or(Value::is_null) {
+        if claims
+            .get(name)
+            .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+        {
             return Err(JwtError::Claims);
         }
     }
@@ -2115,6 +2133,63 @@ mod tests {
         s.audiences.clear();
         let p = Provider::new(s, key_set()).unwrap();
         assert!(verify(&hs(with(json!({"aud": null}))), &p, NOW).is_ok());
+    }
+
+    #[test]
+    fn registered_claims_must_have_their_types() {
+        let p = all_algs(); // requires `sub`, audiences "api" and "other"
+        let refused = [
+            json!({"sub": 42}),
+            json!({"sub": ["user-1"]}),
+            json!({"sub": {"id": "user-1"}}),
+            json!({"sub": true}),
+            json!({"sub": ""}),
+            json!({"jti": 7}),
+            json!({"jti": ["a"]}),
+            json!({"aud": ["api", 5]}),
+            json!({"aud": ["other", {"x": 1}]}),
+        ];
+        for change in refused {
+            assert_eq!(
+                verify(&hs(with(change.clone())), &p, NOW),
+                Err(JwtError::Claims),
+                "{change}"
+            );
+        }
+        for change in [json!({"jti": "j-1"}), json!({"aud": ["x", "api"]})] {
+            assert!(
+                verify(&hs(with(change.clone())), &p, NOW).is_ok(),
+                "{change}"
+            );
+        }
+        // Without a required `sub` or configured audiences the types still hold.
+        let mut s = settings(&[Alg::Hs256]);
+        s.required_claims.clear();
+        s.audiences.clear();
+        let p = Provider::new(s, key_set()).unwrap();
+        for change in [
+            json!({"sub": 42}),
+            json!({"aud": 5}),
+            json!({"aud": [1, 2]}),
+            json!({"jti": false}),
+        ] {
+            assert_eq!(
+                verify(&hs(with(change.clone())), &p, NOW),
+                Err(JwtError::Claims),
+                "{change}"
+            );
+        }
+        let v = verify(&hs(with(json!({"sub": ""}))), &p, NOW).unwrap();
+        assert_eq!(
+            v.sub.as_deref(),
+            Some(""),
+            "an empty sub is only refused when required"
+        );
+        let mut null_sub = claims();
+        null_sub["sub"] = Value::Null;
+        assert_eq!(verify(&hs(null_sub), &p, NOW), Err(JwtError::Claims));
+        let absent = with(json!({"sub": null, "aud": null}));
+        assert_eq!(verify(&hs(absent), &p, NOW).map(|v| v.sub), Ok(None));
     }
 
     #[test]

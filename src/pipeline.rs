@@ -305,6 +305,9 @@ impl Engine {
             self.rate_limit(Phase::Failed, &facts, host, &mut findings, &mut quota);
         }
         if !blocked(&findings) {
+            findings.extend(self.token_request_query(headers, route));
+        }
+        if !blocked(&findings) {
             self.rate_limit(Phase::PostAuth, &facts, host, &mut findings, &mut quota);
         }
         let body = self.body_check(headers, &facts, digest);
@@ -398,13 +401,7 @@ impl Engine {
         facts: &Facts<'_>,
         digest: Option<(ContentDigest, Mode)>,
     ) -> Option<BodyCheck> {
-        let refresh = self
-            .policy
-            .auth
-            .refresh
-            .as_ref()
-            .filter(|r| r.applies_to(facts.route) && headers.get_str(":method") == Some("POST"))
-            .map(|_| self.policy.auth.jwt_mode);
+        let refresh = self.refresh_mode(headers, facts.route);
         if digest.is_none() && refresh.is_none() {
             return None;
         }
@@ -415,6 +412,9 @@ impl Engine {
         if refresh.is_some() {
             max_bytes = max_bytes.max(MAX_TOKEN_REQUEST_BYTES);
         }
+        let encoded = headers
+            .get_str("content-encoding")
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
         let content_type = match headers.get_str("content-type").map(|v| {
             v.split(';')
                 .next()
@@ -422,6 +422,8 @@ impl Engine {
                 .trim()
                 .to_ascii_lowercase()
         }) {
+            _ if encoded => ContentType::Unreadable,
+            Some(t) if t.starts_with("multipart/") => ContentType::Unreadable,
             Some(t) if t == "application/x-www-form-urlencoded" => ContentType::Form,
             Some(t) if t == "application/json" => ContentType::Json,
             _ => ContentType::Other,
@@ -436,6 +438,31 @@ impl Engine {
             request_id: facts.request_id.to_string(),
             content_type,
         })
+    }
+
+    /// The mode of refresh-token checks, when `route` is a token endpoint's
+    /// and the request a token request.
+    fn refresh_mode(&self, headers: &HeaderMap<'_>, route: RouteId) -> Option<Mode> {
+        self.policy
+            .auth
+            .refresh
+            .as_ref()
+            .filter(|r| r.applies_to(route) && headers.get_str(":method") == Some("POST"))
+            .map(|_| self.policy.auth.jwt_mode)
+    }
+
+    /// `grant_type` and `refresh_token` belong in a token request's body
+    /// (RFC 6749 section 6); some servers read the query too, and take its
+    /// value first. Such a request, or one whose query repeats a parameter,
+    /// is refused: the body phase could not tell which value a server uses.
+    fn token_request_query(&self, headers: &HeaderMap<'_>, route: RouteId) -> Option<Finding> {
+        let mode = self.refresh_mode(headers, route)?;
+        let query = headers.get_str(":path")?.split_once('?')?.1;
+        let query = query.split('#').next().unwrap_or(query);
+        let mut seen = std::collections::HashSet::new();
+        let refused = form_urlencoded::parse(query.as_bytes())
+            .any(|(k, _)| matches!(k.as_ref(), "grant_type" | "refresh_token") || !seen.insert(k));
+        refused.then(|| Finding::new(Stage::Authenticate, Reason::RefreshRepeatedParameter, mode))
     }
 
     /// The signature stage: verify the RFC 9421 signature, check that its
@@ -862,37 +889,48 @@ impl Engine {
         host: &Services<'_>,
     ) -> Option<Finding> {
         let refresh = self.policy.auth.refresh.as_ref()?;
-        let token = refresh_token_of(check.content_type, body)?;
-        let hash = self.keyed_hash(|h| {
-            h.write(b"refresh");
-            h.write(token.as_bytes());
-        });
-        let (tag, page) = Self::tag_and_page(hash, refresh.pages);
+        let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
+        if check.content_type == ContentType::Unreadable {
+            return flag(Reason::RefreshUnsupportedBody);
+        }
+        let tokens = match refresh_tokens_of(body) {
+            Ok(tokens) => tokens,
+            Err(reason) => return flag(reason),
+        };
         let Some(now_ms) = facts.now_ms(host.clock) else {
             return Some(self.host_failure("clock", Stage::Authenticate));
         };
         let expires_ms = now_ms.saturating_add(refresh.remember_ms);
-        let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
-        match replay::remember(
-            host.store,
-            host.metrics,
-            slots::REFRESH,
-            tag,
-            page,
-            expires_ms,
-            now_ms,
-        ) {
-            Ok(Sighting::Fresh) => None,
-            Ok(Sighting::Replay) => flag(Reason::RefreshReuse),
-            Ok(Sighting::TableFull) => {
-                log::error!(
-                    "palisade: refresh-token table full; raise jwt.refresh_tokens.slots (now {})",
-                    refresh.pages.saturating_mul(slots::SLOTS_PER_PAGE as u32)
-                );
-                flag(Reason::RefreshCapacity)
+        for token in tokens {
+            let hash = self.keyed_hash(|h| {
+                h.write(b"refresh");
+                h.write(token.as_bytes());
+            });
+            let (tag, page) = Self::tag_and_page(hash, refresh.pages);
+            match replay::remember(
+                host.store,
+                host.metrics,
+                slots::REFRESH,
+                tag,
+                page,
+                expires_ms,
+                now_ms,
+            ) {
+                Ok(Sighting::Fresh) => {}
+                Ok(Sighting::Replay) => return flag(Reason::RefreshReuse),
+                Ok(Sighting::TableFull) => {
+                    log::error!(
+                        "palisade: refresh-token table full; raise jwt.refresh_tokens.slots (now {})",
+                        refresh.pages.saturating_mul(slots::SLOTS_PER_PAGE as u32)
+                    );
+                    return flag(Reason::RefreshCapacity);
+                }
+                Err(error) => {
+                    return Some(self.store_failure("refresh tokens", Stage::Authenticate, error))
+                }
             }
-            Err(error) => Some(self.store_failure("refresh tokens", Stage::Authenticate, error)),
         }
+        None
     }
 
     /// Counts and logs one finding.
@@ -1028,33 +1066,76 @@ fn mask_u128(bits: u8) -> u128 {
 /// Largest token-endpoint request body read for a refresh-token grant.
 const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 
-/// The `refresh_token` of a `grant_type=refresh_token` request (RFC 6749
-/// section 6), form-encoded or, as some servers accept, JSON.
-fn refresh_token_of(content_type: ContentType, body: &[u8]) -> Option<String> {
-    let (grant, token) = match content_type {
-        ContentType::Form => {
-            let mut grant = None;
-            let mut token = None;
-            for (k, v) in form_urlencoded::parse(body) {
-                match k.as_ref() {
-                    "grant_type" => grant = Some(v.into_owned()),
-                    "refresh_token" => token = Some(v.into_owned()),
-                    _ => {}
+/// The refresh tokens of a `grant_type=refresh_token` request (RFC 6749
+/// section 6) as any server could read its body, whatever the declared
+/// content type: as a form, and, when it is a JSON object, as JSON. Servers
+/// differ in what they read, so every reading is checked. A parameter
+/// present twice in a reading is an error (RFC 6749 section 3.1 forbids
+/// it): a server may take the first value where palisade would take the
+/// last.
+fn refresh_tokens_of(body: &[u8]) -> Result<Vec<String>, Reason> {
+    let mut readings: Vec<Vec<(Cow<'_, str>, Cow<'_, str>)>> =
+        vec![form_urlencoded::parse(body).collect()];
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if let Ok(JsonMembers(members)) = serde_json::from_slice(body) {
+            let members = members.into_iter().map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (Cow::Owned(k), Cow::Owned(v))
+            });
+            readings.push(members.collect());
+        }
+    }
+    let mut tokens = Vec::new();
+    for params in &readings {
+        let mut seen = std::collections::HashSet::with_capacity(params.len());
+        if !params.iter().all(|(k, _)| seen.insert(k.as_ref())) {
+            return Err(Reason::RefreshRepeatedParameter);
+        }
+        let value = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_ref())
+        };
+        if value("grant_type") == Some("refresh_token") {
+            if let Some(token) = value("refresh_token").filter(|t| !t.is_empty()) {
+                if !tokens.iter().any(|t| t == token) {
+                    tokens.push(token.to_string());
                 }
             }
-            (grant, token)
         }
-        ContentType::Json => {
-            let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-            let field = |name: &str| doc.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-            (field("grant_type"), field("refresh_token"))
+    }
+    Ok(tokens)
+}
+
+/// The members of a JSON object in order, repeated names included
+/// (`serde_json::Value` keeps only the last of them).
+struct JsonMembers(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
         }
-        ContentType::Other => return None,
-    };
-    (grant.as_deref() == Some("refresh_token"))
-        .then_some(token)
-        .flatten()
-        .filter(|t| !t.is_empty())
+        deserializer.deserialize_map(Members)
+    }
 }
 
 #[cfg(test)]
@@ -1966,6 +2047,197 @@ mod tests {
             assert_eq!(grant("rt-2"), None);
             f.clock.advance(31 * 86_400_000);
             assert_eq!(grant("rt-1"), None, "forgotten after `remember`");
+        }
+
+        #[test]
+        fn tokens_without_a_subject_share_no_user_key() {
+            let f = Fixture::new(&config(
+                r#", "rate_limits": {"rules": [{"name": "per-user", "key": ["user"], "routes": ["api"], "capacity": 1, "refill": "none"}]}"#,
+            ));
+            let without = |extra: serde_json::Value| {
+                let mut c = claims("", extra);
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("sub");
+                }
+                bearer(&mint(c))
+            };
+            let a = without(serde_json::json!({"jti": "a"}));
+            let b = without(serde_json::json!({"jti": "b"}));
+            let empty = bearer(&mint(claims("", serde_json::json!({"jti": "c"}))));
+            for token in [&a, &b, &empty] {
+                let Verdict::Allow { upstream, .. } =
+                    f.send("GET", "/api/x", &[("authorization", token)])
+                else {
+                    unreachable!("each token has a bucket of its own");
+                };
+                assert!(upstream.set.is_empty(), "no user to forward");
+            }
+            assert_eq!(f.status("GET", "/api/x", &[("authorization", &a)]), 429);
+            let numeric = bearer(&mint(claims("", serde_json::json!({"sub": 42}))));
+            let r = respond(f.send("GET", "/api/x", &[("authorization", &numeric)]));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.claims"));
+        }
+
+        /// A token request through both phases: `None` when it may go on.
+        fn token_request(
+            f: &Fixture,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> Option<LocalResponse> {
+            let Verdict::Allow {
+                body: Some(check), ..
+            } = f.send("POST", path, headers)
+            else {
+                unreachable!("the token route holds the body of {path}");
+            };
+            f.engine
+                .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+        }
+
+        const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+        const JSON: (&str, &str) = ("content-type", "application/json");
+
+        fn refused(r: Option<LocalResponse>) -> (u16, String, String) {
+            let r = r.unwrap_or_else(|| unreachable!("expected a refusal"));
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            (
+                r.status,
+                reason(&r),
+                body["error"].as_str().unwrap_or("").to_string(),
+            )
+        }
+
+        #[test]
+        fn a_repeated_token_request_parameter_is_refused() {
+            let f = Fixture::new(&config(""));
+            let used = "grant_type=refresh_token&refresh_token=rt-used";
+            assert_eq!(token_request(&f, "/oauth/token", &[FORM], used), None);
+            let repeated = (
+                400,
+                "oauth.repeated_parameter".to_string(),
+                "invalid_request".to_string(),
+            );
+            // A server reading the first value would accept the replay.
+            for body in [
+                "grant_type=refresh_token&refresh_token=rt-used&refresh_token=rt-fresh-1",
+                "grant_type=refresh_token&refresh_token=rt-fresh-2&refresh_token=rt-used",
+                "grant_type=refresh_token&grant_type=authorization_code&refresh_token=rt-used",
+                "grant_type=authorization_code&code=c&code=d",
+                "grant_type=refresh_token&refresh%5Ftoken=rt-used&refresh_token=rt-fresh-3",
+            ] {
+                assert_eq!(
+                    refused(token_request(&f, "/oauth/token", &[FORM], body)),
+                    repeated,
+                    "{body}"
+                );
+            }
+            for body in [
+                r#"{"grant_type": "refresh_token", "refresh_token": "rt-used", "refresh_token": "rt-fresh-4"}"#,
+                r#"{"grant_type": "authorization_code", "grant_type": "refresh_token", "refresh_token": "rt-fresh-5"}"#,
+            ] {
+                assert_eq!(
+                    refused(token_request(&f, "/oauth/token", &[JSON], body)),
+                    repeated,
+                    "{body}"
+                );
+            }
+            // Some servers read the query too, and first: refused before
+            // the body is read.
+            for path in [
+                "/oauth/token?refresh_token=rt-used",
+                "/oauth/token?grant_type=refresh_token",
+                "/oauth/token?tenant=a&tenant=b",
+            ] {
+                let r = respond(f.send("POST", path, &[FORM]));
+                assert_eq!(
+                    (r.status, reason(&r), r.body.contains("\"invalid_request\"")),
+                    (400, "oauth.repeated_parameter".to_string(), true),
+                    "{path}"
+                );
+            }
+            assert_eq!(
+                token_request(&f, "/oauth/token?tenant=a", &[FORM], "grant_type=password"),
+                None
+            );
+            // Nested duplicates are not parameters; other grants go on.
+            let nested = r#"{"grant_type": "password", "x": {"a": 1, "a": 2}}"#;
+            assert_eq!(token_request(&f, "/oauth/token", &[JSON], nested), None);
+        }
+
+        #[test]
+        fn refresh_grants_are_checked_whatever_their_content_type() {
+            let f = Fixture::new(&config(""));
+            let form = |rt: &str| format!("grant_type=refresh_token&refresh_token={rt}");
+            let json = |rt: &str| {
+                format!(r#" {{"grant_type": "refresh_token", "refresh_token": "{rt}"}}"#)
+            };
+            let declared: [&[(&str, &str)]; 5] = [
+                &[],
+                &[("content-type", "text/plain")],
+                &[(
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=UTF-8",
+                )],
+                &[JSON],
+                &[FORM],
+            ];
+            for (i, headers) in declared.iter().enumerate() {
+                for body in [form(&format!("rt-form-{i}")), json(&format!("rt-json-{i}"))] {
+                    assert_eq!(token_request(&f, "/oauth/token", headers, &body), None);
+                    assert_eq!(
+                        refused(token_request(&f, "/oauth/token", headers, &body)).1,
+                        "oauth.refresh_reuse",
+                        "{headers:?} {body}"
+                    );
+                }
+            }
+            // The same token in either encoding is the same token.
+            assert_eq!(
+                refused(token_request(
+                    &f,
+                    "/oauth/token",
+                    &[JSON],
+                    &json("rt-form-0")
+                ))
+                .1,
+                "oauth.refresh_reuse"
+            );
+            // Bodies palisade cannot read are refused, not waved through.
+            for headers in [
+                [("content-type", "multipart/form-data; boundary=x")],
+                [("content-encoding", "gzip")],
+            ] {
+                assert_eq!(
+                    refused(token_request(&f, "/oauth/token", &headers, "--x")),
+                    (
+                        400,
+                        "oauth.unsupported_body".to_string(),
+                        "invalid_request".to_string()
+                    ),
+                    "{headers:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn the_token_route_matches_with_a_trailing_slash() {
+            let f = Fixture::new(&config(""));
+            let body = "grant_type=refresh_token&refresh_token=rt-slash";
+            assert_eq!(token_request(&f, "/oauth/token", &[FORM], body), None);
+            assert_eq!(
+                refused(token_request(&f, "/oauth/token/", &[FORM], body)).1,
+                "oauth.refresh_reuse"
+            );
+            assert_eq!(f.route("token"), {
+                let Verdict::Allow {
+                    body: Some(check), ..
+                } = f.send("POST", "/oauth/token/?x=1", &[FORM])
+                else {
+                    unreachable!("the token route holds the body");
+                };
+                check.route
+            });
         }
 
         fn remote_config(without_keys: &str) -> String {

@@ -18,7 +18,14 @@ impl PathMatcher {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathMatcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PathMatcher::Exact(exact) => path == exact,
+            // `/oauth/token/` is the same endpoint to most servers: an exact
+            // path that missed it would leave the endpoint unprotected.
+            PathMatcher::Exact(exact) => {
+                fn trim(p: &str) -> &str {
+                    p.strip_suffix('/').filter(|r| !r.is_empty()).unwrap_or(p)
+                }
+                trim(path) == trim(exact)
+            }
             PathMatcher::Regex(regex) => regex.is_match(path),
         }
     }
@@ -134,6 +141,10 @@ mod tests {
             "query is not part of the path"
         );
         assert_eq!(name("GET", "/healthz"), "default", "exact means exact");
+        assert_eq!(name("GET", "/health/"), "health", "one trailing slash");
+        assert_eq!(name("GET", "/health/?x=1"), "health");
+        assert_eq!(name("GET", "/health//"), "default", "one slash only");
+        assert_eq!(name("GET", "/health/x"), "default");
         assert_eq!(name("GET", "/api/v2/search"), "search");
         assert_eq!(name("GET", "/api/v2/search?q=x"), "search");
         assert_eq!(name("GET", "/api/v2/items"), "api");

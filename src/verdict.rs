@@ -73,6 +73,12 @@ pub enum Reason {
     ConfigMissing,
     /// The host failed to provide the clock or the request headers.
     HostUnavailable,
+    /// A token request carries a parameter more than once (RFC 6749
+    /// section 3.1): palisade and the server could read different values.
+    RefreshRepeatedParameter,
+    /// A token request whose body palisade cannot read (multipart, or
+    /// content-encoded): its refresh token could not be checked.
+    RefreshUnsupportedBody,
 }
 
 impl Reason {
@@ -101,6 +107,8 @@ impl Reason {
             Reason::StoreUnavailable => "store.unavailable",
             Reason::ConfigMissing => "config.missing",
             Reason::HostUnavailable => "host.unavailable",
+            Reason::RefreshRepeatedParameter => "oauth.repeated_parameter",
+            Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
         }
     }
 
@@ -120,7 +128,9 @@ impl Reason {
             | Reason::AuthzScope
             | Reason::AuthzMfa
             | Reason::RefreshReuse
-            | Reason::BanActive => Decision::Deny,
+            | Reason::BanActive
+            | Reason::RefreshRepeatedParameter
+            | Reason::RefreshUnsupportedBody => Decision::Deny,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
@@ -137,7 +147,9 @@ impl Reason {
             Reason::RequestMalformed(_)
             | Reason::ClientIpInvalid
             | Reason::Digest(_)
-            | Reason::RefreshReuse => 400,
+            | Reason::RefreshReuse
+            | Reason::RefreshRepeatedParameter
+            | Reason::RefreshUnsupportedBody => 400,
             Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::AuthMissing
@@ -158,9 +170,15 @@ impl Reason {
 
     /// The short `error` word of the JSON body.
     pub fn error_word(self) -> &'static str {
+        // What OAuth clients expect from a token endpoint (RFC 6749 5.2).
         if self == Reason::RefreshReuse {
-            // What OAuth clients expect from a token endpoint (RFC 6749 5.2).
             return "invalid_grant";
+        }
+        if matches!(
+            self,
+            Reason::RefreshRepeatedParameter | Reason::RefreshUnsupportedBody
+        ) {
+            return "invalid_request";
         }
         match self.status() {
             400 => "bad_request",
@@ -190,6 +208,7 @@ impl Reason {
                 | Reason::AuthzScope
                 | Reason::AuthzMfa
                 | Reason::RefreshReuse
+                | Reason::RefreshRepeatedParameter
         )
     }
 
@@ -315,6 +334,8 @@ pub enum ContentType {
     Form,
     Json,
     Other,
+    /// Multipart or content-encoded: palisade cannot read its parameters.
+    Unreadable,
 }
 
 /// Changes to the request before it goes upstream: client copies of the

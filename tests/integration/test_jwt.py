@@ -671,6 +671,122 @@ def test_refresh_token_reuse_is_refused_on_other_workers(idp):
     assert rt not in log and rt2 not in log, "a refresh token value is in Envoy's log"
 
 
+def via(e: harness.EnvoyInstance, transport: str, method: str, path: str, headers=None, body: bytes = b""):
+    """One request over HTTP/1.1 (``h1``) or HTTP/2 with prior knowledge (``h2``)."""
+    if transport == "h1":
+        return send(e, method, path, headers, body or None)
+    resp = harness.h2_request(e.port, method, path, headers or {}, body)
+    RESPONSES.append(resp)
+    return resp
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def _grant(rt: str) -> bytes:
+    return f"grant_type=refresh_token&refresh_token={rt}".encode()
+
+
+def _json_grant(rt: str, *more: str) -> bytes:
+    members = ", ".join(f'"refresh_token": "{t}"' for t in (rt, *more))
+    return ('{"grant_type": "refresh_token", ' + members + "}").encode()
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+def test_a_repeated_token_request_parameter_is_refused(idp, transport):
+    """Issue 11: `refresh_token=<used>&refresh_token=<fresh>` passed (palisade
+    checked the last value; a server reading the first accepted the replay)."""
+    rt = _refresh_token()
+    upstream_view(via(idp, transport, "POST", "/oauth/token", FORM, _grant(rt)))
+    fresh = _refresh_token()
+    attempts = {
+        "used first": (FORM, _grant(rt) + f"&refresh_token={fresh}".encode(), "/oauth/token"),
+        "used last": (FORM, _grant(fresh) + f"&refresh_token={rt}".encode(), "/oauth/token"),
+        "grant_type twice": (FORM, _grant(rt) + b"&grant_type=authorization_code", "/oauth/token"),
+        "encoded name": (FORM, _grant(fresh) + f"&refresh%5Ftoken={rt}".encode(), "/oauth/token"),
+        "JSON member twice": (JSON_TYPE, _json_grant(rt, fresh), "/oauth/token"),
+        "in the query": (FORM, _grant(fresh), f"/oauth/token?refresh_token={rt}"),
+    }
+    for what, (headers, body, path) in attempts.items():
+        doc = denied(via(idp, transport, "POST", path, headers, body), 400, "oauth.repeated_parameter")
+        assert doc["error"] == "invalid_request", (what, doc)
+    # None of them was remembered: the fresh token passes once.
+    upstream_view(via(idp, transport, "POST", "/oauth/token", FORM, _grant(fresh)))
+    denied(via(idp, transport, "POST", "/oauth/token", FORM, _grant(fresh)), 400, "oauth.refresh_reuse")
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+def test_refresh_grants_are_checked_whatever_their_content_type(idp, transport):
+    """Issue 11: a grant without a form or JSON content type was not checked."""
+    declared = [{}, {"Content-Type": "text/plain"}, {"Content-Type": "application/octet-stream"},
+                {"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"}, JSON_TYPE]
+    for headers in declared:
+        for encode in (_grant, _json_grant):
+            rt = _refresh_token()
+            upstream_view(via(idp, transport, "POST", "/oauth/token", headers, encode(rt)))
+            denied(via(idp, transport, "POST", "/oauth/token", headers, encode(rt)), 400, "oauth.refresh_reuse")
+    # A token used as a form is the same token as JSON.
+    rt = _refresh_token()
+    upstream_view(via(idp, transport, "POST", "/oauth/token", FORM, _grant(rt)))
+    denied(via(idp, transport, "POST", "/oauth/token", {"Content-Type": "text/plain"}, _json_grant(rt)),
+           400, "oauth.refresh_reuse")
+    # Bodies palisade cannot read are refused.
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    body = f'--b\r\nContent-Disposition: form-data; name="refresh_token"\r\n\r\n{rt}\r\n--b--\r\n'.encode()
+    doc = denied(via(idp, transport, "POST", "/oauth/token", multipart, body), 400, "oauth.unsupported_body")
+    assert doc["error"] == "invalid_request", doc
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+def test_the_token_route_matches_with_a_trailing_slash(idp, transport):
+    """Issue 11: `"path": "/oauth/token"` did not match `/oauth/token/`."""
+    for first, again in (("/oauth/token", "/oauth/token/"), ("/oauth/token/", "/oauth/token?x=1")):
+        rt = _refresh_token()
+        upstream_view(via(idp, transport, "POST", first, FORM, _grant(rt)))
+        denied(via(idp, transport, "POST", again, FORM, _grant(rt)), 400, "oauth.refresh_reuse")
+
+
+# --------------------------------------------------------------------------
+# Claim types
+# --------------------------------------------------------------------------
+def signed(payload: dict, key=RSA_KEY, kid: str = "rsa-1", alg: str = "RS256") -> str:
+    """A token with exactly ``payload`` (claims() cannot set every type)."""
+    return record_token(jwt.encode(payload, key, algorithm=alg, headers={"kid": kid}))
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+def test_claims_of_the_wrong_type_are_refused(idp, transport):
+    """Issue 11: `"sub": 42` passed `required_claims: ["sub"]`."""
+    for change in [{"sub": 42}, {"sub": ["alice"]}, {"sub": {"id": "alice"}}, {"sub": ""}, {"jti": 7},
+                   {"aud": [AUDIENCE, 5]}]:
+        token = signed({**claims(), **change})
+        resp = via(idp, transport, "GET", "/api/types", bearer(token))
+        assert (resp[0], harness.reason_of(resp)) == (401, "jwt.claims"), (change, resp[0], resp[2][:200])
+        denied(resp, 401, "jwt.claims")
+    view = upstream_view(via(idp, transport, "GET", "/api/types", bearer(signed(claims(sub="typed")))))
+    assert view.get("x-palisade-user") == ["typed"], view
+
+
+def test_tokens_without_a_subject_share_no_user_key(envoy):
+    """Issue 11: tokens whose `sub` was absent, empty or a number all shared one
+    empty-subject bucket (idp2 does not require `sub`)."""
+    cfg = copy.deepcopy(MAIN_CONFIG)
+    cfg["rate_limits"] = {
+        "rules": [{"name": "per-user", "key": ["user"], "routes": ["api"], "capacity": 2, "refill": "none"}]
+    }
+    e = envoy(cfg, concurrency=2)
+
+    def idp2(**fields) -> str:
+        return signed({**claims(iss=ISSUER2, drop=("sub",)), **fields}, EC2_KEY, "idp2-ec", "ES256")
+
+    for transport in ("h1", "h2"):
+        first, second, empty = idp2(), idp2(), idp2(sub="")
+        for token in (first, first, second, empty):
+            expect(via(e, transport, "GET", "/api/n", bearer(token)), 200)
+        expect(via(e, transport, "GET", "/api/n", bearer(first)), 429, "rl.exhausted")
+        denied(via(e, transport, "GET", "/api/n", bearer(idp2(sub=42))), 401, "jwt.claims")
+
+
 # --------------------------------------------------------------------------
 # Rate limit keyed on the verified subject
 # --------------------------------------------------------------------------
