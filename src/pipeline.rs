@@ -453,7 +453,8 @@ impl Engine {
                 Ok(Sighting::TableFull) => {
                     log::error!(
                         "palisade: replay table full; raise signatures.replay_slots (now {})",
-                        sigs.replay_pages.saturating_mul(4)
+                        sigs.replay_pages
+                            .saturating_mul(slots::SLOTS_PER_PAGE as u32)
                     );
                     flag(Reason::ReplayCapacity);
                 }
@@ -487,8 +488,7 @@ impl Engine {
                 }
             }
         });
-        let pages = self.policy.signatures.replay_pages;
-        let (tag, page) = Self::tag_and_page(hash, pages);
+        let addr = Self::address(hash, self.policy.signatures.replay_pages);
         // `created` is always required, so there is an end; an hour is a
         // backstop that keeps records from living for ever.
         let expires_ms = verified
@@ -500,8 +500,7 @@ impl Engine {
             host.store,
             host.metrics,
             slots::REPLAY,
-            tag,
-            page,
+            addr,
             expires_ms,
             now_ms,
         )
@@ -533,8 +532,8 @@ impl Engine {
             {
                 continue;
             }
-            let (tag, page) = self.slot_of(rule, facts, limits.pages);
-            let finding = match limiter.check(rule, tag, page, now_ms) {
+            let addr = self.slot_of(rule, facts, limits.pages);
+            let finding = match limiter.check(rule, addr, now_ms) {
                 Ok(RuleOutcome::Allowed(q)) => {
                     if quota.is_none_or(|best| q.remaining < best.remaining) {
                         *quota = Some(q);
@@ -605,14 +604,19 @@ impl Engine {
         h.finish128()
     }
 
-    fn tag_and_page(hash: Hash128, pages: u32) -> (u64, u32) {
-        let tag = hash.h1.max(1);
-        let page = u32::try_from(hash.h2 % u64::from(pages.max(1))).unwrap_or(0);
-        (tag, page)
+    /// Tag from one half of the hash, home page from the other (the tag
+    /// also picks the alternates, see `slots::Address`).
+    fn address(hash: Hash128, pages: u32) -> slots::Address {
+        let pages = pages.max(1);
+        slots::Address {
+            tag: hash.h1.max(1),
+            home: u32::try_from(hash.h2 % u64::from(pages)).unwrap_or(0),
+            pages,
+        }
     }
 
-    /// Slot tag and page of the rule's key for this request.
-    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> (u64, u32) {
+    /// Slot address of the rule's key for this request.
+    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> slots::Address {
         let hash = self.keyed_hash(|h| {
             h.write(rule.name.as_bytes());
             h.write_u8(0xff);
@@ -643,7 +647,7 @@ impl Engine {
                 h.write_u16(facts.route);
             }
         });
-        Self::tag_and_page(hash, pages)
+        Self::address(hash, pages)
     }
 
     fn conclude(
@@ -769,7 +773,7 @@ impl Engine {
             h.write(b"refresh");
             h.write(token.as_bytes());
         });
-        let (tag, page) = Self::tag_and_page(hash, refresh.pages);
+        let addr = Self::address(hash, refresh.pages);
         let now_ms = facts.now_ms(host.clock);
         let expires_ms = now_ms.saturating_add(refresh.remember_ms);
         let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
@@ -777,8 +781,7 @@ impl Engine {
             host.store,
             host.metrics,
             slots::REFRESH,
-            tag,
-            page,
+            addr,
             expires_ms,
             now_ms,
         ) {
