@@ -1038,6 +1038,68 @@ mod tests {
         ]}
     }"#;
 
+    /// Deterministic pseudo-random keys (splitmix64) for the sizing tests.
+    struct Keys(u64);
+
+    impl Keys {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(slots::GOLDEN);
+            slots::spread(self.0)
+        }
+    }
+
+    /// Table size and load levels (percent of the slots) of the sizing tests.
+    const SIZING_SLOTS: u32 = 4096;
+    const LOADS: [u32; 4] = [25, 50, 75, 90];
+
+    /// Sends the first request of `SIZING_SLOTS` × 90 % distinct keys, one
+    /// each; `refused(i)` sends key `i`'s. Returns how many were refused by
+    /// the time the table held each of `LOADS`, printed for the README
+    /// (`cargo test sizing -- --nocapture`).
+    fn refusals(table: &str, mut refused: impl FnMut(u32) -> bool) -> [u32; 4] {
+        let mut counts = [0; 4];
+        let mut total = 0;
+        for i in 0..SIZING_SLOTS * LOADS[3] / 100 {
+            total += u32::from(refused(i));
+            for (count, load) in counts.iter_mut().zip(LOADS) {
+                if i < SIZING_SLOTS * load / 100 {
+                    *count = total;
+                }
+            }
+        }
+        println!(
+            "sizing: {table}: first requests refused at {LOADS:?} % of {SIZING_SLOTS} slots: {counts:?}"
+        );
+        counts
+    }
+
+    #[test]
+    fn sizing_rate_limits_place_new_clients_until_the_table_is_well_filled() {
+        let f = Fixture::new(&format!(
+            r#"{{"client_ip": {{"source": "x-forwarded-for", "trusted_hops": 1}},
+                "rate_limits": {{"slots": {SIZING_SLOTS}, "rules": [{{"name": "per-ip", "key": ["ip"], "capacity": 10, "refill": {{"tokens": 10, "every": "1m"}}}}]}}}}"#
+        ));
+        // Drain the overflow bucket: every key without a slot shows as refused.
+        let key = slots::overflow_key(0);
+        let drained = slots::update(&f.store, &f.metrics, &key, |page| {
+            page.records[0].state = u64::MAX;
+            (true, ())
+        });
+        assert_eq!(drained, Ok(()));
+        let mut keys = Keys(11);
+        let counts = refusals("rate_limits", |_| {
+            let ip = std::net::Ipv4Addr::from(keys.next() as u32).to_string();
+            match f.send("GET", "/", &[("x-forwarded-for", ip.as_str())]) {
+                Verdict::Allow { .. } => false,
+                Verdict::Respond(r) => {
+                    assert!(r.body.contains("rl.overflow"), "{}", r.body);
+                    true
+                }
+            }
+        });
+        assert_eq!(counts[..3], [0, 0, 0]);
+    }
+
     /// `encode_map` over raw bytes: HTTP/2 hands the filter bytes that are
     /// not UTF-8.
     type RawPair<'a> = (&'a [u8], &'a [u8]);
@@ -1462,6 +1524,31 @@ mod tests {
         }
 
         #[test]
+        fn sizing_replay_remembers_every_nonce_until_the_table_is_well_filled() {
+            let json = config("")
+                .replace(
+                    r#""max_body_bytes": 64,"#,
+                    &format!(r#""max_body_bytes": 64, "replay_slots": {SIZING_SLOTS},"#),
+                )
+                .replace(r#""capacity": 3,"#, r#""capacity": 100000,"#);
+            let f = Fixture::new(&json);
+            let mut keys = Keys(12);
+            let body = br#"{"amount": 5}"#;
+            let counts = refusals("signatures.replay_slots", |_| {
+                let nonce = format!("{:016x}{:016x}", keys.next(), keys.next());
+                let params = format!("{};nonce=\"{nonce}\"", created(&f));
+                let headers = signed("/pay", body, ("client-a", SECRET), &params);
+                let (status, body) = outcome(&f, &headers, body);
+                assert!(
+                    status == 200 || body.contains("sig.replay_capacity"),
+                    "{status} {body}"
+                );
+                status != 200
+            });
+            assert_eq!(counts[..3], [0, 0, 0]);
+        }
+
+        #[test]
         fn a_signed_request_with_its_body_passes_once() {
             let f = Fixture::new(&config(""));
             let body = br#"{"amount": 5}"#;
@@ -1825,24 +1912,27 @@ mod tests {
             assert_eq!(f.status("GET", "/api/x", &[("authorization", &bob)]), 200);
         }
 
+        /// A `refresh_token` grant on the token route: its refusal, if any.
+        fn grant(f: &Fixture, token: &str) -> Option<LocalResponse> {
+            let body = format!("grant_type=refresh_token&refresh_token={token}&client_id=web");
+            let Verdict::Allow {
+                body: Some(check), ..
+            } = f.send(
+                "POST",
+                "/oauth/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+            )
+            else {
+                unreachable!("the token route holds the body");
+            };
+            f.engine
+                .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+        }
+
         #[test]
         fn a_refresh_token_is_accepted_once() {
             let f = Fixture::new(&config(""));
-            let grant = |token: &str| {
-                let body = format!("grant_type=refresh_token&refresh_token={token}&client_id=web");
-                let Verdict::Allow {
-                    body: Some(check), ..
-                } = f.send(
-                    "POST",
-                    "/oauth/token",
-                    &[("content-type", "application/x-www-form-urlencoded")],
-                )
-                else {
-                    unreachable!("the token route holds the body");
-                };
-                f.engine
-                    .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
-            };
+            let grant = |token: &str| grant(&f, token);
             assert_eq!(grant("rt-1"), None);
             let r = grant("rt-1").unwrap_or_else(|| unreachable!("reuse is refused"));
             assert_eq!(
@@ -1853,6 +1943,29 @@ mod tests {
             assert_eq!(grant("rt-2"), None);
             f.clock.advance(31 * 86_400_000);
             assert_eq!(grant("rt-1"), None, "forgotten after `remember`");
+        }
+
+        #[test]
+        fn sizing_refresh_remembers_every_token_until_the_table_is_well_filled() {
+            let json = config("").replace(r#""slots": 64"#, &format!(r#""slots": {SIZING_SLOTS}"#));
+            let f = Fixture::new(&json);
+            let mut keys = Keys(13);
+            let counts = refusals("jwt.refresh_tokens.slots", |_| {
+                let token = format!(
+                    "{:016x}{:016x}{:016x}",
+                    keys.next(),
+                    keys.next(),
+                    keys.next()
+                );
+                match grant(&f, &token) {
+                    None => false,
+                    Some(r) => {
+                        assert_eq!(reason(&r), "oauth.refresh_capacity");
+                        true
+                    }
+                }
+            });
+            assert_eq!(counts[..3], [0, 0, 0]);
         }
 
         fn remote_config(without_keys: &str) -> String {
