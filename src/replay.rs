@@ -7,9 +7,10 @@
 //! that window is a replay, whichever worker it reaches.
 //!
 //! Only verified signatures reach this table, so only holders of a key can
-//! fill it. A page with no expired slot means the table is too small for
-//! the signed traffic: the request is refused (fail closed) rather than
-//! accepted unremembered, and `signatures.replay_slots` needs raising.
+//! fill it. No expired slot on the home page nor on any alternate means the
+//! table is too small for the signed traffic: the request is refused (fail
+//! closed) rather than accepted unremembered, and `signatures.replay_slots`
+//! needs raising.
 
 use crate::host::{Metrics, SharedStore, StoreError};
 use crate::slots::{self, Address, Record, Tenant};
