@@ -1950,7 +1950,10 @@ mod tests {
         assert_eq!(p.failure_mode, FailureMode::Deny);
         assert_eq!(p.client_ip, ClientIpSource::Peer);
         assert!(p.rate_limits.rules.is_empty());
-        assert_eq!(p.rate_limits.pages, DEFAULT_SLOTS / 4);
+        assert_eq!(
+            p.rate_limits.pages,
+            DEFAULT_SLOTS / slots::SLOTS_PER_PAGE as u32
+        );
         assert_eq!(p.bans.after, 3);
     }
 
@@ -1985,7 +1988,7 @@ mod tests {
             ClientIpSource::ForwardedFor { trusted_hops: 2 }
         );
         assert_eq!(p.user_header.as_deref(), Some("x-user-id"));
-        assert_eq!(p.rate_limits.pages, 250);
+        assert_eq!(p.rate_limits.pages, 63, "1,000 slots in pages of 16");
         assert_eq!(p.rate_limits.rules.len(), 2);
         assert_eq!(
             p.rate_limits.rules[0].refill,

@@ -510,7 +510,8 @@ impl Engine {
                 Ok(Sighting::TableFull) => {
                     log::error!(
                         "palisade: replay table full; raise signatures.replay_slots (now {})",
-                        sigs.replay_pages.saturating_mul(4)
+                        sigs.replay_pages
+                            .saturating_mul(slots::SLOTS_PER_PAGE as u32)
                     );
                     flag(Reason::ReplayCapacity);
                 }
@@ -544,8 +545,7 @@ impl Engine {
                 }
             }
         });
-        let pages = self.policy.signatures.replay_pages;
-        let (tag, page) = Self::tag_and_page(hash, pages);
+        let addr = Self::address(hash, self.policy.signatures.replay_pages);
         // `created` is always required, so there is an end; an hour is a
         // backstop that keeps records from living for ever.
         let expires_ms = verified
@@ -557,8 +557,7 @@ impl Engine {
             host.store,
             host.metrics,
             slots::REPLAY,
-            tag,
-            page,
+            addr,
             expires_ms,
             now_ms,
         )
@@ -605,8 +604,8 @@ impl Engine {
             metrics: host.metrics,
         };
         for (rule, charge) in due {
-            let (tag, page) = self.slot_of(rule, facts, limits.pages);
-            let finding = match limiter.check(rule, tag, page, now_ms, charge) {
+            let addr = self.slot_of(rule, facts, limits.pages);
+            let finding = match limiter.check(rule, addr, now_ms, charge) {
                 Ok(RuleOutcome::Allowed(q)) => {
                     // A failures rule is no quota of the client's requests.
                     let counted = rule.counts == Counts::Requests;
@@ -720,14 +719,19 @@ impl Engine {
         h.finish128()
     }
 
-    fn tag_and_page(hash: Hash128, pages: u32) -> (u64, u32) {
-        let tag = hash.h1.max(1);
-        let page = u32::try_from(hash.h2 % u64::from(pages.max(1))).unwrap_or(0);
-        (tag, page)
+    /// Tag from one half of the hash, home page from the other (the tag
+    /// also picks the alternates, see `slots::Address`).
+    fn address(hash: Hash128, pages: u32) -> slots::Address {
+        let pages = pages.max(1);
+        slots::Address {
+            tag: hash.h1.max(1),
+            home: u32::try_from(hash.h2 % u64::from(pages)).unwrap_or(0),
+            pages,
+        }
     }
 
-    /// Slot tag and page of the rule's key for this request.
-    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> (u64, u32) {
+    /// Slot address of the rule's key for this request.
+    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> slots::Address {
         let hash = self.keyed_hash(|h| {
             h.write(rule.name.as_bytes());
             h.write_u8(0xff);
@@ -765,7 +769,7 @@ impl Engine {
                 h.write_u16(facts.route);
             }
         });
-        Self::tag_and_page(hash, pages)
+        Self::address(hash, pages)
     }
 
     fn conclude(
@@ -906,13 +910,12 @@ impl Engine {
                 h.write(b"refresh");
                 h.write(token.as_bytes());
             });
-            let (tag, page) = Self::tag_and_page(hash, refresh.pages);
+            let addr = Self::address(hash, refresh.pages);
             match replay::remember(
                 host.store,
                 host.metrics,
                 slots::REFRESH,
-                tag,
-                page,
+                addr,
                 expires_ms,
                 now_ms,
             ) {
@@ -1229,6 +1232,68 @@ mod tests {
             {"name": "public-ip", "key": ["ip"], "routes": ["public"], "capacity": 100, "refill": {"tokens": 100, "every": "1s"}}
         ]}
     }"#;
+
+    /// Deterministic pseudo-random keys (splitmix64) for the sizing tests.
+    struct Keys(u64);
+
+    impl Keys {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(slots::GOLDEN);
+            slots::spread(self.0)
+        }
+    }
+
+    /// Table size and load levels (percent of the slots) of the sizing tests.
+    const SIZING_SLOTS: u32 = 4096;
+    const LOADS: [u32; 4] = [25, 50, 75, 90];
+
+    /// Sends the first request of `SIZING_SLOTS` × 90 % distinct keys, one
+    /// each; `refused(i)` sends key `i`'s. Returns how many were refused by
+    /// the time the table held each of `LOADS`, printed for the README
+    /// (`cargo test sizing -- --nocapture`).
+    fn refusals(table: &str, mut refused: impl FnMut(u32) -> bool) -> [u32; 4] {
+        let mut counts = [0; 4];
+        let mut total = 0;
+        for i in 0..SIZING_SLOTS * LOADS[3] / 100 {
+            total += u32::from(refused(i));
+            for (count, load) in counts.iter_mut().zip(LOADS) {
+                if i < SIZING_SLOTS * load / 100 {
+                    *count = total;
+                }
+            }
+        }
+        println!(
+            "sizing: {table}: first requests refused at {LOADS:?} % of {SIZING_SLOTS} slots: {counts:?}"
+        );
+        counts
+    }
+
+    #[test]
+    fn sizing_rate_limits_place_new_clients_until_the_table_is_well_filled() {
+        let f = Fixture::new(&format!(
+            r#"{{"client_ip": {{"source": "x-forwarded-for", "trusted_hops": 1}},
+                "rate_limits": {{"slots": {SIZING_SLOTS}, "rules": [{{"name": "per-ip", "key": ["ip"], "capacity": 10, "refill": {{"tokens": 10, "every": "1m"}}}}]}}}}"#
+        ));
+        // Drain the overflow bucket: every key without a slot shows as refused.
+        let key = slots::overflow_key(0);
+        let drained = slots::update(&f.store, &f.metrics, &key, |page| {
+            page.records[0].state = u64::MAX;
+            (true, ())
+        });
+        assert_eq!(drained, Ok(()));
+        let mut keys = Keys(11);
+        let counts = refusals("rate_limits", |_| {
+            let ip = std::net::Ipv4Addr::from(keys.next() as u32).to_string();
+            match f.send("GET", "/", &[("x-forwarded-for", ip.as_str())]) {
+                Verdict::Allow { .. } => false,
+                Verdict::Respond(r) => {
+                    assert!(r.body.contains("rl.overflow"), "{}", r.body);
+                    true
+                }
+            }
+        });
+        assert_eq!(counts[..3], [0, 0, 0]);
+    }
 
     /// `encode_map` over raw bytes: HTTP/2 hands the filter bytes that are
     /// not UTF-8.
@@ -1654,6 +1719,31 @@ mod tests {
         }
 
         #[test]
+        fn sizing_replay_remembers_every_nonce_until_the_table_is_well_filled() {
+            let json = config("")
+                .replace(
+                    r#""max_body_bytes": 64,"#,
+                    &format!(r#""max_body_bytes": 64, "replay_slots": {SIZING_SLOTS},"#),
+                )
+                .replace(r#""capacity": 3,"#, r#""capacity": 100000,"#);
+            let f = Fixture::new(&json);
+            let mut keys = Keys(12);
+            let body = br#"{"amount": 5}"#;
+            let counts = refusals("signatures.replay_slots", |_| {
+                let nonce = format!("{:016x}{:016x}", keys.next(), keys.next());
+                let params = format!("{};nonce=\"{nonce}\"", created(&f));
+                let headers = signed("/pay", body, ("client-a", SECRET), &params);
+                let (status, body) = outcome(&f, &headers, body);
+                assert!(
+                    status == 200 || body.contains("sig.replay_capacity"),
+                    "{status} {body}"
+                );
+                status != 200
+            });
+            assert_eq!(counts[..3], [0, 0, 0]);
+        }
+
+        #[test]
         fn a_signed_request_with_its_body_passes_once() {
             let f = Fixture::new(&config(""));
             let body = br#"{"amount": 5}"#;
@@ -2019,24 +2109,27 @@ mod tests {
             assert_eq!(f.status("GET", "/api/x", &[("authorization", &bob)]), 200);
         }
 
+        /// A `refresh_token` grant on the token route: its refusal, if any.
+        fn grant(f: &Fixture, token: &str) -> Option<LocalResponse> {
+            let body = format!("grant_type=refresh_token&refresh_token={token}&client_id=web");
+            let Verdict::Allow {
+                body: Some(check), ..
+            } = f.send(
+                "POST",
+                "/oauth/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+            )
+            else {
+                unreachable!("the token route holds the body");
+            };
+            f.engine
+                .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+        }
+
         #[test]
         fn a_refresh_token_is_accepted_once() {
             let f = Fixture::new(&config(""));
-            let grant = |token: &str| {
-                let body = format!("grant_type=refresh_token&refresh_token={token}&client_id=web");
-                let Verdict::Allow {
-                    body: Some(check), ..
-                } = f.send(
-                    "POST",
-                    "/oauth/token",
-                    &[("content-type", "application/x-www-form-urlencoded")],
-                )
-                else {
-                    unreachable!("the token route holds the body");
-                };
-                f.engine
-                    .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
-            };
+            let grant = |token: &str| grant(&f, token);
             assert_eq!(grant("rt-1"), None);
             let r = grant("rt-1").unwrap_or_else(|| unreachable!("reuse is refused"));
             assert_eq!(
@@ -2238,6 +2331,29 @@ mod tests {
                 };
                 check.route
             });
+        }
+
+        #[test]
+        fn sizing_refresh_remembers_every_token_until_the_table_is_well_filled() {
+            let json = config("").replace(r#""slots": 64"#, &format!(r#""slots": {SIZING_SLOTS}"#));
+            let f = Fixture::new(&json);
+            let mut keys = Keys(13);
+            let counts = refusals("jwt.refresh_tokens.slots", |_| {
+                let token = format!(
+                    "{:016x}{:016x}{:016x}",
+                    keys.next(),
+                    keys.next(),
+                    keys.next()
+                );
+                match grant(&f, &token) {
+                    None => false,
+                    Some(r) => {
+                        assert_eq!(reason(&r), "oauth.refresh_capacity");
+                        true
+                    }
+                }
+            });
+            assert_eq!(counts[..3], [0, 0, 0]);
         }
 
         fn remote_config(without_keys: &str) -> String {

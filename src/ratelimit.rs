@@ -16,7 +16,7 @@
 use crate::config::{BanPolicy, Counts};
 use crate::host::{Metrics, SharedStore, StoreError};
 use crate::routes::RouteId;
-use crate::slots::{self, Page, Record};
+use crate::slots::{self, Address, Page, Record, Tenant};
 use crate::verdict::Quota;
 
 /// Which request attributes make up a rule's key.
@@ -298,12 +298,7 @@ pub struct Limiter<'a> {
     pub metrics: &'a dyn Metrics,
 }
 
-enum Placed {
-    Done(RuleOutcome),
-    NoSlot,
-}
-
-impl Limiter<'_> {
+impl Tenant for Limiter<'_> {
     fn reclaimable(&self, record: &Record, now_ms: u64) -> bool {
         let Some(owner) = self.rules.get(usize::from(record.rule)) else {
             return true;
@@ -313,54 +308,61 @@ impl Limiter<'_> {
             && self.bans.decayed(record, now_ms) == (0, 0)
     }
 
-    /// Applies `rule` to the client whose key hashes to (`tag`, `page`).
+    /// The latest of: bucket full again, ban over, level and strikes decayed.
+    fn settles_at(&self, record: &Record) -> u64 {
+        let Some(owner) = self.rules.get(usize::from(record.rule)) else {
+            return 0;
+        };
+        let full = match owner.interval_us {
+            Some(_) => record.state.div_ceil(1000),
+            None if record.state == 0 => 0,
+            None => return u64::MAX,
+        };
+        let level = if record.level > 0 {
+            record
+                .last_violation_ms
+                .max(record.banned_until_ms)
+                .saturating_add(u64::from(record.level).saturating_mul(self.bans.decay_ms))
+        } else {
+            0
+        };
+        let strikes = if record.strikes > 0 {
+            record.last_violation_ms.saturating_add(self.bans.decay_ms)
+        } else {
+            0
+        };
+        full.max(record.banned_until_ms).max(level).max(strikes)
+    }
+}
+
+impl Limiter<'_> {
+    /// Applies `rule` to the client at `addr`.
     pub fn check(
         &self,
         rule: &Rule,
-        tag: u64,
-        page: u32,
+        addr: Address,
         now_ms: u64,
         charge: Charge,
     ) -> Result<RuleOutcome, StoreError> {
         let now_us = now_ms.saturating_mul(1000);
-        let placed = slots::update(
+        let placed = slots::upsert(
             self.store,
             self.metrics,
-            &slots::page_key(slots::RATE_LIMITS, page),
-            |page: &mut Page| {
-                let Some(i) = page.place(tag, |r| self.reclaimable(r, now_ms)) else {
-                    return (false, Placed::NoSlot);
-                };
-                let Some(slot) = page.records.get_mut(i) else {
-                    return (false, Placed::NoSlot);
-                };
+            slots::RATE_LIMITS,
+            addr,
+            now_ms,
+            self,
+            |record| {
                 // The rule index follows reloads that reorder rules.
-                let (mut record, mut write) = if slot.tag == tag {
-                    let mut record = Record {
-                        rule: rule.index,
-                        ..*slot
-                    };
-                    let stepped = rebase(&mut record, rule, now_ms);
-                    (record, stepped)
-                } else {
-                    let fresh = Record {
-                        tag,
-                        rule: rule.index,
-                        updated_s: seconds(now_ms),
-                        ..Record::default()
-                    };
-                    (fresh, false)
-                };
-                let outcome = self.judge(rule, &mut record, &mut write, now_ms, charge);
-                if write {
-                    *slot = record;
-                }
-                (write, Placed::Done(outcome))
+                record.rule = rule.index;
+                let mut write = rebase(record, rule, now_ms);
+                let outcome = self.judge(rule, record, &mut write, now_ms, charge);
+                (write, outcome)
             },
         )?;
         match placed {
-            Placed::Done(outcome) => Ok(outcome),
-            Placed::NoSlot => self.check_overflow(rule, now_us, charge),
+            Some(outcome) => Ok(outcome),
+            None => self.check_overflow(rule, now_us, charge),
         }
     }
 
@@ -604,6 +606,12 @@ mod tests {
         (store, MemoryMetrics::default())
     }
 
+    fn at(tag: u64, home: u32, pages: u32) -> Address {
+        Address { tag, home, pages }
+    }
+
+    const FULL: u64 = slots::SLOTS_PER_PAGE as u64;
+
     #[test]
     fn a_full_page_sends_newcomers_to_the_overflow_bucket() {
         let (store, metrics) = limiter_fixture(1);
@@ -622,33 +630,22 @@ mod tests {
             store: &store,
             metrics: &metrics,
         };
-        // Four keys each take a token: their buckets are not full, so they hold their slots.
-        for tag in 1..=4 {
-            assert!(matches!(
-                limiter.check(&rules[0], tag, 0, T0, Charge::Take),
-                Ok(RuleOutcome::Allowed(_))
-            ));
+        let check = |tag, now| limiter.check(&rules[0], at(tag, 0, 1), now, Charge::Take);
+        // Each key takes a token: their buckets are not full, so they hold their slots.
+        for tag in 1..=FULL {
+            assert!(matches!(check(tag, T0), Ok(RuleOutcome::Allowed(_))));
         }
         // Newcomers share the overflow bucket of capacity 2.
+        assert!(matches!(check(FULL + 1, T0), Ok(RuleOutcome::Allowed(_))));
+        assert!(matches!(check(FULL + 2, T0), Ok(RuleOutcome::Allowed(_))));
         assert!(matches!(
-            limiter.check(&rules[0], 5, 0, T0, Charge::Take),
-            Ok(RuleOutcome::Allowed(_))
-        ));
-        assert!(matches!(
-            limiter.check(&rules[0], 6, 0, T0, Charge::Take),
-            Ok(RuleOutcome::Allowed(_))
-        ));
-        assert!(matches!(
-            limiter.check(&rules[0], 7, 0, T0, Charge::Take),
+            check(FULL + 3, T0),
             Ok(RuleOutcome::Throttled { overflow: true, .. })
         ));
         // Key 1 kept its half-empty bucket: one more token, then throttled.
+        assert!(matches!(check(1, T0), Ok(RuleOutcome::Allowed(_))));
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
-            Ok(RuleOutcome::Allowed(_))
-        ));
-        assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
+            check(1, T0),
             Ok(RuleOutcome::Throttled {
                 overflow: false,
                 ..
@@ -656,27 +653,37 @@ mod tests {
         ));
         // Once buckets are full again, slots are reclaimed.
         assert!(matches!(
-            limiter.check(&rules[0], 9, 0, T0 + 120_000, Charge::Take),
+            check(FULL + 4, T0 + 120_000),
             Ok(RuleOutcome::Allowed(_))
         ));
     }
 
-    #[test]
-    fn a_banned_key_keeps_its_slot_through_a_flood() {
-        let (store, metrics) = limiter_fixture(1);
-        let rules = [rule(
+    /// One token a second.
+    fn per_second(ban: bool) -> Rule {
+        rule(
             1,
             Some(Refill {
                 tokens: 1,
                 every_ms: 1_000,
             }),
-            true,
-        )];
-        let b = BanPolicy {
+            ban,
+        )
+    }
+
+    /// Bans at the first violation, for an hour.
+    fn hour_bans() -> BanPolicy {
+        BanPolicy {
             base_ms: 3_600_000,
             max_ms: 3_600_000,
             ..bans(1)
-        };
+        }
+    }
+
+    #[test]
+    fn a_banned_key_keeps_its_slot_through_a_flood() {
+        let (store, metrics) = limiter_fixture(4);
+        let rules = [per_second(true)];
+        let b = hour_bans();
         let limiter = Limiter {
             rules: &rules,
             bans: &b,
@@ -684,27 +691,170 @@ mod tests {
             metrics: &metrics,
         };
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
+            limiter.check(&rules[0], at(1, 0, 4), T0, Charge::Take),
             Ok(RuleOutcome::Allowed(_))
         ));
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0, Charge::Take),
+            limiter.check(&rules[0], at(1, 0, 4), T0, Charge::Take),
             Ok(RuleOutcome::Throttled {
                 ban_issued: true,
                 ..
             })
         ));
+        // Newcomers on every page, spilling to alternates while they can.
         for tag in 2..10_000u64 {
-            let _ = limiter.check(&rules[0], tag, 0, T0 + tag, Charge::Take);
+            let _ = limiter.check(
+                &rules[0],
+                at(tag, (tag % 4) as u32, 4),
+                T0 + tag,
+                Charge::Take,
+            );
         }
         assert!(matches!(
-            limiter.check(&rules[0], 1, 0, T0 + 20_000, Charge::Take),
+            limiter.check(&rules[0], at(1, 0, 4), T0 + 20_000, Charge::Take),
             Ok(RuleOutcome::Banned { retry_after_s }) if retry_after_s > 3_500
         ));
         assert_eq!(
             store.key_count(),
-            2,
-            "one page and one overflow bucket, whatever the traffic"
+            5,
+            "four pages and one overflow bucket, whatever the traffic"
         );
+    }
+
+    #[test]
+    fn a_spilled_key_keeps_its_ban_when_its_home_page_frees_a_slot() {
+        let (store, metrics) = limiter_fixture(2);
+        // Rule 0 refills within a second; rule 1 bans for an hour.
+        let rules = [
+            per_second(false),
+            Rule {
+                index: 1,
+                ..per_second(true)
+            },
+        ];
+        let b = hour_bans();
+        let limiter = Limiter {
+            rules: &rules,
+            bans: &b,
+            store: &store,
+            metrics: &metrics,
+        };
+        for tag in 1..=FULL {
+            assert!(matches!(
+                limiter.check(&rules[0], at(tag, 0, 2), T0, Charge::Take),
+                Ok(RuleOutcome::Allowed(_))
+            ));
+        }
+        let spilled = at(99, 0, 2);
+        assert!(matches!(
+            limiter.check(&rules[1], spilled, T0, Charge::Take),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[1], spilled, T0, Charge::Take),
+            Ok(RuleOutcome::Throttled {
+                ban_issued: true,
+                ..
+            })
+        ));
+        let home = store
+            .get(&slots::page_key(slots::RATE_LIMITS, 0))
+            .ok()
+            .flatten()
+            .map(|(b, _)| Page::decode(&b))
+            .unwrap_or_default();
+        assert!(
+            home.records.iter().all(|r| r.tag != 99),
+            "the key spilled to its alternate"
+        );
+        // A minute later every record on the home page is reclaimable: the
+        // key must still be found where it lives, not start afresh at home.
+        assert!(matches!(
+            limiter.check(&rules[1], spilled, T0 + 60_000, Charge::Take),
+            Ok(RuleOutcome::Banned { retry_after_s }) if retry_after_s > 3_500
+        ));
+        // A newcomer takes a home slot; the banned key is still banned.
+        assert!(matches!(
+            limiter.check(&rules[0], at(500, 0, 2), T0 + 60_000, Charge::Take),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            limiter.check(&rules[1], spilled, T0 + 61_000, Charge::Take),
+            Ok(RuleOutcome::Banned { .. })
+        ));
+        let tagged: usize = (0..2)
+            .filter_map(|i| {
+                store
+                    .get(&slots::page_key(slots::RATE_LIMITS, i))
+                    .ok()
+                    .flatten()
+            })
+            .map(|(b, _)| {
+                Page::decode(&b)
+                    .records
+                    .iter()
+                    .filter(|r| r.tag == 99)
+                    .count()
+            })
+            .sum();
+        assert_eq!(tagged, 1, "one record for the key");
+    }
+
+    #[test]
+    fn a_record_settles_exactly_when_it_becomes_reclaimable() {
+        let (store, metrics) = limiter_fixture(1);
+        let rules = [
+            rule(
+                3,
+                Some(Refill {
+                    tokens: 1,
+                    every_ms: 7_000,
+                }),
+                true,
+            ),
+            rule(3, None, false),
+        ];
+        let b = bans(2);
+        let limiter = Limiter {
+            rules: &rules,
+            bans: &b,
+            store: &store,
+            metrics: &metrics,
+        };
+        // Records as a key's requests leave them: a token taken now and
+        // then, strikes, bans and their decay.
+        let mut record = Record {
+            tag: 1,
+            ..Record::default()
+        };
+        let mut seen = 0;
+        for step in 0..400u64 {
+            let now = T0 + step * 1_300;
+            if step % 3 != 2 {
+                let take = rules[0].take(record.state, now * 1000);
+                if take.allowed {
+                    record.state = take.state;
+                } else {
+                    b.strike(&mut record, now);
+                }
+            }
+            let settles = limiter.settles_at(&record);
+            for later in [0, 1, 10_000, 10_000_000] {
+                assert!(limiter.reclaimable(&record, settles + later), "{record:?}");
+            }
+            if settles > 0 {
+                assert!(!limiter.reclaimable(&record, settles - 1), "{record:?}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 300);
+        let counted = Record {
+            rule: 1,
+            state: 1,
+            ..record
+        };
+        assert_eq!(limiter.settles_at(&counted), u64::MAX, "never refills");
+        let orphan = Record { rule: 9, ..record };
+        assert_eq!(limiter.settles_at(&orphan), 0, "no such rule");
     }
 }

@@ -7,12 +7,13 @@
 //! that window is a replay, whichever worker it reaches.
 //!
 //! Only verified signatures reach this table, so only holders of a key can
-//! fill it. A page with no expired slot means the table is too small for
-//! the signed traffic: the request is refused (fail closed) rather than
-//! accepted unremembered, and `signatures.replay_slots` needs raising.
+//! fill it. No expired slot on the home page nor on any alternate means the
+//! table is too small for the signed traffic: the request is refused (fail
+//! closed) rather than accepted unremembered, and `signatures.replay_slots`
+//! needs raising.
 
 use crate::host::{Metrics, SharedStore, StoreError};
-use crate::slots::{self, Page, Record};
+use crate::slots::{self, Address, Record, Tenant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sighting {
@@ -24,39 +25,42 @@ pub enum Sighting {
     TableFull,
 }
 
-/// Records `tag` (a keyed hash of what must be seen once: a signature's key
-/// id and nonce, a refresh token) on `page` of `table` until `expires_ms`.
+/// Records of this table: a tag and the time it expires (`state`, Unix ms).
+struct Expiring;
+
+impl Tenant for Expiring {
+    fn reclaimable(&self, record: &Record, now_ms: u64) -> bool {
+        record.state <= now_ms
+    }
+
+    fn settles_at(&self, record: &Record) -> u64 {
+        record.state
+    }
+}
+
+/// Records `addr`'s tag (a keyed hash of what must be seen once: a
+/// signature's key id and nonce, a refresh token) in `table` until
+/// `expires_ms`.
 pub fn remember(
     store: &dyn SharedStore,
     metrics: &dyn Metrics,
     table: &str,
-    tag: u64,
-    page: u32,
+    addr: Address,
     expires_ms: u64,
     now_ms: u64,
 ) -> Result<Sighting, StoreError> {
-    let key = slots::page_key(table, page);
-    slots::update(store, metrics, &key, |page: &mut Page| {
-        if page
-            .records
-            .iter()
-            .any(|r| r.tag == tag && r.state > now_ms)
-        {
+    let seen = slots::upsert(store, metrics, table, addr, now_ms, &Expiring, |record| {
+        if record.state > now_ms {
             return (false, Sighting::Replay);
         }
-        let Some(slot) = page
-            .place(tag, |r| r.state <= now_ms)
-            .and_then(|i| page.records.get_mut(i))
-        else {
-            return (false, Sighting::TableFull);
-        };
-        *slot = Record {
-            tag,
+        *record = Record {
+            tag: record.tag,
             state: expires_ms,
             ..Record::default()
         };
         (true, Sighting::Fresh)
-    })
+    })?;
+    Ok(seen.unwrap_or(Sighting::TableFull))
 }
 
 #[cfg(test)]
@@ -64,13 +68,39 @@ mod tests {
     use super::*;
     use crate::host::{MemoryMetrics, MemoryStore};
 
+    const FULL: u64 = slots::SLOTS_PER_PAGE as u64;
+
+    fn at(tag: u64, pages: u32) -> Address {
+        Address {
+            tag,
+            home: 0,
+            pages,
+        }
+    }
+
+    fn fixture(pages: u32) -> (MemoryStore, MemoryMetrics) {
+        let store = MemoryStore::new();
+        slots::ensure_pages(
+            &store,
+            (0..pages).map(|i| slots::page_key(slots::REPLAY, i)),
+        )
+        .unwrap_or_else(|e| unreachable!("{e:?}"));
+        (store, MemoryMetrics::default())
+    }
+
     #[test]
     fn a_tag_is_fresh_once_until_it_expires() {
-        let store = MemoryStore::new();
-        let metrics = MemoryMetrics::default();
-        slots::ensure_pages(&store, [slots::page_key(slots::REPLAY, 0)])
-            .unwrap_or_else(|e| unreachable!("{e:?}"));
-        let seen = |tag, now| remember(&store, &metrics, slots::REPLAY, tag, 0, now + 1_000, now);
+        let (store, metrics) = fixture(1);
+        let seen = |tag, now| {
+            remember(
+                &store,
+                &metrics,
+                slots::REPLAY,
+                at(tag, 1),
+                now + 1_000,
+                now,
+            )
+        };
         assert_eq!(seen(7, 0), Ok(Sighting::Fresh));
         assert_eq!(seen(7, 500), Ok(Sighting::Replay));
         assert_eq!(seen(8, 500), Ok(Sighting::Fresh));
@@ -79,27 +109,40 @@ mod tests {
     }
 
     #[test]
-    fn a_full_page_refuses_rather_than_forgets() {
-        let store = MemoryStore::new();
-        let metrics = MemoryMetrics::default();
-        for tag in 1..=4 {
-            assert_eq!(
-                remember(&store, &metrics, slots::REPLAY, tag, 0, 10_000, 0),
-                Ok(Sighting::Fresh)
-            );
+    fn a_full_table_refuses_rather_than_forgets() {
+        let (store, metrics) = fixture(1);
+        let seen =
+            |tag, expires, now| remember(&store, &metrics, slots::REPLAY, at(tag, 1), expires, now);
+        for tag in 1..=FULL {
+            assert_eq!(seen(tag, 10_000, 0), Ok(Sighting::Fresh));
         }
+        assert_eq!(seen(FULL + 1, 10_000, 1), Ok(Sighting::TableFull));
         assert_eq!(
-            remember(&store, &metrics, slots::REPLAY, 5, 0, 10_000, 1),
-            Ok(Sighting::TableFull)
-        );
-        assert_eq!(
-            remember(&store, &metrics, slots::REPLAY, 2, 0, 10_000, 1),
+            seen(2, 10_000, 1),
             Ok(Sighting::Replay),
             "nothing was evicted"
         );
-        assert_eq!(
-            remember(&store, &metrics, slots::REPLAY, 5, 0, 20_000, 10_000),
-            Ok(Sighting::Fresh)
-        );
+        assert_eq!(seen(FULL + 1, 20_000, 10_000), Ok(Sighting::Fresh));
+    }
+
+    #[test]
+    fn a_spilled_tag_is_a_replay_even_when_its_home_page_has_room_again() {
+        let (store, metrics) = fixture(2);
+        let seen =
+            |tag, expires, now| remember(&store, &metrics, slots::REPLAY, at(tag, 2), expires, now);
+        for tag in 1..=FULL {
+            assert_eq!(seen(tag, 1_000, 0), Ok(Sighting::Fresh));
+        }
+        assert_eq!(seen(99, 60_000, 0), Ok(Sighting::Fresh), "spilled");
+        // The home page's records expired: room at home, yet the tag is
+        // found on its alternate instead of being remembered afresh.
+        assert_eq!(seen(99, 60_000, 2_000), Ok(Sighting::Replay));
+        for tag in 100..100 + FULL {
+            assert_eq!(seen(tag, 60_000, 2_000), Ok(Sighting::Fresh));
+        }
+        assert_eq!(seen(99, 60_000, 3_000), Ok(Sighting::Replay));
+        // Once expired it is fresh again, placed wherever there is room.
+        assert_eq!(seen(99, 90_000, 60_000), Ok(Sighting::Fresh));
+        assert_eq!(seen(99, 90_000, 60_001), Ok(Sighting::Replay));
     }
 }
