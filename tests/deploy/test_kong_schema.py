@@ -61,6 +61,7 @@ GAPS = {
     "a provider's clock_skew is at most 1 h, a key-set fetch's timeout at most 60 s":
         r"must be at most 3600 seconds|must be at most 60s",
     "a rule keyed on key_id needs a signature policy": r"no `signatures\.policies` verify",
+    "a rule counting failures is keyed on ip and route only": r"a rule counting failures is checked before authentication",
     "secrets are standard base64 of 32 bytes or more": r"is not valid standard base64|a secret must be at least 32 bytes",
     "an env secret or key hash names a variable set where palisade runs": r"is not set in the wasm VM",
     "an env key hash holds 64 hex digits": r"sha256\.env`: must be the 64 hex digits",
@@ -942,7 +943,7 @@ def _readme_field_tables() -> dict[str, set[str]]:
                     current = named.group(1) if named else SUBTABLE_INTROS[text_before]
             if line.startswith("| `"):
                 first = re.split(r"(?<!\\)\|", line)[1]
-                tables.setdefault(current, set()).update(re.findall(r"`([a-z_]+)`", first))
+                tables.setdefault(current, set()).update(re.findall(r"`([a-z][a-z0-9_]*)`", first))
     return tables
 
 
