@@ -15,12 +15,12 @@
 //! on the request path; an unknown `kid` costs one shared-data read to pick
 //! up a set another worker fetched.
 
-use crate::config::{FailureMode, Mode};
+use crate::core::mode::{FailureMode, Mode};
+use crate::core::request::HeaderMap;
+use crate::core::routes::RouteId;
+use crate::core::verdict::Reason;
 use crate::jwks::{self, RemoteJwks};
 use crate::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
-use crate::request::HeaderMap;
-use crate::routes::RouteId;
-use crate::verdict::Reason;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -263,7 +263,7 @@ pub fn check(
     policy: &AuthzPolicy,
     headers: &HeaderMap<'_>,
     now_ms: u64,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> Result<Principal, Refusal> {
     if policy.accept_api_key {
         if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
@@ -397,7 +397,7 @@ fn verify_token<'s>(
     policy: &AuthzPolicy,
     token: &str,
     now_ms: u64,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> Result<(usize, Cow<'s, VerifiedToken>), Reason> {
     let now_s = now_ms / 1000;
     let cached = policy.providers.iter().copied().find(|&i| {
@@ -463,7 +463,7 @@ fn verify_token<'s>(
 fn adopt_shared(
     state: &mut ProviderState,
     spec: &ProviderSpec,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> bool {
     let Some(remote) = &spec.remote else {
         return false;

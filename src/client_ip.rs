@@ -8,7 +8,7 @@
 //! malformed request, not a reason to fall back to a spoofable one.
 
 use crate::config::ClientIpSource;
-use crate::request::HeaderMap;
+use crate::core::request::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::encode_map;
+    use crate::core::request::encode_map;
 
     fn resolve_with(
         source: ClientIpSource,

@@ -10,13 +10,18 @@
 use crate::auth::{
     ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
 };
-use crate::duration::Millis;
+use crate::core::config_error::{
+    assign_routes, check_name, env_value, err, is_header_name, route_ids, ConfigError,
+};
+use crate::core::duration::Millis;
+use crate::core::metrics::StatNames;
+use crate::core::mode::{string_enum, FailureMode, Mode};
+use crate::core::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
 use crate::jwks::RemoteJwks;
 use crate::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
 use crate::ratelimit::{KeySpec, Refill, Rule};
-use crate::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
 use crate::signature::{KeyRing, Requirements};
-use crate::slots;
+use crate::state::slots;
 use base64::Engine as _;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -32,95 +37,6 @@ const MIN_SLOTS: u32 = 16;
 const MAX_SLOTS: u32 = 1 << 22;
 const DEFAULT_SLOTS: u32 = 65_536;
 const MAX_BAN_AFTER: u32 = 10_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// JSON path of the offending value, `.` for the document itself.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration at `{}`: {}",
-            self.path, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-/// Unit enums are written as plain strings only: serde would also take the
-/// map form `{"enforce": null}`, which no operator means.
-macro_rules! string_enum {
-    ($name:ident, $expecting:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct StrVisitor;
-                impl Visitor<'_> for StrVisitor {
-                    type Value = $name;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
-                        match v {
-                            $($text => Ok($variant),)+
-                            other => Err(E::unknown_variant(other, &[$($text),+])),
-                        }
-                    }
-                }
-                deserializer.deserialize_str(StrVisitor)
-            }
-        }
-    };
-}
-
-/// Whether a stage's findings can deny, or are only logged and counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Monitor,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Monitor => "monitor",
-        }
-    }
-}
-
-string_enum!(Mode, "\"enforce\" or \"monitor\"", { "enforce" => Mode::Enforce, "monitor" => Mode::Monitor });
-
-/// What a request gets when palisade's own state (shared data) fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    #[default]
-    Deny,
-    Allow,
-}
-
-string_enum!(FailureMode, "\"deny\" or \"allow\"", { "deny" => FailureMode::Deny, "allow" => FailureMode::Allow });
-
-impl FailureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureMode::Deny => "deny",
-            FailureMode::Allow => "allow",
-        }
-    }
-}
 
 /// Which requests take a token from a rule's bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -273,6 +189,27 @@ impl Policy {
             without_secrets(err(path, e.into_inner().to_string()), &doc)
         })?;
         compile(raw)
+    }
+}
+
+/// Stat names carry the configured names of routes, rules and providers.
+impl StatNames for Policy {
+    fn route_name(&self, route: RouteId) -> &str {
+        self.routes.name(route)
+    }
+
+    fn rule_name(&self, rule: u8) -> Option<&str> {
+        self.rate_limits
+            .rules
+            .get(usize::from(rule))
+            .map(|r| r.name.as_str())
+    }
+
+    fn provider_name(&self, provider: u8) -> Option<&str> {
+        self.auth
+            .providers
+            .get(usize::from(provider))
+            .map(|p| p.name.as_str())
     }
 }
 
@@ -758,7 +695,7 @@ impl<'de> Deserialize<'de> for RawDuration {
         if matches!(text.as_str(), "0" | "0s" | "0ms") {
             return Ok(RawDuration(0));
         }
-        crate::duration::parse_duration(&text)
+        crate::core::duration::parse_duration(&text)
             .map(|d| RawDuration(d.as_ms()))
             .map_err(de::Error::custom)
     }
@@ -937,32 +874,6 @@ struct RawBans {
     decay: Option<Millis>,
 }
 
-/// Names end up in metric tags and response headers: keep them short and
-/// free of anything that needs escaping.
-fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(err(
-            path,
-            format!(
-                "`{name}` is not a valid name; use 1 to 32 lowercase letters, digits, `_` or `-`"
-            ),
-        ))
-    }
-}
-
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     if raw.version != SCHEMA_VERSION {
         return Err(err(
@@ -1015,79 +926,6 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 const MAX_MAX_BODY: u64 = 64 << 20;
 const DEFAULT_REPLAY_SLOTS: u32 = 65_536;
-
-fn route_ids(
-    routes: &RouteTable,
-    names: &[String],
-    path: &str,
-) -> Result<Vec<RouteId>, ConfigError> {
-    if names.is_empty() {
-        return Err(err(path, "must not be empty"));
-    }
-    names
-        .iter()
-        .enumerate()
-        .map(|(j, name)| {
-            routes.id_of(name).ok_or_else(|| {
-                err(
-                    format!("{path}[{j}]"),
-                    format!("no route class named `{name}` (define it under `routes`, or use `default`)"),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Gives each route class named at `path` to policy `index`: a class has at
-/// most one policy of a kind (`what`).
-fn assign_routes(
-    by_route: &mut [Option<usize>],
-    routes: &RouteTable,
-    names: &[String],
-    path: &str,
-    index: usize,
-    what: &str,
-) -> Result<(), ConfigError> {
-    for (j, id) in route_ids(routes, names, path)?.into_iter().enumerate() {
-        let Some(slot) = by_route.get_mut(usize::from(id)) else {
-            continue;
-        };
-        if slot.is_some() {
-            return Err(err(
-                format!("{path}[{j}]"),
-                format!("this route class already has {what} policy"),
-            ));
-        }
-        *slot = Some(index);
-    }
-    Ok(())
-}
-
-/// A secret's text from an environment variable of the wasm VM, for the
-/// `{"env": NAME}` form at `path`.
-/// The name is quoted only when it reads as a variable name
-/// (`PALISADE_KEY`): a secret pasted in place of its name is never echoed.
-fn env_value(name: &str, path: &str) -> Result<String, ConfigError> {
-    let conventional = (1..=64).contains(&name.len())
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    let shown = if conventional {
-        format!("`{name}`")
-    } else {
-        "named here (not shown: it is not an upper-case variable name)".to_string()
-    };
-    std::env::var(name).map_err(|_| {
-        err(
-            format!("{path}.env"),
-            format!(
-                "environment variable {shown} is not set in the wasm VM \
-                 (list it in Envoy's vm_config.environment_variables)"
-            ),
-        )
-    })
-}
 
 fn decode_secret(secret: &RawSecret, path: &str) -> Result<Vec<u8>, ConfigError> {
     let (text, source) = match secret {
@@ -1916,7 +1754,7 @@ fn compile_rate_limits(
     }
     Ok(RateLimits {
         mode: raw.mode.unwrap_or(global),
-        pages: slots.div_ceil(crate::slots::SLOTS_PER_PAGE as u32),
+        pages: slots.div_ceil(crate::state::slots::SLOTS_PER_PAGE as u32),
         quota_headers: raw.quota_headers,
         rules,
     })
@@ -1925,6 +1763,8 @@ fn compile_rate_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::metrics::Counter;
+    use crate::core::verdict::{Decision, Reason, Stage};
 
     fn error_of(json: &str) -> ConfigError {
         match Policy::from_json(json.as_bytes()) {
@@ -2352,5 +2192,36 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("invalid configuration at `rate_limits.rules[0].capacity`: "));
+    }
+
+    #[test]
+    fn stat_names_carry_only_configured_or_fixed_labels() {
+        let policy = Policy::from_json(
+            br#"{"routes": [{"name": "login", "prefix": "/login"}],
+                 "rate_limits": {"rules": [{"name": "login-ip", "key": ["ip"], "capacity": 1, "refill": "none"}]}}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let finding = Counter::Finding {
+            stage: Stage::RateLimit,
+            reason: Reason::RateLimitExhausted,
+            mode: Mode::Monitor,
+            route: 0,
+        };
+        assert_eq!(
+            finding.stat_name(&policy),
+            "palisade_findings_total.stage.ratelimit.reason.rl_exhausted.mode.monitor.route.login"
+        );
+        let request = Counter::Request {
+            decision: Decision::Throttle,
+            route: 1,
+        };
+        assert_eq!(
+            request.stat_name(&policy),
+            "palisade_requests_total.decision.throttle.route.default"
+        );
+        assert_eq!(
+            Counter::BanIssued { rule: 0 }.stat_name(&policy),
+            "palisade_bans_total.rule.login-ip"
+        );
     }
 }

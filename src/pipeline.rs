@@ -8,22 +8,24 @@
 
 use crate::auth::{self, AuthState, AuthzPolicy};
 use crate::client_ip;
-use crate::config::{ConfigError, Counts, FailureMode, Mode, Policy, SignaturePolicy};
+use crate::config::{Counts, Policy, SignaturePolicy};
+use crate::core::config_error::ConfigError;
+use crate::core::metrics::Counter;
+use crate::core::metrics::Metrics;
+use crate::core::mode::{FailureMode, Mode};
+use crate::core::request::{request_id, HeaderMap};
+use crate::core::routes::RouteId;
+use crate::core::verdict::{
+    Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
+};
 use crate::digest::ContentDigest;
-use crate::host::{Clock, Metrics, SharedStore, StoreError};
 use crate::jwks::{self, FetchPlan};
 use crate::jwt;
-use crate::metrics::Counter;
 use crate::ratelimit::{Charge, Limiter, Rule, RuleOutcome};
-use crate::replay::{self, Sighting};
-use crate::request::{request_id, HeaderMap};
-use crate::routes::RouteId;
 use crate::signature::{self, Verified};
-use crate::slots;
-use crate::verdict::{
-    BodyCheck, ContentType, Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage,
-    UpstreamHeaders, Verdict,
-};
+use crate::state::host::{Clock, SharedStore, StoreError};
+use crate::state::replay::{self, Sighting};
+use crate::state::slots;
 use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -89,6 +91,47 @@ pub enum Body<'a> {
     TooLarge,
     /// The host failed to hand it over: it cannot be checked.
     Unreadable,
+}
+
+/// What the request-body phase still has to check before the request may
+/// go upstream: the body against a signature's `Content-Digest`, and a
+/// refresh-token grant against refresh-token reuse.
+#[derive(Debug, Clone)]
+pub struct BodyCheck {
+    /// The digest to check, with the signature stage's mode.
+    pub digest: Option<(ContentDigest, Mode)>,
+    /// Refresh-token reuse detection applies, in this mode.
+    pub refresh: Option<Mode>,
+    pub max_bytes: usize,
+    pub route: RouteId,
+    pub client_ip: Option<IpAddr>,
+    /// Key id of the verified signature, for the security log.
+    pub key_id: Option<String>,
+    pub request_id: String,
+    pub content_type: ContentType,
+}
+
+/// Body formats the body phase reads a refresh-token grant from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Form,
+    Json,
+    Other,
+    /// Multipart or content-encoded: palisade cannot read its parameters.
+    Unreadable,
+}
+
+/// The outcome of the pipeline for one request.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Forward upstream (once `body` passes, if set); add these headers to
+    /// the response (quota headers).
+    Allow {
+        response_headers: Vec<(&'static str, String)>,
+        upstream: UpstreamHeaders,
+        body: Option<BodyCheck>,
+    },
+    Respond(LocalResponse),
 }
 
 impl Engine {
@@ -1144,9 +1187,10 @@ impl<'de> serde::Deserialize<'de> for JsonMembers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{ManualClock, MemoryMetrics, MemoryStore};
-    use crate::request::encode_map;
-    use crate::slots;
+    use crate::core::metrics::MemoryMetrics;
+    use crate::core::request::encode_map;
+    use crate::state::host::{ManualClock, MemoryStore};
+    use crate::state::slots;
     use std::sync::Arc;
 
     const T0: u64 = 1_700_000_000_000;
@@ -1539,7 +1583,7 @@ mod tests {
     /// A store whose every call fails, as if the host refused shared data.
     struct BrokenStore;
     impl SharedStore for BrokenStore {
-        fn get(&self, _: &str) -> Result<Option<crate::host::Versioned>, StoreError> {
+        fn get(&self, _: &str) -> Result<Option<crate::state::host::Versioned>, StoreError> {
             Err(StoreError::Host(10))
         }
         fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {

@@ -14,10 +14,11 @@
 //! refill count the requests they let through.
 
 use crate::config::{BanPolicy, Counts};
-use crate::host::{Metrics, SharedStore, StoreError};
-use crate::routes::RouteId;
-use crate::slots::{self, Address, Page, Record, Tenant};
-use crate::verdict::Quota;
+use crate::core::metrics::Metrics;
+use crate::core::routes::RouteId;
+use crate::core::verdict::Quota;
+use crate::state::host::{SharedStore, StoreError};
+use crate::state::slots::{self, Address, Page, Record, Tenant};
 
 /// Which request attributes make up a rule's key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -447,8 +448,9 @@ impl Limiter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
-    use crate::host::{MemoryMetrics, MemoryStore};
+    use crate::core::metrics::MemoryMetrics;
+    use crate::core::mode::Mode;
+    use crate::state::host::MemoryStore;
 
     fn rule(capacity: u32, refill: Option<Refill>, ban: bool) -> Rule {
         Rule::new(

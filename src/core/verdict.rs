@@ -4,12 +4,8 @@
 //! verdict is taken once, at the end, so that `monitor` mode, metrics and the
 //! security log see every stage the same way.
 
-use crate::config::Mode;
-use crate::digest::{ContentDigest, DigestError};
-use crate::jwt::JwtError;
-use crate::routes::RouteId;
-use crate::signature::SigError;
-use std::net::IpAddr;
+use crate::core::mode::Mode;
+use crate::core::reasons::{DigestError, JwtError, SigError};
 
 /// The pipeline stages, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,51 +306,10 @@ pub struct LocalResponse {
     pub body: String,
 }
 
-/// What the request-body phase still has to check before the request may
-/// go upstream: the body against a signature's `Content-Digest`, and a
-/// refresh-token grant against refresh-token reuse.
-#[derive(Debug, Clone)]
-pub struct BodyCheck {
-    /// The digest to check, with the signature stage's mode.
-    pub digest: Option<(ContentDigest, Mode)>,
-    /// Refresh-token reuse detection applies, in this mode.
-    pub refresh: Option<Mode>,
-    pub max_bytes: usize,
-    pub route: RouteId,
-    pub client_ip: Option<IpAddr>,
-    /// Key id of the verified signature, for the security log.
-    pub key_id: Option<String>,
-    pub request_id: String,
-    pub content_type: ContentType,
-}
-
-/// Body formats the body phase reads a refresh-token grant from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentType {
-    Form,
-    Json,
-    Other,
-    /// Multipart or content-encoded: palisade cannot read its parameters.
-    Unreadable,
-}
-
 /// Changes to the request before it goes upstream: client copies of the
 /// headers palisade owns are removed, the identity headers set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamHeaders {
     pub remove: Vec<String>,
     pub set: Vec<(String, String)>,
-}
-
-/// The outcome of the pipeline for one request.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    /// Forward upstream (once `body` passes, if set); add these headers to
-    /// the response (quota headers).
-    Allow {
-        response_headers: Vec<(&'static str, String)>,
-        upstream: UpstreamHeaders,
-        body: Option<BodyCheck>,
-    },
-    Respond(LocalResponse),
 }
