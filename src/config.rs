@@ -7,9 +7,6 @@
 //! and what was expected, so that the operator reading Envoy's log can fix the
 //! document without reading this code.
 
-use crate::auth::{
-    ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
-};
 use crate::core::config_error::{
     assign_routes, check_name, env_value, err, is_header_name, route_ids, ConfigError,
 };
@@ -17,10 +14,13 @@ use crate::core::duration::Millis;
 use crate::core::metrics::StatNames;
 use crate::core::mode::{string_enum, FailureMode, Mode};
 use crate::core::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
-use crate::jwks::RemoteJwks;
-use crate::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
-use crate::ratelimit::{KeySpec, Refill, Rule};
-use crate::signature::{KeyRing, Requirements};
+use crate::stages::auth::credentials::{
+    ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
+};
+use crate::stages::auth::jwks::RemoteJwks;
+use crate::stages::auth::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
+use crate::stages::integrity::signature::{KeyRing, Requirements};
+use crate::stages::limits::buckets::{KeySpec, Refill, Rule};
 use crate::state::slots;
 use base64::Engine as _;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -1050,7 +1050,7 @@ fn compile_auth(
         }
         providers.push(compile_provider(raw, &at)?);
     }
-    let mut owned_headers = vec![crate::auth::USER_HEADER.to_string()];
+    let mut owned_headers = vec![crate::stages::auth::credentials::USER_HEADER.to_string()];
     for p in &providers {
         for f in &p.forward {
             if !owned_headers.contains(&f.header) {
@@ -1374,7 +1374,7 @@ fn compile_provider(raw: RawProvider, at: &str) -> Result<ProviderSpec, ConfigEr
                 format!("`{header}` cannot carry a claim"),
             ));
         }
-        if header == crate::auth::USER_HEADER {
+        if header == crate::stages::auth::credentials::USER_HEADER {
             return Err(err(
                 format!("{at}.forward_claims[{j}].header"),
                 format!("`{header}` is palisade's own identity header (the token's `sub`)"),

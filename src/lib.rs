@@ -4,16 +4,10 @@
 //! request view and host services ([`state::host`]) and applies the verdict it gets
 //! back. Everything here builds and is tested natively.
 
-pub mod auth;
-pub mod client_ip;
 pub mod config;
 pub mod core;
-pub mod digest;
-pub mod jwks;
-pub mod jwt;
 pub mod pipeline;
-pub mod ratelimit;
-pub mod signature;
+pub mod stages;
 pub mod state;
 
 /// Crate version, logged at VM start.

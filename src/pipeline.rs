@@ -6,8 +6,6 @@
 //! must be checked (a signed `Content-Digest`) gets its final decision in
 //! [`Engine::check_body`].
 
-use crate::auth::{self, AuthState, AuthzPolicy};
-use crate::client_ip;
 use crate::config::{Counts, Policy, SignaturePolicy};
 use crate::core::config_error::ConfigError;
 use crate::core::metrics::Counter;
@@ -18,11 +16,13 @@ use crate::core::routes::RouteId;
 use crate::core::verdict::{
     Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
-use crate::digest::ContentDigest;
-use crate::jwks::{self, FetchPlan};
-use crate::jwt;
-use crate::ratelimit::{Charge, Limiter, Rule, RuleOutcome};
-use crate::signature::{self, Verified};
+use crate::stages::auth::credentials::{self as auth, AuthState, AuthzPolicy};
+use crate::stages::auth::jwks::{self, FetchPlan};
+use crate::stages::auth::jwt;
+use crate::stages::client_ip;
+use crate::stages::integrity::digest::ContentDigest;
+use crate::stages::integrity::signature::{self, Verified};
+use crate::stages::limits::buckets::{Charge, Limiter, Rule, RuleOutcome};
 use crate::state::host::{Clock, SharedStore, StoreError};
 use crate::state::replay::{self, Sighting};
 use crate::state::slots;
@@ -1662,7 +1662,7 @@ mod tests {
 
     mod signed {
         use super::*;
-        use crate::digest::{content_digest, DigestAlg};
+        use crate::stages::integrity::digest::{content_digest, DigestAlg};
         use base64::Engine as _;
         use hmac::{Hmac, Mac};
 

@@ -6,7 +6,7 @@
 //! forge their traffic. A bot without the secret cannot produce a signature
 //! over the covered components, so it can neither forge a request nor alter
 //! the method, authority, path, query, covered headers or (through a covered
-//! `content-digest`, see [`crate::digest`]) the body of a captured one.
+//! `content-digest`, see [`crate::stages::integrity::digest`]) the body of a captured one.
 //!
 //! Assumptions and limits:
 //!
@@ -304,7 +304,7 @@ pub struct Verified {
     /// remember it. `None`: no bound.
     pub fresh_until_s: Option<u64>,
     /// The signature covers `content-digest`: the body is protected only if
-    /// the caller also checks it with [`crate::digest`].
+    /// the caller also checks it with [`crate::stages::integrity::digest`].
     pub covers_content_digest: bool,
 }
 
@@ -957,7 +957,7 @@ impl<'de> InnerListVisitor<'de> for UniqueParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::{self, DigestAlg, DigestError};
+    use crate::stages::integrity::digest::{self, DigestAlg, DigestError};
 
     /// RFC 9421 Appendix B.1.5, `test-shared-secret`.
     const RFC_SECRET: &str =

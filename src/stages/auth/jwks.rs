@@ -16,7 +16,7 @@
 //! configuration), so an attempt in flight is never duplicated; a fetched
 //! document with no usable key is a failure and the last good set stays.
 
-use crate::jwt::Jwks;
+use crate::stages::auth::jwt::Jwks;
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
 

@@ -4,14 +4,14 @@
 //! Threat: credential stuffing and token hijacking end in requests that
 //! carry someone's credential. This stage makes every protected route
 //! require a credential that verifies now (short-lived tokens, see
-//! [`crate::jwt`]), checks what it grants, and hands the upstream an identity
+//! [`crate::stages::auth::jwt`]), checks what it grants, and hands the upstream an identity
 //! it can trust: the headers palisade sets (`x-palisade-user`, forwarded
 //! claims) are always stripped from the client's request first, on every
 //! route, so a client cannot forge them where palisade does not authenticate.
 //!
 //! Cost: a repeated token is found in a per-worker cache keyed by its hash
 //! (no signature check, no JSON parse); a miss costs one signature check.
-//! Remote key sets are fetched by the root context ([`crate::jwks`]), never
+//! Remote key sets are fetched by the root context ([`crate::stages::auth::jwks`]), never
 //! on the request path; an unknown `kid` costs one shared-data read to pick
 //! up a set another worker fetched.
 
@@ -19,8 +19,8 @@ use crate::core::mode::{FailureMode, Mode};
 use crate::core::request::HeaderMap;
 use crate::core::routes::RouteId;
 use crate::core::verdict::Reason;
-use crate::jwks::{self, RemoteJwks};
-use crate::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
+use crate::stages::auth::jwks::{self, RemoteJwks};
+use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;

@@ -2,7 +2,7 @@
 //! sender hashed.
 //!
 //! Threat: a body altered between a client that signed its request and the
-//! upstream. An HTTP message signature (see [`crate::signature`]) covers the
+//! upstream. An HTTP message signature (see [`crate::stages::integrity::signature`]) covers the
 //! body only through the `content-digest` component: the signature proves the
 //! header, and this module proves the header matches the body. A digest that
 //! no signature covers proves nothing against an attacker, who can recompute
@@ -24,7 +24,7 @@
 //! buffered) and the body is hashed as it streams ([`BodyDigest`]).
 
 use crate::core::request::HeaderMap;
-use crate::signature::{combined_field, parse_dictionary};
+use crate::stages::integrity::signature::{combined_field, parse_dictionary};
 use base64::Engine as _;
 use sha2::{Digest, Sha256, Sha512};
 use std::fmt;

@@ -1,0 +1,5 @@
+//! Authentication and authorization.
+
+pub mod credentials;
+pub mod jwks;
+pub mod jwt;

@@ -1,0 +1,4 @@
+//! Request integrity.
+
+pub mod digest;
+pub mod signature;

@@ -1,0 +1,3 @@
+//! Bans and rate limits.
+
+pub mod buckets;
