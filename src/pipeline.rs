@@ -6,7 +6,7 @@
 //! must be checked (a signed `Content-Digest`) gets its final decision in
 //! [`Engine::check_body`].
 
-use crate::config::{Counts, Policy, SignaturePolicy};
+use crate::config::Policy;
 use crate::core::config_error::ConfigError;
 use crate::core::metrics::Counter;
 use crate::core::metrics::Metrics;
@@ -20,8 +20,10 @@ use crate::stages::auth::credentials::{self as auth, AuthState, AuthzPolicy};
 use crate::stages::auth::jwks::{self, FetchPlan};
 use crate::stages::auth::jwt;
 use crate::stages::client_ip;
+use crate::stages::integrity::config::SignaturePolicy;
 use crate::stages::integrity::digest::ContentDigest;
 use crate::stages::integrity::signature::{self, Verified};
+use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::buckets::{Charge, Limiter, Rule, RuleOutcome};
 use crate::state::host::{Clock, SharedStore, StoreError};
 use crate::state::replay::{self, Sighting};

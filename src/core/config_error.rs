@@ -5,6 +5,13 @@
 use crate::core::routes::{RouteId, RouteTable};
 use std::fmt;
 
+/// Bounds of every slot table's size (`slots`, `replay_slots`, ...).
+pub const MIN_SLOTS: u32 = 16;
+pub const MAX_SLOTS: u32 = 1 << 22;
+/// Default size of the tables that remember what must be seen once
+/// (signature nonces, refresh tokens).
+pub const DEFAULT_REPLAY_SLOTS: u32 = 65_536;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// JSON path of the offending value, `.` for the document itself.

@@ -7,8 +7,10 @@
 //! and its TCP peer is the client. An entry that is not an address is a
 //! malformed request, not a reason to fall back to a spoofable one.
 
-use crate::config::ClientIpSource;
+use crate::core::config_error::{err, ConfigError};
+use crate::core::mode::string_enum;
 use crate::core::request::HeaderMap;
+use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,94 @@ pub fn resolve(
         .and_then(parse_addr)
         .map(Some)
         .ok_or(ClientIpError::InvalidForwardedFor)
+}
+
+/// How much of a client address makes its `ip` key: one IPv6 host can use a
+/// whole /64, so keying by /128 would give it billions of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for IpPrefixes {
+    fn default() -> Self {
+        IpPrefixes { v4: 32, v6: 64 }
+    }
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpSource {
+    /// The TCP peer of Envoy.
+    Peer,
+    /// The `n`-th `X-Forwarded-For` entry from the right, for `n` proxies in
+    /// front of Envoy that each append the address they saw.
+    ForwardedFor { trusted_hops: u32 },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    #[serde(default)]
+    source: RawIpSource,
+    #[serde(default)]
+    trusted_hops: Option<u32>,
+    #[serde(default)]
+    ipv4_prefix: Option<u8>,
+    #[serde(default)]
+    ipv6_prefix: Option<u8>,
+}
+
+#[derive(Default, PartialEq)]
+enum RawIpSource {
+    #[default]
+    Peer,
+    ForwardedFor,
+}
+
+string_enum!(RawIpSource, "\"peer\" or \"x-forwarded-for\"", {
+    "peer" => RawIpSource::Peer,
+    "x-forwarded-for" => RawIpSource::ForwardedFor,
+});
+
+pub fn compile_client_ip(raw: &RawClientIp) -> Result<ClientIpSource, ConfigError> {
+    match (&raw.source, raw.trusted_hops) {
+        (RawIpSource::Peer, None) => Ok(ClientIpSource::Peer),
+        (RawIpSource::Peer, Some(_)) => Err(err(
+            "client_ip.trusted_hops",
+            "only applies with \"source\": \"x-forwarded-for\"",
+        )),
+        (RawIpSource::ForwardedFor, None) => Err(err(
+            "client_ip.trusted_hops",
+            "required with \"source\": \"x-forwarded-for\": the number of proxies in front of Envoy that append to X-Forwarded-For",
+        )),
+        (RawIpSource::ForwardedFor, Some(0)) => Err(err(
+            "client_ip.trusted_hops",
+            "must be at least 1; with no trusted proxy use \"source\": \"peer\"",
+        )),
+        (RawIpSource::ForwardedFor, Some(n)) if n > 16 => {
+            Err(err("client_ip.trusted_hops", format!("{n} is more hops than any real deployment; at most 16")))
+        }
+        (RawIpSource::ForwardedFor, Some(n)) => Ok(ClientIpSource::ForwardedFor { trusted_hops: n }),
+    }
+}
+
+pub fn compile_ip_prefixes(raw: &RawClientIp) -> Result<IpPrefixes, ConfigError> {
+    let mut prefixes = IpPrefixes::default();
+    if let Some(v4) = raw.ipv4_prefix {
+        if !(8..=32).contains(&v4) {
+            return Err(err("client_ip.ipv4_prefix", "must be between 8 and 32"));
+        }
+        prefixes.v4 = v4;
+    }
+    if let Some(v6) = raw.ipv6_prefix {
+        if !(16..=128).contains(&v6) {
+            return Err(err("client_ip.ipv6_prefix", "must be between 16 and 128"));
+        }
+        prefixes.v6 = v6;
+    }
+    Ok(prefixes)
 }
 
 #[cfg(test)]

@@ -7,3 +7,5 @@ pub mod auth;
 pub mod client_ip;
 pub mod integrity;
 pub mod limits;
+pub mod routes;
+pub mod user;

@@ -1,4 +1,5 @@
 //! Request integrity.
 
+pub mod config;
 pub mod digest;
 pub mod signature;

@@ -1,3 +1,4 @@
 //! Bans and rate limits.
 
 pub mod buckets;
+pub mod config;
