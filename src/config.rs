@@ -13,8 +13,8 @@
 //! which its stage's module reads and compiles.
 
 use crate::core::config_error::{err, ConfigError};
-use crate::core::metrics::StatNames;
 use crate::core::mode::{FailureMode, Mode};
+use crate::core::names::Names;
 use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::auth::config::{compile_auth, RawApiKeys, RawAuthorization, RawJwt};
 use crate::stages::auth::credentials::Auth;
@@ -98,8 +98,8 @@ impl Policy {
     }
 }
 
-/// Stat names carry the configured names of routes, rules and providers.
-impl StatNames for Policy {
+/// Stat names, responses and events carry the configured names of routes, rules and providers.
+impl Names for Policy {
     fn route_name(&self, route: RouteId) -> &str {
         self.routes.name(route)
     }
@@ -439,9 +439,9 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
 mod tests {
     use super::*;
     use crate::core::metrics::Counter;
+    use crate::core::verdict::{Decision, Reason, Stage};
     use crate::stages::limits::buckets::Refill;
     use crate::stages::limits::config::DEFAULT_SLOTS;
-    use crate::core::verdict::{Decision, Reason, Stage};
 
     fn error_of(json: &str) -> ConfigError {
         match Policy::from_json(json.as_bytes()) {

@@ -7,19 +7,12 @@
 //! secret can reach a metric.
 
 use crate::core::mode::Mode;
+use crate::core::names::Names;
 use crate::core::routes::RouteId;
 use crate::core::verdict::{Decision, Reason, Stage};
 use crate::state::host::CasRetries;
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-/// The configured names a stat name carries, by index: the compiled
-/// policy answers them, so counters stay small and `Copy`.
-pub trait StatNames {
-    fn route_name(&self, route: RouteId) -> &str;
-    fn rule_name(&self, rule: u8) -> Option<&str>;
-    fn provider_name(&self, provider: u8) -> Option<&str>;
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -52,7 +45,7 @@ fn metric_safe(text: &str) -> String {
 impl Counter {
     /// The stat name, with configured names looked up in `names` (the
     /// policy: see `config`).
-    pub fn stat_name(&self, names: &dyn StatNames) -> String {
+    pub fn stat_name(&self, names: &dyn Names) -> String {
         match *self {
             Counter::Request { decision, route } => format!(
                 "palisade_requests_total.decision.{}.route.{}",

@@ -5,9 +5,12 @@
 
 pub mod config_error;
 pub mod duration;
+pub mod event;
 pub mod metrics;
 pub mod mode;
+pub mod names;
 pub mod reasons;
 pub mod request;
 pub mod routes;
+pub mod stage;
 pub mod verdict;

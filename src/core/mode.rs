@@ -58,6 +58,14 @@ pub enum FailureMode {
 string_enum!(FailureMode, "\"deny\" or \"allow\"", { "deny" => FailureMode::Deny, "allow" => FailureMode::Allow });
 
 impl FailureMode {
+    /// The mode of a finding about a failed host service or shared state.
+    pub fn mode(self) -> Mode {
+        match self {
+            FailureMode::Deny => Mode::Enforce,
+            FailureMode::Allow => Mode::Monitor,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureMode::Deny => "deny",

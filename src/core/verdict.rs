@@ -2,9 +2,11 @@
 //!
 //! Stages never answer the client themselves: they write findings, and the
 //! verdict is taken once, at the end, so that `monitor` mode, metrics and the
-//! security log see every stage the same way.
+//! security log see every stage the same way. The response a denial gets
+//! is built here too, from the finding alone.
 
 use crate::core::mode::Mode;
+use crate::core::names::Names;
 use crate::core::reasons::{DigestError, JwtError, SigError};
 
 /// The pipeline stages, in the order they run.
@@ -312,4 +314,58 @@ pub struct LocalResponse {
 pub struct UpstreamHeaders {
     pub remove: Vec<String>,
     pub set: Vec<(String, String)>,
+}
+
+impl Quota {
+    /// `RateLimit-Policy` and `RateLimit` (IETF httpapi ratelimit headers).
+    pub fn headers(&self, names: &dyn Names) -> Vec<(&'static str, String)> {
+        let name = names.rule_name(self.rule).unwrap_or("");
+        let mut policy = format!("\"{name}\";q={}", self.capacity);
+        if let Some(w) = self.window_s {
+            policy.push_str(&format!(";w={w}"));
+        }
+        let mut state = format!("\"{name}\";r={}", self.remaining);
+        if let Some(t) = self.reset_s {
+            state.push_str(&format!(";t={t}"));
+        }
+        vec![("ratelimit-policy", policy), ("ratelimit", state)]
+    }
+}
+
+impl Finding {
+    /// The response an enforced finding gets: status, RFC 6750
+    /// `WWW-Authenticate`, `Retry-After`, quota headers, and a small JSON
+    /// body that never echoes what the client sent (but a validated
+    /// request id).
+    pub fn respond(&self, request_id: &str, names: &dyn Names) -> LocalResponse {
+        let reason = self.reason;
+        let mut headers: Vec<(&'static str, String)> =
+            vec![("content-type", "application/json".to_string())];
+        if let Some(error) = reason.bearer_error() {
+            headers.push((
+                "www-authenticate",
+                format!(
+                    "Bearer error=\"{error}\", error_description=\"{}\"",
+                    reason.as_str()
+                ),
+            ));
+        }
+        if let Some(seconds) = self.retry_after_s {
+            headers.push(("retry-after", seconds.to_string()));
+        }
+        if let Some(q) = &self.quota {
+            headers.extend(q.headers(names));
+        }
+        let body = serde_json::json!({
+            "error": reason.error_word(),
+            "reason": reason.as_str(),
+            "request_id": request_id,
+        })
+        .to_string();
+        LocalResponse {
+            status: reason.status(),
+            headers,
+            body,
+        }
+    }
 }

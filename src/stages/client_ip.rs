@@ -1,4 +1,5 @@
-//! Which address a request comes from.
+//! Which address a request comes from: the `client_ip` section and the
+//! classify stage's client step.
 //!
 //! Trust model: only the last `trusted_hops` entries of `X-Forwarded-For` were
 //! written by proxies the operator runs; everything left of them is whatever
@@ -9,9 +10,31 @@
 
 use crate::core::config_error::{err, ConfigError};
 use crate::core::mode::string_enum;
-use crate::core::request::HeaderMap;
+use crate::core::mode::Mode;
+use crate::core::request::{Facts, HeaderMap};
+use crate::core::verdict::{Finding, Reason, Stage};
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The classify stage's second step: the client address, and the part of
+/// it that keys `ip` rate limits.
+pub fn identify(
+    source: ClientIpSource,
+    prefixes: IpPrefixes,
+    mode: Mode,
+    headers: &HeaderMap<'_>,
+    peer: &dyn Fn() -> Option<String>,
+    facts: &mut Facts<'_>,
+    findings: &mut Vec<Finding>,
+) {
+    match resolve(source, headers, peer) {
+        Ok(ip) => {
+            facts.client_ip = ip;
+            facts.ip_key = ip.map(|ip| prefixes.key_of(ip));
+        }
+        Err(_) => findings.push(Finding::new(Stage::Classify, Reason::ClientIpInvalid, mode)),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientIpError {
@@ -69,6 +92,30 @@ pub fn resolve(
 pub struct IpPrefixes {
     pub v4: u8,
     pub v6: u8,
+}
+
+impl IpPrefixes {
+    /// The address cut to its prefix: what keys `ip` rate limits.
+    pub fn key_of(self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(ip) & mask_u32(self.v4))),
+            IpAddr::V6(ip) => IpAddr::V6(Ipv6Addr::from(u128::from(ip) & mask_u128(self.v6))),
+        }
+    }
+}
+
+/// The first `bits` bits set (`bits` is validated to 8..=32).
+fn mask_u32(bits: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
+}
+
+/// The first `bits` bits set (`bits` is validated to 16..=128).
+fn mask_u128(bits: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
 }
 
 impl Default for IpPrefixes {

@@ -4,10 +4,41 @@
 //! [`crate::core::routes`], since every section names its classes.
 
 use crate::core::config_error::{check_name, err, is_header_name, ConfigError};
-use crate::core::routes::{PathMatcher, RouteClass, RouteTable};
+use crate::core::request::HeaderMap;
+use crate::core::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
+use crate::core::verdict::Pseudo;
 use serde::Deserialize;
 
 const MAX_ROUTES: usize = 255;
+
+/// The classify stage's first step: the route class of the request, or
+/// the pseudo-header that makes it unclassifiable.
+pub fn classify(routes: &RouteTable, headers: &HeaderMap<'_>) -> Result<RouteId, Pseudo> {
+    let (method, path) = request_line(headers)?;
+    Ok(routes.classify(method, path))
+}
+
+/// `:method` and `:path` as text, and a check that `:authority`, when
+/// present, is text too. Envoy's HTTP/2 codec passes raw non-UTF-8 bytes in
+/// the query through; reading such a path as empty would classify the
+/// request as `default` and skip every route's policy.
+fn request_line<'h>(headers: &HeaderMap<'h>) -> Result<(&'h str, &'h str), Pseudo> {
+    let text = |name, pseudo| {
+        headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or(pseudo)
+    };
+    let method = text(":method", Pseudo::Method)?;
+    let path = text(":path", Pseudo::Path)?;
+    if headers
+        .get(":authority")
+        .is_some_and(|v| std::str::from_utf8(v).is_err())
+    {
+        return Err(Pseudo::Authority);
+    }
+    Ok((method, path))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

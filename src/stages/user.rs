@@ -2,7 +2,9 @@
 //! the user, for `user`-keyed rate limits on routes without credentials.
 
 use crate::core::config_error::{err, is_header_name, ConfigError};
+use crate::core::request::{Facts, HeaderMap};
 use serde::Deserialize;
+use std::borrow::Cow;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,4 +24,10 @@ pub fn compile(raw: Option<RawUser>) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(Some(user.header.to_ascii_lowercase()))
+}
+
+/// The classify stage's user step: the configured header names the user
+/// (an authenticated subject replaces it later).
+pub fn identify<'h>(header: Option<&str>, headers: &HeaderMap<'h>, facts: &mut Facts<'h>) {
+    facts.user = header.and_then(|h| headers.get(h)).map(Cow::Borrowed);
 }
