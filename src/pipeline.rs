@@ -308,12 +308,23 @@ impl Engine {
         pseudo: Pseudo,
         metrics: &dyn Metrics,
     ) -> Verdict {
-        let facts = Facts::new(self.policy.routes.default_id(), request_id(headers));
         let finding = Finding::new(
             Stage::Classify,
             Reason::RequestMalformed(pseudo),
             Mode::Enforce,
         );
+        self.refuse_unrouted(request_id(headers), finding, metrics)
+    }
+
+    /// The verdict on a request refused before it has a route: it is
+    /// counted under `default`.
+    fn refuse_unrouted(
+        &self,
+        request_id: &str,
+        finding: Finding,
+        metrics: &dyn Metrics,
+    ) -> Verdict {
+        let facts = Facts::new(self.policy.routes.default_id(), request_id);
         self.conclude(
             &facts,
             vec![finding],
@@ -491,17 +502,9 @@ impl Engine {
     /// The request headers could not be read from the host: nothing can be
     /// classified, so `failure_mode` decides alone.
     pub fn headers_unavailable(&self, metrics: &dyn Metrics) -> Verdict {
-        let facts = Facts::new(self.policy.routes.default_id(), "");
         let finding =
             stage::host_failure(self.policy.failure_mode, "request headers", Stage::Classify);
-        self.conclude(
-            &facts,
-            vec![finding],
-            None,
-            UpstreamHeaders::default(),
-            None,
-            metrics,
-        )
+        self.refuse_unrouted("", finding, metrics)
     }
 }
 

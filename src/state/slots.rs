@@ -42,7 +42,7 @@ pub const ALTERNATES: u8 = 7;
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
 /// One client key's state for one rule. Times are Unix milliseconds except
-/// `state`, whose meaning belongs to the rule (see `ratelimit`).
+/// `state`, whose meaning belongs to the rule (see `stages::limits::buckets`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Record {
     /// Hash of (rule, client key); 0 marks an empty record.
