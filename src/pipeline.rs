@@ -1,6 +1,6 @@
 //! One request through every stage, and the verdict.
 //!
-//! The stages run in the order of [`HEADER_STAGES`] (README, "How it
+//! The stages run in the order of `HEADER_STAGES` (README, "How it
 //! works") and stop at the first enforced denial (later stages would only
 //! spend host calls). Monitor-mode findings are counted and logged, and the
 //! request goes on. A request whose body must be checked (a signed
