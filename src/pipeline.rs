@@ -1,35 +1,35 @@
 //! One request through every stage, and the verdict.
 //!
-//! Stages run in the order of DESIGN.md and stop at the first enforced
-//! denial (later stages would only spend host calls). Monitor-mode findings
-//! are counted and logged, and the request goes on. A request whose body
-//! must be checked (a signed `Content-Digest`) gets its final decision in
-//! [`Engine::check_body`].
+//! The stages run in the order of `HEADER_STAGES` (README, "How it
+//! works") and stop at the first enforced denial (later stages would only
+//! spend host calls). Monitor-mode findings are counted and logged, and the
+//! request goes on. A request whose body must be checked (a signed
+//! `Content-Digest`, a refresh-token grant) gets its final decision in
+//! [`Engine::check_body`]. Each stage's logic lives in its module under
+//! `stages/`; this module only orders them and takes the verdict.
 
-use crate::auth::{self, AuthState, AuthzPolicy};
-use crate::client_ip;
-use crate::config::{ConfigError, Counts, FailureMode, Mode, Policy, SignaturePolicy};
-use crate::digest::ContentDigest;
-use crate::host::{Clock, Metrics, SharedStore, StoreError};
-use crate::jwks::{self, FetchPlan};
-use crate::jwt;
-use crate::metrics::Counter;
-use crate::ratelimit::{Charge, Limiter, Rule, RuleOutcome};
-use crate::replay::{self, Sighting};
-use crate::request::{request_id, HeaderMap};
-use crate::routes::RouteId;
-use crate::signature::{self, Verified};
-use crate::slots;
-use crate::verdict::{
-    BodyCheck, ContentType, Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage,
-    UpstreamHeaders, Verdict,
+use crate::config::Policy;
+use crate::core::config_error::ConfigError;
+use crate::core::event;
+use crate::core::metrics::{Counter, Metrics};
+use crate::core::mode::Mode;
+use crate::core::request::{request_id, Facts, HeaderMap};
+use crate::core::routes::RouteId;
+use crate::core::stage::{self, Ctx};
+use crate::core::verdict::{
+    Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
-use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
-use std::borrow::Cow;
-use std::cell::Cell;
-use std::hash::Hasher;
+use crate::stages::auth::jwks::FetchPlan;
+use crate::stages::auth::refresh::{self, ContentType};
+use crate::stages::auth::{self, credentials::AuthState};
+use crate::stages::integrity::{self, digest::ContentDigest};
+use crate::stages::limits::{self, Phase};
+use crate::stages::{client_ip, routes, user};
+use crate::state::host::SharedStore;
 use std::net::IpAddr;
 use std::sync::Mutex;
+
+pub use crate::core::stage::Services;
 
 /// A compiled policy bound to the process-wide hash seed, with the
 /// worker's authentication state (current key sets, verified tokens).
@@ -39,47 +39,41 @@ pub struct Engine {
     auth: Mutex<AuthState>,
 }
 
-/// Host services one evaluation uses.
-pub struct Services<'a> {
-    pub store: &'a dyn SharedStore,
-    pub clock: &'a dyn Clock,
-    pub metrics: &'a dyn Metrics,
+/// One step of the header phase.
+type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
+
+/// The header phase, in order, after the route is classified. Each step
+/// decides whether it runs: most only while no enforced finding has
+/// stopped the request; `failures` only after a refusal, which it counts.
+const HEADER_STAGES: [Step; 8] = [
+    Engine::client_ip,        // classify: the client address and its key
+    Engine::user,             // classify: the user header
+    Engine::pre_auth_limits,  // bans and ip/route limits, failures-rule checks
+    Engine::signature,        // RFC 9421 signature, replay
+    Engine::credentials,      // API key or JWT; roles, scopes, MFA
+    Engine::failures,         // a refusal by the two above counts against the client
+    Engine::token_request,    // token parameters in a token request's query
+    Engine::post_auth_limits, // user- and key_id-keyed limits
+];
+
+/// A request in the header phase: what the stages learned and found.
+struct Request<'a, 'h> {
+    headers: &'a HeaderMap<'h>,
+    peer: &'a dyn Fn() -> Option<String>,
+    facts: Facts<'h>,
+    findings: Vec<Finding>,
+    quota: Option<Quota>,
+    /// The body's digest check, prepared by the signature stage.
+    digest: Option<(ContentDigest, Mode)>,
+    upstream: UpstreamHeaders,
+    /// Where the verification stages' findings start.
+    verified_from: usize,
 }
 
-/// What the stages learned about the request.
-struct Facts<'h> {
-    route: RouteId,
-    client_ip: Option<IpAddr>,
-    /// The authenticated subject, or the configured user header.
-    user: Option<Cow<'h, [u8]>>,
-    /// Key id of a verified request signature.
-    key_id: Option<String>,
-    request_id: &'h str,
-    /// The clock, read at most once per request (each read is a host call).
-    now_ms: Cell<Option<u64>>,
-}
-
-impl Facts<'_> {
-    /// `None` when the host clock failed (see `Engine::host_failure`).
-    fn now_ms(&self, clock: &dyn Clock) -> Option<u64> {
-        if let Some(now) = self.now_ms.get() {
-            return Some(now);
-        }
-        let now = clock.now_ms()?;
-        self.now_ms.set(Some(now));
-        Some(now)
+impl Request<'_, '_> {
+    fn blocked(&self) -> bool {
+        self.findings.iter().any(Finding::enforced)
     }
-}
-
-/// When a group of rate-limit rules runs (see `Engine::rate_limit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Before any verification: rules keyed on what every request carries.
-    PreAuth,
-    /// After authentication: rules keyed on the user or the signing key.
-    PostAuth,
-    /// The request was refused by verification: `failures` rules take a token.
-    Failed,
 }
 
 /// The request body as the body phase saw it.
@@ -89,6 +83,37 @@ pub enum Body<'a> {
     TooLarge,
     /// The host failed to hand it over: it cannot be checked.
     Unreadable,
+}
+
+/// What the request-body phase still has to check before the request may
+/// go upstream: the body against a signature's `Content-Digest`, and a
+/// refresh-token grant against refresh-token reuse.
+#[derive(Debug, Clone)]
+pub struct BodyCheck {
+    /// The digest to check, with the signature stage's mode.
+    pub digest: Option<(ContentDigest, Mode)>,
+    /// Refresh-token reuse detection applies, in this mode.
+    pub refresh: Option<Mode>,
+    pub max_bytes: usize,
+    pub route: RouteId,
+    pub client_ip: Option<IpAddr>,
+    /// Key id of the verified signature, for the security log.
+    pub key_id: Option<String>,
+    pub request_id: String,
+    pub content_type: ContentType,
+}
+
+/// The outcome of the pipeline for one request.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Forward upstream (once `body` passes, if set); add these headers to
+    /// the response (quota headers).
+    Allow {
+        response_headers: Vec<(&'static str, String)>,
+        upstream: UpstreamHeaders,
+        body: Option<BodyCheck>,
+    },
+    Respond(LocalResponse),
 }
 
 impl Engine {
@@ -104,110 +129,29 @@ impl Engine {
         })
     }
 
+    fn ctx<'a>(&'a self, host: &'a Services<'a>) -> Ctx<'a> {
+        Ctx {
+            host,
+            seed: &self.seed,
+            failure_mode: self.policy.failure_mode,
+        }
+    }
+
     /// Called from the root context's tick: installs key sets other
     /// workers fetched, and returns the fetches this worker won.
     pub fn jwks_due(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<FetchPlan> {
-        let mut plans = Vec::new();
-        for (index, spec) in self.policy.auth.providers.iter().enumerate() {
-            let Some(remote) = &spec.remote else {
-                continue;
-            };
-            let have = auth::lock(&self.auth).generation(index).unwrap_or(0);
-            let poll = match jwks::poll(store, remote, have, now_ms) {
-                Ok(poll) => poll,
-                Err(e) => {
-                    log::warn!(
-                        "palisade: cannot read the shared key set of provider `{}` ({e:?})",
-                        spec.name
-                    );
-                    continue;
-                }
-            };
-            if let Some((generation, keys)) = poll.newer {
-                auth::lock(&self.auth).install(index, keys, generation);
-            }
-            if poll.fetch {
-                plans.push(FetchPlan {
-                    provider: index,
-                    upstream: remote.upstream.clone(),
-                    authority: remote.authority.clone(),
-                    path: remote.path.clone(),
-                    timeout_ms: remote.timeout_ms,
-                });
-            }
-        }
-        plans
+        auth::jwks_due(&self.policy.auth, &self.auth, store, now_ms)
     }
 
     /// A fetch finished: `Ok(body)` for a 200 response, `Err(why)` otherwise
-    /// (status, transport failure). A set with at least one usable key
-    /// replaces the provider's keys on every worker; anything else keeps the
-    /// last good set.
+    /// (status, transport failure). See [`auth::jwks_fetched`].
     pub fn jwks_fetched(
         &self,
         provider: usize,
         result: Result<&[u8], String>,
         host: &Services<'_>,
     ) {
-        let Some(spec) = self.policy.auth.providers.get(provider) else {
-            return;
-        };
-        let Some(remote) = &spec.remote else {
-            return;
-        };
-        let counter = |ok| Counter::JwksFetch {
-            provider: u8::try_from(provider).unwrap_or(u8::MAX),
-            ok,
-        };
-        let body = match result {
-            Ok(body) => body,
-            Err(why) => {
-                log::warn!(
-                    "palisade: JWKS fetch for provider `{}` failed: {why}; the last good key set stays in use",
-                    spec.name
-                );
-                return host.metrics.increment(counter(false));
-            }
-        };
-        let (keys, errors) = jwt::Jwks::parse(body);
-        for e in &errors {
-            log::warn!(
-                "palisade: provider `{}`: JWKS entry skipped: {e}",
-                spec.name
-            );
-        }
-        if keys.is_empty() {
-            log::warn!(
-                "palisade: JWKS of provider `{}` has no usable key; the last good key set stays in use",
-                spec.name
-            );
-            return host.metrics.increment(counter(false));
-        }
-        let Some(now_ms) = host.clock.now_ms() else {
-            log::warn!(
-                "palisade: no clock to stamp the key set of provider `{}`; the last good key set stays in use",
-                spec.name
-            );
-            return host.metrics.increment(counter(false));
-        };
-        match jwks::store_fetched(host.store, remote, now_ms, body) {
-            Ok(generation) => {
-                log::info!(
-                    "palisade: provider `{}`: fetched key set generation {generation} ({} keys)",
-                    spec.name,
-                    keys.len()
-                );
-                auth::lock(&self.auth).install(provider, keys, generation);
-                host.metrics.increment(counter(true));
-            }
-            Err(e) => {
-                log::warn!(
-                    "palisade: cannot share the key set of provider `{}` ({e:?})",
-                    spec.name
-                );
-                host.metrics.increment(counter(false));
-            }
-        }
+        auth::jwks_fetched(&self.policy.auth, &self.auth, provider, result, host);
     }
 
     /// Whether any provider's keys are fetched (the root needs a tick).
@@ -227,23 +171,11 @@ impl Engine {
         peer: &dyn Fn() -> Option<String>,
         host: &Services<'_>,
     ) -> Verdict {
-        let (method, path) = match request_line(headers) {
-            Ok(line) => line,
+        let route = match routes::classify(&self.policy.routes, headers) {
+            Ok(route) => route,
             Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
         };
-        let route = self.policy.routes.classify(method, path);
-        let mut facts = Facts {
-            route,
-            client_ip: None,
-            user: None,
-            key_id: None,
-            request_id: request_id(headers),
-            now_ms: Cell::new(None),
-        };
-        let mut findings: Vec<Finding> = Vec::new();
-        let mut quota: Option<Quota> = None;
-        let mut digest: Option<(ContentDigest, Mode)> = None;
-        let mut upstream = UpstreamHeaders {
+        let upstream = UpstreamHeaders {
             remove: self
                 .policy
                 .auth
@@ -254,64 +186,117 @@ impl Engine {
                 .collect(),
             set: Vec::new(),
         };
-
-        match client_ip::resolve(self.policy.client_ip, headers, peer) {
-            Ok(ip) => facts.client_ip = ip,
-            Err(_) => findings.push(Finding::new(
-                Stage::Classify,
-                Reason::ClientIpInvalid,
-                self.policy.mode,
-            )),
+        let mut request = Request {
+            headers,
+            peer,
+            facts: Facts::new(route, request_id(headers)),
+            findings: Vec::new(),
+            quota: None,
+            digest: None,
+            upstream,
+            verified_from: 0,
+        };
+        let ctx = self.ctx(host);
+        for step in HEADER_STAGES {
+            step(self, &mut request, &ctx);
         }
-        facts.user = self
-            .policy
-            .user_header
-            .as_deref()
-            .and_then(|h| headers.get(h))
-            .map(Cow::Borrowed);
+        let body = self.body_check(headers, &request.facts, request.digest);
+        self.conclude(
+            &request.facts,
+            request.findings,
+            request.quota,
+            request.upstream,
+            body,
+            host.metrics,
+        )
+    }
 
-        let blocked = |findings: &[Finding]| findings.iter().any(Finding::enforced);
-        // Pre-auth: bans and limits on the address and route, so that a
-        // banned or flooding client costs no cryptography.
-        if !blocked(&findings) {
-            self.rate_limit(Phase::PreAuth, &facts, host, &mut findings, &mut quota);
+    fn client_ip(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        let p = &self.policy;
+        client_ip::identify(
+            p.client_ip,
+            p.ip_prefixes,
+            p.mode,
+            r.headers,
+            r.peer,
+            &mut r.facts,
+            &mut r.findings,
+        );
+    }
+
+    fn user(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        user::identify(self.policy.user_header.as_deref(), r.headers, &mut r.facts);
+    }
+
+    /// Bans and limits on the address and route, so that a banned or
+    /// flooding client costs no cryptography.
+    fn pre_auth_limits(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        if !r.blocked() {
+            self.limits(Phase::PreAuth, r, ctx);
         }
-        let verified_from = findings.len();
-        if !blocked(&findings) {
-            if let Some(policy) = self.policy.signatures.policy_for(route) {
-                self.verify_signature(
-                    policy,
-                    headers,
-                    &mut facts,
-                    host,
-                    &mut findings,
-                    &mut digest,
-                );
+        r.verified_from = r.findings.len();
+    }
+
+    fn signature(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        let sigs = &self.policy.signatures;
+        if let (false, Some(policy)) = (r.blocked(), sigs.policy_for(r.facts.route)) {
+            integrity::verify(
+                sigs,
+                policy,
+                r.headers,
+                &mut r.facts,
+                ctx,
+                &mut r.findings,
+                &mut r.digest,
+            );
+        }
+    }
+
+    /// Authentication and authorization on a route that requires a
+    /// credential: the principal becomes the `user` key and the identity
+    /// headers.
+    fn credentials(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        let a = &self.policy.auth;
+        if let (false, Some(policy)) = (r.blocked(), a.policy_for(r.facts.route)) {
+            let (headers, facts, findings) = (r.headers, &mut r.facts, &mut r.findings);
+            if let Some(identity) =
+                auth::authenticate(a, &self.auth, policy, headers, facts, ctx, findings)
+            {
+                r.upstream.set = identity;
             }
         }
-        if !blocked(&findings) {
-            if let Some(policy) = self.policy.auth.policy_for(route) {
-                self.check_credentials(
-                    policy,
-                    headers,
-                    &mut facts,
-                    host,
-                    &mut findings,
-                    &mut upstream,
-                );
-            }
+    }
+
+    fn failures(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        if refused_credentials(r.findings.get(r.verified_from..).unwrap_or_default()) {
+            self.limits(Phase::Failed, r, ctx);
         }
-        if Self::refused_credentials(&findings[verified_from..]) {
-            self.rate_limit(Phase::Failed, &facts, host, &mut findings, &mut quota);
+    }
+
+    fn token_request(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if !r.blocked() {
+            let finding = refresh::token_request_query(&self.policy.auth, r.headers, r.facts.route);
+            r.findings.extend(finding);
         }
-        if !blocked(&findings) {
-            findings.extend(self.token_request_query(headers, route));
+    }
+
+    fn post_auth_limits(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        if !r.blocked() {
+            self.limits(Phase::PostAuth, r, ctx);
         }
-        if !blocked(&findings) {
-            self.rate_limit(Phase::PostAuth, &facts, host, &mut findings, &mut quota);
-        }
-        let body = self.body_check(headers, &facts, digest);
-        self.conclude(&facts, findings, quota, upstream, body, host.metrics)
+    }
+
+    fn limits(&self, phase: Phase, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+        limits::check(
+            phase,
+            limits,
+            bans,
+            &r.facts,
+            ctx,
+            &mut r.findings,
+            &mut r.quota,
+        );
     }
 
     /// A request that cannot be classified never reaches a stage: it is
@@ -323,19 +308,23 @@ impl Engine {
         pseudo: Pseudo,
         metrics: &dyn Metrics,
     ) -> Verdict {
-        let facts = Facts {
-            route: self.policy.routes.default_id(),
-            client_ip: None,
-            user: None,
-            key_id: None,
-            request_id: request_id(headers),
-            now_ms: Cell::new(None),
-        };
         let finding = Finding::new(
             Stage::Classify,
             Reason::RequestMalformed(pseudo),
             Mode::Enforce,
         );
+        self.refuse_unrouted(request_id(headers), finding, metrics)
+    }
+
+    /// The verdict on a request refused before it has a route: it is
+    /// counted under `default`.
+    fn refuse_unrouted(
+        &self,
+        request_id: &str,
+        finding: Finding,
+        metrics: &dyn Metrics,
+    ) -> Verdict {
+        let facts = Facts::new(self.policy.routes.default_id(), request_id);
         self.conclude(
             &facts,
             vec![finding],
@@ -344,53 +333,6 @@ impl Engine {
             None,
             metrics,
         )
-    }
-
-    /// Authentication and authorization on a route that requires a
-    /// credential: the principal becomes the `user` key and the identity
-    /// headers.
-    fn check_credentials(
-        &self,
-        policy: &AuthzPolicy,
-        headers: &HeaderMap<'_>,
-        facts: &mut Facts<'_>,
-        host: &Services<'_>,
-        findings: &mut Vec<Finding>,
-        upstream: &mut UpstreamHeaders,
-    ) {
-        let auth = &self.policy.auth;
-        let Some(now_ms) = facts.now_ms(host.clock) else {
-            return findings.push(self.host_failure("clock", Stage::Authenticate));
-        };
-        match auth::check(auth, &self.auth, policy, headers, now_ms, host.store) {
-            Ok(principal) => {
-                upstream.set = principal.headers;
-                facts.user = Some(Cow::Owned(principal.user_key));
-            }
-            Err(refusal)
-                if refusal.reason == Reason::JwtNoKeys
-                    && auth.without_keys == FailureMode::Allow =>
-            {
-                findings.push(Finding::new(
-                    Stage::Authenticate,
-                    Reason::JwtNoKeys,
-                    Mode::Monitor,
-                ));
-            }
-            Err(refusal) => {
-                let reason = refusal.reason;
-                let (stage, mode) = if reason.status() == 403 {
-                    (Stage::Authorize, auth.authz_mode)
-                } else {
-                    (Stage::Authenticate, auth.jwt_mode)
-                };
-                // Known but not authorized: the event can correlate the user.
-                if let Some(key) = refusal.user_key {
-                    facts.user = Some(Cow::Owned(key));
-                }
-                findings.push(Finding::new(stage, reason, mode));
-            }
-        }
     }
 
     /// What the body phase must check, if anything: a signed digest, a
@@ -401,7 +343,7 @@ impl Engine {
         facts: &Facts<'_>,
         digest: Option<(ContentDigest, Mode)>,
     ) -> Option<BodyCheck> {
-        let refresh = self.refresh_mode(headers, facts.route);
+        let refresh = refresh::mode(&self.policy.auth, headers, facts.route);
         if digest.is_none() && refresh.is_none() {
             return None;
         }
@@ -410,24 +352,8 @@ impl Engine {
             max_bytes = self.policy.signatures.max_body_bytes;
         }
         if refresh.is_some() {
-            max_bytes = max_bytes.max(MAX_TOKEN_REQUEST_BYTES);
+            max_bytes = max_bytes.max(refresh::MAX_TOKEN_REQUEST_BYTES);
         }
-        let encoded = headers
-            .get_str("content-encoding")
-            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-        let content_type = match headers.get_str("content-type").map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        }) {
-            _ if encoded => ContentType::Unreadable,
-            Some(t) if t.starts_with("multipart/") => ContentType::Unreadable,
-            Some(t) if t == "application/x-www-form-urlencoded" => ContentType::Form,
-            Some(t) if t == "application/json" => ContentType::Json,
-            _ => ContentType::Other,
-        };
         Some(BodyCheck {
             digest,
             refresh,
@@ -436,340 +362,8 @@ impl Engine {
             client_ip: facts.client_ip,
             key_id: facts.key_id.clone(),
             request_id: facts.request_id.to_string(),
-            content_type,
+            content_type: ContentType::of(headers),
         })
-    }
-
-    /// The mode of refresh-token checks, when `route` is a token endpoint's
-    /// and the request a token request.
-    fn refresh_mode(&self, headers: &HeaderMap<'_>, route: RouteId) -> Option<Mode> {
-        self.policy
-            .auth
-            .refresh
-            .as_ref()
-            .filter(|r| r.applies_to(route) && headers.get_str(":method") == Some("POST"))
-            .map(|_| self.policy.auth.jwt_mode)
-    }
-
-    /// `grant_type` and `refresh_token` belong in a token request's body
-    /// (RFC 6749 section 6); some servers read the query too, and take its
-    /// value first. Such a request, or one whose query repeats a parameter,
-    /// is refused: the body phase could not tell which value a server uses.
-    fn token_request_query(&self, headers: &HeaderMap<'_>, route: RouteId) -> Option<Finding> {
-        let mode = self.refresh_mode(headers, route)?;
-        let query = headers.get_str(":path")?.split_once('?')?.1;
-        let query = query.split('#').next().unwrap_or(query);
-        let mut seen = std::collections::HashSet::new();
-        let refused = form_urlencoded::parse(query.as_bytes())
-            .any(|(k, _)| matches!(k.as_ref(), "grant_type" | "refresh_token") || !seen.insert(k));
-        refused.then(|| Finding::new(Stage::Authenticate, Reason::RefreshRepeatedParameter, mode))
-    }
-
-    /// The signature stage: verify the RFC 9421 signature, check that its
-    /// nonce or itself was not seen before, and prepare the body's digest
-    /// check.
-    fn verify_signature(
-        &self,
-        policy: &SignaturePolicy,
-        headers: &HeaderMap<'_>,
-        facts: &mut Facts<'_>,
-        host: &Services<'_>,
-        findings: &mut Vec<Finding>,
-        body_digest: &mut Option<(ContentDigest, Mode)>,
-    ) {
-        let sigs = &self.policy.signatures;
-        let Some(now_ms) = facts.now_ms(host.clock) else {
-            return findings.push(self.host_failure("clock", Stage::Signature));
-        };
-        let mut flag = |reason| findings.push(Finding::new(Stage::Signature, reason, sigs.mode));
-        let verified =
-            match signature::verify(headers, &sigs.keys, &policy.requirements, now_ms / 1000) {
-                Ok(verified) => verified,
-                Err(error) => return flag(Reason::Signature(error)),
-            };
-        // Verified, so the key id is known even if a later check fails: it
-        // is what an investigation of a replay needs.
-        facts.key_id = Some(verified.key_id.clone());
-        if policy.require_digest || verified.covers_content_digest {
-            let digest = match ContentDigest::from_headers(headers) {
-                Ok(digest) => digest,
-                Err(error) => return flag(Reason::Digest(error)),
-            };
-            let declared = headers
-                .get_str("content-length")
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|len| len > sigs.max_body_bytes as u64) {
-                return flag(Reason::BodyTooLarge);
-            }
-            *body_digest = Some((digest, sigs.mode));
-        }
-        if policy.replay {
-            match self.remember(&verified, now_ms, host) {
-                Ok(Sighting::Fresh) => {}
-                Ok(Sighting::Replay) => flag(Reason::SignatureReplay),
-                Ok(Sighting::TableFull) => {
-                    log::error!(
-                        "palisade: replay table full; raise signatures.replay_slots (now {})",
-                        sigs.replay_pages
-                            .saturating_mul(slots::SLOTS_PER_PAGE as u32)
-                    );
-                    flag(Reason::ReplayCapacity);
-                }
-                Err(error) => {
-                    findings.push(self.store_failure("signature replay", Stage::Signature, error));
-                }
-            }
-        }
-    }
-
-    /// Remembers a verified signature (by nonce when it has one) until it
-    /// would expire anyway.
-    fn remember(
-        &self,
-        verified: &Verified,
-        now_ms: u64,
-        host: &Services<'_>,
-    ) -> Result<Sighting, StoreError> {
-        let hash = self.keyed_hash(|h| {
-            h.write(b"replay");
-            h.write(verified.key_id.as_bytes());
-            h.write_u8(0xff);
-            match &verified.nonce {
-                Some(nonce) => {
-                    h.write_u8(1);
-                    h.write(nonce.as_bytes());
-                }
-                None => {
-                    h.write_u8(0);
-                    h.write(&verified.id);
-                }
-            }
-        });
-        let addr = Self::address(hash, self.policy.signatures.replay_pages);
-        // `created` is always required, so there is an end; an hour is a
-        // backstop that keeps records from living for ever.
-        let expires_ms = verified
-            .fresh_until_s
-            .map_or(now_ms.saturating_add(3_600_000), |s| {
-                s.saturating_add(1).saturating_mul(1000)
-            });
-        replay::remember(
-            host.store,
-            host.metrics,
-            slots::REPLAY,
-            addr,
-            expires_ms,
-            now_ms,
-        )
-    }
-
-    /// Bans and rate limits of one phase: both read the same slot record, in
-    /// one round trip per rule.
-    fn rate_limit(
-        &self,
-        phase: Phase,
-        facts: &Facts<'_>,
-        host: &Services<'_>,
-        findings: &mut Vec<Finding>,
-        quota: &mut Option<Quota>,
-    ) {
-        let limits = &self.policy.rate_limits;
-        let mut due = limits
-            .rules
-            .iter()
-            .filter_map(|rule| {
-                let charge = match (phase, rule.counts) {
-                    (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Take,
-                    (Phase::PreAuth, Counts::Failures) => Charge::Peek,
-                    (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Take,
-                    (Phase::Failed, Counts::Failures) => Charge::Take,
-                    _ => return None,
-                };
-                let applies = rule.applies_to(facts.route)
-                    && !(rule.key.user && facts.user.is_none())
-                    && !(rule.key.key_id && facts.key_id.is_none());
-                applies.then_some((rule, charge))
-            })
-            .peekable();
-        if due.peek().is_none() {
-            return;
-        }
-        let Some(now_ms) = facts.now_ms(host.clock) else {
-            return findings.push(self.host_failure("clock", Stage::RateLimit));
-        };
-        let limiter = Limiter {
-            rules: &limits.rules,
-            bans: &self.policy.bans,
-            store: host.store,
-            metrics: host.metrics,
-        };
-        for (rule, charge) in due {
-            let addr = self.slot_of(rule, facts, limits.pages);
-            let finding = match limiter.check(rule, addr, now_ms, charge) {
-                Ok(RuleOutcome::Allowed(q)) => {
-                    // A failures rule is no quota of the client's requests.
-                    let counted = rule.counts == Counts::Requests;
-                    if counted && quota.is_none_or(|best| q.remaining < best.remaining) {
-                        *quota = Some(q);
-                    }
-                    continue;
-                }
-                Ok(RuleOutcome::Banned { retry_after_s }) => Finding {
-                    rule: Some(rule.index),
-                    retry_after_s: Some(retry_after_s),
-                    ..Finding::new(Stage::Bans, Reason::BanActive, self.policy.bans.mode)
-                },
-                Ok(RuleOutcome::Throttled {
-                    quota: q,
-                    retry_after_s,
-                    overflow,
-                    ban_issued,
-                }) => {
-                    if ban_issued {
-                        host.metrics
-                            .increment(Counter::BanIssued { rule: rule.index });
-                    }
-                    let reason = if overflow {
-                        Reason::RateLimitOverflow
-                    } else {
-                        Reason::RateLimitExhausted
-                    };
-                    Finding {
-                        rule: Some(rule.index),
-                        retry_after_s,
-                        quota: Some(q),
-                        ..Finding::new(Stage::RateLimit, reason, limits.mode)
-                    }
-                }
-                Err(error) => Finding {
-                    rule: Some(rule.index),
-                    ..self.store_failure(&rule.name, Stage::RateLimit, error)
-                },
-            };
-            let stop = finding.enforced() || finding.reason == Reason::StoreUnavailable;
-            findings.push(finding);
-            if stop && phase != Phase::Failed {
-                return;
-            }
-        }
-    }
-
-    /// Whether verification refused the request for something the client
-    /// sent (or failed to send): such refusals count against the client.
-    fn refused_credentials(findings: &[Finding]) -> bool {
-        findings
-            .iter()
-            .any(|f| f.enforced() && f.reason.is_credential_failure())
-    }
-
-    /// What a shared-data failure means (see [`Engine::host_failure`]).
-    fn store_failure(&self, what: &str, stage: Stage, error: StoreError) -> Finding {
-        log::error!(
-            "palisade: shared data failed for `{what}` ({error:?}); failure_mode is {}",
-            self.policy.failure_mode.as_str()
-        );
-        Finding::new(stage, Reason::StoreUnavailable, self.failure_mode())
-    }
-
-    /// The one place that decides what a failed host service (clock, header
-    /// map) means: `failure_mode` deny refuses the request with 503, allow
-    /// lets it go on unchecked by that stage, logged and counted.
-    pub fn host_failure(&self, what: &str, stage: Stage) -> Finding {
-        log::error!(
-            "palisade: the host failed to provide the {what}; failure_mode is {}",
-            self.policy.failure_mode.as_str()
-        );
-        Finding::new(stage, Reason::HostUnavailable, self.failure_mode())
-    }
-
-    fn failure_mode(&self) -> Mode {
-        match self.policy.failure_mode {
-            FailureMode::Deny => Mode::Enforce,
-            FailureMode::Allow => Mode::Monitor,
-        }
-    }
-
-    /// The request headers could not be read from the host: nothing can be
-    /// classified, so `failure_mode` decides alone.
-    pub fn headers_unavailable(&self, metrics: &dyn Metrics) -> Verdict {
-        let facts = Facts {
-            route: self.policy.routes.default_id(),
-            client_ip: None,
-            user: None,
-            key_id: None,
-            request_id: "",
-            now_ms: Cell::new(None),
-        };
-        let finding = self.host_failure("request headers", Stage::Classify);
-        self.conclude(
-            &facts,
-            vec![finding],
-            None,
-            UpstreamHeaders::default(),
-            None,
-            metrics,
-        )
-    }
-
-    /// SipHash-1-3 keyed with the process seed: neither a slot nor a tag of
-    /// someone else's key can be predicted without the seed.
-    fn keyed_hash(&self, write: impl FnOnce(&mut SipHasher13)) -> Hash128 {
-        let mut h = SipHasher13::new_with_key(&self.seed);
-        write(&mut h);
-        h.finish128()
-    }
-
-    /// Tag from one half of the hash, home page from the other (the tag
-    /// also picks the alternates, see `slots::Address`).
-    fn address(hash: Hash128, pages: u32) -> slots::Address {
-        let pages = pages.max(1);
-        slots::Address {
-            tag: hash.h1.max(1),
-            home: u32::try_from(hash.h2 % u64::from(pages)).unwrap_or(0),
-            pages,
-        }
-    }
-
-    /// Slot address of the rule's key for this request.
-    fn slot_of(&self, rule: &Rule, facts: &Facts<'_>, pages: u32) -> slots::Address {
-        let hash = self.keyed_hash(|h| {
-            h.write(rule.name.as_bytes());
-            h.write_u8(0xff);
-            // A reload that changes a rule's limits starts fresh buckets:
-            // a bucket's state only means something under its own limits.
-            h.write_u32(rule.capacity);
-            if let Some(refill) = rule.refill {
-                h.write_u32(refill.tokens);
-                h.write_u64(refill.every_ms);
-            }
-            if rule.key.ip {
-                let prefixes = self.policy.ip_prefixes;
-                match facts.client_ip {
-                    Some(IpAddr::V4(ip)) => {
-                        let bits = u32::from(ip) & mask_u32(prefixes.v4);
-                        h.write(&bits.to_be_bytes());
-                    }
-                    Some(IpAddr::V6(ip)) => {
-                        let bits = u128::from(ip) & mask_u128(prefixes.v6);
-                        h.write(&bits.to_be_bytes());
-                    }
-                    None => h.write(b"unknown"),
-                }
-                h.write_u8(0xff);
-            }
-            if rule.key.user {
-                h.write(facts.user.as_deref().unwrap_or_default());
-                h.write_u8(0xff);
-            }
-            if rule.key.key_id {
-                h.write(facts.key_id.as_deref().unwrap_or_default().as_bytes());
-                h.write_u8(0xff);
-            }
-            if rule.key.route {
-                h.write_u16(facts.route);
-            }
-        });
-        Self::address(hash, pages)
     }
 
     fn conclude(
@@ -789,7 +383,7 @@ impl Engine {
                 decision: denial.reason.decision(),
                 route: facts.route,
             });
-            return Verdict::Respond(self.respond(denial, facts.request_id));
+            return Verdict::Respond(denial.respond(facts.request_id, &self.policy));
         }
         // With a body still to check, the request is counted when it is.
         if body.is_none() {
@@ -799,7 +393,7 @@ impl Engine {
             });
         }
         let response_headers = match quota {
-            Some(q) if self.policy.rate_limits.quota_headers => self.quota_headers(&q),
+            Some(q) if self.policy.rate_limits.quota_headers => q.headers(&self.policy),
             _ => Vec::new(),
         };
         Verdict::Allow {
@@ -818,14 +412,11 @@ impl Engine {
         body: Body<'_>,
         host: &Services<'_>,
     ) -> Option<LocalResponse> {
-        let facts = Facts {
-            route: check.route,
-            client_ip: check.client_ip,
-            user: None,
-            key_id: check.key_id.clone(),
-            request_id: &check.request_id,
-            now_ms: Cell::new(None),
-        };
+        let mut facts = Facts::new(check.route, &check.request_id);
+        facts.client_ip = check.client_ip;
+        facts.ip_key = check.client_ip.map(|ip| self.policy.ip_prefixes.key_of(ip));
+        facts.key_id = check.key_id.clone();
+        let ctx = self.ctx(host);
         let mut findings = Vec::new();
         let oversized = |mode| Finding::new(Stage::Signature, Reason::BodyTooLarge, mode);
         match body {
@@ -839,19 +430,35 @@ impl Engine {
                 Self::body_mode(check),
             )),
             Body::Complete(bytes) => {
+                // In order: the signed digest, then refresh-token reuse.
                 if let Some((digest, mode)) = &check.digest {
-                    if let Err(e) = digest.check(bytes) {
-                        findings.push(Finding::new(Stage::Signature, Reason::Digest(e), *mode));
-                    }
+                    findings.extend(integrity::check_body(digest, *mode, bytes));
                 }
                 let blocked = findings.iter().any(Finding::enforced);
                 if let (Some(mode), false) = (check.refresh, blocked) {
-                    findings.extend(self.refresh_reuse(check, bytes, mode, &facts, host));
+                    let auth = &self.policy.auth;
+                    findings.extend(refresh::check_body(
+                        auth,
+                        check.content_type,
+                        bytes,
+                        mode,
+                        &facts,
+                        &ctx,
+                    ));
                 }
             }
         }
-        if Self::refused_credentials(&findings) {
-            self.rate_limit(Phase::Failed, &facts, host, &mut findings, &mut None);
+        if refused_credentials(&findings) {
+            let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+            limits::check(
+                Phase::Failed,
+                limits,
+                bans,
+                &facts,
+                &ctx,
+                &mut findings,
+                &mut None,
+            );
         }
         for finding in &findings {
             self.record(&facts, finding, host.metrics);
@@ -863,7 +470,7 @@ impl Engine {
                 .map_or(Decision::Allow, |f| f.reason.decision()),
             route: check.route,
         });
-        denial.map(|f| self.respond(&f, &check.request_id))
+        denial.map(|f| f.respond(&check.request_id, &self.policy))
     }
 
     /// The strictest mode among the body checks: a body that cannot be read
@@ -881,61 +488,6 @@ impl Engine {
         }
     }
 
-    /// Remembers the refresh token of a `refresh_token` grant; a second
-    /// presentation within `remember` is reuse (OAuth 2.0 Security BCP:
-    /// a stolen refresh token used after the client used it).
-    fn refresh_reuse(
-        &self,
-        check: &BodyCheck,
-        body: &[u8],
-        mode: Mode,
-        facts: &Facts<'_>,
-        host: &Services<'_>,
-    ) -> Option<Finding> {
-        let refresh = self.policy.auth.refresh.as_ref()?;
-        let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
-        if check.content_type == ContentType::Unreadable {
-            return flag(Reason::RefreshUnsupportedBody);
-        }
-        let tokens = match refresh_tokens_of(body) {
-            Ok(tokens) => tokens,
-            Err(reason) => return flag(reason),
-        };
-        let Some(now_ms) = facts.now_ms(host.clock) else {
-            return Some(self.host_failure("clock", Stage::Authenticate));
-        };
-        let expires_ms = now_ms.saturating_add(refresh.remember_ms);
-        for token in tokens {
-            let hash = self.keyed_hash(|h| {
-                h.write(b"refresh");
-                h.write(token.as_bytes());
-            });
-            let addr = Self::address(hash, refresh.pages);
-            match replay::remember(
-                host.store,
-                host.metrics,
-                slots::REFRESH,
-                addr,
-                expires_ms,
-                now_ms,
-            ) {
-                Ok(Sighting::Fresh) => {}
-                Ok(Sighting::Replay) => return flag(Reason::RefreshReuse),
-                Ok(Sighting::TableFull) => {
-                    log::error!(
-                        "palisade: refresh-token table full; raise jwt.refresh_tokens.slots (now {})",
-                        refresh.pages.saturating_mul(slots::SLOTS_PER_PAGE as u32)
-                    );
-                    return flag(Reason::RefreshCapacity);
-                }
-                Err(error) => {
-                    return Some(self.store_failure("refresh tokens", Stage::Authenticate, error))
-                }
-            }
-        }
-        None
-    }
-
     /// Counts and logs one finding.
     fn record(&self, facts: &Facts<'_>, finding: &Finding, metrics: &dyn Metrics) {
         metrics.increment(Counter::Finding {
@@ -944,209 +496,36 @@ impl Engine {
             mode: finding.mode,
             route: facts.route,
         });
-        self.log_event(facts, finding);
+        event::log(facts, finding, &self.policy, &self.seed);
     }
 
-    fn rule_name(&self, rule: u8) -> &str {
-        self.policy
-            .rate_limits
-            .rules
-            .get(usize::from(rule))
-            .map_or("", |r| r.name.as_str())
-    }
-
-    /// `RateLimit-Policy` and `RateLimit` (IETF httpapi ratelimit headers).
-    fn quota_headers(&self, q: &Quota) -> Vec<(&'static str, String)> {
-        let name = self.rule_name(q.rule);
-        let mut policy = format!("\"{name}\";q={}", q.capacity);
-        if let Some(w) = q.window_s {
-            policy.push_str(&format!(";w={w}"));
-        }
-        let mut state = format!("\"{name}\";r={}", q.remaining);
-        if let Some(t) = q.reset_s {
-            state.push_str(&format!(";t={t}"));
-        }
-        vec![("ratelimit-policy", policy), ("ratelimit", state)]
-    }
-
-    fn respond(&self, finding: &Finding, request_id: &str) -> LocalResponse {
-        let reason = finding.reason;
-        let mut headers: Vec<(&'static str, String)> =
-            vec![("content-type", "application/json".to_string())];
-        if let Some(error) = reason.bearer_error() {
-            headers.push((
-                "www-authenticate",
-                format!(
-                    "Bearer error=\"{error}\", error_description=\"{}\"",
-                    reason.as_str()
-                ),
-            ));
-        }
-        if let Some(seconds) = finding.retry_after_s {
-            headers.push(("retry-after", seconds.to_string()));
-        }
-        if let Some(q) = &finding.quota {
-            headers.extend(self.quota_headers(q));
-        }
-        let body = serde_json::json!({
-            "error": reason.error_word(),
-            "reason": reason.as_str(),
-            "request_id": request_id,
-        })
-        .to_string();
-        LocalResponse {
-            status: reason.status(),
-            headers,
-            body,
-        }
-    }
-
-    /// One JSON security event per finding. Only configuration names, enum
-    /// strings, the client address and a validated request id are written:
-    /// never a header value, token or user name.
-    fn log_event(&self, facts: &Facts<'_>, finding: &Finding) {
-        let event = serde_json::json!({
-            "event": "palisade.finding",
-            "action": if finding.enforced() { "deny" } else { "monitor" },
-            "reason": finding.reason.as_str(),
-            "stage": finding.stage.as_str(),
-            "route": self.policy.routes.name(facts.route),
-            "rule": finding.rule.map(|r| self.rule_name(r)),
-            "client_ip": facts.client_ip.map(|ip| ip.to_string()),
-            "user_hash": facts.user.as_deref().map(|u| self.short_hash(u)),
-            "key_id": facts.key_id,
-            "request_id": facts.request_id,
-        });
-        log::warn!("{event}");
-    }
-
-    /// A short keyed hash that correlates events of one user without
-    /// revealing who it is.
-    fn short_hash(&self, value: &[u8]) -> String {
-        let mut h = SipHasher13::new_with_key(&self.seed);
-        h.write(b"user");
-        h.write(value);
-        format!("{:08x}", h.finish() >> 32)
+    /// The request headers could not be read from the host: nothing can be
+    /// classified, so `failure_mode` decides alone.
+    pub fn headers_unavailable(&self, metrics: &dyn Metrics) -> Verdict {
+        let finding =
+            stage::host_failure(self.policy.failure_mode, "request headers", Stage::Classify);
+        self.refuse_unrouted("", finding, metrics)
     }
 }
 
-/// `:method` and `:path` as text, and a check that `:authority`, when
-/// present, is text too. Envoy's HTTP/2 codec passes raw non-UTF-8 bytes in
-/// the query through; reading such a path as empty would classify the
-/// request as `default` and skip every route's policy.
-fn request_line<'h>(headers: &HeaderMap<'h>) -> Result<(&'h str, &'h str), Pseudo> {
-    let text = |name, pseudo| {
-        headers
-            .get(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .ok_or(pseudo)
-    };
-    let method = text(":method", Pseudo::Method)?;
-    let path = text(":path", Pseudo::Path)?;
-    if headers
-        .get(":authority")
-        .is_some_and(|v| std::str::from_utf8(v).is_err())
-    {
-        return Err(Pseudo::Authority);
-    }
-    Ok((method, path))
-}
-
-/// The first `bits` bits set (`bits` is validated to 8..=32).
-fn mask_u32(bits: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(bits.min(32)))
-        .unwrap_or(0)
-}
-
-/// The first `bits` bits set (`bits` is validated to 16..=128).
-fn mask_u128(bits: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128 - u32::from(bits.min(128)))
-        .unwrap_or(0)
-}
-
-/// Largest token-endpoint request body read for a refresh-token grant.
-const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
-
-/// The refresh tokens of a `grant_type=refresh_token` request (RFC 6749
-/// section 6) as any server could read its body, whatever the declared
-/// content type: as a form, and, when it is a JSON object, as JSON. Servers
-/// differ in what they read, so every reading is checked. A parameter
-/// present twice in a reading is an error (RFC 6749 section 3.1 forbids
-/// it): a server may take the first value where palisade would take the
-/// last.
-fn refresh_tokens_of(body: &[u8]) -> Result<Vec<String>, Reason> {
-    let mut readings: Vec<Vec<(Cow<'_, str>, Cow<'_, str>)>> =
-        vec![form_urlencoded::parse(body).collect()];
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        if let Ok(JsonMembers(members)) = serde_json::from_slice(body) {
-            let members = members.into_iter().map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (Cow::Owned(k), Cow::Owned(v))
-            });
-            readings.push(members.collect());
-        }
-    }
-    let mut tokens = Vec::new();
-    for params in &readings {
-        let mut seen = std::collections::HashSet::with_capacity(params.len());
-        if !params.iter().all(|(k, _)| seen.insert(k.as_ref())) {
-            return Err(Reason::RefreshRepeatedParameter);
-        }
-        let value = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_ref())
-        };
-        if value("grant_type") == Some("refresh_token") {
-            if let Some(token) = value("refresh_token").filter(|t| !t.is_empty()) {
-                if !tokens.iter().any(|t| t == token) {
-                    tokens.push(token.to_string());
-                }
-            }
-        }
-    }
-    Ok(tokens)
-}
-
-/// The members of a JSON object in order, repeated names included
-/// (`serde_json::Value` keeps only the last of them).
-struct JsonMembers(Vec<(String, serde_json::Value)>);
-
-impl<'de> serde::Deserialize<'de> for JsonMembers {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = JsonMembers;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<JsonMembers, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(JsonMembers(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
+/// Whether verification refused the request for something the client
+/// sent (or failed to send): such refusals count against the client.
+fn refused_credentials(findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| f.enforced() && f.reason.is_credential_failure())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{ManualClock, MemoryMetrics, MemoryStore};
-    use crate::request::encode_map;
-    use crate::slots;
+    use crate::core::metrics::MemoryMetrics;
+    use crate::core::request::encode_map;
+    use crate::stages::auth::jwks;
+    use crate::stages::integrity::signature;
+    use crate::state::host::{Clock, StoreError};
+    use crate::state::host::{ManualClock, MemoryStore};
+    use crate::state::slots;
     use std::sync::Arc;
 
     const T0: u64 = 1_700_000_000_000;
@@ -1539,7 +918,7 @@ mod tests {
     /// A store whose every call fails, as if the host refused shared data.
     struct BrokenStore;
     impl SharedStore for BrokenStore {
-        fn get(&self, _: &str) -> Result<Option<crate::host::Versioned>, StoreError> {
+        fn get(&self, _: &str) -> Result<Option<crate::state::host::Versioned>, StoreError> {
             Err(StoreError::Host(10))
         }
         fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {
@@ -1618,7 +997,7 @@ mod tests {
 
     mod signed {
         use super::*;
-        use crate::digest::{content_digest, DigestAlg};
+        use crate::stages::integrity::digest::{content_digest, DigestAlg};
         use base64::Engine as _;
         use hmac::{Hmac, Mac};
 

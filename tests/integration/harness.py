@@ -54,9 +54,9 @@ _EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
 # Stat tags.  Palisade's wasm counters are named `wasmcustom.<name>` by Envoy;
 # these regexes turn the tag values that are packed into the stat name into
 # Prometheus labels.  Keep this block in sync with envoy/envoy.yaml (its
-# "PALISADE STAT TAGS" block) and with src/metrics.rs.
+# "PALISADE STAT TAGS" block) and with src/core/metrics.rs.
 #
-# Packing (src/metrics.rs): `<metric>.<tag>.<value>.<tag>.<value>...`, e.g.
+# Packing (src/core/metrics.rs): `<metric>.<tag>.<value>.<tag>.<value>...`, e.g.
 #   wasmcustom.palisade_requests_total.decision.throttle.route.login
 #   wasmcustom.palisade_findings_total.stage.ratelimit.reason.rl_exhausted.mode.monitor.route.login
 # Values never contain dots (the filter writes reason `rl.exhausted` as

@@ -5,9 +5,9 @@
 //! abort the VM and every stream on its worker. These wrappers turn every
 //! status into a `Result` and leave decoding to the core.
 
-use palisade_core::host::{Clock, Metrics, SharedStore, StoreError, Versioned};
-use palisade_core::metrics::Counter;
+use palisade_core::core::metrics::{Counter, Metrics};
 use palisade_core::pipeline::Engine;
+use palisade_core::state::host::{Clock, SharedStore, StoreError, Versioned};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ptr::{null, null_mut};

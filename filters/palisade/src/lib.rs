@@ -8,13 +8,13 @@ use host::{
     MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
 };
 use palisade_core::config::Policy;
-use palisade_core::host::{namespace_prefix, Namespaced};
-use palisade_core::jwks;
-use palisade_core::metrics::Counter;
-use palisade_core::pipeline::{Body, Engine, Services};
-use palisade_core::request::{encode_map, HeaderMap};
-use palisade_core::slots;
-use palisade_core::verdict::{BodyCheck, LocalResponse, Reason, UpstreamHeaders, Verdict};
+use palisade_core::core::metrics::Counter;
+use palisade_core::core::request::{encode_map, HeaderMap};
+use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
+use palisade_core::pipeline::{Body, BodyCheck, Engine, Services, Verdict};
+use palisade_core::stages::auth::jwks;
+use palisade_core::state::host::{namespace_prefix, Namespaced};
+use palisade_core::state::slots;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::{Cell, RefCell};

@@ -1,7 +1,7 @@
 //! RFC 9421 `hmac-sha256` request signatures and RFC 9530 `Content-Digest`,
 //! as an API client makes them.
 //!
-//! Written independently of palisade's verifier (src/signature.rs): the
+//! Written independently of palisade's verifier (src/stages/integrity/signature.rs): the
 //! simulator is a client, and its signatures are checked against RFC 9421's
 //! own test vector below, not against palisade's code.
 

@@ -23,12 +23,11 @@
 //! `{"name", <count fields>, "total"}` or `{"name", "error"}`.
 
 use palisade::config::Policy;
-use palisade::host::{Clock, MemoryStore, Metrics, SharedStore, StoreError, Versioned};
-use palisade::metrics::Counter;
-use palisade::pipeline::{Body, Engine, Services};
-use palisade::request::{encode_map, HeaderMap};
-use palisade::slots;
-use palisade::verdict::Verdict;
+use palisade::core::metrics::{Counter, Metrics};
+use palisade::core::request::{encode_map, HeaderMap};
+use palisade::pipeline::{Body, Engine, Services, Verdict};
+use palisade::state::host::{Clock, MemoryStore, SharedStore, StoreError, Versioned};
+use palisade::state::slots;
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::io::Read;

@@ -6,7 +6,7 @@
 //! forge their traffic. A bot without the secret cannot produce a signature
 //! over the covered components, so it can neither forge a request nor alter
 //! the method, authority, path, query, covered headers or (through a covered
-//! `content-digest`, see [`crate::digest`]) the body of a captured one.
+//! `content-digest`, see [`crate::stages::integrity::digest`]) the body of a captured one.
 //!
 //! Assumptions and limits:
 //!
@@ -66,7 +66,7 @@
 //! [`MAX_COMPONENT_LEN`], [`MAX_BASE_LEN`]), so the work per request is too;
 //! no input panics.
 
-use crate::request::HeaderMap;
+use crate::core::request::HeaderMap;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sfv::visitor::{
@@ -117,62 +117,7 @@ pub const DERIVED_COMPONENTS: [&str; 7] = [
     "@query",
 ];
 
-/// Why a request's signature was refused. The string form is stable: it
-/// appears in responses, logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SigError {
-    /// No `Signature` or `Signature-Input` field (or no member under the
-    /// configured label).
-    Missing,
-    /// Unparseable structured fields, duplicate labels or parameters, missing
-    /// or mistyped parameters, a label without its signature, a signature of
-    /// the wrong length, an unsupported `alg`, component or parameter, or a
-    /// `tag` other than the required one.
-    Malformed,
-    /// `keyid` names no key of the ring.
-    UnknownKey,
-    /// A required component is not covered, or a covered one is absent from
-    /// the request.
-    Components,
-    /// `created` older than the maximum age, or `expires` passed.
-    Expired,
-    /// `created` further in the future than the allowed clock skew.
-    Future,
-    /// The MAC does not match.
-    Invalid,
-}
-
-impl SigError {
-    pub const ALL: [SigError; 7] = [
-        SigError::Missing,
-        SigError::Malformed,
-        SigError::UnknownKey,
-        SigError::Components,
-        SigError::Expired,
-        SigError::Future,
-        SigError::Invalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigError::Missing => "sig.missing",
-            SigError::Malformed => "sig.malformed",
-            SigError::UnknownKey => "sig.unknown_key",
-            SigError::Components => "sig.components",
-            SigError::Expired => "sig.expired",
-            SigError::Future => "sig.future",
-            SigError::Invalid => "sig.invalid",
-        }
-    }
-}
-
-impl fmt::Display for SigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for SigError {}
+pub use crate::core::reasons::SigError;
 
 /// Why a key could not be added to a [`KeyRing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,7 +304,7 @@ pub struct Verified {
     /// remember it. `None`: no bound.
     pub fresh_until_s: Option<u64>,
     /// The signature covers `content-digest`: the body is protected only if
-    /// the caller also checks it with [`crate::digest`].
+    /// the caller also checks it with [`crate::stages::integrity::digest`].
     pub covers_content_digest: bool,
 }
 
@@ -1012,7 +957,7 @@ impl<'de> InnerListVisitor<'de> for UniqueParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::{self, DigestAlg, DigestError};
+    use crate::stages::integrity::digest::{self, DigestAlg, DigestError};
 
     /// RFC 9421 Appendix B.1.5, `test-shared-secret`.
     const RFC_SECRET: &str =

@@ -1,10 +1,16 @@
 //! The request as every stage sees it: one read of the header map, parsed
-//! without copying.
+//! without copying, and the facts the stages learn about it.
 //!
 //! The proxy-wasm SDK's own map decoder unwraps UTF-8 conversions and slice
 //! bounds, so a header value with a non-UTF-8 byte (which Envoy forwards)
 //! would panic and take the worker's VM down. This decoder borrows bytes,
 //! checks every bound, and reports a malformed buffer instead.
+
+use crate::core::routes::RouteId;
+use crate::state::host::Clock;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::net::IpAddr;
 
 /// Header pairs as the host serialized them: `(name, value)`, in order.
 #[derive(Debug, Default)]
@@ -103,6 +109,47 @@ pub fn request_id<'a>(headers: &HeaderMap<'a>) -> &'a str {
             id
         }
         _ => "",
+    }
+}
+
+/// What the stages learned about a request: each stage reads what earlier
+/// ones wrote (route, client, user, signing key).
+pub struct Facts<'h> {
+    pub route: RouteId,
+    pub client_ip: Option<IpAddr>,
+    /// The client address cut to its configured prefix (`client_ip`
+    /// section): the `ip` key of rate limits.
+    pub ip_key: Option<IpAddr>,
+    /// The authenticated subject, or the configured user header.
+    pub user: Option<Cow<'h, [u8]>>,
+    /// Key id of a verified request signature.
+    pub key_id: Option<String>,
+    pub request_id: &'h str,
+    /// The clock, read at most once per request (each read is a host call).
+    now_ms: Cell<Option<u64>>,
+}
+
+impl<'h> Facts<'h> {
+    pub fn new(route: RouteId, request_id: &'h str) -> Self {
+        Facts {
+            route,
+            client_ip: None,
+            ip_key: None,
+            user: None,
+            key_id: None,
+            request_id,
+            now_ms: Cell::new(None),
+        }
+    }
+
+    /// `None` when the host clock failed (see `Ctx::host_failure`).
+    pub fn now_ms(&self, clock: &dyn Clock) -> Option<u64> {
+        if let Some(now) = self.now_ms.get() {
+            return Some(now);
+        }
+        let now = clock.now_ms()?;
+        self.now_ms.set(Some(now));
+        Some(now)
     }
 }
 

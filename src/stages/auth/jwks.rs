@@ -16,9 +16,9 @@
 //! configuration), so an attempt in flight is never duplicated; a fetched
 //! document with no usable key is a failure and the last good set stays.
 
-use crate::host::{SharedStore, StoreError};
-use crate::jwt::Jwks;
-use crate::slots;
+use crate::stages::auth::jwt::Jwks;
+use crate::state::host::{SharedStore, StoreError};
+use crate::state::slots;
 
 const HEADER_LEN: usize = 32;
 
@@ -218,7 +218,7 @@ pub fn read_newer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::MemoryStore;
+    use crate::state::host::MemoryStore;
 
     fn remote() -> RemoteJwks {
         RemoteJwks {

@@ -13,11 +13,37 @@
 //! exact with integer math however often it is read. Buckets that never
 //! refill count the requests they let through.
 
-use crate::config::{BanPolicy, Counts};
-use crate::host::{Metrics, SharedStore, StoreError};
-use crate::routes::RouteId;
-use crate::slots::{self, Address, Page, Record, Tenant};
-use crate::verdict::Quota;
+use crate::core::metrics::Metrics;
+use crate::core::mode::{string_enum, Mode};
+use crate::core::routes::RouteId;
+use crate::core::verdict::Quota;
+use crate::state::host::{SharedStore, StoreError};
+use crate::state::slots::{self, Address, Page, Record, Tenant};
+
+/// Which requests take a token from a rule's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counts {
+    /// Every request the rule applies to.
+    #[default]
+    Requests,
+    /// Only requests refused by authentication, authorization or signature
+    /// verification; while the bucket is empty (or the key banned) every
+    /// request of the key is refused before any of that verification runs.
+    Failures,
+}
+
+string_enum!(Counts, "\"requests\" or \"failures\"", { "requests" => Counts::Requests, "failures" => Counts::Failures });
+
+/// Escalating cooldowns for keys that keep exceeding a rule with `ban: true`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanPolicy {
+    pub mode: Mode,
+    pub after: u32,
+    pub base_ms: u64,
+    pub factor: f64,
+    pub max_ms: u64,
+    pub decay_ms: u64,
+}
 
 /// Which request attributes make up a rule's key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -447,8 +473,9 @@ impl Limiter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
-    use crate::host::{MemoryMetrics, MemoryStore};
+    use crate::core::metrics::MemoryMetrics;
+    use crate::core::mode::Mode;
+    use crate::state::host::MemoryStore;
 
     fn rule(capacity: u32, refill: Option<Refill>, ban: bool) -> Rule {
         Rule::new(

@@ -4,23 +4,23 @@
 //! Threat: credential stuffing and token hijacking end in requests that
 //! carry someone's credential. This stage makes every protected route
 //! require a credential that verifies now (short-lived tokens, see
-//! [`crate::jwt`]), checks what it grants, and hands the upstream an identity
+//! [`crate::stages::auth::jwt`]), checks what it grants, and hands the upstream an identity
 //! it can trust: the headers palisade sets (`x-palisade-user`, forwarded
 //! claims) are always stripped from the client's request first, on every
 //! route, so a client cannot forge them where palisade does not authenticate.
 //!
 //! Cost: a repeated token is found in a per-worker cache keyed by its hash
 //! (no signature check, no JSON parse); a miss costs one signature check.
-//! Remote key sets are fetched by the root context ([`crate::jwks`]), never
+//! Remote key sets are fetched by the root context ([`crate::stages::auth::jwks`]), never
 //! on the request path; an unknown `kid` costs one shared-data read to pick
 //! up a set another worker fetched.
 
-use crate::config::{FailureMode, Mode};
-use crate::jwks::{self, RemoteJwks};
-use crate::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
-use crate::request::HeaderMap;
-use crate::routes::RouteId;
-use crate::verdict::Reason;
+use crate::core::mode::{FailureMode, Mode};
+use crate::core::request::HeaderMap;
+use crate::core::routes::RouteId;
+use crate::core::verdict::Reason;
+use crate::stages::auth::jwks::{self, RemoteJwks};
+use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -263,7 +263,7 @@ pub fn check(
     policy: &AuthzPolicy,
     headers: &HeaderMap<'_>,
     now_ms: u64,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> Result<Principal, Refusal> {
     if policy.accept_api_key {
         if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
@@ -397,7 +397,7 @@ fn verify_token<'s>(
     policy: &AuthzPolicy,
     token: &str,
     now_ms: u64,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> Result<(usize, Cow<'s, VerifiedToken>), Reason> {
     let now_s = now_ms / 1000;
     let cached = policy.providers.iter().copied().find(|&i| {
@@ -463,7 +463,7 @@ fn verify_token<'s>(
 fn adopt_shared(
     state: &mut ProviderState,
     spec: &ProviderSpec,
-    store: &dyn crate::host::SharedStore,
+    store: &dyn crate::state::host::SharedStore,
 ) -> bool {
     let Some(remote) = &spec.remote else {
         return false;

@@ -1,4 +1,4 @@
-//! Counter identities and their Envoy stat names.
+//! Counter identities, their Envoy stat names, and the counter sink.
 //!
 //! Labels are packed into the stat name as `.label.value` pairs after a fixed
 //! prefix, and Envoy's `stats_tags` (see `envoy/envoy.yaml`) turns them back
@@ -6,9 +6,13 @@
 //! fixed enum, never from request data: cardinality stays bounded and no
 //! secret can reach a metric.
 
-use crate::config::{Mode, Policy};
-use crate::routes::RouteId;
-use crate::verdict::{Decision, Reason, Stage};
+use crate::core::mode::Mode;
+use crate::core::names::Names;
+use crate::core::routes::RouteId;
+use crate::core::verdict::{Decision, Reason, Stage};
+use crate::state::host::CasRetries;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -39,12 +43,14 @@ fn metric_safe(text: &str) -> String {
 }
 
 impl Counter {
-    pub fn stat_name(&self, policy: &Policy) -> String {
+    /// The stat name, with configured names looked up in `names` (the
+    /// policy: see `config`).
+    pub fn stat_name(&self, names: &dyn Names) -> String {
         match *self {
             Counter::Request { decision, route } => format!(
                 "palisade_requests_total.decision.{}.route.{}",
                 decision.as_str(),
-                policy.routes.name(route)
+                names.route_name(route)
             ),
             Counter::Finding {
                 stage,
@@ -56,62 +62,49 @@ impl Counter {
                 stage.as_str(),
                 metric_safe(reason.as_str()),
                 mode.as_str(),
-                policy.routes.name(route)
+                names.route_name(route)
             ),
             Counter::BanIssued { rule } => format!(
                 "palisade_bans_total.rule.{}",
-                policy
-                    .rate_limits
-                    .rules
-                    .get(usize::from(rule))
-                    .map_or("unknown", |r| r.name.as_str())
+                names.rule_name(rule).unwrap_or("unknown")
             ),
             Counter::CasRetry => "palisade_shared_data_cas_retries_total".to_string(),
             Counter::JwksFetch { provider, ok } => format!(
                 "palisade_jwks_fetches_total.provider.{}.result.{}",
-                policy
-                    .auth
-                    .providers
-                    .get(usize::from(provider))
-                    .map_or("unknown", |p| p.name.as_str()),
+                names.provider_name(provider).unwrap_or("unknown"),
                 if ok { "ok" } else { "failed" }
             ),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Counter sink.
+pub trait Metrics {
+    fn increment(&self, counter: Counter);
+}
 
-    #[test]
-    fn stat_names_carry_only_configured_or_fixed_labels() {
-        let policy = Policy::from_json(
-            br#"{"routes": [{"name": "login", "prefix": "/login"}],
-                 "rate_limits": {"rules": [{"name": "login-ip", "key": ["ip"], "capacity": 1, "refill": "none"}]}}"#,
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let finding = Counter::Finding {
-            stage: Stage::RateLimit,
-            reason: Reason::RateLimitExhausted,
-            mode: Mode::Monitor,
-            route: 0,
-        };
-        assert_eq!(
-            finding.stat_name(&policy),
-            "palisade_findings_total.stage.ratelimit.reason.rl_exhausted.mode.monitor.route.login"
-        );
-        let request = Counter::Request {
-            decision: Decision::Throttle,
-            route: 1,
-        };
-        assert_eq!(
-            request.stat_name(&policy),
-            "palisade_requests_total.decision.throttle.route.default"
-        );
-        assert_eq!(
-            Counter::BanIssued { rule: 0 }.stat_name(&policy),
-            "palisade_bans_total.rule.login-ip"
-        );
+impl<M: Metrics + ?Sized> CasRetries for M {
+    fn cas_retry(&self) {
+        self.increment(Counter::CasRetry);
+    }
+}
+
+/// Counts increments per counter, for tests.
+#[derive(Default)]
+pub struct MemoryMetrics(Mutex<HashMap<Counter, u64>>);
+
+impl MemoryMetrics {
+    pub fn get(&self, counter: &Counter) -> u64 {
+        self.0
+            .lock()
+            .map_or(0, |m| m.get(counter).copied().unwrap_or(0))
+    }
+}
+
+impl Metrics for MemoryMetrics {
+    fn increment(&self, counter: Counter) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(counter).or_default() += 1;
+        }
     }
 }

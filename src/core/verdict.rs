@@ -2,14 +2,12 @@
 //!
 //! Stages never answer the client themselves: they write findings, and the
 //! verdict is taken once, at the end, so that `monitor` mode, metrics and the
-//! security log see every stage the same way.
+//! security log see every stage the same way. The response a denial gets
+//! is built here too, from the finding alone.
 
-use crate::config::Mode;
-use crate::digest::{ContentDigest, DigestError};
-use crate::jwt::JwtError;
-use crate::routes::RouteId;
-use crate::signature::SigError;
-use std::net::IpAddr;
+use crate::core::mode::Mode;
+use crate::core::names::Names;
+use crate::core::reasons::{DigestError, JwtError, SigError};
 
 /// The pipeline stages, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,34 +308,6 @@ pub struct LocalResponse {
     pub body: String,
 }
 
-/// What the request-body phase still has to check before the request may
-/// go upstream: the body against a signature's `Content-Digest`, and a
-/// refresh-token grant against refresh-token reuse.
-#[derive(Debug, Clone)]
-pub struct BodyCheck {
-    /// The digest to check, with the signature stage's mode.
-    pub digest: Option<(ContentDigest, Mode)>,
-    /// Refresh-token reuse detection applies, in this mode.
-    pub refresh: Option<Mode>,
-    pub max_bytes: usize,
-    pub route: RouteId,
-    pub client_ip: Option<IpAddr>,
-    /// Key id of the verified signature, for the security log.
-    pub key_id: Option<String>,
-    pub request_id: String,
-    pub content_type: ContentType,
-}
-
-/// Body formats the body phase reads a refresh-token grant from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentType {
-    Form,
-    Json,
-    Other,
-    /// Multipart or content-encoded: palisade cannot read its parameters.
-    Unreadable,
-}
-
 /// Changes to the request before it goes upstream: client copies of the
 /// headers palisade owns are removed, the identity headers set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -346,15 +316,56 @@ pub struct UpstreamHeaders {
     pub set: Vec<(String, String)>,
 }
 
-/// The outcome of the pipeline for one request.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    /// Forward upstream (once `body` passes, if set); add these headers to
-    /// the response (quota headers).
-    Allow {
-        response_headers: Vec<(&'static str, String)>,
-        upstream: UpstreamHeaders,
-        body: Option<BodyCheck>,
-    },
-    Respond(LocalResponse),
+impl Quota {
+    /// `RateLimit-Policy` and `RateLimit` (IETF httpapi ratelimit headers).
+    pub fn headers(&self, names: &dyn Names) -> Vec<(&'static str, String)> {
+        let name = names.rule_name(self.rule).unwrap_or("");
+        let mut policy = format!("\"{name}\";q={}", self.capacity);
+        if let Some(w) = self.window_s {
+            policy.push_str(&format!(";w={w}"));
+        }
+        let mut state = format!("\"{name}\";r={}", self.remaining);
+        if let Some(t) = self.reset_s {
+            state.push_str(&format!(";t={t}"));
+        }
+        vec![("ratelimit-policy", policy), ("ratelimit", state)]
+    }
+}
+
+impl Finding {
+    /// The response an enforced finding gets: status, RFC 6750
+    /// `WWW-Authenticate`, `Retry-After`, quota headers, and a small JSON
+    /// body that never echoes what the client sent (but a validated
+    /// request id).
+    pub fn respond(&self, request_id: &str, names: &dyn Names) -> LocalResponse {
+        let reason = self.reason;
+        let mut headers: Vec<(&'static str, String)> =
+            vec![("content-type", "application/json".to_string())];
+        if let Some(error) = reason.bearer_error() {
+            headers.push((
+                "www-authenticate",
+                format!(
+                    "Bearer error=\"{error}\", error_description=\"{}\"",
+                    reason.as_str()
+                ),
+            ));
+        }
+        if let Some(seconds) = self.retry_after_s {
+            headers.push(("retry-after", seconds.to_string()));
+        }
+        if let Some(q) = &self.quota {
+            headers.extend(q.headers(names));
+        }
+        let body = serde_json::json!({
+            "error": reason.error_word(),
+            "reason": reason.as_str(),
+            "request_id": request_id,
+        })
+        .to_string();
+        LocalResponse {
+            status: reason.status(),
+            headers,
+            body,
+        }
+    }
 }

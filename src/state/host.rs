@@ -2,7 +2,6 @@
 //! implements them over host calls, tests over memory. Nothing in the core
 //! calls the host any other way, so every policy can be tested natively.
 
-use crate::metrics::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -33,7 +32,7 @@ pub type Versioned = (Vec<u8>, u32);
 /// [`StoreError::CasMismatch`] when the key changed since that version, but
 /// on a key that does not exist yet `set` always inserts, whatever `cas` says
 /// (the first insert is not atomic, which is why slot pages are created up
-/// front, see [`crate::slots`]).
+/// front, see [`crate::state::slots`]).
 pub trait SharedStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
@@ -84,9 +83,11 @@ pub fn namespace_prefix(instance: &str) -> String {
     prefix
 }
 
-/// Counter sink.
-pub trait Metrics {
-    fn increment(&self, counter: Counter);
+/// Where shared-data contention is counted. The state layer knows no
+/// metric vocabulary: every `Metrics` sink of the core implements this as
+/// its `CasRetry` counter.
+pub trait CasRetries {
+    fn cas_retry(&self);
 }
 
 /// In-memory [`SharedStore`] with Envoy's semantics, safe to share between
@@ -169,26 +170,6 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> Option<u64> {
         Some(self.0.load(Ordering::SeqCst))
-    }
-}
-
-/// Counts increments per counter, for tests.
-#[derive(Default)]
-pub struct MemoryMetrics(Mutex<HashMap<Counter, u64>>);
-
-impl MemoryMetrics {
-    pub fn get(&self, counter: &Counter) -> u64 {
-        self.0
-            .lock()
-            .map_or(0, |m| m.get(counter).copied().unwrap_or(0))
-    }
-}
-
-impl Metrics for MemoryMetrics {
-    fn increment(&self, counter: Counter) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(counter).or_default() += 1;
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Which address a request comes from.
+//! Which address a request comes from: the `client_ip` section and the
+//! classify stage's client step.
 //!
 //! Trust model: only the last `trusted_hops` entries of `X-Forwarded-For` were
 //! written by proxies the operator runs; everything left of them is whatever
@@ -7,9 +8,33 @@
 //! and its TCP peer is the client. An entry that is not an address is a
 //! malformed request, not a reason to fall back to a spoofable one.
 
-use crate::config::ClientIpSource;
-use crate::request::HeaderMap;
-use std::net::{IpAddr, SocketAddr};
+use crate::core::config_error::{err, ConfigError};
+use crate::core::mode::string_enum;
+use crate::core::mode::Mode;
+use crate::core::request::{Facts, HeaderMap};
+use crate::core::verdict::{Finding, Reason, Stage};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The classify stage's second step: the client address, and the part of
+/// it that keys `ip` rate limits.
+pub fn identify(
+    source: ClientIpSource,
+    prefixes: IpPrefixes,
+    mode: Mode,
+    headers: &HeaderMap<'_>,
+    peer: &dyn Fn() -> Option<String>,
+    facts: &mut Facts<'_>,
+    findings: &mut Vec<Finding>,
+) {
+    match resolve(source, headers, peer) {
+        Ok(ip) => {
+            facts.client_ip = ip;
+            facts.ip_key = ip.map(|ip| prefixes.key_of(ip));
+        }
+        Err(_) => findings.push(Finding::new(Stage::Classify, Reason::ClientIpInvalid, mode)),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientIpError {
@@ -61,10 +86,122 @@ pub fn resolve(
         .ok_or(ClientIpError::InvalidForwardedFor)
 }
 
+/// How much of a client address makes its `ip` key: one IPv6 host can use a
+/// whole /64, so keying by /128 would give it billions of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl IpPrefixes {
+    /// The address cut to its prefix: what keys `ip` rate limits.
+    pub fn key_of(self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(ip) & mask_u32(self.v4))),
+            IpAddr::V6(ip) => IpAddr::V6(Ipv6Addr::from(u128::from(ip) & mask_u128(self.v6))),
+        }
+    }
+}
+
+/// The first `bits` bits set (`bits` is validated to 8..=32).
+fn mask_u32(bits: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
+}
+
+/// The first `bits` bits set (`bits` is validated to 16..=128).
+fn mask_u128(bits: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
+}
+
+impl Default for IpPrefixes {
+    fn default() -> Self {
+        IpPrefixes { v4: 32, v6: 64 }
+    }
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpSource {
+    /// The TCP peer of Envoy.
+    Peer,
+    /// The `n`-th `X-Forwarded-For` entry from the right, for `n` proxies in
+    /// front of Envoy that each append the address they saw.
+    ForwardedFor { trusted_hops: u32 },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    #[serde(default)]
+    source: RawIpSource,
+    #[serde(default)]
+    trusted_hops: Option<u32>,
+    #[serde(default)]
+    ipv4_prefix: Option<u8>,
+    #[serde(default)]
+    ipv6_prefix: Option<u8>,
+}
+
+#[derive(Default, PartialEq)]
+enum RawIpSource {
+    #[default]
+    Peer,
+    ForwardedFor,
+}
+
+string_enum!(RawIpSource, "\"peer\" or \"x-forwarded-for\"", {
+    "peer" => RawIpSource::Peer,
+    "x-forwarded-for" => RawIpSource::ForwardedFor,
+});
+
+pub fn compile_client_ip(raw: &RawClientIp) -> Result<ClientIpSource, ConfigError> {
+    match (&raw.source, raw.trusted_hops) {
+        (RawIpSource::Peer, None) => Ok(ClientIpSource::Peer),
+        (RawIpSource::Peer, Some(_)) => Err(err(
+            "client_ip.trusted_hops",
+            "only applies with \"source\": \"x-forwarded-for\"",
+        )),
+        (RawIpSource::ForwardedFor, None) => Err(err(
+            "client_ip.trusted_hops",
+            "required with \"source\": \"x-forwarded-for\": the number of proxies in front of Envoy that append to X-Forwarded-For",
+        )),
+        (RawIpSource::ForwardedFor, Some(0)) => Err(err(
+            "client_ip.trusted_hops",
+            "must be at least 1; with no trusted proxy use \"source\": \"peer\"",
+        )),
+        (RawIpSource::ForwardedFor, Some(n)) if n > 16 => {
+            Err(err("client_ip.trusted_hops", format!("{n} is more hops than any real deployment; at most 16")))
+        }
+        (RawIpSource::ForwardedFor, Some(n)) => Ok(ClientIpSource::ForwardedFor { trusted_hops: n }),
+    }
+}
+
+pub fn compile_ip_prefixes(raw: &RawClientIp) -> Result<IpPrefixes, ConfigError> {
+    let mut prefixes = IpPrefixes::default();
+    if let Some(v4) = raw.ipv4_prefix {
+        if !(8..=32).contains(&v4) {
+            return Err(err("client_ip.ipv4_prefix", "must be between 8 and 32"));
+        }
+        prefixes.v4 = v4;
+    }
+    if let Some(v6) = raw.ipv6_prefix {
+        if !(16..=128).contains(&v6) {
+            return Err(err("client_ip.ipv6_prefix", "must be between 16 and 128"));
+        }
+        prefixes.v6 = v6;
+    }
+    Ok(prefixes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::encode_map;
+    use crate::core::request::encode_map;
 
     fn resolve_with(
         source: ClientIpSource,

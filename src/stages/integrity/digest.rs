@@ -2,7 +2,7 @@
 //! sender hashed.
 //!
 //! Threat: a body altered between a client that signed its request and the
-//! upstream. An HTTP message signature (see [`crate::signature`]) covers the
+//! upstream. An HTTP message signature (see [`crate::stages::integrity::signature`]) covers the
 //! body only through the `content-digest` component: the signature proves the
 //! header, and this module proves the header matches the body. A digest that
 //! no signature covers proves nothing against an attacker, who can recompute
@@ -23,8 +23,8 @@
 //! headers arrive, so a malformed field is refused before any body is
 //! buffered) and the body is hashed as it streams ([`BodyDigest`]).
 
-use crate::request::HeaderMap;
-use crate::signature::{combined_field, parse_dictionary};
+use crate::core::request::HeaderMap;
+use crate::stages::integrity::signature::{combined_field, parse_dictionary};
 use base64::Engine as _;
 use sha2::{Digest, Sha256, Sha512};
 use std::fmt;
@@ -62,46 +62,7 @@ impl DigestAlg {
     }
 }
 
-/// Why a `Content-Digest` check failed. The string form is stable: it appears
-/// in responses, logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DigestError {
-    /// No `Content-Digest` field, or an empty one.
-    Missing,
-    /// Not a structured-field dictionary, a duplicate key, too long, or a
-    /// supported algorithm whose value is not a byte sequence of its length.
-    Malformed,
-    /// A supported algorithm's digest differs from the body's.
-    Mismatch,
-    /// Only algorithms this module does not implement are listed.
-    Unsupported,
-}
-
-impl DigestError {
-    pub const ALL: [DigestError; 4] = [
-        DigestError::Missing,
-        DigestError::Malformed,
-        DigestError::Mismatch,
-        DigestError::Unsupported,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DigestError::Missing => "digest.missing",
-            DigestError::Malformed => "digest.malformed",
-            DigestError::Mismatch => "digest.mismatch",
-            DigestError::Unsupported => "digest.unsupported",
-        }
-    }
-}
-
-impl fmt::Display for DigestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for DigestError {}
+pub use crate::core::reasons::DigestError;
 
 /// The digests a `Content-Digest` field announces, for the supported
 /// algorithms.
@@ -390,7 +351,7 @@ mod tests {
     #[test]
     fn from_headers_combines_lines() {
         let sha512 = content_digest(DigestAlg::Sha512, HELLO);
-        let map = crate::request::HeaderMap::from_pairs(vec![
+        let map = crate::core::request::HeaderMap::from_pairs(vec![
             (b"content-digest".as_slice(), HELLO_SHA256.as_bytes()),
             (b"content-type".as_slice(), b"application/json".as_slice()),
             (b"content-digest".as_slice(), sha512.as_bytes()),
@@ -398,12 +359,12 @@ mod tests {
         let found = ContentDigest::from_headers(&map).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(found.algorithms().count(), 2);
         assert_eq!(found.check(HELLO), Ok(DigestAlg::Sha512));
-        let none = crate::request::HeaderMap::from_pairs(vec![]);
+        let none = crate::core::request::HeaderMap::from_pairs(vec![]);
         assert_eq!(
             ContentDigest::from_headers(&none),
             Err(DigestError::Missing)
         );
-        let twice = crate::request::HeaderMap::from_pairs(vec![
+        let twice = crate::core::request::HeaderMap::from_pairs(vec![
             (b"content-digest".as_slice(), HELLO_SHA256.as_bytes()),
             (b"content-digest".as_slice(), HELLO_SHA256.as_bytes()),
         ]);

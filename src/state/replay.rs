@@ -12,8 +12,8 @@
 //! closed) rather than accepted unremembered, and `signatures.replay_slots`
 //! needs raising.
 
-use crate::host::{Metrics, SharedStore, StoreError};
-use crate::slots::{self, Address, Record, Tenant};
+use crate::state::host::{CasRetries, SharedStore, StoreError};
+use crate::state::slots::{self, Address, Record, Tenant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sighting {
@@ -41,9 +41,9 @@ impl Tenant for Expiring {
 /// Records `addr`'s tag (a keyed hash of what must be seen once: a
 /// signature's key id and nonce, a refresh token) in `table` until
 /// `expires_ms`.
-pub fn remember(
+pub fn remember<R: CasRetries + ?Sized>(
     store: &dyn SharedStore,
-    metrics: &dyn Metrics,
+    metrics: &R,
     table: &str,
     addr: Address,
     expires_ms: u64,
@@ -66,7 +66,8 @@ pub fn remember(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{MemoryMetrics, MemoryStore};
+    use crate::core::metrics::MemoryMetrics;
+    use crate::state::host::MemoryStore;
 
     const FULL: u64 = slots::SLOTS_PER_PAGE as u64;
 

@@ -27,8 +27,7 @@
 //! VM before any worker serves traffic, so by then all pages exist and every
 //! later write is a real compare-and-swap.
 
-use crate::host::{Metrics, SharedStore, StoreError};
-use crate::metrics::Counter;
+use crate::state::host::{CasRetries, SharedStore, StoreError};
 
 pub const SLOTS_PER_PAGE: usize = 16;
 pub const RECORD_LEN: usize = 40;
@@ -43,7 +42,7 @@ pub const ALTERNATES: u8 = 7;
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
 /// One client key's state for one rule. Times are Unix milliseconds except
-/// `state`, whose meaning belongs to the rule (see `ratelimit`).
+/// `state`, whose meaning belongs to the rule (see `stages::limits::buckets`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Record {
     /// Hash of (rule, client key); 0 marks an empty record.
@@ -325,9 +324,9 @@ enum Attempt<T> {
 /// second compare-and-swap when its entry must be raised); a new key whose
 /// home page is full reads alternates until one has room, then writes the
 /// entry and the record.
-pub fn upsert<T>(
+pub fn upsert<T, R: CasRetries + ?Sized>(
     store: &dyn SharedStore,
-    metrics: &dyn Metrics,
+    metrics: &R,
     table: &str,
     addr: Address,
     now_ms: u64,
@@ -336,7 +335,7 @@ pub fn upsert<T>(
 ) -> Result<Option<T>, StoreError> {
     for attempt in 0..MAX_CAS_ATTEMPTS {
         if attempt > 0 {
-            metrics.increment(Counter::CasRetry);
+            metrics.cas_retry();
         }
         if let Attempt::Done(result) = upsert_once(store, table, addr, now_ms, tenant, &mut change)?
         {
@@ -507,9 +506,9 @@ pub fn shared_seed(store: &dyn SharedStore, fresh: [u8; 16]) -> Result<[u8; 16],
 /// Read-modify-write of one page under compare-and-swap. `change` edits the
 /// page and says whether anything changed; an unchanged page is not written.
 /// Retries on conflict a bounded number of times, counting each retry.
-pub fn update<T>(
+pub fn update<T, R: CasRetries + ?Sized>(
     store: &dyn SharedStore,
-    metrics: &dyn Metrics,
+    metrics: &R,
     key: &str,
     change: impl FnMut(&mut Page) -> (bool, T),
 ) -> Result<T, StoreError> {
@@ -518,7 +517,7 @@ pub fn update<T>(
         key,
         Page::decode,
         |page| page.encode().to_vec(),
-        || metrics.increment(Counter::CasRetry),
+        || metrics.cas_retry(),
         change,
     )
 }
@@ -558,7 +557,8 @@ pub fn update_value<R, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{MemoryMetrics, MemoryStore};
+    use crate::core::metrics::{Counter, MemoryMetrics};
+    use crate::state::host::MemoryStore;
     use std::cell::{Cell, RefCell};
 
     fn test_keys(pages: u32, rules: u8) -> Vec<String> {
@@ -763,7 +763,7 @@ mod tests {
     }
 
     impl SharedStore for Host<'_> {
-        fn get(&self, key: &str) -> Result<Option<crate::host::Versioned>, StoreError> {
+        fn get(&self, key: &str) -> Result<Option<crate::state::host::Versioned>, StoreError> {
             self.gets.set(self.gets.get() + 1);
             self.store.get(key)
         }

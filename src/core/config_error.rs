@@ -1,0 +1,138 @@
+//! Configuration errors and the checks every section's compile shares:
+//! names, header names, route-class references, secrets from the VM
+//! environment. Each error names the JSON path it is about.
+
+use crate::core::routes::{RouteId, RouteTable};
+use std::fmt;
+
+/// Bounds of every slot table's size (`slots`, `replay_slots`, ...).
+pub const MIN_SLOTS: u32 = 16;
+pub const MAX_SLOTS: u32 = 1 << 22;
+/// Default size of the tables that remember what must be seen once
+/// (signature nonces, refresh tokens).
+pub const DEFAULT_REPLAY_SLOTS: u32 = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending value, `.` for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration at `{}`: {}",
+            self.path, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Names end up in metric tags and response headers: keep them short and
+/// free of anything that needs escaping.
+pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "`{name}` is not a valid name; use 1 to 32 lowercase letters, digits, `_` or `-`"
+            ),
+        ))
+    }
+}
+
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub fn route_ids(
+    routes: &RouteTable,
+    names: &[String],
+    path: &str,
+) -> Result<Vec<RouteId>, ConfigError> {
+    if names.is_empty() {
+        return Err(err(path, "must not be empty"));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            routes.id_of(name).ok_or_else(|| {
+                err(
+                    format!("{path}[{j}]"),
+                    format!("no route class named `{name}` (define it under `routes`, or use `default`)"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Gives each route class named at `path` to policy `index`: a class has at
+/// most one policy of a kind (`what`).
+pub fn assign_routes(
+    by_route: &mut [Option<usize>],
+    routes: &RouteTable,
+    names: &[String],
+    path: &str,
+    index: usize,
+    what: &str,
+) -> Result<(), ConfigError> {
+    for (j, id) in route_ids(routes, names, path)?.into_iter().enumerate() {
+        let Some(slot) = by_route.get_mut(usize::from(id)) else {
+            continue;
+        };
+        if slot.is_some() {
+            return Err(err(
+                format!("{path}[{j}]"),
+                format!("this route class already has {what} policy"),
+            ));
+        }
+        *slot = Some(index);
+    }
+    Ok(())
+}
+
+/// A secret's text from an environment variable of the wasm VM, for the
+/// `{"env": NAME}` form at `path`.
+/// The name is quoted only when it reads as a variable name
+/// (`PALISADE_KEY`): a secret pasted in place of its name is never echoed.
+pub fn env_value(name: &str, path: &str) -> Result<String, ConfigError> {
+    let conventional = (1..=64).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let shown = if conventional {
+        format!("`{name}`")
+    } else {
+        "named here (not shown: it is not an upper-case variable name)".to_string()
+    };
+    std::env::var(name).map_err(|_| {
+        err(
+            format!("{path}.env"),
+            format!(
+                "environment variable {shown} is not set in the wasm VM \
+                 (list it in Envoy's vm_config.environment_variables)"
+            ),
+        )
+    })
+}

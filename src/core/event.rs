@@ -1,0 +1,35 @@
+//! The JSON security event written for every finding.
+
+use crate::core::names::Names;
+use crate::core::request::Facts;
+use crate::core::verdict::Finding;
+use siphasher::sip128::SipHasher13;
+use std::hash::Hasher;
+
+/// One JSON security event per finding. Only configuration names, enum
+/// strings, the client address and a validated request id are written:
+/// never a header value, token or user name.
+pub fn log(facts: &Facts<'_>, finding: &Finding, names: &dyn Names, seed: &[u8; 16]) {
+    let event = serde_json::json!({
+        "event": "palisade.finding",
+        "action": if finding.enforced() { "deny" } else { "monitor" },
+        "reason": finding.reason.as_str(),
+        "stage": finding.stage.as_str(),
+        "route": names.route_name(facts.route),
+        "rule": finding.rule.map(|r| names.rule_name(r).unwrap_or("")),
+        "client_ip": facts.client_ip.map(|ip| ip.to_string()),
+        "user_hash": facts.user.as_deref().map(|u| short_hash(seed, u)),
+        "key_id": facts.key_id,
+        "request_id": facts.request_id,
+    });
+    log::warn!("{event}");
+}
+
+/// A short keyed hash that correlates events of one user without
+/// revealing who it is.
+fn short_hash(seed: &[u8; 16], value: &[u8]) -> String {
+    let mut h = SipHasher13::new_with_key(seed);
+    h.write(b"user");
+    h.write(value);
+    format!("{:08x}", h.finish() >> 32)
+}

@@ -1,0 +1,16 @@
+//! Vocabulary every stage uses: the request view, route ids, findings,
+//! reason codes and the verdict's responses, modes, counters, durations and
+//! configuration errors. Nothing here knows a particular stage or the
+//! document; it may use `state` below it.
+
+pub mod config_error;
+pub mod duration;
+pub mod event;
+pub mod metrics;
+pub mod mode;
+pub mod names;
+pub mod reasons;
+pub mod request;
+pub mod routes;
+pub mod stage;
+pub mod verdict;

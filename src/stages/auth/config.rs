@@ -1,0 +1,686 @@
+//! The `jwt`, `api_keys` and `authorization` sections, which only mean
+//! something together: raw types, defaults, validation and compile into
+//! the providers, keys and per-route policies the credential check reads.
+
+use crate::core::config_error::{
+    assign_routes, check_name, env_value, err, is_header_name, route_ids, ConfigError,
+    DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
+};
+use crate::core::duration::Millis;
+use crate::core::mode::{string_enum, FailureMode, Mode};
+use crate::core::routes::RouteTable;
+use crate::stages::auth::credentials::{
+    ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
+};
+use crate::stages::auth::jwks::RemoteJwks;
+use crate::stages::auth::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
+use crate::state::slots;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    from: Option<Vec<RawTokenSource>>,
+    #[serde(default)]
+    cache_entries: Option<u32>,
+    #[serde(default)]
+    without_keys: FailureMode,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    refresh_tokens: Option<RawRefreshTokens>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenSource {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    cookie: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Vec<String>,
+    jwks: RawJwksSource,
+    #[serde(default)]
+    clock_skew: Option<RawDuration>,
+    #[serde(default)]
+    max_lifetime: Option<Millis>,
+    #[serde(default)]
+    max_age: Option<Millis>,
+    #[serde(default)]
+    required_claims: Vec<String>,
+    #[serde(default)]
+    roles_claim: Option<String>,
+    #[serde(default)]
+    forward_claims: Vec<RawForwardClaim>,
+}
+
+/// A duration that may be zero (`"0s"`): clock skew can be switched off.
+#[derive(Clone, Copy)]
+struct RawDuration(u64);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if matches!(text.as_str(), "0" | "0s" | "0ms") {
+            return Ok(RawDuration(0));
+        }
+        crate::core::duration::parse_duration(&text)
+            .map(|d| RawDuration(d.as_ms()))
+            .map_err(de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum RawJwksSource {
+    Inline(serde_json::Value),
+    Remote(RawRemoteJwks),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    path: String,
+    #[serde(default)]
+    refresh: Option<Millis>,
+    #[serde(default)]
+    min_refetch: Option<Millis>,
+    #[serde(default)]
+    timeout: Option<Millis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardClaim {
+    claim: String,
+    header: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefreshTokens {
+    routes: Vec<String>,
+    #[serde(default)]
+    remember: Option<Millis>,
+    #[serde(default)]
+    slots: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    keys: Vec<RawApiKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    id: String,
+    sha256: RawHash,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// The hex SHA-256 of an API key, inline or from a VM environment variable.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawHash {
+    Hex(String),
+    Env(RawEnvRef),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvRef {
+    env: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorization {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    policies: Vec<RawAuthzPolicy>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawCredential {
+    Jwt,
+    ApiKey,
+}
+
+string_enum!(RawCredential, "\"jwt\" or \"api_key\"", {
+    "jwt" => RawCredential::Jwt,
+    "api_key" => RawCredential::ApiKey,
+});
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthzPolicy {
+    routes: Vec<String>,
+    #[serde(default)]
+    credentials: Option<Vec<RawCredential>>,
+    #[serde(default)]
+    providers: Option<Vec<String>>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    amr: Vec<String>,
+}
+
+const MAX_PROVIDERS: usize = 16;
+const DEFAULT_CACHE_ENTRIES: u32 = 1024;
+const MAX_CACHE_ENTRIES: u32 = 1 << 20;
+const DEFAULT_CLOCK_SKEW_MS: u64 = 30_000;
+const DEFAULT_REFRESH_REMEMBER_MS: u64 = 30 * 86_400_000;
+
+/// The `jwt`, `api_keys` and `authorization` sections, which only mean
+/// something together.
+pub fn compile_auth(
+    jwt: RawJwt,
+    api_keys: RawApiKeys,
+    authorization: RawAuthorization,
+    global: Mode,
+    routes: &RouteTable,
+) -> Result<Auth, ConfigError> {
+    let sources = compile_token_sources(jwt.from)?;
+    if jwt.providers.len() > MAX_PROVIDERS {
+        return Err(err(
+            "jwt.providers",
+            format!("at most {MAX_PROVIDERS} providers"),
+        ));
+    }
+    let mut providers: Vec<ProviderSpec> = Vec::with_capacity(jwt.providers.len());
+    for (i, raw) in jwt.providers.into_iter().enumerate() {
+        let at = format!("jwt.providers[{i}]");
+        if providers.iter().any(|p| p.name == raw.name) {
+            return Err(err(
+                format!("{at}.name"),
+                format!("duplicate provider name `{}`", raw.name),
+            ));
+        }
+        providers.push(compile_provider(raw, &at)?);
+    }
+    let mut owned_headers = vec![crate::stages::auth::credentials::USER_HEADER.to_string()];
+    for p in &providers {
+        for f in &p.forward {
+            if !owned_headers.contains(&f.header) {
+                owned_headers.push(f.header.clone());
+            }
+        }
+    }
+    let cache_entries = jwt.cache_entries.unwrap_or(DEFAULT_CACHE_ENTRIES);
+    if cache_entries > MAX_CACHE_ENTRIES {
+        return Err(err(
+            "jwt.cache_entries",
+            format!("must be at most {MAX_CACHE_ENTRIES}"),
+        ));
+    }
+    let api_key_header = match &api_keys.header {
+        None => None,
+        Some(h) if is_header_name(h) => Some(h.to_ascii_lowercase()),
+        Some(h) => {
+            return Err(err(
+                "api_keys.header",
+                format!("`{h}` is not a valid HTTP header name"),
+            ))
+        }
+    };
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(api_keys.keys.len());
+    for (i, key) in api_keys.keys.into_iter().enumerate() {
+        let at = format!("api_keys.keys[{i}]");
+        check_name(&format!("{at}.id"), &key.id)?;
+        if keys.iter().any(|k| k.id == key.id) {
+            return Err(err(
+                format!("{at}.id"),
+                format!("duplicate key id `{}`", key.id),
+            ));
+        }
+        let sha256 = decode_key_hash(&key.sha256, &format!("{at}.sha256"))?;
+        if keys.iter().any(|k| k.sha256 == sha256) {
+            return Err(err(
+                format!("{at}.sha256"),
+                "the same key hash is configured twice",
+            ));
+        }
+        keys.push(ApiKey {
+            id: key.id,
+            sha256,
+            roles: {
+                if let Some(j) = key.roles.iter().position(String::is_empty) {
+                    return Err(err(format!("{at}.roles[{j}]"), "must not be empty"));
+                }
+                key.roles
+            },
+        });
+    }
+    if !keys.is_empty() && api_key_header.is_none() {
+        return Err(err(
+            "api_keys.header",
+            "required when keys are configured: the header clients send their key in",
+        ));
+    }
+
+    let mut by_route: Vec<Option<usize>> = vec![None; routes.len_with_default()];
+    let mut policies = Vec::with_capacity(authorization.policies.len());
+    for (i, raw) in authorization.policies.into_iter().enumerate() {
+        let at = |field: &str| format!("authorization.policies[{i}].{field}");
+        assign_routes(
+            &mut by_route,
+            routes,
+            &raw.routes,
+            &at("routes"),
+            i,
+            "an authorization",
+        )?;
+        let credentials = raw.credentials.unwrap_or_else(|| vec![RawCredential::Jwt]);
+        if credentials.is_empty() {
+            return Err(err(at("credentials"), "must not be empty"));
+        }
+        let accept_jwt = credentials.contains(&RawCredential::Jwt);
+        let accept_api_key = credentials.contains(&RawCredential::ApiKey);
+        if accept_jwt && providers.is_empty() {
+            return Err(err(
+                at("credentials"),
+                "accepts \"jwt\" but no `jwt.providers` are configured",
+            ));
+        }
+        if accept_api_key && keys.is_empty() {
+            return Err(err(
+                at("credentials"),
+                "accepts \"api_key\" but no `api_keys.keys` are configured",
+            ));
+        }
+        let provider_ids = match raw.providers {
+            None => (0..providers.len()).collect(),
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(err(
+                        at("providers"),
+                        "must not be empty; omit it to accept every provider",
+                    ));
+                }
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(j, name)| {
+                        providers
+                            .iter()
+                            .position(|p| &p.name == name)
+                            .ok_or_else(|| {
+                                err(
+                                    format!("{}[{j}]", at("providers")),
+                                    format!("no provider named `{name}` under `jwt.providers`"),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        for (field, values) in [
+            ("roles", &raw.roles),
+            ("scopes", &raw.scopes),
+            ("amr", &raw.amr),
+        ] {
+            if let Some(j) = values.iter().position(String::is_empty) {
+                return Err(err(format!("{}[{j}]", at(field)), "must not be empty"));
+            }
+        }
+        policies.push(AuthzPolicy {
+            accept_jwt,
+            accept_api_key,
+            providers: provider_ids,
+            roles: raw.roles,
+            scopes: raw.scopes,
+            amr: raw.amr,
+        });
+    }
+
+    let refresh = match jwt.refresh_tokens {
+        None => None,
+        Some(raw) => {
+            let slots = raw.slots.unwrap_or(DEFAULT_REPLAY_SLOTS);
+            if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
+                return Err(err(
+                    "jwt.refresh_tokens.slots",
+                    format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+                ));
+            }
+            let mut applies = vec![false; routes.len_with_default()];
+            for id in route_ids(routes, &raw.routes, "jwt.refresh_tokens.routes")? {
+                if let Some(flag) = applies.get_mut(usize::from(id)) {
+                    *flag = true;
+                }
+            }
+            Some(RefreshTokens {
+                by_route: applies,
+                remember_ms: raw
+                    .remember
+                    .map_or(DEFAULT_REFRESH_REMEMBER_MS, Millis::as_ms),
+                pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+            })
+        }
+    };
+    Ok(Auth {
+        jwt_mode: jwt.mode.unwrap_or(global),
+        authz_mode: authorization.mode.unwrap_or(global),
+        sources,
+        cache_entries: usize::try_from(cache_entries).unwrap_or(usize::MAX),
+        without_keys: jwt.without_keys,
+        providers,
+        api_key_header,
+        api_keys: keys,
+        policies,
+        by_route,
+        refresh,
+        owned_headers,
+    })
+}
+
+fn compile_token_sources(
+    raw: Option<Vec<RawTokenSource>>,
+) -> Result<Vec<TokenSource>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(vec![TokenSource::Header {
+            name: "authorization".to_string(),
+            prefix: Some("Bearer ".to_string()),
+        }]);
+    };
+    if raw.is_empty() {
+        return Err(err(
+            "jwt.from",
+            "must not be empty; omit it for `Authorization: Bearer`",
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let at = format!("jwt.from[{i}]");
+            match (source.header, source.cookie, source.prefix) {
+                (Some(name), None, prefix) => {
+                    if !is_header_name(&name) {
+                        return Err(err(
+                            format!("{at}.header"),
+                            format!("`{name}` is not a valid HTTP header name"),
+                        ));
+                    }
+                    if prefix.as_deref() == Some("") {
+                        return Err(err(
+                            format!("{at}.prefix"),
+                            "must not be empty; omit it for none",
+                        ));
+                    }
+                    Ok(TokenSource::Header {
+                        name: name.to_ascii_lowercase(),
+                        prefix,
+                    })
+                }
+                (None, Some(name), None) => {
+                    if !is_header_name(&name) {
+                        return Err(err(
+                            format!("{at}.cookie"),
+                            format!("`{name}` is not a valid cookie name"),
+                        ));
+                    }
+                    Ok(TokenSource::Cookie(name))
+                }
+                (None, Some(_), Some(_)) => {
+                    Err(err(format!("{at}.prefix"), "only applies to a header"))
+                }
+                _ => Err(err(at, "needs exactly one of `header` or `cookie`")),
+            }
+        })
+        .collect()
+}
+
+fn compile_provider(raw: RawProvider, at: &str) -> Result<ProviderSpec, ConfigError> {
+    check_name(&format!("{at}.name"), &raw.name)?;
+    let mut algorithms = Vec::with_capacity(raw.algorithms.len());
+    for (j, name) in raw.algorithms.iter().enumerate() {
+        let alg = Alg::from_name(name).ok_or_else(|| {
+            err(
+                format!("{at}.algorithms[{j}]"),
+                format!(
+                    "unsupported algorithm `{name}`; expected one of {}",
+                    Alg::ALL.map(Alg::as_str).join(", ")
+                ),
+            )
+        })?;
+        algorithms.push(alg);
+    }
+    let (inline_jwks, remote, keys) = match raw.jwks {
+        RawJwksSource::Inline(doc) => {
+            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+            let (keys, errors) = Jwks::parse_with_symmetric(&bytes);
+            if let Some(e) = errors.first() {
+                // An inline set is the operator's own: a bad entry is a typo.
+                let path = match e.index {
+                    Some(k) => format!("{at}.jwks.inline.keys[{k}]"),
+                    None => format!("{at}.jwks.inline"),
+                };
+                return Err(err(path, e.reason));
+            }
+            if keys.is_empty() {
+                return Err(err(
+                    format!("{at}.jwks.inline.keys"),
+                    "must hold at least one key",
+                ));
+            }
+            (Some(bytes), None, keys)
+        }
+        RawJwksSource::Remote(remote) => (
+            None,
+            Some(compile_remote_jwks(
+                remote,
+                &raw.name,
+                &format!("{at}.jwks.remote"),
+            )?),
+            Jwks::default(),
+        ),
+    };
+    if remote.is_some() && algorithms.contains(&Alg::Hs256) {
+        return Err(err(
+            format!("{at}.algorithms"),
+            "`HS256` needs a symmetric key, which only an inline key set may hold",
+        ));
+    }
+    let skew_ms = raw.clock_skew.map_or(DEFAULT_CLOCK_SKEW_MS, |d| d.0);
+    if skew_ms > jwt::MAX_CLOCK_SKEW_S * 1000 {
+        return Err(err(
+            format!("{at}.clock_skew"),
+            format!("must be at most {} seconds", jwt::MAX_CLOCK_SKEW_S),
+        ));
+    }
+    let settings = ProviderSettings {
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        algorithms,
+        clock_skew_s: skew_ms / 1000,
+        max_lifetime_s: raw.max_lifetime.map(|d| d.as_ms().div_ceil(1000)),
+        max_age_s: raw.max_age.map(|d| d.as_ms().div_ceil(1000)),
+        required_claims: raw.required_claims,
+    };
+    // The same checks the request path relies on, with their field names.
+    Provider::new(settings.clone(), keys)
+        .map_err(|e| err(format!("{at}.{}", e.field), e.message))?;
+    let roles_claim = raw.roles_claim.unwrap_or_else(|| "roles".to_string());
+    if roles_claim.is_empty() {
+        return Err(err(format!("{at}.roles_claim"), "must not be empty"));
+    }
+    let mut forward = Vec::with_capacity(raw.forward_claims.len());
+    for (j, f) in raw.forward_claims.into_iter().enumerate() {
+        let header = f.header.to_ascii_lowercase();
+        if !is_header_name(&header) || header.starts_with(':') {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{}` is not a valid HTTP header name", f.header),
+            ));
+        }
+        if matches!(
+            header.as_str(),
+            "host" | "authorization" | "cookie" | "content-length" | "transfer-encoding"
+        ) {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{header}` cannot carry a claim"),
+            ));
+        }
+        if header == crate::stages::auth::credentials::USER_HEADER {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{header}` is palisade's own identity header (the token's `sub`)"),
+            ));
+        }
+        if forward.iter().any(|g: &ForwardedClaim| g.header == header) {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].header"),
+                format!("`{header}` already carries another claim"),
+            ));
+        }
+        if f.claim.is_empty() {
+            return Err(err(
+                format!("{at}.forward_claims[{j}].claim"),
+                "must not be empty",
+            ));
+        }
+        forward.push(ForwardedClaim {
+            claim: f.claim,
+            header,
+        });
+    }
+    Ok(ProviderSpec {
+        name: raw.name,
+        settings,
+        inline_jwks,
+        remote,
+        roles_claim,
+        forward,
+    })
+}
+
+const DEFAULT_JWKS_REFRESH_MS: u64 = 300_000;
+const DEFAULT_JWKS_MIN_REFETCH_MS: u64 = 30_000;
+const DEFAULT_JWKS_TIMEOUT_MS: u64 = 2_000;
+
+fn compile_remote_jwks(
+    raw: RawRemoteJwks,
+    provider: &str,
+    at: &str,
+) -> Result<RemoteJwks, ConfigError> {
+    let upstream = match (raw.cluster, raw.address) {
+        (Some(cluster), None) if !cluster.is_empty() => cluster,
+        (None, Some(address)) => {
+            let host_ok = |host: &str| {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+            };
+            let port_ok = |port: &str| {
+                !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            };
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| host_ok(host) && !host.ends_with(':') && port_ok(port));
+            if !valid {
+                return Err(err(format!("{at}.address"), format!("`{address}` is not host:port")));
+            }
+            address
+        }
+        _ => {
+            return Err(err(
+                at,
+                "needs exactly one of `cluster` (an Envoy cluster) or `address` (host:port, for ngx_wasm_module)",
+            ))
+        }
+    };
+    if !raw.path.starts_with('/') {
+        return Err(err(format!("{at}.path"), "must start with `/`"));
+    }
+    let timeout_ms = raw.timeout.map_or(DEFAULT_JWKS_TIMEOUT_MS, Millis::as_ms);
+    let min_refetch_ms = raw
+        .min_refetch
+        .map_or(DEFAULT_JWKS_MIN_REFETCH_MS, Millis::as_ms);
+    let refresh_ms = raw.refresh.map_or(DEFAULT_JWKS_REFRESH_MS, Millis::as_ms);
+    if timeout_ms > 60_000 {
+        return Err(err(format!("{at}.timeout"), "must be at most 60s"));
+    }
+    if min_refetch_ms < timeout_ms {
+        return Err(err(
+            format!("{at}.min_refetch"),
+            "must not be shorter than `timeout` (one fetch in flight at a time)",
+        ));
+    }
+    if refresh_ms < min_refetch_ms {
+        return Err(err(
+            format!("{at}.refresh"),
+            "must not be shorter than `min_refetch`",
+        ));
+    }
+    let authority = raw.authority.unwrap_or_else(|| upstream.clone());
+    let record_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = siphasher::sip::SipHasher13::new();
+        (provider, &upstream, &authority, &raw.path).hash(&mut h);
+        format!("palisade.jwks.{provider}.{:016x}", h.finish())
+    };
+    Ok(RemoteJwks {
+        upstream,
+        authority,
+        path: raw.path,
+        refresh_ms,
+        min_refetch_ms,
+        timeout_ms,
+        record_key,
+    })
+}
+
+/// `sha256` of an API key: 64 hex digits, inline or in a VM environment
+/// variable. Errors never quote the value.
+fn decode_key_hash(raw: &RawHash, path: &str) -> Result<[u8; 32], ConfigError> {
+    let (text, at) = match raw {
+        RawHash::Hex(text) => (text.clone(), path.to_string()),
+        RawHash::Env(r) => (env_value(&r.env, path)?, format!("{path}.env")),
+    };
+    let text = text.trim();
+    let mut out = [0u8; 32];
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err(at, "must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s \"$KEY\" | sha256sum`)"));
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = text
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    Ok(out)
+}

@@ -1,0 +1,180 @@
+//! The authenticate and authorize stages: API keys and JWTs
+//! ([`credentials`], [`jwt`]), remote key sets ([`jwks`]), roles, scopes
+//! and MFA per route, refresh-token reuse ([`refresh`]), and the `jwt`,
+//! `api_keys` and `authorization` sections ([`config`]).
+
+pub mod config;
+pub mod credentials;
+pub mod jwks;
+pub mod jwt;
+pub mod refresh;
+
+use crate::core::metrics::Counter;
+use crate::core::mode::{FailureMode, Mode};
+use crate::core::request::{Facts, HeaderMap};
+use crate::core::stage::{Ctx, Services};
+use crate::core::verdict::{Finding, Reason, Stage};
+use crate::state::host::SharedStore;
+use credentials::{Auth, AuthState, AuthzPolicy};
+use jwks::FetchPlan;
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+/// Authentication and authorization on a route that requires a
+/// credential: the principal becomes the `user` key, and its identity
+/// headers (for the upstream) are returned.
+pub fn authenticate(
+    auth: &Auth,
+    state: &Mutex<AuthState>,
+    policy: &AuthzPolicy,
+    headers: &HeaderMap<'_>,
+    facts: &mut Facts<'_>,
+    ctx: &Ctx<'_>,
+    findings: &mut Vec<Finding>,
+) -> Option<Vec<(String, String)>> {
+    let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
+        findings.push(ctx.host_failure("clock", Stage::Authenticate));
+        return None;
+    };
+    match credentials::check(auth, state, policy, headers, now_ms, ctx.host.store) {
+        Ok(principal) => {
+            facts.user = Some(Cow::Owned(principal.user_key));
+            return Some(principal.headers);
+        }
+        Err(refusal)
+            if refusal.reason == Reason::JwtNoKeys && auth.without_keys == FailureMode::Allow =>
+        {
+            findings.push(Finding::new(
+                Stage::Authenticate,
+                Reason::JwtNoKeys,
+                Mode::Monitor,
+            ));
+        }
+        Err(refusal) => {
+            let reason = refusal.reason;
+            let (stage, mode) = if reason.status() == 403 {
+                (Stage::Authorize, auth.authz_mode)
+            } else {
+                (Stage::Authenticate, auth.jwt_mode)
+            };
+            // Known but not authorized: the event can correlate the user.
+            if let Some(key) = refusal.user_key {
+                facts.user = Some(Cow::Owned(key));
+            }
+            findings.push(Finding::new(stage, reason, mode));
+        }
+    }
+    None
+}
+
+/// Called from the root context's tick: installs key sets other
+/// workers fetched, and returns the fetches this worker won.
+pub fn jwks_due(
+    auth: &Auth,
+    state: &Mutex<AuthState>,
+    store: &dyn SharedStore,
+    now_ms: u64,
+) -> Vec<FetchPlan> {
+    let mut plans = Vec::new();
+    for (index, spec) in auth.providers.iter().enumerate() {
+        let Some(remote) = &spec.remote else {
+            continue;
+        };
+        let have = credentials::lock(state).generation(index).unwrap_or(0);
+        let poll = match jwks::poll(store, remote, have, now_ms) {
+            Ok(poll) => poll,
+            Err(e) => {
+                log::warn!(
+                    "palisade: cannot read the shared key set of provider `{}` ({e:?})",
+                    spec.name
+                );
+                continue;
+            }
+        };
+        if let Some((generation, keys)) = poll.newer {
+            credentials::lock(state).install(index, keys, generation);
+        }
+        if poll.fetch {
+            plans.push(FetchPlan {
+                provider: index,
+                upstream: remote.upstream.clone(),
+                authority: remote.authority.clone(),
+                path: remote.path.clone(),
+                timeout_ms: remote.timeout_ms,
+            });
+        }
+    }
+    plans
+}
+
+/// A fetch finished: `Ok(body)` for a 200 response, `Err(why)` otherwise
+/// (status, transport failure). A set with at least one usable key
+/// replaces the provider's keys on every worker; anything else keeps the
+/// last good set.
+pub fn jwks_fetched(
+    auth: &Auth,
+    state: &Mutex<AuthState>,
+    provider: usize,
+    result: Result<&[u8], String>,
+    host: &Services<'_>,
+) {
+    let Some(spec) = auth.providers.get(provider) else {
+        return;
+    };
+    let Some(remote) = &spec.remote else {
+        return;
+    };
+    let counter = |ok| Counter::JwksFetch {
+        provider: u8::try_from(provider).unwrap_or(u8::MAX),
+        ok,
+    };
+    let body = match result {
+        Ok(body) => body,
+        Err(why) => {
+            log::warn!(
+                "palisade: JWKS fetch for provider `{}` failed: {why}; the last good key set stays in use",
+                spec.name
+            );
+            return host.metrics.increment(counter(false));
+        }
+    };
+    let (keys, errors) = jwt::Jwks::parse(body);
+    for e in &errors {
+        log::warn!(
+            "palisade: provider `{}`: JWKS entry skipped: {e}",
+            spec.name
+        );
+    }
+    if keys.is_empty() {
+        log::warn!(
+            "palisade: JWKS of provider `{}` has no usable key; the last good key set stays in use",
+            spec.name
+        );
+        return host.metrics.increment(counter(false));
+    }
+    let Some(now_ms) = host.clock.now_ms() else {
+        log::warn!(
+            "palisade: no clock to stamp the key set of provider `{}`; the last good key set stays in use",
+            spec.name
+        );
+        return host.metrics.increment(counter(false));
+    };
+    match jwks::store_fetched(host.store, remote, now_ms, body) {
+        Ok(generation) => {
+            log::info!(
+                "palisade: provider `{}`: fetched key set generation {generation} ({} keys)",
+                spec.name,
+                keys.len()
+            );
+            credentials::lock(state).install(provider, keys, generation);
+            host.metrics.increment(counter(true));
+        }
+        Err(e) => {
+            log::warn!(
+                "palisade: cannot share the key set of provider `{}` ({e:?})",
+                spec.name
+            );
+            host.metrics.increment(counter(false));
+        }
+    }
+}

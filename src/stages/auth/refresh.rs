@@ -1,0 +1,207 @@
+//! Refresh-token reuse (OAuth 2.0 Security BCP): on token endpoints
+//! (`jwt.refresh_tokens`), the refresh token of each `refresh_token` grant
+//! is remembered in a shared table, and a second presentation is refused.
+//! The grant is read from the body, so this is the auth stage's part of
+//! the body phase; a query that carries token parameters is refused with
+//! the headers.
+
+use crate::core::mode::Mode;
+use crate::core::request::{Facts, HeaderMap};
+use crate::core::routes::RouteId;
+use crate::core::stage::Ctx;
+use crate::core::verdict::{Finding, Reason, Stage};
+use crate::stages::auth::credentials::Auth;
+use crate::state::replay::{self, Sighting};
+use crate::state::slots;
+use std::borrow::Cow;
+use std::hash::Hasher;
+
+/// Body formats the body phase reads a refresh-token grant from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Form,
+    Json,
+    Other,
+    /// Multipart or content-encoded: palisade cannot read its parameters.
+    Unreadable,
+}
+
+impl ContentType {
+    /// What the request's `Content-Type` and `Content-Encoding` say.
+    pub fn of(headers: &HeaderMap<'_>) -> ContentType {
+        let encoded = headers
+            .get_str("content-encoding")
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+        match headers.get_str("content-type").map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        }) {
+            _ if encoded => ContentType::Unreadable,
+            Some(t) if t.starts_with("multipart/") => ContentType::Unreadable,
+            Some(t) if t == "application/x-www-form-urlencoded" => ContentType::Form,
+            Some(t) if t == "application/json" => ContentType::Json,
+            _ => ContentType::Other,
+        }
+    }
+}
+
+/// The mode of refresh-token checks, when `route` is a token endpoint's
+/// and the request a token request.
+pub fn mode(auth: &Auth, headers: &HeaderMap<'_>, route: RouteId) -> Option<Mode> {
+    auth.refresh
+        .as_ref()
+        .filter(|r| r.applies_to(route) && headers.get_str(":method") == Some("POST"))
+        .map(|_| auth.jwt_mode)
+}
+
+/// `grant_type` and `refresh_token` belong in a token request's body
+/// (RFC 6749 section 6); some servers read the query too, and take its
+/// value first. Such a request, or one whose query repeats a parameter,
+/// is refused: the body phase could not tell which value a server uses.
+pub fn token_request_query(
+    auth: &Auth,
+    headers: &HeaderMap<'_>,
+    route: RouteId,
+) -> Option<Finding> {
+    let mode = mode(auth, headers, route)?;
+    let query = headers.get_str(":path")?.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    let mut seen = std::collections::HashSet::new();
+    let refused = form_urlencoded::parse(query.as_bytes())
+        .any(|(k, _)| matches!(k.as_ref(), "grant_type" | "refresh_token") || !seen.insert(k));
+    refused.then(|| Finding::new(Stage::Authenticate, Reason::RefreshRepeatedParameter, mode))
+}
+
+/// Remembers the refresh token of a `refresh_token` grant; a second
+/// presentation within `remember` is reuse (OAuth 2.0 Security BCP:
+/// a stolen refresh token used after the client used it).
+pub fn check_body(
+    auth: &Auth,
+    content_type: ContentType,
+    body: &[u8],
+    mode: Mode,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Option<Finding> {
+    let host = ctx.host;
+    let refresh = auth.refresh.as_ref()?;
+    let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
+    if content_type == ContentType::Unreadable {
+        return flag(Reason::RefreshUnsupportedBody);
+    }
+    let tokens = match refresh_tokens_of(body) {
+        Ok(tokens) => tokens,
+        Err(reason) => return flag(reason),
+    };
+    let Some(now_ms) = facts.now_ms(host.clock) else {
+        return Some(ctx.host_failure("clock", Stage::Authenticate));
+    };
+    let expires_ms = now_ms.saturating_add(refresh.remember_ms);
+    for token in tokens {
+        let hash = ctx.keyed_hash(|h| {
+            h.write(b"refresh");
+            h.write(token.as_bytes());
+        });
+        let addr = Ctx::address(hash, refresh.pages);
+        match replay::remember(
+            host.store,
+            host.metrics,
+            slots::REFRESH,
+            addr,
+            expires_ms,
+            now_ms,
+        ) {
+            Ok(Sighting::Fresh) => {}
+            Ok(Sighting::Replay) => return flag(Reason::RefreshReuse),
+            Ok(Sighting::TableFull) => {
+                log::error!(
+                    "palisade: refresh-token table full; raise jwt.refresh_tokens.slots (now {})",
+                    refresh.pages.saturating_mul(slots::SLOTS_PER_PAGE as u32)
+                );
+                return flag(Reason::RefreshCapacity);
+            }
+            Err(error) => {
+                return Some(ctx.store_failure("refresh tokens", Stage::Authenticate, error))
+            }
+        }
+    }
+    None
+}
+
+/// Largest token-endpoint request body read for a refresh-token grant.
+pub const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// The refresh tokens of a `grant_type=refresh_token` request (RFC 6749
+/// section 6) as any server could read its body, whatever the declared
+/// content type: as a form, and, when it is a JSON object, as JSON. Servers
+/// differ in what they read, so every reading is checked. A parameter
+/// present twice in a reading is an error (RFC 6749 section 3.1 forbids
+/// it): a server may take the first value where palisade would take the
+/// last.
+fn refresh_tokens_of(body: &[u8]) -> Result<Vec<String>, Reason> {
+    let mut readings: Vec<Vec<(Cow<'_, str>, Cow<'_, str>)>> =
+        vec![form_urlencoded::parse(body).collect()];
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if let Ok(JsonMembers(members)) = serde_json::from_slice(body) {
+            let members = members.into_iter().map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (Cow::Owned(k), Cow::Owned(v))
+            });
+            readings.push(members.collect());
+        }
+    }
+    let mut tokens = Vec::new();
+    for params in &readings {
+        let mut seen = std::collections::HashSet::with_capacity(params.len());
+        if !params.iter().all(|(k, _)| seen.insert(k.as_ref())) {
+            return Err(Reason::RefreshRepeatedParameter);
+        }
+        let value = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_ref())
+        };
+        if value("grant_type") == Some("refresh_token") {
+            if let Some(token) = value("refresh_token").filter(|t| !t.is_empty()) {
+                if !tokens.iter().any(|t| t == token) {
+                    tokens.push(token.to_string());
+                }
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// The members of a JSON object in order, repeated names included
+/// (`serde_json::Value` keeps only the last of them).
+struct JsonMembers(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}

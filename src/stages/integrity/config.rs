@@ -1,0 +1,198 @@
+//! The `signatures` section: keys, per-route policies, body and replay
+//! table sizes; raw types, defaults, validation and compile.
+
+use crate::core::config_error::{
+    assign_routes, env_value, err, ConfigError, DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
+};
+use crate::core::duration::Millis;
+use crate::core::mode::Mode;
+use crate::core::routes::{RouteId, RouteTable};
+use crate::stages::integrity::signature::{KeyRing, Requirements};
+use crate::state::slots;
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// RFC 9421 request signatures: the keys, and which route classes need what.
+#[derive(Debug, Clone)]
+pub struct Signatures {
+    pub mode: Mode,
+    pub keys: KeyRing,
+    /// Largest body buffered for a `Content-Digest` check.
+    pub max_body_bytes: usize,
+    /// Pages of the shared replay table.
+    pub replay_pages: u32,
+    pub policies: Vec<SignaturePolicy>,
+    /// Indexed by route id: the policy that applies, if any.
+    by_route: Vec<Option<usize>>,
+}
+
+impl Signatures {
+    pub fn policy_for(&self, route: RouteId) -> Option<&SignaturePolicy> {
+        self.by_route
+            .get(usize::from(route))
+            .copied()
+            .flatten()
+            .and_then(|i| self.policies.get(i))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SignaturePolicy {
+    pub requirements: Requirements,
+    /// Each nonce (or, without one, each signature) is accepted once.
+    pub replay: bool,
+    /// A `Content-Digest` header is required and checked against the body.
+    pub require_digest: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignatures {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    keys: Vec<RawSigningKey>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    replay_slots: Option<u32>,
+    #[serde(default)]
+    policies: Vec<RawSignaturePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigningKey {
+    id: String,
+    secret: RawSecret,
+}
+
+/// A secret is never written in the policy itself for production: `env`
+/// names an environment variable of the wasm VM (Envoy's
+/// `vm_config.environment_variables`, fed from a Kubernetes Secret) holding
+/// its base64; `base64` inline is for demos and tests.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum RawSecret {
+    Base64(String),
+    Env(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignaturePolicy {
+    routes: Vec<String>,
+    #[serde(default)]
+    components: Option<Vec<String>>,
+    #[serde(default)]
+    max_age: Option<Millis>,
+    #[serde(default)]
+    clock_skew: Option<Millis>,
+    #[serde(default)]
+    require_nonce: bool,
+    #[serde(default = "yes")]
+    replay: bool,
+    #[serde(default)]
+    require_digest: bool,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
+const MAX_MAX_BODY: u64 = 64 << 20;
+
+fn decode_secret(secret: &RawSecret, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let (text, source) = match secret {
+        RawSecret::Base64(text) => (text.clone(), format!("{path}.base64")),
+        RawSecret::Env(name) => (env_value(name, path)?, format!("{path}.env")),
+    };
+    // The error never quotes the secret.
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| err(source, "is not valid standard base64"))
+}
+
+pub fn compile_signatures(
+    raw: RawSignatures,
+    global: Mode,
+    routes: &RouteTable,
+) -> Result<Signatures, ConfigError> {
+    let mut keys = KeyRing::new();
+    for (i, key) in raw.keys.iter().enumerate() {
+        let secret = decode_secret(&key.secret, &format!("signatures.keys[{i}].secret"))?;
+        keys.add(&key.id, &secret)
+            .map_err(|e| err(format!("signatures.keys[{i}]"), e.to_string()))?;
+    }
+    let max_body = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    if !(1..=MAX_MAX_BODY).contains(&max_body) {
+        return Err(err(
+            "signatures.max_body_bytes",
+            format!("must be between 1 and {MAX_MAX_BODY}"),
+        ));
+    }
+    let replay_slots = raw.replay_slots.unwrap_or(DEFAULT_REPLAY_SLOTS);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&replay_slots) {
+        return Err(err(
+            "signatures.replay_slots",
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    if !raw.policies.is_empty() && keys.is_empty() {
+        return Err(err("signatures.keys", "policies need at least one key"));
+    }
+    let mut by_route: Vec<Option<usize>> = vec![None; routes.len_with_default()];
+    let mut policies = Vec::with_capacity(raw.policies.len());
+    for (i, policy) in raw.policies.into_iter().enumerate() {
+        let at = |field: &str| format!("signatures.policies[{i}].{field}");
+        assign_routes(
+            &mut by_route,
+            routes,
+            &policy.routes,
+            &at("routes"),
+            i,
+            "a signature",
+        )?;
+        let defaults = Requirements::default();
+        let max_age_s = policy.max_age.map_or(300, |d| d.as_ms().div_ceil(1000));
+        let requirements = Requirements {
+            label: policy.label,
+            components: policy.components.unwrap_or(defaults.components),
+            tag: policy.tag,
+            max_age_s: Some(max_age_s),
+            clock_skew_s: policy
+                .clock_skew
+                .map_or(defaults.clock_skew_s, |d| d.as_ms() / 1000),
+            require_created: true,
+            require_nonce: policy.require_nonce,
+        };
+        requirements.validate().map_err(|e| {
+            let field = if e.starts_with("label") {
+                "label"
+            } else if e.starts_with("tag") {
+                "tag"
+            } else {
+                "components"
+            };
+            err(at(field), e)
+        })?;
+        policies.push(SignaturePolicy {
+            requirements,
+            replay: policy.replay,
+            require_digest: policy.require_digest,
+        });
+    }
+    Ok(Signatures {
+        mode: raw.mode.unwrap_or(global),
+        keys,
+        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        replay_pages: replay_slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        policies,
+        by_route,
+    })
+}

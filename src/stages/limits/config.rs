@@ -1,0 +1,267 @@
+//! The `rate_limits` and `bans` sections: raw types, defaults, validation
+//! and compile into the rules the buckets run.
+
+use crate::core::config_error::{check_name, err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
+use crate::core::duration::Millis;
+use crate::core::mode::{string_enum, Mode};
+use crate::core::routes::RouteTable;
+use crate::stages::limits::buckets::{BanPolicy, Counts, KeySpec, Refill, Rule};
+use crate::state::slots;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+const MAX_RULES: usize = 255;
+pub const DEFAULT_SLOTS: u32 = 65_536;
+const MAX_BAN_AFTER: u32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub mode: Mode,
+    /// Number of slot pages in the shared table (slots / slots per page).
+    pub pages: u32,
+    pub quota_headers: bool,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    quota_headers: bool,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    key: Vec<KeyPart>,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+    capacity: u32,
+    refill: RawRefill,
+    #[serde(default)]
+    ban: bool,
+    #[serde(default)]
+    counts: Counts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum KeyPart {
+    Ip,
+    User,
+    Route,
+    KeyId,
+}
+
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\" or \"key_id\"", {
+    "ip" => KeyPart::Ip,
+    "user" => KeyPart::User,
+    "route" => KeyPart::Route,
+    "key_id" => KeyPart::KeyId,
+});
+
+/// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
+/// because a bucket that never refills is a real but surprising policy.
+enum RawRefill {
+    Never,
+    Every { tokens: u32, every: Millis },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefillRate {
+    tokens: u32,
+    every: Millis,
+}
+
+impl<'de> Deserialize<'de> for RawRefill {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefillVisitor;
+        impl<'de> Visitor<'de> for RefillVisitor {
+            type Value = RawRefill;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"none\" or an object {\"tokens\": n, \"every\": \"1s\"}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRefill, E> {
+                match v {
+                    "none" => Ok(RawRefill::Never),
+                    other => Err(E::custom(format!(
+                        "unknown refill `{other}`; expected \"none\" or {{\"tokens\": n, \"every\": \"1s\"}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRefill, A::Error> {
+                let rate = RawRefillRate::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawRefill::Every {
+                    tokens: rate.tokens,
+                    every: rate.every,
+                })
+            }
+        }
+        deserializer.deserialize_any(RefillVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBans {
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    after: Option<u32>,
+    #[serde(default)]
+    base: Option<Millis>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    max: Option<Millis>,
+    #[serde(default)]
+    decay: Option<Millis>,
+}
+
+pub fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigError> {
+    let after = raw.after.unwrap_or(3);
+    if after == 0 || after > MAX_BAN_AFTER {
+        return Err(err(
+            "bans.after",
+            format!("must be between 1 and {MAX_BAN_AFTER}"),
+        ));
+    }
+    let factor = raw.factor.unwrap_or(2.0);
+    if !factor.is_finite() || !(1.0..=100.0).contains(&factor) {
+        return Err(err("bans.factor", "must be a number between 1 and 100"));
+    }
+    let base_ms = raw.base.map_or(30_000, Millis::as_ms);
+    let max_ms = raw.max.map_or(3_600_000, Millis::as_ms);
+    if max_ms < base_ms {
+        return Err(err("bans.max", "must not be shorter than bans.base"));
+    }
+    Ok(BanPolicy {
+        mode: raw.mode.unwrap_or(global),
+        after,
+        base_ms,
+        factor,
+        max_ms,
+        decay_ms: raw.decay.map_or(600_000, Millis::as_ms),
+    })
+}
+
+pub fn compile_rate_limits(
+    raw: RawRateLimits,
+    global: Mode,
+    routes: &RouteTable,
+    has_user_header: bool,
+    has_signatures: bool,
+) -> Result<RateLimits, ConfigError> {
+    let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
+        return Err(err(
+            "rate_limits.slots",
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    if raw.rules.len() > MAX_RULES {
+        return Err(err(
+            "rate_limits.rules",
+            format!("at most {MAX_RULES} rules"),
+        ));
+    }
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+    for (i, rule) in raw.rules.into_iter().enumerate() {
+        let at = |field: &str| format!("rate_limits.rules[{i}].{field}");
+        check_name(&at("name"), &rule.name)?;
+        if rules.iter().any(|r| r.name == rule.name) {
+            return Err(err(
+                at("name"),
+                format!("duplicate rule name `{}`", rule.name),
+            ));
+        }
+        if rule.key.is_empty() {
+            return Err(err(
+                at("key"),
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\"",
+            ));
+        }
+        let mut key = KeySpec::default();
+        for (j, part) in rule.key.iter().enumerate() {
+            let seen = match part {
+                KeyPart::Ip => std::mem::replace(&mut key.ip, true),
+                KeyPart::User => std::mem::replace(&mut key.user, true),
+                KeyPart::Route => std::mem::replace(&mut key.route, true),
+                KeyPart::KeyId => std::mem::replace(&mut key.key_id, true),
+            };
+            if seen {
+                return Err(err(
+                    format!("rate_limits.rules[{i}].key[{j}]"),
+                    "listed twice",
+                ));
+            }
+        }
+        if key.user && !has_user_header {
+            return Err(err(
+                at("key"),
+                "keys on \"user\" but no `user.header` is configured",
+            ));
+        }
+        if key.key_id && !has_signatures {
+            return Err(err(
+                at("key"),
+                "keys on \"key_id\" but no `signatures.policies` verify any signature",
+            ));
+        }
+        if rule.counts == Counts::Failures && (key.user || key.key_id) {
+            return Err(err(
+                at("counts"),
+                "a rule counting failures is checked before authentication, so its key can only use \"ip\" and \"route\"",
+            ));
+        }
+        let applies_to = match rule.routes {
+            None => None,
+            Some(names) => Some(route_ids(routes, &names, &at("routes"))?),
+        };
+        if rule.capacity == 0 {
+            return Err(err(
+                at("capacity"),
+                "must be at least 1: a bucket of zero would refuse every request",
+            ));
+        }
+        let refill =
+            match rule.refill {
+                RawRefill::Never => None,
+                RawRefill::Every { tokens: 0, .. } => return Err(err(
+                    format!("rate_limits.rules[{i}].refill.tokens"),
+                    "must be at least 1; use \"refill\": \"none\" for a bucket that never refills",
+                )),
+                RawRefill::Every { tokens, every } => Some(Refill {
+                    tokens,
+                    every_ms: every.as_ms(),
+                }),
+            };
+        rules.push(
+            Rule::new(
+                rule.name,
+                u8::try_from(i).unwrap_or(u8::MAX),
+                key,
+                applies_to,
+                routes.len_with_default(),
+                rule.capacity,
+                refill,
+                rule.ban,
+            )
+            .counting(rule.counts),
+        );
+    }
+    Ok(RateLimits {
+        mode: raw.mode.unwrap_or(global),
+        pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        quota_headers: raw.quota_headers,
+        rules,
+    })
+}

@@ -1,0 +1,11 @@
+//! The stages, one module (or folder) each: its configuration section
+//! (raw serde types, defaults, validation naming the JSON path, compile)
+//! beside its check. A stage uses `core` and `state`, never another stage;
+//! the pipeline puts them in order.
+
+pub mod auth;
+pub mod client_ip;
+pub mod integrity;
+pub mod limits;
+pub mod routes;
+pub mod user;
