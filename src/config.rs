@@ -26,6 +26,8 @@ use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, RateLimits, RawBans, RawRateLimits,
 };
+#[cfg(feature = "schema")]
+use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
 use crate::stages::user::{self, RawUser};
 use crate::state::slots;
@@ -364,33 +366,110 @@ fn reject_arrays_as_objects(
     Ok(())
 }
 
+/// palisade's configuration (README, Configuration).
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("allOf" = [
+    {
+        "description": "An authorization policy that accepts tokens (credentials absent or null mean [\"jwt\"]) needs jwt.providers.",
+        "anyOf": [
+            {"properties": {"authorization": {"properties": {"policies": {"items": {
+                "required": ["credentials"],
+                "properties": {"credentials": {"type": "array", "items": {"not": {"enum": ["jwt"]}}}}
+            }}}}}},
+            {
+                "required": ["jwt"],
+                "properties": {"jwt": {"required": ["providers"], "properties": {"providers": {"minItems": 1}}}}
+            }
+        ]
+    },
+    {
+        "description": "An authorization policy that accepts API keys needs api_keys.keys.",
+        "anyOf": [
+            {"properties": {"authorization": {"properties": {"policies": {"items": {
+                "properties": {"credentials": {"items": {"not": {"enum": ["api_key"]}}}}
+            }}}}}},
+            {
+                "required": ["api_keys"],
+                "properties": {"api_keys": {"required": ["keys"], "properties": {"keys": {"minItems": 1}}}}
+            }
+        ]
+    }
+])))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Schema version; only 1 exists.
     #[serde(default = "default_version")]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = [SCHEMA_VERSION])))]
     version: u32,
+    /// Default mode of every section.
     #[serde(default)]
     mode: Mode,
+    /// What a request gets when palisade's shared state fails.
     #[serde(default)]
     failure_mode: FailureMode,
+    /// Where the client address comes from.
     #[serde(default)]
     client_ip: RawClientIp,
+    /// The header whose value is the `user` rate-limit key.
     #[serde(default)]
     user: Option<RawUser>,
+    /// Route classes; the first matching class wins.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_ROUTES)))]
     routes: Vec<RawRoute>,
+    /// Token-bucket rules.
     #[serde(default)]
     rate_limits: RawRateLimits,
+    /// Escalating cooldowns for rules with "ban": true.
     #[serde(default)]
     bans: RawBans,
+    /// RFC 9421 request signatures required per route class.
     #[serde(default)]
     signatures: RawSignatures,
+    /// Token issuers (providers), where tokens are read from, refresh-token reuse.
     #[serde(default)]
     jwt: RawJwt,
     #[serde(default)]
     api_keys: RawApiKeys,
+    /// Which route classes need a credential, and what it must grant.
     #[serde(default)]
     authorization: RawAuthorization,
+}
+
+/// Doc comments become descriptions with their line breaks: one line reads
+/// better in a schema.
+#[cfg(feature = "schema")]
+fn one_line_description(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
+        *text = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    }
+}
+
+/// The configuration's JSON Schema (draft 7), derived from the raw types
+/// above and those of each stage's section: every object closed, every
+/// subschema inline (no `$ref`), keys in a stable (sorted) order. What it
+/// cannot say, `Policy::from_json` still checks (nginx/README.md lists it).
+/// `palisade-check --schema` prints it; nginx/kong/palisade.meta.json is
+/// made from it.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    use schemars::transform::{RecursiveTransform, ReplaceBoolSchemas, ReplaceConstValue};
+    let mut settings = schemars::generate::SchemaSettings::draft07();
+    settings.inline_subschemas = true;
+    settings
+        .transforms
+        .push(Box::new(ReplaceConstValue::default()));
+    let mut no_bool_schemas = ReplaceBoolSchemas::default();
+    no_bool_schemas.skip_additional_properties = true;
+    settings.transforms.push(Box::new(no_bool_schemas));
+    settings.transforms.push(Box::new(RecursiveTransform(
+        one_line_description as fn(&mut schemars::Schema),
+    )));
+    settings
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
+        .to_value()
 }
 
 fn default_version() -> u32 {
@@ -859,6 +938,49 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 1, "no configuration sample found in README");
+    }
+
+    /// The schema is whole (no `$ref` left to resolve, nothing Kong's
+    /// draft 4 would need rewritten but `const`-free enums) and closed; the
+    /// deploy tests (tests/deploy/test_kong_schema.py) check it against
+    /// palisade itself.
+    #[cfg(feature = "schema")]
+    #[test]
+    fn json_schema_is_inline_and_closed() {
+        let schema = json_schema();
+        let text = schema.to_string();
+        for absent in ["\"$ref\"", "\"definitions\"", "\"$defs\"", "\"const\""] {
+            assert!(!text.contains(absent), "{absent} in the schema");
+        }
+        assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+        let fields: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            fields,
+            [
+                "api_keys",
+                "authorization",
+                "bans",
+                "client_ip",
+                "failure_mode",
+                "jwt",
+                "mode",
+                "rate_limits",
+                "routes",
+                "signatures",
+                "user",
+                "version"
+            ]
+        );
+        let inline = &schema["properties"]["jwt"]["properties"]["providers"]["items"]["properties"]
+            ["jwks"]["properties"]["inline"];
+        assert_eq!(
+            inline["additionalProperties"],
+            serde_json::json!(true),
+            "the JWK Set schema (stages/auth/jwk_set.schema.json) is read"
+        );
     }
 
     #[test]

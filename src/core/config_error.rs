@@ -38,6 +38,11 @@ pub fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// What [`check_name`] accepts, as a JSON Schema pattern.
+pub const NAME_PATTERN: &str = "^[a-z0-9_-]{1,32}$";
+/// What [`is_header_name`] accepts (an RFC 9110 token), as a JSON Schema pattern.
+pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
 /// Names end up in metric tags and response headers: keep them short and
 /// free of anything that needs escaping.
 pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {

@@ -52,6 +52,26 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
     Ok(Millis(ms))
 }
 
+/// What [`parse_duration`] accepts, as a JSON Schema pattern, but for the
+/// 30-day bound (a regular expression over the digits would be unreadable).
+pub const DURATION_PATTERN: &str = "^[0-9]*[1-9][0-9]*(ms|s|m|h|d)$";
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Millis {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        crate::core::schema::schema(serde_json::json!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+        }))
+    }
+}
+
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct DurationVisitor;

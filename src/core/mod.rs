@@ -12,5 +12,7 @@ pub mod names;
 pub mod reasons;
 pub mod request;
 pub mod routes;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod stage;
 pub mod verdict;

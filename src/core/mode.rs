@@ -3,7 +3,8 @@
 //! `string_enum!` macro every section's enums are read with.
 
 /// Unit enums are written as plain strings only: serde would also take the
-/// map form `{"enforce": null}`, which no operator means.
+/// map form `{"enforce": null}`, which no operator means. With the `schema`
+/// feature, the enum's JSON Schema lists the same strings.
 macro_rules! string_enum {
     ($name:ident, $expecting:literal, { $($text:literal => $variant:expr),+ $(,)? }) => {
         impl<'de> ::serde::Deserialize<'de> for $name {
@@ -22,6 +23,23 @@ macro_rules! string_enum {
                     }
                 }
                 deserializer.deserialize_str(StrVisitor)
+            }
+        }
+
+        /// Exactly the strings the deserializer takes.
+        #[cfg(feature = "schema")]
+        impl ::schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                $crate::core::schema::schema(::serde_json::json!({
+                    "type": "string",
+                    "enum": [$($text),+],
+                }))
             }
         }
     };

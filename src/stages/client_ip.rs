@@ -134,16 +134,32 @@ pub enum ClientIpSource {
     ForwardedFor { trusted_hops: u32 },
 }
 
+/// Where the client address comes from.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
+    {
+        "description": "peer (the default): trusted_hops does not apply.",
+        "properties": {"source": {"enum": ["peer"]}, "trusted_hops": {"type": "null"}}
+    },
+    {
+        "description": "x-forwarded-for: trusted_hops (1-16) is required.",
+        "required": ["source", "trusted_hops"],
+        "properties": {"source": {"enum": ["x-forwarded-for"]}, "trusted_hops": {"type": "integer"}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 pub struct RawClientIp {
     #[serde(default)]
     source: RawIpSource,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 16)))]
     trusted_hops: Option<u32>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 8, max = 32)))]
     ipv4_prefix: Option<u8>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 16, max = 128)))]
     ipv6_prefix: Option<u8>,
 }
 

@@ -3,13 +3,16 @@
 //! (the unmatched ones `default`). The table itself is in
 //! [`crate::core::routes`], since every section names its classes.
 
+#[cfg(feature = "schema")]
+use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, is_header_name, ConfigError};
 use crate::core::request::HeaderMap;
 use crate::core::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
 use crate::core::verdict::Pseudo;
 use serde::Deserialize;
 
-const MAX_ROUTES: usize = 255;
+/// At most this many route classes, `default` aside.
+pub const MAX_ROUTES: usize = 255;
 
 /// The classify stage's first step: the route class of the request, or
 /// the pseudo-header that makes it unclassifiable.
@@ -40,19 +43,49 @@ fn request_line<'h>(headers: &HeaderMap<'h>) -> Result<(&'h str, &'h str), Pseud
     Ok((method, path))
 }
 
+/// A route class: exactly one of `prefix`, `path` or `regex`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
+    {
+        "required": ["prefix"],
+        "properties": {"prefix": {"type": "string"}, "path": {"type": "null"}, "regex": {"type": "null"}}
+    },
+    {
+        "required": ["path"],
+        "properties": {"path": {"type": "string"}, "prefix": {"type": "null"}, "regex": {"type": "null"}}
+    },
+    {
+        "required": ["regex"],
+        "properties": {"regex": {"type": "string"}, "prefix": {"type": "null"}, "path": {"type": "null"}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = NAME_PATTERN), extend("not" = {"enum": ["default"]}))
+    )]
     name: String,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     prefix: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     path: Option<String>,
     #[serde(default)]
     regex: Option<String>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = METHOD_PATTERN)))
+    )]
     methods: Option<Vec<String>>,
 }
+
+/// An upper-case method token (what `compile_routes` accepts).
+#[cfg(feature = "schema")]
+const METHOD_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Z-]+$";
 
 pub fn compile_routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
     if raw.len() > MAX_ROUTES {

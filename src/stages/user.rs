@@ -6,9 +6,12 @@ use crate::core::request::{Facts, HeaderMap};
 use serde::Deserialize;
 use std::borrow::Cow;
 
+/// The header whose value is the `user` rate-limit key.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::core::config_error::HEADER_NAME_PATTERN)))]
     header: String,
 }
 

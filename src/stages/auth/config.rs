@@ -6,9 +6,15 @@ use crate::core::config_error::{
     assign_routes, check_name, env_value, err, is_header_name, route_ids, ConfigError,
     DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
 };
+#[cfg(feature = "schema")]
+use crate::core::config_error::{HEADER_NAME_PATTERN, NAME_PATTERN};
 use crate::core::duration::Millis;
+#[cfg(feature = "schema")]
+use crate::core::duration::DURATION_PATTERN;
 use crate::core::mode::{string_enum, FailureMode, Mode};
 use crate::core::routes::RouteTable;
+#[cfg(feature = "schema")]
+use crate::core::schema::schema;
 use crate::stages::auth::credentials::{
     ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
 };
@@ -19,40 +25,93 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
     #[serde(default)]
     mode: Option<Mode>,
+    /// Where a token is read, first present wins: a header with an optional
+    /// prefix (matched case-insensitively), or a cookie. Absent or null: the
+    /// Authorization header with the prefix "Bearer ".
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     from: Option<Vec<RawTokenSource>>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = MAX_CACHE_ENTRIES)))]
     cache_entries: Option<u32>,
     #[serde(default)]
     without_keys: FailureMode,
+    /// Token issuers, at most 16.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_PROVIDERS)))]
     providers: Vec<RawProvider>,
+    /// Refresh-token reuse detection on the token endpoint's route classes.
     #[serde(default)]
     refresh_tokens: Option<RawRefreshTokens>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
+    {
+        "description": "a header, with an optional prefix",
+        "required": ["header"],
+        "properties": {"header": {"type": "string"}, "cookie": {"type": "null"}}
+    },
+    {
+        "description": "a cookie (no prefix)",
+        "required": ["cookie"],
+        "properties": {"cookie": {"type": "string"}, "header": {"type": "null"}, "prefix": {"type": "null"}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 struct RawTokenSource {
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = HEADER_NAME_PATTERN)))]
     header: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     prefix: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = HEADER_NAME_PATTERN)))]
     cookie: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("anyOf" = [
+    {
+        "description": "no HS256",
+        "properties": {"algorithms": {"items": {"not": {"enum": ["HS256"]}}}}
+    },
+    {
+        "description": "HS256 needs an oct key (not use: enc) in an inline key set",
+        "required": ["jwks"],
+        "properties": {"jwks": {
+            "required": ["inline"],
+            "properties": {"inline": {
+                "required": ["keys"],
+                "properties": {"keys": {
+                    "description": "some entry is an oct key: not (every entry is not one)",
+                    "not": {"items": {"not": {
+                        "required": ["kty"],
+                        "properties": {"kty": {"enum": ["oct"]}, "use": {"not": {"enum": ["enc"]}}}
+                    }}}
+                }}
+            }}
+        }}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = NAME_PATTERN)))]
     name: String,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     issuer: String,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     audiences: Vec<String>,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "algorithms_schema"))]
     algorithms: Vec<String>,
     jwks: RawJwksSource,
     #[serde(default)]
@@ -62,16 +121,50 @@ struct RawProvider {
     #[serde(default)]
     max_age: Option<Millis>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     required_claims: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     roles_claim: Option<String>,
     #[serde(default)]
     forward_claims: Vec<RawForwardClaim>,
 }
 
+/// The algorithms palisade verifies ([`Alg::ALL`]), each once, at least one.
+#[cfg(feature = "schema")]
+fn algorithms_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = Alg::ALL.iter().map(|a| a.as_str()).collect();
+    schema(serde_json::json!({
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": true,
+        "items": {"type": "string", "enum": names},
+    }))
+}
+
 /// A duration that may be zero (`"0s"`): clock skew can be switched off.
 #[derive(Clone, Copy)]
 struct RawDuration(u64);
+
+/// [`DURATION_PATTERN`], or zero.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RawDuration {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DurationOrZero".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let pattern = format!(
+            "^({}|0|0s|0ms)$",
+            DURATION_PATTERN
+                .trim_start_matches('^')
+                .trim_end_matches('$')
+        );
+        schema(serde_json::json!({"type": "string", "pattern": pattern}))
+    }
+}
 
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -92,15 +185,68 @@ enum RawJwksSource {
     Remote(RawRemoteJwks),
 }
 
+/// `{"inline": <JWK Set>}` or `{"remote": {...}}`. The JWK Set is a
+/// document of another format (RFC 7517), read as a `serde_json::Value`:
+/// its schema is written by hand (`jwk_set.schema.json`), open as RFC 7517
+/// leaves its members, checking each key's shape.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RawJwksSource {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JwksSource".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let inline: serde_json::Value =
+            serde_json::from_str(JWK_SET_SCHEMA).unwrap_or(serde_json::Value::Bool(false));
+        schema(serde_json::json!({
+            "description": "The provider's keys: {\"inline\": <JWK Set>} or {\"remote\": {...}}.",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "inline": inline,
+                "remote": generator.subschema_for::<RawRemoteJwks>(),
+            },
+            "oneOf": [{"required": ["inline"]}, {"required": ["remote"]}],
+        }))
+    }
+}
+
+#[cfg(feature = "schema")]
+const JWK_SET_SCHEMA: &str = include_str!("jwk_set.schema.json");
+
+/// A JWK Set fetched with dispatch_http_call from an Envoy cluster or, on
+/// ngx_wasm_module, a host:port address.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
+    {
+        "required": ["cluster"],
+        "properties": {"cluster": {"type": "string"}, "address": {"type": "null"}}
+    },
+    {
+        "required": ["address"],
+        "properties": {"address": {"type": "string"}, "cluster": {"type": "null"}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 struct RawRemoteJwks {
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     cluster: Option<String>,
+    /// host:port, the port 1-65535.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(
+            pattern = r"^[\s\S]+:\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+        ))
+    )]
     address: Option<String>,
     #[serde(default)]
     authority: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     path: String,
     #[serde(default)]
     refresh: Option<Millis>,
@@ -111,37 +257,69 @@ struct RawRemoteJwks {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawForwardClaim {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     claim: String,
+    /// Any header name but those that cannot carry a claim (in any case).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            regex(pattern = HEADER_NAME_PATTERN),
+            extend("not" = {"pattern": "^([Hh][Oo][Ss][Tt]|[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]|[Cc][Oo][Oo][Kk][Ii][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Ll][Ee][Nn][Gg][Tt][Hh]|[Tt][Rr][Aa][Nn][Ss][Ff][Ee][Rr]-[Ee][Nn][Cc][Oo][Dd][Ii][Nn][Gg])$"})
+        )
+    )]
     header: String,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRefreshTokens {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = NAME_PATTERN)))
+    )]
     routes: Vec<String>,
     #[serde(default)]
     remember: Option<Millis>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
     slots: Option<u32>,
 }
 
+/// API keys by id, stored as SHA-256 hashes. A hash is 64 hex digits
+/// (surrounding whitespace is trimmed) or {"env": "VAR"}, an environment
+/// variable of the wasm VM holding them.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("anyOf" = [
+    {"description": "no keys", "properties": {"keys": {"maxItems": 0}}},
+    {
+        "description": "keys need the header clients send them in",
+        "required": ["header"],
+        "properties": {"header": {"type": "string"}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKeys {
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = HEADER_NAME_PATTERN)))]
     header: Option<String>,
     #[serde(default)]
     keys: Vec<RawApiKey>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawApiKey {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = NAME_PATTERN)))]
     id: String,
     sha256: RawHash,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     roles: Vec<String>,
 }
 
@@ -153,13 +331,37 @@ enum RawHash {
     Env(RawEnvRef),
 }
 
+/// 64 hex digits, with the whitespace `str::trim` removes around them.
+#[cfg(feature = "schema")]
+const HEX_HASH_PATTERN: &str = "^[\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]*[0-9A-Fa-f]{64}[\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]*$";
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RawHash {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeyHash".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schema(serde_json::json!({
+            "oneOf": [
+                {"type": "string", "pattern": HEX_HASH_PATTERN},
+                generator.subschema_for::<RawEnvRef>(),
+            ]
+        }))
+    }
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawEnvRef {
     env: String,
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthorization {
     #[serde(default)]
@@ -180,18 +382,32 @@ string_enum!(RawCredential, "\"jwt\" or \"api_key\"", {
 });
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawAuthzPolicy {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = NAME_PATTERN)))
+    )]
     routes: Vec<String>,
+    /// Accepted kinds; absent or null: ["jwt"].
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     credentials: Option<Vec<RawCredential>>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = NAME_PATTERN)))
+    )]
     providers: Option<Vec<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     roles: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     scopes: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     amr: Vec<String>,
 }
 

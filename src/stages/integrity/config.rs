@@ -1,6 +1,8 @@
 //! The `signatures` section: keys, per-route policies, body and replay
 //! table sizes; raw types, defaults, validation and compile.
 
+#[cfg(feature = "schema")]
+use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{
     assign_routes, env_value, err, ConfigError, DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
 };
@@ -46,23 +48,40 @@ pub struct SignaturePolicy {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("anyOf" = [
+    {"description": "no policies", "properties": {"policies": {"maxItems": 0}}},
+    {
+        "description": "policies need at least one key",
+        "required": ["keys"],
+        "properties": {"keys": {"minItems": 1}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 pub struct RawSignatures {
     #[serde(default)]
     mode: Option<Mode>,
+    /// HMAC-SHA256 secrets by key id. A secret is {"env": "VAR"} (an
+    /// environment variable of the wasm VM, filled from a secret store) or,
+    /// for demos, {"base64": "..."} inline.
     #[serde(default)]
     keys: Vec<RawSigningKey>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_MAX_BODY)))]
     max_body_bytes: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
     replay_slots: Option<u32>,
     #[serde(default)]
     policies: Vec<RawSignaturePolicy>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSigningKey {
+    /// Printable ASCII, as a structured-field string carries it.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^[ -~]{1,256}$")))]
     id: String,
     secret: RawSecret,
 }
@@ -72,6 +91,7 @@ struct RawSigningKey {
 /// `vm_config.environment_variables`, fed from a Kubernetes Secret) holding
 /// its base64; `base64` inline is for demos and tests.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 enum RawSecret {
     Base64(String),
@@ -79,10 +99,23 @@ enum RawSecret {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSignaturePolicy {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = NAME_PATTERN)))
+    )]
     routes: Vec<String>,
+    /// Derived components and lower-case header names, each once.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            extend("uniqueItems" = true),
+            inner(regex(pattern = "^(@method|@authority|@scheme|@target-uri|@request-target|@path|@query|[a-z0-9!#$%&'*+.^_`|~-]+)$"))
+        )
+    )]
     components: Option<Vec<String>>,
     #[serde(default)]
     max_age: Option<Millis>,
@@ -94,9 +127,13 @@ struct RawSignaturePolicy {
     replay: bool,
     #[serde(default)]
     require_digest: bool,
+    /// A structured-field key.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^[a-z*][a-z0-9_.*-]*$")))]
     label: Option<String>,
+    /// Printable ASCII.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^[ -~]*$")))]
     tag: Option<String>,
 }
 

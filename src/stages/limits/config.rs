@@ -1,6 +1,8 @@
 //! The `rate_limits` and `bans` sections: raw types, defaults, validation
 //! and compile into the rules the buckets run.
 
+#[cfg(feature = "schema")]
+use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
 use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
@@ -25,25 +27,36 @@ pub struct RateLimits {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimits {
     #[serde(default)]
     mode: Option<Mode>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
     slots: Option<u32>,
     #[serde(default)]
     quota_headers: bool,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_RULES)))]
     rules: Vec<RawRule>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = NAME_PATTERN)))]
     name: String,
+    #[cfg_attr(feature = "schema", schemars(length(min = 1), extend("uniqueItems" = true)))]
     key: Vec<KeyPart>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = NAME_PATTERN)))
+    )]
     routes: Option<Vec<String>>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = u32::MAX)))]
     capacity: u32,
     refill: RawRefill,
     #[serde(default)]
@@ -75,10 +88,30 @@ enum RawRefill {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRefillRate {
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = u32::MAX)))]
     tokens: u32,
     every: Millis,
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RawRefill {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Refill".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        crate::core::schema::schema(serde_json::json!({
+            "oneOf": [
+                {"type": "string", "enum": ["none"]},
+                generator.subschema_for::<RawRefillRate>(),
+            ]
+        }))
+    }
 }
 
 impl<'de> Deserialize<'de> for RawRefill {
@@ -110,15 +143,18 @@ impl<'de> Deserialize<'de> for RawRefill {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawBans {
     #[serde(default)]
     mode: Option<Mode>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BAN_AFTER)))]
     after: Option<u32>,
     #[serde(default)]
     base: Option<Millis>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     factor: Option<f64>,
     #[serde(default)]
     max: Option<Millis>,

@@ -1,0 +1,30 @@
+//! The configuration's JSON Schema (feature `schema`): what the hand-written
+//! `JsonSchema` impls share. The schema is derived from the raw
+//! configuration types of each section; `crate::config::json_schema` puts
+//! it together and `palisade-check --schema` prints it.
+
+use schemars::Schema;
+
+/// `value` as a schema. Every caller passes a JSON object literal; anything
+/// else becomes the schema that accepts nothing, so a mistake here shows
+/// as a configuration every test refuses rather than as a silent hole.
+pub fn schema(value: serde_json::Value) -> Schema {
+    Schema::try_from(value).unwrap_or_else(|_| Schema::from(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_schemas_and_nothing_else_is() {
+        assert_eq!(
+            schema(serde_json::json!({"type": "string"})).as_value(),
+            &serde_json::json!({"type": "string"})
+        );
+        assert_eq!(
+            schema(serde_json::json!([1])).as_value(),
+            &serde_json::json!(false)
+        );
+    }
+}
