@@ -5,6 +5,7 @@
 #   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
 #   make integration   only the Envoy integration tests
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
+#   make kong-schema   regenerate nginx/kong/palisade.meta.json from the configuration types
 #   make deny          cargo deny (deny.toml): licenses, bans, sources; advisories when the RustSec
 #                      database can be had (fetched, or CARGO_DENY_DB=/path/to/advisory-db clone)
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
@@ -63,7 +64,7 @@ DEMO_SIGNING_KEY := PzMJdwhYCagyf4qv+oAsKv1EnEzOaOye1k/Nl16hJyQ=
 ENVOY_CONFIG  := envoy/envoy.yaml
 
 .PHONY: all test setup rust-target build fmt-check fmt clippy unit integration run clean distclean \
-	deploy-setup palisade-check check-deploy tls-cert oci-layout k8s-manifests sim demo
+	deploy-setup palisade-check kong-schema check-deploy tls-cert oci-layout k8s-manifests sim demo
 
 all: build
 
@@ -140,9 +141,20 @@ build: rust-target
 	@ls -l $(WASM)
 
 # The native twin of the filter's on_configure validation, used by the
-# deployment checks on every shipped configuration.
+# deployment checks on every shipped configuration. Its `--schema` prints the
+# configuration's JSON Schema, derived from the configuration types (the core
+# crate's default `schema` feature; the wasm is built without it).
 palisade-check:
 	$(CARGO) build --bin palisade-check
+
+# nginx/kong/palisade.meta.json, Kong's draft-4 schema of the configuration,
+# regenerated from `palisade-check --schema` (tests/deploy/test_kong_schema.py
+# fails when the committed file is stale).
+KONG_META := nginx/kong/palisade.meta.json
+
+kong-schema: palisade-check
+	$(PALISADE_CHECK) --schema | $(HOST_PYTHON) nginx/kong/kong_meta.py --out $(KONG_META)
+	@echo "$(KONG_META): regenerated"
 
 # A self-signed certificate for localhost, for the demo's TLS listener and the
 # compose file. The key is readable by others (0644) so that the envoy user of

@@ -37,6 +37,7 @@ WASM = Path(os.environ.get("PALISADE_WASM", REPO_ROOT / "target" / "wasm32-wasip
 PALISADE_CHECK = Path(os.environ.get("PALISADE_CHECK", REPO_ROOT / "target" / "debug" / "palisade-check"))
 
 KONG_META = REPO_ROOT / "nginx" / "kong" / "palisade.meta.json"
+KONG_META_CONVERTER = REPO_ROOT / "nginx" / "kong" / "kong_meta.py"
 EEP_SCHEMA = DEPLOY_DIR / "schemas" / "envoyextensionpolicy.schema.json"
 EP_SCHEMA = DEPLOY_DIR / "schemas" / "envoyproxy.schema.json"
 
@@ -162,6 +163,23 @@ def palisade_check(documents: list[str], env: dict[str, str] | None = None) -> l
     if missing:
         raise AssertionError(f"palisade-check said nothing about {missing[:3]}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return [by_path[p] for p in paths]
+
+
+def palisade_check_schema() -> str:
+    """`palisade-check --schema`: the configuration's JSON Schema, as text."""
+    proc = subprocess.run([str(PALISADE_CHECK), "--schema"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise AssertionError(f"palisade-check --schema exited {proc.returncode}:\n{proc.stderr}")
+    return proc.stdout
+
+
+def kong_meta_converter():
+    """nginx/kong/kong_meta.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("kong_meta", KONG_META_CONVERTER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """nginx/kong/palisade.meta.json: Kong's JSON Schema of palisade's configuration,
 cross-checked against palisade itself.
 
-The schema is written by hand from README's configuration reference; these
-tests keep it from drifting from the Rust config types (src/config.rs) by
-asking palisade-check - the filter's own on_configure validation - about the
-same documents:
+The schema is generated: the Rust configuration types (`RawConfig` in
+src/config.rs and each stage's raw types) derive it, `palisade-check
+--schema` prints it, and nginx/kong/kong_meta.py turns it into Kong's
+draft-4 metadata (`make kong-schema`). The committed file must be what they
+make today (a stale one fails here). The derives carry the constraints; these
+tests check they are the right ones by asking palisade-check - the filter's
+own on_configure validation - about the same documents:
 
 * every configuration palisade accepts, the schema accepts (README samples,
   shipped configurations, literal configurations of the integration tests, a
@@ -19,9 +22,8 @@ same documents:
   fails. So schema-rejects is a subset of palisade-rejects, and the gap
   between them is documented here and in nginx/README.md.
 * every object in the schema is closed (additionalProperties: false) and its
-  fields are exactly those README documents: when README grows a section
-  (as it did with `signatures`, then `jwt`, `api_keys` and `authorization`),
-  these tests fail until the schema has it. The one exception is an inline
+  fields are exactly those README documents: a field the types have and
+  README's tables lack, or the other way round, fails. The one exception is an inline
   JWK Set (`jwt.providers[].jwks.inline`), a document of another format
   whose members RFC 7517 leaves open, and which palisade reads as such.
 """
@@ -866,6 +868,38 @@ def test_meta_file_is_what_kong_loads():
     assert "test_kong_schema.py" in schema["description"], "the drift note belongs in the schema's description"
 
 
+def test_meta_file_is_generated_from_the_configuration_types(palisade_check):
+    """The committed file is what `make kong-schema` makes from today's
+    configuration types, and palisade-check prints the schema stably."""
+    text = deploy.palisade_check_schema()
+    schema = json.loads(text)
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert schema.get("$schema") == "http://json-schema.org/draft-07/schema#"
+    assert text == json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n", (
+        "palisade-check --schema: two-space indents, sorted keys, a final newline"
+    )
+    assert deploy.palisade_check_schema() == text, "palisade-check --schema is not stable"
+    expected = deploy.kong_meta_converter().render(schema)
+    assert deploy.KONG_META.read_text() == expected, (
+        "nginx/kong/palisade.meta.json is stale: the configuration types changed; run `make kong-schema`"
+    )
+
+
+def test_converter_writes_draft_4():
+    """kong_meta.py rewrites what draft 4 lacks, and refuses what it cannot."""
+    convert = deploy.kong_meta_converter()
+    assert convert.to_draft4({"const": 1, "format": "uint32", "examples": [1], "items": True,
+                              "properties": {"format": {"type": "string", "format": "email"}},
+                              "exclusiveMinimum": 0}) == {
+        "enum": [1], "items": {}, "properties": {"format": {"type": "string", "format": "email"}},
+        "minimum": 0, "exclusiveMinimum": True}
+    assert convert.to_draft4({"anyOf": [False], "additionalProperties": False}) == {
+        "anyOf": [{"not": {}}], "additionalProperties": False}
+    for keyword in ("$ref", "definitions", "$defs", "if", "contains", "propertyNames"):
+        with pytest.raises(convert.Unconvertible):
+            convert.to_draft4({"properties": {"a": {keyword: {}}}})
+
+
 def _subschemas(schema: Any, path: str = "") -> Iterator[tuple[str, dict]]:
     if isinstance(schema, dict):
         yield path or ".", schema
@@ -984,8 +1018,9 @@ def test_schema_fields_are_readmes_fields(kong_schema):
     if undocumented:
         problems.append(f"schema sections without a README table: {undocumented}")
     assert not problems, (
-        "nginx/kong/palisade.meta.json is out of step with README's configuration reference "
-        "(update the schema with the configuration):\n" + "\n".join(problems)
+        "README's configuration reference and the configuration types (which generate "
+        "nginx/kong/palisade.meta.json) disagree; document the field, or fix the types and "
+        "run `make kong-schema`:\n" + "\n".join(problems)
     )
 
 
