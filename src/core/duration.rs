@@ -57,20 +57,10 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
 pub const DURATION_PATTERN: &str = "^[0-9]*[1-9][0-9]*(ms|s|m|h|d)$";
 
 #[cfg(feature = "schema")]
-impl schemars::JsonSchema for Millis {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        crate::core::schema::schema(serde_json::json!({
-            "type": "string",
-            "pattern": DURATION_PATTERN,
-        }))
-    }
-}
+crate::core::schema::json_schema_impl!(Millis, "Duration", |_| serde_json::json!({
+    "type": "string",
+    "pattern": DURATION_PATTERN,
+}));
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

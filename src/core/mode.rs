@@ -26,22 +26,12 @@ macro_rules! string_enum {
             }
         }
 
-        /// Exactly the strings the deserializer takes.
+        // Exactly the strings the deserializer takes.
         #[cfg(feature = "schema")]
-        impl ::schemars::JsonSchema for $name {
-            fn inline_schema() -> bool {
-                true
-            }
-            fn schema_name() -> ::std::borrow::Cow<'static, str> {
-                stringify!($name).into()
-            }
-            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
-                $crate::core::schema::schema(::serde_json::json!({
-                    "type": "string",
-                    "enum": [$($text),+],
-                }))
-            }
-        }
+        $crate::core::schema::json_schema_impl!($name, stringify!($name), |_| ::serde_json::json!({
+            "type": "string",
+            "enum": [$($text),+],
+        }));
     };
 }
 pub(crate) use string_enum;

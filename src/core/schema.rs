@@ -12,6 +12,27 @@ pub fn schema(value: serde_json::Value) -> Schema {
     Schema::try_from(value).unwrap_or_else(|_| Schema::from(false))
 }
 
+/// `json_schema_impl!(Type, "Name", |generator| json!({...}))`: a
+/// `JsonSchema` impl for a type read by a hand-written `Deserialize`, whose
+/// schema is the JSON object given (inlined wherever the type is used;
+/// `generator` gives the schemas of other types).
+macro_rules! json_schema_impl {
+    ($ty:ty, $name:expr, |$generator:pat_param| $schema:expr) => {
+        impl ::schemars::JsonSchema for $ty {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema($generator: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                $crate::core::schema::schema($schema)
+            }
+        }
+    };
+}
+pub(crate) use json_schema_impl;
+
 #[cfg(test)]
 mod tests {
     use super::*;

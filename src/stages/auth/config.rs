@@ -14,7 +14,7 @@ use crate::core::duration::DURATION_PATTERN;
 use crate::core::mode::{string_enum, FailureMode, Mode};
 use crate::core::routes::RouteTable;
 #[cfg(feature = "schema")]
-use crate::core::schema::schema;
+use crate::core::schema::{json_schema_impl, schema};
 use crate::stages::auth::credentials::{
     ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
 };
@@ -146,25 +146,15 @@ fn algorithms_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[derive(Clone, Copy)]
 struct RawDuration(u64);
 
-/// [`DURATION_PATTERN`], or zero.
+// Its schema: `DURATION_PATTERN`, or zero.
 #[cfg(feature = "schema")]
-impl schemars::JsonSchema for RawDuration {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "DurationOrZero".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let pattern = format!(
-            "^({}|0|0s|0ms)$",
-            DURATION_PATTERN
-                .trim_start_matches('^')
-                .trim_end_matches('$')
-        );
-        schema(serde_json::json!({"type": "string", "pattern": pattern}))
-    }
-}
+json_schema_impl!(RawDuration, "DurationOrZero", |_| serde_json::json!({
+    "type": "string",
+    "pattern": format!(
+        "^({}|0|0s|0ms)$",
+        DURATION_PATTERN.trim_start_matches('^').trim_end_matches('$')
+    ),
+}));
 
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -185,33 +175,22 @@ enum RawJwksSource {
     Remote(RawRemoteJwks),
 }
 
-/// `{"inline": <JWK Set>}` or `{"remote": {...}}`. The JWK Set is a
-/// document of another format (RFC 7517), read as a `serde_json::Value`:
-/// its schema is written by hand (`jwk_set.schema.json`), open as RFC 7517
-/// leaves its members, checking each key's shape.
+// Its schema: `{"inline": <JWK Set>}` or `{"remote": {...}}`. The JWK Set is a
+// document of another format (RFC 7517), read as a `serde_json::Value`:
+// its schema is written by hand (`jwk_set.schema.json`), open as RFC 7517
+// leaves its members, checking each key's shape.
 #[cfg(feature = "schema")]
-impl schemars::JsonSchema for RawJwksSource {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "JwksSource".into()
-    }
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let inline: serde_json::Value =
-            serde_json::from_str(JWK_SET_SCHEMA).unwrap_or(serde_json::Value::Bool(false));
-        schema(serde_json::json!({
-            "description": "The provider's keys: {\"inline\": <JWK Set>} or {\"remote\": {...}}.",
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-                "inline": inline,
-                "remote": generator.subschema_for::<RawRemoteJwks>(),
-            },
-            "oneOf": [{"required": ["inline"]}, {"required": ["remote"]}],
-        }))
-    }
-}
+json_schema_impl!(RawJwksSource, "JwksSource", |generator| serde_json::json!({
+    "description": "The provider's keys: {\"inline\": <JWK Set>} or {\"remote\": {...}}.",
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+        "inline": serde_json::from_str::<serde_json::Value>(JWK_SET_SCHEMA)
+            .unwrap_or(serde_json::Value::Bool(false)),
+        "remote": generator.subschema_for::<RawRemoteJwks>(),
+    },
+    "oneOf": [{"required": ["inline"]}, {"required": ["remote"]}],
+}));
 
 #[cfg(feature = "schema")]
 const JWK_SET_SCHEMA: &str = include_str!("jwk_set.schema.json");
@@ -336,22 +315,12 @@ enum RawHash {
 const HEX_HASH_PATTERN: &str = "^[\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]*[0-9A-Fa-f]{64}[\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]*$";
 
 #[cfg(feature = "schema")]
-impl schemars::JsonSchema for RawHash {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "KeyHash".into()
-    }
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schema(serde_json::json!({
-            "oneOf": [
-                {"type": "string", "pattern": HEX_HASH_PATTERN},
-                generator.subschema_for::<RawEnvRef>(),
-            ]
-        }))
-    }
-}
+json_schema_impl!(RawHash, "KeyHash", |generator| serde_json::json!({
+    "oneOf": [
+        {"type": "string", "pattern": HEX_HASH_PATTERN},
+        generator.subschema_for::<RawEnvRef>(),
+    ]
+}));
 
 #[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

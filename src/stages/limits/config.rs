@@ -97,22 +97,12 @@ struct RawRefillRate {
 }
 
 #[cfg(feature = "schema")]
-impl schemars::JsonSchema for RawRefill {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Refill".into()
-    }
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        crate::core::schema::schema(serde_json::json!({
-            "oneOf": [
-                {"type": "string", "enum": ["none"]},
-                generator.subschema_for::<RawRefillRate>(),
-            ]
-        }))
-    }
-}
+crate::core::schema::json_schema_impl!(RawRefill, "Refill", |generator| serde_json::json!({
+    "oneOf": [
+        {"type": "string", "enum": ["none"]},
+        generator.subschema_for::<RawRefillRate>(),
+    ]
+}));
 
 impl<'de> Deserialize<'de> for RawRefill {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
