@@ -20,7 +20,7 @@ use crate::core::verdict::{
     Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
 use crate::stages::auth::jwks::FetchPlan;
-use crate::stages::auth::refresh::{self, ContentType};
+use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::{self, Phase};
@@ -100,7 +100,8 @@ pub struct BodyCheck {
     /// Key id of the verified signature, for the security log.
     pub key_id: Option<String>,
     pub request_id: String,
-    pub content_type: ContentType,
+    /// Multipart or content-encoded: refresh tokens cannot be read from it.
+    pub opaque_body: bool,
 }
 
 /// The outcome of the pipeline for one request.
@@ -362,7 +363,7 @@ impl Engine {
             client_ip: facts.client_ip,
             key_id: facts.key_id.clone(),
             request_id: facts.request_id.to_string(),
-            content_type: ContentType::of(headers),
+            opaque_body: refresh::body_is_opaque(headers),
         })
     }
 
@@ -439,7 +440,7 @@ impl Engine {
                     let auth = &self.policy.auth;
                     findings.extend(refresh::check_body(
                         auth,
-                        check.content_type,
+                        check.opaque_body,
                         bytes,
                         mode,
                         &facts,

@@ -16,36 +16,19 @@ use crate::state::slots;
 use std::borrow::Cow;
 use std::hash::Hasher;
 
-/// Body formats the body phase reads a refresh-token grant from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentType {
-    Form,
-    Json,
-    Other,
-    /// Multipart or content-encoded: palisade cannot read its parameters.
-    Unreadable,
-}
-
-impl ContentType {
-    /// What the request's `Content-Type` and `Content-Encoding` say.
-    pub fn of(headers: &HeaderMap<'_>) -> ContentType {
-        let encoded = headers
-            .get_str("content-encoding")
-            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-        match headers.get_str("content-type").map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        }) {
-            _ if encoded => ContentType::Unreadable,
-            Some(t) if t.starts_with("multipart/") => ContentType::Unreadable,
-            Some(t) if t == "application/x-www-form-urlencoded" => ContentType::Form,
-            Some(t) if t == "application/json" => ContentType::Json,
-            _ => ContentType::Other,
-        }
-    }
+/// Whether the body is multipart or content-encoded: palisade cannot read
+/// its parameters. Any other body is read as a form and, when it is a JSON
+/// object, as JSON, whatever its declared `Content-Type`.
+pub fn body_is_opaque(headers: &HeaderMap<'_>) -> bool {
+    let encoded = headers
+        .get_str("content-encoding")
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    let multipart = headers.get_str("content-type").is_some_and(|v| {
+        v.trim_start()
+            .get(..10)
+            .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
+    });
+    encoded || multipart
 }
 
 /// The mode of refresh-token checks, when `route` is a token endpoint's
@@ -80,7 +63,7 @@ pub fn token_request_query(
 /// a stolen refresh token used after the client used it).
 pub fn check_body(
     auth: &Auth,
-    content_type: ContentType,
+    opaque_body: bool,
     body: &[u8],
     mode: Mode,
     facts: &Facts<'_>,
@@ -89,7 +72,7 @@ pub fn check_body(
     let host = ctx.host;
     let refresh = auth.refresh.as_ref()?;
     let flag = |reason| Some(Finding::new(Stage::Authenticate, reason, mode));
-    if content_type == ContentType::Unreadable {
+    if opaque_body {
         return flag(Reason::RefreshUnsupportedBody);
     }
     let tokens = match refresh_tokens_of(body) {
