@@ -14,5 +14,6 @@ pub mod request;
 pub mod routes;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod secret;
 pub mod stage;
 pub mod verdict;

@@ -4,14 +4,14 @@
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{
-    assign_routes, env_value, err, ConfigError, DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
+    assign_routes, err, ConfigError, DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
 };
 use crate::core::duration::Millis;
 use crate::core::mode::Mode;
 use crate::core::routes::{RouteId, RouteTable};
+use crate::core::secret::{decode_secret, RawSecret};
 use crate::stages::integrity::signature::{KeyRing, Requirements};
 use crate::state::slots;
-use base64::Engine as _;
 use serde::Deserialize;
 
 /// RFC 9421 request signatures: the keys, and which route classes need what.
@@ -86,18 +86,6 @@ struct RawSigningKey {
     secret: RawSecret,
 }
 
-/// A secret is never written in the policy itself for production: `env`
-/// names an environment variable of the wasm VM (Envoy's
-/// `vm_config.environment_variables`, fed from a Kubernetes Secret) holding
-/// its base64; `base64` inline is for demos and tests.
-#[derive(Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-enum RawSecret {
-    Base64(String),
-    Env(String),
-}
-
 #[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -143,17 +131,6 @@ fn yes() -> bool {
 
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 const MAX_MAX_BODY: u64 = 64 << 20;
-
-fn decode_secret(secret: &RawSecret, path: &str) -> Result<Vec<u8>, ConfigError> {
-    let (text, source) = match secret {
-        RawSecret::Base64(text) => (text.clone(), format!("{path}.base64")),
-        RawSecret::Env(name) => (env_value(name, path)?, format!("{path}.env")),
-    };
-    // The error never quotes the secret.
-    base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| err(source, "is not valid standard base64"))
-}
 
 pub fn compile_signatures(
     raw: RawSignatures,
