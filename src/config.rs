@@ -18,6 +18,7 @@ use crate::core::names::Names;
 use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::auth::config::{compile_auth, RawApiKeys, RawAuthorization, RawJwt};
 use crate::stages::auth::credentials::Auth;
+use crate::stages::bot::config::{compile_bot, Bot, RawBot};
 use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
@@ -51,6 +52,10 @@ pub struct Policy {
     pub bans: BanPolicy,
     pub signatures: Signatures,
     pub auth: Auth,
+    /// The bot stage, when the document has a `bot` section.
+    pub bot: Option<Bot>,
+    /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
+    pub needs_fingerprint: bool,
 }
 
 impl Policy {
@@ -435,6 +440,9 @@ struct RawConfig {
     /// Which route classes need a credential, and what it must grant.
     #[serde(default)]
     authorization: RawAuthorization,
+    /// Bot defense: fingerprint, score, thresholds, challenge.
+    #[serde(default)]
+    bot: Option<RawBot>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -500,6 +508,8 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         user_header.is_some() || !auth.policies.is_empty(),
         !signatures.policies.is_empty(),
     )?;
+    let bot = compile_bot(raw.bot, raw.mode, &routes)?;
+    let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
     Ok(Policy {
         mode: raw.mode,
         failure_mode: raw.failure_mode,
@@ -511,6 +521,8 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         bans,
         signatures,
         auth,
+        bot,
+        needs_fingerprint,
     })
 }
 
@@ -682,7 +694,7 @@ mod tests {
                 r#"{"name": "a", "key": ["user"], "capacity": 1, "refill": "none", "counts": "failures"}"#
             ),
             "rate_limits.rules[0].counts",
-            "only use \"ip\" and \"route\"",
+            "only use \"ip\", \"route\" and \"fingerprint\"",
         );
         assert_rejected(
             &rule(
@@ -963,6 +975,7 @@ mod tests {
                 "api_keys",
                 "authorization",
                 "bans",
+                "bot",
                 "client_ip",
                 "failure_mode",
                 "jwt",

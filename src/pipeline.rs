@@ -22,6 +22,7 @@ use crate::core::verdict::{
 use crate::stages::auth::jwks::FetchPlan;
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
+use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::{self, Phase};
 use crate::stages::{client_ip, routes, user};
@@ -45,13 +46,16 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 8] = [
+const HEADER_STAGES: [Step; 11] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
-    Engine::pre_auth_limits,  // bans and ip/route limits, failures-rule checks
+    Engine::fingerprint,      // classify: the client fingerprint
+    Engine::pre_auth_limits,  // bans and ip/route/fingerprint limits, failures-rule checks
+    Engine::bot,              // bot score: allow, challenge or deny
     Engine::signature,        // RFC 9421 signature, replay
     Engine::credentials,      // API key or JWT; roles, scopes, MFA
     Engine::failures,         // a refusal by the two above counts against the client
+    Engine::bot_after_auth,   // the bot decision that waited for authentication
     Engine::token_request,    // token parameters in a token request's query
     Engine::post_auth_limits, // user- and key_id-keyed limits
 ];
@@ -68,6 +72,11 @@ struct Request<'a, 'h> {
     upstream: UpstreamHeaders,
     /// Where the verification stages' findings start.
     verified_from: usize,
+    /// The bot stage's assessment; `true` while its decision waits for
+    /// authentication.
+    bot: Option<(bot::Assessment, bool)>,
+    /// The request passed authentication.
+    authenticated: bool,
 }
 
 impl Request<'_, '_> {
@@ -176,14 +185,17 @@ impl Engine {
             Ok(route) => route,
             Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
         };
+        let bot_headers = self.policy.needs_fingerprint.then_some(bot::OWNED_HEADERS);
         let upstream = UpstreamHeaders {
             remove: self
                 .policy
                 .auth
                 .owned_headers
                 .iter()
+                .map(String::as_str)
+                .chain(bot_headers.into_iter().flatten())
                 .filter(|h| headers.get(h).is_some())
-                .cloned()
+                .map(str::to_string)
                 .collect(),
             set: Vec::new(),
         };
@@ -196,10 +208,18 @@ impl Engine {
             digest: None,
             upstream,
             verified_from: 0,
+            bot: None,
+            authenticated: false,
         };
         let ctx = self.ctx(host);
         for step in HEADER_STAGES {
             step(self, &mut request, &ctx);
+        }
+        if self.policy.needs_fingerprint {
+            let upstream_headers = self.policy.bot.as_ref().is_none_or(|b| b.upstream_headers);
+            if upstream_headers {
+                bot::upstream_headers(&request.facts, &mut request.upstream.set);
+            }
         }
         let body = self.body_check(headers, &request.facts, request.digest);
         self.conclude(
@@ -227,6 +247,74 @@ impl Engine {
 
     fn user(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
         user::identify(self.policy.user_header.as_deref(), r.headers, &mut r.facts);
+    }
+
+    fn fingerprint(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if self.policy.needs_fingerprint {
+            let ja4 = self
+                .policy
+                .bot
+                .as_ref()
+                .and_then(|b| b.ja4_header.as_deref());
+            bot::identify(ja4, r.headers, &mut r.facts);
+        }
+    }
+
+    /// Scores the request. On a route that takes a credential, with
+    /// `allow.authenticated`, the decision waits for authentication.
+    fn bot(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        let Some(b) = &self.policy.bot else {
+            return;
+        };
+        if r.blocked() || !b.applies_to(r.facts.route) || bot::allowlisted(b, &r.facts) {
+            return;
+        }
+        let assessment = bot::assess(b, r.headers, &mut r.facts);
+        let waits = b.allow_authenticated && self.policy.auth.policy_for(r.facts.route).is_some();
+        if !waits {
+            self.bot_decide(b, r, &assessment);
+        }
+        r.bot = Some((assessment, waits));
+    }
+
+    fn bot_after_auth(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        let (Some(b), Some((assessment, true))) = (&self.policy.bot, &r.bot) else {
+            return;
+        };
+        let assessment = assessment.clone();
+        if r.authenticated {
+            bot::log_assessment(
+                b,
+                &r.facts,
+                self.route_name(r),
+                &assessment,
+                "authenticated",
+            );
+        } else if !r.blocked() {
+            self.bot_decide(b, r, &assessment);
+        } else {
+            bot::log_assessment(b, &r.facts, self.route_name(r), &assessment, "refused");
+        }
+    }
+
+    fn route_name(&self, r: &Request<'_, '_>) -> &str {
+        self.policy.routes.name(r.facts.route)
+    }
+
+    fn bot_decide(
+        &self,
+        b: &bot::config::Bot,
+        r: &mut Request<'_, '_>,
+        assessment: &bot::Assessment,
+    ) {
+        let finding = bot::decide(b, assessment);
+        let action = match finding.as_ref().map(|f| f.reason) {
+            Some(Reason::BotDeny) => "deny",
+            Some(Reason::BotChallenge) => "challenge",
+            _ => "allow",
+        };
+        bot::log_assessment(b, &r.facts, self.route_name(r), assessment, action);
+        r.findings.extend(finding);
     }
 
     /// Bans and limits on the address and route, so that a banned or
@@ -263,7 +351,8 @@ impl Engine {
             if let Some(identity) =
                 auth::authenticate(a, &self.auth, policy, headers, facts, ctx, findings)
             {
-                r.upstream.set = identity;
+                r.upstream.set.extend(identity);
+                r.authenticated = true;
             }
         }
     }

@@ -20,6 +20,9 @@ pub fn log(facts: &Facts<'_>, finding: &Finding, names: &dyn Names, seed: &[u8; 
         "client_ip": facts.client_ip.map(|ip| ip.to_string()),
         "user_hash": facts.user.as_deref().map(|u| short_hash(seed, u)),
         "key_id": facts.key_id,
+        "fingerprint": facts.fingerprint.map(|id| format!("{id:016x}")),
+        "bot_score": facts.bot.as_ref().map(|b| b.score),
+        "bot_reasons": facts.bot.as_ref().map(|b| &b.reasons),
         "request_id": facts.request_id,
     });
     log::warn!("{event}");

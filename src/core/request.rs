@@ -71,6 +71,11 @@ impl<'a> HeaderMap<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// Header names in the order the host gave them.
+    pub fn names(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.pairs.iter().map(|(n, _)| *n)
+    }
+
     pub fn get_str(&self, name: &str) -> Option<&'a str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -112,6 +117,14 @@ pub fn request_id<'a>(headers: &HeaderMap<'a>) -> &'a str {
     }
 }
 
+/// A request's bot score and the reason codes that weighed most, for
+/// the security event and the upstream headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotSummary {
+    pub score: u8,
+    pub reasons: Vec<&'static str>,
+}
+
 /// What the stages learned about a request: each stage reads what earlier
 /// ones wrote (route, client, user, signing key).
 pub struct Facts<'h> {
@@ -125,6 +138,10 @@ pub struct Facts<'h> {
     /// Key id of a verified request signature.
     pub key_id: Option<String>,
     pub request_id: &'h str,
+    /// The client fingerprint id (bot stage), when computed.
+    pub fingerprint: Option<u64>,
+    /// The bot score and its top reasons, when the request was scored.
+    pub bot: Option<BotSummary>,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -138,6 +155,8 @@ impl<'h> Facts<'h> {
             user: None,
             key_id: None,
             request_id,
+            fingerprint: None,
+            bot: None,
             now_ms: Cell::new(None),
         }
     }

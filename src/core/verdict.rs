@@ -17,6 +17,7 @@ pub enum Stage {
     Authenticate,
     Authorize,
     Bans,
+    Bot,
     RateLimit,
 }
 
@@ -28,6 +29,7 @@ impl Stage {
             Stage::Authenticate => "authenticate",
             Stage::Authorize => "authorize",
             Stage::Bans => "bans",
+            Stage::Bot => "bot",
             Stage::RateLimit => "ratelimit",
         }
     }
@@ -77,6 +79,11 @@ pub enum Reason {
     /// A token request whose body palisade cannot read (multipart, or
     /// content-encoded): its refresh token could not be checked.
     RefreshUnsupportedBody,
+    /// The bot score reached the deny threshold.
+    BotDeny,
+    /// The bot score reached the challenge threshold: the client gets a
+    /// proof-of-work puzzle instead of the upstream.
+    BotChallenge,
 }
 
 impl Reason {
@@ -107,6 +114,8 @@ impl Reason {
             Reason::HostUnavailable => "host.unavailable",
             Reason::RefreshRepeatedParameter => "oauth.repeated_parameter",
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
+            Reason::BotDeny => "bot.deny",
+            Reason::BotChallenge => "bot.challenge",
         }
     }
 
@@ -128,7 +137,9 @@ impl Reason {
             | Reason::RefreshReuse
             | Reason::BanActive
             | Reason::RefreshRepeatedParameter
-            | Reason::RefreshUnsupportedBody => Decision::Deny,
+            | Reason::RefreshUnsupportedBody
+            | Reason::BotDeny => Decision::Deny,
+            Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
@@ -154,7 +165,12 @@ impl Reason {
             | Reason::Jwt(_)
             | Reason::ApiKeyInvalid => 401,
             Reason::BodyTooLarge => 413,
-            Reason::BanActive | Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa => 403,
+            Reason::BanActive
+            | Reason::AuthzRole
+            | Reason::AuthzScope
+            | Reason::AuthzMfa
+            | Reason::BotDeny
+            | Reason::BotChallenge => 403,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
@@ -171,6 +187,9 @@ impl Reason {
         // What OAuth clients expect from a token endpoint (RFC 6749 5.2).
         if self == Reason::RefreshReuse {
             return "invalid_grant";
+        }
+        if self == Reason::BotChallenge {
+            return "challenge";
         }
         if matches!(
             self,
@@ -244,6 +263,8 @@ pub enum Decision {
     Allow,
     Throttle,
     Deny,
+    /// Answered with a bot challenge.
+    Challenge,
     Error,
 }
 
@@ -253,6 +274,7 @@ impl Decision {
             Decision::Allow => "allow",
             Decision::Throttle => "throttle",
             Decision::Deny => "deny",
+            Decision::Challenge => "challenge",
             Decision::Error => "error",
         }
     }

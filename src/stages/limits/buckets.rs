@@ -53,6 +53,9 @@ pub struct KeySpec {
     pub route: bool,
     /// The verified request-signature key id.
     pub key_id: bool,
+    /// The client fingerprint (bot stage): what the request's headers and
+    /// TLS hello show, whatever address it comes from.
+    pub fingerprint: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

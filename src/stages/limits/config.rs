@@ -71,13 +71,15 @@ enum KeyPart {
     User,
     Route,
     KeyId,
+    Fingerprint,
 }
 
-string_enum!(KeyPart, "\"ip\", \"user\", \"route\" or \"key_id\"", {
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\" or \"fingerprint\"", {
     "ip" => KeyPart::Ip,
     "user" => KeyPart::User,
     "route" => KeyPart::Route,
     "key_id" => KeyPart::KeyId,
+    "fingerprint" => KeyPart::Fingerprint,
 });
 
 /// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
@@ -212,7 +214,7 @@ pub fn compile_rate_limits(
         if rule.key.is_empty() {
             return Err(err(
                 at("key"),
-                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\"",
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\"",
             ));
         }
         let mut key = KeySpec::default();
@@ -222,6 +224,7 @@ pub fn compile_rate_limits(
                 KeyPart::User => std::mem::replace(&mut key.user, true),
                 KeyPart::Route => std::mem::replace(&mut key.route, true),
                 KeyPart::KeyId => std::mem::replace(&mut key.key_id, true),
+                KeyPart::Fingerprint => std::mem::replace(&mut key.fingerprint, true),
             };
             if seen {
                 return Err(err(
@@ -245,7 +248,7 @@ pub fn compile_rate_limits(
         if rule.counts == Counts::Failures && (key.user || key.key_id) {
             return Err(err(
                 at("counts"),
-                "a rule counting failures is checked before authentication, so its key can only use \"ip\" and \"route\"",
+                "a rule counting failures is checked before authentication, so its key can only use \"ip\", \"route\" and \"fingerprint\"",
             ));
         }
         let applies_to = match rule.routes {

@@ -148,6 +148,10 @@ fn slot_of(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>, pages: u32) -> slots::
             h.write(facts.key_id.as_deref().unwrap_or_default().as_bytes());
             h.write_u8(0xff);
         }
+        if rule.key.fingerprint {
+            h.write_u64(facts.fingerprint.unwrap_or_default());
+            h.write_u8(0xff);
+        }
         if rule.key.route {
             h.write_u16(facts.route);
         }
