@@ -7,6 +7,7 @@
 //! `allow.authenticated` is on: there the decision waits for
 //! authentication, which a verified client passes whatever its score.
 
+pub mod challenge;
 pub mod config;
 pub mod fingerprint;
 pub mod score;
