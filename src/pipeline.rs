@@ -77,12 +77,27 @@ struct Request<'a, 'h> {
     bot: Option<(bot::Assessment, bool)>,
     /// The request passed authentication.
     authenticated: bool,
+    /// The bot challenge, when the score calls for one.
+    challenge: Option<LocalResponse>,
 }
 
 impl Request<'_, '_> {
     fn blocked(&self) -> bool {
         self.findings.iter().any(Finding::enforced)
     }
+}
+
+/// What the header phase hands to the verdict besides its findings.
+#[derive(Default)]
+struct Outcome {
+    quota: Option<Quota>,
+    upstream: UpstreamHeaders,
+    body: Option<BodyCheck>,
+    /// The bot challenge to answer with, when the bot stage's finding is
+    /// the one enforced.
+    challenge: Option<LocalResponse>,
+    /// Cookies for an allowed request's response (a challenge pass).
+    set_cookies: Vec<String>,
 }
 
 /// The request body as the body phase saw it.
@@ -210,6 +225,7 @@ impl Engine {
             verified_from: 0,
             bot: None,
             authenticated: false,
+            challenge: None,
         };
         let ctx = self.ctx(host);
         for step in HEADER_STAGES {
@@ -222,14 +238,14 @@ impl Engine {
             }
         }
         let body = self.body_check(headers, &request.facts, request.digest);
-        self.conclude(
-            &request.facts,
-            request.findings,
-            request.quota,
-            request.upstream,
+        let outcome = Outcome {
+            quota: request.quota,
+            upstream: request.upstream,
             body,
-            host.metrics,
-        )
+            challenge: request.challenge,
+            set_cookies: request.bot.map(|(a, _)| a.set_cookies).unwrap_or_default(),
+        };
+        self.conclude(&request.facts, request.findings, outcome, host.metrics)
     }
 
     fn client_ip(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
@@ -262,22 +278,22 @@ impl Engine {
 
     /// Scores the request. On a route that takes a credential, with
     /// `allow.authenticated`, the decision waits for authentication.
-    fn bot(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+    fn bot(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         let Some(b) = &self.policy.bot else {
             return;
         };
         if r.blocked() || !b.applies_to(r.facts.route) || bot::allowlisted(b, &r.facts) {
             return;
         }
-        let assessment = bot::assess(b, r.headers, &mut r.facts);
+        let assessment = bot::assess(b, r.headers, &mut r.facts, ctx);
         let waits = b.allow_authenticated && self.policy.auth.policy_for(r.facts.route).is_some();
         if !waits {
-            self.bot_decide(b, r, &assessment);
+            self.bot_decide(b, r, &assessment, ctx);
         }
         r.bot = Some((assessment, waits));
     }
 
-    fn bot_after_auth(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+    fn bot_after_auth(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         let (Some(b), Some((assessment, true))) = (&self.policy.bot, &r.bot) else {
             return;
         };
@@ -291,7 +307,7 @@ impl Engine {
                 "authenticated",
             );
         } else if !r.blocked() {
-            self.bot_decide(b, r, &assessment);
+            self.bot_decide(b, r, &assessment, ctx);
         } else {
             bot::log_assessment(b, &r.facts, self.route_name(r), &assessment, "refused");
         }
@@ -306,6 +322,7 @@ impl Engine {
         b: &bot::config::Bot,
         r: &mut Request<'_, '_>,
         assessment: &bot::Assessment,
+        ctx: &Ctx<'_>,
     ) {
         let finding = bot::decide(b, assessment);
         let action = match finding.as_ref().map(|f| f.reason) {
@@ -314,6 +331,12 @@ impl Engine {
             _ => "allow",
         };
         bot::log_assessment(b, &r.facts, self.route_name(r), assessment, action);
+        if finding
+            .as_ref()
+            .is_some_and(|f| f.reason == Reason::BotChallenge)
+        {
+            r.challenge = bot::challenge_response(b, r.headers, &r.facts, ctx);
+        }
         r.findings.extend(finding);
     }
 
@@ -415,14 +438,7 @@ impl Engine {
         metrics: &dyn Metrics,
     ) -> Verdict {
         let facts = Facts::new(self.policy.routes.default_id(), request_id);
-        self.conclude(
-            &facts,
-            vec![finding],
-            None,
-            UpstreamHeaders::default(),
-            None,
-            metrics,
-        )
+        self.conclude(&facts, vec![finding], Outcome::default(), metrics)
     }
 
     /// What the body phase must check, if anything: a signed digest, a
@@ -460,11 +476,16 @@ impl Engine {
         &self,
         facts: &Facts<'_>,
         findings: Vec<Finding>,
-        quota: Option<Quota>,
-        upstream: UpstreamHeaders,
-        body: Option<BodyCheck>,
+        outcome: Outcome,
         metrics: &dyn Metrics,
     ) -> Verdict {
+        let Outcome {
+            quota,
+            upstream,
+            body,
+            challenge,
+            set_cookies,
+        } = outcome;
         for finding in &findings {
             self.record(facts, finding, metrics);
         }
@@ -473,6 +494,9 @@ impl Engine {
                 decision: denial.reason.decision(),
                 route: facts.route,
             });
+            if let (Reason::BotChallenge, Some(challenge)) = (denial.reason, challenge) {
+                return Verdict::Respond(challenge);
+            }
             return Verdict::Respond(denial.respond(facts.request_id, &self.policy));
         }
         // With a body still to check, the request is counted when it is.
@@ -482,10 +506,11 @@ impl Engine {
                 route: facts.route,
             });
         }
-        let response_headers = match quota {
+        let mut response_headers = match quota {
             Some(q) if self.policy.rate_limits.quota_headers => q.headers(&self.policy),
             _ => Vec::new(),
         };
+        response_headers.extend(set_cookies.into_iter().map(|c| ("set-cookie", c)));
         Verdict::Allow {
             response_headers,
             upstream,

@@ -7,6 +7,7 @@ use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::{RouteId, RouteTable};
 use crate::core::secret::{decode_secret, RawSecret};
+use crate::stages::bot::challenge::{ChallengeKey, MIN_SECRET_LEN};
 use crate::stages::bot::score::Model;
 use crate::stages::bot::signals::{Signal, SIGNALS};
 use serde::Deserialize;
@@ -23,7 +24,6 @@ const DEFAULT_DIFFICULTY: u8 = 16;
 const MAX_DIFFICULTY: u8 = 24;
 const DEFAULT_CHALLENGE_TTL_MS: u64 = 5 * 60_000;
 const DEFAULT_PASS_TTL_MS: u64 = 30 * 60_000;
-const MIN_SECRET_BYTES: usize = 16;
 const MAX_CIDRS: usize = 1024;
 
 /// Which scored requests get a `palisade.bot` log line.
@@ -94,7 +94,7 @@ impl Cidr {
 /// The compiled challenge settings.
 #[derive(Debug, Clone)]
 pub struct ChallengeSettings {
-    pub secret: Vec<u8>,
+    pub key: ChallengeKey,
     pub difficulty: u8,
     pub ttl_s: u32,
     pub pass_ttl_s: u32,
@@ -387,10 +387,10 @@ pub fn compile_bot(
 
 fn compile_challenge(raw: &RawChallenge) -> Result<ChallengeSettings, ConfigError> {
     let secret = decode_secret(&raw.secret, "bot.challenge.secret")?;
-    if secret.len() < MIN_SECRET_BYTES {
+    if secret.len() < MIN_SECRET_LEN {
         return Err(err(
             "bot.challenge.secret",
-            format!("must be at least {MIN_SECRET_BYTES} bytes (32 random bytes recommended)"),
+            format!("must be at least {MIN_SECRET_LEN} random bytes"),
         ));
     }
     let difficulty = raw.difficulty.unwrap_or(DEFAULT_DIFFICULTY);
@@ -403,7 +403,7 @@ fn compile_challenge(raw: &RawChallenge) -> Result<ChallengeSettings, ConfigErro
         ));
     }
     Ok(ChallengeSettings {
-        secret,
+        key: ChallengeKey::new(&secret),
         difficulty,
         ttl_s: seconds(raw.ttl.map_or(DEFAULT_CHALLENGE_TTL_MS, Millis::as_ms)),
         pass_ttl_s: seconds(raw.pass_ttl.map_or(DEFAULT_PASS_TTL_MS, Millis::as_ms)),
@@ -421,7 +421,7 @@ mod tests {
 
     fn rejected(json: &str, path: &str, needle: &str) {
         match compile(json) {
-            Ok(_) => panic!("accepted: {json}"),
+            Ok(_) => unreachable!("accepted: {json}"),
             Err(e) => {
                 assert_eq!(e.path, path, "{e}");
                 assert!(e.message.contains(needle), "{e}");
@@ -432,7 +432,9 @@ mod tests {
     #[test]
     fn defaults_are_the_shipped_model_and_deny_only() {
         let bot = compile("{}").ok().flatten();
-        let Some(bot) = bot else { panic!("no bot") };
+        let Some(bot) = bot else {
+            unreachable!("no bot")
+        };
         assert_eq!(bot.mode, Mode::Enforce);
         assert_eq!(bot.deny_at, Some(90));
         assert_eq!(bot.challenge_at, None);
@@ -451,7 +453,9 @@ mod tests {
         let bot = compile(r#"{"model": {"weights": {"flow": 0, "header_order": 1.5}}}"#)
             .ok()
             .flatten();
-        let Some(bot) = bot else { panic!("no bot") };
+        let Some(bot) = bot else {
+            unreachable!("no bot")
+        };
         assert_eq!(bot.model.weight(Signal::Flow), 0.0);
         assert_eq!(bot.model.weight(Signal::HeaderOrder), 1.5);
         assert!(bot.model.weight(Signal::HeadlessUa) > 0.0);
@@ -479,7 +483,7 @@ mod tests {
         rejected(
             r#"{"challenge": {"secret": {"base64": "c2hvcnQ="}}}"#,
             "bot.challenge.secret",
-            "at least 16 bytes",
+            "at least 32 random bytes",
         );
         rejected(
             &format!(r#"{{"challenge": {{{secret}, "difficulty": 40}}}}"#),
@@ -503,7 +507,7 @@ mod tests {
     fn challenge_defaults() {
         let secret = r#"{"challenge": {"secret": {"base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}}}"#;
         let Some(bot) = compile(secret).ok().flatten() else {
-            panic!("no bot")
+            unreachable!("no bot")
         };
         assert_eq!(bot.challenge_at, Some(60));
         let c = bot
@@ -515,8 +519,8 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        let c = |t: &str| Cidr::parse(t).unwrap_or_else(|| panic!("{t}"));
-        let ip = |t: &str| t.parse::<IpAddr>().unwrap_or_else(|_| panic!("{t}"));
+        let c = |t: &str| Cidr::parse(t).unwrap_or_else(|| unreachable!("{t}"));
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap_or_else(|_| unreachable!("{t}"));
         assert!(c("10.0.0.0/8").contains(ip("10.200.1.1")));
         assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
         assert!(c("0.0.0.0/0").contains(ip("8.8.8.8")));

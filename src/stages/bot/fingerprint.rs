@@ -128,7 +128,7 @@ mod tests {
             let set = fixtures::headers(name);
             let id = fingerprint(&set.map(), None);
             if let Some(other) = seen.insert(id, name) {
-                panic!("{name} and {other} share a fingerprint");
+                unreachable!("{name} and {other} share a fingerprint");
             }
         }
         let set = fixtures::headers("chrome_windows_navigate");

@@ -24,7 +24,7 @@ impl HeaderSet {
 fn all() -> serde_json::Map<String, serde_json::Value> {
     match serde_json::from_str(FIXTURES) {
         Ok(serde_json::Value::Object(map)) => map,
-        _ => panic!("tests/fixtures/browsers.json is not a JSON object"),
+        _ => unreachable!("tests/fixtures/browsers.json is not a JSON object"),
     }
 }
 
@@ -42,7 +42,7 @@ pub fn names() -> Vec<&'static str> {
 
 pub fn headers(name: &str) -> HeaderSet {
     let Some(serde_json::Value::Array(list)) = all().remove(name) else {
-        panic!("no header set `{name}` in tests/fixtures/browsers.json")
+        unreachable!("no header set `{name}` in tests/fixtures/browsers.json")
     };
     HeaderSet(
         list.iter()
@@ -50,7 +50,7 @@ pub fn headers(name: &str) -> HeaderSet {
                 Some([serde_json::Value::String(n), serde_json::Value::String(v)]) => {
                     (n.clone(), v.clone())
                 }
-                _ => panic!("`{name}`: every entry is [name, value]"),
+                _ => unreachable!("`{name}`: every entry is [name, value]"),
             })
             .collect(),
     )

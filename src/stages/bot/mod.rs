@@ -17,10 +17,13 @@ pub mod signals;
 pub(crate) mod fixtures;
 
 use crate::core::request::{BotSummary, Facts, HeaderMap};
-use crate::core::verdict::{Finding, Reason, Stage};
-use config::{Bot, Events};
+use crate::core::stage::Ctx;
+use crate::core::verdict::{Finding, LocalResponse, Reason, Stage};
+use challenge::Binding;
+use config::{Bot, ChallengeSettings, Events};
 use score::Score;
 use signals::{Signal, Strengths};
+use std::hash::Hasher;
 
 /// Headers palisade sets for the upstream; a client's copies are removed.
 pub const FINGERPRINT_HEADER: &str = "x-palisade-fingerprint";
@@ -40,6 +43,9 @@ pub fn identify(ja4_header: Option<&str>, headers: &HeaderMap<'_>, facts: &mut F
 pub struct Assessment {
     pub strengths: Strengths,
     pub score: Score,
+    /// `Set-Cookie` values for the response: a pass earned by a solution
+    /// on this request, and the spent solution cookie cleared.
+    pub set_cookies: Vec<String>,
 }
 
 /// Whether the client address is on the allowlist: such a request is not
@@ -51,15 +57,140 @@ pub fn allowlisted(bot: &Bot, facts: &Facts<'_>) -> bool {
 }
 
 /// Scores one request and writes the summary into `facts`.
-pub fn assess(bot: &Bot, headers: &HeaderMap<'_>, facts: &mut Facts<'_>) -> Assessment {
+pub fn assess(
+    bot: &Bot,
+    headers: &HeaderMap<'_>,
+    facts: &mut Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Assessment {
     let mut strengths = Strengths::default();
     signals::header_signals(headers, &mut strengths);
+    let mut set_cookies = Vec::new();
+    if let Some(settings) = &bot.challenge {
+        if proof(settings, headers, facts, ctx, &mut set_cookies) {
+            strengths.set(Signal::ChallengePassed, 1.0);
+        }
+    }
     let score = bot.model.score(&strengths);
     facts.bot = Some(BotSummary {
         score: score.value,
         reasons: score.reasons.iter().map(|s| s.reason()).collect(),
     });
-    Assessment { strengths, score }
+    Assessment {
+        strengths,
+        score,
+        set_cookies,
+    }
+}
+
+/// What challenges and passes are bound to: this client's fingerprint and
+/// address prefix.
+fn binding(facts: &Facts<'_>) -> Binding {
+    Binding {
+        fingerprint: facts.fingerprint.unwrap_or_default(),
+        ip_key: facts.ip_key,
+    }
+}
+
+/// Every cookie named `name` the request carries (HTTP/2 may split the
+/// `cookie` header in several).
+fn cookies<'a, 'h>(
+    headers: &'a HeaderMap<'h>,
+    name: &'static str,
+) -> impl Iterator<Item = &'h [u8]> + 'a {
+    headers
+        .get_all("cookie")
+        .filter_map(move |value| challenge::cookie(value, name))
+}
+
+/// Whether the request proves a solved challenge: a valid pass, or a valid
+/// solution, which earns a pass (added to `set_cookies`). Stateless: the
+/// proofs are checked by their MAC, binding and expiry alone.
+fn proof(
+    settings: &ChallengeSettings,
+    headers: &HeaderMap<'_>,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+    set_cookies: &mut Vec<String>,
+) -> bool {
+    let solution = headers
+        .get(challenge::SOLUTION_HEADER)
+        .or_else(|| cookies(headers, challenge::SOLUTION_COOKIE).next());
+    let pass = cookies(headers, challenge::PASS_COOKIE).next();
+    if solution.is_none() && pass.is_none() {
+        return false;
+    }
+    let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
+        return false;
+    };
+    let (key, binding, now_s) = (&settings.key, binding(facts), now_ms / 1000);
+    if pass.is_some_and(|p| challenge::verify_pass(key, binding, now_s, p).is_ok()) {
+        return true;
+    }
+    let Some(solution) = solution else {
+        return false;
+    };
+    if let Err(e) = challenge::verify_solution(key, binding, now_s, solution) {
+        log::debug!("palisade: challenge solution refused: {}", e.as_str());
+        return false;
+    }
+    let pass = challenge::issue_pass(key, binding, now_s, settings.pass_ttl_s);
+    let secure = headers.get(":scheme") == Some(b"https");
+    set_cookies.push(challenge::pass_cookie(&pass, settings.pass_ttl_s, secure));
+    if headers.get(challenge::SOLUTION_HEADER).is_none() {
+        set_cookies.push(format!(
+            "{}=; Max-Age=0; Path=/; SameSite=Lax",
+            challenge::SOLUTION_COOKIE
+        ));
+    }
+    true
+}
+
+/// The challenge a request gets instead of the upstream: the page for a
+/// browser navigating, JSON for anything else. `None` without a clock.
+pub fn challenge_response(
+    bot: &Bot,
+    headers: &HeaderMap<'_>,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Option<LocalResponse> {
+    let settings = bot.challenge.as_ref()?;
+    let now_ms = facts.now_ms(ctx.host.clock)?;
+    // Unpredictable without the seed, different for every request.
+    let salt = ctx
+        .keyed_hash(|h| {
+            h.write(b"challenge salt");
+            h.write_u64(now_ms);
+            h.write(facts.request_id.as_bytes());
+            h.write_u64(facts.fingerprint.unwrap_or_default());
+        })
+        .h1;
+    let issued = challenge::issue(
+        &settings.key,
+        binding(facts),
+        now_ms / 1000,
+        settings.ttl_s,
+        settings.difficulty,
+        salt,
+    );
+    let wants_page = headers.get(":method") == Some(b"GET")
+        && headers
+            .get_str("accept")
+            .is_some_and(|a| a.contains("text/html"));
+    let mut response_headers = vec![("cache-control", "no-store".to_string())];
+    let body = if wants_page {
+        response_headers.push(("content-type", "text/html; charset=utf-8".to_string()));
+        response_headers.push(("content-security-policy", challenge::page_csp()));
+        challenge::page(&issued)
+    } else {
+        response_headers.push(("content-type", "application/json".to_string()));
+        challenge::json_body(&issued, facts.request_id)
+    };
+    Some(LocalResponse {
+        status: Reason::BotChallenge.status(),
+        headers: response_headers,
+        body,
+    })
 }
 
 /// The finding the thresholds make of a score, if any.
