@@ -4,6 +4,7 @@
 //! the pipeline puts them in order.
 
 pub mod auth;
+pub mod bot;
 pub mod client_ip;
 pub mod integrity;
 pub mod limits;
