@@ -7,6 +7,7 @@
 //! `allow.authenticated` is on: there the decision waits for
 //! authentication, which a verified client passes whatever its score.
 
+pub mod behaviour;
 pub mod challenge;
 pub mod config;
 pub mod fingerprint;
