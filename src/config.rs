@@ -78,6 +78,7 @@ impl Policy {
             .chain(overflow)
             .chain((0..replay_pages).map(|i| slots::page_key(slots::REPLAY, i)))
             .chain((0..refresh_pages).map(|i| slots::page_key(slots::REFRESH, i)))
+            .chain(self.bot.iter().flat_map(Bot::shared_keys))
     }
 
     /// Parses and validates the plugin configuration.
@@ -128,7 +129,10 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 25] = [
+const LIST_PATHS: [&str; 28] = [
+    "bot.routes",
+    "bot.allow.cidrs",
+    "bot.flows",
     "jwt.from",
     "jwt.providers",
     "jwt.providers[].audiences",

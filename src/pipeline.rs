@@ -285,7 +285,7 @@ impl Engine {
         if r.blocked() || !b.applies_to(r.facts.route) || bot::allowlisted(b, &r.facts) {
             return;
         }
-        let assessment = bot::assess(b, r.headers, &mut r.facts, ctx);
+        let assessment = bot::assess(b, r.headers, &mut r.facts, ctx, &mut r.findings);
         let waits = b.allow_authenticated && self.policy.auth.policy_for(r.facts.route).is_some();
         if !waits {
             self.bot_decide(b, r, &assessment, ctx);
@@ -634,6 +634,8 @@ fn refused_credentials(findings: &[Finding]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod bot;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::encode_map;
     use crate::stages::auth::jwks;

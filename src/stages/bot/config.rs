@@ -7,6 +7,9 @@ use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::{RouteId, RouteTable};
 use crate::core::secret::{decode_secret, RawSecret};
+#[cfg(feature = "schema")]
+use crate::stages::bot::behaviour::MAX_FLOWS;
+use crate::stages::bot::behaviour::{self, Behaviour, RawBehaviour, RawFlow};
 use crate::stages::bot::challenge::{ChallengeKey, MIN_SECRET_LEN};
 use crate::stages::bot::score::Model;
 use crate::stages::bot::signals::{Signal, SIGNALS};
@@ -120,11 +123,30 @@ pub struct Bot {
     pub events: Events,
     /// Score, reasons and fingerprint go to the upstream as headers.
     pub upstream_headers: bool,
+    pub behaviour: Behaviour,
 }
 
 impl Bot {
     pub fn applies_to(&self, route: RouteId) -> bool {
         self.routes.as_ref().is_none_or(|r| r.contains(&route))
+    }
+
+    /// Whether behaviour is worth its shared-data round trip: some
+    /// behavioural signal has a weight.
+    pub fn observes_behaviour(&self) -> bool {
+        self.model.weighs_any(&[
+            Signal::MachineTiming,
+            Signal::SequentialIds,
+            Signal::DistinctPaths,
+        ]) || (self.behaviour.has_flows() && self.model.weight(Signal::Flow) != 0.0)
+    }
+
+    /// The behaviour table's pages, when it is used.
+    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.observes_behaviour()
+            .then(|| self.behaviour.shared_keys())
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -157,6 +179,13 @@ pub struct RawBot {
     events: Events,
     #[serde(default = "yes")]
     upstream_headers: bool,
+    /// Timing, enumeration and the table that remembers them.
+    #[serde(default)]
+    behaviour: RawBehaviour,
+    /// Route classes that must follow another within a time (checkout after cart).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_FLOWS)))]
+    flows: Vec<RawFlow>,
 }
 
 fn yes() -> bool {
@@ -370,6 +399,7 @@ pub fn compile_bot(
             })
         })
         .collect::<Result<_, _>>()?;
+    let behaviour = behaviour::compile(raw.behaviour, raw.flows, routes, "bot")?;
     Ok(Some(Bot {
         mode: raw.mode.unwrap_or(global),
         routes: route_list,
@@ -382,6 +412,7 @@ pub fn compile_bot(
         challenge,
         events: raw.events,
         upstream_headers: raw.upstream_headers,
+        behaviour,
     }))
 }
 

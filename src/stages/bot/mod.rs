@@ -25,6 +25,7 @@ use config::{Bot, ChallengeSettings, Events};
 use score::Score;
 use signals::{Signal, Strengths};
 use std::hash::Hasher;
+use std::net::IpAddr;
 
 /// Headers palisade sets for the upstream; a client's copies are removed.
 pub const FINGERPRINT_HEADER: &str = "x-palisade-fingerprint";
@@ -63,9 +64,15 @@ pub fn assess(
     headers: &HeaderMap<'_>,
     facts: &mut Facts<'_>,
     ctx: &Ctx<'_>,
+    findings: &mut Vec<Finding>,
 ) -> Assessment {
     let mut strengths = Strengths::default();
     signals::header_signals(headers, &mut strengths);
+    if bot.observes_behaviour() {
+        if let Some(failure) = observe(bot, headers, facts, ctx, &mut strengths) {
+            findings.push(failure);
+        }
+    }
     let mut set_cookies = Vec::new();
     if let Some(settings) = &bot.challenge {
         if proof(settings, headers, facts, ctx, &mut set_cookies) {
@@ -81,6 +88,50 @@ pub fn assess(
         strengths,
         score,
         set_cookies,
+    }
+}
+
+/// The behavioural signals of the client (fingerprint and address prefix):
+/// one shared-data round trip, one more on routes that flows name. A failed
+/// clock or store is a finding (`failure_mode` decides).
+fn observe(
+    bot: &Bot,
+    headers: &HeaderMap<'_>,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+    strengths: &mut Strengths,
+) -> Option<Finding> {
+    let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
+        return Some(ctx.host_failure("clock", Stage::Bot));
+    };
+    let client = ctx.keyed_hash(|h| {
+        h.write(b"bot client");
+        h.write_u64(facts.fingerprint.unwrap_or_default());
+        match facts.ip_key {
+            Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
+            Some(IpAddr::V6(ip)) => h.write(&ip.octets()),
+            None => h.write(b"unknown"),
+        }
+    });
+    let path = headers.get(":path").unwrap_or_default();
+    let (store, metrics) = (ctx.host.store, ctx.host.metrics);
+    match behaviour::observe(
+        &bot.behaviour,
+        client,
+        facts.route,
+        path,
+        now_ms,
+        store,
+        metrics,
+    ) {
+        Ok(seen) => {
+            strengths.set(Signal::MachineTiming, seen.machine_timing);
+            strengths.set(Signal::SequentialIds, seen.sequential_ids);
+            strengths.set(Signal::DistinctPaths, seen.distinct_paths);
+            strengths.set(Signal::Flow, seen.flow);
+            None
+        }
+        Err(error) => Some(ctx.store_failure("bot behaviour", Stage::Bot, error)),
     }
 }
 
