@@ -204,3 +204,30 @@ def test_bot_event_is_found_at_the_end_of_a_log_line():
     assert train.bot_event("[info] nothing here") is None
     with pytest.raises(ValueError):
         train.bot_event('[warning] {"event":"palisade.bot", broken')
+
+
+def test_training_config_reaches_the_bot_stage_with_every_request(tmp_path):
+    import yaml
+
+    import run_train
+
+    demo = yaml.safe_load(run_train.DEMO.read_text())
+    bootstrap, palisade = run_train.training_config(demo, 4242, tmp_path / "palisade.wasm")
+    assert "rate_limits" not in palisade and "bans" not in palisade
+    assert palisade["bot"]["mode"] == "monitor" and palisade["bot"]["events"] == "all"
+    # The demo's routes and other stages stay.
+    assert {r["name"] for r in palisade["routes"]} >= {"login", "api", "payments", "account"}
+    assert "jwt" in palisade and "signatures" in palisade
+    [listener] = bootstrap["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 0}
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["preserve_external_request_id"] is True
+    wasm = [f for f in hcm["http_filters"] if f["name"] == "palisade"][0]["typed_config"]["config"]
+    assert wasm["vm_config"]["code"]["local"]["filename"] == str(tmp_path / "palisade.wasm")
+    assert json.loads(wasm["configuration"]["value"]) == palisade
+    cluster = bootstrap["static_resources"]["clusters"][0]
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+        "port_value"] == 4242
+    assert run_train.challenge_threshold({"bot": {"thresholds": {"challenge": 55}}}) == 55
+    assert run_train.challenge_threshold({"bot": {"challenge": 101}}) is None
+    assert run_train.challenge_threshold({}) is None

@@ -294,7 +294,7 @@ pub fn table(summary: &Summary) -> String {
     out.push('\n');
     out.push_str("what each attack class is meant to be stopped by:\n");
     for c in summary.classes.iter().filter(|c| c.kind == Kind::Attack) {
-        out.push_str(&format!("  {:<18} {}\n", c.name, c.stopped_by));
+        out.push_str(&format!("  {:<19} {}\n", c.name, c.stopped_by));
     }
     for c in summary
         .classes
