@@ -86,17 +86,18 @@ def training_config(demo: dict, upstream_port: int, wasm: Path, bot: bool = True
     return demo, config
 
 
-def challenge_threshold(palisade_config: dict) -> int | None:
-    """The challenge threshold of the bot section, if it names one."""
-    bot = palisade_config.get("bot", {})
-    for value in (
-        bot.get("challenge"),
-        bot.get("challenge_at"),
-        (bot.get("thresholds") or {}).get("challenge") if isinstance(bot.get("thresholds"), dict) else None,
-    ):
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
-            return value
-    return None
+# palisade's default challenge threshold (src/stages/bot/config.rs,
+# DEFAULT_CHALLENGE) when the bot section names none.
+DEFAULT_CHALLENGE = 60
+
+
+def challenge_threshold(palisade_config: dict) -> int:
+    """`bot.thresholds.challenge` of the configuration, else palisade's default."""
+    thresholds = palisade_config.get("bot", {}).get("thresholds")
+    value = thresholds.get("challenge") if isinstance(thresholds, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+        return value
+    return DEFAULT_CHALLENGE
 
 
 def free_port() -> int:
@@ -132,7 +133,7 @@ def stop(*procs: subprocess.Popen) -> None:
             p.wait()
 
 
-def run_traffic(args: argparse.Namespace) -> tuple[Path, Path, int | None]:
+def run_traffic(args: argparse.Namespace) -> tuple[Path, Path, int]:
     logs: Path = args.logs
     logs.mkdir(parents=True, exist_ok=True)
     sim = args.sim
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="how long the simulator sends (default 60)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "target" / "train" / "bot-model.json")
     ap.add_argument("--labelled", type=Path, help="operator-labelled events to add (JSON lines, \"label\": 0|1)")
-    ap.add_argument("--challenge", type=int, help="challenge threshold to report at (default: the bot section's)")
+    ap.add_argument("--challenge", type=int, help="challenge threshold to report at (default: the demo bot section's, else palisade's 60)")
     ap.add_argument("--logs", type=Path, default=REPO_ROOT / "target" / "train")
     ap.add_argument("--sim", type=Path, default=Path(os.environ.get("PALISADE_SIM", train.DEFAULT_SIM)))
     ap.add_argument("--sim-args", default="", help="extra palisade-sim options, e.g. '--seed 2'")
@@ -204,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     log, classes, configured = run_traffic(args)
     challenge = args.challenge if args.challenge is not None else configured
-    if challenge is None:
-        print("note: no challenge threshold in the bot section and none given (CHALLENGE=N): "
-              "figures at the model's 0.5 point only")
-    else:
-        print(f"challenge threshold: {challenge}")
+    print(f"challenge threshold: {challenge}")
     train_args = ["--log", str(log), "--classes", str(classes), "--out", str(args.out)]
     if args.labelled:
         train_args += ["--labelled", str(args.labelled)]

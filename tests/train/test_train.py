@@ -229,5 +229,19 @@ def test_training_config_reaches_the_bot_stage_with_every_request(tmp_path):
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
         "port_value"] == 4242
     assert run_train.challenge_threshold({"bot": {"thresholds": {"challenge": 55}}}) == 55
-    assert run_train.challenge_threshold({"bot": {"challenge": 101}}) is None
-    assert run_train.challenge_threshold({}) is None
+    assert run_train.challenge_threshold({"bot": {"thresholds": {"challenge": 101}}}) == 60
+    assert run_train.challenge_threshold({}) == 60
+
+
+def test_a_signal_that_never_varies_gets_no_weight_and_extra_signals_are_not_trained(tmp_path, listing, capsys):
+    events = synthetic(random.Random(5), clients_per_class=5, per_client=6)
+    for e in events:
+        e["signals"]["distinct_paths"] = 0.0  # not measured
+        e["signals"]["challenge_passed"] = 0.0  # palisade's, not in the model
+    log = write_log(tmp_path / "envoy.log", events)
+    model = run(tmp_path, listing, log)["bot"]["model"]
+    assert "distinct_paths" not in model["weights"] and "challenge_passed" not in model["weights"]
+    assert set(model["weights"]) == set(train.SIGNALS) - {"distinct_paths"}
+    out = capsys.readouterr().out
+    assert "left out of the model (palisade keeps its weights for them): distinct_paths" in out, out
+    assert "signals not trained (palisade keeps its weights for them): challenge_passed" in out, out

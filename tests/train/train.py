@@ -39,7 +39,11 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SIM = REPO_ROOT / "target" / "debug" / "palisade-sim"
 
-# The bot stage's signals, in the order of the model's weights.
+# The bot stage's signals that traffic shows, in the order of the model's
+# weights.  palisade's `challenge_passed` (a solved challenge, with a
+# negative weight) is not among them: simulator traffic solves no
+# challenges, so its shipped weight is kept (a fragment overrides only the
+# weights it names).
 SIGNALS = (
     "automation_ua",
     "headless_ua",
@@ -225,29 +229,47 @@ def weights_of(samples: list[Sample]) -> np.ndarray:
     )
 
 
-def fit(samples: list[Sample]) -> LogisticRegression:
+@dataclass
+class Fitted:
+    model: LogisticRegression
+    # Indexes (into SIGNALS) of the signals fitted: those that vary in the
+    # training set.  A signal that never does (not measured, or the same
+    # for every client) tells nothing: it gets no weight in the fragment,
+    # and palisade keeps the weight it has.
+    active: list[int]
+
+    def scores(self, samples: list[Sample]) -> np.ndarray:
+        """0..100, as palisade computes it with this model."""
+        x = np.array([s.features for s in samples])[:, self.active]
+        p = self.model.predict_proba(x)[:, 1]
+        return np.rint(100 * p).astype(int)
+
+
+def fit(samples: list[Sample]) -> Fitted:
     labels = {s.label for s in samples}
     if labels != {0, 1}:
         raise SystemExit(f"the training set needs both labels; it has {sorted(labels)}")
     x = np.array([s.features for s in samples])
     y = np.array([s.label for s in samples])
+    active = [i for i in range(len(SIGNALS)) if np.ptp(x[:, i]) > 0]
+    constant = [SIGNALS[i] for i in range(len(SIGNALS)) if i not in active]
+    if constant:
+        print(f"note: signals that never vary in the training set, left out of the model "
+              f"(palisade keeps its weights for them): {', '.join(constant)}")
+    if not active:
+        raise SystemExit("no signal varies in the training set: nothing to learn")
     model = LogisticRegression(class_weight="balanced", C=C, max_iter=2000)
-    model.fit(x, y, sample_weight=weights_of(samples))
-    return model
+    model.fit(x[:, active], y, sample_weight=weights_of(samples))
+    return Fitted(model, active)
 
 
-def scores(model: LogisticRegression, samples: list[Sample]) -> np.ndarray:
-    """0..100, as palisade computes it with this model."""
-    p = model.predict_proba(np.array([s.features for s in samples]))[:, 1]
-    return np.rint(100 * p).astype(int)
-
-
-def fragment(model: LogisticRegression) -> dict:
+def fragment(fitted: Fitted) -> dict:
+    coef = dict(zip(fitted.active, fitted.model.coef_[0]))
     return {
         "bot": {
             "model": {
-                "bias": round(float(model.intercept_[0]), 3),
-                "weights": {name: round(float(w), 3) for name, w in zip(SIGNALS, model.coef_[0])},
+                "bias": round(float(fitted.model.intercept_[0]), 3),
+                "weights": {SIGNALS[i]: round(float(coef[i]), 3) for i in fitted.active},
             }
         }
     }
@@ -294,7 +316,8 @@ def summarize(data: Dataset) -> None:
     if data.malformed:
         print(f"skipped {data.malformed} malformed line(s)")
     if data.extra_signals:
-        print(f"note: signals not in the model ignored: {', '.join(sorted(data.extra_signals))}")
+        print(f"note: signals not trained (palisade keeps its weights for them): "
+              f"{', '.join(sorted(data.extra_signals))}")
 
 
 def train(data: Dataset, out: Path, challenge: int | None, seed: int = 1) -> dict:
@@ -309,7 +332,7 @@ def train(data: Dataset, out: Path, challenge: int | None, seed: int = 1) -> dic
     result: dict = {"model": fragment(model)}
     if held and {s.label for s in held} == {0, 1}:
         print("held-out:")
-        s = scores(model, held)
+        s = model.scores(held)
         result["held_out"] = {"at_50": report("model's 0.5 point", held, s, 50)}
         if challenge is not None:
             result["held_out"]["at_challenge"] = report("challenge threshold", held, s, challenge)
@@ -323,7 +346,7 @@ def train(data: Dataset, out: Path, challenge: int | None, seed: int = 1) -> dic
     if unheld:
         print(f"classes with no held-out client (too few clients): {', '.join(unheld)}")
     print("training set (in-sample):")
-    report("model's 0.5 point", train_set, scores(model, train_set), 50)
+    report("model's 0.5 point", train_set, model.scores(train_set), 50)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result["model"], indent=2) + "\n")
     model_text = json.dumps(result["model"]["bot"]["model"])
