@@ -257,7 +257,9 @@ impl Client {
 /// `reason` of palisade's JSON error body, if the body is one. A refusal
 /// may also be an HTML page (a challenge for a client that accepts
 /// text/html): its reason is the bot stage's code if the page names one,
-/// else `bot.challenge` for a page that speaks of a challenge.
+/// else `bot.challenge` for palisade's proof-of-work page (its
+/// `data-difficulty` attribute, src/stages/bot/challenge.rs) or a page
+/// that speaks of a challenge.
 pub fn reason_of(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
@@ -273,7 +275,9 @@ pub fn reason_of(body: &[u8]) -> Option<String> {
     ["bot.challenge", "bot.deny"]
         .into_iter()
         .find(|code| text.contains(code))
-        .or_else(|| text.contains("challenge").then_some(CHALLENGE))
+        .or_else(|| {
+            (text.contains("data-difficulty=") || text.contains("challenge")).then_some(CHALLENGE)
+        })
         .map(str::to_owned)
 }
 
@@ -421,6 +425,9 @@ mod tests {
         assert_eq!(reason_of(challenge).as_deref(), Some("bot.challenge"));
         let page = b"<!DOCTYPE html><html><body>Checking your browser: challenge</body></html>";
         assert_eq!(reason_of(page).as_deref(), Some("bot.challenge"));
+        let pow = b"<!doctype html>\n<html lang=\"en\"><head><title>Checking your browser</title></head>\n\
+            <body><main id=\"pow\" data-token=\"abc\" data-difficulty=\"16\"></main></body></html>\n";
+        assert_eq!(reason_of(pow).as_deref(), Some("bot.challenge"));
         let deny = b"<html><body>refused (bot.deny)</body></html>";
         assert_eq!(reason_of(deny).as_deref(), Some("bot.deny"));
         assert_eq!(reason_of(b"<html><body>forbidden</body></html>"), None);
