@@ -11,6 +11,8 @@
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
 #   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
+#   make train         fit the bot stage's model from simulator traffic (TRAIN_SECONDS, MODEL_OUT, LABELLED)
+#   make train-test    only the unit tests of the trainer (tests/train)
 #
 # Pass extra pytest arguments with PYTEST_ARGS (integration) or
 # DEPLOY_PYTEST_ARGS (check-deploy), e.g.
@@ -68,7 +70,7 @@ ENVOY_CONFIG  := envoy/envoy.yaml
 
 all: build
 
-test: setup fmt-check clippy deny unit integration check-deploy
+test: setup fmt-check clippy deny unit train-test integration check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -308,6 +310,38 @@ demo: setup build sim tls-cert
 	echo "palisade-sim: every client class at once for $(DEMO_SECONDS) s, each simulated client on its own 127.x.y.z address"; \
 	DEMO_SIGNING_KEY='$(DEMO_SIGNING_KEY)' $(SIM) --target http://127.0.0.1:10000 --duration $(DEMO_SECONDS) --wait 30 $(SIM_ARGS)
 
+# ---------------------------------------------------------------- train ----
+# The bot stage's model, fitted to what palisade itself measures
+# (tests/train): Envoy with the demo's routes, no rate limits and the bot
+# stage in monitor mode with every event logged; palisade-sim's classes for
+# TRAIN_SECONDS; then a logistic regression over the palisade.bot events,
+# labelled by the class named in each request id (attack or legitimate, from
+# palisade-sim --list), held out by client. Prints precision/recall/F1 and
+# writes {"bot": {"model": {...}}} to MODEL_OUT. LABELLED=f.jsonl adds an
+# operator's labelled events; CHALLENGE=N reports at that threshold when the
+# bot section names none. Logs and the generated Envoy config: target/train/.
+# Offline, on a kept log:
+#   .venv/bin/python tests/train/train.py --log target/train/envoy.log [--labelled f.jsonl] --out f.json
+TRAIN_REQUIREMENTS := tests/train/requirements.txt
+TRAIN_STAMP        := $(VENV)/.palisade-train.stamp
+TRAIN_SECONDS      ?= 60
+MODEL_OUT          ?= target/train/bot-model.json
+LABELLED           ?=
+CHALLENGE          ?=
+
+.PHONY: train train-test
+train: setup build sim $(TRAIN_STAMP)
+	$(PYTHON) tests/train/run_train.py --seconds $(TRAIN_SECONDS) --out $(MODEL_OUT) \
+	  $(if $(LABELLED),--labelled $(LABELLED)) $(if $(CHALLENGE),--challenge $(CHALLENGE)) \
+	  $(if $(SIM_ARGS),--sim-args '$(SIM_ARGS)')
+
+train-test: $(TRAIN_STAMP) sim
+	$(PYTHON) -m pytest tests/train -v -p no:cacheprovider
+
+$(TRAIN_STAMP): $(TRAIN_REQUIREMENTS) $(SETUP_STAMP)
+	$(PIP) install --disable-pip-version-check --no-input -q -r $(TRAIN_REQUIREMENTS)
+	@touch $@
+
 # ---------------------------------------------------------------- bench ----
 # What palisade costs Envoy per request, next to bare Envoy, Envoy's native
 # jwt_authn + local_ratelimit and an empty wasm filter (tests/bench/bench.py,
@@ -340,7 +374,7 @@ $(BENCH_STAMP): $(BENCH_REQUIREMENTS) $(SETUP_STAMP)
 # ---------------------------------------------------------------- clean ----
 clean:
 	$(CARGO) clean
-	rm -rf .pytest_cache tests/.pytest_cache tests/integration/__pycache__
+	rm -rf .pytest_cache tests/.pytest_cache tests/integration/__pycache__ tests/train/__pycache__
 
 distclean: clean
 	rm -rf $(VENV) tests/deploy/node_modules

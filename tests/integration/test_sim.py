@@ -38,13 +38,18 @@ SIM = Path(os.environ.get("PALISADE_SIM", harness.REPO_ROOT / "target" / "debug"
 DEMO = harness.REPO_ROOT / "envoy" / "envoy.yaml"
 SIM_SECONDS = 20
 
-LEGITIMATE = ("browsers", "api-signed")
+LEGITIMATE = ("browsers", "api-signed", "api-client")
 # Attack classes not stopped by anything palisade has yet, and what would.
 GAPS = {
     "stuffing-rotating": "every address stays under the per-IP login limit; needs fingerprint-keyed "
     "limits / bot scoring or failed-login counting per user",
     "shared-token": "a valid token whose volume stays under the per-user limit (account-user); needs "
     "token binding (one token seen from too many clients)",
+    "slow-scraper": "2-4 requests/s from one address, far under the per-IP API limit; needs bot scoring "
+    "(headless user agent, sequential ids)",
+    "machine-timing": "a browser's headers at 4 requests/s per address; needs bot scoring (machine timing)",
+    "residential-scraper": "~15 requests per address with a real browser's headers; needs bot scoring "
+    "(sequential ids, flow)",
 }
 # The demo's rules (envoy/envoy.yaml) that the asserted attack classes run into.
 LOGIN_IP = {"capacity": 5, "per_second": 5 / 60}  # login-ip, with bans
@@ -173,7 +178,7 @@ def _show(c: dict) -> str:
 def test_every_class_is_simulated_and_reported(summary):
     names = [c["name"] for c in summary["classes"]]
     expected = {"browsers", "api-signed", "stuffing-few-ips", "stuffing-rotating", "scraper", "shared-token",
-                "replay", "login-flood"}
+                "replay", "login-flood", "api-client", "slow-scraper", "machine-timing", "residential-scraper"}
     assert set(names) == expected, names
     for c in summary["classes"]:
         assert c["requests"] > 0, _show(c)
@@ -188,7 +193,7 @@ def test_every_class_is_simulated_and_reported(summary):
 def test_legitimate_clients_are_allowed(summary, name):
     c = _class(summary, name)
     # Enough traffic for 99% to mean something: 20 s of each class's pace.
-    assert c["requests"] >= {"browsers": 150, "api-signed": 15}[name], _show(c)
+    assert c["requests"] >= {"browsers": 150, "api-signed": 15, "api-client": 30}[name], _show(c)
     assert c["shares"]["allowed"] >= 0.99, _show(c)
 
 

@@ -4,6 +4,7 @@
 //! [`Identity::address`](crate::client::Identity::address)), so the per-IP
 //! state one class builds up in palisade never touches another's.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::client::{Client, Request, Target};
+use crate::fixtures::{self, HeaderSet};
 use crate::jwt;
 use crate::report::{Kind, Recorder};
 use crate::signing::{self, Message, Params, PAYMENT_COMPONENTS};
@@ -134,25 +136,79 @@ struct Simulated {
     client: Client,
 }
 
+thread_local! {
+    /// Requests sent so far by this thread (the `n` of its request ids).
+    static SENT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// `<class>-<thread>-<n>`: the name of the sending thread (main.rs names
+/// each `<class>-<thread>`) and its request count, so that palisade's log
+/// lines (which carry the request id) can be told apart by class. Only
+/// `[A-Za-z0-9_-]`, at most 64 characters: what palisade echoes.
+fn next_request_id() -> String {
+    let n = SENT.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let thread = std::thread::current();
+    let name: String = thread
+        .name()
+        .unwrap_or("sim")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{name}-{n}")
+}
+
+/// The class name of a request id made by [`next_request_id`].
+#[cfg(test)]
+pub fn class_of_request_id(id: &str) -> Option<&str> {
+    let mut parts = id.rsplitn(3, '-');
+    let (_n, _thread) = (parts.next()?, parts.next()?);
+    parts.next()
+}
+
 impl Simulated {
-    fn get(&self, rec: &Recorder<'_>, path: &str, headers: &[(&str, &str)]) {
+    /// Sends with the class's headers in their order, then `x-request-id`.
+    fn send(
+        &self,
+        rec: &Recorder<'_>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) {
+        let id = next_request_id();
+        let mut all: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 1);
+        all.extend_from_slice(headers);
+        all.push(("x-request-id", id.as_str()));
         let req = Request {
-            method: "GET",
+            method,
             path,
-            headers,
-            body: None,
+            headers: &all,
+            body,
         };
         rec.record(self.ip, &self.client.send(&req));
     }
 
+    fn get(&self, rec: &Recorder<'_>, path: &str, headers: &[(&str, &str)]) {
+        self.send(rec, "GET", path, headers, None);
+    }
+
     fn post(&self, rec: &Recorder<'_>, path: &str, headers: &[(&str, &str)], body: &[u8]) {
-        let req = Request {
-            method: "POST",
-            path,
-            headers,
-            body: Some(body),
-        };
-        rec.record(self.ip, &self.client.send(&req));
+        self.send(rec, "POST", path, headers, Some(body));
+    }
+
+    /// A GET with a header set the class owns (fixture sets).
+    fn get_owned(&self, rec: &Recorder<'_>, path: &str, headers: &[(String, String)]) {
+        self.get(rec, path, &borrowed(headers));
     }
 
     /// A POST with headers the class built and owns (signed requests).
@@ -163,12 +219,15 @@ impl Simulated {
         headers: &[(String, String)],
         body: &[u8],
     ) {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        self.post(rec, path, &headers, body);
+        self.post(rec, path, &borrowed(headers), body);
     }
+}
+
+fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
 }
 
 /// The one token all clients of the shared-token class send: minted once,
@@ -216,26 +275,34 @@ pub(crate) enum Behaviour {
     SharedToken(SharedToken),
     Replay,
     LoginFlood,
+    ApiClient,
+    SlowScraper(AtomicU64),
+    MachineTiming,
+    ResidentialScraper(Residential),
 }
 
+/// The residential scraper's progress: the next item id (one walk over the
+/// whole run) and the next address (one per sticky session).
+#[derive(Default)]
+pub(crate) struct Residential {
+    next_id: AtomicU64,
+    next_address: AtomicU32,
+}
+
+/// User agents of the older classes that send a few headers only (scraper,
+/// shared token): browsers' user agents on clients that are no browsers.
 const BROWSER_UAS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
 ];
-const LANGUAGES: &[&str] = &[
-    "en-US,en;q=0.9",
-    "de-DE,de;q=0.9,en;q=0.8",
-    "fr-FR,fr;q=0.9,en;q=0.7",
-    "en-GB,en;q=0.9",
-];
-const ACCEPT_HTML: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 const ACCEPT_JSON: &str = "application/json, text/plain, */*";
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
-/// The one fingerprint the rotating stuffing botnet sends from every address.
-const BOTNET_UA: &str = BROWSER_UAS[0];
+/// The one header set (fingerprint) the rotating stuffing botnet sends from
+/// every address: a script that sends a Chrome user agent.
+const BOTNET_SET: &str = "script_as_chrome";
 /// The account whose token is shared.
 const SHARED_USER: &str = "acct-4711";
 const PAYMENTS_UA: &str = "acme-payments/2.3";
@@ -245,7 +312,7 @@ pub fn all() -> Vec<Class> {
         Class {
             name: "browsers",
             kind: Kind::Legitimate,
-            description: "people in browsers: one address each, a short session (page, login, /account with their own token, a few API reads) at human pace",
+            description: "people in current browsers (Chrome, Edge, Firefox, Safari header sets of tests/fixtures, in order): one address each, a short session (page, login, /account with their own token, a few API reads) at human pace",
             stopped_by: "",
             threads: 24,
             block: 0,
@@ -272,7 +339,7 @@ pub fn all() -> Vec<Class> {
         Class {
             name: "stuffing-rotating",
             kind: Kind::Attack,
-            description: "credential stuffing from a botnet: 2 attempts per address, every address sending the same headers, 20/s",
+            description: "credential stuffing from a botnet: 2 attempts per address, every address sending the same headers (a script dressed as Chrome), 20/s",
             stopped_by: "fingerprint-keyed limits and bot scoring (bot stage), failed-login counting per user",
             threads: 4,
             block: 3,
@@ -317,6 +384,45 @@ pub fn all() -> Vec<Class> {
             block: 7,
             behaviour: Behaviour::LoginFlood,
         },
+        Class {
+            name: "api-client",
+            kind: Kind::Legitimate,
+            description: "2 well-behaved API clients (an SDK's user agent, a bearer token each) reading the API and /account, about 1.2 requests/s each, irregular",
+            stopped_by: "",
+            threads: 2,
+            block: 8,
+            behaviour: Behaviour::ApiClient,
+        },
+        Class {
+            name: "slow-scraper",
+            kind: Kind::Attack,
+            description: "headless Chrome on one address walking /api/items/<N> in sequence, 2-4 requests/s (far below the per-IP limit)",
+            stopped_by: "bot scoring: headless user agent, sequential ids (bot stage)",
+            threads: 1,
+            block: 9,
+            behaviour: Behaviour::SlowScraper(AtomicU64::new(200_000)),
+        },
+        Class {
+            name: "machine-timing",
+            kind: Kind::Attack,
+            description: "3 addresses with a Chrome fetch header set reading random items like a metronome: every 250 ms +-1%",
+            stopped_by: "bot scoring: machine timing (bot stage)",
+            threads: 3,
+            block: 10,
+            behaviour: Behaviour::MachineTiming,
+        },
+        Class {
+            name: "residential-scraper",
+            kind: Kind::Attack,
+            description: "a Chrome header set from rotating residential addresses, ~15 requests per address (sticky session), enumerating /api/items/<N> in sequence over the whole run, 2 sessions at a time",
+            stopped_by: "bot scoring: sequential ids and flow per fingerprint (bot stage)",
+            threads: 2,
+            block: 11,
+            behaviour: Behaviour::ResidentialScraper(Residential {
+                next_id: AtomicU64::new(300_000),
+                next_address: AtomicU32::new(0),
+            }),
+        },
     ]
 }
 
@@ -333,6 +439,12 @@ impl Class {
             Behaviour::SharedToken(token) => shared_token(self, ctx, rec, thread, token, &mut rng),
             Behaviour::Replay => replay(self, ctx, rec, &mut rng),
             Behaviour::LoginFlood => login_flood(self, ctx, rec, thread, &mut rng),
+            Behaviour::ApiClient => api_client(self, ctx, rec, thread, &mut rng),
+            Behaviour::SlowScraper(next_id) => slow_scraper(self, ctx, rec, next_id, &mut rng),
+            Behaviour::MachineTiming => machine_timing(self, ctx, rec, thread, &mut rng),
+            Behaviour::ResidentialScraper(state) => {
+                residential_scraper(self, ctx, rec, state, &mut rng)
+            }
         }
     }
 }
@@ -352,8 +464,11 @@ fn login_body(rng: &mut StdRng) -> String {
 }
 
 /// A browser session per address: the page, one login, a few API reads,
-/// with a person's pauses in between; then the next person.
+/// with a person's pauses in between; then the next person. Each person
+/// uses one browser of the fixture: its navigation headers for the page
+/// and the login form, its fetch headers for the API calls.
 fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &mut StdRng) {
+    let kinds = fixtures::browsers();
     let mut session = 0u32;
     if !ctx.think(rng, 0..1500) {
         return;
@@ -362,37 +477,29 @@ fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &m
         let n = thread as u32 + session * class.threads as u32;
         session += 1;
         let person = ctx.client(class.block, n);
-        let ua = BROWSER_UAS[rng.gen_range(0..BROWSER_UAS.len())];
-        let lang = LANGUAGES[rng.gen_range(0..LANGUAGES.len())];
+        let browser = &kinds[rng.gen_range(0..kinds.len())];
         let user = format!("user{}", rng.gen_range(1..1_000_000u32));
         let cookie = format!("session={}", hex(rng, 16));
         let bearer = format!("Bearer {}", ctx.jwt.mint(&user, unix_now()));
 
-        let page = [
-            ("user-agent", ua),
-            ("accept", ACCEPT_HTML),
-            ("accept-language", lang),
-        ];
-        person.get(rec, "/", &page);
+        person.get_owned(rec, "/", &browser.navigate);
         if !ctx.think(rng, 300..1500) {
             return;
         }
         let form = format!("username={user}%40example.com&password={}", hex(rng, 8));
-        let login = [
-            ("user-agent", ua),
-            ("accept", ACCEPT_HTML),
-            ("accept-language", lang),
-            ("content-type", FORM),
-        ];
-        person.post(rec, "/login", &login, form.as_bytes());
+        // The login form is a navigation from the page: same origin.
+        let login = fixtures::with(
+            fixtures::with(browser.navigate.clone(), "sec-fetch-site", "same-origin"),
+            "content-type",
+            FORM,
+        );
+        person.post_owned(rec, "/login", &login, form.as_bytes());
 
-        let api = [
-            ("user-agent", ua),
-            ("accept", ACCEPT_JSON),
-            ("accept-language", lang),
-            ("cookie", cookie.as_str()),
-            ("authorization", bearer.as_str()),
-        ];
+        let api: HeaderSet = fixtures::with(
+            fixtures::with(browser.fetch.clone(), "cookie", &cookie),
+            "authorization",
+            &bearer,
+        );
         let reads = rng.gen_range(3..=6);
         for i in 0..reads {
             if !ctx.think(rng, 300..1500) {
@@ -403,7 +510,7 @@ fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &m
                 1 => "/api/items?page=1".to_owned(),
                 _ => format!("/api/items/{}", rng.gen_range(1..5000)),
             };
-            person.get(rec, &path, &api);
+            person.get_owned(rec, &path, &api);
         }
         if !ctx.think(rng, 0..1000) {
             return;
@@ -501,20 +608,15 @@ fn stuffing_rotating(
     next: &AtomicU32,
     rng: &mut StdRng,
 ) {
-    let headers = [
-        ("user-agent", BOTNET_UA),
-        ("accept", ACCEPT_JSON),
-        ("accept-language", "en-US,en;q=0.9"),
-        ("content-type", JSON),
-    ];
+    let headers = fixtures::with(fixtures::set(BOTNET_SET), "content-type", JSON);
     let mut pacer = Pacer::per_second(20.0 / 2.0, class.threads, rng);
     while pacer.wait(ctx) {
         let bot = ctx.client(class.block, next.fetch_add(1, Ordering::Relaxed));
-        bot.post(rec, "/login", &headers, login_body(rng).as_bytes());
+        bot.post_owned(rec, "/login", &headers, login_body(rng).as_bytes());
         if !ctx.think(rng, 50..150) {
             return;
         }
-        bot.post(rec, "/login", &headers, login_body(rng).as_bytes());
+        bot.post_owned(rec, "/login", &headers, login_body(rng).as_bytes());
     }
 }
 
@@ -595,5 +697,147 @@ fn login_flood(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng:
     while pacer.wait(ctx) {
         bots[turn % bots.len()].post(rec, "/login", &headers, body);
         turn += 1;
+    }
+}
+
+/// A service using the API with its own token (refreshed at half its
+/// lifetime) and an SDK's headers, at an irregular, moderate pace: requests
+/// follow the work it has, not a timer.
+fn api_client(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &mut StdRng) {
+    let service = ctx.client(class.block, thread as u32);
+    let sub = format!("svc-orders-{thread}");
+    let sdk = fixtures::set("api_client_sdk");
+    let mut minted: Option<(u64, String)> = None;
+    let mut turn = 0u32;
+    if !ctx.think(rng, 0..800) {
+        return;
+    }
+    while ctx.running() {
+        let now = unix_now();
+        let bearer = match &minted {
+            Some((at, bearer)) if now < at + jwt::LIFETIME_S / 2 => bearer.clone(),
+            _ => {
+                let bearer = format!("Bearer {}", ctx.jwt.mint(&sub, now));
+                minted = Some((now, bearer.clone()));
+                bearer
+            }
+        };
+        let headers = fixtures::with(sdk.clone(), "authorization", &bearer);
+        let path = match turn % 4 {
+            0 => format!("/api/items?page={}", rng.gen_range(1..50)),
+            3 => "/account".to_owned(),
+            _ => format!("/api/items/{}", rng.gen_range(1..5000)),
+        };
+        turn += 1;
+        service.get_owned(rec, &path, &headers);
+        if !ctx.think(rng, 300..1300) {
+            return;
+        }
+    }
+}
+
+/// Headless Chrome on one address, one item after the other, a few per
+/// second with jitter: far below any per-IP limit.
+fn slow_scraper(
+    class: &Class,
+    ctx: &Ctx,
+    rec: &Recorder<'_>,
+    next_id: &AtomicU64,
+    rng: &mut StdRng,
+) {
+    let bot = ctx.client(class.block, 0);
+    let headers = fixtures::set("headless_chrome");
+    while ctx.think(rng, 250..500) {
+        let path = format!("/api/items/{}", next_id.fetch_add(1, Ordering::Relaxed));
+        bot.get_owned(rec, &path, &headers);
+    }
+}
+
+/// One address per thread with a browser's fetch headers, reading random
+/// items on a metronome: every 250 ms, +-1%.
+fn machine_timing(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &mut StdRng) {
+    const INTERVAL_S: f64 = 0.250;
+    let bot = ctx.client(class.block, thread as u32);
+    let headers = fixtures::set("chrome_windows_fetch");
+    let mut next = Instant::now() + Duration::from_secs_f64(INTERVAL_S * rng.gen_range(0.0..1.0));
+    while ctx.sleep_until(next) {
+        let path = format!("/api/items/{}", rng.gen_range(1..5000));
+        bot.get_owned(rec, &path, &headers);
+        next += Duration::from_secs_f64(INTERVAL_S * rng.gen_range(0.99..1.01));
+        let now = Instant::now();
+        if now > next + Duration::from_secs(1) {
+            next = now;
+        }
+    }
+}
+
+/// Sticky sessions from residential addresses: each session a fresh
+/// address, the catalogue page with Chrome's navigation headers, then
+/// about 15 item reads with its fetch headers, continuing the one
+/// sequential walk over the item ids.
+fn residential_scraper(
+    class: &Class,
+    ctx: &Ctx,
+    rec: &Recorder<'_>,
+    state: &Residential,
+    rng: &mut StdRng,
+) {
+    let Some(chrome) = fixtures::browsers()
+        .into_iter()
+        .find(|b| b.name == "chrome_windows_navigate")
+    else {
+        return;
+    };
+    if !ctx.think(rng, 0..500) {
+        return;
+    }
+    while ctx.running() {
+        let n = state.next_address.fetch_add(1, Ordering::Relaxed);
+        let bot = ctx.client(class.block, n);
+        bot.get_owned(rec, "/", &chrome.navigate);
+        for _ in 1..rng.gen_range(13..=17) {
+            if !ctx.think(rng, 250..750) {
+                return;
+            }
+            let path = format!(
+                "/api/items/{}",
+                state.next_id.fetch_add(1, Ordering::Relaxed)
+            );
+            bot.get_owned(rec, &path, &chrome.fetch);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a failure should stop the test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_name_class_and_thread_and_are_echoable() {
+        let ids = std::thread::Builder::new()
+            .name("residential-scraper-1".to_owned())
+            .spawn(|| (next_request_id(), next_request_id()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(ids.0, "residential-scraper-1-1");
+        assert_eq!(ids.1, "residential-scraper-1-2");
+        assert_eq!(class_of_request_id(&ids.1), Some("residential-scraper"));
+        for c in all() {
+            let id = format!("{}-{}-{}", c.name, c.threads - 1, u64::MAX);
+            assert!(id.len() <= 64, "{id}");
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert_eq!(class_of_request_id(&id), Some(c.name));
+        }
+        let odd = std::thread::Builder::new()
+            .name("a b/c".to_owned())
+            .spawn(next_request_id)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(odd, "a_b_c-1");
     }
 }

@@ -126,12 +126,8 @@ pub struct Request<'a> {
 pub enum Outcome {
     /// 2xx: the request reached the upstream.
     Allowed,
-    /// A challenge verdict. Palisade has none yet, so nothing is classified
-    /// here; the column exists so the table shows it once it does.
-    #[expect(
-        dead_code,
-        reason = "palisade has no challenge verdict yet: classify() maps it once it does"
-    )]
+    /// A challenge verdict: 403 with reason `bot.challenge` (the bot stage
+    /// asks for a proof of work).
     Challenged,
     /// 429.
     Throttled,
@@ -141,10 +137,14 @@ pub enum Outcome {
     Error,
 }
 
-pub fn classify(status: u16) -> Outcome {
+/// Palisade's reason code of a challenge (bot stage).
+pub const CHALLENGE: &str = "bot.challenge";
+
+pub fn classify(status: u16, reason: Option<&str>) -> Outcome {
     match status {
         200..=299 => Outcome::Allowed,
         429 => Outcome::Throttled,
+        403 if reason == Some(CHALLENGE) => Outcome::Challenged,
         400..=499 => Outcome::Denied,
         _ => Outcome::Error,
     }
@@ -200,12 +200,12 @@ impl Client {
     pub fn send(&self, req: &Request<'_>) -> Response {
         match self.exchange(req) {
             Ok((status, body)) => {
-                let outcome = classify(status);
-                let reason = if outcome == Outcome::Allowed {
+                let reason = if (200..300).contains(&status) {
                     None
                 } else {
                     reason_of(&body)
                 };
+                let outcome = classify(status, reason.as_deref());
                 // An error that is not palisade's own (no reason code), e.g. a
                 // 503 of Envoy's when the upstream does not answer: keep its
                 // first words for the report.
@@ -254,15 +254,31 @@ impl Client {
     }
 }
 
-/// `reason` of palisade's JSON error body, if the body is one.
+/// `reason` of palisade's JSON error body, if the body is one. A refusal
+/// may also be an HTML page (a challenge for a client that accepts
+/// text/html): its reason is the bot stage's code if the page names one,
+/// else `bot.challenge` for palisade's proof-of-work page (its
+/// `data-difficulty` attribute, src/stages/bot/challenge.rs) or a page
+/// that speaks of a challenge.
 pub fn reason_of(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         reason: String,
     }
-    serde_json::from_slice::<ErrorBody>(body)
-        .ok()
-        .map(|b| b.reason)
+    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body) {
+        return Some(b.reason);
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    if !text.contains("<html") && !text.contains("<!doctype html") {
+        return None;
+    }
+    ["bot.challenge", "bot.deny"]
+        .into_iter()
+        .find(|code| text.contains(code))
+        .or_else(|| {
+            (text.contains("data-difficulty=") || text.contains("challenge")).then_some(CHALLENGE)
+        })
+        .map(str::to_owned)
 }
 
 /// ureq connector that opens plain TCP connections from a fixed source address.
@@ -384,14 +400,19 @@ mod tests {
 
     #[test]
     fn statuses_count_as_the_brief_says() {
-        assert_eq!(classify(200), Outcome::Allowed);
-        assert_eq!(classify(204), Outcome::Allowed);
-        assert_eq!(classify(429), Outcome::Throttled);
+        assert_eq!(classify(200, None), Outcome::Allowed);
+        assert_eq!(classify(204, None), Outcome::Allowed);
+        assert_eq!(classify(429, Some("rl.exhausted")), Outcome::Throttled);
         for s in [400, 401, 403, 413] {
-            assert_eq!(classify(s), Outcome::Denied, "{s}");
+            assert_eq!(classify(s, None), Outcome::Denied, "{s}");
         }
+        assert_eq!(classify(403, Some("bot.challenge")), Outcome::Challenged);
+        assert_eq!(classify(403, Some("bot.deny")), Outcome::Denied);
+        assert_eq!(classify(403, Some("ban.active")), Outcome::Denied);
+        // Only a 403 is a challenge.
+        assert_eq!(classify(401, Some("bot.challenge")), Outcome::Denied);
         for s in [302, 500, 503] {
-            assert_eq!(classify(s), Outcome::Error, "{s}");
+            assert_eq!(classify(s, None), Outcome::Error, "{s}");
         }
     }
 
@@ -400,13 +421,24 @@ mod tests {
         let body = br#"{"error": "unauthorized", "reason": "sig.replay", "request_id": "x"}"#;
         assert_eq!(reason_of(body).as_deref(), Some("sig.replay"));
         assert_eq!(reason_of(b"upstream connect error"), None);
+        let challenge = br#"{"error": "challenge", "reason": "bot.challenge", "request_id": "x"}"#;
+        assert_eq!(reason_of(challenge).as_deref(), Some("bot.challenge"));
+        let page = b"<!DOCTYPE html><html><body>Checking your browser: challenge</body></html>";
+        assert_eq!(reason_of(page).as_deref(), Some("bot.challenge"));
+        let pow = b"<!doctype html>\n<html lang=\"en\"><head><title>Checking your browser</title></head>\n\
+            <body><main id=\"pow\" data-token=\"abc\" data-difficulty=\"16\"></main></body></html>\n";
+        assert_eq!(reason_of(pow).as_deref(), Some("bot.challenge"));
+        let deny = b"<html><body>refused (bot.deny)</body></html>";
+        assert_eq!(reason_of(deny).as_deref(), Some("bot.deny"));
+        assert_eq!(reason_of(b"<html><body>forbidden</body></html>"), None);
+        assert_eq!(reason_of(b"a challenge, not HTML"), None);
     }
 
     #[test]
     fn addresses_are_distinct_per_block_and_number() {
         for identity in [Identity::Bind, Identity::Xff] {
             let mut seen = std::collections::HashSet::new();
-            for block in 0..8 {
+            for block in 0..12 {
                 for n in 0..2000 {
                     assert!(
                         seen.insert(identity.address(block, n)),

@@ -7,6 +7,7 @@
 
 mod classes;
 mod client;
+mod fixtures;
 mod jwt;
 mod report;
 mod signing;
@@ -47,7 +48,7 @@ options:
   --wait SECS        wait up to SECS for the target to answer GET / with 200 before
                      starting (default: ask once, and stop if it does not)
   --quiet            no progress line
-  --list             list the classes and exit
+  --list             list the classes (name, kind: legitimate or attack, description) and exit
   -h, --help         this text
 
 environment:
@@ -159,11 +160,13 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: &Options) -> Result<(), String> {
+    fixtures::check()?;
     let mut classes = classes::all();
     if opts.list {
+        // One class a line: name, kind (legitimate or attack), description.
         for c in &classes {
             println!(
-                "{:<18} {:<10} {}",
+                "{:<20} {:<10} {}",
                 c.name,
                 format!("{:?}", c.kind).to_lowercase(),
                 c.description

@@ -107,7 +107,11 @@ impl<'a> Recorder<'a> {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let shares = t.counts.shares();
+        let refused = shares.stopped;
         ClassReport {
+            detection: (kind == Kind::Attack).then_some(refused),
+            false_positives: (kind == Kind::Legitimate).then_some(refused),
             name: name.to_owned(),
             kind,
             description: description.to_owned(),
@@ -115,7 +119,7 @@ impl<'a> Recorder<'a> {
             clients: t.clients.len() as u64,
             requests: t.counts.requests,
             counts: t.counts.clone(),
-            shares: t.counts.shares(),
+            shares,
             statuses: t.statuses.clone(),
             reasons: t.reasons.clone(),
             error_samples: t.error_samples.clone(),
@@ -172,6 +176,12 @@ pub struct ClassReport {
     pub requests: u64,
     pub counts: Counts,
     pub shares: Shares,
+    /// Attack classes: the share of requests palisade refused (challenged,
+    /// throttled or denied). None for legitimate classes.
+    pub detection: Option<f64>,
+    /// Legitimate classes: the share of requests palisade refused. None for
+    /// attack classes.
+    pub false_positives: Option<f64>,
     /// Responses by status code ("transport" for no response).
     pub statuses: BTreeMap<String, u64>,
     /// Palisade's reason codes of the refused requests.
@@ -197,6 +207,39 @@ fn pct(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
+fn detection_or_fp(c: &ClassReport) -> String {
+    match (c.detection, c.false_positives) {
+        (Some(d), _) => format!("det {}", pct(d)),
+        (_, Some(fp)) => format!("FP {}", pct(fp)),
+        _ => String::new(),
+    }
+}
+
+/// Detection over all attack requests and false positives over all
+/// legitimate ones, each weighted by requests.
+fn summary_lines(summary: &Summary) -> String {
+    let mut out = String::new();
+    for (kind, label) in [
+        (Kind::Attack, "detection      "),
+        (Kind::Legitimate, "false positives"),
+    ] {
+        let (mut refused, mut total) = (0u64, 0u64);
+        for c in summary.classes.iter().filter(|c| c.kind == kind) {
+            refused += c.counts.challenged + c.counts.throttled + c.counts.denied;
+            total += c.requests;
+        }
+        if total > 0 {
+            out.push_str(&format!(
+                "{label}: {} of {total} {} requests refused ({})\n",
+                refused,
+                kind.short(),
+                pct(refused as f64 / total as f64)
+            ));
+        }
+    }
+    out
+}
+
 /// The table printed at the end of a run.
 pub fn table(summary: &Summary) -> String {
     let mut out = String::new();
@@ -205,7 +248,7 @@ pub fn table(summary: &Summary) -> String {
         summary.duration_s, summary.target, summary.seed, summary.identity
     ));
     out.push_str(&format!(
-        "{:<18} {:<6} {:>7} {:>8} {:>8} {:>10} {:>9} {:>7} {:>7}  {}\n",
+        "{:<19} {:<6} {:>7} {:>8} {:>8} {:>10} {:>9} {:>7} {:>7} {:>13}  {}\n",
         "class",
         "kind",
         "clients",
@@ -215,6 +258,7 @@ pub fn table(summary: &Summary) -> String {
         "throttled",
         "denied",
         "errors",
+        "detection/FP",
         "top reasons"
     ));
     for c in &summary.classes {
@@ -226,7 +270,7 @@ pub fn table(summary: &Summary) -> String {
             .map(|(r, n)| format!("{r} {n}"))
             .collect();
         out.push_str(&format!(
-            "{:<18} {:<6} {:>7} {:>8} {:>8} {:>10} {:>9} {:>7} {:>7}  {}\n",
+            "{:<19} {:<6} {:>7} {:>8} {:>8} {:>10} {:>9} {:>7} {:>7} {:>13}  {}\n",
             c.name,
             c.kind.short(),
             c.clients,
@@ -236,14 +280,21 @@ pub fn table(summary: &Summary) -> String {
             pct(c.shares.throttled),
             pct(c.shares.denied),
             pct(c.shares.errors),
+            detection_or_fp(c),
             top.join(", ")
         ));
     }
-    out.push_str("\nallowed: 2xx from the upstream; challenged: a challenge verdict (palisade has none yet);\n");
-    out.push_str("throttled: 429; denied: other 4xx (401, 403, 400, 413); errors: 5xx and transport errors.\n\n");
+    out.push_str("\nallowed: 2xx from the upstream; challenged: 403 bot.challenge (bot stage);\n");
+    out.push_str("throttled: 429; denied: other 4xx (401, 403, 400, 413); errors: 5xx and transport errors.\n");
+    out.push_str(
+        "detection (attack classes) and false positives (FP, legitimate classes): the share of\n",
+    );
+    out.push_str("requests palisade refused (challenged + throttled + denied).\n\n");
+    out.push_str(&summary_lines(summary));
+    out.push('\n');
     out.push_str("what each attack class is meant to be stopped by:\n");
     for c in summary.classes.iter().filter(|c| c.kind == Kind::Attack) {
-        out.push_str(&format!("  {:<18} {}\n", c.name, c.stopped_by));
+        out.push_str(&format!("  {:<19} {}\n", c.name, c.stopped_by));
     }
     for c in summary
         .classes
@@ -269,7 +320,7 @@ mod tests {
             status,
             reason: reason.map(str::to_owned),
             error: status.is_none().then(|| "connection refused".to_owned()),
-            outcome: status.map_or(Outcome::Error, crate::client::classify),
+            outcome: status.map_or(Outcome::Error, |s| crate::client::classify(s, reason)),
         }
     }
 
@@ -310,10 +361,47 @@ mod tests {
             classes: vec![r],
         };
         let text = table(&summary);
-        assert!(text.contains("x                  attack"), "{text}");
+        assert!(text.contains("x                   attack"), "{text}");
         assert!(text.contains("25.0%"), "{text}");
+        assert!(text.contains("det 50.0%"), "{text}");
+        assert!(
+            text.contains("detection      : 2 of 4 attack requests refused (50.0%)"),
+            "{text}"
+        );
+        assert!(!text.contains("false positives:"), "{text}");
         let json = serde_json::to_value(&summary).unwrap();
         assert_eq!(json["classes"][0]["counts"]["throttled"], 1);
         assert_eq!(json["classes"][0]["shares"]["allowed"], 0.25);
+        assert_eq!(json["classes"][0]["detection"], 0.5);
+        assert!(json["classes"][0]["false_positives"].is_null());
+    }
+
+    #[test]
+    fn challenges_count_as_challenged_and_bot_denials_as_denied() {
+        let totals = Totals::default();
+        let rec = Recorder::new(&totals);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        rec.record(a, &resp(Some(403), Some("bot.challenge")));
+        rec.record(a, &resp(Some(403), Some("bot.deny")));
+        rec.record(a, &resp(Some(200), None));
+        rec.record(a, &resp(Some(200), None));
+        let r = rec.report("b", Kind::Legitimate, "d", "");
+        assert_eq!((r.counts.challenged, r.counts.denied), (1, 1));
+        assert_eq!(r.shares.challenged, 0.25);
+        assert_eq!((r.detection, r.false_positives), (None, Some(0.5)));
+        let summary = Summary {
+            target: "http://t".into(),
+            identity: "bind".into(),
+            seed: 1,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            classes: vec![r],
+        };
+        let text = table(&summary);
+        assert!(text.contains("FP 50.0%"), "{text}");
+        assert!(
+            text.contains("false positives: 2 of 4 legit requests refused (50.0%)"),
+            "{text}"
+        );
     }
 }
