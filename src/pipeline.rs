@@ -276,8 +276,9 @@ impl Engine {
         }
     }
 
-    /// Scores the request. On a route that takes a credential, with
-    /// `allow.authenticated`, the decision waits for authentication.
+    /// Scores the request. On a route that verifies a signature or a
+    /// credential, with `allow.authenticated`, the decision waits for the
+    /// verification.
     fn bot(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         let Some(b) = &self.policy.bot else {
             return;
@@ -286,7 +287,9 @@ impl Engine {
             return;
         }
         let assessment = bot::assess(b, r.headers, &mut r.facts, ctx, &mut r.findings);
-        let waits = b.allow_authenticated && self.policy.auth.policy_for(r.facts.route).is_some();
+        let verifies = self.policy.auth.policy_for(r.facts.route).is_some()
+            || self.policy.signatures.policy_for(r.facts.route).is_some();
+        let waits = b.allow_authenticated && verifies;
         if !waits {
             self.bot_decide(b, r, &assessment, ctx);
         }
@@ -298,7 +301,8 @@ impl Engine {
             return;
         };
         let assessment = assessment.clone();
-        if r.authenticated {
+        // A verified signature or credential: the client is known.
+        if r.authenticated || r.facts.key_id.is_some() {
             bot::log_assessment(
                 b,
                 &r.facts,
