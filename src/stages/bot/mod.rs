@@ -298,3 +298,38 @@ pub fn upstream_headers(facts: &Facts<'_>, out: &mut Vec<(String, String)>) {
         out.push((REASONS_HEADER.to_string(), summary.reasons.join(",")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::routes::RouteTable;
+    use crate::core::mode::Mode;
+
+    /// The scores README quotes for the shipped model, over HTTPS.
+    #[test]
+    fn shipped_model_scores_as_documented() {
+        let Ok(Some(bot)) = config::compile_bot(
+            serde_json::from_str("{}").ok(),
+            Mode::Enforce,
+            &RouteTable::new(Vec::new()),
+        ) else {
+            unreachable!("the empty bot section compiles")
+        };
+        for (set, want) in [
+            ("chrome_windows_navigate", 2),
+            ("firefox_linux_navigate", 2),
+            ("safari_macos_navigate", 2),
+            ("api_client_sdk", 2),
+            ("curl", 73),
+            ("script_as_chrome", 99),
+            ("headless_chrome", 97),
+        ] {
+            let headers = fixtures::headers(set);
+            let mut pairs = headers.pairs();
+            pairs.push((b":scheme", b"https"));
+            let mut strengths = Strengths::default();
+            signals::header_signals(&HeaderMap::from_pairs(pairs), &mut strengths);
+            assert_eq!(bot.model.score(&strengths).value, want, "{set}");
+        }
+    }
+}
