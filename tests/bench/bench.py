@@ -243,17 +243,23 @@ def _stage_bans(c: dict, _ident: Identity) -> None:
     c["bans"] = {"after": 3, "base": "30s", "max": "1h"}
 
 
+def _stage_bot(c: dict, _ident: Identity) -> None:
+    # Scored and forwarded (the bench's client is no browser): the cost of
+    # the fingerprint, the signals, the behaviour table and the headers.
+    c["bot"] = {"thresholds": {"deny": 0}}
+
+
 # The full pipeline is every stage palisade has, in pipeline order. Add a
-# stage here when it lands (DESIGN.md also has request validation, the
-# client fingerprint and the bot score, which do not exist yet); the label
-# follows.
+# stage here when it lands (DESIGN.md also has request validation, which
+# does not exist yet); the label follows.
 FULL_PIPELINE: list[tuple[str, Callable[[dict, Identity], None]]] = [
     ("JWT (cached)", _stage_jwt),
     ("authorization", _stage_authorization),
     ("IP + user rate limits", _stage_rate_limits),
     ("bans", _stage_bans),
+    ("fingerprint + bot score", _stage_bot),
 ]
-NOT_YET = "validation, fingerprint, bot score"
+NOT_YET = "validation"
 
 
 def full_pipeline(ident: Identity) -> dict:
@@ -371,6 +377,14 @@ def all_configs(ident: Identity) -> list[Config]:
         Config("empty", "empty proxy-wasm filter (the floor of any wasm filter)", "get", "empty"),
         Config("off", "palisade, every stage off (`{}`)", "get", "palisade", palisade={}),
         Config("rl", "palisade rate limiting only (1 rule per client IP)", "get", "palisade", palisade=rl_only),
+        Config(
+            "bot",
+            "palisade bot stage only: fingerprint, header signals, behaviour (1 shared-data round trip), "
+            "score and 3 upstream headers; thresholds off so every request is scored and forwarded",
+            "get",
+            "palisade",
+            palisade={"client_ip": _XFF, "bot": {"thresholds": {"deny": 0}}},
+        ),
         Config(
             "jwt+rl",
             "palisade JWT (ES256, cached) + rate limits per IP and per user",
