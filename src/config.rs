@@ -444,8 +444,9 @@ struct RawConfig {
     /// Which route classes need a credential, and what it must grant.
     #[serde(default)]
     authorization: RawAuthorization,
-    /// Bot defense: fingerprint, score, thresholds, challenge.
-    #[serde(default)]
+    /// Bot defense: fingerprint, score, thresholds, challenge. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
 }
 
@@ -482,6 +483,16 @@ pub fn json_schema() -> serde_json::Value {
         .into_generator()
         .into_root_schema_for::<RawConfig>()
         .to_value()
+}
+
+/// A section that is off when absent: `null` is not a way to write that
+/// (the schema says object), so it is an error like any other wrong type.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 fn default_version() -> u32 {

@@ -152,6 +152,17 @@ impl Bot {
 
 #[derive(Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("anyOf" = [
+    {
+        "description": "no challenge threshold",
+        "properties": {"thresholds": {"properties": {"challenge": {"type": "null"}}}}
+    },
+    {
+        "description": "a challenge threshold needs the challenge section",
+        "required": ["challenge"],
+        "properties": {"challenge": {"not": {"type": "null"}}}
+    }
+])))]
 #[serde(deny_unknown_fields)]
 pub struct RawBot {
     #[serde(default)]
@@ -210,7 +221,26 @@ struct RawModel {
     #[serde(default)]
     bias: Option<f64>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "weights_schema"))]
     weights: BTreeMap<String, f64>,
+}
+
+/// The weights object names its signals: closed, like every object.
+#[cfg(feature = "schema")]
+fn weights_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let properties: serde_json::Map<String, serde_json::Value> = Signal::ALL
+        .iter()
+        .map(|s| {
+            let weight = serde_json::json!({"type": "number", "minimum": -1000, "maximum": 1000});
+            (s.name().to_string(), weight)
+        })
+        .collect();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": false,
+    });
+    schemars::Schema::try_from(schema).unwrap_or_default()
 }
 
 #[derive(Deserialize, Default)]

@@ -302,8 +302,8 @@ pub fn upstream_headers(facts: &Facts<'_>, out: &mut Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::routes::RouteTable;
     use crate::core::mode::Mode;
+    use crate::core::routes::RouteTable;
 
     /// The scores README quotes for the shipped model, over HTTPS.
     #[test]
