@@ -54,12 +54,13 @@ impl<'a> HeaderMap<'a> {
         HeaderMap { pairs }
     }
 
-    /// First value of a header; `name` must be lower case (HTTP/2 and Envoy
-    /// keep header names lower case).
+    /// First value of a header; `name` must be lower case. Names compare
+    /// without case (RFC 9110): Envoy hands them over lower case, but
+    /// NGINX in the client's case.
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
         self.pairs
             .iter()
-            .find(|(n, _)| *n == name.as_bytes())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| *v)
     }
 
@@ -67,7 +68,7 @@ impl<'a> HeaderMap<'a> {
     pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
         self.pairs
             .iter()
-            .filter(move |(n, _)| *n == name.as_bytes())
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| *v)
     }
 
@@ -189,6 +190,14 @@ mod tests {
         assert_eq!(map.get_str(":path"), Some("/a?b"));
         assert_eq!(map.get_all("x-forwarded-for").count(), 2);
         assert_eq!(map.get("missing"), None);
+    }
+
+    #[test]
+    fn names_compare_without_case() {
+        let bytes = encode_map(&[("User-Agent", "x"), ("X-Forwarded-For", "1.2.3.4")]);
+        let map = HeaderMap::decode(&bytes).unwrap_or_default();
+        assert_eq!(map.get_str("user-agent"), Some("x"));
+        assert_eq!(map.get_all("x-forwarded-for").count(), 1);
     }
 
     #[test]

@@ -57,7 +57,9 @@ const KEY: [u8; 16] = *b"palisade-fp-v1\0\0";
 
 /// Position of the first `name` header, if any.
 pub fn position(headers: &HeaderMap<'_>, name: &str) -> Option<usize> {
-    headers.names().position(|n| n == name.as_bytes())
+    headers
+        .names()
+        .position(|n| n.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Whether `a` comes before `b`: `None` unless both are present.
