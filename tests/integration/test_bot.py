@@ -229,18 +229,20 @@ def send(
     headers: list[tuple[str, str]],
     path: str = "/api/items",
     method: str = "GET",
-    ip: str = "203.0.113.1",
+    ip: str | None = "203.0.113.1",
     body: bytes | None = None,
 ) -> Reply:
     """One HTTP/1.1 request on a fresh connection, ``Host`` first, then
-    ``headers`` in exactly this order, then the client address."""
+    ``headers`` in exactly this order, then the client address
+    (``X-Forwarded-For``, unless ``ip`` is None)."""
     c = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
     try:
         c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         c.putheader("Host", f"127.0.0.1:{e.port}")
         for k, v in headers:
             c.putheader(k, v)
-        c.putheader("x-forwarded-for", ip)
+        if ip is not None:
+            c.putheader("x-forwarded-for", ip)
         if body is not None:
             c.putheader("content-length", str(len(body)))
         c.endheaders(body)
