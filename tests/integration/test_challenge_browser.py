@@ -26,7 +26,6 @@ import time
 
 import pytest
 
-import harness
 from test_bot import FIXTURES, TO_UPSTREAM, UPSTREAM_MARK, RecordingUpstream, leading_zero_bits, send
 
 DIFFICULTY = 12
@@ -134,7 +133,8 @@ def test_headless_chromium_solves_the_challenge_page_and_reaches_the_upstream(en
         seen = upstream.requests_to("/page")
         assert seen, "the upstream saw no /page request" + context
         first = cookies_of(seen[0])
-        assert "palisade_pow" in first, f"the upstream's first /page request had no solution cookie: {seen[0]}" + context
+        no_solution = f"the upstream's first /page request had no solution cookie: {seen[0]}"
+        assert "palisade_pow" in first, no_solution + context
         solution = first["palisade_pow"]
         digest = hashlib.sha256(solution.encode()).digest()
         assert leading_zero_bits(digest) >= DIFFICULTY, f"{solution!r} does not solve difficulty {DIFFICULTY}"
