@@ -3,7 +3,7 @@
 #   make test          everything CI runs (setup, fmt-check, clippy, deny, unit, integration, check-deploy)
 #   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
 #   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
-#   make integration   only the Envoy integration tests
+#   make integration   only the Envoy integration tests (installs Chromium when missing, as root)
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
 #   make kong-schema   regenerate nginx/kong/palisade.meta.json from the configuration types
 #   make deny          cargo deny (deny.toml): licenses, bans, sources; advisories when the RustSec
@@ -217,8 +217,29 @@ clippy: rust-target
 unit:
 	$(CARGO) test --workspace
 
-integration: build setup tls-cert sim
-	$(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
+integration: build setup tls-cert sim chromium
+	CHROMIUM='$(CHROMIUM)' $(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
+
+# Chromium, for the browser test of the bot stage's challenge page
+# (tests/integration/test_challenge_browser.py): Debian's package when it is
+# missing and apt-get can run as root; otherwise a clear error (the test
+# fails, never skips, without a browser). CHROMIUM=/path/to/chromium picks
+# another binary.
+CHROMIUM ?= chromium
+
+.PHONY: chromium
+chromium:
+	@if ! command -v '$(CHROMIUM)' >/dev/null 2>&1; then \
+	  if [ '$(CHROMIUM)' = chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (Debian)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "error: the integration tests need Chromium ('$(CHROMIUM)' not found) for the challenge page test:" >&2; \
+	    echo "       install it (Debian: sudo apt-get install --no-install-recommends chromium) or set CHROMIUM=/path/to/chromium" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@echo "chromium: $$(command -v '$(CHROMIUM)')"
 
 # Every shipped deployment file: Envoy configs in envoy --mode validate (and
 # the demo's TLS/JA4 listener at run time), compose, Kubernetes, Istio, Envoy

@@ -232,6 +232,7 @@ def bootstrap_yaml(
     stats_tags: bool = True,
     extra_clusters: list[dict] | None = None,
     more_palisades: dict[str, dict | str] | None = None,
+    pre_filters: list[dict] | None = None,
 ) -> str:
     """Envoy bootstrap (JSON is valid YAML, which avoids any quoting issue).
 
@@ -240,9 +241,12 @@ def bootstrap_yaml(
     ``extra_clusters`` are static clusters (e.g. :func:`static_cluster`) that
     those routes, or the filter's own HTTP calls, name. ``more_palisades``
     adds palisade filters after the first, by name, in the same VM.
+    ``pre_filters`` are HTTP filters placed before palisade (e.g. the
+    header_mutation filter the shipped envoy.yaml uses to drop a client-sent
+    trusted header).
     """
     routes = list(extra_routes or []) + [OK_ROUTE]
-    filters = [palisade_wasm_filter(config_text(config), wasm)]
+    filters = list(pre_filters or []) + [palisade_wasm_filter(config_text(config), wasm)]
     filters += [palisade_wasm_filter(config_text(c), wasm, name) for name, c in (more_palisades or {}).items()]
     bootstrap = ingress_bootstrap(routes, filters + [ROUTER_FILTER])
     if extra_clusters:
@@ -371,6 +375,7 @@ class EnvoyInstance:
         stats_tags: bool = True,
         extra_clusters: list[dict] | None = None,
         more_palisades: dict[str, dict | str] | None = None,
+        pre_filters: list[dict] | None = None,
     ) -> None:
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
@@ -393,6 +398,7 @@ class EnvoyInstance:
                 stats_tags=stats_tags,
                 extra_clusters=extra_clusters,
                 more_palisades=more_palisades,
+                pre_filters=pre_filters,
             )
         )
         self.log_level = log_level
