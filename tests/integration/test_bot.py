@@ -483,12 +483,6 @@ def test_challenge_round_trip_and_the_pass_is_bound_to_its_client(bot_envoy):
     assert split.status == 200, split
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="palisade checks only the first palisade_pass cookie of a request: a valid pass after a stale or "
-    "foreign one (e.g. a parent-domain cookie with a longer path, listed first) is ignored and the client "
-    "is challenged again (src/stages/bot/mod.rs proof(): cookies(...).next())",
-)
 def test_a_valid_pass_after_a_stale_one_is_honoured(bot_envoy):
     e = bot_envoy(config())
     curl, ip = header_set("curl"), "192.0.2.25"

@@ -455,7 +455,16 @@ pub fn verify_pass(
 /// `None` if absent. Names match exactly (case-sensitive, as browsers send
 /// them).
 pub fn cookie<'a>(cookie_header: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    cookie_header.split(|&b| b == b';').find_map(|pair| {
+    cookies(cookie_header, name).next()
+}
+
+/// Every value of cookie `name` in a `cookie` header value, in order (a
+/// browser sends a parent path's or domain's cookie of the same name too).
+pub fn cookies<'a, 'n>(
+    cookie_header: &'a [u8],
+    name: &'n str,
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    cookie_header.split(|&b| b == b';').filter_map(move |pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
         let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
         if n.trim_ascii() != name.as_bytes() {
@@ -1014,6 +1023,9 @@ mod tests {
             Some(&b"\xff"[..])
         );
         assert_eq!(cookie(b"=novalue", ""), Some(&b"novalue"[..]));
+        let all: Vec<&[u8]> =
+            cookies(b"palisade_pass=a; x=1; palisade_pass=b", PASS_COOKIE).collect();
+        assert_eq!(all, [&b"a"[..], &b"b"[..]]);
     }
 
     #[test]

@@ -31,7 +31,13 @@ use std::net::IpAddr;
 pub const FINGERPRINT_HEADER: &str = "x-palisade-fingerprint";
 pub const SCORE_HEADER: &str = "x-palisade-bot-score";
 pub const REASONS_HEADER: &str = "x-palisade-bot-reasons";
-pub const OWNED_HEADERS: [&str; 3] = [FINGERPRINT_HEADER, SCORE_HEADER, REASONS_HEADER];
+pub const OWNED_HEADERS: [&str; 4] = [
+    FINGERPRINT_HEADER,
+    SCORE_HEADER,
+    REASONS_HEADER,
+    // A challenge solution is palisade's business, not the upstream's.
+    challenge::SOLUTION_HEADER,
+];
 
 /// The request's fingerprint id, from its headers and the trusted JA4
 /// header when one is configured.
@@ -135,6 +141,10 @@ fn observe(
     }
 }
 
+/// Passes, and solutions, looked at per request: each costs a MAC (and a
+/// solution a SHA-256), so a request cannot make palisade check hundreds.
+const MAX_PROOFS: usize = 4;
+
 /// What challenges and passes are bound to: this client's fingerprint and
 /// address prefix.
 fn binding(facts: &Facts<'_>) -> Binding {
@@ -152,7 +162,7 @@ fn cookies<'a, 'h>(
 ) -> impl Iterator<Item = &'h [u8]> + 'a {
     headers
         .get_all("cookie")
-        .filter_map(move |value| challenge::cookie(value, name))
+        .flat_map(move |value| challenge::cookies(value, name))
 }
 
 /// Whether the request proves a solved challenge: a valid pass, or a valid
@@ -165,25 +175,37 @@ fn proof(
     ctx: &Ctx<'_>,
     set_cookies: &mut Vec<String>,
 ) -> bool {
-    let solution = headers
+    // A browser may hold a stale cookie of the same name (another path or
+    // domain) before the current one: a few of each are tried.
+    let solutions = headers
         .get(challenge::SOLUTION_HEADER)
-        .or_else(|| cookies(headers, challenge::SOLUTION_COOKIE).next());
-    let pass = cookies(headers, challenge::PASS_COOKIE).next();
-    if solution.is_none() && pass.is_none() {
+        .into_iter()
+        .chain(cookies(headers, challenge::SOLUTION_COOKIE))
+        .take(MAX_PROOFS);
+    let mut passes = cookies(headers, challenge::PASS_COOKIE)
+        .take(MAX_PROOFS)
+        .peekable();
+    let mut solutions = solutions.peekable();
+    if solutions.peek().is_none() && passes.peek().is_none() {
         return false;
     }
     let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
         return false;
     };
     let (key, binding, now_s) = (&settings.key, binding(facts), now_ms / 1000);
-    if pass.is_some_and(|p| challenge::verify_pass(key, binding, now_s, p).is_ok()) {
+    if passes.any(|p| challenge::verify_pass(key, binding, now_s, p).is_ok()) {
         return true;
     }
-    let Some(solution) = solution else {
-        return false;
-    };
-    if let Err(e) = challenge::verify_solution(key, binding, now_s, solution) {
-        log::debug!("palisade: challenge solution refused: {}", e.as_str());
+    let solved = solutions.any(
+        |s| match challenge::verify_solution(key, binding, now_s, s) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("palisade: challenge solution refused: {}", e.as_str());
+                false
+            }
+        },
+    );
+    if !solved {
         return false;
     }
     let pass = challenge::issue_pass(key, binding, now_s, settings.pass_ttl_s);
