@@ -516,7 +516,7 @@ SHIPPED_CONFIGS: list[tuple[str, Callable[[], list[Shipped]]]] = [
 def _without_routes(config: dict, names: set[str]) -> dict:
     """`config` without the route classes `names` and what names them: rate
     limit rules left with no route class, signature and authorization
-    policies left empty."""
+    policies left empty, the bot stage's route list (`bot.routes`)."""
     config = copy.deepcopy(config)
     config["routes"] = [r for r in config.get("routes", []) if r["name"] not in names]
     if "rate_limits" in config:
@@ -528,6 +528,8 @@ def _without_routes(config: dict, names: set[str]) -> dict:
                     continue
             rules.append(rule)
         config["rate_limits"]["rules"] = rules
+    if "bot" in config and "routes" in config["bot"]:
+        config["bot"]["routes"] = [r for r in config["bot"]["routes"] if r not in names]
     for section in ("signatures", "authorization"):
         if section in config:
             policies = []
@@ -578,13 +580,14 @@ def without_demo_api_keys(config: dict) -> dict:
 
 
 # The environment variable each demo secret is read from in the deployment
-# files, by section and id: `{"secret": {"env": NAME}}` for signing keys,
-# `"sha256": {"env": NAME}` for API-key hashes. Every deployment fills it
-# from its secret store: a Kubernetes Secret, or for compose a git-ignored
-# env file.
+# files, by section and id: `{"secret": {"env": NAME}}` for signing keys and
+# the bot challenge's HMAC key, `"sha256": {"env": NAME}` for API-key hashes.
+# Every deployment fills it from its secret store: a Kubernetes Secret, or
+# for compose a git-ignored env file.
 SECRET_ENV = {
     ("signatures", "demo-client"): "PALISADE_PAYMENTS_KEY",
     ("api_keys", "demo-partner"): "PALISADE_PARTNER_KEY_SHA256",
+    ("bot", "challenge"): "PALISADE_BOT_CHALLENGE_KEY",
 }
 
 
@@ -595,11 +598,14 @@ def _secret_slots(config: dict) -> Iterator[tuple[tuple[str, str], dict, str]]:
         yield ("signatures", key["id"]), key, "secret"
     for key in (config.get("api_keys") or {}).get("keys", []):
         yield ("api_keys", key["id"]), key, "sha256"
+    challenge = (config.get("bot") or {}).get("challenge")
+    if challenge is not None:
+        yield ("bot", "challenge"), challenge, "secret"
 
 
 def with_env_secrets(config: dict) -> dict:
-    """The demo policy with each inline secret (signing key, API-key hash)
-    replaced by its environment variable (SECRET_ENV)."""
+    """The demo policy with each inline secret (signing key, API-key hash,
+    bot challenge key) replaced by its environment variable (SECRET_ENV)."""
     config = copy.deepcopy(config)
     for where, holder, field in _secret_slots(config):
         assert where in SECRET_ENV, f"demo secret {where} has no environment variable in deploy.SECRET_ENV"
@@ -614,6 +620,53 @@ def demo_secret_values(config: dict) -> dict[str, str]:
         value = holder[field]
         values[SECRET_ENV[where]] = value["base64"] if isinstance(value, dict) else value
     return values
+
+
+def without_bot_challenge(config: dict) -> dict:
+    """The bot stage without its proof-of-work challenge: no `bot.challenge`
+    (its HMAC key is a secret, and no secret reaches NGINX or Kong yet) and
+    no `bot.thresholds.challenge`, which needs it. The deny threshold stays:
+    a request scored as a bot is still refused, it just cannot prove itself
+    human on the way."""
+    config = copy.deepcopy(config)
+    bot = config.get("bot")
+    if bot is not None:
+        bot.pop("challenge", None)
+        thresholds = bot.get("thresholds")
+        if thresholds is not None:
+            thresholds.pop("challenge", None)
+            if not thresholds:
+                del bot["thresholds"]
+    return config
+
+
+def without_ja4_header(config: dict) -> dict:
+    """The bot stage without `bot.fingerprint.ja4_header`: palisade may only
+    trust a header the proxy sets from the TLS handshake after removing the
+    client's copy (README, `bot`), as the shipped Envoy bootstraps do with a
+    header_mutation filter before palisade. Where nothing shipped does, the
+    header would be whatever the client sent:
+      * NGINX and Kong compute no JA4, and cannot remove a request header
+        before ngx_wasm_module's filter sees it (`proxy_set_header` changes
+        only the upstream request; headers-more is not part of their builds
+        and has no guaranteed order against proxy_wasm);
+      * Istio's WasmPlugin and Envoy Gateway's EnvoyExtensionPolicy add
+        palisade to a listener whose filters they own: the shipped files set
+        neither JA4 fingerprinting nor a filter that strips the header.
+    The fingerprint then comes from the request headers alone."""
+    config = copy.deepcopy(config)
+    fingerprint = (config.get("bot") or {}).get("fingerprint")
+    if fingerprint is not None:
+        fingerprint.pop("ja4_header", None)
+        if not fingerprint:
+            del config["bot"]["fingerprint"]
+    return config
+
+
+def _nginx(demo: dict) -> dict:
+    return without_ja4_header(without_bot_challenge(
+        without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo)))
+    ))
 
 
 def without_body_binding(config: dict) -> dict:
@@ -652,17 +705,23 @@ def _k8s(demo: dict) -> dict:
 #     (without_demo_jwt); docker-compose, a demo like `make run`, does.
 #   * Istio and Envoy Gateway cannot let palisade wait for a body
 #     (without_body_binding; waits_for_body).
+#   * Only the shipped Envoy bootstraps set `x-palisade-ja4` from the TLS
+#     handshake and strip the client's copy before palisade; everywhere else
+#     the bot stage does not read it (without_ja4_header).
 #   * nginx/ has none of the credentials: ngx_wasm_module hands a filter the
 #     whole environment of the NGINX worker (what `env` directives keep) and
 #     Kong's declarative file cannot set that, so no secret reaches them yet.
+#     For the same reason their bot stage has no proof-of-work challenge,
+#     whose HMAC key is a secret (without_bot_challenge): it denies at the
+#     deny threshold and challenges nobody.
 EXPECTED_POLICY: dict[str, Callable[[dict], dict]] = {
     "envoy/envoy.yaml": lambda demo: demo,
     "envoy/compose/envoy.yaml": with_env_secrets,
     "envoy/k8s/plain/envoy-config.yaml": _k8s,
-    "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_body_binding(_k8s(demo)),
-    "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_body_binding(_k8s(demo)),
-    "nginx/nginx.conf": lambda demo: without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo))),
-    "nginx/kong/kong.yml": lambda demo: without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo))),
+    "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
+    "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
+    "nginx/nginx.conf": _nginx,
+    "nginx/kong/kong.yml": _nginx,
 }
 
 
@@ -673,7 +732,8 @@ def is_demo(shipped: Shipped) -> bool:
 
 def secrets_of(config: dict) -> list[dict | str]:
     """Every secret of a palisade configuration as written: a signing key's
-    `secret` object, an API key's `sha256` (hex, or an `{"env": ...}` object)."""
+    or the bot challenge's `secret` object, an API key's `sha256` (hex, or an
+    `{"env": ...}` object)."""
     return [holder[field] for _, holder, field in _secret_slots(config)]
 
 
@@ -685,8 +745,9 @@ def env_names(config: dict) -> set[str]:
 @functools.cache
 def random_secret_env() -> dict[str, str]:
     """A fresh random value for every environment variable a shipped
-    configuration reads - a 32-byte key (standard base64) for a signing key,
-    the SHA-256 (hex) of a random API key for an API-key hash: what the
+    configuration reads - a 32-byte key (standard base64) for a signing key
+    or the bot challenge key, the SHA-256 (hex) of a random API key for an
+    API-key hash: what the
     checks put where the deployments put the Kubernetes Secret. New on every
     run, never written anywhere."""
     env = {}
@@ -731,7 +792,7 @@ def readme_samples() -> list[Shipped]:
 
 PALISADE_TOP_LEVEL = {
     "version", "mode", "failure_mode", "client_ip", "user", "routes", "rate_limits", "bans", "signatures",
-    "jwt", "api_keys", "authorization",
+    "jwt", "api_keys", "authorization", "bot",
 }  # fmt: skip
 
 

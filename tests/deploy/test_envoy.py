@@ -331,6 +331,21 @@ def test_deployment_verifies_signatures_with_the_key_from_its_environment(config
         assert post(None) == 401, f"{config.label}: an unsigned request"
 
 
+# tests/fixtures/browsers.json: request header sets in the order each client
+# sends them.
+BROWSERS = deploy.REPO_ROOT / "tests" / "fixtures" / "browsers.json"
+
+
+def _browser_headers(name: str) -> dict[str, str]:
+    """The header set `name` of tests/fixtures/browsers.json, in its order
+    (http.client sends a dict's headers in insertion order, after Host).
+    The demo's bot stage scores clients on their headers (README, Bot
+    defense): a bare http.client request looks like a script and is
+    challenged, so requests that must reach the upstream look like the
+    browser they are."""
+    return dict(json.loads(BROWSERS.read_text())[name])
+
+
 def _echoed_headers(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> dict[str, str]:
     conn.request("GET", path, headers=headers)
     resp = conn.getresponse()
@@ -341,24 +356,31 @@ def _echoed_headers(conn: http.client.HTTPConnection, path: str, headers: dict[s
 
 def test_demo_sets_ja4_from_the_tls_handshake_and_drops_forged_copies(demo_envoy):
     forged = {deploy.JA4_HEADER: "t13d0000h2_000000000000_000000000000"}
+    # A browser's request (the bot stage lets it through) carrying a forged
+    # fingerprint as its last header.
+    request = {**_browser_headers("chrome_windows_navigate"), **forged}
 
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     tls = http.client.HTTPSConnection("127.0.0.1", demo_envoy["ingress_tls"], context=ctx, timeout=10)
     try:
-        headers = _echoed_headers(tls, "/api/ja4", forged)
+        headers = _echoed_headers(tls, "/api/ja4", request)
         assert tls.sock.version() == "TLSv1.3"
     finally:
         tls.close()
     ja4 = headers.get(deploy.JA4_HEADER)
     assert ja4 and ja4 != forged[deploy.JA4_HEADER], f"upstream saw {headers}"
+    # The bot stage scored the request (with the real fingerprint) and let
+    # it through as the browser it is.
+    challenge_at = json.loads(deploy.from_envoy(DEMO)[0].text)["bot"]["thresholds"]["challenge"]
+    assert int(headers.get("x-palisade-bot-score", "-1")) in range(challenge_at), f"upstream saw {headers}"
     # JA4: t(TCP) 13(TLS 1.3) d|i(SNI) cc ee alpn _ 12 hex _ 12 hex
     assert ja4.startswith("t13") and [len(p) for p in ja4.split("_")] == [10, 12, 12], ja4
 
     plain = http.client.HTTPConnection("127.0.0.1", demo_envoy["ingress"], timeout=10)
     try:
-        headers = _echoed_headers(plain, "/api/ja4", forged)
+        headers = _echoed_headers(plain, "/api/ja4", request)
     finally:
         plain.close()
     assert deploy.JA4_HEADER not in headers, f"the plain listener passed a client-sent fingerprint on: {headers}"

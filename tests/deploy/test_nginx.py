@@ -31,6 +31,8 @@ BYTES_PER_PAGE = 512
 SLOTS_PER_PAGE = 4
 HEADROOM = 1 << 20
 NGX_PAGE = 4096
+# bot.behaviour.slots' default (src/stages/bot/behaviour.rs, DEFAULT_SLOTS).
+BOT_BEHAVIOUR_SLOTS = 16384
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,11 @@ def test_wasm_block_declares_the_filter_and_its_shared_memory(tree):
         slots = (config.get("rate_limits") or {}).get("slots") or 65536
         signatures = config.get("signatures") or {}
         replay = (signatures.get("replay_slots") or 65536) if signatures.get("policies") else 0
-        pages = -(-slots // SLOTS_PER_PAGE) + -(-replay // SLOTS_PER_PAGE)
+        # The bot stage's behaviour table (palisade.bh.p.<n>), counted
+        # whenever there is a bot section: the shipped model weighs behaviour.
+        bot = config.get("bot")
+        behaviour = ((bot.get("behaviour") or {}).get("slots") or BOT_BEHAVIOUR_SLOTS) if bot is not None else 0
+        pages = -(-slots // SLOTS_PER_PAGE) + -(-replay // SLOTS_PER_PAGE) + -(-behaviour // SLOTS_PER_PAGE)
         needed = pages * BYTES_PER_PAGE + HEADROOM
         assert size_bytes >= needed, f"shm_kv * {size} is smaller than the {needed} bytes {shipped.label} needs"
 
