@@ -335,9 +335,11 @@ impl Engine {
             _ => "allow",
         };
         bot::log_assessment(b, &r.facts, self.route_name(r), assessment, action);
+        // Only an enforced challenge is answered: in monitor mode the
+        // puzzle would cost a MAC and be thrown away.
         if finding
             .as_ref()
-            .is_some_and(|f| f.reason == Reason::BotChallenge)
+            .is_some_and(|f| f.reason == Reason::BotChallenge && f.enforced())
         {
             r.challenge = bot::challenge_response(b, r.headers, &r.facts, ctx);
         }
