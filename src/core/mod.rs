@@ -16,4 +16,6 @@ pub mod routes;
 pub mod schema;
 pub mod secret;
 pub mod stage;
+#[cfg(test)]
+pub mod test_rng;
 pub mod verdict;

@@ -2150,16 +2150,7 @@ mod tests {
         }
     }
 
-    /// xorshift64*, for reproducible garbage.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-    }
+    use crate::core::test_rng::Rng;
 
     #[test]
     fn garbage_never_panics_nor_verifies() {
@@ -2178,10 +2169,10 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         const ALPHABET: &[u8] = b"ABCxyz019-_.=+/ \"{}";
         for round in 0..3000 {
-            let len = (rng.next() % 200) as usize;
+            let len = (rng.next_u64() % 200) as usize;
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
-                    let r = rng.next();
+                    let r = rng.next_u64();
                     if round % 2 == 0 {
                         r as u8
                     } else {
@@ -2218,8 +2209,8 @@ mod tests {
         // Segments that decode to random bytes.
         for _ in 0..500 {
             let seg = |rng: &mut Rng| {
-                let n = (rng.next() % 80) as usize;
-                b64(&(0..n).map(|_| rng.next() as u8).collect::<Vec<_>>())
+                let n = (rng.next_u64() % 80) as usize;
+                b64(&(0..n).map(|_| rng.next_u64() as u8).collect::<Vec<_>>())
             };
             let t = format!("{}.{}.{}", seg(&mut rng), seg(&mut rng), seg(&mut rng));
             assert!(verify(&t, &p, NOW).is_err());

@@ -836,22 +836,15 @@ mod tests {
         }
     }
 
-    /// xorshift64*: a fixed, dependency-free source of test randomness.
-    struct Rng(u64);
+    use crate::core::test_rng::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
+    /// Timings for the tests, from the shared test generator.
+    trait Timings {
+        fn exponential(&mut self, mean: f64) -> u64;
+        fn around(&mut self, center: u64, spread: u64) -> u64;
+    }
 
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-
+    impl Timings for Rng {
         /// Exponentially distributed with mean `mean`.
         fn exponential(&mut self, mean: f64) -> u64 {
             (-mean * (1.0 - self.unit()).ln()) as u64
@@ -859,7 +852,7 @@ mod tests {
 
         /// Uniform in `center` ± `spread`.
         fn around(&mut self, center: u64, spread: u64) -> u64 {
-            center - spread + self.next() % (2 * spread + 1)
+            center - spread + self.next_u64() % (2 * spread + 1)
         }
     }
 
@@ -923,7 +916,7 @@ mod tests {
             for sub in 0..12 {
                 let seen = f.get(1, &format!("/static/{sub}.js"), now);
                 assert_eq!(seen.machine_timing, 0.0, "view {view}, request {sub}");
-                now += 2 + rng.next() % 2;
+                now += 2 + rng.next_u64() % 2;
             }
             now += rng.exponential(6_000.0).max(BURST_MS);
         }
