@@ -3,9 +3,9 @@
 //! the thresholds make of it: allow, challenge or deny.
 //!
 //! It runs before authentication (a headless scraper costs no
-//! cryptography), except on routes that take a credential when
-//! `allow.authenticated` is on: there the decision waits for
-//! authentication, which a verified client passes whatever its score.
+//! cryptography), except on routes that verify a credential or a signature
+//! when `allow.authenticated` is on: there the decision waits for the
+//! verification, which a verified client passes whatever its score.
 
 pub mod behaviour;
 pub mod challenge;
