@@ -375,7 +375,7 @@ train: setup build sim $(TRAIN_STAMP)
 	  $(if $(LABELLED),--labelled $(LABELLED)) $(if $(CHALLENGE),--challenge $(CHALLENGE)) \
 	  $(if $(SIM_ARGS),--sim-args '$(SIM_ARGS)')
 
-train-test: $(TRAIN_STAMP) sim
+train-test: $(TRAIN_STAMP) sim palisade-check
 	$(PYTHON) -m pytest tests/train -v -p no:cacheprovider
 
 $(TRAIN_STAMP): $(TRAIN_REQUIREMENTS) $(SETUP_STAMP)

@@ -245,3 +245,27 @@ def test_a_signal_that_never_varies_gets_no_weight_and_extra_signals_are_not_tra
     out = capsys.readouterr().out
     assert "left out of the model (palisade keeps its weights for them): distinct_paths" in out, out
     assert "signals not trained (palisade keeps its weights for them): challenge_passed" in out, out
+
+
+PALISADE_CHECK = Path(__file__).resolve().parents[2] / "target" / "debug" / "palisade-check"
+
+
+def test_the_written_fragment_is_a_configuration_palisade_loads(tmp_path, listing):
+    """What `make train` writes goes into the `bot` section as is:
+    palisade-check (the filter's own parser) accepts it, and refuses it
+    once a weight names no signal."""
+    import subprocess
+
+    if not PALISADE_CHECK.exists():
+        pytest.fail(f"{PALISADE_CHECK} missing: run `make palisade-check`")
+    log = write_log(tmp_path / "envoy.log", synthetic(random.Random(11)))
+    fragment = run(tmp_path, listing, log)
+    config = tmp_path / "palisade.json"
+    config.write_text(json.dumps({"bot": {**fragment["bot"], "mode": "monitor"}}))
+    checked = subprocess.run([str(PALISADE_CHECK), str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    fragment["bot"]["model"]["weights"]["mouse_moves"] = 1.0
+    config.write_text(json.dumps(fragment))
+    refused = subprocess.run([str(PALISADE_CHECK), str(config)], capture_output=True, text=True)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "bot.model.weights.mouse_moves" in refused.stdout + refused.stderr
