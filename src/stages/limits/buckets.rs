@@ -476,6 +476,8 @@ impl Limiter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod props;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::mode::Mode;
     use crate::state::host::MemoryStore;
