@@ -200,7 +200,10 @@ impl Engine {
             Ok(route) => route,
             Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
         };
-        let bot_headers = self.policy.needs_fingerprint.then_some(bot::OWNED_HEADERS);
+        // Palisade's own headers are removed whether or not the stage that
+        // sets them is on: an upstream that trusts them must never get a
+        // client's copy. A lookup in the map read once; a host call only
+        // when one is present.
         let upstream = UpstreamHeaders {
             remove: self
                 .policy
@@ -208,7 +211,7 @@ impl Engine {
                 .owned_headers
                 .iter()
                 .map(String::as_str)
-                .chain(bot_headers.into_iter().flatten())
+                .chain(bot::OWNED_HEADERS)
                 .filter(|h| headers.get(h).is_some())
                 .map(str::to_string)
                 .collect(),

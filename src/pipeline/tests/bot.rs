@@ -312,3 +312,28 @@ fn fingerprint_is_a_rate_limit_key_across_addresses() {
     assert!(matches!(other, Verdict::Allow { .. }));
     assert!(upstream_header(&other, "x-palisade-fingerprint").is_some());
 }
+
+#[test]
+fn palisade_headers_are_removed_even_without_the_bot_stage() {
+    let f = Fixture::new("{}");
+    let verdict = f.send(
+        "GET",
+        "/",
+        &[
+            ("x-palisade-bot-score", "0"),
+            ("x-palisade-fingerprint", "0000000000000000"),
+            ("x-palisade-pow", "forged.1"),
+        ],
+    );
+    let Verdict::Allow { upstream, .. } = &verdict else {
+        unreachable!("{verdict:?}")
+    };
+    for h in [
+        "x-palisade-bot-score",
+        "x-palisade-fingerprint",
+        "x-palisade-pow",
+    ] {
+        assert!(upstream.remove.iter().any(|r| r == h), "{h}");
+    }
+    assert!(upstream.set.is_empty());
+}
