@@ -621,6 +621,31 @@ def test_two_api_key_lines_are_refused(env, transport):
         resp[:2], [[(k, v if k != "x-api-key" else "<key>") for k, v in h if k.startswith("x-")] for h in reached])
 
 
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+def test_spoofed_palisade_headers_never_reach_the_upstream(env, transport):
+    """Client-sent copies of the headers palisade sets upstream (README:
+    removed on every request), duplicated, odd-cased, with hostile bytes."""
+    send = TRANSPORTS[transport]
+    spoof = [("x-palisade-user", "apikey:spoofed"), ("x-palisade-user", b"admin\xff"),
+             ("x-palisade-bot-score", "0"), ("x-palisade-bot-reasons", "none"),
+             ("x-palisade-fingerprint", "0000000000000000"), ("x-palisade-fingerprint", "spoof")]
+    if transport == "h1":
+        spoof += [("X-Palisade-User", "root"), ("X-PALISADE-BOT-SCORE", "1")]
+    tok = valid_token(f"spoof-{transport}")
+    for path, extra in ((f"/api/spoof-{transport}", []), (f"/account/spoof-{transport}", [("authorization", "Bearer " + tok)]),
+                        (f"/partner/spoof-{transport}", [("x-api-key", API_KEY)])):
+        before = len(env.upstream.seen)
+        r = check(f"spoof/{transport}", path, send(env, "GET", path, spoof + extra))
+        assert r[0] == 200, r[:3]
+        got = [h for p, h in env.upstream.seen[before:] if p == path]
+        assert len(got) == 1, got
+        sent = {(k.lower(), b(v).decode("latin-1")) for k, v in spoof}
+        leaked = [(k, v) for k, v in got[0] if (k, v) in sent]
+        assert not leaked, f"client-sent palisade headers reached the upstream: {leaked}"
+        users = [v for k, v in got[0] if k == "x-palisade-user"]
+        assert users == ([] if "/api/" in path else [f"spoof-{transport}" if "account" in path else "apikey:p"]), users
+
+
 # --------------------------------------------------------------------------
 # 4. Garbage in every credential format
 # --------------------------------------------------------------------------
@@ -901,7 +926,12 @@ def test_bodies_h2(env):
 def test_slowloris_body_does_not_block(env):
     """A payment body that never finishes (1 byte every 100 ms of a declared
     1000) is held by palisade waiting for the digest check; meanwhile normal
-    requests on fresh connections (both workers) still get 200."""
+    requests on fresh connections (both workers) still get 200. The test
+    bootstrap's HTTP connection manager sets no `request_timeout` and the
+    drip keeps the 5-minute stream idle timeout from firing, so Envoy neither
+    answers nor times out the slow bodies within the test: the client closes
+    them. A deployment bounds them with `request_timeout` /
+    `request_headers_timeout`."""
     cat = "slowloris"
     body = b'{"amount": 5}'
     stop = threading.Event()
