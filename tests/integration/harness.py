@@ -302,12 +302,19 @@ def h2_request(
     *,
     authority: bytes | str = b"palisade.test",
     timeout: float = 10.0,
+    trailers: list[tuple[bytes | str, bytes | str]] | None = None,
 ) -> Response:
     """One HTTP/2 request (cleartext, prior knowledge) on a fresh connection.
 
     Header names and values go out as raw bytes, unvalidated: HTTP/2 carries
     bytes (e.g. non-UTF-8 in the query) that an HTTP/1 parser would refuse,
     and the tests need to send exactly those.
+
+    ``trailers``: the request ends with a HEADERS frame carrying these (with
+    END_STREAM) after the body's DATA frames, instead of END_STREAM on the
+    last DATA frame. The body goes out in DATA frames of at most 16 KiB (the
+    default SETTINGS_MAX_FRAME_SIZE); keep it under 64 KiB (the initial flow
+    control window).
     """
     import h2.config
     import h2.connection
@@ -326,9 +333,12 @@ def h2_request(
     status, got, data = 0, {}, bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         conn.initiate_connection()
-        conn.send_headers(1, block, end_stream=not body)
-        if body:
-            conn.send_data(1, body, end_stream=True)
+        conn.send_headers(1, block, end_stream=not body and not trailers)
+        for i in range(0, len(body), 16384):
+            last = i + 16384 >= len(body)
+            conn.send_data(1, body[i : i + 16384], end_stream=last and not trailers)
+        if trailers:
+            conn.send_headers(1, [(raw(k).lower(), raw(v)) for k, v in trailers], end_stream=True)
         sock.sendall(conn.data_to_send())
         done = False
         while not done:
@@ -350,6 +360,10 @@ def h2_request(
                     done = True
                 elif isinstance(event, h2.events.StreamReset):
                     raise HarnessError(f"HTTP/2: stream reset (error code {event.error_code})")
+                elif isinstance(event, h2.events.ConnectionTerminated) and not done:
+                    # GOAWAY before the response: Envoy closes the connection
+                    # (after its delayed-close timeout); do not wait for that.
+                    raise HarnessError(f"HTTP/2: GOAWAY before the response (error code {event.error_code})")
             sock.sendall(conn.data_to_send())
     return status, got, bytes(data)
 
