@@ -1594,6 +1594,29 @@ mod tests {
             assert_eq!((r.status, reason(&r).as_str()), (401, "apikey.invalid"));
         }
 
+        /// Two credential lines: palisade would check one and the upstream
+        /// may read the other, so the request is refused whatever the order.
+        #[test]
+        fn a_credential_header_sent_twice_is_refused() {
+            let f = Fixture::new(&config(""));
+            let (good, bad) = (("x-api-key", "partner-secret"), ("x-api-key", "wrong"));
+            for pair in [[good, bad], [bad, good], [good, good]] {
+                let r = respond(f.send("GET", "/api/x", &pair));
+                assert_eq!((r.status, reason(&r).as_str()), (401, "apikey.invalid"));
+            }
+            let token = bearer(&mint(claims("alice", serde_json::json!({}))));
+            let twice = [
+                ("authorization", token.as_str()),
+                ("authorization", token.as_str()),
+            ];
+            let r = respond(f.send("GET", "/api/x", &twice));
+            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.malformed"));
+            assert!(matches!(
+                f.send("GET", "/api/x", &twice[..1]),
+                Verdict::Allow { .. }
+            ));
+        }
+
         #[test]
         fn the_verified_subject_is_the_user_rate_limit_key() {
             let f = Fixture::new(&config(

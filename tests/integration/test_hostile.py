@@ -31,9 +31,9 @@ malformed) before any filter runs; an HTTP/1.1 request whose client
 half-closes mid-body gets no answer (Envoy resets the stream); an HTTP/2
 header block over the header limit is answered 431 or reset by the codec.
 
-Known defect (``test_two_api_key_lines_are_refused``, xfail strict): two
-``x-api-key`` header lines, the first valid, get through (palisade checks
-the first line only; the upstream gets both).
+Two ``x-api-key`` header lines, the first valid, used to get through
+(palisade checked the first line only; the upstream got both): now 401
+``apikey.invalid`` (``test_two_api_key_lines_are_refused``).
 
 Other behaviour recorded, not a defect: two ``Authorization`` lines (Envoy
 joins them with ``, ``) are ``jwt.malformed`` even when both are the same
@@ -602,14 +602,6 @@ def test_duplicate_and_conflicting_headers(env, transport):
                   allow={501} if "gzip" in hs[-1][1] else None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: with two `x-api-key` header lines palisade authenticates the first line only "
-    "(HeaderMap::get in src/stages/auth/credentials.rs) and forwards both: `x-api-key: <valid>` + "
-    "`x-api-key: wrong-1-xxxxxxxx` on GET /partner/x gets the upstream's 200 (x-palisade-user apikey:p, "
-    "both key lines upstream), while the same two keys on one line, or in the other order, get 401 "
-    "apikey.invalid. Conflicting credentials are refused elsewhere (two Authorization lines, two "
-    "Signature-Input lines, repeated OAuth parameters: 'palisade would check one value and a server might "
-    "use another'); HTTP/1.1 and HTTP/2 alike"))
 @pytest.mark.parametrize("transport", ["h1", "h2"])
 def test_two_api_key_lines_are_refused(env, transport):
     hs = [("x-api-key", API_KEY), ("x-api-key", "wrong-1-xxxxxxxx")]

@@ -267,6 +267,15 @@ pub fn check(
 ) -> Result<Principal, Refusal> {
     if policy.accept_api_key {
         if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
+            // Two key lines: palisade would check one and the upstream may
+            // read the other, so neither is taken.
+            if auth
+                .api_key_header
+                .as_deref()
+                .is_some_and(|h| repeated(headers, h))
+            {
+                return Err(Reason::ApiKeyInvalid.into());
+            }
             let key = api_key(&auth.api_keys, presented).ok_or(Reason::ApiKeyInvalid)?;
             let user_key = user_key("apikey", "", &key.id);
             if let Err(reason) = authorize(policy, &key.roles, &[], &[]) {
@@ -287,7 +296,7 @@ pub fn check(
     if !policy.accept_jwt {
         return Err(Reason::AuthMissing.into());
     }
-    let token = bearer_token(&auth.sources, headers).ok_or(Reason::AuthMissing)?;
+    let token = bearer_token(&auth.sources, headers)?;
     let mut guard = lock(state);
     let (index, verified) = verify_token(&mut guard, auth, policy, token, now_ms, store)?;
     let verified: &VerifiedToken = &verified;
@@ -327,9 +336,20 @@ pub fn check(
     Ok(Principal { user_key, headers })
 }
 
-/// The token of the first configured source present.
-fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Option<&'h str> {
+/// Whether a header comes more than once (HTTP/1.1 lines, HTTP/2 fields).
+fn repeated(headers: &HeaderMap<'_>, name: &str) -> bool {
+    headers.get_all(name).nth(1).is_some()
+}
+
+/// The token of the first configured source present. A token header that
+/// comes twice is malformed: which one the upstream reads is unknown.
+fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Result<&'h str, Refusal> {
     for source in sources {
+        if let TokenSource::Header { name, .. } = source {
+            if repeated(headers, name) {
+                return Err(Reason::Jwt(JwtError::Malformed).into());
+            }
+        }
         let found = match source {
             TokenSource::Header { name, prefix } => headers.get_str(name).and_then(|value| {
                 let value = value.trim();
@@ -349,11 +369,11 @@ fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Option<
                 })
             }),
         };
-        if found.is_some() {
-            return found;
+        if let Some(token) = found {
+            return Ok(token);
         }
     }
-    None
+    Err(Reason::AuthMissing.into())
 }
 
 /// The `iss` of a token not verified yet: it only chooses which provider
@@ -582,18 +602,15 @@ mod tests {
             },
             TokenSource::Cookie("access_token".into()),
         ];
+        let token = |h: &HeaderMap<'_>| bearer_token(&sources, h).ok().map(str::to_string);
         let h = headers(&[("authorization", "bearer   abc.def.ghi")]);
-        assert_eq!(bearer_token(&sources, &h), Some("abc.def.ghi"));
+        assert_eq!(token(&h).as_deref(), Some("abc.def.ghi"));
         let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
-        assert_eq!(
-            bearer_token(&sources, &h),
-            None,
-            "another scheme is no token"
-        );
+        assert_eq!(token(&h), None, "another scheme is no token");
         let h = headers(&[("cookie", "a=1; access_token=t.o.k; b=2")]);
-        assert_eq!(bearer_token(&sources, &h), Some("t.o.k"));
+        assert_eq!(token(&h).as_deref(), Some("t.o.k"));
         let h = headers(&[("cookie", "xaccess_token=t.o.k")]);
-        assert_eq!(bearer_token(&sources, &h), None);
+        assert_eq!(token(&h), None);
     }
 
     #[test]
