@@ -1,6 +1,7 @@
 # Palisade: build, lint, test and demo.
 #
-#   make test          everything CI runs (setup, fmt-check, clippy, deny, unit, integration, check-deploy)
+#   make test          everything CI runs (setup, fmt-check, clippy, deny, unit, fuzz-smoke, integration, check-deploy)
+#   make fuzz          each cargo-fuzz target of the core (tests/fuzz) for FUZZ_SECONDS; fuzz-smoke: FUZZ_SMOKE_SECONDS
 #   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
 #   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
 #   make integration   only the Envoy integration tests (installs Chromium when missing, as root)
@@ -70,7 +71,7 @@ ENVOY_CONFIG  := envoy/envoy.yaml
 
 all: build
 
-test: setup fmt-check clippy deny unit train-test integration check-deploy
+test: setup fmt-check clippy deny unit fuzz-smoke train-test integration check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -203,11 +204,14 @@ k8s-manifests: build
 	$(HOST_PYTHON) envoy/k8s/render.py --wasm $(WASM) --out $(K8S_OUT) $(if $(IMAGE),--image $(IMAGE))
 
 # ----------------------------------------------------------------- lint ----
+# The fuzz crate (tests/fuzz) is its own workspace: formatted by name.
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path tests/fuzz/Cargo.toml
 
 clippy: rust-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -216,6 +220,82 @@ clippy: rust-target
 # ---------------------------------------------------------------- tests ----
 unit:
 	$(CARGO) test --workspace
+
+# Fuzzing the core with cargo-fuzz (libFuzzer, nightly): the crate is
+# tests/fuzz (its own workspace), one target per file in
+# tests/fuzz/fuzz_targets. Each target's corpus grows in
+# target/fuzz-corpus/<target>, seeded from the committed
+# tests/fuzz/seeds/<target>; a crash, timeout or OOM fails the run and its
+# input is in tests/fuzz/artifacts/<target>/ (git-ignored; a minimized
+# copy worth keeping goes to tests/fuzz/regressions/<target>/, which every
+# run replays first, with the seeds).
+#   make fuzz         each target for FUZZ_SECONDS (default 60)
+#   make fuzz-smoke   each target for FUZZ_SMOKE_SECONDS (default 10); part of make test
+#   make fuzz FUZZ_TARGETS=headers FUZZ_SECONDS=600
+# One build of every target (address sanitizer, release with debug
+# assertions and overflow checks), then each target in turn. The nightly
+# toolchain (rustup, minimal profile) and cargo-fuzz (crates.io, pinned,
+# in target/tools) are installed when missing.
+FUZZ_DIR           := tests/fuzz
+FUZZ_TARGETS       ?= config headers structured slots challenge
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_CORPUS        := target/fuzz-corpus
+FUZZ_TOOLCHAIN     ?= nightly
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TOOLS         := target/tools
+CARGO_FUZZ         := $(FUZZ_TOOLS)/bin/cargo-fuzz
+FUZZ_BUILD_FLAGS   := --fuzz-dir $(FUZZ_DIR) --release --debug-assertions --target-dir $(abspath target/fuzz)
+LIBFUZZER_FLAGS    := -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
+# cargo finds the cargo-fuzz subcommand on PATH.
+FUZZ_CARGO         = PATH="$(abspath $(FUZZ_TOOLS))/bin:$$PATH" rustup run $(FUZZ_TOOLCHAIN) cargo fuzz
+
+.PHONY: fuzz fuzz-smoke fuzz-tools fuzz-build
+fuzz: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_SECONDS)
+
+fuzz-smoke: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+fuzz-tools:
+	@command -v rustup >/dev/null 2>&1 || { echo "error: fuzzing needs rustup (for the $(FUZZ_TOOLCHAIN) toolchain)" >&2; exit 1; }
+	@if rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1; then \
+	  echo "rust toolchain $(FUZZ_TOOLCHAIN): installed"; \
+	else \
+	  rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal; \
+	fi
+	@if [ "$$($(CARGO_FUZZ) --version 2>/dev/null)" = "cargo-fuzz $(CARGO_FUZZ_VERSION)" ]; then \
+	  echo "cargo-fuzz $(CARGO_FUZZ_VERSION): installed in $(FUZZ_TOOLS)"; \
+	else \
+	  $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(FUZZ_TOOLS); \
+	fi
+
+fuzz-build: fuzz-tools
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+
+# Every target of FUZZ_TARGETS for FUZZ_RUN_SECONDS, even after a failure;
+# then the failures, with their inputs, and a non-zero exit.
+.PHONY: fuzz-run
+fuzz-run:
+	@failed=; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_CORPUS)/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_RUN_SECONDS) s (corpus $(FUZZ_CORPUS)/$$t, seeds $(FUZZ_DIR)/seeds/$$t)"; \
+	  regressions=; [ -d $(FUZZ_DIR)/regressions/$$t ] && regressions=$(FUZZ_DIR)/regressions/$$t; \
+	  if ! $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $$t $(FUZZ_CORPUS)/$$t $(FUZZ_DIR)/seeds/$$t $$regressions -- \
+	       -max_total_time=$(FUZZ_RUN_SECONDS) $(LIBFUZZER_FLAGS); then \
+	    failed="$$failed $$t"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then \
+	  for t in $$failed; do \
+	    echo "fuzz: $$t FAILED; its inputs:" >&2; \
+	    ls -t $(FUZZ_DIR)/artifacts/$$t/* 2>/dev/null | sed 's/^/  /' >&2 || true; \
+	  done; \
+	  echo 'fuzz: reproduce with: PATH=$(FUZZ_TOOLS)/bin:$$PATH rustup run $(FUZZ_TOOLCHAIN) cargo fuzz run $(FUZZ_BUILD_FLAGS) <target> <input>' >&2; \
+	  exit 1; \
+	fi; \
+	echo "fuzz: every target ran $(FUZZ_RUN_SECONDS) s without a failure"
 
 integration: build setup tls-cert sim chromium
 	CHROMIUM='$(CHROMIUM)' $(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
