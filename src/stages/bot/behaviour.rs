@@ -1342,16 +1342,24 @@ mod tests {
                     for i in (worker..64).step_by(2) {
                         for who in 0..CLIENTS {
                             let path = &paths[who as usize][i];
-                            let seen = observe(
-                                &f.cfg,
-                                client(who),
-                                route("default"),
-                                path.as_bytes(),
-                                T0,
-                                &f.store,
-                                &f.metrics,
-                            );
-                            assert!(seen.is_ok_and(|s| !s.untracked));
+                            // A worker that loses every compare-and-swap of one
+                            // call (a loaded test machine can deschedule it that
+                            // long) tries the request again: what is tested is
+                            // that no update is lost, not the retry bound.
+                            let seen = (0..100)
+                                .map(|_| {
+                                    observe(
+                                        &f.cfg,
+                                        client(who),
+                                        route("default"),
+                                        path.as_bytes(),
+                                        T0,
+                                        &f.store,
+                                        &f.metrics,
+                                    )
+                                })
+                                .find(|r| r != &Err(StoreError::CasMismatch));
+                            assert!(seen.is_some_and(|r| r.is_ok_and(|s| !s.untracked)));
                         }
                     }
                 });
