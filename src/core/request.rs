@@ -77,9 +77,37 @@ impl<'a> HeaderMap<'a> {
         self.pairs.iter().map(|(n, _)| *n)
     }
 
+    /// Every value of cookie `name`, across the `cookie` headers (HTTP/2
+    /// may split them), in order.
+    pub fn cookies<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        self.get_all("cookie")
+            .flat_map(move |line| cookie_values(line, name))
+    }
+
     pub fn get_str(&self, name: &str) -> Option<&'a str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
+}
+
+/// Every value of cookie `name` in a `cookie` header value, in order (a
+/// browser sends a parent path's or domain's cookie of the same name too).
+pub fn cookie_values<'a, 'n>(
+    cookie_header: &'a [u8],
+    name: &'n str,
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    cookie_header.split(|&b| b == b';').filter_map(move |pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
+        if n.trim_ascii() != name.as_bytes() {
+            return None;
+        }
+        let v = v.trim_ascii();
+        Some(
+            v.strip_prefix(b"\"")
+                .and_then(|q| q.strip_suffix(b"\""))
+                .unwrap_or(v),
+        )
+    })
 }
 
 /// Encodes pairs in the proxy-wasm map format (tests and the glue's header

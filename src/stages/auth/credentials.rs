@@ -362,12 +362,10 @@ fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Result<
                         .map(str::trim_start),
                 }
             }),
-            TokenSource::Cookie(name) => headers.get_all("cookie").find_map(|line| {
-                std::str::from_utf8(line).ok()?.split(';').find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    (k == name).then_some(v.trim_matches('"'))
-                })
-            }),
+            TokenSource::Cookie(name) => headers
+                .cookies(name)
+                .next()
+                .and_then(|v| std::str::from_utf8(v).ok()),
         };
         if let Some(token) = found {
             return Ok(token);

@@ -458,26 +458,8 @@ pub fn cookie<'a>(cookie_header: &'a [u8], name: &str) -> Option<&'a [u8]> {
     cookies(cookie_header, name).next()
 }
 
-/// Every value of cookie `name` in a `cookie` header value, in order (a
-/// browser sends a parent path's or domain's cookie of the same name too).
-pub fn cookies<'a, 'n>(
-    cookie_header: &'a [u8],
-    name: &'n str,
-) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-    cookie_header.split(|&b| b == b';').filter_map(move |pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
-        if n.trim_ascii() != name.as_bytes() {
-            return None;
-        }
-        let v = v.trim_ascii();
-        Some(
-            v.strip_prefix(b"\"")
-                .and_then(|q| q.strip_suffix(b"\""))
-                .unwrap_or(v),
-        )
-    })
-}
+/// Every value of cookie `name` in a `cookie` header value, in order.
+pub use crate::core::request::cookie_values as cookies;
 
 /// The `Set-Cookie` value for a pass. `HttpOnly`: page scripts never need
 /// it; `SameSite=Lax`: sent on top-level navigations from other sites, so

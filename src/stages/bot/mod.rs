@@ -154,17 +154,6 @@ fn binding(facts: &Facts<'_>) -> Binding {
     }
 }
 
-/// Every cookie named `name` the request carries (HTTP/2 may split the
-/// `cookie` header in several).
-fn cookies<'a, 'h>(
-    headers: &'a HeaderMap<'h>,
-    name: &'static str,
-) -> impl Iterator<Item = &'h [u8]> + 'a {
-    headers
-        .get_all("cookie")
-        .flat_map(move |value| challenge::cookies(value, name))
-}
-
 /// Whether the request proves a solved challenge: a valid pass, or a valid
 /// solution, which earns a pass (added to `set_cookies`). Stateless: the
 /// proofs are checked by their MAC, binding and expiry alone.
@@ -180,9 +169,10 @@ fn proof(
     let solutions = headers
         .get(challenge::SOLUTION_HEADER)
         .into_iter()
-        .chain(cookies(headers, challenge::SOLUTION_COOKIE))
+        .chain(headers.cookies(challenge::SOLUTION_COOKIE))
         .take(MAX_PROOFS);
-    let mut passes = cookies(headers, challenge::PASS_COOKIE)
+    let mut passes = headers
+        .cookies(challenge::PASS_COOKIE)
         .take(MAX_PROOFS)
         .peekable();
     let mut solutions = solutions.peekable();
