@@ -646,7 +646,10 @@ mod tests {
 
     mod bot;
     use crate::core::metrics::MemoryMetrics;
-    use crate::core::request::encode_map;
+    use crate::core::request::{encode_map, encode_raw_map};
+
+    /// A header pair as HTTP/2 may hand it over: bytes, not text.
+    type RawPair<'a> = (&'a [u8], &'a [u8]);
     use crate::stages::auth::jwks;
     use crate::stages::integrity::signature;
     use crate::state::host::{Clock, StoreError};
@@ -800,25 +803,6 @@ mod tests {
         assert_eq!(counts[..3], [0, 0, 0]);
     }
 
-    /// `encode_map` over raw bytes: HTTP/2 hands the filter bytes that are
-    /// not UTF-8.
-    type RawPair<'a> = (&'a [u8], &'a [u8]);
-
-    fn raw_map(pairs: &[RawPair<'_>]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (n, v) in pairs {
-            out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in pairs {
-            out.extend_from_slice(n);
-            out.push(0);
-            out.extend_from_slice(v);
-            out.push(0);
-        }
-        out
-    }
-
     #[test]
     fn unreadable_pseudo_headers_are_refused_not_classified_as_default() {
         // Without the fix, `/login?q=\xff` read as "" and skipped login-ip.
@@ -847,7 +831,7 @@ mod tests {
             ),
         ];
         for (pairs, reason) in cases {
-            let bytes = raw_map(pairs);
+            let bytes = encode_raw_map(pairs);
             let headers = HeaderMap::decode(&bytes).unwrap_or_default();
             let verdict = f.engine.evaluate(&headers, &|| None, &f.services());
             let Verdict::Respond(r) = verdict else {
@@ -858,7 +842,7 @@ mod tests {
         }
         // Monitor mode does not let such a request through either.
         let monitor = Fixture::new(&LOGIN.replacen('{', r#"{"mode": "monitor","#, 1));
-        let bytes = raw_map(&[(b":method", b"POST"), (b":path", b"/login?\xff")]);
+        let bytes = encode_raw_map(&[(b":method", b"POST"), (b":path", b"/login?\xff")]);
         let headers = HeaderMap::decode(&bytes).unwrap_or_default();
         assert!(matches!(
             monitor

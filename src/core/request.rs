@@ -113,6 +113,16 @@ pub fn cookie_values<'a, 'n>(
 /// Encodes pairs in the proxy-wasm map format (tests and the glue's header
 /// writes use it).
 pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let bytes: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    encode_raw_map(&bytes)
+}
+
+/// [`encode_map`] over bytes: HTTP/2 hands the filter values that are not
+/// UTF-8 (tests and the fuzzers build such maps).
+pub fn encode_raw_map(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
     for (name, value) in pairs {
@@ -120,9 +130,9 @@ pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
         out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
     }
     for (name, value) in pairs {
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name);
         out.push(0);
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.push(0);
     }
     out

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade::core::request::HeaderMap;
+use palisade::core::request::{encode_raw_map, HeaderMap};
 
 #[path = "common.rs"]
 mod common;
@@ -67,24 +67,6 @@ const PATHS: &[&[u8]] = &[
 /// fields (index into `NAMES`, value), the body.
 type Input = (u8, u8, u8, u8, u16, Vec<(u8, Vec<u8>)>, Vec<u8>);
 
-/// The proxy-wasm map format (see `HeaderMap::decode`); `encode_map` only
-/// takes `&str`.
-fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (n, v) in pairs {
-        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (n, v) in pairs {
-        out.extend_from_slice(n);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
 fuzz_target!(|input: Input| {
     let (selector, method, path, times, step_ms, fields, body) = input;
     let mut pairs: Vec<(&[u8], &[u8])> = vec![
@@ -102,7 +84,7 @@ fuzz_target!(|input: Input| {
             None => pairs.push((name, value)),
         }
     }
-    let map = encode(&pairs);
+    let map = encode_raw_map(&pairs);
     let Some(headers) = HeaderMap::decode(&map) else {
         panic!("a map we encoded did not decode");
     };
