@@ -96,6 +96,8 @@ def test_listener_layout(config):
         hcm = deploy.hcm_of(ls[name])
         for flag in ("normalize_path", "merge_slashes"):
             assert hcm.get(flag) is True, f"{config.label} {name}: {flag} must be true (README, routes)"
+        for timeout in ("request_headers_timeout", "request_timeout"):
+            assert hcm.get(timeout), f"{config.label} {name}: {timeout} bounds slow clients (README, Security review)"
         names = [f["name"] for f in hcm["http_filters"]]
         assert names[-1] == "envoy.filters.http.router", f"{config.label} {name}: {names}"
         assert names.index("envoy.filters.http.header_mutation") < names.index("palisade"), (

@@ -964,6 +964,70 @@ def test_slowloris_body_does_not_block(env):
             s.close()
 
 
+def test_slowloris_bodies_end_at_the_request_timeout(tmp_path, artefacts):
+    """With the HTTP connection manager's `request_timeout` (what README
+    recommends for production), a body that never finishes ends with Envoy's
+    408 at the timeout: palisade, holding the request for its body check,
+    lets nothing through and keeps no state that outlives the stream (the
+    worker serves the next request, the VM logs no failure)."""
+    up = Upstream().start()
+    inst = harness.EnvoyInstance(
+        CONFIG,
+        concurrency=2,
+        extra_routes=[{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}],
+        extra_clusters=[up.cluster("upstream")],
+        workdir=tmp_path / "envoy",
+    )
+    bootstrap = json.loads(inst.config_path.read_text())
+    listener = bootstrap["static_resources"]["listeners"][0]
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["request_timeout"] = "2s"
+    inst.config_path.write_text(json.dumps(bootstrap))
+    socks: list[socket.socket] = []
+    try:
+        inst.start()
+        body = b'{"amount": 5}'
+        heads = [("/payments", signed_payment(inst, body)) for _ in range(3)]
+        heads += [("/oauth/token", [("content-type", "text/plain")])] * 3
+        for path, headers in heads:
+            s = socket.create_connection(("127.0.0.1", inst.port), timeout=20)
+            s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1:%d\r\ncontent-length: 1000\r\n"
+                      % inst.port + b"".join(b(k) + b": " + b(v) + b"\r\n" for k, v in headers) + b"\r\n" + b"x")
+            socks.append(s)
+        answers = []
+        deadline = time.monotonic() + 20
+        for s in socks:
+            got = b""
+            # Drip a byte every 200 ms (the stream is never idle) until Envoy answers.
+            while b"\r\n\r\n" not in got and time.monotonic() < deadline:
+                s.settimeout(0.2)
+                try:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                except socket.timeout:
+                    for other in socks:
+                        try:
+                            other.send(b"x")
+                        except OSError:
+                            pass
+            answers.append(got.split(b"\r\n", 1)[0])
+        assert answers == [b"HTTP/1.1 408 Request Timeout"] * len(socks), answers
+        # Held by palisade for its body check, none was forwarded (not even its headers).
+        assert inst.stats().get("cluster.upstream.upstream_rq_total", 0) == 0, "a slow request went upstream"
+        for _ in range(4):
+            r = h1(inst, "POST", "/payments", signed_payment(inst, body), body)
+            assert r is not None and r[0] == 200, r and r[:2]
+        assert inst.stats()["cluster.upstream.upstream_rq_total"] == 4
+        bad = [line for line in inst.log_text().splitlines() if "wasm" in line.lower() and CRASH.search(line)]
+        assert not bad, bad[:3]
+    finally:
+        for s in socks:
+            s.close()
+        inst.stop()
+        up.stop()
+
+
 # --------------------------------------------------------------------------
 # 6. Aftermath
 # --------------------------------------------------------------------------
