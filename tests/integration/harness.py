@@ -368,15 +368,6 @@ def h2_request(
     return status, got, bytes(data)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0,
-    read it, close). Only where port 0 will not do: another process may take
-    it before the caller binds it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _admin_get(port: int, path: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.read().decode("utf-8", "replace")
@@ -431,7 +422,6 @@ class EnvoyInstance:
         self.lds_dir: Path | None = None
         self.lds_path: Path | None = None
         self._lds_version = 0
-        self._lds_port: int | None = None
         text = bootstrap_yaml(config, **self._bootstrap_args)
         if lds:
             text = self._lds_bootstrap(config, text)
@@ -549,10 +539,13 @@ class EnvoyInstance:
         served by LDS (``path_config_source`` with a ``watched_directory``,
         v3 API); clusters stay static.
 
-        The listener gets a fixed port picked here (bind 127.0.0.1:0, read,
-        close) rather than port 0: every update then names the same address,
-        so Envoy updates the listener in place (its socket is kept) instead
-        of seeing a listener whose address changed."""
+        The listener keeps port 0 in every update: an update that changes
+        only the filter chain (palisade's configuration) is done in place
+        (``listener_manager.listener_in_place_updated``) and keeps the
+        listening socket, so the port the kernel picked at start stays
+        (Envoy 1.40; :meth:`replace_palisade_config` checks it). Port 0
+        avoids picking a "free" port here that another process could take
+        before Envoy binds it."""
         bootstrap = json.loads(static_text)
         bootstrap["static_resources"].pop("listeners", None)
         if not bootstrap["static_resources"]:
@@ -560,7 +553,6 @@ class EnvoyInstance:
         self.lds_dir = self.dir / "lds"
         self.lds_dir.mkdir(exist_ok=True)
         self.lds_path = self.lds_dir / "listeners.json"
-        self._lds_port = free_port()
         # A subscription needs a node identity, even from a file.
         bootstrap["node"] = {"id": "palisade-itest", "cluster": "palisade-itest"}
         bootstrap["dynamic_resources"] = {
@@ -581,7 +573,6 @@ class EnvoyInstance:
         path (Envoy reads the file when the rename lands in the directory)."""
         assert self.lds_dir is not None and self.lds_path is not None
         listener = json.loads(bootstrap_yaml(config, **self._bootstrap_args))["static_resources"]["listeners"][0]
-        listener["address"]["socket_address"]["port_value"] = self._lds_port
         listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
         self._lds_version += 1
         doc = {"version_info": str(self._lds_version), "resources": [listener]}

@@ -164,6 +164,10 @@ VM_FAILURE = re.compile(
     re.IGNORECASE,
 )
 REFUSED_PLUGIN = "Plugin palisade failed to load"
+# ...followed, for the refused filter configuration, by one line per thread
+# (main and each worker) from the wasm filter's `fail_open: false`: the
+# configuration that failed is never installed, no request goes through it.
+FAIL_CLOSED = "Plugin configured to fail closed failed to load"
 
 
 def vm_failures(log: str) -> list[str]:
@@ -305,6 +309,8 @@ def test_reload_under_traffic_takes_effect_and_every_answer_is_deliberate(envoy)
     # Every keep-alive connection open at the reload was drained (immediate
     # strategy), and its thread carried on on a new connection.
     assert sum(traffic.drained.values()) >= 4, dict(traffic.drained)
+    # Updated in place: same listening socket, same port (the harness checks the port).
+    assert e.stats().get("listener_manager.listener_in_place_updated") == 1
     workers = e.workers_with_connections()
     assert len(workers) >= 2, f"connections reached only workers {workers}"
     log = e.log_text()
@@ -435,6 +441,7 @@ def test_an_invalid_config_is_refused_and_the_old_one_keeps_serving(envoy):
     assert not vm_failures(log), vm_failures(log)[:10]
     # One refusal per invalid update, on the main thread: no worker loaded it.
     assert log.count(REFUSED_PLUGIN) == len(INVALID), [l for l in log.splitlines() if REFUSED_PLUGIN in l]
+    assert log.count(FAIL_CLOSED) == len(INVALID) * (e.concurrency + 1), log.count(FAIL_CLOSED)
     assert e.proc.poll() is None, "Envoy exited"
 
 
