@@ -369,9 +369,10 @@ def test_ban_and_exhausted_bucket_survive_a_reload_that_adds_and_reorders_rules(
 
 def test_a_rule_whose_limits_change_starts_fresh_buckets_and_bans(envoy):
     """Recorded behaviour (stages/limits/mod.rs, slot_of): a rule's capacity
-    and refill are part of its slot key, so changing them gives every client
-    a fresh record, which also holds the ban: a client banned by that rule is
-    free after the reload. Rules left unchanged keep theirs."""
+    and refill are part of its slot key (with its name), so changing them
+    gives every client a fresh record, which also holds the ban: a client
+    banned by that rule is free after the reload. Rules left unchanged keep
+    theirs."""
     e = start(envoy, CONFIG_A)
     banned, hoarder = fresh_ip(), fresh_ip()
     ban(e, banned)
@@ -388,6 +389,11 @@ def test_a_rule_whose_limits_change_starts_fresh_buckets_and_bans(envoy):
     reload(e, config(longer_refill, bigger_hoard, BULK_RULE))
     assert answers(e, "/login", banned, 1) == [(200, None)], "the changed rule kept its old ban record"
     assert answers(e, "/api/items", hoarder, 1) == [(429, "rl.exhausted")]
+
+    # The name is part of the key too: a renamed rule starts afresh.
+    renamed = dict(bigger_hoard, name="hoard-ip-2")
+    reload(e, config(longer_refill, renamed, BULK_RULE))
+    assert answers(e, "/api/items", hoarder, 5) == [(200, None)] * 4 + [(429, "rl.exhausted")]
 
 
 def test_changing_the_table_size_keeps_only_keys_whose_home_page_stays(envoy):
