@@ -390,7 +390,13 @@ class EnvoyInstance:
         extra_clusters: list[dict] | None = None,
         more_palisades: dict[str, dict | str] | None = None,
         pre_filters: list[dict] | None = None,
+        lds: bool = False,
+        extra_args: list[str] | None = None,
     ) -> None:
+        """``lds=True``: the ``ingress`` listener is not static but delivered
+        by LDS from a file Envoy watches (see :meth:`replace_palisade_config`).
+        ``extra_args`` are more Envoy command-line arguments (e.g.
+        ``["--drain-strategy", "immediate", "--drain-time-s", "2"]``)."""
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
         self.config = config
@@ -404,17 +410,22 @@ class EnvoyInstance:
         self.log_path = self.dir / "envoy.log"
         self.admin_address_path = self.dir / "admin_address"
         self.base_id = _unique_base_id()
-        self.config_path.write_text(
-            bootstrap_yaml(
-                config,
-                wasm=self.wasm,
-                extra_routes=extra_routes,
-                stats_tags=stats_tags,
-                extra_clusters=extra_clusters,
-                more_palisades=more_palisades,
-                pre_filters=pre_filters,
-            )
-        )
+        self._bootstrap_args: dict[str, Any] = {
+            "wasm": self.wasm,
+            "extra_routes": extra_routes,
+            "stats_tags": stats_tags,
+            "extra_clusters": extra_clusters,
+            "more_palisades": more_palisades,
+            "pre_filters": pre_filters,
+        }
+        self.extra_args = list(extra_args or [])
+        self.lds_dir: Path | None = None
+        self.lds_path: Path | None = None
+        self._lds_version = 0
+        text = bootstrap_yaml(config, **self._bootstrap_args)
+        if lds:
+            text = self._lds_bootstrap(config, text)
+        self.config_path.write_text(text)
         self.log_level = log_level
         self.component_log_level = component_log_level
         self.proc: subprocess.Popen | None = None
@@ -445,7 +456,7 @@ class EnvoyInstance:
         ]
         if self.component_log_level:
             cmd += ["--component-log-level", self.component_log_level]
-        return cmd + _EXTRA_ARGS
+        return cmd + self.extra_args + _EXTRA_ARGS
 
     def _spawn(self, mode: str = "serve") -> subprocess.Popen:
         # stdout/stderr also go to a file: early failures (bad flags, crashes
@@ -521,6 +532,113 @@ class EnvoyInstance:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    # -- LDS (lds=True) ----------------------------------------------------
+    def _lds_bootstrap(self, config: dict | str, static_text: str) -> str:
+        """Moves the ``ingress`` listener of the static bootstrap into a file
+        served by LDS (``path_config_source`` with a ``watched_directory``,
+        v3 API); clusters stay static.
+
+        The listener keeps port 0 in every update: an update that changes
+        only the filter chain (palisade's configuration) is done in place
+        (``listener_manager.listener_in_place_updated``) and keeps the
+        listening socket, so the port the kernel picked at start stays
+        (Envoy 1.40; :meth:`replace_palisade_config` checks it). Port 0
+        avoids picking a "free" port here that another process could take
+        before Envoy binds it."""
+        bootstrap = json.loads(static_text)
+        bootstrap["static_resources"].pop("listeners", None)
+        if not bootstrap["static_resources"]:
+            del bootstrap["static_resources"]
+        self.lds_dir = self.dir / "lds"
+        self.lds_dir.mkdir(exist_ok=True)
+        self.lds_path = self.lds_dir / "listeners.json"
+        # A subscription needs a node identity, even from a file.
+        bootstrap["node"] = {"id": "palisade-itest", "cluster": "palisade-itest"}
+        bootstrap["dynamic_resources"] = {
+            "lds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": str(self.lds_path),
+                    "watched_directory": {"path": str(self.lds_dir)},
+                },
+            }
+        }
+        self._write_listener(config)
+        return json.dumps(bootstrap, indent=2)
+
+    def _write_listener(self, config: dict | str) -> None:
+        """Writes the LDS file for ``config`` atomically: a temporary file
+        beside the watched directory, then ``os.rename`` onto the watched
+        path (Envoy reads the file when the rename lands in the directory)."""
+        assert self.lds_dir is not None and self.lds_path is not None
+        listener = json.loads(bootstrap_yaml(config, **self._bootstrap_args))["static_resources"]["listeners"][0]
+        listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
+        self._lds_version += 1
+        doc = {"version_info": str(self._lds_version), "resources": [listener]}
+        fd, tmp = tempfile.mkstemp(prefix=".listeners-", suffix=".json", dir=str(self.lds_dir.parent))
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+        os.rename(tmp, self.lds_path)
+
+    def lds_counts(self) -> tuple[int, int]:
+        """(``listener_manager.lds.update_success``, ``..update_rejected``)."""
+        stats = self.stats()
+        return (
+            int(stats.get("listener_manager.lds.update_success", 0)),
+            int(stats.get("listener_manager.lds.update_rejected", 0)),
+        )
+
+    def replace_palisade_config(self, config: dict | str, timeout: float = 30.0) -> bool:
+        """Delivers a new ``ingress`` listener with palisade configured with
+        ``config`` (same listener name, address, vm_id and filter chain
+        otherwise) through the LDS file, and waits until Envoy has taken it
+        (``listener_manager.lds.update_success`` increased: ``True``) or
+        refused it (``update_rejected`` increased: ``False``). Requires
+        ``lds=True``. After a success, ``self.port`` is re-read and must not
+        have changed."""
+        if self.lds_path is None:
+            raise HarnessError("replace_palisade_config needs an EnvoyInstance started with lds=True")
+        success0, rejected0 = self.lds_counts()
+        self._write_listener(config)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise HarnessError(f"Envoy exited (code {self.proc.returncode}) after a listener update")
+            success, rejected = self.lds_counts()
+            if rejected > rejected0:
+                return False
+            if success > success0:
+                port = self._listener_port()
+                if port != self.port:
+                    raise HarnessError(f"listener 'ingress' moved from port {self.port} to {port} on update")
+                return True
+            time.sleep(0.05)
+        raise HarnessError(
+            f"Envoy neither accepted nor rejected the listener update within {timeout}s "
+            f"(update_success {success0}, update_rejected {rejected0}).\n{self.log_tail()}"
+        )
+
+    def wait_update_applied(self, timeout: float = 60.0) -> None:
+        """After a successful :meth:`replace_palisade_config`: waits until no
+        listener is warming and no old filter chain or listener is draining.
+        Envoy counts the in-place update (``listener_in_place_updated``) and
+        starts the drain on its main thread when the new filter chains have
+        been handed to the workers, and ends it after ``--drain-time-s``, when
+        the old chains' connections are closed: from then on every connection
+        runs the new configuration."""
+        deadline = time.monotonic() + timeout
+        gauges: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            gauges = {
+                k: int(stats.get(f"listener_manager.{k}", 0))
+                for k in ("total_listeners_warming", "total_filter_chains_draining", "total_listeners_draining")
+            }
+            if not any(gauges.values()):
+                return
+            time.sleep(0.05)
+        raise HarnessError(f"listener update not applied within {timeout}s: {gauges}")
 
     # -- logs --------------------------------------------------------------
     def log_text(self) -> str:
