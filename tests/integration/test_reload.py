@@ -367,12 +367,12 @@ def test_ban_and_exhausted_bucket_survive_a_reload_that_adds_and_reorders_rules(
     assert answers(e, "/api/items", other, 3) == [(200, None)] * 2 + [(429, "rl.exhausted")]
 
 
-def test_a_rule_whose_limits_change_starts_fresh_buckets_and_bans(envoy):
-    """Recorded behaviour (stages/limits/mod.rs, slot_of): a rule's capacity
-    and refill are part of its slot key (with its name), so changing them
-    gives every client a fresh record, which also holds the ban: a client
-    banned by that rule is free after the reload. Rules left unchanged keep
-    theirs."""
+def test_a_rule_whose_limits_change_starts_fresh_buckets_but_keeps_its_bans(envoy):
+    """A reload that changes a rule's capacity or refill gives every client
+    a fresh bucket (a bucket's state only means something under its own
+    limits) but keeps its ban and strikes: tightening a limit during an
+    attack must not free the attackers already banned. A rule is known by
+    its name: a renamed rule is a new rule and starts afresh."""
     e = start(envoy, CONFIG_A)
     banned, hoarder = fresh_ip(), fresh_ip()
     ban(e, banned)
@@ -387,13 +387,17 @@ def test_a_rule_whose_limits_change_starts_fresh_buckets_and_bans(envoy):
 
     longer_refill = dict(LOGIN_RULE, refill={"tokens": 1, "every": "2h"})
     reload(e, config(longer_refill, bigger_hoard, BULK_RULE))
-    assert answers(e, "/login", banned, 1) == [(200, None)], "the changed rule kept its old ban record"
+    r = ask(e, "/login", banned)
+    assert (r[0], harness.reason_of(r)) == (403, "ban.active"), f"the changed rule freed its banned client: {show(r)}"
     assert answers(e, "/api/items", hoarder, 1) == [(429, "rl.exhausted")]
 
-    # The name is part of the key too: a renamed rule starts afresh.
+    # The name is the rule's identity: a renamed rule starts afresh, bans included.
     renamed = dict(bigger_hoard, name="hoard-ip-2")
     reload(e, config(longer_refill, renamed, BULK_RULE))
     assert answers(e, "/api/items", hoarder, 5) == [(200, None)] * 4 + [(429, "rl.exhausted")]
+    renamed_login = dict(longer_refill, name="login-ip-2")
+    reload(e, config(renamed_login, renamed, BULK_RULE))
+    assert answers(e, "/login", banned, 1) == [(200, None)], "a renamed rule kept the old rule's ban"
 
 
 def test_changing_the_table_size_keeps_only_keys_whose_home_page_stays(envoy):

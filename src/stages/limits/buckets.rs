@@ -77,6 +77,8 @@ pub struct Rule {
     pub counts: Counts,
     /// Microseconds per token; `None` when the bucket never refills.
     interval_us: Option<u64>,
+    /// Stamp of `capacity` and `refill` kept in the records (never 0).
+    limits_stamp: u16,
 }
 
 /// The outcome of taking one token.
@@ -88,6 +90,41 @@ pub struct Take {
     /// Allowed: µs until the bucket is full again. Refused: µs until the next
     /// token. `None` for buckets that never refill.
     pub wait_us: Option<u64>,
+}
+
+/// A rate-limit record's `last_violation_ms` holds the time in its low 48
+/// bits (until the year 10889) and the stamp of the limits its bucket state
+/// was written under in its top 16 (0: unknown).
+const TIME_MASK: u64 = (1 << 48) - 1;
+
+fn violation_ms(record: &Record) -> u64 {
+    record.last_violation_ms & TIME_MASK
+}
+
+fn set_violation_ms(record: &mut Record, ms: u64) {
+    record.last_violation_ms = (record.last_violation_ms & !TIME_MASK) | ms.min(TIME_MASK);
+}
+
+fn limits_of(record: &Record) -> u16 {
+    (record.last_violation_ms >> 48) as u16
+}
+
+fn set_limits(record: &mut Record, stamp: u16) {
+    record.last_violation_ms = violation_ms(record) | (u64::from(stamp) << 48);
+}
+
+/// A bucket's state only means something under the limits it was written
+/// with; the stamp tells them apart (a change has a 1 in 65,535 chance of
+/// keeping the old state, which then drains or refills under the new
+/// limits). Stable across processes: records outlive a reload.
+fn limits_stamp(capacity: u32, refill: Option<Refill>) -> u16 {
+    let (tokens, every_ms) = refill.map_or((0, 0), |r| (r.tokens, r.every_ms));
+    let mut z = u64::from(capacity) ^ u64::from(tokens).rotate_left(32) ^ every_ms.rotate_left(17);
+    // splitmix64's finalizer: every input bit reaches the low 16.
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z as u16).max(1)
 }
 
 fn ceil_seconds(us: u64) -> u64 {
@@ -124,6 +161,7 @@ impl Rule {
             ban,
             counts: Counts::Requests,
             interval_us,
+            limits_stamp: limits_stamp(capacity, refill),
         }
     }
 
@@ -233,7 +271,7 @@ impl BanPolicy {
     pub fn decayed(&self, record: &Record, now_ms: u64) -> (u8, u16) {
         // A violation "in the future" (the wall clock stepped back) counts
         // as now: strikes and levels then decay from now, not from then.
-        let last_violation_ms = record.last_violation_ms.min(now_ms);
+        let last_violation_ms = violation_ms(record).min(now_ms);
         let anchor = last_violation_ms.max(record.banned_until_ms);
         let level = if now_ms > anchor {
             let periods = (now_ms - anchor) / self.decay_ms;
@@ -256,7 +294,7 @@ impl BanPolicy {
         let (level, strikes) = self.decayed(record, now_ms);
         record.level = level;
         record.strikes = strikes.saturating_add(1);
-        record.last_violation_ms = now_ms;
+        set_violation_ms(record, now_ms);
         if u32::from(record.strikes) < self.after {
             return false;
         }
@@ -312,7 +350,7 @@ fn rebase(record: &mut Record, rule: &Rule, now_ms: u64) -> bool {
             record.state = record.state.saturating_sub(step_ms.saturating_mul(1000));
         }
         record.banned_until_ms = back(record.banned_until_ms);
-        record.last_violation_ms = back(record.last_violation_ms);
+        set_violation_ms(record, back(violation_ms(record)));
     }
     record.updated_s = seconds(now_ms);
     step_ms > 0
@@ -348,15 +386,14 @@ impl Tenant for Limiter<'_> {
             None => return u64::MAX,
         };
         let level = if record.level > 0 {
-            record
-                .last_violation_ms
+            violation_ms(record)
                 .max(record.banned_until_ms)
                 .saturating_add(u64::from(record.level).saturating_mul(self.bans.decay_ms))
         } else {
             0
         };
         let strikes = if record.strikes > 0 {
-            record.last_violation_ms.saturating_add(self.bans.decay_ms)
+            violation_ms(record).saturating_add(self.bans.decay_ms)
         } else {
             0
         };
@@ -385,6 +422,13 @@ impl Limiter<'_> {
                 // The rule index follows reloads that reorder rules.
                 record.rule = rule.index;
                 let mut write = rebase(record, rule, now_ms);
+                if limits_of(record) != rule.limits_stamp {
+                    // Limits changed by a reload (or a record of an older
+                    // build): a fresh bucket; ban, level and strikes stay.
+                    write |= record.state != 0;
+                    record.state = 0;
+                    set_limits(record, rule.limits_stamp);
+                }
                 let outcome = self.judge(rule, record, &mut write, now_ms, charge);
                 (write, outcome)
             },
@@ -830,6 +874,86 @@ mod tests {
             })
             .sum();
         assert_eq!(tagged, 1, "one record for the key");
+    }
+
+    #[test]
+    fn new_limits_start_a_fresh_bucket_but_keep_the_ban_and_strikes() {
+        let (store, metrics) = limiter_fixture(1);
+        let b = BanPolicy {
+            after: 2,
+            ..hour_bans()
+        };
+        let check = |rule: &Rule, key: u64, now: u64| {
+            let rules = [rule.clone()];
+            let limiter = Limiter {
+                rules: &rules,
+                bans: &b,
+                store: &store,
+                metrics: &metrics,
+            };
+            limiter.check(rule, at(key, 0, 1), now, Charge::Take)
+        };
+        let hourly = |capacity| {
+            rule(
+                capacity,
+                Some(Refill {
+                    tokens: 1,
+                    every_ms: 3_600_000,
+                }),
+                true,
+            )
+        };
+        let (before, after) = (hourly(1), hourly(2));
+        // Key 1 banned, key 2 with an empty bucket and one strike.
+        for now in [T0, T0 + 1, T0 + 2] {
+            let _ = check(&before, 1, now);
+        }
+        assert!(matches!(
+            check(&before, 1, T0 + 3),
+            Ok(RuleOutcome::Banned { .. })
+        ));
+        let _ = check(&before, 2, T0);
+        assert!(matches!(
+            check(&before, 2, T0 + 1),
+            Ok(RuleOutcome::Throttled {
+                ban_issued: false,
+                ..
+            })
+        ));
+
+        // A reload doubles the capacity: the ban holds, the bucket is fresh
+        // (two tokens) and the strike still counts towards the next ban.
+        assert!(matches!(
+            check(&after, 1, T0 + 10),
+            Ok(RuleOutcome::Banned { retry_after_s }) if retry_after_s > 3_500
+        ));
+        for now in [T0 + 10, T0 + 11] {
+            assert!(matches!(check(&after, 2, now), Ok(RuleOutcome::Allowed(_))));
+        }
+        assert!(matches!(
+            check(&after, 2, T0 + 12),
+            Ok(RuleOutcome::Throttled {
+                ban_issued: true,
+                ..
+            })
+        ));
+        // Unchanged limits keep the bucket as it is: after the ban, one
+        // token has come back in the hour, not a fresh bucket of two.
+        let later = T0 + 3_600_020;
+        assert!(matches!(
+            check(&after, 2, later),
+            Ok(RuleOutcome::Allowed(_))
+        ));
+        assert!(matches!(
+            check(&after, 2, later + 1),
+            Ok(RuleOutcome::Throttled { .. })
+        ));
+        assert_ne!(before.limits_stamp, after.limits_stamp);
+        assert_eq!(
+            after.limits_stamp,
+            hourly(2).limits_stamp,
+            "stable across builds of a rule"
+        );
     }
 
     #[test]

@@ -124,13 +124,8 @@ fn slot_of(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>, pages: u32) -> slots::
     let hash = ctx.keyed_hash(|h| {
         h.write(rule.name.as_bytes());
         h.write_u8(0xff);
-        // A reload that changes a rule's limits starts fresh buckets:
-        // a bucket's state only means something under its own limits.
-        h.write_u32(rule.capacity);
-        if let Some(refill) = rule.refill {
-            h.write_u32(refill.tokens);
-            h.write_u64(refill.every_ms);
-        }
+        // Not the limits: a reload that changes them keeps the record, its
+        // ban and strikes (`Rule::limits_stamp` resets only the bucket).
         if rule.key.ip {
             // The address is already cut to its prefix (`client_ip`).
             match facts.ip_key {
