@@ -34,53 +34,119 @@ import collections
 import hashlib
 import json
 import secrets
+import socket
 import threading
 import time
 import uuid
-from typing import Callable
+
+import h2.config
+import h2.connection
+import h2.events
 
 import harness
 import signing
 
 WORKERS = 4
+# HTTP/2 connections a burst is spread over (the kernel hands each to a
+# worker), each carrying its share of the burst as concurrent streams sent in
+# one write: every worker then runs its requests back to back, at the same
+# time as the others, which is what makes compare-and-swaps collide.
+CONNECTIONS = 16
 # Retries of one request answered 503 store.unavailable, before giving up.
 MAX_CONTENTION_RETRIES = 50
 
+Request = tuple[str, str, dict[str, str], bytes]  # method, path, headers, body
+
+
+def h2_streams(port: int, requests: list[Request], barrier: threading.Barrier, authority: str) -> list:
+    """``requests`` as concurrent streams of one HTTP/2 connection, all sent
+    in one write once ``barrier`` is passed; their responses, in order."""
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = h2.connection.H2Connection(config=config)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        barrier.wait()
+        ids = []
+        for method, path, headers, body in requests:
+            sid = conn.get_next_available_stream_id()
+            ids.append(sid)
+            block = [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path)]
+            block += [(k.lower(), v) for k, v in headers.items()]
+            conn.send_headers(sid, [(k.encode(), v.encode()) for k, v in block], end_stream=not body)
+            if body:
+                conn.send_data(sid, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status = dict.fromkeys(ids, 0)
+        got: dict[int, dict[str, str]] = {sid: {} for sid in ids}
+        data: dict[int, bytearray] = {sid: bytearray() for sid in ids}
+        open_streams = set(ids)
+        while open_streams:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise harness.HarnessError(f"HTTP/2: connection closed with {len(open_streams)} streams open")
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    for k, v in event.headers:
+                        k, v = k.decode("latin-1"), v.decode("latin-1")
+                        if k == ":status":
+                            status[event.stream_id] = int(v)
+                        else:
+                            got[event.stream_id][k] = v
+                elif isinstance(event, h2.events.DataReceived):
+                    data[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    open_streams.discard(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise harness.HarnessError(f"HTTP/2: stream reset (error code {event.error_code})")
+            sock.sendall(conn.data_to_send())
+    return [(status[sid], got[sid], bytes(data[sid])) for sid in ids]
+
 
 class Burst:
-    """Requests released together; each retried while 503 ``store.unavailable``."""
+    """Requests released together over :data:`CONNECTIONS` connections; each
+    answered 503 ``store.unavailable`` is counted and sent again."""
 
     def __init__(self, e: harness.EnvoyInstance) -> None:
         self.e = e
+        self.authority = f"127.0.0.1:{e.port}"
         self.contention = 0  # 503 store.unavailable answers (retried)
 
-    def run(self, jobs: list[Callable[[], harness.Response]]) -> list[harness.Response]:
-        n = len(jobs)
+    def run(self, requests: list[Request]) -> list[harness.Response]:
+        n = min(CONNECTIONS, len(requests))
+        # Round-robin: the requests of one key go over every connection.
+        shares = [list(range(i, len(requests), n)) for i in range(n)]
         barrier = threading.Barrier(n, timeout=120)
-        results: list = [None] * n
-        lock = threading.Lock()
+        answers: list = [None] * n
 
-        def worker(i: int) -> None:
+        def connection(c: int) -> None:
             try:
-                barrier.wait()
-                for _ in range(MAX_CONTENTION_RETRIES):
-                    resp = jobs[i]()
-                    if not is_contention(resp):
-                        break
-                    with lock:
-                        self.contention += 1
-                results[i] = resp
+                answers[c] = h2_streams(self.e.port, [requests[i] for i in shares[c]], barrier, self.authority)
             except Exception as exc:  # noqa: BLE001 - reported below
-                results[i] = exc
+                barrier.abort()
+                answers[c] = exc
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        threads = [threading.Thread(target=connection, args=(c,)) for c in range(n)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 240
         for t in threads:
             t.join(timeout=max(1.0, deadline - time.monotonic()))
-        errors = [r for r in results if not isinstance(r, tuple)]
-        assert not errors, f"{len(errors)} of {n} requests failed at the client: {errors[:3]}"
+        errors = [a for a in answers if not isinstance(a, list)]
+        assert not errors, f"{len(errors)} of {n} connections failed at the client: {errors[:3]}"
+        results: list = [None] * len(requests)
+        for c, share in enumerate(shares):
+            for i, resp in zip(share, answers[c]):
+                results[i] = resp
+        for i, resp in enumerate(results):
+            for _ in range(MAX_CONTENTION_RETRIES):
+                if not is_contention(resp):
+                    break
+                self.contention += 1
+                method, path, headers, body = requests[i]
+                resp = harness.h2_request(self.e.port, method, path, headers, body, authority=self.authority)
+            results[i] = resp
         still = [r for r in results if is_contention(r)]
         assert not still, f"{len(still)} requests lost every compare-and-swap {MAX_CONTENTION_RETRIES} times"
         return results
@@ -129,8 +195,14 @@ def interleaved(per_key: dict[str, int]) -> list[str]:
     return out
 
 
-def get(e: harness.EnvoyInstance, path: str, headers: dict[str, str]) -> Callable[[], harness.Response]:
-    return lambda: e.request("GET", path, headers)
+def get(path: str, headers: dict[str, str]) -> Request:
+    return "GET", path, headers, b""
+
+
+def send(e: harness.EnvoyInstance, request: Request) -> harness.Response:
+    """One request alone, over HTTP/1.1 on a fresh connection."""
+    method, path, headers, body = request
+    return e.request(method, path, headers, body or None)
 
 
 XFF_CLIENT = {"source": "x-forwarded-for", "trusted_hops": 1}
@@ -140,16 +212,25 @@ XFF_CLIENT = {"source": "x-forwarded-for", "trusted_hops": 1}
 # 1. Buckets: many keys at once, and two rules at once
 # --------------------------------------------------------------------------
 def test_many_keys_each_get_exactly_their_capacity(envoy):
-    keys, capacity, per_key = 40, 5, 12
+    # 128 slots (8 pages of 16) for 40 keys: about 5 keys share each page, a
+    # full page sends keys to alternates, so the writes of different keys
+    # collide on one shared-data value. With `ban: true` (and a ban too far
+    # off to start) every throttled request writes its strike too, so every
+    # request of the burst is a compare-and-swap.
+    keys, capacity, per_key = 40, 5, 50
     cfg = {
         "version": 1,
         "client_ip": XFF_CLIENT,
-        "rate_limits": {"rules": [{"name": "per-ip", "key": ["ip"], "capacity": capacity, "refill": "none"}]},
+        "rate_limits": {
+            "slots": 128,
+            "rules": [{"name": "per-ip", "key": ["ip"], "capacity": capacity, "refill": "none", "ban": True}],
+        },
+        "bans": {"after": 10000},
     }
     e = envoy(cfg, concurrency=WORKERS)
     burst = Burst(e)
     order = interleaved({xff(k): per_key for k in range(keys)})
-    results = burst.run([get(e, f"/k/{i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
+    results = burst.run([get(f"/k/{i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
 
     by_key: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for ip, resp in zip(order, results):
@@ -162,7 +243,7 @@ def test_many_keys_each_get_exactly_their_capacity(envoy):
 
 
 def test_an_ip_rule_and_a_route_rule_are_both_exact(envoy):
-    keys, capacity, per_key, route_capacity = 40, 5, 10, 120
+    keys, capacity, per_key, route_capacity = 40, 5, 25, 120
     cfg = {
         "version": 1,
         "client_ip": XFF_CLIENT,
@@ -183,7 +264,7 @@ def test_an_ip_rule_and_a_route_rule_are_both_exact(envoy):
     e = envoy(cfg, concurrency=WORKERS)
     burst = Burst(e)
     order = interleaved({xff(k): per_key for k in range(keys)})
-    results = burst.run([get(e, f"/search?q={i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
+    results = burst.run([get(f"/search?q={i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
 
     # The ip rule runs first: a request it refuses never reaches the route
     # rule; one it lets through has taken its token even if the route rule
@@ -217,7 +298,7 @@ def test_the_overflow_bucket_holds_exactly_the_rules_capacity(envoy):
     # reclaimable, so once 32 keys hold a slot every other key goes through
     # the rule's one overflow bucket (palisade.rl.o.<rule>), which has the
     # rule's own capacity for all of them together.
-    slots, keys, capacity, per_key = 32, 56, 4, 8
+    slots, keys, capacity, per_key = 32, 56, 10, 25
     cfg = {
         "version": 1,
         "client_ip": XFF_CLIENT,
@@ -229,7 +310,7 @@ def test_the_overflow_bucket_holds_exactly_the_rules_capacity(envoy):
     e = envoy(cfg, concurrency=WORKERS)
     burst = Burst(e)
     order = interleaved({xff(k): per_key for k in range(keys)})
-    results = burst.run([get(e, f"/o/{i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
+    results = burst.run([get(f"/o/{i}", {"x-forwarded-for": ip}) for i, ip in enumerate(order)])
 
     by_key: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for ip, resp in zip(order, results):
@@ -271,7 +352,7 @@ def test_concurrent_violations_make_exactly_one_first_level_ban(envoy):
     # the ban), and 403 ban.active for all the others, with a first-level
     # Retry-After (base, 60 s) and not the second level's 120 s a strike
     # counted twice would reach.
-    capacity, after, n = 5, 4, 60
+    capacity, after, n = 50, 100, 300
     cfg = {
         "version": 1,
         "client_ip": XFF_CLIENT,
@@ -281,7 +362,7 @@ def test_concurrent_violations_make_exactly_one_first_level_ban(envoy):
     e = envoy(cfg, concurrency=WORKERS)
     burst = Burst(e)
     ip = "198.51.100.7"
-    results = burst.run([get(e, f"/b/{i}", {"x-forwarded-for": ip}) for i in range(n)])
+    results = burst.run([get(f"/b/{i}", {"x-forwarded-for": ip}) for i in range(n)])
     got = collections.Counter(outcome(r) for r in results)
     assert got == {
         (200, None): capacity,
@@ -347,7 +428,7 @@ def test_a_failures_rule_takes_exactly_one_token_per_refusal(envoy):
     # and each took exactly one token: one more is verified, then the
     # bucket is empty and even the good key is refused before verification.
     ip = "198.51.100.20"
-    results = burst.run([get(e, f"/api/{i}", {**bad_key(i), "x-forwarded-for": ip}) for i in range(capacity - 1)])
+    results = burst.run([get(f"/api/{i}", {**bad_key(i), "x-forwarded-for": ip}) for i in range(capacity - 1)])
     got = collections.Counter(outcome(r) for r in results)
     assert got == {(401, "apikey.invalid"): capacity - 1}, dict(got)
     ok = e.request("GET", "/api/ok", {**good, "x-forwarded-for": ip})
@@ -358,13 +439,13 @@ def test_a_failures_rule_takes_exactly_one_token_per_refusal(envoy):
     after = [outcome(e.request("GET", "/api/x", {**h, "x-forwarded-for": ip})) for h in (bad_key(100), good)]
     assert after == [(429, "rl.exhausted")] * 2, f"a refusal was not counted: {after}"
 
-    # (b) three times the capacity at once, from another client: the checks
+    # (b) ten times the capacity at once, from another client: the checks
     # before verification only read the bucket, so requests that read it
     # before it emptied are verified (and refused) too; none passes, at
     # least the capacity is verified, and the bucket ends empty.
     ip2 = "198.51.100.21"
-    n = 3 * capacity
-    results = burst.run([get(e, f"/api/{i}", {**bad_key(i), "x-forwarded-for": ip2}) for i in range(n)])
+    n = 10 * capacity
+    results = burst.run([get(f"/api/{i}", {**bad_key(i), "x-forwarded-for": ip2}) for i in range(n)])
     got = collections.Counter(outcome(r) for r in results)
     assert set(got) <= {(401, "apikey.invalid"), (429, "rl.exhausted")}, dict(got)
     assert got[(401, "apikey.invalid")] >= capacity, dict(got)
@@ -388,9 +469,9 @@ REFRESH_CONFIG = {
 }
 
 
-def refresh_grant(e: harness.EnvoyInstance, token: str) -> Callable[[], harness.Response]:
+def refresh_grant(token: str) -> Request:
     body = f"grant_type=refresh_token&refresh_token={token}&client_id=web".encode()
-    return lambda: e.request("POST", "/oauth/token", FORM, body)
+    return "POST", "/oauth/token", FORM, body
 
 
 def test_refresh_tokens_pass_exactly_once_under_contention(envoy):
@@ -398,16 +479,16 @@ def test_refresh_tokens_pass_exactly_once_under_contention(envoy):
     burst = Burst(e)
 
     # One token, many copies at once.
-    n = 32
+    n = 100
     one = "rt_" + secrets.token_urlsafe(32)
-    got = collections.Counter(outcome(r) for r in burst.run([refresh_grant(e, one)] * n))
+    got = collections.Counter(outcome(r) for r in burst.run([refresh_grant(one)] * n))
     assert got == {(200, None): 1, (400, "oauth.refresh_reuse"): n - 1}, dict(got)
 
     # Many tokens at once: each alone passes; each in three copies passes once.
-    singles = ["rt_" + secrets.token_urlsafe(32) for _ in range(40)]
-    tripled = ["rt_" + secrets.token_urlsafe(32) for _ in range(30)]
+    singles = ["rt_" + secrets.token_urlsafe(32) for _ in range(100)]
+    tripled = ["rt_" + secrets.token_urlsafe(32) for _ in range(50)]
     tokens = singles + interleaved({t: 3 for t in tripled})
-    results = burst.run([refresh_grant(e, t) for t in tokens])
+    results = burst.run([refresh_grant(t) for t in tokens])
     by_token: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     index = {t: i for i, t in enumerate(singles + tripled)}
     for t, resp in zip(tokens, results):
@@ -419,7 +500,7 @@ def test_refresh_tokens_pass_exactly_once_under_contention(envoy):
     assert not wrong_tripled, f"tokens not accepted exactly once (by index): {wrong_tripled}"
     # Every accepted token is remembered afterwards.
     for t in (one, singles[0], singles[-1], tripled[0]):
-        assert outcome(refresh_grant(e, t)()) == (400, "oauth.refresh_reuse")
+        assert outcome(send(e, refresh_grant(t))) == (400, "oauth.refresh_reuse")
     figures = burst.spread()
     print(f"{figures}")
 
@@ -443,7 +524,7 @@ SIGNATURE_CONFIG = {
 def test_many_nonces_each_pass_once_while_their_copies_race(envoy):
     e = envoy(SIGNATURE_CONFIG, concurrency=WORKERS)
     burst = Burst(e)
-    distinct, copies = 40, 3
+    distinct, copies = 100, 3
     signed = []
     for i in range(distinct):
         target = f"/payments/{i}?ref={uuid.uuid4().hex}"
@@ -452,7 +533,7 @@ def test_many_nonces_each_pass_once_while_their_copies_race(envoy):
         )
         signed.append((target, h))
     order = interleaved({i: copies for i in range(distinct)})
-    results = burst.run([get(e, signed[i][0], signed[i][1]) for i in order])
+    results = burst.run([get(signed[i][0], signed[i][1]) for i in order])
     by_sig: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     for i, resp in zip(order, results):
         by_sig[i][outcome(resp)] += 1
@@ -482,7 +563,8 @@ BEHAVIOUR_CONFIG = {
         "events": "all",
         # A window of a day: the burst and the replay below never straddle
         # a window boundary (which restarts the sketch).
-        "behaviour": {"window": "24h", "max_distinct": 128},
+        # 64 slots (4 pages of 16): the clients' records share pages.
+        "behaviour": {"window": "24h", "max_distinct": 128, "slots": 64},
     },
 }
 
@@ -515,42 +597,50 @@ def distinct_paths_of(e: harness.EnvoyInstance, request_id: str) -> float:
         time.sleep(0.1)
 
 
-def test_concurrent_paths_of_one_client_all_reach_its_behaviour_record(envoy):
+def test_concurrent_paths_of_each_client_all_reach_its_behaviour_record(envoy):
     # The distinct_paths signal is an estimate (a 64-bit sketch, one bit per
     # path, under a per-client key), so its value for a given set of paths
     # is not predictable; but it is a function of the set of bits the
     # client's paths set. Paths that arrive all at once on 4 workers must
-    # leave exactly the sketch that the same paths sent one by one leave:
-    # a lost update would forget bits and lower the signal. The probe
-    # requests repeat a path already sent, so they add no bit.
+    # leave exactly the sketch that the same paths sent again one by one
+    # leave: a lost update would forget bits and lower the signal. The
+    # probes repeat a path already sent, so they add no bit. The signal only
+    # moves between 64 and 128 estimated paths (0 below, 1 above): several
+    # clients, each with its own sketch, make sure some land in between.
+    clients, paths_each, copies = 6, 90, 3
     e = envoy(BEHAVIOUR_CONFIG, concurrency=WORKERS)
     burst = Burst(e)
-    ip = "203.0.113.77"
-    paths = [f"/catalogue/{uuid.uuid4().hex[:12]}/view" for _ in range(100)]
-    headers = {**BROWSER, "x-forwarded-for": ip}
-    results = burst.run([get(e, p, headers) for p in paths])
-    assert collections.Counter(r[0] for r in results) == {200: len(paths)}, collections.Counter(
-        outcome(r) for r in results
-    )
-    after_burst = distinct_paths_of_probe(e, paths[0], headers, "contention-probe-burst")
+    ips = [f"203.0.113.{70 + c}" for c in range(clients)]
+    paths = {ip: [f"/catalogue/{uuid.uuid4().hex[:12]}/view" for _ in range(paths_each)] for ip in ips}
+    # Every request rewrites its client's record (the last-seen time), so
+    # the copies collide with the new paths.
+    order = interleaved({(ip, p): copies for ip in ips for p in paths[ip]})
+    results = burst.run([get(p, {**BROWSER, "x-forwarded-for": ip}) for ip, p in order])
+    got = collections.Counter(outcome(r) for r in results)
+    assert got == {(200, None): len(order)}, dict(got)
+    after_burst = {ip: probe_distinct_paths(e, ip, paths[ip][0], f"burst-{n}") for n, ip in enumerate(ips)}
     # Now every path again, one at a time: a bit the burst lost is set now.
-    for p in paths:
-        assert e.request("GET", p, headers)[0] == 200
-    after_replay = distinct_paths_of_probe(e, paths[-1], headers, "contention-probe-replay")
-    assert 0.0 < after_replay < 1.0, (
-        f"distinct_paths {after_replay}: saturated, the comparison would not see a lost path"
+    for ip in ips:
+        for p in paths[ip]:
+            assert send(e, get(p, {**BROWSER, "x-forwarded-for": ip}))[0] == 200
+    after_replay = {ip: probe_distinct_paths(e, ip, paths[ip][-1], f"replay-{n}") for n, ip in enumerate(ips)}
+    lost = {ip: (after_burst[ip], after_replay[ip]) for ip in ips if after_burst[ip] != after_replay[ip]}
+    assert not lost, (
+        f"distinct_paths (after the concurrent burst, after sending the same paths again one by one) {lost}: "
+        "the burst lost updates of the behaviour record"
     )
-    assert after_burst == after_replay, (
-        f"distinct_paths after the concurrent burst {after_burst}, after sending the same paths again "
-        f"one by one {after_replay}: the burst lost updates of the behaviour record"
-    )
+    sensitive = [ip for ip in ips if 0.0 < after_replay[ip] < 1.0]
+    assert sensitive, f"distinct_paths {after_replay}: all saturated, the comparison could not see a lost path"
     figures = burst.spread()
-    print(f"distinct_paths {after_burst}, {figures}")
+    print(f"distinct_paths {sorted(after_burst.values())} ({len(sensitive)} not saturated), {figures}")
 
 
-def distinct_paths_of_probe(e: harness.EnvoyInstance, path: str, headers: dict[str, str], request_id: str) -> float:
+def probe_distinct_paths(e: harness.EnvoyInstance, ip: str, path: str, request_id: str) -> float:
+    """The distinct_paths strength of one more request (``path``, already
+    sent) of client ``ip``, read from its palisade.bot event."""
+    headers = {**BROWSER, "x-forwarded-for": ip, "x-request-id": request_id}
     for _ in range(MAX_CONTENTION_RETRIES):
-        resp = e.request("GET", path, {**headers, "x-request-id": request_id})
+        resp = e.request("GET", path, headers)
         if not is_contention(resp):
             break
     assert resp[0] == 200, resp[:2]
