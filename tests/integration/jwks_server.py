@@ -5,8 +5,13 @@
   fetch answered with an HTTP error) or take down (:meth:`LocalServer.stop`:
   the port is closed, so Envoy's connections are refused) and bring back on
   the same port (:meth:`LocalServer.start`), and records every fetch (time,
-  status, ``Host``) so that tests can count them independently of palisade's
-  own metrics.
+  status, ``Host``, fault) so that tests can count them independently of
+  palisade's own metrics. Its other faults (until :meth:`JwksServer.recover`
+  or :meth:`JwksServer.set_keys`): :meth:`~JwksServer.slow` (the key set,
+  after a delay), :meth:`~JwksServer.garbage` (200 with bytes that are not
+  JSON), :meth:`~JwksServer.document` (200 with any JSON document, e.g. a set
+  without a usable key) and :meth:`~JwksServer.huge` (200 with the key set
+  padded to a size).
 * :class:`EchoUpstream` is an upstream that answers every request with 200 and
   a JSON description of the request as it reached it (method, path, every
   header with all its values, SHA-256 and length of the body), so that tests
@@ -51,7 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (e.g. Envoy's fetch timeout): nothing to answer
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _answer
 
@@ -113,32 +121,75 @@ class Fetch:
     status: int
     host: str
     path: str
+    fault: str = ""  # JwksServer fault in force ("" when it served the key set)
 
 
 class JwksServer(LocalServer):
-    """Serves ``{"keys": [...]}`` at ``path``; 404 elsewhere."""
+    """Serves ``{"keys": [...]}`` at ``path``; 404 elsewhere.
+
+    At most one fault is in force at a time; each fetch is recorded with the
+    fault that answered it (:attr:`Fetch.fault`)."""
 
     def __init__(self, keys: list[dict] | None = None, path: str = "/.well-known/jwks.json") -> None:
         super().__init__()
         self.path = path
         self._doc = {"keys": list(keys or [])}
-        self._fail_status: int | None = None
+        # (name, status, content type, payload or None for the key set, delay s)
+        self._fault: tuple[str, int, str, bytes | None, float] | None = None
+        self._release = threading.Event()  # ends the delays of slow answers early
+        self._slow_pending = 0
         self.fetches: list[Fetch] = []
 
+    def _set_fault(self, fault: tuple[str, int, str, bytes | None, float] | None) -> None:
+        with self.lock:
+            self._fault = fault
+            if fault is None or fault[0] != "slow":
+                self._release.set()  # answers still held by a slow fault go out now
+                self._release = threading.Event()
+
     def set_keys(self, keys: list[dict]) -> None:
-        """Serve this key set from the next fetch on (and stop failing)."""
+        """Serve this key set from the next fetch on (and end any fault)."""
         with self.lock:
             self._doc = {"keys": list(keys)}
-            self._fail_status = None
+        self._set_fault(None)
 
     def fail(self, status: int = 500) -> None:
         """Answer every fetch with ``status`` until :meth:`set_keys` or :meth:`recover`."""
+        self._set_fault((f"status {status}", status, "application/json", b'{"error": "unavailable"}', 0.0))
+
+    def slow(self, delay: float) -> None:
+        """Answer every fetch with the key set, but only after ``delay`` seconds
+        (or when the fault ends, whichever comes first)."""
+        self._set_fault(("slow", 200, "application/json", None, delay))
+
+    def garbage(self, payload: bytes, content_type: str = "text/html") -> None:
+        """Answer every fetch with 200 and ``payload`` (bytes that are not JSON)."""
+        self._set_fault(("garbage", 200, content_type, payload, 0.0))
+
+    def document(self, doc: object) -> None:
+        """Answer every fetch with 200 and ``doc`` as JSON (e.g. a set with no usable key)."""
+        self._set_fault(("document", 200, "application/json", json.dumps(doc).encode(), 0.0))
+
+    def huge(self, size: int = 1 << 20, marker: str = "") -> None:
+        """Answer every fetch with 200 and the current key set padded to ``size``
+        bytes (a ``padding`` member, filled with ``marker`` repeated): a valid
+        JWK Set, only too big."""
         with self.lock:
-            self._fail_status = status
+            doc = dict(self._doc)
+        base = len(json.dumps({**doc, "padding": ""}).encode())
+        fill = (marker or "x") * (size // max(1, len(marker or "x")) + 1)
+        payload = json.dumps({**doc, "padding": fill[: max(0, size - base)]}).encode()
+        self._set_fault(("huge", 200, "application/json", payload, 0.0))
 
     def recover(self) -> None:
+        """End any fault: the key set is served again, at once."""
+        self._set_fault(None)
+
+    @property
+    def slow_pending(self) -> int:
+        """Fetches received whose (slow) answer has not been sent yet."""
         with self.lock:
-            self._fail_status = None
+            return self._slow_pending
 
     @property
     def fetch_count(self) -> int:
@@ -163,10 +214,18 @@ class JwksServer(LocalServer):
         if path != self.path:
             return 404, "text/plain", b"not found"
         with self.lock:
-            status = self._fail_status or 200
-            payload = json.dumps(self._doc).encode() if status == 200 else b'{"error": "unavailable"}'
-            self.fetches.append(Fetch(time.monotonic(), status, handler.headers.get("host", ""), handler.path))
-        return status, "application/json", payload
+            name, status, content_type, payload, delay = self._fault or ("", 200, "application/json", None, 0.0)
+            if payload is None:
+                payload = json.dumps(self._doc).encode()
+            self.fetches.append(Fetch(time.monotonic(), status, handler.headers.get("host", ""), handler.path, name))
+            release = self._release
+            if delay:
+                self._slow_pending += 1
+        if delay:
+            release.wait(delay)
+            with self.lock:
+                self._slow_pending -= 1
+        return status, content_type, payload
 
 
 class EchoUpstream(LocalServer):
