@@ -165,6 +165,8 @@ FAULTS = [
     Fault("empty_set", lambda s, m: s.document({"keys": [], "note": m})),
     Fault("no_keys_member", lambda s, m: s.document({"issuer": REMOTE_ISSUER, "jwks_uri": m})),
     Fault("unsupported_keys", _unsupported),
+    # 80,000 entries that are not keys, under the size limit: a few log lines per fetch, not one per entry.
+    Fault("many_bad_entries", lambda s, m: s.document({"keys": [0] * 80_000, "note": m})),
     Fault("huge", lambda s, m: s.huge(4 * MAX_JWKS_BYTES, marker=m)),  # 1 MiB
     Fault("status_404", lambda s, m: s.fail(404)),
     Fault("status_503", lambda s, m: s.fail(503)),
@@ -219,6 +221,9 @@ def check_log(e: harness.EnvoyInstance, marker: str) -> None:
     crash = CRASH.search(log)
     assert crash is None, f"VM failure or panic in the Envoy log: {crash.group(0)!r}"
     assert marker not in log, "the log quotes the body the faulty JWKS endpoint sent"
+    skipped = log.count("JWKS entry skipped")
+    parsed = log.count("has no usable key") + log.count("fetched key set generation")
+    assert skipped <= 8 * parsed, f"{skipped} skipped-entry lines for {parsed} parsed key sets: a log flood"
     for line in log.splitlines():
         if "JWKS" in line and "palisade" in line:
             assert len(line) < 600, f"a long JWKS log line (a quoted body?): {line[:200]!r}..."

@@ -145,10 +145,13 @@ impl Context for Root {
                     "cannot read the response body (host status {status})"
                 )),
             },
+            // Envoy answers a call it could not make itself: 503 when the
+            // connection failed, 504 on its timeout.
+            Some(other @ ("503" | "504")) => Err(format!(
+                "HTTP status {other} (from the provider, or from Envoy when the connection failed or timed out)"
+            )),
             Some(other) => Err(format!("HTTP status {other}")),
-            // Envoy answers a failed call (connection refused, timeout) with
-            // no headers.
-            None => Err("no response (connection failure or timeout)".to_string()),
+            None => Err("no response".to_string()),
         };
         let metrics = self.metrics(&engine);
         let store = store(&self.namespace);

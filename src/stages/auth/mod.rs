@@ -107,6 +107,9 @@ pub fn jwks_due(
     plans
 }
 
+/// Skipped entries of one fetched key set named in the log.
+const MAX_SKIPPED_LOGGED: usize = 8;
+
 /// A fetch finished: `Ok(body)` for a 200 response, `Err(why)` otherwise
 /// (status, transport failure). A set with at least one usable key
 /// replaces the provider's keys on every worker; anything else keeps the
@@ -139,10 +142,19 @@ pub fn jwks_fetched(
         }
     };
     let (keys, errors) = jwt::Jwks::parse(body);
-    for e in &errors {
+    // A hostile or broken key set may hold a hundred thousand bad entries:
+    // name the first few, count the rest, so one fetch is a few log lines.
+    for e in errors.iter().take(MAX_SKIPPED_LOGGED) {
         log::warn!(
             "palisade: provider `{}`: JWKS entry skipped: {e}",
             spec.name
+        );
+    }
+    if errors.len() > MAX_SKIPPED_LOGGED {
+        log::warn!(
+            "palisade: provider `{}`: {} more JWKS entries skipped",
+            spec.name,
+            errors.len() - MAX_SKIPPED_LOGGED
         );
     }
     if keys.is_empty() {
