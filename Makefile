@@ -237,7 +237,7 @@ unit:
 # toolchain (rustup, minimal profile) and cargo-fuzz (crates.io, pinned,
 # in target/tools) are installed when missing.
 FUZZ_DIR           := tests/fuzz
-FUZZ_TARGETS       ?= config headers structured slots challenge
+FUZZ_TARGETS       ?= config headers structured slots challenge jwks
 FUZZ_SECONDS       ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_CORPUS        := target/fuzz-corpus
