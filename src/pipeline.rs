@@ -645,6 +645,7 @@ mod tests {
     use super::*;
 
     mod bot;
+    mod contention;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::{encode_map, encode_raw_map};
 
