@@ -259,19 +259,8 @@ fn many_keys_each_get_exactly_their_capacity() {
             })
             .collect::<Vec<_>>()
     });
-    let by_key = tally(results.into_iter().flatten());
-    assert_eq!(by_key.len(), keys);
-    let sent = THREADS * per_thread;
-    for (k, answers) in &by_key {
-        assert_eq!(count(answers, 200, ""), capacity, "key {k}: {answers:?}");
-        assert_eq!(
-            count(answers, 429, "rl.exhausted"),
-            sent - capacity,
-            "key {k}: {answers:?}"
-        );
-    }
-    // The keys did share pages and spill: every key placed, some of them
-    // on an alternate.
+    // The table after the race: keys placed, keys on an alternate, and
+    // spill entries that name no record anywhere.
     let pages: Vec<Page> = (0..pages)
         .map(|i| {
             let key = slots::page_key(slots::RATE_LIMITS, i);
@@ -279,18 +268,41 @@ fn many_keys_each_get_exactly_their_capacity() {
             Page::decode(&bytes)
         })
         .collect();
-    let placed: usize = pages
+    let tags: Vec<u64> = pages
         .iter()
-        .map(|p| p.records.iter().filter(|r| r.tag != 0).count())
-        .sum();
-    let spilled: usize = pages
+        .flat_map(|p| p.records.iter().map(|r| r.tag).filter(|&t| t != 0))
+        .collect();
+    let entries: Vec<u64> = pages
         .iter()
-        .map(|p| p.spills.iter().filter(|s| s.tag != 0).count())
-        .sum();
-    println!("contention: buckets: {placed} keys placed, {spilled} spilled");
-    assert_eq!(placed, keys);
+        .flat_map(|p| p.spills.iter().map(|s| s.tag).filter(|&t| t != 0))
+        .collect();
+    let orphans = entries.iter().filter(|t| !tags.contains(t)).count();
+    let table = format!(
+        "{} records, {} spill entries, {orphans} of them naming no record",
+        tags.len(),
+        entries.len()
+    );
+    println!("contention: buckets: {table}");
+    let by_key = tally(results.into_iter().flatten());
+    assert_eq!(by_key.len(), keys);
+    let sent = THREADS * per_thread;
+    for (k, answers) in &by_key {
+        assert_eq!(
+            count(answers, 200, ""),
+            capacity,
+            "key {k}: {answers:?}; {table}"
+        );
+        assert_eq!(
+            count(answers, 429, "rl.exhausted"),
+            sent - capacity,
+            "key {k}: {answers:?}; {table}"
+        );
+    }
+    // The keys did share pages and spill: every key placed, some of them
+    // on an alternate.
+    assert_eq!(tags.len(), keys, "{table}");
     assert!(
-        spilled > 0,
+        !entries.is_empty(),
         "no key spilled: the test did not cover alternates"
     );
     race.collided();
@@ -420,6 +432,17 @@ fn failures_config(capacity: usize) -> String {
 
 use sha2::Digest as _;
 
+/// Rate-limit findings `store.unavailable` counted so far: requests whose
+/// every compare-and-swap on a bucket lost.
+fn lost_takes(race: &Race) -> u64 {
+    race.f.metrics.get(&Counter::Finding {
+        stage: Stage::RateLimit,
+        reason: Reason::StoreUnavailable,
+        mode: Mode::Enforce,
+        route: race.f.route("api"),
+    })
+}
+
 /// A `counts: failures` rule takes exactly one token per refused request:
 /// `capacity - 1` refusals at once leave exactly one token; ten times the
 /// capacity at once verify at least the capacity, at most one more per
@@ -472,7 +495,8 @@ fn a_failures_rule_takes_exactly_one_token_per_refusal() {
             (429, "rl.exhausted"),
             (429, "rl.exhausted")
         ],
-        "successes take nothing, the last token goes to the next refusal"
+        "successes take nothing, the last token goes to the next refusal; {} takes lost every compare-and-swap",
+        lost_takes(&race)
     );
 
     let second = "198.51.100.21";
@@ -485,6 +509,7 @@ fn a_failures_rule_takes_exactly_one_token_per_refusal() {
     });
     let got = tally(results.into_iter().flatten());
     let answers = got.get(&()).cloned().unwrap_or_default();
+    let lost = lost_takes(&race);
     let refused = count(&answers, 401, "apikey.invalid");
     let throttled = count(&answers, 429, "rl.exhausted");
     println!("contention: failures: {n} wrong keys, capacity {capacity}: {refused} verified and refused, {throttled} throttled");
@@ -493,7 +518,7 @@ fn a_failures_rule_takes_exactly_one_token_per_refusal() {
     // one per other thread reads the bucket before its last token goes.
     assert!(
         (capacity..capacity + THREADS).contains(&refused),
-        "{answers:?}"
+        "{answers:?}; {lost} takes lost every compare-and-swap so far"
     );
     assert!(request(&race, plain, second, GOOD_API_KEY).is(429, "rl.exhausted"));
     race.collided();
