@@ -776,3 +776,184 @@ fn concurrent_paths_all_reach_the_behaviour_record() {
     assert_eq!(raced.len(), clients);
     race.collided();
 }
+
+// ---------------------------------------------------------------------
+// Deterministic reproductions of the two races the tests above hit now
+// and then (one run in 5 to 10).
+
+/// A store whose every compare-and-swap loses while `armed`, as if other
+/// workers always wrote first.
+struct Losing<'a> {
+    store: &'a MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl SharedStore for Losing<'_> {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if self.armed.load(Ordering::Relaxed) {
+            return Err(StoreError::CasMismatch);
+        }
+        self.store.set(key, value, cas)
+    }
+}
+
+/// A refusal whose `counts: failures` token cannot be taken (its every
+/// compare-and-swap lost) must not go out as an uncounted refusal: README,
+/// "Exact under contention": a failures rule takes exactly one token per
+/// refusal, and a request whose compare-and-swap loses 16 times in a row
+/// is refused with 503 `store.unavailable`. (Seen in
+/// `a_failures_rule_takes_exactly_one_token_per_refusal`: one verification
+/// more than the capacity allows.)
+#[test]
+fn a_refusal_whose_token_take_lost_every_compare_and_swap_is_not_an_uncounted_refusal() {
+    let capacity = 3;
+    let race = Race::new(&failures_config(capacity));
+    let ip = "198.51.100.30";
+    let request = |store: &dyn SharedStore, key: &str| {
+        race.once(
+            store,
+            &[
+                (":method", "GET"),
+                (":path", "/api/x"),
+                ("x-forwarded-for", ip),
+                ("x-api-key", key),
+            ],
+            b"",
+        )
+    };
+    let losing = Losing {
+        store: &race.f.store,
+        armed: std::sync::atomic::AtomicBool::new(true),
+    };
+    let contended = request(&losing, "wrong-contended");
+    losing.armed.store(false, Ordering::Relaxed);
+    let verified = (0..capacity + 2)
+        .map(|i| request(&losing, &format!("wrong-{i}")))
+        .take_while(|a| a.is(401, "apikey.invalid"))
+        .count();
+    // Either the contended request is refused as store.unavailable (its
+    // refusal could not be counted, so it tells nothing) or it is a
+    // counted refusal: never more refusals than the capacity.
+    assert!(
+        contended.is(401, "apikey.invalid") || contended.is(503, "store.unavailable"),
+        "{contended:?}"
+    );
+    let refusals = verified + usize::from(contended.is(401, "apikey.invalid"));
+    assert_eq!(
+        refusals,
+        capacity,
+        "wrong keys refused by verification (the contended one answered {contended:?}); {} takes lost every compare-and-swap",
+        lost_takes(&race)
+    );
+}
+
+/// Never reclaimable: buckets that never refill.
+struct Kept;
+
+impl slots::Tenant for Kept {
+    fn reclaimable(&self, _: &slots::Record, _: u64) -> bool {
+        false
+    }
+    fn settles_at(&self, _: &slots::Record) -> u64 {
+        u64::MAX
+    }
+}
+
+/// A store on which another worker takes the last free record of `page`
+/// just before this worker's first write of it lands.
+struct Overtaken<'a> {
+    store: &'a MemoryStore,
+    page: String,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl SharedStore for Overtaken<'_> {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if key == self.page && !self.done.swap(true, Ordering::Relaxed) {
+            let (bytes, version) = self.store.get(key).ok().flatten().unwrap_or_default();
+            let mut page = Page::decode(&bytes);
+            if let Some(free) = page.records.iter_mut().find(|r| r.tag == 0) {
+                free.tag = 0xdead;
+            }
+            self.store.set(key, &page.encode(), version)?;
+        }
+        self.store.set(key, value, cas)
+    }
+}
+
+/// A new key whose home page is full writes its spill entry (naming the
+/// first alternate with room), then loses the race for that alternate's
+/// last record. Its retry must still place it while another page has
+/// room; the entry it wrote names no record, so it pins nothing. (Seen in
+/// `many_keys_each_get_exactly_their_capacity`: a key limited by the
+/// overflow bucket while the table had free records.)
+#[test]
+fn a_key_that_lost_its_alternate_is_placed_on_another() {
+    let store = MemoryStore::new();
+    let pages = 3;
+    // A tag whose first alternate is page 1 and whose others include 2.
+    let addr = (1u64..)
+        .map(|tag| slots::Address {
+            tag,
+            home: 0,
+            pages,
+        })
+        .find(|a| {
+            a.alternate(1) == Some(1) && (2..=slots::ALTERNATES).any(|n| a.alternate(n) == Some(2))
+        })
+        .unwrap_or_else(|| unreachable!());
+    let fill = |index: u32, records: usize, first_tag: u64| {
+        let mut page = Page::default();
+        for (i, r) in page.records.iter_mut().take(records).enumerate() {
+            r.tag = first_tag + i as u64;
+            r.state = 1;
+        }
+        let key = slots::page_key(slots::RATE_LIMITS, index);
+        assert_eq!(store.set(&key, &page.encode(), 0), Ok(()));
+    };
+    fill(0, slots::SLOTS_PER_PAGE, 1_000);
+    fill(1, slots::SLOTS_PER_PAGE - 1, 2_000);
+    fill(2, 0, 0);
+    let racing = Overtaken {
+        store: &store,
+        page: slots::page_key(slots::RATE_LIMITS, 1),
+        done: std::sync::atomic::AtomicBool::new(false),
+    };
+    let metrics = MemoryMetrics::default();
+    let placed = slots::upsert(
+        &racing,
+        &metrics,
+        slots::RATE_LIMITS,
+        addr,
+        T0,
+        &Kept,
+        |record| {
+            record.state = 1;
+            (true, ())
+        },
+    );
+    let on_page_2 = Page::decode(
+        &store
+            .get(&slots::page_key(slots::RATE_LIMITS, 2))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .0,
+    )
+    .records
+    .iter()
+    .any(|r| r.tag == addr.tag);
+    assert_eq!(
+        (placed, on_page_2),
+        (Ok(Some(())), true),
+        "page 2 was empty: the key must be placed there"
+    );
+}
