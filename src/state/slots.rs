@@ -38,6 +38,10 @@ pub const PAGE_LEN: usize = SLOTS_PER_PAGE * RECORD_LEN + SPILLS_PER_PAGE * SPIL
 /// Pages tried, in order, for a new key whose home page is full.
 pub const ALTERNATES: u8 = 7;
 
+/// How far ahead a spill entry's alternate must stay full for the entry to
+/// be dropped as dangling (see `upsert_once`).
+const DANGLING_MARGIN_MS: u64 = 60_000;
+
 /// Attempts of one read-modify-write before giving up on contention.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
@@ -317,7 +321,9 @@ enum Attempt<T> {
 /// information: a write that would keep the record longer raises the entry
 /// first, so once the entry lapses the record carries nothing and the key
 /// may start afresh anywhere. A record or entry is taken over only once it
-/// carries nothing, and records never move.
+/// carries nothing, and records never move. An entry whose alternate holds
+/// no record of its key and stays full (the key lost the race for the
+/// alternate's last slot) is dropped, and the key placed afresh.
 ///
 /// Cost: a key on its home page, or a new one while it has room, one get
 /// and at most one compare-and-swap; a spilled key one more get (and a
@@ -399,6 +405,23 @@ fn upsert_once<T>(
         let alt_key = page_key(table, index);
         let (mut alt, alt_cas) = read_page(store, &alt_key)?;
         let Some((i, mut record)) = take(&alt, addr.tag, reclaimable) else {
+            if let Some(e) = spilled {
+                // The entry's alternate holds no record of the key and has
+                // no room: the key lost the race for its last slot after
+                // writing the entry (or its settled record was taken over).
+                // Such an entry pins the key to a full page; drop it and
+                // place the key afresh. Room is judged `DANGLING_MARGIN_MS`
+                // ahead, so that no worker whose clock runs a little later
+                // can still see room there and write the key's record.
+                let later = now_ms.saturating_add(DANGLING_MARGIN_MS);
+                if take(&alt, addr.tag, |r| tenant.reclaimable(r, later)).is_none() {
+                    if let Some(entry) = home.spills.get_mut(e) {
+                        *entry = Spill::default();
+                    }
+                    write_page(store, &home_key, &home, home_cas)?;
+                    return Ok(Attempt::Conflict);
+                }
+            }
             continue;
         };
         let (changed, result) = change(&mut record);
