@@ -391,7 +391,9 @@ impl Engine {
 
     fn failures(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         if refused_credentials(r.findings.get(r.verified_from..).unwrap_or_default()) {
+            let counted_from = r.findings.len();
             self.limits(Phase::Failed, r, ctx);
+            answer_uncounted_as_store_failure(&mut r.findings, counted_from, r.verified_from);
         }
     }
 
@@ -574,6 +576,7 @@ impl Engine {
         }
         if refused_credentials(&findings) {
             let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+            let counted_from = findings.len();
             limits::check(
                 Phase::Failed,
                 limits,
@@ -583,6 +586,7 @@ impl Engine {
                 &mut findings,
                 &mut None,
             );
+            answer_uncounted_as_store_failure(&mut findings, counted_from, 0);
         }
         for finding in &findings {
             self.record(&facts, finding, host.metrics);
@@ -629,6 +633,25 @@ impl Engine {
         let finding =
             stage::host_failure(self.policy.failure_mode, "request headers", Stage::Classify);
         self.refuse_unrouted("", finding, metrics)
+    }
+}
+
+/// A refusal that `counts: failures` rules could not count (shared data
+/// failed, or every compare-and-swap lost) answers as that store failure
+/// (moved to `front`, ahead of the refusal), not as the refusal: otherwise
+/// each such request would be a free, uncounted guess.
+fn answer_uncounted_as_store_failure(
+    findings: &mut Vec<Finding>,
+    counted_from: usize,
+    front: usize,
+) {
+    let uncounted = findings
+        .iter()
+        .skip(counted_from)
+        .position(|f| f.enforced() && f.reason == Reason::StoreUnavailable);
+    if let Some(i) = uncounted {
+        let finding = findings.remove(counted_from + i);
+        findings.insert(front.min(findings.len()), finding);
     }
 }
 
