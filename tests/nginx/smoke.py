@@ -88,7 +88,9 @@ wasm {{
 }}
 
 http {{
-    access_log {run_dir}/access.log;
+    # The worker that served each request, for the summary line.
+    log_format smoke '$pid $request_uri $status';
+    access_log {run_dir}/access.log smoke;
     client_body_temp_path {run_dir}/tmp/body;
     proxy_temp_path {run_dir}/tmp/proxy;
     fastcgi_temp_path {run_dir}/tmp/fastcgi;
@@ -104,7 +106,9 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{front};
+        # reuseport: one listening socket per worker, connections spread by the
+        # kernel, so that both workers take some of the counted requests.
+        listen 127.0.0.1:{front} reuseport;
 
         # Readiness probe, without palisade (it would spend a token).
         location = {READY_PATH} {{
@@ -154,6 +158,15 @@ def worker_pids(master: int) -> list[int]:
         if int(fields[1]) == master and fields[0] != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def served_by(access_log: Path) -> set[str]:
+    """The pids of the workers that answered palisade's (counted) requests."""
+    try:
+        lines = access_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return set()
+    return {line.split()[0] for line in lines if " /smoke/" in line}
 
 
 def fatal_lines(error_log: Path) -> list[str]:
@@ -249,6 +262,9 @@ def run(args: argparse.Namespace) -> list[str]:
             if status == 429 and reason != "rl.exhausted":
                 failures.append(f"request {i + 1}: 429 with reason {reason!r}, expected 'rl.exhausted'")
         print("nginx-smoke: 429 reasons " + (", ".join(str(r) for s, r in got if s == 429) or "none"))
+
+        served = served_by(run_dir / "access.log")
+        print(f"nginx-smoke: the counted requests were served by {len(served)} worker process(es) {sorted(served)}")
 
         workers = worker_pids(proc.pid)
         if len(workers) != args.workers:
