@@ -491,6 +491,165 @@ $(BENCH_STAMP): $(BENCH_REQUIREMENTS) $(SETUP_STAMP)
 	$(PIP) install --disable-pip-version-check --no-input -q -r $(BENCH_REQUIREMENTS)
 	@touch $@
 
+# ---------------------------------------------------------------- nginx ----
+# The NGINX host (issue 18): nginx with Kong's ngx_wasm_module (WasmX) on
+# Wasmtime's C API, built from source into target/nginx/. Not part of
+# `make test` (yet).
+#   make nginx         target/nginx/sbin/nginx, then a one-line `nginx -V` check
+#   make nginx NGINX_SRC=~/src/nginx NGX_WASM_SRC=~/src/ngx_wasm_module
+#   make nginx-smoke   that nginx (2 workers, loopback) runs palisade.wasm with one
+#                      rate limit: 3 x 200, then 429 rl.exhausted (tests/nginx/smoke.py)
+# NGINX_SRC (nginx 1.27.4, what ngx_wasm_module 3bed2783 pins) and
+# NGX_WASM_SRC (ngx_wasm_module) are each a source directory or a .tar.gz of
+# one (a single top directory); they default to the archives in
+# ../shared/vendor/ when present. nginx's git layout (auto/configure) and its
+# release tarballs (./configure) both work. A source directory is copied, never
+# built in place.
+# Wasmtime's C API 26.0.0 comes from the crates registry through the wrapper
+# crate tests/nginx/wasmtime (its own workspace, Cargo.lock committed) as
+# libwasmtime.{a,so}; its build script runs cmake (PyPI's cmake is installed
+# into $(VENV) when none is on PATH). nginx needs the PCRE2, zlib and OpenSSL
+# headers (Debian: libpcre2-dev zlib1g-dev libssl-dev, installed when missing
+# and apt-get can run as root).
+# Cached: the library is rebuilt only when the wrapper crate changes, nginx
+# only when a source (its content), the library or the configure arguments
+# change (target/nginx/sources.key); a second run with nothing changed
+# rebuilds nothing.
+NGINX_VERSION           := 1.27.4
+NGINX_VENDOR            := ../shared/vendor
+NGINX_SRC               ?= $(firstword $(wildcard $(NGINX_VENDOR)/nginx-$(NGINX_VERSION).tar.gz))
+NGX_WASM_SRC            ?= $(firstword $(wildcard $(NGINX_VENDOR)/ngx_wasm_module-*.tar.gz))
+NGINX_DIR               := target/nginx
+NGINX_BIN               := $(NGINX_DIR)/sbin/nginx
+NGINX_SRC_KEY           := $(NGINX_DIR)/sources.key
+NGINX_BUILD_DIR         := $(NGINX_DIR)/src
+NGINX_JOBS              ?= 2
+NGINX_CONFIGURE_ARGS    := --with-http_ssl_module --with-http_realip_module --with-threads
+NGINX_WASMTIME_CRATE    := tests/nginx/wasmtime
+NGINX_WASMTIME_VERSION  := 26.0.0
+NGINX_WASMTIME_FEATURES := cranelift wasi cache parallel-compilation profiling wat threads gc
+NGINX_WASMTIME          := $(NGINX_DIR)/wasmtime
+NGINX_WASMTIME_TARGET   := $(NGINX_DIR)/wasmtime-target
+NGINX_WASMTIME_STAMP    := $(NGINX_WASMTIME)/.palisade-wasmtime.stamp
+NGINX_CMAKE_VERSION     := 3.31.6
+NGINX_SMOKE_ARGS        ?=
+
+.PHONY: nginx nginx-deps nginx-sources nginx-smoke
+
+nginx: $(NGINX_BIN)
+	@v="$$($(NGINX_BIN) -V 2>&1)" || { printf '%s\n' "$$v" >&2; echo "error: $(NGINX_BIN) -V failed" >&2; exit 1; }; \
+	printf '%s\n' "$$v" | grep -q -- '--add-module=[^ ]*ngx_wasm_module' \
+	  || { printf '%s\n' "$$v" >&2; echo "error: $(NGINX_BIN) was not built with ngx_wasm_module" >&2; exit 1; }; \
+	echo "nginx -V: $$(printf '%s\n' "$$v" | sed -n 's/^nginx version: //p') + ngx_wasm_module + Wasmtime $(NGINX_WASMTIME_VERSION) ($(NGINX_WASMTIME_FEATURES)): $(NGINX_BIN)"
+
+# The build tools and headers: cmake (for Wasmtime's build script) and the
+# PCRE2, zlib and OpenSSL headers (for nginx).
+nginx-deps:
+	@missing=; \
+	for h in pcre2.h:libpcre2-dev zlib.h:zlib1g-dev openssl/ssl.h:libssl-dev; do \
+	  [ -e "/usr/include/$${h%%:*}" ] || [ -e "/usr/include/$$(gcc -print-multiarch 2>/dev/null)/$${h%%:*}" ] \
+	    || missing="$$missing $${h#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing (Debian) for nginx"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "error: building nginx needs the headers of$$missing (Debian: sudo apt-get install$$missing)" >&2; exit 1; \
+	  fi; \
+	fi
+	@if ! command -v cmake >/dev/null 2>&1 && [ ! -x $(VENV)/bin/cmake ]; then \
+	  $(MAKE) --no-print-directory $(SETUP_STAMP); \
+	  echo "cmake not found: installing cmake $(NGINX_CMAKE_VERSION) from PyPI into $(VENV)"; \
+	  $(PIP) install --disable-pip-version-check --no-input -q cmake==$(NGINX_CMAKE_VERSION); \
+	fi
+
+# Wasmtime's C API: libwasmtime.{a,so} in $(NGINX_WASMTIME)/lib, its headers
+# (and a conf.h matching NGINX_WASMTIME_FEATURES) in $(NGINX_WASMTIME)/include.
+# Wasmtime's build script runs `cmake` from PATH: $(VENV)/bin goes on PATH
+# only when there is no cmake there already.
+$(NGINX_WASMTIME_STAMP): $(NGINX_WASMTIME_CRATE)/Cargo.toml $(NGINX_WASMTIME_CRATE)/Cargo.lock \
+		$(NGINX_WASMTIME_CRATE)/src/lib.rs tests/nginx/wasmtime_headers.py | nginx-deps
+	@echo "building Wasmtime's C API $(NGINX_WASMTIME_VERSION) (crates.io wasmtime-c-api-impl; several minutes)"
+	@cmake_path=; command -v cmake >/dev/null 2>&1 || cmake_path="$(abspath $(VENV))/bin:"; \
+	PATH="$$cmake_path$$PATH" $(CARGO) build --release --locked \
+	  --manifest-path $(NGINX_WASMTIME_CRATE)/Cargo.toml --target-dir $(abspath $(NGINX_WASMTIME_TARGET)) \
+	  --no-default-features --features '$(NGINX_WASMTIME_FEATURES)'
+	@rm -rf $(NGINX_WASMTIME)/lib && mkdir -p $(NGINX_WASMTIME)/lib
+	cp $(NGINX_WASMTIME_TARGET)/release/libwasmtime.a $(NGINX_WASMTIME_TARGET)/release/libwasmtime.so $(NGINX_WASMTIME)/lib/
+	$(HOST_PYTHON) tests/nginx/wasmtime_headers.py --cargo '$(CARGO)' --manifest $(NGINX_WASMTIME_CRATE)/Cargo.toml \
+	  --features '$(NGINX_WASMTIME_FEATURES)' --out $(NGINX_WASMTIME)/include
+	@touch $@
+
+# What the nginx build is made of, as one line per input: each source's path
+# and a digest of its content (an archive's bytes, or a directory's file
+# names, sizes and mtimes), and the configure arguments. Rewritten only when
+# it changes, so that nginx is rebuilt only then.
+nginx-sources:
+	@missing=; [ -n '$(NGINX_SRC)' ] || missing="NGINX_SRC (nginx $(NGINX_VERSION))"; \
+	[ -n '$(NGX_WASM_SRC)' ] || missing="$${missing:+$$missing and }NGX_WASM_SRC (ngx_wasm_module)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "error: make nginx needs the sources of nginx $(NGINX_VERSION) and ngx_wasm_module: $$missing not given" >&2; \
+	  echo "       and not found in $(NGINX_VENDOR)/. Pass each as a source directory or a .tar.gz:" >&2; \
+	  echo "       make nginx NGINX_SRC=/path/to/nginx NGX_WASM_SRC=/path/to/ngx_wasm_module" >&2; \
+	  exit 1; \
+	fi
+	@mkdir -p $(NGINX_DIR); \
+	digest() { \
+	  if [ -d "$$1" ]; then \
+	    (cd "$$1" && find -L . -path ./.git -prune -o -type f -printf '%P %s %T@\n' | LC_ALL=C sort | sha256sum | cut -d' ' -f1); \
+	  elif [ -f "$$1" ]; then \
+	    sha256sum < "$$1" | cut -d' ' -f1; \
+	  else \
+	    echo "error: $$2='$$1' is neither a directory nor a file (a .tar.gz)" >&2; return 1; \
+	  fi; \
+	}; \
+	nginx_digest="$$(digest '$(NGINX_SRC)' NGINX_SRC)"; wasm_digest="$$(digest '$(NGX_WASM_SRC)' NGX_WASM_SRC)"; \
+	key="$$(printf 'NGINX_SRC %s %s\nNGX_WASM_SRC %s %s\nconfigure %s\n' \
+	  "$$(realpath '$(NGINX_SRC)')" "$$nginx_digest" "$$(realpath '$(NGX_WASM_SRC)')" "$$wasm_digest" '$(NGINX_CONFIGURE_ARGS)')"; \
+	if [ ! -f $(NGINX_SRC_KEY) ] || [ "$$(cat $(NGINX_SRC_KEY))" != "$$key" ]; then \
+	  printf '%s\n' "$$key" > $(NGINX_SRC_KEY); \
+	fi
+
+$(NGINX_SRC_KEY): nginx-sources ;
+
+# Both sources are staged afresh under $(NGINX_BUILD_DIR) (extracted, or
+# copied without .git), then configured with ngx_wasm_module linked to
+# $(NGINX_WASMTIME)/lib/libwasmtime.so (rpath) and installed with prefix
+# $(NGINX_DIR) (sbin/, conf/, logs/, html/). The configure output is in
+# $(NGINX_BUILD_DIR)/configure.log.
+$(NGINX_BIN): $(NGINX_SRC_KEY) $(NGINX_WASMTIME_STAMP) | nginx-deps
+	@echo "building nginx $(NGINX_VERSION) with ngx_wasm_module from NGINX_SRC=$(NGINX_SRC) NGX_WASM_SRC=$(NGX_WASM_SRC)"
+	@rm -rf $(NGINX_BUILD_DIR) && mkdir -p $(NGINX_BUILD_DIR)/nginx $(NGINX_BUILD_DIR)/ngx_wasm_module
+	@stage() { \
+	  if [ -d "$$1" ]; then tar -C "$$1" --exclude=./.git -cf - . | tar -C "$$2" -xf -; \
+	  else tar -C "$$2" --strip-components=1 -xzf "$$1"; fi; \
+	}; \
+	stage '$(NGINX_SRC)' $(NGINX_BUILD_DIR)/nginx; stage '$(NGX_WASM_SRC)' $(NGINX_BUILD_DIR)/ngx_wasm_module; \
+	[ -f $(NGINX_BUILD_DIR)/ngx_wasm_module/config ] \
+	  || { echo "error: NGX_WASM_SRC='$(NGX_WASM_SRC)' is not ngx_wasm_module (no config file at its top)" >&2; exit 1; }
+	@cd $(NGINX_BUILD_DIR)/nginx; \
+	if [ -x ./configure ]; then configure=./configure; \
+	elif [ -f auto/configure ]; then configure=auto/configure; \
+	else echo "error: NGINX_SRC='$(NGINX_SRC)' is not an nginx source tree (no configure nor auto/configure)" >&2; exit 1; fi; \
+	lib='$(abspath $(NGINX_WASMTIME))/lib'; \
+	NGX_WASM_RUNTIME=wasmtime NGX_WASM_RUNTIME_INC='$(abspath $(NGINX_WASMTIME))/include' NGX_WASM_RUNTIME_LIB="$$lib" \
+	NGX_WASM_RUNTIME_LD_OPT="-L$$lib -lwasmtime -Wl,-rpath,$$lib" NGX_IPC=0 \
+	  sh $$configure --prefix='$(abspath $(NGINX_DIR))' --add-module='$(abspath $(NGINX_BUILD_DIR))/ngx_wasm_module' \
+	    $(NGINX_CONFIGURE_ARGS) > ../configure.log 2>&1 \
+	  || { tail -n 30 ../configure.log >&2; echo "error: nginx configure failed (whole output: $(NGINX_BUILD_DIR)/configure.log)" >&2; exit 1; }
+	$(MAKE) -C $(NGINX_BUILD_DIR)/nginx -j$(NGINX_JOBS) --no-print-directory >$(NGINX_BUILD_DIR)/make.log 2>&1 \
+	  || { tail -n 40 $(NGINX_BUILD_DIR)/make.log >&2; echo "error: nginx build failed (whole output: $(NGINX_BUILD_DIR)/make.log)" >&2; exit 1; }
+	$(MAKE) -C $(NGINX_BUILD_DIR)/nginx install --no-print-directory >>$(NGINX_BUILD_DIR)/make.log 2>&1
+	@touch $@
+
+# The built nginx runs palisade (2 worker processes, loopback, a config
+# generated in target/nginx/run/): one rate-limit rule of capacity 3 that
+# never refills; 5 requests must get 3 x 200, then 429 rl.exhausted. On a
+# mismatch: a non-zero exit and the tail of nginx's error log.
+nginx-smoke: nginx build setup
+	$(PYTHON) tests/nginx/smoke.py --nginx $(NGINX_BIN) --wasm $(WASM) --run-dir $(NGINX_DIR)/run $(NGINX_SMOKE_ARGS)
+
 # ---------------------------------------------------------------- clean ----
 clean:
 	$(CARGO) clean
