@@ -300,8 +300,8 @@ pub enum HostKind {
 
 impl HostKind {
     /// Envoy answers the `plugin_vm_id` property; ngx_wasm_module declines
-    /// it (not implemented). Asked from a request context, where both hosts
-    /// answer properties.
+    /// it (not implemented; one alert-level log line), in the root context
+    /// as in a request.
     pub fn detect() -> HostKind {
         match property(&["plugin_vm_id"]) {
             Some(_) => HostKind::Envoy,

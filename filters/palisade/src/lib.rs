@@ -66,7 +66,7 @@ proxy_wasm::main! {{
 struct Root {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
-    /// Found out on the first request (properties need a request context).
+    /// Found out in `on_configure`.
     host: Rc<Cell<Option<HostKind>>>,
     /// JWKS fetches in flight: call token to provider index.
     fetches: HashMap<u32, usize>,
@@ -100,9 +100,7 @@ fn fresh_seed() -> [u8; 16] {
 
 impl Root {
     fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
-        // Before the first request the host is not known yet; asking from
-        // the root context is good enough to keep counters off on
-        // ngx_wasm_module, and is not cached.
+        // Known once configured.
         let kind = self.host.get().unwrap_or_else(HostKind::detect);
         HostMetrics {
             engine: engine.clone(),
@@ -195,11 +193,22 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // The host first: ngx_wasm_module (3bed278) crashes the worker on
+        // `plugin_name` outside a request, while `plugin_vm_id` is safe on
+        // both hosts.
+        let kind = HostKind::detect();
+        self.host.set(Some(kind));
+        if !kind.has_metrics() {
+            log::warn!("palisade: ngx_wasm_module host: counters are off (it has no proxy-wasm metrics); findings are still logged");
+        }
         // Envoy: the filter's `name`; two palisade filters in one VM need
         // different names to keep separate state.
-        let instance = host::property(&["plugin_name"])
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_default();
+        let instance = match kind {
+            HostKind::Envoy => host::property(&["plugin_name"])
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default(),
+            HostKind::NgxWasm => String::new(),
+        };
         self.namespace = Rc::from(namespace_prefix(&instance));
         let store = store(&self.namespace);
         let prepared = slots::shared_seed(&store, fresh_seed())
