@@ -14,6 +14,8 @@
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
 #   make train         fit the bot stage's model from simulator traffic (TRAIN_SECONDS, MODEL_OUT, LABELLED)
 #   make train-test    only the unit tests of the trainer (tests/train)
+#   make nginx         nginx + ngx_wasm_module + Wasmtime from NGINX_SRC / NGX_WASM_SRC into target/nginx (not in make test yet)
+#   make nginx-smoke   the built nginx, 2 workers, palisade with one rate limit: 3 x 200 then 429 rl.exhausted
 #
 # Pass extra pytest arguments with PYTEST_ARGS (integration) or
 # DEPLOY_PYTEST_ARGS (check-deploy), e.g.
