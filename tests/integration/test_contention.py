@@ -51,7 +51,7 @@ import h2.events
 import harness
 import signing
 from jwks_server import JwksServer
-from test_jwt import AUDIENCE, EC_KEY, JWKS_PATH, REMOTE_ISSUER, RSA_KEY, bearer, jwk, mint
+from test_jwt import AUDIENCE, EC_KEY, JWKS_PATH, REMOTE_ISSUER, RSA_KEY, bearer, jwk, sign_token
 
 WORKERS = 4
 # HTTP/2 connections a burst is spread over (the kernel hands each to a
@@ -673,7 +673,7 @@ def test_a_burst_of_unknown_kids_on_all_workers_claims_exactly_one_fetch(envoy):
     # would leave the rotated key unknown, two would mean two claims won.
     def token(kid: str) -> str:
         alg, key = {"remote-a": ("RS256", RSA_KEY), "remote-b": ("ES256", EC_KEY)}[kid]
-        return mint(alg, key=key, kid=kid, iss=REMOTE_ISSUER)
+        return sign_token(alg, key=key, kid=kid, iss=REMOTE_ISSUER)
 
     cfg = {
         "version": 1,

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import harness
 from harness import palisade_counter, palisade_lines
 from jwks_server import JwksServer
-from test_jwt import AUDIENCE, EC_KEY, REMOTE_ISSUER, ROGUE, RSA_KEY, bearer, jwk, mint, wait_until
+from test_jwt import AUDIENCE, EC_KEY, REMOTE_ISSUER, ROGUE, RSA_KEY, bearer, jwk, sign_token, wait_until
 from test_signatures import expect
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -104,23 +104,23 @@ def config(without_keys: str = "deny", *, timeout_s: int = TIMEOUT_S, min_refetc
 # the endpoint adds when the fault starts (installed only once it recovers).
 # --------------------------------------------------------------------------
 def valid() -> str:
-    return mint("RS256", key=RSA_KEY, kid="remote-a", iss=REMOTE_ISSUER)
+    return sign_token("RS256", key=RSA_KEY, kid="remote-a", iss=REMOTE_ISSUER)
 
 
 def rotated() -> str:
-    return mint("ES256", key=EC_KEY, kid="remote-b", iss=REMOTE_ISSUER)
+    return sign_token("ES256", key=EC_KEY, kid="remote-b", iss=REMOTE_ISSUER)
 
 
 def forged() -> str:
-    return mint("RS256", key=ROGUE["RSA"], kid="remote-a", iss=REMOTE_ISSUER)
+    return sign_token("RS256", key=ROGUE["RSA"], kid="remote-a", iss=REMOTE_ISSUER)
 
 
 def expired() -> str:
-    return mint("RS256", key=RSA_KEY, kid="remote-a", iss=REMOTE_ISSUER, now=int(time.time()) - 1000)
+    return sign_token("RS256", key=RSA_KEY, kid="remote-a", iss=REMOTE_ISSUER, now=int(time.time()) - 1000)
 
 
 def unknown_kid() -> str:
-    return mint("RS256", key=ROGUE["RSA"], kid=f"rotated-{uuid.uuid4().hex[:8]}", iss=REMOTE_ISSUER)
+    return sign_token("RS256", key=ROGUE["RSA"], kid=f"rotated-{uuid.uuid4().hex[:8]}", iss=REMOTE_ISSUER)
 
 
 KEY_A = jwk(RSA_KEY, "remote-a")
