@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import harness
 import pytest
@@ -51,8 +52,15 @@ def _reason(body: bytes) -> str:
         return "unparseable"
 
 
-def blast(port: int, first: int, count: int, threads: int) -> tuple[collections.Counter, int]:
-    """Each of ``count`` client IPs sends one request; keep-alive connections over ``threads`` threads."""
+def flood_request(n: int) -> tuple[str, dict[str, str]]:
+    return "/flood", {"x-forwarded-for": ip(n)}
+
+
+def blast(
+    port: int, first: int, count: int, threads: int, request: Callable[[int], tuple[str, dict[str, str]]] = flood_request
+) -> tuple[collections.Counter, int]:
+    """Each of ``count`` clients sends one GET, ``request(n)`` (path and
+    headers) for client ``n``; keep-alive connections over ``threads`` threads."""
     counters = [collections.Counter() for _ in range(threads)]
     reconnects = [0] * threads
     errors: list[BaseException] = []
@@ -61,7 +69,7 @@ def blast(port: int, first: int, count: int, threads: int) -> tuple[collections.
         c = harness.RawClient(port)
         try:
             for n in range(first + t, first + count, threads):
-                status, _, body = c.request("GET", "/flood", {"x-forwarded-for": ip(n)})
+                status, _, body = c.request("GET", *request(n))
                 counters[t][(status, _reason(body) if status != 200 else "ok")] += 1
         except BaseException as e:  # noqa: BLE001 - reported by the caller
             errors.append(e)
@@ -203,34 +211,9 @@ class Attacker(threading.Thread):
             c.close()
 
 
-def churn(port: int, first: int, count: int, threads: int) -> tuple[collections.Counter, int]:
-    """Each of ``count`` clients (its own address and User-Agent, so its own
-    fingerprint) sends one API request; keep-alive over ``threads`` threads."""
-    counters = [collections.Counter() for _ in range(threads)]
-    reconnects = [0] * threads
-    errors: list[BaseException] = []
-
-    def run(t: int) -> None:
-        c = harness.RawClient(port)
-        try:
-            for n in range(first + t, first + count, threads):
-                headers = {"x-forwarded-for": ip(n), "user-agent": f"flood-client/{n}"}
-                status, _, body = c.request("GET", "/api/items", headers)
-                counters[t][(status, _reason(body) if status != 200 else "ok")] += 1
-        except BaseException as e:  # noqa: BLE001 - reported by the caller
-            errors.append(e)
-        finally:
-            reconnects[t] = c.reconnects
-            c.close()
-
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-    for th in ts:
-        th.start()
-    for th in ts:
-        th.join()
-    if errors:
-        raise errors[0]
-    return sum(counters, collections.Counter()), sum(reconnects)
+def api_request(n: int) -> tuple[str, dict[str, str]]:
+    """Client ``n`` with its own address and User-Agent, so its own fingerprint."""
+    return "/api/items", {"x-forwarded-for": ip(n), "user-agent": f"flood-client/{n}"}
 
 
 @pytest.mark.flood
@@ -248,7 +231,7 @@ def test_a_million_client_keys_keep_memory_bounded_and_attackers_limited(envoy):
             break
     assert (r[0], harness.reason_of(r)) == (403, "ban.active"), f"{BANNED} was not banned: {r[0]}"
 
-    warm, _ = churn(e.port, 1, 20_000, THREADS)
+    warm, _ = blast(e.port, 1, 20_000, THREADS, api_request)
     time.sleep(1.5)
     before, rss_before = allocated(e), e.rss_bytes()
 
@@ -257,9 +240,9 @@ def test_a_million_client_keys_keep_memory_bounded_and_attackers_limited(envoy):
     hot = Attacker(e.port, HOT, "/login", 0.05)
     t1 = time.monotonic()
     third = MILLION // 3
-    flood, reconnects = churn(e.port, 20_001, third, THREADS)
+    flood, reconnects = blast(e.port, 20_001, third, THREADS, api_request)
     hot.start()
-    more, more_reconnects = churn(e.port, 20_001 + third, MILLION - third, THREADS)
+    more, more_reconnects = blast(e.port, 20_001 + third, MILLION - third, THREADS, api_request)
     flood += more
     reconnects += more_reconnects
     t2 = time.monotonic()
