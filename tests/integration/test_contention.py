@@ -51,7 +51,7 @@ import h2.events
 import harness
 import signing
 from jwks_server import JwksServer
-from test_jwt import AUDIENCE, EC_KEY, JWKS_PATH, REMOTE_ISSUER, RSA_KEY, bearer, jwk, sign_token
+from test_jwt import EC_KEY, JWKS_PATH, REMOTE_ISSUER, REMOTE_KEYS, RSA_KEY, bearer, jwk, remote_config, sign_token
 
 WORKERS = 4
 # HTTP/2 connections a burst is spread over (the kernel hands each to a
@@ -672,33 +672,10 @@ def test_a_burst_of_unknown_kids_on_all_workers_claims_exactly_one_fetch(envoy):
     # worker to install the new set, so exactly one fetch is right: none
     # would leave the rotated key unknown, two would mean two claims won.
     def token(kid: str) -> str:
-        alg, key = {"remote-a": ("RS256", RSA_KEY), "remote-b": ("ES256", EC_KEY)}[kid]
+        alg, key = REMOTE_KEYS[kid]
         return sign_token(alg, key=key, kid=kid, iss=REMOTE_ISSUER)
 
-    cfg = {
-        "version": 1,
-        "routes": [{"name": "api", "prefix": "/api"}],
-        "jwt": {
-            "providers": [
-                {
-                    "name": "remote",
-                    "issuer": REMOTE_ISSUER,
-                    "audiences": [AUDIENCE],
-                    "algorithms": ["RS256", "ES256"],
-                    "jwks": {
-                        "remote": {
-                            "cluster": "idp_jwks",
-                            "path": JWKS_PATH,
-                            "refresh": "1h",
-                            "min_refetch": f"{JWKS_MIN_REFETCH_S}s",
-                            "timeout": "2s",
-                        }
-                    },
-                }
-            ]
-        },
-        "authorization": {"policies": [{"routes": ["api"]}]},
-    }
+    cfg = remote_config(min_refetch_s=JWKS_MIN_REFETCH_S, timeout_s=2)
     jwks = JwksServer([jwk(RSA_KEY, "remote-a")], path=JWKS_PATH).start()
     try:
         e = envoy(cfg, concurrency=WORKERS, extra_clusters=[jwks.cluster("idp_jwks")])

@@ -46,10 +46,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import harness
 from harness import palisade_counter, palisade_lines
 from jwks_server import JwksServer
-from test_jwt import AUDIENCE, EC_KEY, REMOTE_ISSUER, ROGUE, RSA_KEY, bearer, jwk, sign_token, wait_until
+from test_jwt import EC_KEY, JWKS_PATH, REMOTE_ISSUER, ROGUE, RSA_KEY, bearer, jwk, remote_config, sign_token, wait_until
 from test_signatures import expect
 
-JWKS_PATH = "/.well-known/jwks.json"
 # Fast faults: a fetch times out after 1 s; refetches at most every 2 s.
 TIMEOUT_S, MIN_REFETCH_S = 1, 2
 # The slow fault: the fetch is outstanding for 6 s (palisade's timeout), the
@@ -71,32 +70,7 @@ FETCH_WARNING = re.compile(
 
 
 def config(without_keys: str = "deny", *, timeout_s: int = TIMEOUT_S, min_refetch_s: int = MIN_REFETCH_S) -> dict:
-    return {
-        "version": 1,
-        "routes": [{"name": "api", "prefix": "/api"}],
-        "jwt": {
-            "without_keys": without_keys,
-            "providers": [
-                {
-                    "name": "remote",
-                    "issuer": REMOTE_ISSUER,
-                    "audiences": [AUDIENCE],
-                    "algorithms": ["RS256", "ES256"],
-                    "jwks": {
-                        "remote": {
-                            "cluster": "idp_jwks",
-                            "authority": "idp.example",
-                            "path": JWKS_PATH,
-                            "refresh": "1h",  # only failures at start and unknown kids cause fetches here
-                            "min_refetch": f"{min_refetch_s}s",
-                            "timeout": f"{timeout_s}s",
-                        }
-                    },
-                }
-            ],
-        },
-        "authorization": {"policies": [{"routes": ["api"]}]},
-    }
+    return remote_config(without_keys, min_refetch_s=min_refetch_s, timeout_s=timeout_s)
 
 
 # --------------------------------------------------------------------------

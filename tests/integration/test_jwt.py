@@ -838,7 +838,9 @@ MIN_REFETCH_S = 3
 REMOTE_KEYS = {"remote-a": ("RS256", RSA_KEY), "remote-b": ("ES256", EC_KEY)}
 
 
-def remote_config(without_keys: str = "deny") -> dict:
+def remote_config(without_keys: str = "deny", *, min_refetch_s: int = MIN_REFETCH_S, timeout_s: int = 1) -> dict:
+    """One provider whose keys come from the JWKS server behind cluster
+    ``idp_jwks`` (also used by test_faults and test_contention)."""
     return {
         "version": 1,
         "routes": [{"name": "api", "prefix": "/api"}],
@@ -856,8 +858,8 @@ def remote_config(without_keys: str = "deny") -> dict:
                             "authority": "idp.example",
                             "path": JWKS_PATH,
                             "refresh": "1h",  # only unknown kids and failures cause refetches here
-                            "min_refetch": f"{MIN_REFETCH_S}s",
-                            "timeout": "1s",
+                            "min_refetch": f"{min_refetch_s}s",
+                            "timeout": f"{timeout_s}s",
                         }
                     },
                 }
