@@ -683,6 +683,27 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000;
 
+    /// `headers` (whose `signature-input` names `sig1`) with the matching
+    /// HMAC-SHA256 `signature` appended.
+    fn with_signature(mut headers: Vec<(String, String)>, secret: &[u8]) -> Vec<(String, String)> {
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let bytes = encode_map(&pairs);
+        let map = HeaderMap::decode(&bytes).unwrap_or_default();
+        let base =
+            signature::signature_base(&map, "sig1").unwrap_or_else(|e| unreachable!("{e:?}"));
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|e| unreachable!("{e}"));
+        mac.update(&base);
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        headers.push(("signature".into(), format!("sig1=:{sig}:")));
+        headers
+    }
+
     struct Fixture {
         engine: Engine,
         store: MemoryStore,
@@ -1143,7 +1164,6 @@ mod tests {
         use super::*;
         use crate::stages::integrity::digest::{content_digest, DigestAlg};
         use base64::Engine as _;
-        use hmac::{Hmac, Mac};
 
         const SECRET: &[u8] = b"a-demo-secret-of-at-least-32-bytes!!";
         const OTHER: &[u8] = b"another-secret-of-at-least-32-bytes!";
@@ -1171,7 +1191,7 @@ mod tests {
             key: (&str, &[u8]),
             params: &str,
         ) -> Vec<(String, String)> {
-            let mut headers: Vec<(String, String)> = vec![
+            let headers: Vec<(String, String)> = vec![
                 (":method".into(), "POST".into()),
                 (":path".into(), path.into()),
                 (":authority".into(), "api.example".into()),
@@ -1187,20 +1207,7 @@ mod tests {
                     ),
                 ),
             ];
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            let bytes = encode_map(&pairs);
-            let map = HeaderMap::decode(&bytes).unwrap_or_default();
-            let base =
-                signature::signature_base(&map, "sig1").unwrap_or_else(|e| unreachable!("{e:?}"));
-            let mut mac =
-                Hmac::<sha2::Sha256>::new_from_slice(key.1).unwrap_or_else(|e| unreachable!("{e}"));
-            mac.update(&base);
-            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-            headers.push(("signature".into(), format!("sig1=:{sig}:")));
-            headers
+            with_signature(headers, key.1)
         }
 
         type Headers = Vec<(String, String)>;

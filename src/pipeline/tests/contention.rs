@@ -22,7 +22,6 @@ use crate::stages::bot::behaviour::{self, ClientRecord};
 use crate::state::host::Versioned;
 use crate::state::slots::Page;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
@@ -147,6 +146,25 @@ impl Race {
         unreachable!("a request lost every compare-and-swap {MAX_RESENDS} times")
     }
 
+    /// Thread `t`'s share of a race in which every one of `keys` client
+    /// addresses sends `per_thread` GETs from each thread (see
+    /// [`keys_per_thread`]); the answers by key.
+    fn every_key(
+        &self,
+        store: &dyn SharedStore,
+        t: usize,
+        keys: usize,
+        per_thread: usize,
+    ) -> Vec<(usize, Answer)> {
+        keys_per_thread(t, keys, per_thread)
+            .map(|k| {
+                let ip = ip(k);
+                let pairs = [(":method", "GET"), (":path", "/"), ("x-forwarded-for", &ip)];
+                (k, self.send(store, &pairs, b""))
+            })
+            .collect()
+    }
+
     /// One request alone, on the plain store.
     fn alone(&self, pairs: &[(&str, &str)], body: &[u8]) -> Answer {
         self.send(&self.f.store, pairs, body)
@@ -247,17 +265,7 @@ fn many_keys_each_get_exactly_their_capacity() {
             "bans": {{"after": 10000}}}}"#
     ));
     let results = race.run("buckets", |t, store, _| {
-        keys_per_thread(t, keys, per_thread)
-            .map(|k| {
-                let ip = ip(k);
-                let answer = race.send(
-                    store,
-                    &[(":method", "GET"), (":path", "/"), ("x-forwarded-for", &ip)],
-                    b"",
-                );
-                (k, answer)
-            })
-            .collect::<Vec<_>>()
+        race.every_key(store, t, keys, per_thread)
     });
     // The table after the race: keys placed, keys on an alternate, and
     // spill entries that name no record anywhere.
@@ -319,17 +327,7 @@ fn the_overflow_bucket_holds_exactly_the_rules_capacity() {
             "rate_limits": {{"slots": {slot_count}, "rules": [{{"name": "tiny", "key": ["ip"], "capacity": {capacity}, "refill": "none"}}]}}}}"#
     ));
     let results = race.run("overflow", |t, store, _| {
-        keys_per_thread(t, keys, per_thread)
-            .map(|k| {
-                let ip = ip(k);
-                let answer = race.send(
-                    store,
-                    &[(":method", "GET"), (":path", "/"), ("x-forwarded-for", &ip)],
-                    b"",
-                );
-                (k, answer)
-            })
-            .collect::<Vec<_>>()
+        race.every_key(store, t, keys, per_thread)
     });
     let by_key = tally(results.into_iter().flatten());
     let sent = THREADS * per_thread;
@@ -637,7 +635,7 @@ fn signature_config() -> String {
 /// Headers of a GET of `path` signed over method, authority, path and
 /// query with a nonce.
 fn signed_get(path: &str, nonce: &str) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = vec![
+    let headers: Vec<(String, String)> = vec![
         (":method".into(), "GET".into()),
         (":path".into(), path.into()),
         (":authority".into(), "api.example".into()),
@@ -649,19 +647,7 @@ fn signed_get(path: &str, nonce: &str) -> Vec<(String, String)> {
             ),
         ),
     ];
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let bytes = encode_map(&pairs);
-    let map = HeaderMap::decode(&bytes).unwrap_or_default();
-    let base = signature::signature_base(&map, "sig1").unwrap_or_else(|e| unreachable!("{e:?}"));
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SIGNING_SECRET)
-        .unwrap_or_else(|e| unreachable!("{e}"));
-    mac.update(&base);
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    headers.push(("signature".into(), format!("sig1=:{sig}:")));
-    headers
+    with_signature(headers, SIGNING_SECRET)
 }
 
 fn send_signed(race: &Race, store: &dyn SharedStore, headers: &[(String, String)]) -> Answer {
