@@ -185,16 +185,21 @@ class Upstream(LocalServer):
         return 200, "application/json", json.dumps({"mark": UPSTREAM_MARK}).encode()
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, artefacts):
-    up = Upstream().start()
-    inst = harness.EnvoyInstance(
+def hostile_envoy(up: Upstream, workdir) -> harness.EnvoyInstance:
+    """The suite's Envoy (not started): CONFIG, 2 workers, ``up`` as upstream."""
+    return harness.EnvoyInstance(
         CONFIG,
         concurrency=2,
         extra_routes=[{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}],
         extra_clusters=[up.cluster("upstream")],
-        workdir=tmp_path_factory.mktemp("hostile"),
+        workdir=workdir,
     )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, artefacts):
+    up = Upstream().start()
+    inst = hostile_envoy(up, tmp_path_factory.mktemp("hostile"))
     try:
         inst.start()
     except harness.HarnessError as e:
@@ -971,13 +976,7 @@ def test_slowloris_bodies_end_at_the_request_timeout(tmp_path, artefacts):
     lets nothing through and keeps no state that outlives the stream (the
     worker serves the next request, the VM logs no failure)."""
     up = Upstream().start()
-    inst = harness.EnvoyInstance(
-        CONFIG,
-        concurrency=2,
-        extra_routes=[{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "5s"}}],
-        extra_clusters=[up.cluster("upstream")],
-        workdir=tmp_path / "envoy",
-    )
+    inst = hostile_envoy(up, tmp_path / "envoy")
     bootstrap = json.loads(inst.config_path.read_text())
     listener = bootstrap["static_resources"]["listeners"][0]
     listener["filter_chains"][0]["filters"][0]["typed_config"]["request_timeout"] = "2s"
