@@ -14,11 +14,12 @@
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
 #   make train         fit the bot stage's model from simulator traffic (TRAIN_SECONDS, MODEL_OUT, LABELLED)
 #   make train-test    only the unit tests of the trainer (tests/train)
-#   make nginx         nginx + ngx_wasm_module + Wasmtime from NGINX_SRC / NGX_WASM_SRC into target/nginx (not in make test yet)
+#   make nginx         nginx + ngx_wasm_module + Wasmtime from NGINX_SRC / NGX_WASM_SRC into target/nginx
 #   make nginx-smoke   the built nginx, 2 workers, palisade with one rate limit: 3 x 200 then 429 rl.exhausted
+#   make nginx-test    the NGINX end-to-end suite (tests/nginx) on that nginx; in make test when the sources are found
 #
 # Pass extra pytest arguments with PYTEST_ARGS (integration) or
-# DEPLOY_PYTEST_ARGS (check-deploy), e.g.
+# DEPLOY_PYTEST_ARGS (check-deploy) or NGINX_PYTEST_ARGS (nginx-test), e.g.
 #   make integration PYTEST_ARGS='-k bans'
 #   make integration PYTEST_ARGS='-m flood -s'
 #   make check-deploy DEPLOY_PYTEST_ARGS='-k kong'
@@ -73,7 +74,7 @@ ENVOY_CONFIG  := envoy/envoy.yaml
 
 all: build
 
-test: setup fmt-check clippy deny unit fuzz-smoke train-test integration check-deploy
+test: setup fmt-check clippy deny unit fuzz-smoke train-test integration nginx-test-if-sources check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -495,12 +496,17 @@ $(BENCH_STAMP): $(BENCH_REQUIREMENTS) $(SETUP_STAMP)
 
 # ---------------------------------------------------------------- nginx ----
 # The NGINX host (issue 18): nginx with Kong's ngx_wasm_module (WasmX) on
-# Wasmtime's C API, built from source into target/nginx/. Not part of
-# `make test` (yet).
+# Wasmtime's C API, built from source into target/nginx/.
 #   make nginx         target/nginx/sbin/nginx, then a one-line `nginx -V` check
 #   make nginx NGINX_SRC=~/src/nginx NGX_WASM_SRC=~/src/ngx_wasm_module
 #   make nginx-smoke   that nginx (2 workers, loopback) runs palisade.wasm with one
 #                      rate limit: 3 x 200, then 429 rl.exhausted (tests/nginx/smoke.py)
+#   make nginx-test    the NGINX end-to-end suite (tests/nginx/test_ngx_*.py: real
+#                      nginx, 2 workers, loopback, a recording upstream);
+#                      NGINX_PYTEST_ARGS passes pytest arguments (e.g. '-k reload')
+# `make test` runs nginx-test after the Envoy integration tests when both
+# sources are found (NGINX_SRC and NGX_WASM_SRC, given or in ../shared/vendor/),
+# and otherwise prints a loud SKIPPED notice naming them (not an error).
 # NGINX_SRC (nginx 1.27.4, what ngx_wasm_module 3bed2783 pins) and
 # NGX_WASM_SRC (ngx_wasm_module) are each a source directory or a .tar.gz of
 # one (a single top directory); they default to the archives in
@@ -535,8 +541,9 @@ NGINX_WASMTIME_TARGET   := $(NGINX_DIR)/wasmtime-target
 NGINX_WASMTIME_STAMP    := $(NGINX_WASMTIME)/.palisade-wasmtime.stamp
 NGINX_CMAKE_VERSION     := 3.31.6
 NGINX_SMOKE_ARGS        ?=
+NGINX_PYTEST_ARGS       ?=
 
-.PHONY: nginx nginx-deps nginx-sources nginx-smoke
+.PHONY: nginx nginx-deps nginx-sources nginx-smoke nginx-test nginx-test-if-sources
 
 nginx: $(NGINX_BIN)
 	@v="$$($(NGINX_BIN) -V 2>&1)" || { printf '%s\n' "$$v" >&2; echo "error: $(NGINX_BIN) -V failed" >&2; exit 1; }; \
@@ -651,6 +658,32 @@ $(NGINX_BIN): $(NGINX_SRC_KEY) $(NGINX_WASMTIME_STAMP) | nginx-deps
 # mismatch: a non-zero exit and the tail of nginx's error log.
 nginx-smoke: nginx build setup
 	$(PYTHON) tests/nginx/smoke.py --nginx $(NGINX_BIN) --wasm $(WASM) --run-dir $(NGINX_DIR)/run $(NGINX_SMOKE_ARGS)
+
+# The NGINX end-to-end suite (tests/nginx): each test starts the built nginx
+# (2 worker processes, loopback, a config generated in target/nginx/run-*/)
+# with palisade in front of an upstream in the test process. PyYAML (for
+# nginx/kong/kong.yml) comes with the deployment checks' requirements.
+nginx-test: nginx build setup $(DEPLOY_STAMP)
+	PALISADE_NGINX='$(abspath $(NGINX_BIN))' PALISADE_WASM='$(abspath $(WASM))' \
+	  $(PYTHON) -m pytest tests/nginx -v $(NGINX_PYTEST_ARGS)
+
+# make test's step: the suite when both sources are found, else a notice.
+nginx-test-if-sources:
+	@if [ -n '$(NGINX_SRC)' ] && [ -n '$(NGX_WASM_SRC)' ]; then \
+	  $(MAKE) --no-print-directory nginx-test; \
+	else \
+	  echo; \
+	  echo "################################################################################"; \
+	  echo "## SKIPPED: NGINX suite (make nginx-test, tests/nginx) NOT RUN"; \
+	  echo "##"; \
+	  echo "## The sources of nginx $(NGINX_VERSION) and ngx_wasm_module were not found:"; \
+	  echo "##   NGINX_SRC='$(NGINX_SRC)'"; \
+	  echo "##   NGX_WASM_SRC='$(NGX_WASM_SRC)'"; \
+	  echo "## (neither given nor in $(NGINX_VENDOR)/). Palisade was NOT tested on NGINX."; \
+	  echo "## Run it with: make test NGINX_SRC=/path/to/nginx NGX_WASM_SRC=/path/to/ngx_wasm_module"; \
+	  echo "################################################################################"; \
+	  echo; \
+	fi
 
 # ---------------------------------------------------------------- clean ----
 clean:
