@@ -10,7 +10,7 @@ After the test every nginx is checked, then stopped: an ``[emerg]``,
 ``[alert]`` or ``[crit]`` line in its error log, a worker that exited
 (outside a reload's retirement) or a missing worker fails the test, whatever
 its requests got. When the test failed, the tail of each error log is printed
-and the run directory (target/nginx/run-*) is kept; otherwise it is removed.
+and the run directory (target/nginx-test/run-*) is kept; otherwise it is removed.
 
 A missing nginx or wasm is an error, never a skip. The Envoy suite's helpers
 (harness.py, signing.py, test_jwt.py, ...) are importable: tests/integration

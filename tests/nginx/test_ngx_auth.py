@@ -184,7 +184,7 @@ def test_refresh_token_reuse_is_refused_on_both_workers(nginx, upstream):
         r = inst.request("POST", "/oauth/token", FORM, form)
         expect(r, 400, "oauth.refresh_reuse")
         assert harness.json_body(r[2]).get("error") == "invalid_grant", r[2][:200]
-    refused_by = set(inst.served_by("/oauth/token", 400))
+    refused_by = set(inst.wait_served("/oauth/token", 12, 400))
     assert len(refused_by) == 2, f"reuses refused by workers {refused_by}: expected both"
     # The same token with the fields in another order is the same token.
     other = f"client_id=web&refresh_token={rt}&grant_type=refresh_token".encode()

@@ -81,7 +81,7 @@ def test_limit_is_exact_across_worker_processes(nginx, upstream):
         assert statuses == {200: CAPACITY, 429: N - CAPACITY}, f"run {k}: statuses {dict(statuses)}, {dict(reasons)}"
         assert reasons == {"rl.exhausted": N - CAPACITY}, f"run {k}: {dict(reasons)}"
         assert upstream.count() - before == CAPACITY, f"run {k}: {upstream.count() - before} requests upstream"
-        served = inst.served_by(f"/run{k}/")
+        served = inst.wait_served(f"/run{k}/", N)
         assert len(served) == 2 and sum(served.values()) == N, (
             f"run {k}: requests per worker {served}: both workers must take part"
         )
@@ -183,7 +183,7 @@ def test_failed_credentials_are_throttled_then_banned_on_both_workers(nginx, ups
     assert upstream.count() == before, "a refused request reached the upstream"
 
     # Both workers answered with the ban (it is in the shared zone, not per worker).
-    banned_by = set(inst.served_by("/partner/", 403))
+    banned_by = set(inst.wait_served("/partner/", 17, 403))
     assert len(banned_by) == 2, f"403s answered by workers {banned_by}: the ban was not seen by both"
 
     # Another address with the right key is not affected.

@@ -2,8 +2,8 @@
 
 * ``nginx/nginx.conf`` itself, rewritten only where a test run must differ
   (the wasm path, loopback port, upstream port, 2 workers, ``user``, pid,
-  logs and temp paths in the run directory, a readiness location without
-  palisade): its ``shm_kv`` size and palisade JSON are used as shipped.
+  logs and temp paths in the run directory, Wasmtime's compilation cache, a
+  readiness location without palisade): its ``shm_kv`` size and palisade JSON are used as shipped.
 * the palisade configuration of ``nginx/kong/kong.yml`` (Kong hands it to the
   filter as JSON) in the suite's generated nginx.conf, with the ``shm_kv``
   size kong.yml asks for (``nginx_wasm_main_shm_kv``).
@@ -53,6 +53,11 @@ def shipped_nginx_conf(inst: nginx_host.NginxInstance) -> str:
         f"{user}daemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n" + text
     )
     text = sub_once(r"module\s+palisade\s+\S+;", f"module palisade {inst.wasm};", text)
+    text = sub_once(
+        r"^(\s*)(shm_kv\s+\*\s+\S+\s+eviction=none;)",
+        f"    shm_kv * {shipped_shm_size()} eviction=none;\n    wasmtime {{ cache_config {inst.cache_config()}; }}",
+        text,
+    )
     text = sub_once(r"server\s+127\.0\.0\.1:8081;", f"server 127.0.0.1:{inst.upstream_port};", text)
     text = sub_once(
         r"^(\s*)listen\s+8080;",

@@ -165,7 +165,7 @@ def test_replayed_nonce_is_refused_on_both_workers(nginx, upstream):
     expect(send(inst, "POST", target, h, body), 200)
     for _ in range(12):
         expect(send(inst, "POST", target, h, body), 401, "sig.replay")
-    refused_by = set(inst.served_by("/payments/charge", 401))
+    refused_by = set(inst.wait_served("/payments/charge", 12, 401))
     assert len(refused_by) == 2, f"replays refused by workers {refused_by}: expected both"
     nonce = re.search(r'nonce="([^"]*)"', h["Signature-Input"]).group(1)
     h2 = signed(inst, "POST", "/payments/other", body, nonce=nonce)
