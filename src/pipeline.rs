@@ -11,6 +11,7 @@
 use crate::config::Policy;
 use crate::core::config_error::ConfigError;
 use crate::core::event;
+use crate::core::hosts::HostKind;
 use crate::core::metrics::{Counter, Metrics};
 use crate::core::mode::Mode;
 use crate::core::request::{request_id, Facts, HeaderMap};
@@ -38,6 +39,7 @@ pub struct Engine {
     pub policy: Policy,
     seed: [u8; 16],
     auth: Mutex<AuthState>,
+    host: HostKind,
 }
 
 /// One step of the header phase.
@@ -142,7 +144,7 @@ pub enum Verdict {
 }
 
 impl Engine {
-    pub fn new(policy: Policy, seed: [u8; 16]) -> Result<Engine, ConfigError> {
+    pub fn new(policy: Policy, seed: [u8; 16], host: HostKind) -> Result<Engine, ConfigError> {
         let auth = AuthState::new(&policy.auth, seed).map_err(|e| ConfigError {
             path: format!("jwt.providers.{}", e.field),
             message: e.message,
@@ -151,7 +153,13 @@ impl Engine {
             policy,
             seed,
             auth: Mutex::new(auth),
+            host,
         })
+    }
+
+    /// The proxy this engine was configured for.
+    pub fn host(&self) -> HostKind {
+        self.host
     }
 
     fn ctx<'a>(&'a self, host: &'a Services<'a>) -> Ctx<'a> {
@@ -196,6 +204,13 @@ impl Engine {
         peer: &dyn Fn() -> Option<String>,
         host: &Services<'_>,
     ) -> Verdict {
+        let with_host_authority;
+        let headers = if self.host.authority_from_host_header() {
+            with_host_authority = headers.with_host_as_authority();
+            &with_host_authority
+        } else {
+            headers
+        };
         let route = match routes::classify(&self.policy.routes, headers) {
             Ok(route) => route,
             Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
@@ -217,6 +232,20 @@ impl Engine {
                 .collect(),
             set: Vec::new(),
         };
+        let forged_identity = || {
+            // A challenge solution is the client's to send.
+            upstream
+                .remove
+                .iter()
+                .any(|h| h != bot::challenge::SOLUTION_HEADER)
+        };
+        if !self.host.removes_request_headers() && forged_identity() {
+            // The client's copy would reach the upstream next to (or
+            // instead of) palisade's.
+            let finding = Finding::new(Stage::Classify, Reason::IdentityHeader, Mode::Enforce);
+            let facts = Facts::new(route, request_id(headers));
+            return self.conclude(&facts, vec![finding], Outcome::default(), host.metrics);
+        }
         let mut request = Request {
             headers,
             peer,
@@ -241,6 +270,19 @@ impl Engine {
             }
         }
         let body = self.body_check(headers, &request.facts, request.digest);
+        if body.is_some()
+            && self.host.delivers_body_whole()
+            && headers.get("transfer-encoding").is_some()
+            && !request.blocked()
+        {
+            // ngx_wasm_module hands over no empty chunked body: its check
+            // would never run.
+            request.findings.push(Finding::new(
+                Stage::Classify,
+                Reason::BodyLengthRequired,
+                Mode::Enforce,
+            ));
+        }
         let outcome = Outcome {
             quota: request.quota,
             upstream: request.upstream,
@@ -713,12 +755,16 @@ mod tests {
 
     impl Fixture {
         fn new(json: &str) -> Fixture {
+            Fixture::on_host(json, HostKind::Envoy)
+        }
+
+        fn on_host(json: &str, host: HostKind) -> Fixture {
             let policy = Policy::from_json(json.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
             let store = MemoryStore::new();
             slots::ensure_pages(&store, policy.shared_keys())
                 .unwrap_or_else(|e| unreachable!("{e:?}"));
             Fixture {
-                engine: Engine::new(policy, [7; 16]).unwrap_or_else(|e| unreachable!("{e}")),
+                engine: Engine::new(policy, [7; 16], host).unwrap_or_else(|e| unreachable!("{e}")),
                 store,
                 clock: ManualClock::at(T0),
                 metrics: MemoryMetrics::default(),
@@ -1289,6 +1335,60 @@ mod tests {
         }
 
         #[test]
+        fn on_ngx_wasm_authority_is_the_host_header() {
+            // ngx_wasm_module's `:authority` is nginx's own name and port.
+            let json = config("").replace(
+                r#""components": ["@method", "@path", "@query", "content-digest"]"#,
+                r#""components": ["@method", "@authority", "@path", "@query", "content-digest"]"#,
+            );
+            let body = br#"{"amount": 5}"#;
+            for (host, expected) in [(HostKind::NgxWasm, 200), (HostKind::Envoy, 401)] {
+                let f = Fixture::on_host(&json, host);
+                let mut headers: Headers = vec![
+                    (":method".into(), "POST".into()),
+                    (":path".into(), "/pay".into()),
+                    (":authority".into(), "api.example".into()),
+                    (
+                        "content-digest".into(),
+                        content_digest(DigestAlg::Sha256, body),
+                    ),
+                    (
+                        "signature-input".into(),
+                        format!(
+                            r#"sig1=("@method" "@authority" "@path" "@query" "content-digest");keyid="client-a"{}"#,
+                            created(&f)
+                        ),
+                    ),
+                ];
+                headers = with_signature(headers, SECRET);
+                headers[2].1 = "localhost:8080".into();
+                headers.push(("Host".into(), "api.example".into()));
+                assert_eq!(outcome(&f, &headers, body).0, expected, "{host:?}");
+            }
+        }
+
+        #[test]
+        fn on_ngx_wasm_a_chunked_body_to_check_is_refused() {
+            let body = br#"{"amount": 5}"#;
+            for (host, expected) in [(HostKind::NgxWasm, 411), (HostKind::Envoy, 200)] {
+                let f = Fixture::on_host(&config(""), host);
+                let mut headers = signed("/pay", body, ("client-a", SECRET), &created(&f));
+                headers.push(("Transfer-Encoding".into(), "chunked".into()));
+                let got = outcome(&f, &headers, body);
+                assert_eq!(got.0, expected, "{host:?} {}", got.1);
+                if expected == 411 {
+                    assert_eq!(reason(&got), "body.length_required");
+                }
+            }
+            // Routes without a body check take chunked bodies on both hosts.
+            let f = Fixture::on_host(&config(""), HostKind::NgxWasm);
+            assert_eq!(
+                f.status("POST", "/other", &[("transfer-encoding", "chunked")]),
+                200
+            );
+        }
+
+        #[test]
         fn without_nonce_the_same_signature_is_accepted_once() {
             let f = Fixture::new(&config(""));
             let headers = signed("/pay", b"", ("client-a", SECRET), &created(&f));
@@ -1561,6 +1661,39 @@ mod tests {
             };
             assert_eq!(upstream.remove, ["x-palisade-user"]);
             assert!(upstream.set.is_empty());
+        }
+
+        #[test]
+        fn on_ngx_wasm_a_forged_identity_header_is_refused_not_forwarded() {
+            let f = Fixture::on_host(&config(""), HostKind::NgxWasm);
+            let token = mint(claims("alice", serde_json::json!({"tenant": "acme"})));
+            let auth = bearer(&token);
+            for (path, forged) in [
+                ("/api/items", ("X-Palisade-User", "mallory")),
+                ("/api/items", ("x-tenant", "evil")),
+                ("/public", ("x-palisade-user", "mallory")),
+                ("/public", ("X-Palisade-Bot-Score", "0")),
+            ] {
+                let r = respond(f.send("GET", path, &[("authorization", &auth), forged]));
+                assert_eq!(
+                    (r.status, reason(&r)),
+                    (400, "request.identity_header".to_string()),
+                    "{path} {forged:?}"
+                );
+            }
+            // Without forged copies: the identity is set, nothing to remove.
+            let Verdict::Allow { upstream, .. } =
+                f.send("GET", "/api/items", &[("authorization", &auth)])
+            else {
+                unreachable!("a valid token is allowed");
+            };
+            assert!(upstream.remove.is_empty());
+            assert_eq!(upstream.set[0], ("x-palisade-user".into(), "alice".into()));
+            // A challenge solution is not an identity.
+            assert!(matches!(
+                f.send("GET", "/public", &[("x-palisade-pow", "1:2")]),
+                Verdict::Allow { .. }
+            ));
         }
 
         #[test]

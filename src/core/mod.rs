@@ -6,6 +6,7 @@
 pub mod config_error;
 pub mod duration;
 pub mod event;
+pub mod hosts;
 pub mod metrics;
 pub mod mode;
 pub mod names;

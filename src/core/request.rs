@@ -87,6 +87,35 @@ impl<'a> HeaderMap<'a> {
     pub fn get_str(&self, name: &str) -> Option<&'a str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
+
+    /// Whether a body follows the headers, by `Content-Length`, for a host
+    /// that reports no end of stream with them (ngx_wasm_module, where
+    /// nginx has already refused a malformed length). A request that
+    /// announces none is checked as bodiless: if it had a body after all,
+    /// the check fails rather than never running.
+    pub fn content_length_announces_body(&self) -> bool {
+        self.get_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    }
+
+    /// The map with `:authority` taken from the `Host` header, for a host
+    /// whose `:authority` is its own server name rather than the request's
+    /// (ngx_wasm_module). Without a `Host` header (HTTP/1.0) the map is
+    /// unchanged.
+    pub fn with_host_as_authority(&self) -> HeaderMap<'a> {
+        let mut pairs = self.pairs.clone();
+        if let Some(host) = self.get("host") {
+            match pairs
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b":authority"))
+            {
+                Some(pair) => pair.1 = host,
+                None => pairs.push((b":authority", host)),
+            }
+        }
+        HeaderMap { pairs }
+    }
 }
 
 /// Every value of cookie `name` in a `cookie` header value, in order (a
@@ -214,6 +243,49 @@ impl<'h> Facts<'h> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_header_stands_in_for_authority_where_asked() {
+        let pairs = [
+            (":authority", "localhost:8080"),
+            (":path", "/"),
+            ("Host", "api.example"),
+        ];
+        let bytes = encode_map(&pairs);
+        let map = HeaderMap::decode(&bytes).unwrap_or_default();
+        let rewritten = map.with_host_as_authority();
+        assert_eq!(rewritten.get_str(":authority"), Some("api.example"));
+        assert_eq!(rewritten.get_str(":path"), Some("/"));
+        assert_eq!(map.get_str(":authority"), Some("localhost:8080"));
+        // No Host (HTTP/1.0): unchanged; no :authority: added.
+        let bare = encode_map(&[(":authority", "localhost:8080")]);
+        let bare = HeaderMap::decode(&bare).unwrap_or_default();
+        assert_eq!(
+            bare.with_host_as_authority().get_str(":authority"),
+            Some("localhost:8080")
+        );
+        let only_host = encode_map(&[("host", "api.example")]);
+        let only_host = HeaderMap::decode(&only_host).unwrap_or_default();
+        assert_eq!(
+            only_host.with_host_as_authority().get_str(":authority"),
+            Some("api.example")
+        );
+    }
+
+    #[test]
+    fn a_body_follows_a_positive_content_length_only() {
+        let announces = |pairs: &[(&str, &str)]| {
+            let bytes = encode_map(pairs);
+            HeaderMap::decode(&bytes)
+                .unwrap_or_default()
+                .content_length_announces_body()
+        };
+        assert!(announces(&[("Content-Length", "12")]));
+        assert!(!announces(&[("content-length", "0")]));
+        assert!(!announces(&[]));
+        assert!(!announces(&[("content-length", "twelve")]));
+        assert!(!announces(&[("transfer-encoding", "chunked")]));
+    }
 
     #[test]
     fn decodes_what_it_encodes() {

@@ -44,6 +44,9 @@ pub enum Reason {
     /// raw bytes through that HTTP/1 parsers refuse; such a request cannot
     /// be classified, so it is refused rather than treated as `default`.
     RequestMalformed(Pseudo),
+    /// A client sent a header palisade sets for the upstream (the user or a
+    /// forwarded claim) on a host that cannot remove it.
+    IdentityHeader,
     ClientIpInvalid,
     Signature(SigError),
     SignatureReplay,
@@ -51,6 +54,9 @@ pub enum Reason {
     ReplayCapacity,
     Digest(DigestError),
     BodyTooLarge,
+    /// A body palisade must check, sent without a Content-Length to a host
+    /// that would not hand an empty chunked body over (ngx_wasm_module).
+    BodyLengthRequired,
     /// The host could not hand over the buffered body.
     BodyUnreadable,
     /// No credential of a kind the route accepts.
@@ -90,12 +96,14 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::RequestMalformed(p) => p.reason_code(),
+            Reason::IdentityHeader => "request.identity_header",
             Reason::ClientIpInvalid => "client_ip.invalid",
             Reason::Signature(e) => e.as_str(),
             Reason::SignatureReplay => "sig.replay",
             Reason::ReplayCapacity => "sig.replay_capacity",
             Reason::Digest(e) => e.as_str(),
             Reason::BodyTooLarge => "body.too_large",
+            Reason::BodyLengthRequired => "body.length_required",
             Reason::BodyUnreadable => "body.unreadable",
             Reason::AuthMissing => "auth.missing",
             Reason::Jwt(e) => e.as_str(),
@@ -123,11 +131,13 @@ impl Reason {
     pub fn decision(self) -> Decision {
         match self {
             Reason::RequestMalformed(_)
+            | Reason::IdentityHeader
             | Reason::ClientIpInvalid
             | Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::Digest(_)
             | Reason::BodyTooLarge
+            | Reason::BodyLengthRequired
             | Reason::AuthMissing
             | Reason::Jwt(_)
             | Reason::ApiKeyInvalid
@@ -154,6 +164,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::RequestMalformed(_)
+            | Reason::IdentityHeader
             | Reason::ClientIpInvalid
             | Reason::Digest(_)
             | Reason::RefreshReuse
@@ -165,6 +176,7 @@ impl Reason {
             | Reason::Jwt(_)
             | Reason::ApiKeyInvalid => 401,
             Reason::BodyTooLarge => 413,
+            Reason::BodyLengthRequired => 411,
             Reason::BanActive
             | Reason::AuthzRole
             | Reason::AuthzScope

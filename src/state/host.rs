@@ -28,14 +28,51 @@ pub type Versioned = (Vec<u8>, u32);
 /// Process-wide key/value store shared by all worker threads, with
 /// compare-and-swap: proxy-wasm shared data.
 ///
-/// Semantics follow Envoy's: `set` with a non-zero `cas` fails with
+/// On Envoy, `set` with a non-zero `cas` fails with
 /// [`StoreError::CasMismatch`] when the key changed since that version, but
 /// on a key that does not exist yet `set` always inserts, whatever `cas` says
 /// (the first insert is not atomic, which is why slot pages are created up
-/// front, see [`crate::state::slots`]).
+/// front, see [`crate::state::slots`]), and `cas` 0 overwrites. On
+/// ngx_wasm_module the version must match exactly, 0 standing for "absent":
+/// `cas` 0 creates a key only if it does not exist. Code that works under
+/// both reads before it writes and takes a creation's mismatch as "created
+/// by another worker" ([`create_if_absent`]).
 pub trait SharedStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// Writes `value` under `key` unless the key exists. Two workers that both
+/// find it missing both write: on Envoy the later write wins (callers write
+/// the same initial value), on ngx_wasm_module the later one gets a CAS
+/// mismatch, which here means the key now exists, as wanted.
+pub fn create_if_absent(
+    store: &dyn SharedStore,
+    key: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    if store.get(key)?.is_some() {
+        return Ok(());
+    }
+    match store.set(key, value, 0) {
+        Ok(()) | Err(StoreError::CasMismatch) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a write with `cas` 0 replaces an existing value (Envoy) or only
+/// creates one (ngx_wasm_module): two writes of `key` tell, without a host
+/// call that either host logs or traps on.
+pub fn cas_zero_overwrites(store: &dyn SharedStore, key: &str) -> Result<bool, StoreError> {
+    match store.set(key, b"1", 0) {
+        Ok(()) | Err(StoreError::CasMismatch) => {}
+        Err(e) => return Err(e),
+    }
+    match store.set(key, b"1", 0) {
+        Ok(()) => Ok(true),
+        Err(StoreError::CasMismatch) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A store whose keys carry a filter instance's prefix, so that two
@@ -90,17 +127,28 @@ pub trait CasRetries {
     fn cas_retry(&self);
 }
 
-/// In-memory [`SharedStore`] with Envoy's semantics, safe to share between
-/// threads so native tests can play several workers at once.
+/// In-memory [`SharedStore`] with Envoy's semantics (or ngx_wasm_module's,
+/// from [`MemoryStore::ngx_wasm`]), safe to share between threads so native
+/// tests can play several workers at once.
 #[derive(Default)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<String, Versioned>>,
     next_cas: AtomicU32,
+    /// `cas` must match exactly, 0 meaning "absent" (ngx_wasm_module).
+    exact_cas: bool,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store with ngx_wasm_module's compare-and-swap.
+    pub fn ngx_wasm() -> Self {
+        MemoryStore {
+            exact_cas: true,
+            ..Self::default()
+        }
     }
 
     /// Number of keys ever written: what bounds memory.
@@ -131,11 +179,12 @@ impl SharedStore for MemoryStore {
             .max(1);
         match entries.get_mut(key) {
             Some(entry) => {
-                if cas != 0 && cas != entry.1 {
+                if (cas != 0 || self.exact_cas) && cas != entry.1 {
                     return Err(StoreError::CasMismatch);
                 }
                 *entry = (value.to_vec(), version);
             }
+            None if self.exact_cas && cas != 0 => return Err(StoreError::CasMismatch),
             None => {
                 entries.insert(key.to_string(), (value.to_vec(), version));
             }
@@ -170,6 +219,25 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> Option<u64> {
         Some(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A store where another worker creates every key between this
+/// worker's read and its write: the race two starting workers run.
+#[cfg(test)]
+pub(crate) struct CreatedMeanwhile(pub MemoryStore);
+
+#[cfg(test)]
+impl SharedStore for CreatedMeanwhile {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let found = self.0.get(key)?;
+        if found.is_none() {
+            self.0.set(key, b"theirs", 0)?;
+        }
+        Ok(found)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.0.set(key, value, cas)
     }
 }
 
@@ -228,5 +296,49 @@ mod tests {
             Some(b"d".to_vec())
         );
         assert_eq!(store.key_count(), 1);
+    }
+
+    #[test]
+    fn ngx_wasm_store_creates_with_cas_zero_only() {
+        let store = MemoryStore::ngx_wasm();
+        assert_eq!(store.set("k", b"a", 7), Err(StoreError::CasMismatch));
+        assert_eq!(store.set("k", b"a", 0), Ok(()));
+        assert_eq!(
+            store.set("k", b"b", 0),
+            Err(StoreError::CasMismatch),
+            "cas 0 only creates"
+        );
+        let (_, cas) = store.get("k").ok().flatten().unwrap_or_default();
+        assert_eq!(store.set("k", b"c", cas), Ok(()));
+    }
+
+    #[test]
+    fn the_cas_zero_probe_tells_the_hosts_apart() {
+        assert_eq!(cas_zero_overwrites(&MemoryStore::new(), "probe"), Ok(true));
+        assert_eq!(
+            cas_zero_overwrites(&MemoryStore::ngx_wasm(), "probe"),
+            Ok(false)
+        );
+        // Another worker probed first.
+        let ngx = MemoryStore::ngx_wasm();
+        assert_eq!(ngx.set("probe", b"1", 0), Ok(()));
+        assert_eq!(cas_zero_overwrites(&ngx, "probe"), Ok(false));
+        let envoy = MemoryStore::new();
+        assert_eq!(envoy.set("probe", b"1", 0), Ok(()));
+        assert_eq!(cas_zero_overwrites(&envoy, "probe"), Ok(true));
+    }
+
+    #[test]
+    fn creating_a_key_another_worker_just_created_is_not_an_error() {
+        let store = CreatedMeanwhile(MemoryStore::ngx_wasm());
+        assert_eq!(create_if_absent(&store, "k", b"mine"), Ok(()));
+        assert_eq!(
+            store.0.get("k").ok().flatten().map(|v| v.0),
+            Some(b"theirs".to_vec())
+        );
+        // The bare write is what used to fail.
+        let bare = CreatedMeanwhile(MemoryStore::ngx_wasm());
+        assert_eq!(bare.get("j"), Ok(None));
+        assert_eq!(bare.set("j", b"mine", 0), Err(StoreError::CasMismatch));
     }
 }

@@ -27,7 +27,7 @@
 //! VM before any worker serves traffic, so by then all pages exist and every
 //! later write is a real compare-and-swap.
 
-use crate::state::host::{CasRetries, SharedStore, StoreError};
+use crate::state::host::{create_if_absent, CasRetries, SharedStore, StoreError};
 
 pub const SLOTS_PER_PAGE: usize = 16;
 pub const RECORD_LEN: usize = 40;
@@ -494,9 +494,7 @@ pub fn ensure_pages(
 ) -> Result<(), StoreError> {
     let empty = Page::default().encode();
     for key in keys {
-        if store.get(&key)?.is_none() {
-            store.set(&key, &empty, 0)?;
-        }
+        create_if_absent(store, &key, &empty)?;
     }
     Ok(())
 }
@@ -511,7 +509,7 @@ pub fn ensure_pages(
 pub fn shared_seed(store: &dyn SharedStore, fresh: [u8; 16]) -> Result<[u8; 16], StoreError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         match store.get(SEED_KEY)? {
-            None => store.set(SEED_KEY, SEED_PENDING, 0)?,
+            None => create_if_absent(store, SEED_KEY, SEED_PENDING)?,
             Some((value, cas)) => {
                 if let Ok(seed) = <[u8; 16]>::try_from(value.as_slice()) {
                     return Ok(seed);
@@ -1049,5 +1047,24 @@ mod tests {
             spilled += usize::from(records.first().is_some_and(|(p, _)| *p != 0));
         }
         assert!((5..=6).contains(&spilled), "{spilled} spilled");
+    }
+
+    #[test]
+    fn workers_starting_together_on_ngx_wasm_agree_on_seed_and_tables() {
+        use crate::state::host::CreatedMeanwhile;
+        // Every key this worker finds missing, another creates before its
+        // write: each write then meets ngx_wasm_module's "create only".
+        let store = CreatedMeanwhile(MemoryStore::ngx_wasm());
+        let keys = test_keys(4, 1);
+        assert_eq!(ensure_pages(&store, keys.clone()), Ok(()));
+        assert_eq!(
+            keys.iter()
+                .filter(|k| store.0.get(k).ok().flatten().is_some())
+                .count(),
+            5
+        );
+        let seed = shared_seed(&store, [7; 16]);
+        assert!(seed.is_ok(), "seed despite the race: {seed:?}");
+        assert_eq!(seed, shared_seed(&store.0, [9; 16]), "the second worker's");
     }
 }

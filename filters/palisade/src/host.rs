@@ -5,9 +5,10 @@
 //! abort the VM and every stream on its worker. These wrappers turn every
 //! status into a `Result` and leave decoding to the core.
 
+use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::{Counter, Metrics};
 use palisade_core::pipeline::Engine;
-use palisade_core::state::host::{Clock, SharedStore, StoreError, Versioned};
+use palisade_core::state::host::{cas_zero_overwrites, Clock, SharedStore, StoreError, Versioned};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ptr::{null, null_mut};
@@ -289,28 +290,17 @@ impl Clock for HostClock {
     }
 }
 
-/// The proxy running the filter. Host calls differ: ngx_wasm_module (NGINX,
-/// Kong) implements `proxy_define_metric` as a trap, so calling it there
-/// would kill the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKind {
-    Envoy,
-    NgxWasm,
-}
-
-impl HostKind {
-    /// Envoy answers the `plugin_vm_id` property; ngx_wasm_module declines
-    /// it (not implemented; one alert-level log line), in the root context
-    /// as in a request.
-    pub fn detect() -> HostKind {
-        match property(&["plugin_vm_id"]) {
-            Some(_) => HostKind::Envoy,
-            None => HostKind::NgxWasm,
-        }
-    }
-
-    pub fn has_metrics(self) -> bool {
-        self == HostKind::Envoy
+/// Which proxy runs the filter, found without a host call either proxy
+/// logs or traps on (ngx_wasm_module logs `plugin_vm_id` at alert level and
+/// crashes on `plugin_name` outside a request): a write with CAS 0
+/// overwrites on Envoy and only creates on ngx_wasm_module. `None` when the
+/// store refuses the probe.
+pub fn detect_host() -> Option<HostKind> {
+    const PROBE_KEY: &str = "palisade.host-probe";
+    match cas_zero_overwrites(&HostStore, PROBE_KEY) {
+        Ok(true) => Some(HostKind::Envoy),
+        Ok(false) => Some(HostKind::NgxWasm),
+        Err(_) => None,
     }
 }
 

@@ -4,10 +4,11 @@
 mod host;
 
 use host::{
-    HostClock, HostKind, HostMetrics, HostStore, MAP_HTTP_CALL_RESPONSE_HEADERS,
-    MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
+    HostClock, HostMetrics, HostStore, MAP_HTTP_CALL_RESPONSE_HEADERS, MAP_REQUEST_HEADERS,
+    MAP_RESPONSE_HEADERS,
 };
 use palisade_core::config::Policy;
+use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::Counter;
 use palisade_core::core::request::{encode_map, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
@@ -17,7 +18,7 @@ use palisade_core::state::host::{namespace_prefix, Namespaced};
 use palisade_core::state::slots;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
@@ -66,8 +67,6 @@ proxy_wasm::main! {{
 struct Root {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
-    /// Found out in `on_configure`.
-    host: Rc<Cell<Option<HostKind>>>,
     /// JWKS fetches in flight: call token to provider index.
     fetches: HashMap<u32, usize>,
     /// Shared-data key prefix of this filter instance.
@@ -98,15 +97,18 @@ fn fresh_seed() -> [u8; 16] {
     seed
 }
 
+/// The engine's counters, on a host that has metrics.
+fn metrics(engine: &Rc<Engine>, ids: &Rc<RefCell<HashMap<Counter, u32>>>) -> HostMetrics {
+    HostMetrics {
+        engine: engine.clone(),
+        ids: ids.clone(),
+        enabled: engine.host().has_metrics(),
+    }
+}
+
 impl Root {
     fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
-        // Known once configured.
-        let kind = self.host.get().unwrap_or_else(HostKind::detect);
-        HostMetrics {
-            engine: engine.clone(),
-            ids: self.metric_ids.clone(),
-            enabled: kind.has_metrics(),
-        }
+        metrics(engine, &self.metric_ids)
     }
 }
 
@@ -194,10 +196,11 @@ impl RootContext for Root {
             }
         };
         // The host first: ngx_wasm_module (3bed278) crashes the worker on
-        // `plugin_name` outside a request, while `plugin_vm_id` is safe on
-        // both hosts.
-        let kind = HostKind::detect();
-        self.host.set(Some(kind));
+        // `plugin_name` outside a request.
+        let Some(kind) = host::detect_host() else {
+            log::error!("palisade: the shared-data store refused a write; on NGINX, declare a `shm_kv *` zone in the wasm block");
+            return false;
+        };
         if !kind.has_metrics() {
             log::warn!("palisade: ngx_wasm_module host: counters are off (it has no proxy-wasm metrics); findings are still logged");
         }
@@ -238,7 +241,7 @@ impl RootContext for Root {
             policy.rate_limits.pages,
             policy.auth.providers.len()
         );
-        let engine = match Engine::new(policy, seed) {
+        let engine = match Engine::new(policy, seed, kind) {
             Ok(engine) => Rc::new(engine),
             Err(e) => {
                 log::error!("palisade: {e}");
@@ -311,7 +314,6 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             engine: self.engine.clone(),
             metric_ids: self.metric_ids.clone(),
-            host: self.host.clone(),
             response_headers: Vec::new(),
             body_check: None,
             namespace: self.namespace.clone(),
@@ -326,7 +328,6 @@ impl RootContext for Root {
 struct Stream {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
-    host: Rc<Cell<Option<HostKind>>>,
     response_headers: Vec<(&'static str, String)>,
     /// Set while the body must still be checked before the request goes on.
     body_check: Option<BodyCheck>,
@@ -334,24 +335,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn host_kind(&self) -> HostKind {
-        if let Some(kind) = self.host.get() {
-            return kind;
-        }
-        let kind = HostKind::detect();
-        if !kind.has_metrics() {
-            log::warn!("palisade: ngx_wasm_module host: counters are off (it has no proxy-wasm metrics); findings are still logged");
-        }
-        self.host.set(Some(kind));
-        kind
-    }
-
     fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
-        HostMetrics {
-            engine: engine.clone(),
-            ids: self.metric_ids.clone(),
-            enabled: self.host_kind().has_metrics(),
-        }
+        metrics(engine, &self.metric_ids)
     }
 
     /// Finishes a pending body check: forwards the request, or answers.
@@ -387,9 +372,22 @@ impl Stream {
 
 impl Context for Stream {}
 
+/// How the rest of a request's body reaches the filter after its headers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyArrival {
+    /// There is none: check the empty body now.
+    None,
+    /// In parts, until end of stream (Envoy): hold the headers until then.
+    Streamed,
+    /// Whole, in one call, once the headers step has let the request go on
+    /// (ngx_wasm_module, which resumes a request paused at its headers only
+    /// after an HTTP call).
+    Whole,
+}
+
 impl Stream {
     /// Carries out the header phase's verdict.
-    fn apply(&mut self, verdict: Verdict, end_of_stream: bool) -> Action {
+    fn apply(&mut self, verdict: Verdict, body_arrival: BodyArrival) -> Action {
         match verdict {
             Verdict::Allow {
                 response_headers,
@@ -399,13 +397,11 @@ impl Stream {
                 apply_upstream_headers(&upstream);
                 self.response_headers = response_headers;
                 self.body_check = body;
-                if self.body_check.is_none() {
-                    Action::Continue
-                } else if end_of_stream {
-                    self.finish_body(Body::Complete(&[]))
-                } else {
+                match (&self.body_check, body_arrival) {
+                    (None, _) | (Some(_), BodyArrival::Whole) => Action::Continue,
+                    (Some(_), BodyArrival::None) => self.finish_body(Body::Complete(&[])),
                     // Hold the headers until the body is verified.
-                    Action::Pause
+                    (Some(_), BodyArrival::Streamed) => Action::Pause,
                 }
             }
             Verdict::Respond(response) => self.send(response),
@@ -461,12 +457,12 @@ impl HttpContext for Stream {
             Ok(bytes) => bytes,
             Err(status) => {
                 log::error!("palisade: cannot read request headers (host status {status})");
-                return self.apply(engine.headers_unavailable(&metrics), end_of_stream);
+                return self.apply(engine.headers_unavailable(&metrics), BodyArrival::None);
             }
         };
         let Some(headers) = HeaderMap::decode(&bytes) else {
             log::error!("palisade: malformed header map from host");
-            return self.apply(engine.headers_unavailable(&metrics), end_of_stream);
+            return self.apply(engine.headers_unavailable(&metrics), BodyArrival::None);
         };
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
@@ -477,7 +473,16 @@ impl HttpContext for Stream {
             metrics: &metrics,
         };
         let verdict = engine.evaluate(&headers, &peer, &services);
-        self.apply(verdict, end_of_stream)
+        let body_arrival = if end_of_stream {
+            BodyArrival::None
+        } else if !engine.host().delivers_body_whole() {
+            BodyArrival::Streamed
+        } else if headers.content_length_announces_body() {
+            BodyArrival::Whole
+        } else {
+            BodyArrival::None
+        };
+        self.apply(verdict, body_arrival)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -17,7 +17,7 @@
 //! document with no usable key is a failure and the last good set stays.
 
 use crate::stages::auth::jwt::Jwks;
-use crate::state::host::{SharedStore, StoreError};
+use crate::state::host::{create_if_absent, SharedStore, StoreError};
 use crate::state::slots;
 
 const HEADER_LEN: usize = 32;
@@ -119,10 +119,7 @@ impl Record {
 /// Creates the provider's record if it does not exist (at configuration,
 /// before traffic: Envoy's first insert is not atomic).
 pub fn ensure_record(store: &dyn SharedStore, remote: &RemoteJwks) -> Result<(), StoreError> {
-    if store.get(&remote.record_key)?.is_none() {
-        store.set(&remote.record_key, &Record::default().encode(), 0)?;
-    }
-    Ok(())
+    create_if_absent(store, &remote.record_key, &Record::default().encode())
 }
 
 fn update<T>(

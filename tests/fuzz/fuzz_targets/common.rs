@@ -4,6 +4,7 @@
 //! and clock, so that every input replays the same way.
 
 use palisade::config::Policy;
+use palisade::core::hosts::HostKind;
 use palisade::core::metrics::MemoryMetrics;
 use palisade::core::request::HeaderMap;
 use palisade::pipeline::{Body, Engine, Services, Verdict};
@@ -51,10 +52,16 @@ fn policies() -> &'static [Policy; 2] {
 
 /// Sends `headers` `times` times (1..=4), `step_ms` apart, through a fresh
 /// engine, and checks the body of every allowed request that needs it.
-/// `selector` picks the policy (bit 0) and the peer address (bits 1..=3).
+/// `selector` picks the policy (bit 0), the peer address (bits 1..=3) and
+/// the host (bit 7: ngx_wasm_module's header handling); bits 4..=7 the body.
 pub fn run(selector: u8, headers: &HeaderMap<'_>, body: &[u8], times: u8, step_ms: u64) {
     let policy = &policies()[usize::from(selector & 1)];
-    let engine = match Engine::new(policy.clone(), [7; 16]) {
+    let host = if selector & 0x80 == 0 {
+        HostKind::Envoy
+    } else {
+        HostKind::NgxWasm
+    };
+    let engine = match Engine::new(policy.clone(), [7; 16], host) {
         Ok(e) => e,
         Err(e) => panic!("engine: {e}"),
     };

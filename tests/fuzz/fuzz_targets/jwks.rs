@@ -12,6 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use palisade::config::Policy;
+use palisade::core::hosts::HostKind;
 use palisade::core::metrics::MemoryMetrics;
 use palisade::core::request::HeaderMap;
 use palisade::pipeline::{Engine, Services};
@@ -98,7 +99,7 @@ fn setup() -> &'static (Policy, RemoteJwks, Vec<String>) {
 }
 
 fn engine(policy: &Policy) -> Engine {
-    match Engine::new(policy.clone(), [7; 16]) {
+    match Engine::new(policy.clone(), [7; 16], HostKind::Envoy) {
         Ok(e) => e,
         Err(e) => panic!("engine: {e}"),
     }

@@ -23,6 +23,7 @@
 //! `{"name", <count fields>, "total"}` or `{"name", "error"}`.
 
 use palisade::config::Policy;
+use palisade::core::hosts::HostKind;
 use palisade::core::metrics::{Counter, Metrics};
 use palisade::core::request::{encode_map, HeaderMap};
 use palisade::pipeline::{Body, Engine, Services, Verdict};
@@ -164,7 +165,7 @@ fn count(job: &Value) -> Result<Counts, String> {
     let store = MemoryStore::new();
     let seed = slots::shared_seed(&store, [7; 16]).map_err(|e| format!("{e:?}"))?;
     slots::ensure_pages(&store, policy.shared_keys()).map_err(|e| format!("{e:?}"))?;
-    let engine = Engine::new(policy, seed).map_err(|e| e.to_string())?;
+    let engine = Engine::new(policy, seed, HostKind::Envoy).map_err(|e| e.to_string())?;
     let pairs: Vec<(&str, &str)> = job["headers"]
         .as_array()
         .ok_or("headers missing")?
