@@ -10,12 +10,15 @@ every bucket, ban and replay record is lost. What is proven:
   with no fatal line in the error log;
 * state is LOST on this host: a bucket emptied and a ban issued before a
   reload are gone after it, also when the configuration did not change at
-  all, so a client banned before a reload gets its full capacity again.
+  all, so a client banned before a reload gets its full capacity again, and
+  a signature refused as a replay before a reload is accepted once more
+  after it (the replay table is empty).
 """
 
 from __future__ import annotations
 
 import harness
+from test_signatures import BASIC, config as signatures_config, expect, signed
 
 
 def config(capacity: int, extra_routes: bool = False) -> dict:
@@ -79,4 +82,18 @@ def test_buckets_and_bans_are_lost_on_reload(nginx):
     assert after == [OK] * 3 + [THROTTLED], (
         f"after a reload expected the state to be lost (3 x 200 then 429), got {after}"
     )
+    inst.assert_healthy()
+
+
+def test_replay_records_are_lost_on_reload(nginx):
+    """The consequence for replay protection: one more use of a captured
+    signature after each reload (within its max_age)."""
+    cfg = signatures_config()
+    inst = nginx(cfg)
+    h = signed(inst, "GET", "/orders?page=1", headers=None, components=BASIC)
+    expect(inst.request("GET", "/orders?page=1", h), 200)
+    expect(inst.request("GET", "/orders?page=1", h), 401, "sig.replay")
+    inst.reload(cfg)
+    expect(inst.request("GET", "/orders?page=1", h), 200)  # accepted again: the record is gone
+    expect(inst.request("GET", "/orders?page=1", h), 401, "sig.replay")
     inst.assert_healthy()
