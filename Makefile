@@ -660,7 +660,7 @@ nginx-smoke: nginx build setup
 	$(PYTHON) tests/nginx/smoke.py --nginx $(NGINX_BIN) --wasm $(WASM) --run-dir $(NGINX_DIR)/run $(NGINX_SMOKE_ARGS)
 
 # The NGINX end-to-end suite (tests/nginx): each test starts the built nginx
-# (2 worker processes, loopback, a config generated in target/nginx/run-*/)
+# (2 worker processes, loopback, a config generated in target/nginx-test/run-*/)
 # with palisade in front of an upstream in the test process. PyYAML (for
 # nginx/kong/kong.yml) comes with the deployment checks' requirements.
 nginx-test: nginx build setup $(DEPLOY_STAMP)
