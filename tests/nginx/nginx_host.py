@@ -476,7 +476,9 @@ http {{
             out[int(parts[0])] = out.get(int(parts[0]), 0) + 1
         return out
 
-    def wait_served(self, uri_prefix: str, count: int, status: int | None = None, timeout: float = 15.0) -> dict[int, int]:
+    def wait_served(
+        self, uri_prefix: str, count: int, status: int | None = None, timeout: float = 15.0
+    ) -> dict[int, int]:
         """:meth:`served_by` once the access log holds ``count`` such lines
         (a worker writes its line after answering), or what it holds at the
         deadline."""

@@ -38,6 +38,9 @@ BROWSER = {
 }
 
 
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
 def sub_once(pattern: str, repl: str, text: str) -> str:
     out, n = re.subn(pattern, lambda _m: repl, text, flags=re.MULTILINE)
     assert n == 1, f"nginx/nginx.conf changed: {pattern!r} matched {n} times (update test_ngx_shipped.py)"
@@ -70,7 +73,7 @@ def shipped_nginx_conf(inst: nginx_host.NginxInstance) -> str:
         "http {\n"
         f"    log_format palisade_test '$pid $status $request_method $uri';\n"
         f"    access_log {d}/access.log palisade_test;\n"
-        + "".join(f"    {kind}_temp_path {d}/tmp/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
+        + "".join(f"    {kind}_temp_path {d}/tmp/{kind};\n" for kind in TEMP_PATHS),
         text,
     )
     return text
