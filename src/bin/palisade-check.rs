@@ -256,11 +256,12 @@ mod ngx_zone {
                 })
                 .collect();
             format!(
-                "shm_kv * {}m eviction=none  # {}: {} pages at configure + {} for key sets at run time = {:.2} MiB with the zone header, + {} MiB headroom",
+                "shm_kv * {}m eviction=none  # {}: {} pages at configure + {} for key sets at run time = {} bytes ({:.2} MiB) with the zone header, + {} MiB headroom",
                 self.mib,
                 groups.join(", "),
                 self.configure_pages,
                 self.runtime_pages,
+                self.needed,
                 self.needed as f64 / MIB as f64,
                 HEADROOM / MIB,
             )
