@@ -1,11 +1,13 @@
 """nginx/nginx.conf (NGINX + ngx_wasm_module) and nginx/kong/kong.yml (Kong,
 DB-less), checked statically: no ngx_wasm_module or Kong build is available
-here, so neither host runs palisade in CI (Envoy does).
+here for these files (tests/nginx/ runs a built nginx).
 
 What is checked: the files parse (NGINX's own quoting rules, YAML); the
 filter is declared and referenced consistently; the shared-data zone
-palisade's keys land in exists, never evicts, and is large enough for the
-configured slot table; Kong's filter chains have the fields Kong's
+palisade's keys land in exists, never evicts, and is at least the size
+`palisade-check --nginx-zone-size` computes for the configuration (nginx.conf
+declares exactly that size and quotes the computation; Kong's documented
+`nginx_wasm_main_shm_kv` is at least it); Kong's filter chains have the fields Kong's
 filter_chains entity has; and every palisade configuration in them passes
 palisade-check and the Kong JSON Schema (nginx/kong/palisade.meta.json).
 """
@@ -13,6 +15,9 @@ palisade-check and the Kong JSON Schema (nginx/kong/palisade.meta.json).
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -24,15 +29,23 @@ import deploy
 NGINX_CONF = deploy.REPO_ROOT / "nginx" / "nginx.conf"
 KONG_YML = deploy.REPO_ROOT / "nginx" / "kong" / "kong.yml"
 
-# ngx_wasm_module's slab allocator rounds each key's node up to a power of
-# two; a slot page (key ~20 bytes, 4 x 40-byte records, node overhead ~100
-# bytes) takes a 512-byte chunk.
-BYTES_PER_PAGE = 512
-SLOTS_PER_PAGE = 4
-HEADROOM = 1 << 20
 NGX_PAGE = 4096
-# bot.behaviour.slots' default (src/stages/bot/behaviour.rs, DEFAULT_SLOTS).
-BOT_BEHAVIOUR_SLOTS = 16384
+README = deploy.REPO_ROOT / "nginx" / "README.md"
+
+
+def nginx_zone_size(config_text: str) -> tuple[int, str]:
+    """`palisade-check --nginx-zone-size`: the `shm_kv *` size (bytes, a
+    whole MiB) the configuration needs on ngx_wasm_module, and its line."""
+    with tempfile.TemporaryDirectory(prefix="palisade-zone-") as tmp:
+        path = Path(tmp) / "palisade.json"
+        path.write_text(config_text)
+        proc = subprocess.run(
+            [str(deploy.PALISADE_CHECK), "--nginx-zone-size", str(path)], capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 0, f"palisade-check --nginx-zone-size exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    match = re.search(r": (shm_kv \* (\d+)m eviction=none  # .*)$", proc.stdout.strip())
+    assert match, proc.stdout
+    return int(match.group(2)) << 20, match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +65,8 @@ def test_wasm_block_declares_the_filter_and_its_shared_memory(tree):
     assert Path(modules["palisade"]).name == "palisade.wasm"
 
     zones = {d.args[0]: d.args[1:] for d in wasm.block if d.name == "shm_kv"}
-    # palisade's keys (palisade.seed, palisade.rl.p.<n>, palisade.rl.o.<n>)
-    # have no `<namespace>/` prefix: ngx_wasm_module stores them in `*`.
+    # palisade's keys (palisade.seed, palisade.rl.p.<n>, palisade.rl.o.<n>,
+    # ...) have no `<namespace>/` prefix: ngx_wasm_module stores them in `*`.
     assert "*" in zones, f"no default shm_kv zone `*` for palisade's un-namespaced keys: {zones}"
     size, *options = zones["*"]
     assert options == ["eviction=none"], "palisade's slot pages must never be evicted"
@@ -61,17 +74,23 @@ def test_wasm_block_declares_the_filter_and_its_shared_memory(tree):
     assert size_bytes % NGX_PAGE == 0, f"shm_kv size {size} is not page-aligned"
 
     for shipped in deploy.from_nginx(NGINX_CONF):
-        config = json.loads(shipped.text)
-        slots = (config.get("rate_limits") or {}).get("slots") or 65536
-        signatures = config.get("signatures") or {}
-        replay = (signatures.get("replay_slots") or 65536) if signatures.get("policies") else 0
-        # The bot stage's behaviour table (palisade.bh.p.<n>), counted
-        # whenever there is a bot section: the shipped model weighs behaviour.
-        bot = config.get("bot")
-        behaviour = ((bot.get("behaviour") or {}).get("slots") or BOT_BEHAVIOUR_SLOTS) if bot is not None else 0
-        pages = -(-slots // SLOTS_PER_PAGE) + -(-replay // SLOTS_PER_PAGE) + -(-behaviour // SLOTS_PER_PAGE)
-        needed = pages * BYTES_PER_PAGE + HEADROOM
-        assert size_bytes >= needed, f"shm_kv * {size} is smaller than the {needed} bytes {shipped.label} needs"
+        needed, line = nginx_zone_size(shipped.text)
+        assert size_bytes >= needed, f"shm_kv * {size} is smaller than what {shipped.label} needs: {line}"
+
+
+def test_zone_comment_shows_the_computed_size(tree):
+    """nginx.conf's comment quotes palisade-check's line for its
+    configuration, and declares that size: a change to the tables that
+    changes the size shows up here."""
+    (shipped,) = deploy.from_nginx(NGINX_CONF)
+    needed, line = nginx_zone_size(shipped.text)
+    comment = " ".join(
+        l.strip().lstrip("#").strip() for l in NGINX_CONF.read_text().splitlines() if l.strip().startswith("#")
+    )
+    assert line in comment, f"nginx.conf's comment does not quote: {line}"
+    (wasm,) = [d for d in tree if d.name == "wasm"]
+    (zone,) = [d for d in wasm.block if d.name == "shm_kv" and d.args[0] == "*"]
+    assert deploy.nginx_size(zone.args[1]) == needed, f"declared {zone.args[1]}, computed {line}"
 
 
 def test_proxy_wasm_directives_name_declared_filters(tree):
@@ -143,3 +162,26 @@ def test_kong_filter_config_validates_against_the_meta_schema(kong, kong_schema)
             assert isinstance(config, dict), f"{where}.filters[{i}]: with a config_schema, Kong takes config as a JSON object"
             errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(config)]
             assert not errors, f"{where}.filters[{i}].config: {errors}"
+
+
+def kong_zone_sizes() -> dict[str, str]:
+    """Where the Kong files document the `*` zone's size: kong.yml's comment
+    (`nginx_wasm_main_shm_kv = <size> ...`) and README's
+    `KONG_NGINX_WASM_MAIN_SHM_KV="<size> ..."`."""
+    sizes = {}
+    for path, pattern in (
+        (KONG_YML, r"nginx_wasm_main_shm_kv\s*=\s*(\d+[kKmMgG]?)"),
+        (README, r'KONG_NGINX_WASM_MAIN_SHM_KV="(\d+[kKmMgG]?)'),
+    ):
+        found = re.findall(pattern, path.read_text())
+        assert found, f"{path.name} documents no size for Kong's `*` zone"
+        for i, size in enumerate(found):
+            sizes[f"{path.name} #{i}"] = size
+    return sizes
+
+
+def test_kong_zone_is_large_enough():
+    (shipped,) = deploy.from_kong(KONG_YML)
+    needed, line = nginx_zone_size(shipped.text)
+    for where, size in kong_zone_sizes().items():
+        assert deploy.nginx_size(size) >= needed, f"{where}: {size} is smaller than {shipped.label} needs: {line}"
