@@ -661,11 +661,12 @@ nginx-smoke: nginx build setup
 
 # The NGINX end-to-end suite (tests/nginx): each test starts the built nginx
 # (2 worker processes, loopback, a config generated in target/nginx-test/run-*/)
-# with palisade in front of an upstream in the test process. PyYAML (for
-# nginx/kong/kong.yml) comes with the deployment checks' requirements.
-nginx-test: nginx build setup $(DEPLOY_STAMP)
+# with palisade in front of an upstream in the test process; test_zone.py
+# sizes the shm_kv zone with palisade-check. PyYAML (for nginx/kong/kong.yml)
+# comes with the deployment checks' requirements.
+nginx-test: nginx build setup palisade-check $(DEPLOY_STAMP)
 	PALISADE_NGINX='$(abspath $(NGINX_BIN))' PALISADE_WASM='$(abspath $(WASM))' \
-	  $(PYTHON) -m pytest tests/nginx -v $(NGINX_PYTEST_ARGS)
+	  PALISADE_CHECK='$(abspath $(PALISADE_CHECK))' $(PYTHON) -m pytest tests/nginx -v $(NGINX_PYTEST_ARGS)
 
 # make test's step: the suite when both sources are found, else a notice.
 nginx-test-if-sources:
