@@ -231,12 +231,6 @@ class RecordingUpstream:
 # nginx
 # --------------------------------------------------------------------------
 @dataclass
-class Worker:
-    pid: int
-    configured: bool
-
-
-@dataclass
 class NginxInstance:
     """One nginx master with ``workers`` worker processes running palisade
     with ``config`` (a dict, serialised to JSON, or a raw JSON string)."""

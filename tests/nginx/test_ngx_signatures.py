@@ -34,7 +34,7 @@ import re
 
 import harness
 import signing
-from test_signatures import BASIC, FULL, MAX_BODY, SECRET_A, _chunks, config, expect, json_payload, signed
+from test_signatures import BASIC, MAX_BODY, SECRET_A, _chunks, config, expect, json_payload, signed
 
 TIMEOUT = 10.0  # seconds per request: a hang is a failure, not a stuck suite
 
