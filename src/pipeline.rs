@@ -20,6 +20,7 @@ use crate::core::stage::{self, Ctx};
 use crate::core::verdict::{
     Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
+use crate::stages::auth::jwks;
 use crate::stages::auth::jwks::FetchPlan;
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
@@ -27,11 +28,34 @@ use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::{self, Phase};
 use crate::stages::{client_ip, routes, user};
-use crate::state::host::SharedStore;
+use crate::state::host::{SharedStore, StoreError};
+use crate::state::slots;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
 pub use crate::core::stage::Services;
+
+/// Everything `on_configure` writes to shared data before the first
+/// request, in order: the process-wide seed (`fresh` if this worker is the
+/// first), every table page, and each remote key set's record. Returns the
+/// seed. `palisade-check --nginx-zone-size` replays it to size the zone.
+pub fn prepare_shared_data(
+    policy: &Policy,
+    store: &dyn SharedStore,
+    fresh: [u8; 16],
+) -> Result<[u8; 16], StoreError> {
+    let seed = slots::shared_seed(store, fresh)?;
+    slots::ensure_pages(store, policy.shared_keys())?;
+    for remote in policy
+        .auth
+        .providers
+        .iter()
+        .filter_map(|p| p.remote.as_ref())
+    {
+        jwks::ensure_record(store, remote)?;
+    }
+    Ok(seed)
+}
 
 /// A compiled policy bound to the process-wide hash seed, with the
 /// worker's authentication state (current key sets, verified tokens).

@@ -18,10 +18,10 @@ use std::process::ExitCode;
 
 /// The `shm_kv *` zone a configuration needs on ngx_wasm_module.
 ///
-/// The keys and values are not listed here a second time: the calls the
-/// filter's `on_configure` makes (`slots::shared_seed`,
-/// `slots::ensure_pages(policy.shared_keys())`, `jwks::ensure_record` per
-/// remote key set) are replayed against an in-memory store, and what they
+/// The keys and values are not listed here a second time: the writes the
+/// filter's `on_configure` makes (the host probe, then
+/// `pipeline::prepare_shared_data`) are replayed against an in-memory
+/// store, and what they
 /// wrote is costed the way ngx_wasm_module (commit 3bed2783,
 /// `src/common/shm/ngx_wa_shm_kv.c`) and nginx's slab allocator
 /// (`src/core/ngx_slab.c`, 1.27.4) lay it out on a 64-bit host with 4 KiB
@@ -42,15 +42,15 @@ use std::process::ExitCode;
 ///
 /// Run-time growth: a remote key set's record (created empty at configure)
 /// grows to its header plus the fetched document, at most
-/// [`MAX_JWKS_BYTES`]; each is counted at that size, plus one more for the
+/// `jwks::MAX_DOCUMENT_BYTES`; each is counted at that size, plus one more for the
 /// moment a record is replaced. Everything else is created at configure
 /// time and never grows. On top of that, [`HEADROOM`], then the total is
 /// rounded up to a whole MiB.
 mod ngx_zone {
     use palisade::config::Policy;
+    use palisade::pipeline::prepare_shared_data;
     use palisade::stages::auth::jwks;
-    use palisade::state::host::{SharedStore, StoreError, Versioned};
-    use palisade::state::slots;
+    use palisade::state::host::{cas_zero_overwrites, SharedStore, StoreError, Versioned};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
@@ -71,9 +71,8 @@ mod ngx_zone {
     /// `sizeof(ngx_slab_pool_t)` (200), then 9 size-class heads (24 each)
     /// and their statistics (32 each).
     const POOL_HEADER: u64 = 200 + 9 * (24 + 32);
-    /// Largest JWK Set document the filter stores (`MAX_JWKS_BYTES` in
-    /// filters/palisade/src/lib.rs, which this crate cannot import).
-    pub const MAX_JWKS_BYTES: u64 = 256 * 1024;
+    /// Largest JWK Set document the filter stores.
+    pub const MAX_JWKS_BYTES: u64 = jwks::MAX_DOCUMENT_BYTES as u64;
     /// Added to what the tables need before rounding up: room for nginx
     /// builds whose structures are larger, and for the allocator's
     /// fragmentation when key-set records are replaced.
@@ -186,18 +185,15 @@ mod ngx_zone {
     /// The zone `policy` needs on ngx_wasm_module.
     pub fn estimate(policy: &Policy) -> Result<Estimate, StoreError> {
         let store = Recorder::default();
-        // What the filter's on_configure does, in its order (filters/palisade/src/lib.rs).
-        slots::shared_seed(&store, [0x5a; 16])?;
-        slots::ensure_pages(&store, policy.shared_keys())?;
+        // What the filter's on_configure writes, in its order (filters/palisade/src/lib.rs).
+        cas_zero_overwrites(&store)?;
+        prepare_shared_data(policy, &store, [0x5a; 16])?;
         let remotes: Vec<_> = policy
             .auth
             .providers
             .iter()
             .filter_map(|p| p.remote.as_ref())
             .collect();
-        for remote in &remotes {
-            jwks::ensure_record(&store, remote)?;
-        }
         let entries = store.entries.into_inner();
 
         let mut groups: BTreeMap<(String, Alloc), u64> = BTreeMap::new();
@@ -378,14 +374,17 @@ mod tests {
     fn a_65536_slot_rate_limit_table_needs_6_mib() {
         let e = estimated(ONE_RULE);
         // 65,536 slots / 16 a page = 4,096 pages, one overflow bucket: four
-        // 1 KiB chunks a page; the seed and the zone's own header in 128-byte chunks.
+        // 1 KiB chunks a page; the seed, the host probe and the zone's own
+        // header in 128-byte chunks.
         assert_eq!(keys(&e, "rl.p"), 4096);
         assert_eq!(keys(&e, "rl.o"), 1);
         assert_eq!(keys(&e, "seed"), 1);
+        assert_eq!(keys(&e, "host-probe"), 1);
         assert!(
             e.groups
                 .iter()
-                .all(|g| g.label == "seed" || g.alloc == Alloc::Chunk(1024)),
+                .all(|g| matches!(g.label.as_str(), "seed" | "host-probe")
+                    || g.alloc == Alloc::Chunk(1024)),
             "{e:?}"
         );
         assert_eq!(e.configure_pages, 1025 + 1);
@@ -429,8 +428,9 @@ mod tests {
         assert_eq!(keys(&e, "seed"), 1);
         assert_eq!(keys(&e, "jwks"), 1);
         let counted: u64 = e.groups.iter().map(|g| g.keys).sum();
-        assert_eq!(counted, policy.shared_keys().count() as u64 + 2);
-        // 962 page-sized keys, four to a page; the seed and the zone header
+        // The tables, the seed, the key-set record and the host probe.
+        assert_eq!(counted, policy.shared_keys().count() as u64 + 3);
+        // 962 page-sized keys, four to a page; the seed, the probe and the zone header
         // in a page of 128-byte chunks, the empty key-set record (96 + key
         // + 32 bytes) in one of 256-byte chunks.
         assert_eq!(e.configure_pages, 962_u64.div_ceil(4) + 1 + 1);

@@ -60,15 +60,18 @@ pub fn create_if_absent(
     }
 }
 
+/// The key [`cas_zero_overwrites`] writes.
+pub const HOST_PROBE_KEY: &str = "palisade.host-probe";
+
 /// Whether a write with `cas` 0 replaces an existing value (Envoy) or only
-/// creates one (ngx_wasm_module): two writes of `key` tell, without a host
-/// call that either host logs or traps on.
-pub fn cas_zero_overwrites(store: &dyn SharedStore, key: &str) -> Result<bool, StoreError> {
-    match store.set(key, b"1", 0) {
+/// creates one (ngx_wasm_module): two writes of [`HOST_PROBE_KEY`] tell,
+/// without a host call that either host logs or traps on.
+pub fn cas_zero_overwrites(store: &dyn SharedStore) -> Result<bool, StoreError> {
+    match store.set(HOST_PROBE_KEY, b"1", 0) {
         Ok(()) | Err(StoreError::CasMismatch) => {}
         Err(e) => return Err(e),
     }
-    match store.set(key, b"1", 0) {
+    match store.set(HOST_PROBE_KEY, b"1", 0) {
         Ok(()) => Ok(true),
         Err(StoreError::CasMismatch) => Ok(false),
         Err(e) => Err(e),
@@ -314,18 +317,15 @@ mod tests {
 
     #[test]
     fn the_cas_zero_probe_tells_the_hosts_apart() {
-        assert_eq!(cas_zero_overwrites(&MemoryStore::new(), "probe"), Ok(true));
-        assert_eq!(
-            cas_zero_overwrites(&MemoryStore::ngx_wasm(), "probe"),
-            Ok(false)
-        );
+        assert_eq!(cas_zero_overwrites(&MemoryStore::new()), Ok(true));
+        assert_eq!(cas_zero_overwrites(&MemoryStore::ngx_wasm()), Ok(false));
         // Another worker probed first.
         let ngx = MemoryStore::ngx_wasm();
-        assert_eq!(ngx.set("probe", b"1", 0), Ok(()));
-        assert_eq!(cas_zero_overwrites(&ngx, "probe"), Ok(false));
+        assert_eq!(ngx.set(HOST_PROBE_KEY, b"1", 0), Ok(()));
+        assert_eq!(cas_zero_overwrites(&ngx), Ok(false));
         let envoy = MemoryStore::new();
-        assert_eq!(envoy.set("probe", b"1", 0), Ok(()));
-        assert_eq!(cas_zero_overwrites(&envoy, "probe"), Ok(true));
+        assert_eq!(envoy.set(HOST_PROBE_KEY, b"1", 0), Ok(()));
+        assert_eq!(cas_zero_overwrites(&envoy), Ok(true));
     }
 
     #[test]

@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,13 +56,6 @@ WORKER_EXIT = re.compile(r"worker process \d+ exited")
 NOT_RESPAWNED = re.compile(r"worker process \d+ exited with fatal code 2 and cannot be respawned")
 FATAL = re.compile(r"\[emerg\]|\[crit\]|\[alert\] .*(exited|signal)|" + SLAB_FULL.pattern)
 CONFIGURED = "palisade: configured:"
-# Issue 18's start race: two workers creating the tables at once, one loses a
-# create to the other (on ngx_wasm_module a write with CAS 0 means "create only
-# if absent") and exits. Not what these tests are about: a start that lost it,
-# and hit no slab error, is tried again (at most RACE_RETRIES times) with a
-# warning, so the zone-size result stays deterministic until that is fixed.
-RACE = "cannot prepare shared data tables: CasMismatch"
-RACE_RETRIES = 3
 
 # A configuration with the replay table on top of a 65,536-slot rate-limit
 # table: what did not fit the old 16m. The key is a test value, not a secret
@@ -304,17 +296,8 @@ def exhaust(server: Nginx, method: str, path: str, capacity: int, headers: dict[
 def test_computed_size_starts_both_workers_and_serves(nginx, tmp_path: Path, name: str) -> None:
     config = CONFIGS[name]()
     mib = zone_size(config, tmp_path)
-    for attempt in range(RACE_RETRIES + 1):
-        server = nginx(config, f"{mib}m")
-        try:
-            server.wait_configured()
-            break
-        except AssertionError:
-            log = server.log()
-            if attempt == RACE_RETRIES or RACE not in log or SLAB_FULL.search(log):
-                raise
-            warnings.warn(f"start {attempt + 1}: a worker lost issue 18's table-creation race; starting again")
-            server.stop()
+    server = nginx(config, f"{mib}m")
+    server.wait_configured()
     if name == "shipped":
         # login-ip: capacity 5 per client address, counted in the shared table.
         got = exhaust(server, "POST", "/login", 5)

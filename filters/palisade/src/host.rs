@@ -296,8 +296,7 @@ impl Clock for HostClock {
 /// overwrites on Envoy and only creates on ngx_wasm_module. `None` when the
 /// store refuses the probe.
 pub fn detect_host() -> Option<HostKind> {
-    const PROBE_KEY: &str = "palisade.host-probe";
-    match cas_zero_overwrites(&HostStore, PROBE_KEY) {
+    match cas_zero_overwrites(&HostStore) {
         Ok(true) => Some(HostKind::Envoy),
         Ok(false) => Some(HostKind::NgxWasm),
         Err(_) => None,

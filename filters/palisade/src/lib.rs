@@ -12,10 +12,9 @@ use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::Counter;
 use palisade_core::core::request::{encode_map, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
-use palisade_core::pipeline::{Body, BodyCheck, Engine, Services, Verdict};
+use palisade_core::pipeline::{prepare_shared_data, Body, BodyCheck, Engine, Services, Verdict};
 use palisade_core::stages::auth::jwks;
 use palisade_core::state::host::{namespace_prefix, Namespaced};
-use palisade_core::state::slots;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
@@ -28,8 +27,7 @@ use std::time::Duration;
 /// workers fetched are installed within this period.
 const TICK_MS: u32 = 1_000;
 
-/// Largest JWK Set document read from a fetch.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
+const MAX_JWKS_BYTES: usize = jwks::MAX_DOCUMENT_BYTES;
 
 const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
@@ -213,27 +211,13 @@ impl RootContext for Root {
             HostKind::NgxWasm => String::new(),
         };
         self.namespace = Rc::from(namespace_prefix(&instance));
-        let store = store(&self.namespace);
-        let prepared = slots::shared_seed(&store, fresh_seed())
-            .and_then(|seed| slots::ensure_pages(&store, policy.shared_keys()).map(|()| seed));
-        let seed = match prepared {
+        let seed = match prepare_shared_data(&policy, &store(&self.namespace), fresh_seed()) {
             Ok(seed) => seed,
             Err(e) => {
                 log::error!("palisade: cannot prepare shared data tables: {e:?}");
                 return false;
             }
         };
-        for remote in policy
-            .auth
-            .providers
-            .iter()
-            .filter_map(|p| p.remote.as_ref())
-        {
-            if let Err(e) = jwks::ensure_record(&store, remote) {
-                log::error!("palisade: cannot prepare the shared key-set record: {e:?}");
-                return false;
-            }
-        }
         log::info!(
             "palisade: configured: {} route classes, {} rate-limit rules, {} slot pages, {} token providers",
             policy.routes.len_with_default() - 1,

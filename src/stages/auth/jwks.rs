@@ -22,6 +22,10 @@ use crate::state::slots;
 
 const HEADER_LEN: usize = 32;
 
+/// Largest JWK Set document read from a fetch and stored in the shared
+/// record (what the NGINX zone size is computed with).
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
 /// Longest interval between retries while no key set was ever loaded.
 const FIRST_LOAD_RETRY_MS: u64 = 5_000;
 
