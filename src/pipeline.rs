@@ -133,6 +133,9 @@ pub enum Body<'a> {
     TooLarge,
     /// The host failed to hand it over: it cannot be checked.
     Unreadable,
+    /// The host will not say whether a body follows (see
+    /// [`HeaderMap::body_framing`]): it cannot be checked.
+    Unframed,
 }
 
 /// What the request-body phase still has to check before the request may
@@ -294,19 +297,6 @@ impl Engine {
             }
         }
         let body = self.body_check(headers, &request.facts, request.digest);
-        if body.is_some()
-            && self.host.delivers_body_whole()
-            && headers.get("transfer-encoding").is_some()
-            && !request.blocked()
-        {
-            // ngx_wasm_module hands over no empty chunked body: its check
-            // would never run.
-            request.findings.push(Finding::new(
-                Stage::Classify,
-                Reason::BodyLengthRequired,
-                Mode::Enforce,
-            ));
-        }
         let outcome = Outcome {
             quota: request.quota,
             upstream: request.upstream,
@@ -619,6 +609,11 @@ impl Engine {
             Body::Unreadable => findings.push(Finding::new(
                 Stage::Signature,
                 Reason::BodyUnreadable,
+                Self::body_mode(check),
+            )),
+            Body::Unframed => findings.push(Finding::new(
+                Stage::Signature,
+                Reason::BodyLengthRequired,
                 Self::body_mode(check),
             )),
             Body::Complete(bytes) => {
@@ -1392,24 +1387,25 @@ mod tests {
         }
 
         #[test]
-        fn on_ngx_wasm_a_chunked_body_to_check_is_refused() {
+        fn a_body_the_host_cannot_frame_is_refused_not_passed_unchecked() {
             let body = br#"{"amount": 5}"#;
-            for (host, expected) in [(HostKind::NgxWasm, 411), (HostKind::Envoy, 200)] {
-                let f = Fixture::on_host(&config(""), host);
-                let mut headers = signed("/pay", body, ("client-a", SECRET), &created(&f));
-                headers.push(("Transfer-Encoding".into(), "chunked".into()));
-                let got = outcome(&f, &headers, body);
-                assert_eq!(got.0, expected, "{host:?} {}", got.1);
-                if expected == 411 {
-                    assert_eq!(reason(&got), "body.length_required");
+            let monitor = r#""signatures": {"mode": "monitor","#;
+            for (section, expected) in [(r#""signatures": {"#, Some(411)), (monitor, None)] {
+                let json = config("").replace(r#""signatures": {"#, section);
+                let f = Fixture::on_host(&json, HostKind::NgxWasm);
+                let headers = signed("/pay", body, ("client-a", SECRET), &created(&f));
+                let Verdict::Allow {
+                    body: Some(check), ..
+                } = send(&f, &headers)
+                else {
+                    unreachable!("a signed request waits for its body");
+                };
+                let got = f.engine.check_body(&check, Body::Unframed, &f.services());
+                assert_eq!(got.as_ref().map(|r| r.status), expected, "{section}");
+                if let Some(r) = got {
+                    assert_eq!(reason(&(r.status, r.body)), "body.length_required");
                 }
             }
-            // Routes without a body check take chunked bodies on both hosts.
-            let f = Fixture::on_host(&config(""), HostKind::NgxWasm);
-            assert_eq!(
-                f.status("POST", "/other", &[("transfer-encoding", "chunked")]),
-                200
-            );
         }
 
         #[test]

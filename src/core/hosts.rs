@@ -39,7 +39,8 @@ impl HostKind {
     /// never signals end of stream with the headers and resumes a request
     /// paused there only after an HTTP call: it reads the whole body itself
     /// and hands it over once, after the headers step has let the request
-    /// go on (and not at all for a request without a body).
+    /// go on (and not at all for an empty body, so whether one follows must
+    /// be settled from the headers: [`crate::core::request::BodyFraming`]).
     pub fn delivers_body_whole(self) -> bool {
         self == HostKind::NgxWasm
     }

@@ -12,6 +12,16 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::IpAddr;
 
+/// See [`HeaderMap::body_framing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    Empty,
+    /// A body of a known, non-zero length follows.
+    Length,
+    /// A body may follow, or none.
+    Unknown,
+}
+
 /// Header pairs as the host serialized them: `(name, value)`, in order.
 #[derive(Debug, Default)]
 pub struct HeaderMap<'a> {
@@ -88,15 +98,25 @@ impl<'a> HeaderMap<'a> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// Whether a body follows the headers, by `Content-Length`, for a host
-    /// that reports no end of stream with them (ngx_wasm_module, where
-    /// nginx has already refused a malformed length). A request that
-    /// announces none is checked as bodiless: if it had a body after all,
-    /// the check fails rather than never running.
-    pub fn content_length_announces_body(&self) -> bool {
-        self.get_str("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > 0)
+    /// What the headers say about the body that follows them, for a host
+    /// that reports no end of stream with them (ngx_wasm_module). Only
+    /// `Content-Length`, or HTTP/1's rule that a request without it and
+    /// without `Transfer-Encoding` has no body, settle it; `http1` is asked
+    /// only then (a host call). A chunked body, or an HTTP/2 one without a
+    /// length, may turn out empty, and that host hands over no empty body.
+    pub fn body_framing(&self, http1: impl FnOnce() -> bool) -> BodyFraming {
+        if let Some(length) = self.get("content-length") {
+            return match std::str::from_utf8(length).map(|v| v.trim().parse::<u64>()) {
+                Ok(Ok(0)) => BodyFraming::Empty,
+                Ok(Ok(_)) => BodyFraming::Length,
+                _ => BodyFraming::Unknown,
+            };
+        }
+        if self.get("transfer-encoding").is_none() && http1() {
+            BodyFraming::Empty
+        } else {
+            BodyFraming::Unknown
+        }
     }
 
     /// The map with `:authority` taken from the `Host` header, for a host
@@ -273,18 +293,23 @@ mod tests {
     }
 
     #[test]
-    fn a_body_follows_a_positive_content_length_only() {
-        let announces = |pairs: &[(&str, &str)]| {
+    fn only_a_length_or_http1_framing_settles_whether_a_body_follows() {
+        use BodyFraming::*;
+        let framing = |pairs: &[(&str, &str)], http1: bool| {
             let bytes = encode_map(pairs);
             HeaderMap::decode(&bytes)
                 .unwrap_or_default()
-                .content_length_announces_body()
+                .body_framing(|| http1)
         };
-        assert!(announces(&[("Content-Length", "12")]));
-        assert!(!announces(&[("content-length", "0")]));
-        assert!(!announces(&[]));
-        assert!(!announces(&[("content-length", "twelve")]));
-        assert!(!announces(&[("transfer-encoding", "chunked")]));
+        for http1 in [true, false] {
+            assert_eq!(framing(&[("Content-Length", "12")], http1), Length);
+            assert_eq!(framing(&[("content-length", "0")], http1), Empty);
+            assert_eq!(framing(&[("content-length", "twelve")], http1), Unknown);
+            assert_eq!(framing(&[("transfer-encoding", "chunked")], http1), Unknown);
+        }
+        assert_eq!(framing(&[], true), Empty);
+        // HTTP/2 without a length: DATA frames may follow.
+        assert_eq!(framing(&[], false), Unknown);
     }
 
     #[test]

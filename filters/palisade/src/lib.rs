@@ -10,7 +10,7 @@ use host::{
 use palisade_core::config::Policy;
 use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::Counter;
-use palisade_core::core::request::{encode_map, HeaderMap};
+use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
 use palisade_core::pipeline::{prepare_shared_data, Body, BodyCheck, Engine, Services, Verdict};
 use palisade_core::stages::auth::jwks;
@@ -361,6 +361,9 @@ impl Context for Stream {}
 enum BodyArrival {
     /// There is none: check the empty body now.
     None,
+    /// The host will not tell, and would not hand over an empty body: a
+    /// check would never run, so the request is refused.
+    Unframed,
     /// In parts, until end of stream (Envoy): hold the headers until then.
     Streamed,
     /// Whole, in one call, once the headers step has let the request go on
@@ -370,8 +373,9 @@ enum BodyArrival {
 }
 
 impl Stream {
-    /// Carries out the header phase's verdict.
-    fn apply(&mut self, verdict: Verdict, body_arrival: BodyArrival) -> Action {
+    /// Carries out the header phase's verdict. `body_arrival` is asked
+    /// only when the body must be checked (it may cost a host call).
+    fn apply(&mut self, verdict: Verdict, body_arrival: impl FnOnce() -> BodyArrival) -> Action {
         match verdict {
             Verdict::Allow {
                 response_headers,
@@ -381,11 +385,15 @@ impl Stream {
                 apply_upstream_headers(&upstream);
                 self.response_headers = response_headers;
                 self.body_check = body;
-                match (&self.body_check, body_arrival) {
-                    (None, _) | (Some(_), BodyArrival::Whole) => Action::Continue,
-                    (Some(_), BodyArrival::None) => self.finish_body(Body::Complete(&[])),
+                if self.body_check.is_none() {
+                    return Action::Continue;
+                }
+                match body_arrival() {
+                    BodyArrival::Whole => Action::Continue,
+                    BodyArrival::None => self.finish_body(Body::Complete(&[])),
+                    BodyArrival::Unframed => self.finish_body(Body::Unframed),
                     // Hold the headers until the body is verified.
-                    (Some(_), BodyArrival::Streamed) => Action::Pause,
+                    BodyArrival::Streamed => Action::Pause,
                 }
             }
             Verdict::Respond(response) => self.send(response),
@@ -441,12 +449,12 @@ impl HttpContext for Stream {
             Ok(bytes) => bytes,
             Err(status) => {
                 log::error!("palisade: cannot read request headers (host status {status})");
-                return self.apply(engine.headers_unavailable(&metrics), BodyArrival::None);
+                return self.apply(engine.headers_unavailable(&metrics), || BodyArrival::None);
             }
         };
         let Some(headers) = HeaderMap::decode(&bytes) else {
             log::error!("palisade: malformed header map from host");
-            return self.apply(engine.headers_unavailable(&metrics), BodyArrival::None);
+            return self.apply(engine.headers_unavailable(&metrics), || BodyArrival::None);
         };
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
@@ -457,14 +465,22 @@ impl HttpContext for Stream {
             metrics: &metrics,
         };
         let verdict = engine.evaluate(&headers, &peer, &services);
-        let body_arrival = if end_of_stream {
-            BodyArrival::None
-        } else if !engine.host().delivers_body_whole() {
-            BodyArrival::Streamed
-        } else if headers.content_length_announces_body() {
-            BodyArrival::Whole
-        } else {
-            BodyArrival::None
+        let body_arrival = || {
+            if end_of_stream {
+                BodyArrival::None
+            } else if !engine.host().delivers_body_whole() {
+                BodyArrival::Streamed
+            } else {
+                let http1 = || {
+                    host::property(&["request", "protocol"])
+                        .is_some_and(|p| p.starts_with(b"HTTP/1"))
+                };
+                match headers.body_framing(http1) {
+                    BodyFraming::Empty => BodyArrival::None,
+                    BodyFraming::Length => BodyArrival::Whole,
+                    BodyFraming::Unknown => BodyArrival::Unframed,
+                }
+            }
         };
         self.apply(verdict, body_arrival)
     }
