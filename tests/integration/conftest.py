@@ -21,23 +21,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = yield
-    setattr(item, f"rep_{rep.when}", rep)
-    return rep
+import suite_support  # noqa: E402
+from suite_support import pytest_runtest_makereport  # noqa: E402, F401  (the hook, found here by pytest)
 
 
 @pytest.fixture(scope="session")
-def artefacts() -> tuple[Path, Path]:
+def artefacts() -> tuple[Path, ...]:
     """Fail (not skip) every test with a clear message when something is missing."""
-    try:
-        return harness.envoy_binary(), harness.wasm_path()
-    except harness.HarnessError as e:
-        problem = str(e)
-    pytest.fail(problem, pytrace=False)
+    return suite_support.require_artefacts(harness.envoy_binary, harness.wasm_path)
 
 
 @pytest.fixture
@@ -58,15 +49,11 @@ def envoy(request, tmp_path, artefacts):
             **kwargs,
         )
         instances.append(inst)
-        try:
-            return inst.start()
-        except harness.HarnessError as e:
-            problem = str(e)
-        pytest.fail(problem, pytrace=False)
+        return suite_support.start_or_fail(inst)
 
     yield factory
 
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    failed = suite_support.call_failed(request)
     for inst in instances:
         inst.stop()
         if failed:

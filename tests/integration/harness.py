@@ -376,7 +376,34 @@ def _admin_get(port: int, path: str, timeout: float = 5.0) -> str:
 # --------------------------------------------------------------------------
 # The Envoy process
 # --------------------------------------------------------------------------
-class EnvoyInstance:
+class LoopbackHttp:
+    """A proxy under test listening on ``127.0.0.1:port`` (Envoy's ingress
+    listener, nginx's front server): its URL and one request to it."""
+
+    port: int | None
+    # Seconds per request unless the call says otherwise.
+    request_timeout: float = 10.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        conn: http.client.HTTPConnection | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        """One request; on a fresh connection unless ``conn`` is given."""
+        wait = self.request_timeout if timeout is None else timeout
+        return http_request(self.port, method, path, headers, body, conn=conn, timeout=wait)
+
+
+class EnvoyInstance(LoopbackHttp):
     def __init__(
         self,
         config: dict | str,
@@ -664,20 +691,6 @@ class EnvoyInstance:
         return tail(self.log_text(), lines)
 
     # -- traffic -----------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(
-        self,
-        method: str = "GET",
-        path: str = "/",
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        conn: http.client.HTTPConnection | None = None,
-    ) -> Response:
-        return http_request(self.port, method, path, headers, body, conn=conn)
-
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         """A keep-alive connection for ``request(..., conn=...)``."""
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

@@ -71,6 +71,9 @@ class LocalServer:
     """A threaded HTTP server on 127.0.0.1; its port (picked by the kernel at
     the first start) stays the same across stop/start."""
 
+    # A subclass of _Server (e.g. with a longer listen backlog).
+    server_class: type[ThreadingHTTPServer] = _Server
+
     def __init__(self) -> None:
         self.port = 0
         self._httpd: _Server | None = None
@@ -83,7 +86,7 @@ class LocalServer:
     def start(self) -> "LocalServer":
         if self._httpd is not None:
             return self
-        httpd = _Server(("127.0.0.1", self.port), _Handler)
+        httpd = self.server_class(("127.0.0.1", self.port), _Handler)
         httpd.owner = self
         self.port = httpd.server_address[1]
         self._httpd = httpd
@@ -231,11 +234,14 @@ class JwksServer(LocalServer):
 class EchoUpstream(LocalServer):
     """Answers 200 with ``{"method", "path", "headers": {name: [values]}, "body_sha256", "body_len"}``."""
 
+    # Header names (lower case) whose values are echoed as "<redacted>".
+    redacted: frozenset[str] = REDACTED_HEADERS
+
     def answer(self, handler, body):
         headers: dict[str, list[str]] = {}
         for name in {k.lower() for k in handler.headers.keys()}:
             values = handler.headers.get_all(name) or []
-            if name in REDACTED_HEADERS:
+            if name in self.redacted:
                 values = ["<redacted>"] * len(values)
             headers[name] = values
         doc = {

@@ -56,17 +56,21 @@ def test_wrong_api_keys_from_one_address_are_throttled_then_banned(envoy):
     assert ok[0] == 200, ok
 
 
+# Counts failed credentials only, 3 a minute per address, then a ban (also
+# run on NGINX: tests/nginx/test_ngx_limits.py).
+FAILURES_RULE = {
+    "name": "partner-failures",
+    "key": ["ip"],
+    "routes": ["partner"],
+    "capacity": 3,
+    "refill": {"tokens": 3, "every": "1m"},
+    "ban": True,
+    "counts": "failures",
+}
+
+
 def test_a_failures_rule_throttles_guessing_without_limiting_good_clients(envoy):
-    rule = {
-        "name": "partner-failures",
-        "key": ["ip"],
-        "routes": ["partner"],
-        "capacity": 3,
-        "refill": {"tokens": 3, "every": "1m"},
-        "ban": True,
-        "counts": "failures",
-    }
-    e = envoy(config([rule]), concurrency=2)
+    e = envoy(config([FAILURES_RULE]), concurrency=2)
     good = [e.request("GET", "/partner/report", {"x-api-key": GOOD_KEY, "x-forwarded-for": "203.0.113.9"})[0]
             for _ in range(15)]
     assert good == [200] * 15, good

@@ -2,14 +2,17 @@
 
 ``upstream`` is a :class:`nginx_host.RecordingUpstream` (the application
 behind nginx). ``nginx`` is a factory fixture: ``nginx(config, upstream=None,
-**kwargs)`` starts a fresh nginx with 2 worker processes running palisade
-with ``config`` in front of ``upstream`` (the test's ``upstream`` fixture when
-not given) and returns the :class:`nginx_host.NginxInstance` once it serves.
+healthy=True, **kwargs)`` starts a fresh nginx with 2 worker processes running
+palisade with ``config`` in front of ``upstream`` (the test's ``upstream``
+fixture when not given) and returns the :class:`nginx_host.NginxInstance`
+once it serves (``kwargs`` are the instance's: ``shm_kv``, ``workers``, ...).
 
 After the test every nginx is checked, then stopped: an ``[emerg]``,
 ``[alert]`` or ``[crit]`` line in its error log, a worker that exited
 (outside a reload's retirement) or a missing worker fails the test, whatever
-its requests got. When the test failed, the tail of each error log is printed
+its requests got. ``healthy=False`` is for a test that expects nginx to
+break: the factory returns as soon as the master runs (no wait for workers)
+and the test, not the fixture, judges the error log. When the test failed, the tail of each error log is printed
 and the run directory (target/nginx-test/run-*) is kept; otherwise it is removed.
 
 A missing nginx or wasm is an error, never a skip. The Envoy suite's helpers
@@ -30,23 +33,14 @@ sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
 import nginx_host  # noqa: E402
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = yield
-    setattr(item, f"rep_{rep.when}", rep)
-    return rep
+import suite_support  # noqa: E402
+from suite_support import pytest_runtest_makereport  # noqa: E402, F401  (the hook, found here by pytest)
 
 
 @pytest.fixture(scope="session")
-def nginx_artefacts() -> tuple[Path, Path]:
+def nginx_artefacts() -> tuple[Path, ...]:
     """Fail (not skip) every test with a clear message when something is missing."""
-    try:
-        return nginx_host.nginx_binary(), harness.wasm_path()
-    except harness.HarnessError as e:
-        problem = str(e)
-    pytest.fail(problem, pytrace=False)
+    return suite_support.require_artefacts(nginx_host.nginx_binary, harness.wasm_path)
 
 
 @pytest.fixture
@@ -60,23 +54,28 @@ def upstream():
 def nginx(request, upstream, nginx_artefacts):
     instances: list[nginx_host.NginxInstance] = []
 
+    expect_broken: set[int] = set()
+
     def factory(
-        config: dict | str, upstream_server: nginx_host.RecordingUpstream | None = None, **kwargs
+        config: dict | str,
+        upstream_server: nginx_host.RecordingUpstream | None = None,
+        *,
+        healthy: bool = True,
+        **kwargs,
     ) -> nginx_host.NginxInstance:
         inst = nginx_host.NginxInstance(config, (upstream_server or upstream).port, **kwargs)
         instances.append(inst)
-        try:
-            return inst.start()
-        except harness.HarnessError as e:
-            problem = str(e)
-        pytest.fail(problem, pytrace=False)
+        if not healthy:
+            expect_broken.add(id(inst))
+        return suite_support.start_or_fail(inst, wait=healthy)
 
     yield factory
 
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    failed = suite_support.call_failed(request)
     broken = []
     for inst in instances:
-        bad = inst.problems()  # before stopping: a stop makes every worker exit
+        # Before stopping: a stop makes every worker exit.
+        bad = [] if id(inst) in expect_broken else inst.problems()
         inst.stop()
         if bad:
             broken.append(f"{inst.run_dir}:\n  " + "\n  ".join(bad[:20]))

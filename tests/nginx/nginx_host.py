@@ -33,8 +33,9 @@ drops that mean the host is broken whatever the statuses say (``[emerg]``,
 ``[alert]``, ``[crit]``, a worker that exited other than by a reload's
 graceful retirement, fewer workers than configured).
 
-:class:`RecordingUpstream` is the application: a threaded HTTP server in the
-test process that records every request it receives (method, path, every
+:class:`RecordingUpstream` is the application: the Envoy suite's
+:class:`jwks_server.EchoUpstream` (a threaded HTTP server in the test process)
+that also records every request it receives (method, path, every
 header with duplicates and in the case it arrived, body) and answers 200 with
 JSON of what it got (credential headers redacted, body as length and SHA-256),
 so tests assert what reached the upstream.
@@ -47,8 +48,6 @@ Missing artefacts are errors (:class:`harness.HarnessError`), never skips.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pwd
 import re
@@ -57,14 +56,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import harness
+import jwks_server
 
 REPO_ROOT = harness.REPO_ROOT
 NGINX_BIN = Path(os.environ.get("PALISADE_NGINX", REPO_ROOT / "target" / "nginx" / "sbin" / "nginx"))
@@ -86,20 +85,22 @@ LOG_PID = re.compile(r"^\S+ \S+ \[\w+\] (\d+)#")
 
 # Credentials are never echoed by the upstream (the assertion messages that
 # print its answer could end up in a CI log).
-REDACTED_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "x-access-token", "signature"})
+REDACTED_HEADERS = jwks_server.REDACTED_HEADERS | {"signature"}
 
 
 class NginxError(harness.HarnessError):
     pass
 
 
-def nginx_binary() -> Path:
-    if not (NGINX_BIN.is_file() and os.access(NGINX_BIN, os.X_OK)):
+def nginx_binary(path: Path | None = None) -> Path:
+    """``path`` (default :data:`NGINX_BIN`) if it is an executable file."""
+    binary = path or NGINX_BIN
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise NginxError(
-            f"nginx with ngx_wasm_module not found at {NGINX_BIN}: run `make nginx` "
+            f"nginx with ngx_wasm_module not found at {binary}: run `make nginx` "
             "(or set PALISADE_NGINX=/path/to/nginx)"
         )
-    return NGINX_BIN
+    return binary
 
 
 def free_port() -> int:
@@ -147,74 +148,26 @@ class Received:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+class _Server(jwks_server._Server):
+    request_queue_size = 256  # 200 concurrent connections in test_ngx_limits
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"  # one request per connection (nginx's proxy default too)
+class RecordingUpstream(jwks_server.EchoUpstream):
+    """The Envoy suite's echo upstream (200 with ``{"echo", "method", "path",
+    "headers": {name: [values]}, "body_sha256", "body_len"}``, credentials
+    redacted) that also records every request in :attr:`received`."""
 
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        owner: RecordingUpstream = self.server.owner  # type: ignore[attr-defined]
-        got = Received(self.command, self.path, list(self.headers.items()), body)
-        payload = owner.record(got)
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            try:
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _answer
-
-    def log_message(self, fmt: str, *args) -> None:  # quiet
-        pass
-
-
-class RecordingUpstream:
-    """200 with ``{"echo", "method", "path", "headers": {name: [values]}, "body_sha256", "body_len"}``
-    for every request, each recorded in :attr:`received`."""
+    server_class = _Server
+    redacted = REDACTED_HEADERS
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
-        self.lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self  # type: ignore[attr-defined]
-        self.port = self._httpd.server_address[1]
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> RecordingUpstream:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="nginx-upstream", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def record(self, got: Received) -> bytes:
+    def answer(self, handler, body: bytes) -> tuple[int, str, bytes]:
         with self.lock:
-            self.received.append(got)
-        headers: dict[str, list[str]] = {}
-        for name, value in got.headers:
-            key = name.lower()
-            headers.setdefault(key, []).append("<redacted>" if key in REDACTED_HEADERS else value)
-        doc = {
-            "echo": True,
-            "method": got.method,
-            "path": got.path,
-            "headers": headers,
-            "body_sha256": hashlib.sha256(got.body).hexdigest(),
-            "body_len": len(got.body),
-        }
-        return json.dumps(doc).encode()
+            self.received.append(Received(handler.command, handler.path, list(handler.headers.items()), body))
+        return super().answer(handler, body)
 
     def count(self) -> int:
         with self.lock:
@@ -231,15 +184,21 @@ class RecordingUpstream:
 # nginx
 # --------------------------------------------------------------------------
 @dataclass
-class NginxInstance:
+class NginxInstance(harness.LoopbackHttp):
     """One nginx master with ``workers`` worker processes running palisade
-    with ``config`` (a dict, serialised to JSON, or a raw JSON string)."""
+    with ``config`` (a dict, serialised to JSON, or a raw JSON string), its
+    ``shm_kv *`` zone of ``shm_kv`` (an nginx size). ``nginx`` is the binary
+    (default :data:`NGINX_BIN`), ``wasm`` palisade's (default the Envoy
+    harness's)."""
+
+    request_timeout: ClassVar[float] = 15.0
 
     config: dict | str
     upstream_port: int
     workers: int = 2
     shm_kv: str = "8m"
     run_dir: Path | None = None
+    nginx: Path | None = None
     wasm: Path | None = None
     server_name: str = "localhost"
     extra_http: str = ""
@@ -328,15 +287,18 @@ http {{
 
     def _nginx(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(nginx_binary()), "-p", str(self.run_dir), "-c", str(self.conf_path), *args],
+            [str(nginx_binary(self.nginx)), "-p", str(self.run_dir), "-c", str(self.conf_path), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
         )
 
     # -- life cycle --------------------------------------------------------
-    def start(self, timeout: float = START_TIMEOUT) -> NginxInstance:
-        binary = nginx_binary()
+    def start(self, timeout: float = START_TIMEOUT, wait: bool = True) -> NginxInstance:
+        """Starts nginx and (``wait``) returns once it serves: see
+        :meth:`_wait_serving`. ``wait=False`` returns once the master runs,
+        for a test that expects the workers to fail (:meth:`wait_workers_gone`)."""
+        binary = nginx_binary(self.nginx)
         self.wasm = self.wasm or harness.wasm_path()
         if self.run_dir is None:
             RUN_ROOT.mkdir(parents=True, exist_ok=True)
@@ -357,8 +319,9 @@ http {{
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_serving(set(), timeout)
-        self.started_workers = self.worker_pids()
+        if wait:
+            self._wait_serving(set(), timeout)
+            self.started_workers = self.worker_pids()
         return self
 
     def _wait_serving(self, old: set[int], timeout: float) -> None:
@@ -395,6 +358,22 @@ http {{
                 return
             time.sleep(0.1)
         raise NginxError(f"nginx not serving within {timeout:.0f} s ({state})\n{self.log_tail()}")
+
+    def wait_workers_gone(self, timeout: float = START_TIMEOUT) -> None:
+        """Until no worker runs and the error log holds the exits of
+        ``workers`` of them (so that they were started); the master must stay
+        up. Raises with the error log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise NginxError(f"the master exited with {self.proc and self.proc.returncode}\n{self.log_tail()}")
+            exits = sum(1 for line in self.error_log().splitlines() if WORKER_EXIT.search(line))
+            if not self.worker_pids() and exits >= self.workers:
+                return
+            time.sleep(0.25)
+        raise NginxError(
+            f"{len(self.worker_pids())} workers still running after {timeout:.0f} s\n{self.log_tail()}"
+        )
 
     def reload(self, config: dict | str | None = None, timeout: float = START_TIMEOUT) -> None:
         """``nginx -s reload`` with palisade configured with ``config`` (or the
@@ -506,20 +485,3 @@ http {{
     def assert_healthy(self) -> None:
         bad = self.problems()
         assert not bad, "nginx is broken:\n  " + "\n  ".join(bad[:20])
-
-    # -- traffic -----------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(
-        self,
-        method: str = "GET",
-        path: str = "/",
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        *,
-        timeout: float = 15.0,
-    ) -> harness.Response:
-        """One request on a fresh connection (so either worker may take it)."""
-        return harness.http_request(self.port, method, path, headers, body, timeout=timeout)

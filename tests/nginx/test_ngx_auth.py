@@ -27,20 +27,20 @@ import secrets
 import uuid
 
 import harness
-from test_jwt import AUDIENCE, EC_KEY, HS_SECRET, ISSUER, jwk, sign_token
+from test_jwt import API_KEY_A as API_KEY  # role "reports" (id partner-a)
+from test_jwt import API_KEY_B as OTHER_KEY  # role "audit" (id partner-b)
+from test_jwt import AUDIENCE, EC_KEY, HS_SECRET, ISSUER, MAIN_CONFIG, jwk, sign_token
 
-API_KEY = "pk_" + secrets.token_urlsafe(24)
-OTHER_KEY = "pk_" + secrets.token_urlsafe(24)
+# The Envoy suite's main configuration (test_jwt.MAIN_CONFIG) cut down to the
+# routes tested here, with the same API keys and authorization policies, one
+# provider (HS256 and ES256 with test_jwt's static keys, the email claim
+# forwarded), bearer tokens only, and a small refresh-token table.
+ROUTES = {"api", "reports", "token", "public"}
 
 CONFIG = {
     "version": 1,
     "mode": "enforce",
-    "routes": [
-        {"name": "api", "prefix": "/api"},
-        {"name": "reports", "prefix": "/reports"},
-        {"name": "token", "path": "/oauth/token", "methods": ["POST"]},
-        {"name": "public", "prefix": "/public"},
-    ],
+    "routes": [r for r in MAIN_CONFIG["routes"] if r["name"] in ROUTES],
     "jwt": {
         "from": [{"header": "authorization", "prefix": "Bearer "}],
         "providers": [
@@ -54,20 +54,11 @@ CONFIG = {
                 "forward_claims": [{"claim": "email", "header": "x-user-email"}],
             }
         ],
-        "refresh_tokens": {"routes": ["token"], "remember": "30d", "slots": 1024},
+        "refresh_tokens": {**MAIN_CONFIG["jwt"]["refresh_tokens"], "slots": 1024},
     },
-    "api_keys": {
-        "header": "x-api-key",
-        "keys": [
-            {"id": "partner-a", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(), "roles": ["reports"]},
-            {"id": "partner-b", "sha256": hashlib.sha256(OTHER_KEY.encode()).hexdigest(), "roles": ["audit"]},
-        ],
-    },
+    "api_keys": MAIN_CONFIG["api_keys"],
     "authorization": {
-        "policies": [
-            {"routes": ["api"]},
-            {"routes": ["reports"], "credentials": ["jwt", "api_key"], "roles": ["reports"]},
-        ]
+        "policies": [p for p in MAIN_CONFIG["authorization"]["policies"] if set(p["routes"]) <= ROUTES]
     },
 }
 

@@ -23,10 +23,11 @@ answered. What is proven:
 from __future__ import annotations
 
 import collections
-import hashlib
 import threading
 
 import harness
+import test_phases
+from test_phases import GOOD_KEY
 
 N = 200
 CAPACITY = 50
@@ -124,35 +125,13 @@ def test_client_address_from_x_forwarded_for(nginx, upstream):
     inst.assert_healthy()
 
 
-GOOD_KEY = "ngx-partner-key-0123456789abcdef"
-
-
 def failures_config() -> dict:
-    return {
-        "version": 1,
-        "client_ip": {"source": "x-forwarded-for", "trusted_hops": 1},
-        "routes": [{"name": "partner", "prefix": "/partner/"}],
-        "rate_limits": {
-            "slots": 1024,
-            "rules": [
-                {
-                    "name": "partner-failures",
-                    "key": ["ip"],
-                    "routes": ["partner"],
-                    "capacity": 3,
-                    "refill": {"tokens": 3, "every": "1m"},
-                    "ban": True,
-                    "counts": "failures",
-                }
-            ],
-        },
-        "bans": {"after": 1, "base": "1m", "factor": 2.0, "max": "1h", "decay": "10m"},
-        "api_keys": {
-            "header": "x-api-key",
-            "keys": [{"id": "p", "sha256": hashlib.sha256(GOOD_KEY.encode()).hexdigest(), "roles": ["partner"]}],
-        },
-        "authorization": {"policies": [{"routes": ["partner"], "credentials": ["api_key"], "roles": ["partner"]}]},
-    }
+    """The Envoy suite's (test_phases): a ``counts: failures`` rule with bans
+    on ``/partner/``, where an API key with role ``partner`` (GOOD_KEY) is
+    required; a table of 1,024 slots (the zone's default size holds it)."""
+    cfg = test_phases.config([test_phases.FAILURES_RULE])
+    cfg["rate_limits"]["slots"] = 1024
+    return cfg
 
 
 def test_failed_credentials_are_throttled_then_banned_on_both_workers(nginx, upstream):

@@ -43,6 +43,20 @@ def send(inst, method: str, target: str, headers=None, body=None) -> harness.Res
     return inst.request(method, target, headers, body, timeout=TIMEOUT)
 
 
+# A charge: covered by a signature with its Content-Digest, which is required.
+CHARGE = "/payments/charge?amount=5"
+
+
+def accepted_charge(inst, size: int) -> tuple[bytes, dict[str, str]]:
+    """A signed charge of a ``size``-byte JSON body, sent and accepted (200):
+    the body and the signed headers."""
+    body = json_payload(size)
+    h = signed(inst, "POST", CHARGE, body)
+    assert "Content-Digest" in h and "Signature-Input" in h
+    expect(send(inst, "POST", CHARGE, h, body), 200)
+    return body, h
+
+
 def test_signatures_without_body_binding(nginx, upstream):
     inst = nginx(config())
     h = signed(inst, "GET", "/orders?page=2", headers=None, components=BASIC)
@@ -67,11 +81,8 @@ def test_signatures_without_body_binding(nginx, upstream):
 
 def test_signatures_with_body_binding(nginx, upstream):
     inst = nginx(config())
-    body = json_payload(1024)
-    target = "/payments/charge?amount=5"
-    h = signed(inst, "POST", target, body)
-    assert "Content-Digest" in h and "Signature-Input" in h
-    expect(send(inst, "POST", target, h, body), 200)
+    target = CHARGE
+    body, h = accepted_charge(inst, 1024)
     got = upstream.last("/payments/charge")
     assert got.body == body, "the signed body was altered on the way"
     assert got.values("content-digest") == [h["Content-Digest"]]
@@ -165,12 +176,9 @@ def test_authority_is_the_host_header(nginx):
 
 def test_replayed_nonce_is_refused_on_both_workers(nginx, upstream):
     inst = nginx(config())
-    body = json_payload(512)
-    target = "/payments/charge?amount=5"
-    h = signed(inst, "POST", target, body)
-    expect(send(inst, "POST", target, h, body), 200)
+    body, h = accepted_charge(inst, 512)
     for _ in range(12):
-        expect(send(inst, "POST", target, h, body), 401, "sig.replay")
+        expect(send(inst, "POST", CHARGE, h, body), 401, "sig.replay")
     refused_by = set(inst.wait_served("/payments/charge", 12, 401))
     assert len(refused_by) == 2, f"replays refused by workers {refused_by}: expected both"
     nonce = re.search(r'nonce="([^"]*)"', h["Signature-Input"]).group(1)
