@@ -213,6 +213,7 @@ impl Reason {
             400 => "bad_request",
             401 => "unauthorized",
             403 => "forbidden",
+            411 => "length_required",
             413 => "payload_too_large",
             429 => "too_many_requests",
             _ => "unavailable",

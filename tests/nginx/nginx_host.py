@@ -201,6 +201,8 @@ class NginxInstance(harness.LoopbackHttp):
     nginx: Path | None = None
     wasm: Path | None = None
     server_name: str = "localhost"
+    # HTTP/2 on the front port too (cleartext, prior knowledge; HTTP/1.1 still answered).
+    http2: bool = False
     extra_http: str = ""
     # A whole nginx.conf instead of the generated one, made from the instance
     # once its run directory and port are set (a shipped file, rewritten).
@@ -249,6 +251,7 @@ http {{
         # the kernel, so that both workers take requests.
         listen 127.0.0.1:{self.port} reuseport;
         server_name {self.server_name};
+        http2 {"on" if self.http2 else "off"};
 
         location = {READY_PATH} {{
             return 200 "ready\\n";
