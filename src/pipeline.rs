@@ -20,8 +20,7 @@ use crate::core::stage::{self, Ctx};
 use crate::core::verdict::{
     Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
-use crate::stages::auth::jwks;
-use crate::stages::auth::jwks::FetchPlan;
+use crate::stages::auth::jwks::{self, FetchPlan};
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;

@@ -27,8 +27,6 @@ use std::time::Duration;
 /// workers fetched are installed within this period.
 const TICK_MS: u32 = 1_000;
 
-const MAX_JWKS_BYTES: usize = jwks::MAX_DOCUMENT_BYTES;
-
 const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
 const LOG_ERROR: u32 = 4;
@@ -131,8 +129,11 @@ impl Context for Root {
             });
         let body;
         let result = match status.as_deref() {
-            Some("200") if body_size > MAX_JWKS_BYTES => {
-                Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"))
+            Some("200") if body_size > jwks::MAX_DOCUMENT_BYTES => {
+                Err(format!(
+                    "the key set is over {} bytes",
+                    jwks::MAX_DOCUMENT_BYTES
+                ))
             }
             Some("200") => match host::http_call_response_body(body_size) {
                 Ok(bytes) => {
@@ -200,7 +201,7 @@ impl RootContext for Root {
             return false;
         };
         if !kind.has_metrics() {
-            log::warn!("palisade: ngx_wasm_module host: counters are off (it has no proxy-wasm metrics); findings are still logged");
+            log::warn!("palisade: ngx_wasm_module host: counters are off (its proxy_define_metric traps on long names and a full metrics zone); findings are still logged");
         }
         // Envoy: the filter's `name`; two palisade filters in one VM need
         // different names to keep separate state.
