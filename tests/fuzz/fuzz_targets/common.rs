@@ -1,15 +1,15 @@
 //! What the `headers` and `structured` targets share: the rich policy
 //! (tests/fuzz/policy.json, the demo's policy with small tables, a flow and
 //! behaviour) compiled once, and one request through a fresh engine, store
-//! and clock, so that every input replays the same way.
+//! and clock, so that every input replays the same way. The `jwks` target
+//! uses the fresh store and clock ([`World`]) only.
 
 use palisade::config::Policy;
 use palisade::core::hosts::HostKind;
 use palisade::core::metrics::MemoryMetrics;
 use palisade::core::request::HeaderMap;
-use palisade::pipeline::{Body, Engine, Services, Verdict};
+use palisade::pipeline::{prepare_shared_data, Body, Engine, Services, Verdict};
 use palisade::state::host::{ManualClock, MemoryStore};
-use palisade::state::slots::ensure_pages;
 use std::sync::OnceLock;
 
 /// The policy document; `X_FORWARDED_FOR` swaps its client address source.
@@ -20,7 +20,37 @@ const PEER: &str = r#""client_ip": {
     "source": "peer"
   }"#;
 
-const T0_MS: u64 = 1_700_000_000_000;
+pub const T0_MS: u64 = 1_700_000_000_000;
+
+/// One worker's surroundings: a shared store as `on_configure` leaves it,
+/// a clock at [`T0_MS`], counters.
+pub struct World {
+    pub store: MemoryStore,
+    pub clock: ManualClock,
+    pub metrics: MemoryMetrics,
+}
+
+impl World {
+    pub fn new(policy: &Policy) -> World {
+        let store = MemoryStore::new();
+        if let Err(e) = prepare_shared_data(policy, &store, [7; 16]) {
+            panic!("prepare_shared_data: {e:?}");
+        }
+        World {
+            store,
+            clock: ManualClock::at(T0_MS),
+            metrics: MemoryMetrics::default(),
+        }
+    }
+
+    pub fn services(&self) -> Services<'_> {
+        Services {
+            store: &self.store,
+            clock: &self.clock,
+            metrics: &self.metrics,
+        }
+    }
+}
 
 /// Peer addresses the selector byte picks from (`None`: the host has none).
 const PEERS: [Option<&str>; 8] = [
@@ -65,17 +95,8 @@ pub fn run(selector: u8, headers: &HeaderMap<'_>, body: &[u8], times: u8, step_m
         Ok(e) => e,
         Err(e) => panic!("engine: {e}"),
     };
-    let store = MemoryStore::new();
-    if let Err(e) = ensure_pages(&store, policy.shared_keys()) {
-        panic!("ensure_pages: {e:?}");
-    }
-    let clock = ManualClock::at(T0_MS);
-    let metrics = MemoryMetrics::default();
-    let services = Services {
-        store: &store,
-        clock: &clock,
-        metrics: &metrics,
-    };
+    let world = World::new(policy);
+    let services = world.services();
     let peer = PEERS[usize::from((selector >> 1) & 7)];
     let peer = || peer.map(str::to_string);
     for _ in 0..times.clamp(1, 4) {
@@ -91,6 +112,6 @@ pub fn run(selector: u8, headers: &HeaderMap<'_>, body: &[u8], times: u8, step_m
             };
             let _ = engine.check_body(&check, body, &services);
         }
-        clock.advance(step_ms);
+        world.clock.advance(step_ms);
     }
 }

@@ -13,13 +13,15 @@
 use libfuzzer_sys::fuzz_target;
 use palisade::config::Policy;
 use palisade::core::hosts::HostKind;
-use palisade::core::metrics::MemoryMetrics;
 use palisade::core::request::HeaderMap;
 use palisade::pipeline::{Engine, Services};
-use palisade::stages::auth::jwks::{ensure_record, RemoteJwks};
-use palisade::state::host::{ManualClock, MemoryStore};
-use palisade::state::slots::ensure_pages;
 use std::sync::OnceLock;
+
+// Only its `World` and `T0_MS`; the rest serves the request targets.
+#[allow(dead_code)]
+#[path = "common.rs"]
+mod common;
+use common::{World, T0_MS};
 
 /// One remote provider on route `/api` (every algorithm a fetched set may
 /// serve a key for).
@@ -40,8 +42,6 @@ const POLICY: &str = r#"{
   },
   "authorization": {"policies": [{"routes": ["api"]}]}
 }"#;
-
-const T0_MS: u64 = 1_700_000_000_000;
 
 /// `{"iss":"https://remote.example","aud":"api","sub":"u","iat":1700000000,"exp":4102444800}`
 const PAYLOAD: &str = "eyJpc3MiOiJodHRwczovL3JlbW90ZS5leGFtcGxlIiwiYXVkIjoiYXBpIiwic3ViIjoidSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjo0MTAyNDQ0ODAwfQ";
@@ -77,24 +77,22 @@ fn signature(header: &str) -> String {
     out
 }
 
-fn setup() -> &'static (Policy, RemoteJwks, Vec<String>) {
-    static SETUP: OnceLock<(Policy, RemoteJwks, Vec<String>)> = OnceLock::new();
+fn setup() -> &'static (Policy, Vec<String>) {
+    static SETUP: OnceLock<(Policy, Vec<String>)> = OnceLock::new();
     SETUP.get_or_init(|| {
         let policy = match Policy::from_json(POLICY.as_bytes()) {
             Ok(p) => p,
             Err(e) => panic!("the fuzz policy does not load: {e}"),
         };
-        let remote = policy
-            .auth
-            .providers
-            .iter()
-            .find_map(|p| p.remote.clone())
-            .unwrap_or_else(|| panic!("the fuzz policy has no remote provider"));
+        assert!(
+            policy.auth.providers.iter().any(|p| p.remote.is_some()),
+            "the fuzz policy has no remote provider"
+        );
         let tokens = HEADERS
             .iter()
             .map(|h| format!("Bearer {h}.{PAYLOAD}.{}", signature(h)))
             .collect();
-        (policy, remote, tokens)
+        (policy, tokens)
     })
 }
 
@@ -120,30 +118,18 @@ fn judge(engine: &Engine, tokens: &[String], services: &Services<'_>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (policy, remote, tokens) = setup();
-    let store = MemoryStore::new();
-    if let Err(e) = ensure_pages(&store, policy.shared_keys()) {
-        panic!("ensure_pages: {e:?}");
-    }
-    if let Err(e) = ensure_record(&store, remote) {
-        panic!("ensure_record: {e:?}");
-    }
-    let clock = ManualClock::at(T0_MS);
-    let metrics = MemoryMetrics::default();
-    let services = Services {
-        store: &store,
-        clock: &clock,
-        metrics: &metrics,
-    };
+    let (policy, tokens) = setup();
+    let world = World::new(policy);
+    let services = world.services();
     let fetcher = engine(policy);
     let other = engine(policy);
     // The fetching worker wins the first fetch, and the body comes back.
-    let plans = fetcher.jwks_due(&store, T0_MS);
+    let plans = fetcher.jwks_due(&world.store, T0_MS);
     assert_eq!(plans.len(), 1, "the first fetch is due");
     fetcher.jwks_fetched(plans[0].provider, Ok(data), &services);
     // Another worker's tick installs what the record holds.
-    clock.advance(1_000);
-    let _ = other.jwks_due(&store, T0_MS + 1_000);
+    world.clock.advance(1_000);
+    let _ = other.jwks_due(&world.store, T0_MS + 1_000);
     // One engine judges (both hold the same set; `other` took the path
     // through the record): RSA checks are slow under the sanitizer.
     judge(&other, tokens, &services);
