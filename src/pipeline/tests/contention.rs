@@ -430,6 +430,16 @@ fn failures_config(capacity: usize) -> String {
 
 use sha2::Digest as _;
 
+/// A request to the failures rule's route from `ip` with API key `key`.
+fn api_key_request<'a>(ip: &'a str, key: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        (":method", "GET"),
+        (":path", "/api/x"),
+        ("x-forwarded-for", ip),
+        ("x-api-key", key),
+    ]
+}
+
 /// Rate-limit findings `store.unavailable` counted so far: requests whose
 /// every compare-and-swap on a bucket lost.
 fn lost_takes(race: &Race) -> u64 {
@@ -450,16 +460,7 @@ fn a_failures_rule_takes_exactly_one_token_per_refusal() {
     let capacity = 60;
     let race = Race::new(&failures_config(capacity));
     let request = |race: &Race, store: &dyn SharedStore, ip: &str, key: &str| {
-        race.send(
-            store,
-            &[
-                (":method", "GET"),
-                (":path", "/api/x"),
-                ("x-forwarded-for", ip),
-                ("x-api-key", key),
-            ],
-            b"",
-        )
+        race.send(store, &api_key_request(ip, key), b"")
     };
     let first = "198.51.100.20";
     let results = race.run("failures (capacity - 1)", |t, store, _| {
@@ -799,18 +800,8 @@ fn a_refusal_whose_token_take_lost_every_compare_and_swap_is_not_an_uncounted_re
     let capacity = 3;
     let race = Race::new(&failures_config(capacity));
     let ip = "198.51.100.30";
-    let request = |store: &dyn SharedStore, key: &str| {
-        race.once(
-            store,
-            &[
-                (":method", "GET"),
-                (":path", "/api/x"),
-                ("x-forwarded-for", ip),
-                ("x-api-key", key),
-            ],
-            b"",
-        )
-    };
+    let request =
+        |store: &dyn SharedStore, key: &str| race.once(store, &api_key_request(ip, key), b"");
     let losing = Losing {
         store: &race.f.store,
         armed: std::sync::atomic::AtomicBool::new(true),
