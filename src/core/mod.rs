@@ -3,6 +3,7 @@
 //! configuration errors. Nothing here knows a particular stage or the
 //! document; it may use `state` below it.
 
+pub mod body;
 pub mod config_error;
 pub mod duration;
 pub mod event;

@@ -5,6 +5,7 @@
 //! the body phase; a query that carries token parameters is refused with
 //! the headers.
 
+use crate::core::body;
 use crate::core::mode::Mode;
 use crate::core::request::{Facts, HeaderMap};
 use crate::core::routes::RouteId;
@@ -13,7 +14,6 @@ use crate::core::verdict::{Finding, Reason, Stage};
 use crate::stages::auth::credentials::Auth;
 use crate::state::replay::{self, Sighting};
 use crate::state::slots;
-use std::borrow::Cow;
 use std::hash::Hasher;
 
 /// Whether the body is multipart or content-encoded: palisade cannot read
@@ -125,34 +125,13 @@ pub const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 /// it): a server may take the first value where palisade would take the
 /// last.
 fn refresh_tokens_of(body: &[u8]) -> Result<Vec<String>, Reason> {
-    let mut readings: Vec<Vec<(Cow<'_, str>, Cow<'_, str>)>> =
-        vec![form_urlencoded::parse(body).collect()];
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        if let Ok(JsonMembers(members)) = serde_json::from_slice(body) {
-            let members = members.into_iter().map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (Cow::Owned(k), Cow::Owned(v))
-            });
-            readings.push(members.collect());
-        }
-    }
     let mut tokens = Vec::new();
-    for params in &readings {
-        let mut seen = std::collections::HashSet::with_capacity(params.len());
-        if !params.iter().all(|(k, _)| seen.insert(k.as_ref())) {
+    for params in &body::readings(body) {
+        if body::has_repeated(params, None) {
             return Err(Reason::RefreshRepeatedParameter);
         }
-        let value = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_ref())
-        };
-        if value("grant_type") == Some("refresh_token") {
-            if let Some(token) = value("refresh_token").filter(|t| !t.is_empty()) {
+        if body::value(params, "grant_type") == Some("refresh_token") {
+            if let Some(token) = body::value(params, "refresh_token").filter(|t| !t.is_empty()) {
                 if !tokens.iter().any(|t| t == token) {
                     tokens.push(token.to_string());
                 }
@@ -160,31 +139,4 @@ fn refresh_tokens_of(body: &[u8]) -> Result<Vec<String>, Reason> {
         }
     }
     Ok(tokens)
-}
-
-/// The members of a JSON object in order, repeated names included
-/// (`serde_json::Value` keeps only the last of them).
-struct JsonMembers(Vec<(String, serde_json::Value)>);
-
-impl<'de> serde::Deserialize<'de> for JsonMembers {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = JsonMembers;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<JsonMembers, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(JsonMembers(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
 }
