@@ -16,6 +16,7 @@ use crate::core::config_error::{err, ConfigError};
 use crate::core::mode::{FailureMode, Mode};
 use crate::core::names::Names;
 use crate::core::routes::{RouteId, RouteTable};
+use crate::stages::account::config::{compile_login, Login, RawLogin};
 use crate::stages::auth::config::{compile_auth, RawApiKeys, RawAuthorization, RawJwt};
 use crate::stages::auth::credentials::Auth;
 use crate::stages::bot::config::{compile_bot, Bot, RawBot};
@@ -25,7 +26,7 @@ use crate::stages::client_ip::{
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
 use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
-    compile_bans, compile_rate_limits, RateLimits, RawBans, RawRateLimits,
+    compile_bans, compile_rate_limits, LoginRoutes, RateLimits, RawBans, RawRateLimits,
 };
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
@@ -56,6 +57,8 @@ pub struct Policy {
     pub bot: Option<Bot>,
     /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
     pub needs_fingerprint: bool,
+    /// Login routes (account protection), when the document has a `login` section.
+    pub login: Option<Login>,
 }
 
 impl Policy {
@@ -79,6 +82,10 @@ impl Policy {
             .chain((0..replay_pages).map(|i| slots::page_key(slots::REPLAY, i)))
             .chain((0..refresh_pages).map(|i| slots::page_key(slots::REFRESH, i)))
             .chain(self.bot.iter().flat_map(Bot::shared_keys))
+            .chain(
+                (0..self.login.as_ref().map_or(0, |l| l.pages))
+                    .map(|i| slots::page_key(slots::LOGIN, i)),
+            )
     }
 
     /// Parses and validates the plugin configuration.
@@ -129,7 +136,7 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 28] = [
+const LIST_PATHS: [&str; 30] = [
     "bot.routes",
     "bot.allow.cidrs",
     "bot.flows",
@@ -158,6 +165,8 @@ const LIST_PATHS: [&str; 28] = [
     "signatures.policies",
     "signatures.policies[].routes",
     "signatures.policies[].components",
+    "login.routes",
+    "login.failure_statuses",
 ];
 
 /// Values that are whole documents of another format.
@@ -448,6 +457,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
+    /// Login routes: where the username is, which answers are failures.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawLogin"))]
+    login: Option<RawLogin>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -516,12 +529,22 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let bans = compile_bans(&raw.bans, raw.mode)?;
     let signatures = compile_signatures(raw.signatures, raw.mode, &routes)?;
     let auth = compile_auth(raw.jwt, raw.api_keys, raw.authorization, raw.mode, &routes)?;
+    let login = compile_login(raw.login, raw.mode, &routes)?;
+    let login_routes = login.as_ref().map(|l| l.route_ids());
     let rate_limits = compile_rate_limits(
         raw.rate_limits,
         raw.mode,
         &routes,
         user_header.is_some() || !auth.policies.is_empty(),
         !signatures.policies.is_empty(),
+        login
+            .as_ref()
+            .zip(login_routes.as_deref())
+            .map(|(l, ids)| LoginRoutes {
+                routes: ids,
+                reads_username: l.username_field.is_some(),
+                pages: l.pages,
+            }),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
     let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
@@ -538,6 +561,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         auth,
         bot,
         needs_fingerprint,
+        login,
     })
 }
 
@@ -716,7 +740,7 @@ mod tests {
                 r#"{"name": "a", "key": ["ip"], "capacity": 1, "refill": "none", "counts": "all"}"#,
             ),
             "rate_limits.rules[0].counts",
-            "`requests` or `failures`",
+            "`requests`, `failures`, `failed_logins`, `usernames`",
         );
         assert_rejected(
             r#"{"client_ip": {"ipv6_prefix": 8}}"#,
@@ -994,6 +1018,7 @@ mod tests {
                 "client_ip",
                 "failure_mode",
                 "jwt",
+                "login",
                 "mode",
                 "rate_limits",
                 "routes",

@@ -20,11 +20,16 @@ use crate::core::stage::{self, Ctx};
 use crate::core::verdict::{
     Decision, Finding, LocalResponse, Pseudo, Quota, Reason, Stage, UpstreamHeaders,
 };
+use crate::stages::account::{
+    self,
+    config::{Login, LoginOutcome},
+};
 use crate::stages::auth::jwks::{self, FetchPlan};
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
+use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::{self, Phase};
 use crate::stages::{client_ip, routes, user};
 use crate::state::host::{SharedStore, StoreError};
@@ -123,6 +128,7 @@ struct Outcome {
     challenge: Option<LocalResponse>,
     /// Cookies for an allowed request's response (a challenge pass).
     set_cookies: Vec<String>,
+    login: Option<Box<LoginCheck>>,
 }
 
 /// The request body as the body phase saw it.
@@ -154,10 +160,28 @@ pub struct BodyCheck {
     pub request_id: String,
     /// Multipart or content-encoded: refresh tokens cannot be read from it.
     pub opaque_body: bool,
+    /// A login whose username is read from the body (`login` section).
+    pub login: bool,
+    pub fingerprint: Option<u64>,
+}
+
+/// A login on its way to the upstream: what its answer is counted against
+/// (`failed_logins` rules), and the client a success makes known for the
+/// user. Filled in by the header and body phases.
+#[derive(Debug, Clone)]
+pub struct LoginCheck {
+    route: RouteId,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    fingerprint: Option<u64>,
+    username: Option<u128>,
 }
 
 /// The outcome of the pipeline for one request.
 #[derive(Debug, Clone)]
+// Built once per request and moved once into the stream: boxing the
+// common variant would cost an allocation on every allowed request.
+#[allow(clippy::large_enum_variant)]
 pub enum Verdict {
     /// Forward upstream (once `body` passes, if set); add these headers to
     /// the response (quota headers).
@@ -165,6 +189,8 @@ pub enum Verdict {
         response_headers: Vec<(&'static str, String)>,
         upstream: UpstreamHeaders,
         body: Option<BodyCheck>,
+        /// A login whose upstream answer must be accounted for.
+        login: Option<Box<LoginCheck>>,
     },
     Respond(LocalResponse),
 }
@@ -296,12 +322,14 @@ impl Engine {
             }
         }
         let body = self.body_check(headers, &request.facts, request.digest);
+        let login = self.login_check(&request.facts);
         let outcome = Outcome {
             quota: request.quota,
             upstream: request.upstream,
             body,
             challenge: request.challenge,
             set_cookies: request.bot.map(|(a, _)| a.set_cookies).unwrap_or_default(),
+            login,
         };
         self.conclude(&request.facts, request.findings, outcome, host.metrics)
     }
@@ -516,7 +544,8 @@ impl Engine {
         digest: Option<(ContentDigest, Mode)>,
     ) -> Option<BodyCheck> {
         let refresh = refresh::mode(&self.policy.auth, headers, facts.route);
-        if digest.is_none() && refresh.is_none() {
+        let login = self.reads_username(facts.route);
+        if digest.is_none() && refresh.is_none() && !login {
             return None;
         }
         let mut max_bytes = 0;
@@ -525,6 +554,9 @@ impl Engine {
         }
         if refresh.is_some() {
             max_bytes = max_bytes.max(refresh::MAX_TOKEN_REQUEST_BYTES);
+        }
+        if let (true, Some(l)) = (login, &self.policy.login) {
+            max_bytes = max_bytes.max(l.max_body_bytes);
         }
         Some(BodyCheck {
             digest,
@@ -535,6 +567,45 @@ impl Engine {
             key_id: facts.key_id.clone(),
             request_id: facts.request_id.to_string(),
             opaque_body: refresh::body_is_opaque(headers),
+            login,
+            fingerprint: facts.fingerprint,
+        })
+    }
+
+    /// Whether a login on `route` has its username read from the body: only
+    /// when a rule needs it.
+    fn reads_username(&self, route: RouteId) -> bool {
+        let Some(login) = &self.policy.login else {
+            return false;
+        };
+        login.username_field.is_some()
+            && login.applies_to(route)
+            && self
+                .policy
+                .rate_limits
+                .rules
+                .iter()
+                .any(|r| r.applies_to(route) && (r.key.username || r.counts == Counts::Usernames))
+    }
+
+    /// What a login's answer is counted against, when `facts.route` is a
+    /// login class and something counts it.
+    fn login_check(&self, facts: &Facts<'_>) -> Option<Box<LoginCheck>> {
+        let login = self.policy.login.as_ref()?;
+        let counted = self
+            .policy
+            .rate_limits
+            .rules
+            .iter()
+            .any(|r| r.applies_to(facts.route) && r.counts == Counts::FailedLogins);
+        (login.applies_to(facts.route) && counted).then(|| {
+            Box::new(LoginCheck {
+                route: facts.route,
+                request_id: facts.request_id.to_string(),
+                client_ip: facts.client_ip,
+                fingerprint: facts.fingerprint,
+                username: None,
+            })
         })
     }
 
@@ -551,6 +622,7 @@ impl Engine {
             body,
             challenge,
             set_cookies,
+            login,
         } = outcome;
         for finding in &findings {
             self.record(facts, finding, metrics);
@@ -581,6 +653,7 @@ impl Engine {
             response_headers,
             upstream,
             body,
+            login,
         }
     }
 
@@ -592,28 +665,32 @@ impl Engine {
         check: &BodyCheck,
         body: Body<'_>,
         host: &Services<'_>,
+        login: Option<&mut LoginCheck>,
     ) -> Option<LocalResponse> {
-        let mut facts = Facts::new(check.route, &check.request_id);
-        facts.client_ip = check.client_ip;
-        facts.ip_key = check.client_ip.map(|ip| self.policy.ip_prefixes.key_of(ip));
+        let mut facts = self.facts_after_headers(
+            check.route,
+            &check.request_id,
+            check.client_ip,
+            check.fingerprint,
+        );
         facts.key_id = check.key_id.clone();
         let ctx = self.ctx(host);
         let mut findings = Vec::new();
         let oversized = |mode| Finding::new(Stage::Signature, Reason::BodyTooLarge, mode);
         match body {
-            Body::TooLarge => findings.push(oversized(Self::body_mode(check))),
+            Body::TooLarge => findings.push(oversized(self.body_mode(check))),
             Body::Complete(bytes) if bytes.len() > check.max_bytes => {
-                findings.push(oversized(Self::body_mode(check)));
+                findings.push(oversized(self.body_mode(check)));
             }
             Body::Unreadable => findings.push(Finding::new(
                 Stage::Signature,
                 Reason::BodyUnreadable,
-                Self::body_mode(check),
+                self.body_mode(check),
             )),
             Body::Unframed => findings.push(Finding::new(
                 Stage::Signature,
                 Reason::BodyLengthRequired,
-                Self::body_mode(check),
+                self.body_mode(check),
             )),
             Body::Complete(bytes) => {
                 // In order: the signed digest, then refresh-token reuse.
@@ -632,20 +709,18 @@ impl Engine {
                         &ctx,
                     ));
                 }
+                let blocked = findings.iter().any(Finding::enforced);
+                if let (true, false, Some(l)) = (check.login, blocked, &self.policy.login) {
+                    self.login_body(l, bytes, &mut facts, &ctx, &mut findings);
+                }
             }
         }
+        if let Some(login) = login {
+            login.username = facts.username;
+        }
         if refused_credentials(&findings) {
-            let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
             let counted_from = findings.len();
-            limits::check(
-                Phase::Failed,
-                limits,
-                bans,
-                &facts,
-                &ctx,
-                &mut findings,
-                &mut None,
-            );
+            self.count_limits(Phase::Failed, &facts, &ctx, &mut findings);
             answer_uncounted_as_store_failure(&mut findings, counted_from, 0);
         }
         for finding in &findings {
@@ -661,14 +736,106 @@ impl Engine {
         denial.map(|f| f.respond(&check.request_id, &self.policy))
     }
 
+    /// A login's body: its username, then the rules that need it.
+    fn login_body(
+        &self,
+        login: &Login,
+        bytes: &[u8],
+        facts: &mut Facts<'_>,
+        ctx: &Ctx<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let rules = &self.policy.rate_limits.rules;
+        let user_rules = rules
+            .iter()
+            .any(|r| r.key.username && r.applies_to(facts.route));
+        if let Some(finding) = account::read_username(login, bytes, facts, ctx, user_rules) {
+            findings.push(finding);
+        }
+        if !findings.iter().any(Finding::enforced) {
+            self.count_limits(Phase::Login, facts, ctx, findings);
+        }
+    }
+
+    /// The rules of a phase after the header phase (no quota to report).
+    fn count_limits(
+        &self,
+        phase: Phase,
+        facts: &Facts<'_>,
+        ctx: &Ctx<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+        limits::check(phase, limits, bans, facts, ctx, findings, &mut None);
+    }
+
+    /// What the header phase learned, for a later phase of the request.
+    fn facts_after_headers<'a>(
+        &self,
+        route: RouteId,
+        request_id: &'a str,
+        client_ip: Option<IpAddr>,
+        fingerprint: Option<u64>,
+    ) -> Facts<'a> {
+        let mut facts = Facts::new(route, request_id);
+        facts.client_ip = client_ip;
+        facts.ip_key = client_ip.map(|ip| self.policy.ip_prefixes.key_of(ip));
+        facts.fingerprint = fingerprint;
+        facts
+    }
+
+    /// The upstream answered a login with `status`: a failure takes a token
+    /// from the `failed_logins` rules (the next login of an exhausted key
+    /// is refused), a success makes the client known for the user. The
+    /// findings are logged and counted; the answer itself goes to the
+    /// client unchanged.
+    pub fn login_answered(&self, check: &LoginCheck, status: u16, host: &Services<'_>) {
+        let Some(login) = &self.policy.login else {
+            return;
+        };
+        let mut facts = self.facts_after_headers(
+            check.route,
+            &check.request_id,
+            check.client_ip,
+            check.fingerprint,
+        );
+        facts.username = check.username;
+        let ctx = self.ctx(host);
+        match login.outcome(status) {
+            LoginOutcome::Failed => {
+                let mut findings = Vec::new();
+                self.count_limits(Phase::LoginFailed, &facts, &ctx, &mut findings);
+                for finding in &findings {
+                    self.record_as(&facts, finding, "flag", host.metrics);
+                }
+            }
+            LoginOutcome::Succeeded => {
+                let user_rules = self.policy.rate_limits.rules.iter().any(|r| r.key.username);
+                if user_rules {
+                    if let Err(error) = account::remember_client(login, &facts, &ctx) {
+                        log::warn!("palisade: cannot remember a login's client: {error:?}");
+                    }
+                }
+            }
+            LoginOutcome::Unknown => {}
+        }
+    }
+
     /// The strictest mode among the body checks: a body that cannot be read
     /// fails every check.
-    fn body_mode(check: &BodyCheck) -> Mode {
+    fn body_mode(&self, check: &BodyCheck) -> Mode {
+        let login_enforced = check.login
+            && self
+                .policy
+                .login
+                .as_ref()
+                .is_some_and(|l| l.mode == Mode::Enforce);
         let enforced = check
             .digest
             .as_ref()
             .is_some_and(|(_, m)| *m == Mode::Enforce)
-            || check.refresh == Some(Mode::Enforce);
+            || check.refresh == Some(Mode::Enforce)
+            || login_enforced;
         if enforced {
             Mode::Enforce
         } else {
@@ -678,13 +845,23 @@ impl Engine {
 
     /// Counts and logs one finding.
     fn record(&self, facts: &Facts<'_>, finding: &Finding, metrics: &dyn Metrics) {
+        let action = if finding.enforced() {
+            "deny"
+        } else {
+            "monitor"
+        };
+        self.record_as(facts, finding, action, metrics);
+    }
+
+    /// Counts and logs one finding with the event's `action`.
+    fn record_as(&self, facts: &Facts<'_>, finding: &Finding, action: &str, metrics: &dyn Metrics) {
         metrics.increment(Counter::Finding {
             stage: finding.stage,
             reason: finding.reason,
             mode: finding.mode,
             route: facts.route,
         });
-        event::log(facts, finding, &self.policy, &self.seed);
+        event::log(facts, finding, action, &self.policy, &self.seed);
     }
 
     /// The request headers could not be read from the host: nothing can be
@@ -729,6 +906,7 @@ mod tests {
 
     mod bot;
     mod contention;
+    mod login;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::{encode_map, encode_raw_map};
 
@@ -1298,7 +1476,7 @@ mod tests {
                 } => {
                     match f
                         .engine
-                        .check_body(&check, Body::Complete(body), &f.services())
+                        .check_body(&check, Body::Complete(body), &f.services(), None)
                     {
                         None => (200, String::new()),
                         Some(r) => (r.status, r.body),
@@ -1399,7 +1577,9 @@ mod tests {
                 else {
                     unreachable!("a signed request waits for its body");
                 };
-                let got = f.engine.check_body(&check, Body::Unframed, &f.services());
+                let got = f
+                    .engine
+                    .check_body(&check, Body::Unframed, &f.services(), None);
                 assert_eq!(got.as_ref().map(|r| r.status), expected, "{section}");
                 if let Some(r) = got {
                     assert_eq!(reason(&(r.status, r.body)), "body.length_required");
@@ -1828,7 +2008,7 @@ mod tests {
                 unreachable!("the token route holds the body");
             };
             f.engine
-                .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+                .check_body(&check, Body::Complete(body.as_bytes()), &f.services(), None)
         }
 
         #[test]
@@ -1890,7 +2070,7 @@ mod tests {
                 unreachable!("the token route holds the body of {path}");
             };
             f.engine
-                .check_body(&check, Body::Complete(body.as_bytes()), &f.services())
+                .check_body(&check, Body::Complete(body.as_bytes()), &f.services(), None)
         }
 
         const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -2295,7 +2475,7 @@ mod tests {
                     body: Some(check), ..
                 } => f
                     .engine
-                    .check_body(&check, Body::Complete(grant), &f.services())
+                    .check_body(&check, Body::Complete(grant), &f.services(), None)
                     .map_or(200, |r| r.status),
                 other => reason(&other).0,
             };

@@ -8,17 +8,21 @@ use std::hash::Hasher;
 
 /// One JSON security event per finding. Only configuration names, enum
 /// strings, the client address and a validated request id are written:
-/// never a header value, token or user name.
-pub fn log(facts: &Facts<'_>, finding: &Finding, names: &dyn Names, seed: &[u8; 16]) {
+/// never a header value, token or user name. `action`: `deny` or
+/// `monitor` for a request's verdict, `flag` for what an upstream's answer
+/// showed (a failed login), which the next request is held to.
+pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names, seed: &[u8; 16]) {
     let event = serde_json::json!({
         "event": "palisade.finding",
-        "action": if finding.enforced() { "deny" } else { "monitor" },
+        "action": action,
         "reason": finding.reason.as_str(),
         "stage": finding.stage.as_str(),
         "route": names.route_name(facts.route),
         "rule": finding.rule.map(|r| names.rule_name(r).unwrap_or("")),
         "client_ip": facts.client_ip.map(|ip| ip.to_string()),
         "user_hash": facts.user.as_deref().map(|u| short_hash(seed, u)),
+        // Already a keyed hash: eight hex digits correlate, reveal nothing.
+        "username_hash": facts.username.map(|u| format!("{:08x}", (u >> 96) as u32)),
         "key_id": facts.key_id,
         "fingerprint": facts.fingerprint.map(|id| format!("{id:016x}")),
         "bot_score": facts.bot.as_ref().map(|b| b.score),

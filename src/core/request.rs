@@ -230,6 +230,11 @@ pub struct Facts<'h> {
     pub fingerprint: Option<u64>,
     /// The bot score and its top reasons, when the request was scored.
     pub bot: Option<BotSummary>,
+    /// A login's username as a keyed hash (never the name itself), once
+    /// the body phase has read it.
+    pub username: Option<u128>,
+    /// The client logged in as `username` before (a known device or network).
+    pub known_client: bool,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -245,6 +250,8 @@ impl<'h> Facts<'h> {
             request_id,
             fingerprint: None,
             bot: None,
+            username: None,
+            known_client: false,
             now_ms: Cell::new(None),
         }
     }

@@ -19,6 +19,8 @@ pub enum Stage {
     Bans,
     Bot,
     RateLimit,
+    /// Login accounting: the username of a login request.
+    Login,
 }
 
 impl Stage {
@@ -31,6 +33,7 @@ impl Stage {
             Stage::Bans => "bans",
             Stage::Bot => "bot",
             Stage::RateLimit => "ratelimit",
+            Stage::Login => "login",
         }
     }
 }
@@ -90,6 +93,17 @@ pub enum Reason {
     /// The bot score reached the challenge threshold: the client gets a
     /// proof-of-work puzzle instead of the upstream.
     BotChallenge,
+    /// Too many failed logins from this address (`failed_logins` rule).
+    LoginFailuresIp,
+    /// Too many failed logins from this client software.
+    LoginFailuresFingerprint,
+    /// Too many failed logins for this username.
+    LoginFailuresUser,
+    /// Too many different usernames tried by this client (`usernames` rule).
+    LoginDistinctUsers,
+    /// A login body carries the username field more than once: palisade
+    /// and the server could read different users.
+    LoginRepeatedUsername,
 }
 
 impl Reason {
@@ -124,6 +138,11 @@ impl Reason {
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
             Reason::BotDeny => "bot.deny",
             Reason::BotChallenge => "bot.challenge",
+            Reason::LoginFailuresIp => "login.failures_ip",
+            Reason::LoginFailuresFingerprint => "login.failures_fingerprint",
+            Reason::LoginFailuresUser => "login.failures_user",
+            Reason::LoginDistinctUsers => "login.distinct_users",
+            Reason::LoginRepeatedUsername => "login.repeated_username",
         }
     }
 
@@ -148,9 +167,15 @@ impl Reason {
             | Reason::BanActive
             | Reason::RefreshRepeatedParameter
             | Reason::RefreshUnsupportedBody
+            | Reason::LoginRepeatedUsername
             | Reason::BotDeny => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
-            Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
+            Reason::RateLimitExhausted
+            | Reason::RateLimitOverflow
+            | Reason::LoginFailuresIp
+            | Reason::LoginFailuresFingerprint
+            | Reason::LoginFailuresUser
+            | Reason::LoginDistinctUsers => Decision::Throttle,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
             | Reason::JwtNoKeys
@@ -169,7 +194,8 @@ impl Reason {
             | Reason::Digest(_)
             | Reason::RefreshReuse
             | Reason::RefreshRepeatedParameter
-            | Reason::RefreshUnsupportedBody => 400,
+            | Reason::RefreshUnsupportedBody
+            | Reason::LoginRepeatedUsername => 400,
             Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::AuthMissing
@@ -183,7 +209,12 @@ impl Reason {
             | Reason::AuthzMfa
             | Reason::BotDeny
             | Reason::BotChallenge => 403,
-            Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
+            Reason::RateLimitExhausted
+            | Reason::RateLimitOverflow
+            | Reason::LoginFailuresIp
+            | Reason::LoginFailuresFingerprint
+            | Reason::LoginFailuresUser
+            | Reason::LoginDistinctUsers => 429,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
             | Reason::JwtNoKeys

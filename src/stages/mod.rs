@@ -3,6 +3,7 @@
 //! beside its check. A stage uses `core` and `state`, never another stage;
 //! the pipeline puts them in order.
 
+pub mod account;
 pub mod auth;
 pub mod bot;
 pub mod client_ip;

@@ -159,6 +159,18 @@ impl MemoryStore {
         self.entries.lock().map_or(0, |m| m.len())
     }
 
+    /// Whether any key or value holds `needle` (tests that look for a
+    /// secret in shared state).
+    pub fn holds(&self, needle: &[u8]) -> bool {
+        self.entries.lock().is_ok_and(|m| {
+            m.iter().any(|(k, (v, _))| {
+                [k.as_bytes(), v.as_slice()]
+                    .iter()
+                    .any(|b| b.windows(needle.len().max(1)).any(|w| w == needle))
+            })
+        })
+    }
+
     /// Total bytes of keys and values held.
     pub fn byte_size(&self) -> usize {
         self.entries

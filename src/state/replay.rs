@@ -63,6 +63,22 @@ pub fn remember<R: CasRetries + ?Sized>(
     Ok(seen.unwrap_or(Sighting::TableFull))
 }
 
+/// Whether `addr`'s tag is remembered in `table` and not yet expired. Only
+/// reads (one get, two for a spilled tag); a table without room reads as
+/// not remembered.
+pub fn seen<R: CasRetries + ?Sized>(
+    store: &dyn SharedStore,
+    metrics: &R,
+    table: &str,
+    addr: Address,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let live = slots::upsert(store, metrics, table, addr, now_ms, &Expiring, |record| {
+        (false, record.state > now_ms)
+    })?;
+    Ok(live.unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +123,18 @@ mod tests {
         assert_eq!(seen(8, 500), Ok(Sighting::Fresh));
         // After expiry the slot is free again, and the same tag is fresh.
         assert_eq!(seen(7, 1_001), Ok(Sighting::Fresh));
+    }
+
+    #[test]
+    fn seen_only_reads() {
+        let (store, metrics) = fixture(1);
+        let looked = |tag, now| super::seen(&store, &metrics, slots::REPLAY, at(tag, 1), now);
+        assert_eq!(looked(7, 0), Ok(false));
+        assert_eq!(looked(7, 0), Ok(false), "a lookup remembers nothing");
+        let remembered = remember(&store, &metrics, slots::REPLAY, at(7, 1), 1_000, 0);
+        assert_eq!(remembered, Ok(Sighting::Fresh));
+        assert_eq!(looked(7, 999), Ok(true));
+        assert_eq!(looked(7, 1_000), Ok(false), "expired");
     }
 
     #[test]

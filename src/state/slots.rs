@@ -207,6 +207,9 @@ pub const RATE_LIMITS: &str = "rl";
 pub const REPLAY: &str = "rp";
 /// The refresh-token table (tokens presented to the token endpoint).
 pub const REFRESH: &str = "rt";
+/// Login accounting: usernames each client tried, clients each user
+/// logged in from (`stages::account`, `stages::limits`).
+pub const LOGIN: &str = "lg";
 
 /// Key of page `index` of `table`.
 pub fn page_key(table: &str, index: u32) -> String {

@@ -43,6 +43,13 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_add_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -157,6 +164,21 @@ pub fn header_map_bytes(map_type: u32) -> Result<Vec<u8>, u32> {
         match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
             OK => Ok(take_host_buffer(data, size)),
             status => Err(status),
+        }
+    }
+}
+
+/// One header's value (the first, on a header sent several times); `None`
+/// when absent or on a host error.
+pub fn header_value(map_type: u32, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as above; the key is a live &str.
+    unsafe {
+        match proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
+        {
+            OK => Some(take_host_buffer(data, size)),
+            _ => None,
         }
     }
 }

@@ -12,7 +12,9 @@ use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::Counter;
 use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
-use palisade_core::pipeline::{prepare_shared_data, Body, BodyCheck, Engine, Services, Verdict};
+use palisade_core::pipeline::{
+    prepare_shared_data, Body, BodyCheck, Engine, LoginCheck, Services, Verdict,
+};
 use palisade_core::stages::auth::jwks;
 use palisade_core::state::host::{namespace_prefix, Namespaced};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -102,10 +104,21 @@ fn metrics(engine: &Rc<Engine>, ids: &Rc<RefCell<HashMap<Counter, u32>>>) -> Hos
     }
 }
 
-impl Root {
-    fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
-        metrics(engine, &self.metric_ids)
-    }
+/// Runs `call` with the host services of one engine call: this filter
+/// instance's shared store, the host clock, the engine's counters.
+fn with_services<T>(
+    engine: &Rc<Engine>,
+    ids: &Rc<RefCell<HashMap<Counter, u32>>>,
+    namespace: &str,
+    call: impl FnOnce(&Services<'_>) -> T,
+) -> T {
+    let metrics = metrics(engine, ids);
+    let store = store(namespace);
+    call(&Services {
+        store: &store,
+        clock: &HostClock,
+        metrics: &metrics,
+    })
 }
 
 impl Context for Root {
@@ -152,14 +165,9 @@ impl Context for Root {
             Some(other) => Err(format!("HTTP status {other}")),
             None => Err("no response".to_string()),
         };
-        let metrics = self.metrics(&engine);
-        let store = store(&self.namespace);
-        let services = Services {
-            store: &store,
-            clock: &HostClock,
-            metrics: &metrics,
-        };
-        engine.jwks_fetched(provider, result, &services);
+        with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+            engine.jwks_fetched(provider, result, services);
+        });
     }
 }
 
@@ -275,21 +283,13 @@ impl RootContext for Root {
                     self.fetches.insert(token, plan.provider);
                 }
                 Err(status) => {
-                    let metrics = self.metrics(&engine);
-                    let store = store(&self.namespace);
-                    let services = Services {
-                        store: &store,
-                        clock: &HostClock,
-                        metrics: &metrics,
-                    };
-                    engine.jwks_fetched(
-                        plan.provider,
-                        Err(format!(
-                            "cannot call upstream `{}` ({status:?}); is the cluster defined?",
-                            plan.upstream
-                        )),
-                        &services,
+                    let why = format!(
+                        "cannot call upstream `{}` ({status:?}); is the cluster defined?",
+                        plan.upstream
                     );
+                    with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+                        engine.jwks_fetched(plan.provider, Err(why), services);
+                    });
                 }
             }
         }
@@ -301,6 +301,7 @@ impl RootContext for Root {
             metric_ids: self.metric_ids.clone(),
             response_headers: Vec::new(),
             body_check: None,
+            login: None,
             namespace: self.namespace.clone(),
         }))
     }
@@ -316,6 +317,8 @@ struct Stream {
     response_headers: Vec<(&'static str, String)>,
     /// Set while the body must still be checked before the request goes on.
     body_check: Option<BodyCheck>,
+    /// A login forwarded upstream: its answer is accounted for.
+    login: Option<Box<LoginCheck>>,
     namespace: Rc<str>,
 }
 
@@ -329,20 +332,19 @@ impl Stream {
         let (Some(check), Some(engine)) = (self.body_check.take(), self.engine.clone()) else {
             return Action::Continue;
         };
-        let metrics = self.metrics(&engine);
-        let store = store(&self.namespace);
-        let services = Services {
-            store: &store,
-            clock: &HostClock,
-            metrics: &metrics,
-        };
-        match engine.check_body(&check, body, &services) {
+        let login = self.login.as_deref_mut();
+        let answer = with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+            engine.check_body(&check, body, services, login)
+        });
+        match answer {
             None => Action::Continue,
             Some(response) => self.send(response),
         }
     }
 
-    fn send(&self, response: LocalResponse) -> Action {
+    /// Answers instead of the upstream: nothing upstream to account for.
+    fn send(&mut self, response: LocalResponse) -> Action {
+        self.login = None;
         self.respond(response.status, &response.headers, &response.body)
     }
 
@@ -382,10 +384,12 @@ impl Stream {
                 response_headers,
                 upstream,
                 body,
+                login,
             } => {
                 apply_upstream_headers(&upstream);
                 self.response_headers = response_headers;
                 self.body_check = body;
+                self.login = login;
                 if self.body_check.is_none() {
                     return Action::Continue;
                 }
@@ -445,27 +449,26 @@ impl HttpContext for Stream {
                 &body,
             );
         };
-        let metrics = self.metrics(&engine);
+        let unavailable = |stream: &mut Stream| {
+            let verdict = engine.headers_unavailable(&stream.metrics(&engine));
+            stream.apply(verdict, || BodyArrival::None)
+        };
         let bytes = match host::header_map_bytes(MAP_REQUEST_HEADERS) {
             Ok(bytes) => bytes,
             Err(status) => {
                 log::error!("palisade: cannot read request headers (host status {status})");
-                return self.apply(engine.headers_unavailable(&metrics), || BodyArrival::None);
+                return unavailable(self);
             }
         };
         let Some(headers) = HeaderMap::decode(&bytes) else {
             log::error!("palisade: malformed header map from host");
-            return self.apply(engine.headers_unavailable(&metrics), || BodyArrival::None);
+            return unavailable(self);
         };
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
-        let store = store(&self.namespace);
-        let services = Services {
-            store: &store,
-            clock: &HostClock,
-            metrics: &metrics,
-        };
-        let verdict = engine.evaluate(&headers, &peer, &services);
+        let verdict = with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+            engine.evaluate(&headers, &peer, services)
+        });
         let body_arrival = || {
             if end_of_stream {
                 BodyArrival::None
@@ -513,6 +516,20 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (Some(login), Some(engine)) = (self.login.take(), self.engine.clone()) {
+            let status = host::header_value(MAP_RESPONSE_HEADERS, ":status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+            match status {
+                Some(status) => {
+                    with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+                        engine.login_answered(&login, status, services);
+                    });
+                }
+                None => {
+                    log::warn!("palisade: a login's answer has no readable :status; not counted")
+                }
+            }
+        }
         for (name, value) in self.response_headers.drain(..) {
             if let Err(status) = host::add_header(MAP_RESPONSE_HEADERS, name, &value) {
                 log::warn!("palisade: cannot add response header {name} (host status {status})");

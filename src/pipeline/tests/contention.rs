@@ -126,7 +126,7 @@ impl Race {
             } => match self
                 .f
                 .engine
-                .check_body(&check, Body::Complete(body), &services)
+                .check_body(&check, Body::Complete(body), &services, None)
             {
                 None => Answer::pass(),
                 Some(r) => Answer::of(&r),

@@ -30,9 +30,22 @@ pub enum Counts {
     /// verification; while the bucket is empty (or the key banned) every
     /// request of the key is refused before any of that verification runs.
     Failures,
+    /// Only logins the upstream answered with a failure status (`login`
+    /// section); while the bucket is empty (or the key banned) every login
+    /// of the key is refused before it reaches the upstream.
+    FailedLogins,
+    /// Only logins naming a username the key did not try within the
+    /// rule's window (the time to refill the whole bucket): how many
+    /// different users one client tries.
+    Usernames,
 }
 
-string_enum!(Counts, "\"requests\" or \"failures\"", { "requests" => Counts::Requests, "failures" => Counts::Failures });
+string_enum!(Counts, "\"requests\", \"failures\", \"failed_logins\" or \"usernames\"", {
+    "requests" => Counts::Requests,
+    "failures" => Counts::Failures,
+    "failed_logins" => Counts::FailedLogins,
+    "usernames" => Counts::Usernames,
+});
 
 /// Escalating cooldowns for keys that keep exceeding a rule with `ban: true`.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +69,8 @@ pub struct KeySpec {
     /// The client fingerprint (bot stage): what the request's headers and
     /// TLS hello show, whatever address it comes from.
     pub fingerprint: bool,
+    /// The username a login names (`login` section), as a keyed hash.
+    pub username: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +196,11 @@ impl Rule {
             .get(usize::from(route))
             .copied()
             .unwrap_or(false)
+    }
+
+    /// Milliseconds to refill the whole capacity; `None` when it never refills.
+    pub fn window_ms(&self) -> Option<u64> {
+        self.interval_us.map(|i| self.burst_us(i).div_ceil(1000))
     }
 
     /// µs to refill the whole capacity.
@@ -312,6 +332,10 @@ pub enum Charge {
     /// Refuses (and strikes) when the bucket is empty, writes nothing when it
     /// is not: how a `failures` rule guards a request before verification.
     Peek,
+    /// Refuses only while the key is banned: how a `usernames` rule guards
+    /// a login before its username is known (an empty bucket only refuses
+    /// a username the key has not tried).
+    BanOnly,
 }
 
 /// What one rule says about one request.
@@ -464,7 +488,7 @@ impl Limiter<'_> {
         }
         let take = rule.take(record.state, now_ms.saturating_mul(1000));
         let quota = rule.quota(&take);
-        if take.allowed {
+        if take.allowed || charge == Charge::BanOnly {
             if charge == Charge::Take {
                 record.state = take.state;
                 *write = true;
@@ -497,7 +521,8 @@ impl Limiter<'_> {
                 let record = &mut page.records[0];
                 let take = rule.take(record.state, now_us);
                 let quota = rule.quota(&take);
-                if take.allowed && charge == Charge::Peek {
+                let looks = matches!(charge, Charge::Peek | Charge::BanOnly);
+                if (take.allowed && looks) || charge == Charge::BanOnly {
                     return (false, RuleOutcome::Allowed(quota));
                 }
                 if take.allowed {

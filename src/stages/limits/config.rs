@@ -6,7 +6,7 @@ use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
 use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
-use crate::core::routes::RouteTable;
+use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::limits::buckets::{BanPolicy, Counts, KeySpec, Refill, Rule};
 use crate::state::slots;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -24,6 +24,8 @@ pub struct RateLimits {
     pub pages: u32,
     pub quota_headers: bool,
     pub rules: Vec<Rule>,
+    /// Pages of the login table (`slots::LOGIN`); 0 without a `login` section.
+    pub login_pages: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -72,15 +74,30 @@ enum KeyPart {
     Route,
     KeyId,
     Fingerprint,
+    Username,
 }
 
-string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\" or \"fingerprint\"", {
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\" or \"username\"", {
     "ip" => KeyPart::Ip,
     "user" => KeyPart::User,
     "route" => KeyPart::Route,
     "key_id" => KeyPart::KeyId,
     "fingerprint" => KeyPart::Fingerprint,
+    "username" => KeyPart::Username,
 });
+
+/// Smallest bucket of a `failed_logins` rule: a user who mistypes twice
+/// is never refused.
+const MIN_FAILED_LOGINS: u32 = 3;
+
+/// What the `login` section tells the rules counting logins.
+pub struct LoginRoutes<'a> {
+    pub routes: &'a [RouteId],
+    /// The section names a username field.
+    pub reads_username: bool,
+    /// Pages of the login table, where `usernames` rules remember who tried whom.
+    pub pages: u32,
+}
 
 /// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
 /// because a bucket that never refills is a real but surprising policy.
@@ -181,12 +198,72 @@ pub fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigErro
     })
 }
 
+/// Checks a rule counting logins against the `login` section; returns its
+/// route classes (the login classes when it names none).
+fn login_rule_routes(
+    counts: &Counts,
+    key: &KeySpec,
+    capacity: u32,
+    applies_to: Option<Vec<RouteId>>,
+    login: Option<&LoginRoutes<'_>>,
+    routes: &RouteTable,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<RouteId>, ConfigError> {
+    let Some(login) = login else {
+        return Err(err(
+            at("counts"),
+            "counts logins but there is no `login` section naming the login route classes",
+        ));
+    };
+    if key.user || key.key_id {
+        return Err(err(
+            at("key"),
+            "a rule counting logins is keyed on what a login carries: \"ip\", \"route\", \"fingerprint\" and (failed_logins only) \"username\"",
+        ));
+    }
+    let needs_username = key.username || *counts == Counts::Usernames;
+    if needs_username && !login.reads_username {
+        return Err(err(
+            at("key"),
+            "needs the username of a login but `login.username_field` is not set",
+        ));
+    }
+    if *counts == Counts::Usernames && key.username {
+        return Err(err(
+            at("key"),
+            "counts the usernames a client tries, so it cannot be keyed on the username",
+        ));
+    }
+    if *counts == Counts::FailedLogins && capacity < MIN_FAILED_LOGINS {
+        return Err(err(
+            at("capacity"),
+            format!("must be at least {MIN_FAILED_LOGINS} for failed_logins: a user who mistypes twice must never be refused"),
+        ));
+    }
+    let Some(ids) = applies_to else {
+        return Ok(login.routes.to_vec());
+    };
+    for (j, id) in ids.iter().enumerate() {
+        if !login.routes.contains(id) {
+            return Err(err(
+                format!("{}[{j}]", at("routes")),
+                format!(
+                    "`{}` is not a login route class (`login.routes`)",
+                    routes.name(*id)
+                ),
+            ));
+        }
+    }
+    Ok(ids)
+}
+
 pub fn compile_rate_limits(
     raw: RawRateLimits,
     global: Mode,
     routes: &RouteTable,
     has_user_header: bool,
     has_signatures: bool,
+    login: Option<LoginRoutes<'_>>,
 ) -> Result<RateLimits, ConfigError> {
     let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
     if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
@@ -214,7 +291,7 @@ pub fn compile_rate_limits(
         if rule.key.is_empty() {
             return Err(err(
                 at("key"),
-                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\"",
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\"",
             ));
         }
         let mut key = KeySpec::default();
@@ -225,6 +302,7 @@ pub fn compile_rate_limits(
                 KeyPart::Route => std::mem::replace(&mut key.route, true),
                 KeyPart::KeyId => std::mem::replace(&mut key.key_id, true),
                 KeyPart::Fingerprint => std::mem::replace(&mut key.fingerprint, true),
+                KeyPart::Username => std::mem::replace(&mut key.username, true),
             };
             if seen {
                 return Err(err(
@@ -251,10 +329,26 @@ pub fn compile_rate_limits(
                 "a rule counting failures is checked before authentication, so its key can only use \"ip\", \"route\" and \"fingerprint\"",
             ));
         }
-        let applies_to = match rule.routes {
+        let mut applies_to = match rule.routes {
             None => None,
             Some(names) => Some(route_ids(routes, &names, &at("routes"))?),
         };
+        if matches!(rule.counts, Counts::FailedLogins | Counts::Usernames) {
+            applies_to = Some(login_rule_routes(
+                &rule.counts,
+                &key,
+                rule.capacity,
+                applies_to,
+                login.as_ref(),
+                routes,
+                &at,
+            )?);
+        } else if key.username {
+            return Err(err(
+                at("key"),
+                "keys on \"username\", which only rules with \"counts\": \"failed_logins\" know",
+            ));
+        }
         if rule.capacity == 0 {
             return Err(err(
                 at("capacity"),
@@ -292,5 +386,6 @@ pub fn compile_rate_limits(
         pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
         quota_headers: raw.quota_headers,
         rules,
+        login_pages: login.map_or(0, |l| l.pages),
     })
 }

@@ -10,9 +10,12 @@ use crate::core::metrics::Counter;
 use crate::core::request::Facts;
 use crate::core::stage::Ctx;
 use crate::core::verdict::{Finding, Quota, Reason, Stage};
+use crate::state::host::StoreError;
+use crate::state::replay::{self, Sighting};
 use crate::state::slots;
 use buckets::{BanPolicy, Charge, Counts, Limiter, Rule, RuleOutcome};
 use config::RateLimits;
+use siphasher::sip128::Hash128;
 use std::hash::Hasher;
 use std::net::IpAddr;
 
@@ -25,6 +28,12 @@ pub enum Phase {
     PostAuth,
     /// The request was refused by verification: `failures` rules take a token.
     Failed,
+    /// A login's body named its username: `failed_logins` rules keyed on
+    /// it look, `usernames` rules take a token for a username new to the key.
+    Login,
+    /// The upstream answered a login with a failure status:
+    /// `failed_logins` rules take a token.
+    LoginFailed,
 }
 
 /// Bans and rate limits of one phase: both read the same slot record, in
@@ -46,13 +55,25 @@ pub fn check(
             let charge = match (phase, rule.counts) {
                 (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Take,
                 (Phase::PreAuth, Counts::Failures) => Charge::Peek,
+                (Phase::PreAuth, Counts::FailedLogins) if !rule.key.username => Charge::Peek,
+                (Phase::PreAuth, Counts::Usernames) => Charge::BanOnly,
                 (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Take,
                 (Phase::Failed, Counts::Failures) => Charge::Take,
+                // A known client of the user is not held to the user's rules.
+                (Phase::Login, Counts::FailedLogins)
+                    if rule.key.username && !facts.known_client =>
+                {
+                    Charge::Peek
+                }
+                // Take or look: decided by whether the username is new to the key.
+                (Phase::Login, Counts::Usernames) if facts.username.is_some() => Charge::Take,
+                (Phase::LoginFailed, Counts::FailedLogins) => Charge::Take,
                 _ => return None,
             };
             let applies = rule.applies_to(facts.route)
                 && !(rule.key.user && facts.user.is_none())
-                && !(rule.key.key_id && facts.key_id.is_none());
+                && !(rule.key.key_id && facts.key_id.is_none())
+                && !(rule.key.username && facts.username.is_none());
             applies.then_some((rule, charge))
         })
         .peekable();
@@ -69,7 +90,24 @@ pub fn check(
         metrics: host.metrics,
     };
     for (rule, charge) in due {
-        let addr = slot_of(rule, facts, ctx, limits.pages);
+        let hash = key_hash(rule, facts, ctx);
+        let addr = Ctx::address(hash, limits.pages);
+        let charge = match rule.counts {
+            Counts::Usernames if charge == Charge::Take => {
+                match username_is_new(rule, hash, facts, ctx, limits.login_pages, now_ms) {
+                    Ok(true) => Charge::Take,
+                    Ok(false) => Charge::BanOnly,
+                    Err(error) => {
+                        findings.push(Finding {
+                            rule: Some(rule.index),
+                            ..ctx.store_failure(&rule.name, Stage::RateLimit, error)
+                        });
+                        return;
+                    }
+                }
+            }
+            _ => charge,
+        };
         let finding = match limiter.check(rule, addr, now_ms, charge) {
             Ok(RuleOutcome::Allowed(q)) => {
                 // A failures rule is no quota of the client's requests.
@@ -97,7 +135,7 @@ pub fn check(
                 let reason = if overflow {
                     Reason::RateLimitOverflow
                 } else {
-                    Reason::RateLimitExhausted
+                    exhausted_reason(rule)
                 };
                 Finding {
                     rule: Some(rule.index),
@@ -113,15 +151,61 @@ pub fn check(
         };
         let stop = finding.enforced() || finding.reason == Reason::StoreUnavailable;
         findings.push(finding);
-        if stop && phase != Phase::Failed {
+        // After a refusal or an answer, every rule still counts.
+        let counts_all = matches!(phase, Phase::Failed | Phase::LoginFailed);
+        if stop && !counts_all {
             return;
         }
     }
 }
 
-/// Slot address of the rule's key for this request.
-fn slot_of(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>, pages: u32) -> slots::Address {
-    let hash = ctx.keyed_hash(|h| {
+/// What an empty bucket of `rule` is called.
+fn exhausted_reason(rule: &Rule) -> Reason {
+    match rule.counts {
+        Counts::Requests | Counts::Failures => Reason::RateLimitExhausted,
+        Counts::Usernames => Reason::LoginDistinctUsers,
+        Counts::FailedLogins if rule.key.username => Reason::LoginFailuresUser,
+        Counts::FailedLogins if rule.key.fingerprint && !rule.key.ip => {
+            Reason::LoginFailuresFingerprint
+        }
+        Counts::FailedLogins => Reason::LoginFailuresIp,
+    }
+}
+
+/// Whether the key of a `usernames` rule tries this username for the first
+/// time within the rule's window (the time to refill its whole bucket;
+/// at most 30 days for a bucket that never refills). The pair is
+/// remembered in the login table; a full table counts the username as
+/// new, so a flood of pairs cannot hide a spraying client.
+fn username_is_new(
+    rule: &Rule,
+    key: Hash128,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+    pages: u32,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    const LONGEST_MS: u64 = 30 * 24 * 3_600_000;
+    let pair = ctx.keyed_hash(|h| {
+        h.write(b"tried");
+        h.write_u128(key.as_u128());
+        h.write_u128(facts.username.unwrap_or_default());
+    });
+    let window = rule.window_ms().unwrap_or(LONGEST_MS).min(LONGEST_MS);
+    let sighting = replay::remember(
+        ctx.host.store,
+        ctx.host.metrics,
+        slots::LOGIN,
+        Ctx::address(pair, pages),
+        now_ms.saturating_add(window),
+        now_ms,
+    )?;
+    Ok(sighting != Sighting::Replay)
+}
+
+/// Keyed hash of the rule's key for this request (its slot address).
+fn key_hash(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
+    ctx.keyed_hash(|h| {
         h.write(rule.name.as_bytes());
         h.write_u8(0xff);
         // Not the limits: a reload that changes them keeps the record, its
@@ -147,9 +231,12 @@ fn slot_of(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>, pages: u32) -> slots::
             h.write_u64(facts.fingerprint.unwrap_or_default());
             h.write_u8(0xff);
         }
+        if rule.key.username {
+            h.write_u128(facts.username.unwrap_or_default());
+            h.write_u8(0xff);
+        }
         if rule.key.route {
             h.write_u16(facts.route);
         }
-    });
-    Ctx::address(hash, pages)
+    })
 }
