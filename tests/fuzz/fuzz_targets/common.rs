@@ -102,15 +102,27 @@ pub fn run(selector: u8, headers: &HeaderMap<'_>, body: &[u8], times: u8, step_m
     for _ in 0..times.clamp(1, 4) {
         let verdict = engine.evaluate(headers, &peer, &services);
         if let Verdict::Allow {
-            body: Some(check), ..
+            body: check,
+            mut login,
+            ..
         } = verdict
         {
-            let body = match selector >> 4 {
-                0 => Body::TooLarge,
-                1 => Body::Unreadable,
-                _ => Body::Complete(body),
-            };
-            let _ = engine.check_body(&check, body, &services);
+            let mut forwarded = true;
+            if let Some(check) = check {
+                let body = match selector >> 4 {
+                    0 => Body::TooLarge,
+                    1 => Body::Unreadable,
+                    _ => Body::Complete(body),
+                };
+                forwarded = engine
+                    .check_body(&check, body, &services, login.as_deref_mut())
+                    .is_none();
+            }
+            // The upstream's answer to a login: a failure or a success.
+            if let (Some(login), true) = (login, forwarded) {
+                let status = if step_ms % 2 == 0 { 401 } else { 200 };
+                engine.login_answered(&login, status, &services);
+            }
         }
         world.clock.advance(step_ms);
     }
