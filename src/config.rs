@@ -24,7 +24,7 @@ use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
-use crate::stages::limits::buckets::BanPolicy;
+use crate::stages::limits::buckets::{BanPolicy, Counts};
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, LoginRoutes, RateLimits, RawBans, RawRateLimits,
 };
@@ -86,6 +86,7 @@ impl Policy {
                 (0..self.login.as_ref().map_or(0, |l| l.pages))
                     .map(|i| slots::page_key(slots::LOGIN, i)),
             )
+            .chain((0..self.rate_limits.distinct_pages).map(|i| slots::page_key(slots::SEEN, i)))
     }
 
     /// Parses and validates the plugin configuration.
@@ -537,17 +538,21 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         &routes,
         user_header.is_some() || !auth.policies.is_empty(),
         !signatures.policies.is_empty(),
+        !auth.providers.is_empty(),
         login
             .as_ref()
             .zip(login_routes.as_deref())
             .map(|(l, ids)| LoginRoutes {
                 routes: ids,
                 reads_username: l.username_field.is_some(),
-                pages: l.pages,
             }),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
-    let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
+    let needs_fingerprint = bot.is_some()
+        || rate_limits
+            .rules
+            .iter()
+            .any(|r| r.key.fingerprint || r.counts == Counts::Fingerprints);
     Ok(Policy {
         mode: raw.mode,
         failure_mode: raw.failure_mode,

@@ -466,6 +466,13 @@ impl Engine {
             if let Some(identity) =
                 auth::authenticate(a, &self.auth, policy, headers, facts, ctx, findings)
             {
+                let rules = &self.policy.rate_limits.rules;
+                if rules
+                    .iter()
+                    .any(|r| r.key.token && r.applies_to(facts.route))
+                {
+                    facts.token = auth::token_key(a, headers, ctx);
+                }
                 r.upstream.set.extend(identity);
                 r.authenticated = true;
             }
@@ -1793,6 +1800,74 @@ mod tests {
         fn reason(r: &LocalResponse) -> String {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
             body["reason"].as_str().unwrap_or("").to_string()
+        }
+
+        #[test]
+        fn a_token_used_from_too_many_networks_or_programs_is_refused() {
+            let f = Fixture::new(&config(
+                r#", "client_ip": {"source": "x-forwarded-for", "trusted_hops": 1},
+                "rate_limits": {"rules": [
+                    {"name": "token-nets", "key": ["token"], "counts": "networks", "capacity": 3, "refill": {"tokens": 3, "every": "10m"}},
+                    {"name": "token-fps", "key": ["token"], "counts": "fingerprints", "capacity": 2, "refill": {"tokens": 2, "every": "10m"}}
+                ]}"#,
+            ));
+            let token = mint(claims("alice", serde_json::json!({})));
+            let auth = bearer(&token);
+            let from = |ip: &str, ua: &str| {
+                f.send(
+                    "GET",
+                    "/api/x",
+                    &[
+                        ("authorization", &auth),
+                        ("x-forwarded-for", ip),
+                        ("user-agent", ua),
+                    ],
+                )
+            };
+            for ip in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+                assert!(matches!(from(ip, "app/1"), Verdict::Allow { .. }), "{ip}");
+            }
+            // Back on a network it used: no new network.
+            assert!(matches!(
+                from("198.51.100.1", "app/1"),
+                Verdict::Allow { .. }
+            ));
+            let r = respond(from("198.51.100.4", "app/1"));
+            assert_eq!((r.status, reason(&r).as_str()), (403, "token.shared"));
+            // A second program is fine, a third is not.
+            assert!(matches!(
+                from("198.51.100.2", "app/2"),
+                Verdict::Allow { .. }
+            ));
+            let r = respond(from("198.51.100.2", "curl/8"));
+            assert_eq!(reason(&r), "token.shared");
+            // Another user's token is its own.
+            let other = bearer(&mint(claims("bob", serde_json::json!({}))));
+            let v = f.send(
+                "GET",
+                "/api/x",
+                &[
+                    ("authorization", &other),
+                    ("x-forwarded-for", "198.51.100.4"),
+                ],
+            );
+            assert!(matches!(v, Verdict::Allow { .. }));
+            assert!(!f.store.holds(token.as_bytes()));
+            assert!(!f.store.holds(b"alice"));
+        }
+
+        #[test]
+        fn token_rules_need_tokens_and_a_token_key() {
+            let no_jwt = r#"{"rate_limits": {"rules": [{"name": "t", "key": ["token"], "capacity": 3, "refill": "none"}]}}"#;
+            let e = Policy::from_json(no_jwt.as_bytes()).err().map(|e| e.path);
+            assert_eq!(e.as_deref(), Some("rate_limits.rules[0].key"));
+            let ip_networks = config(
+                r#", "rate_limits": {"rules": [{"name": "t", "key": ["ip"], "counts": "networks", "capacity": 3, "refill": "none"}]}"#,
+            );
+            let e = Policy::from_json(ip_networks.as_bytes()).err();
+            assert!(e.is_some_and(
+                |e| e.path == "rate_limits.rules[0].key" && e.message.contains("token")
+            ));
         }
 
         #[test]

@@ -235,6 +235,8 @@ pub struct Facts<'h> {
     pub username: Option<u128>,
     /// The client logged in as `username` before (a known device or network).
     pub known_client: bool,
+    /// The verified bearer token as a keyed hash, when a rule keys on it.
+    pub token: Option<u128>,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -252,6 +254,7 @@ impl<'h> Facts<'h> {
             bot: None,
             username: None,
             known_client: false,
+            token: None,
             now_ms: Cell::new(None),
         }
     }

@@ -104,6 +104,9 @@ pub enum Reason {
     /// A login body carries the username field more than once: palisade
     /// and the server could read different users.
     LoginRepeatedUsername,
+    /// One token used from more networks or client programs than a
+    /// `networks` / `fingerprints` rule allows: stolen or shared.
+    TokenShared,
 }
 
 impl Reason {
@@ -143,6 +146,7 @@ impl Reason {
             Reason::LoginFailuresUser => "login.failures_user",
             Reason::LoginDistinctUsers => "login.distinct_users",
             Reason::LoginRepeatedUsername => "login.repeated_username",
+            Reason::TokenShared => "token.shared",
         }
     }
 
@@ -168,6 +172,7 @@ impl Reason {
             | Reason::RefreshRepeatedParameter
             | Reason::RefreshUnsupportedBody
             | Reason::LoginRepeatedUsername
+            | Reason::TokenShared
             | Reason::BotDeny => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
@@ -208,6 +213,7 @@ impl Reason {
             | Reason::AuthzScope
             | Reason::AuthzMfa
             | Reason::BotDeny
+            | Reason::TokenShared
             | Reason::BotChallenge => 403,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow

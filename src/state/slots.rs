@@ -207,9 +207,12 @@ pub const RATE_LIMITS: &str = "rl";
 pub const REPLAY: &str = "rp";
 /// The refresh-token table (tokens presented to the token endpoint).
 pub const REFRESH: &str = "rt";
-/// Login accounting: usernames each client tried, clients each user
-/// logged in from (`stages::account`, `stages::limits`).
+/// Networks each user logged in from (`stages::account`).
 pub const LOGIN: &str = "lg";
+/// What keys of rules counting distinct things have shown: usernames a
+/// client tried, networks and fingerprints a token came from
+/// (`stages::limits`).
+pub const SEEN: &str = "sn";
 
 /// Key of page `index` of `table`.
 pub fn page_key(table: &str, index: u32) -> String {

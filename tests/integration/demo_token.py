@@ -25,6 +25,22 @@ DEMO_KID = "demo-ed25519"
 DEMO_PRIVATE_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
 
 
+# RFC 8037 A.1 public key `x`: the demo issuer's only key.
+DEMO_PUBLIC_X = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+
+
+def demo_provider(**extra: object) -> dict:
+    """palisade's `jwt.providers[]` entry for the demo issuer (inline key), with ``extra`` fields."""
+    return {
+        "name": "demo-idp",
+        "issuer": DEMO_ISSUER,
+        "audiences": [DEMO_AUDIENCE],
+        "algorithms": ["EdDSA"],
+        "jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": DEMO_KID, "x": DEMO_PUBLIC_X}]}},
+        **extra,
+    }
+
+
 def demo_private_key() -> Ed25519PrivateKey:
     d = base64.urlsafe_b64decode(DEMO_PRIVATE_D + "=" * (-len(DEMO_PRIVATE_D) % 4))
     return Ed25519PrivateKey.from_private_bytes(d)

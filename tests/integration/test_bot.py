@@ -32,7 +32,7 @@ import time
 import pytest
 
 import harness
-from demo_token import DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, mint
+from demo_token import demo_provider, mint
 from jwks_server import LocalServer
 from signing import DEFAULT_COMPONENTS, sign
 
@@ -89,28 +89,7 @@ def config(bot: dict | None = None, **extra) -> dict:
             {"name": "page", "prefix": "/page"},
             {"name": "login", "prefix": "/login"},
         ],
-        "jwt": {
-            "providers": [
-                {
-                    "name": "demo-idp",
-                    "issuer": DEMO_ISSUER,
-                    "audiences": [DEMO_AUDIENCE],
-                    "algorithms": ["EdDSA"],
-                    "jwks": {
-                        "inline": {
-                            "keys": [
-                                {
-                                    "kty": "OKP",
-                                    "crv": "Ed25519",
-                                    "kid": DEMO_KID,
-                                    "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
-                                }
-                            ]
-                        }
-                    },
-                }
-            ]
-        },
+        "jwt": {"providers": [demo_provider()]},
         "api_keys": {
             "header": "x-api-key",
             "keys": [{"id": "p", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest(), "roles": ["partner"]}],

@@ -68,7 +68,7 @@ import time
 import pytest
 
 import harness
-from demo_token import DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, mint
+from demo_token import DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, demo_provider, mint
 from jwks_server import LocalServer
 from signing import DEFAULT_COMPONENTS, content_digest, sign
 
@@ -137,18 +137,7 @@ CONFIG = {
         "policies": [{"routes": ["payments"], "components": list(DEFAULT_COMPONENTS), "require_digest": True}],
     },
     "jwt": {
-        "providers": [
-            {
-                "name": "demo-idp",
-                "issuer": DEMO_ISSUER,
-                "audiences": [DEMO_AUDIENCE],
-                "algorithms": ["EdDSA"],
-                "jwks": {"inline": {"keys": [
-                    {"kty": "OKP", "crv": "Ed25519", "kid": DEMO_KID,
-                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
-                ]}},
-            }
-        ],
+        "providers": [demo_provider()],
         "refresh_tokens": {"routes": ["token"], "remember": "1h", "slots": 4096},
     },
     "api_keys": {

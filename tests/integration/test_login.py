@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 import pytest
 
 import harness
+import jwks_server
 from jwks_server import LocalServer
 
 WORKERS = 4
@@ -39,9 +40,15 @@ BROWSER = {
 }
 
 
+class _Server(jwks_server._Server):
+    request_queue_size = 64  # concurrent logins: Envoy must not find it refusing
+
+
 class LoginService(LocalServer):
     """``POST /login`` with a form or JSON body: 200 for a known user's
     password, 401 otherwise. Counts the attempts that reach it."""
+
+    server_class = _Server
 
     def __init__(self, accounts: dict[str, str]) -> None:
         super().__init__()

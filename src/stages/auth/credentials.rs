@@ -343,7 +343,10 @@ fn repeated(headers: &HeaderMap<'_>, name: &str) -> bool {
 
 /// The token of the first configured source present. A token header that
 /// comes twice is malformed: which one the upstream reads is unknown.
-fn bearer_token<'h>(sources: &[TokenSource], headers: &HeaderMap<'h>) -> Result<&'h str, Refusal> {
+pub fn bearer_token<'h>(
+    sources: &[TokenSource],
+    headers: &HeaderMap<'h>,
+) -> Result<&'h str, Refusal> {
     for source in sources {
         if let TokenSource::Header { name, .. } = source {
             if repeated(headers, name) {

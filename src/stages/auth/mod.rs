@@ -18,6 +18,7 @@ use crate::state::host::SharedStore;
 use credentials::{Auth, AuthState, AuthzPolicy};
 use jwks::FetchPlan;
 use std::borrow::Cow;
+use std::hash::Hasher;
 use std::sync::Mutex;
 
 /// Authentication and authorization on a route that requires a
@@ -65,6 +66,17 @@ pub fn authenticate(
         }
     }
     None
+}
+
+/// The bearer token of an authenticated request as a keyed hash: the
+/// `token` key of rate limits (never the token itself).
+pub fn token_key(auth: &Auth, headers: &HeaderMap<'_>, ctx: &Ctx<'_>) -> Option<u128> {
+    let token = credentials::bearer_token(&auth.sources, headers).ok()?;
+    let hash = ctx.keyed_hash(|h| {
+        h.write(b"token");
+        h.write(token.as_bytes());
+    });
+    Some(hash.as_u128())
 }
 
 /// Called from the root context's tick: installs key sets other

@@ -38,14 +38,33 @@ pub enum Counts {
     /// rule's window (the time to refill the whole bucket): how many
     /// different users one client tries.
     Usernames,
+    /// Only requests from a network (address prefix) new to the key within
+    /// the rule's window: how many networks use one token.
+    Networks,
+    /// Only requests from a client fingerprint new to the key within the
+    /// rule's window: how many client programs use one token.
+    Fingerprints,
 }
 
-string_enum!(Counts, "\"requests\", \"failures\", \"failed_logins\" or \"usernames\"", {
+string_enum!(Counts, "\"requests\", \"failures\", \"failed_logins\", \"usernames\", \"networks\" or \"fingerprints\"", {
     "requests" => Counts::Requests,
     "failures" => Counts::Failures,
     "failed_logins" => Counts::FailedLogins,
     "usernames" => Counts::Usernames,
+    "networks" => Counts::Networks,
+    "fingerprints" => Counts::Fingerprints,
 });
+
+impl Counts {
+    /// Rules that count distinct things a key shows (usernames it tries,
+    /// networks and fingerprints it comes from), not requests.
+    pub fn distinct(self) -> bool {
+        matches!(
+            self,
+            Counts::Usernames | Counts::Networks | Counts::Fingerprints
+        )
+    }
+}
 
 /// Escalating cooldowns for keys that keep exceeding a rule with `ban: true`.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +90,8 @@ pub struct KeySpec {
     pub fingerprint: bool,
     /// The username a login names (`login` section), as a keyed hash.
     pub username: bool,
+    /// The verified bearer token, as a keyed hash.
+    pub token: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +209,7 @@ impl Rule {
     /// the others before it, so that a flooding or banned client costs no
     /// cryptography.
     pub fn post_auth(&self) -> bool {
-        self.key.user || self.key.key_id
+        self.key.user || self.key.key_id || self.key.token
     }
 
     pub fn applies_to(&self, route: RouteId) -> bool {

@@ -24,8 +24,9 @@ pub struct RateLimits {
     pub pages: u32,
     pub quota_headers: bool,
     pub rules: Vec<Rule>,
-    /// Pages of the login table (`slots::LOGIN`); 0 without a `login` section.
-    pub login_pages: u32,
+    /// Pages of the table where rules counting distinct things remember
+    /// what each key showed (`slots::SEEN`); 0 without such rules.
+    pub distinct_pages: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -37,6 +38,9 @@ pub struct RawRateLimits {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
     slots: Option<u32>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    distinct_slots: Option<u32>,
     #[serde(default)]
     quota_headers: bool,
     #[serde(default)]
@@ -75,15 +79,17 @@ enum KeyPart {
     KeyId,
     Fingerprint,
     Username,
+    Token,
 }
 
-string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\" or \"username\"", {
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\" or \"token\"", {
     "ip" => KeyPart::Ip,
     "user" => KeyPart::User,
     "route" => KeyPart::Route,
     "key_id" => KeyPart::KeyId,
     "fingerprint" => KeyPart::Fingerprint,
     "username" => KeyPart::Username,
+    "token" => KeyPart::Token,
 });
 
 /// Smallest bucket of a `failed_logins` rule: a user who mistypes twice
@@ -95,8 +101,6 @@ pub struct LoginRoutes<'a> {
     pub routes: &'a [RouteId],
     /// The section names a username field.
     pub reads_username: bool,
-    /// Pages of the login table, where `usernames` rules remember who tried whom.
-    pub pages: u32,
 }
 
 /// `"none"` or `{"tokens": n, "every": "<duration>"}`: an explicit choice,
@@ -215,7 +219,7 @@ fn login_rule_routes(
             "counts logins but there is no `login` section naming the login route classes",
         ));
     };
-    if key.user || key.key_id {
+    if key.user || key.key_id || key.token {
         return Err(err(
             at("key"),
             "a rule counting logins is keyed on what a login carries: \"ip\", \"route\", \"fingerprint\" and (failed_logins only) \"username\"",
@@ -263,6 +267,7 @@ pub fn compile_rate_limits(
     routes: &RouteTable,
     has_user_header: bool,
     has_signatures: bool,
+    has_tokens: bool,
     login: Option<LoginRoutes<'_>>,
 ) -> Result<RateLimits, ConfigError> {
     let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
@@ -291,7 +296,7 @@ pub fn compile_rate_limits(
         if rule.key.is_empty() {
             return Err(err(
                 at("key"),
-                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\"",
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\", \"token\"",
             ));
         }
         let mut key = KeySpec::default();
@@ -303,6 +308,7 @@ pub fn compile_rate_limits(
                 KeyPart::KeyId => std::mem::replace(&mut key.key_id, true),
                 KeyPart::Fingerprint => std::mem::replace(&mut key.fingerprint, true),
                 KeyPart::Username => std::mem::replace(&mut key.username, true),
+                KeyPart::Token => std::mem::replace(&mut key.token, true),
             };
             if seen {
                 return Err(err(
@@ -323,7 +329,22 @@ pub fn compile_rate_limits(
                 "keys on \"key_id\" but no `signatures.policies` verify any signature",
             ));
         }
-        if rule.counts == Counts::Failures && (key.user || key.key_id) {
+        if key.token && !has_tokens {
+            return Err(err(
+                at("key"),
+                "keys on \"token\" but no `jwt.providers` verify any token",
+            ));
+        }
+        if matches!(rule.counts, Counts::Networks | Counts::Fingerprints) {
+            let others = key.ip || key.user || key.key_id || key.fingerprint || key.username;
+            if !key.token || others {
+                return Err(err(
+                    at("key"),
+                    "a rule counting the networks or fingerprints a token comes from is keyed on \"token\" (and \"route\")",
+                ));
+            }
+        }
+        if rule.counts == Counts::Failures && (key.user || key.key_id || key.token) {
             return Err(err(
                 at("counts"),
                 "a rule counting failures is checked before authentication, so its key can only use \"ip\", \"route\" and \"fingerprint\"",
@@ -381,11 +402,23 @@ pub fn compile_rate_limits(
             .counting(rule.counts),
         );
     }
+    let distinct_slots = raw.distinct_slots.unwrap_or(DEFAULT_SLOTS);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&distinct_slots) {
+        return Err(err(
+            "rate_limits.distinct_slots",
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    let distinct_pages = if rules.iter().any(|r| r.counts.distinct()) {
+        distinct_slots.div_ceil(slots::SLOTS_PER_PAGE as u32)
+    } else {
+        0
+    };
     Ok(RateLimits {
         mode: raw.mode.unwrap_or(global),
         pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
         quota_headers: raw.quota_headers,
         rules,
-        login_pages: login.map_or(0, |l| l.pages),
+        distinct_pages,
     })
 }

@@ -67,13 +67,16 @@ pub fn check(
                 }
                 // Take or look: decided by whether the username is new to the key.
                 (Phase::Login, Counts::Usernames) if facts.username.is_some() => Charge::Take,
+                // The same for the network or fingerprint of a token.
+                (Phase::PostAuth, Counts::Networks | Counts::Fingerprints) => Charge::Take,
                 (Phase::LoginFailed, Counts::FailedLogins) => Charge::Take,
                 _ => return None,
             };
             let applies = rule.applies_to(facts.route)
                 && !(rule.key.user && facts.user.is_none())
                 && !(rule.key.key_id && facts.key_id.is_none())
-                && !(rule.key.username && facts.username.is_none());
+                && !(rule.key.username && facts.username.is_none())
+                && !(rule.key.token && facts.token.is_none());
             applies.then_some((rule, charge))
         })
         .peekable();
@@ -92,9 +95,9 @@ pub fn check(
     for (rule, charge) in due {
         let hash = key_hash(rule, facts, ctx);
         let addr = Ctx::address(hash, limits.pages);
-        let charge = match rule.counts {
-            Counts::Usernames if charge == Charge::Take => {
-                match username_is_new(rule, hash, facts, ctx, limits.login_pages, now_ms) {
+        let charge = match distinct_item(rule.counts, facts) {
+            Some(item) if charge == Charge::Take => {
+                match is_new_to_key(rule, hash, item, ctx, limits.distinct_pages, now_ms) {
                     Ok(true) => Charge::Take,
                     Ok(false) => Charge::BanOnly,
                     Err(error) => {
@@ -164,6 +167,7 @@ fn exhausted_reason(rule: &Rule) -> Reason {
     match rule.counts {
         Counts::Requests | Counts::Failures => Reason::RateLimitExhausted,
         Counts::Usernames => Reason::LoginDistinctUsers,
+        Counts::Networks | Counts::Fingerprints => Reason::TokenShared,
         Counts::FailedLogins if rule.key.username => Reason::LoginFailuresUser,
         Counts::FailedLogins if rule.key.fingerprint && !rule.key.ip => {
             Reason::LoginFailuresFingerprint
@@ -172,30 +176,44 @@ fn exhausted_reason(rule: &Rule) -> Reason {
     }
 }
 
-/// Whether the key of a `usernames` rule tries this username for the first
-/// time within the rule's window (the time to refill its whole bucket;
-/// at most 30 days for a bucket that never refills). The pair is
-/// remembered in the login table; a full table counts the username as
-/// new, so a flood of pairs cannot hide a spraying client.
-fn username_is_new(
+/// What a rule counting distinct things counts on this request: the
+/// username, the network (address prefix) or the fingerprint.
+fn distinct_item(counts: Counts, facts: &Facts<'_>) -> Option<u128> {
+    match counts {
+        Counts::Usernames => facts.username,
+        Counts::Networks => Some(match facts.ip_key? {
+            IpAddr::V4(ip) => u128::from(ip.to_ipv6_mapped()),
+            IpAddr::V6(ip) => u128::from(ip),
+        }),
+        Counts::Fingerprints => facts.fingerprint.map(u128::from),
+        _ => None,
+    }
+}
+
+/// Whether the key of a rule counting distinct things shows `item` for the
+/// first time within the rule's window (the time to refill its whole
+/// bucket; at most 30 days for a bucket that never refills). The pair is
+/// remembered in the distinct table; a full table counts the item as new,
+/// so a flood of pairs cannot hide a spraying client or a shared token.
+fn is_new_to_key(
     rule: &Rule,
     key: Hash128,
-    facts: &Facts<'_>,
+    item: u128,
     ctx: &Ctx<'_>,
     pages: u32,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
     const LONGEST_MS: u64 = 30 * 24 * 3_600_000;
     let pair = ctx.keyed_hash(|h| {
-        h.write(b"tried");
+        h.write(b"seen");
         h.write_u128(key.as_u128());
-        h.write_u128(facts.username.unwrap_or_default());
+        h.write_u128(item);
     });
     let window = rule.window_ms().unwrap_or(LONGEST_MS).min(LONGEST_MS);
     let sighting = replay::remember(
         ctx.host.store,
         ctx.host.metrics,
-        slots::LOGIN,
+        slots::SEEN,
         Ctx::address(pair, pages),
         now_ms.saturating_add(window),
         now_ms,
@@ -233,6 +251,10 @@ fn key_hash(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
         }
         if rule.key.username {
             h.write_u128(facts.username.unwrap_or_default());
+            h.write_u8(0xff);
+        }
+        if rule.key.token {
+            h.write_u128(facts.token.unwrap_or_default());
             h.write_u8(0xff);
         }
         if rule.key.route {
