@@ -22,6 +22,7 @@ use crate::stages::bot::config::{compile_bot, Bot, RawBot};
 use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
+use crate::stages::geo::{self, Geo, RawGeo};
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
 use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
@@ -54,6 +55,8 @@ pub struct Policy {
     pub auth: Auth,
     /// The bot stage, when the document has a `bot` section.
     pub bot: Option<Bot>,
+    /// Country rules, when the document has a `geo` section.
+    pub geo: Option<Geo>,
     /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
     pub needs_fingerprint: bool,
 }
@@ -129,7 +132,12 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 28] = [
+const LIST_PATHS: [&str; 33] = [
+    "geo.rules",
+    "geo.rules[].routes",
+    "geo.rules[].allow",
+    "geo.rules[].deny",
+    "rate_limits.rules[].countries",
     "bot.routes",
     "bot.allow.cidrs",
     "bot.flows",
@@ -448,6 +456,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
+    /// Country rules per route class, from a trusted header. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawGeo"))]
+    geo: Option<RawGeo>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -524,6 +536,16 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         !signatures.policies.is_empty(),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
+    let geo = geo::compile(raw.geo, raw.mode, &routes)?;
+    if let (None, Some(i)) = (
+        &geo,
+        rate_limits.rules.iter().position(|r| r.countries.is_some()),
+    ) {
+        return Err(err(
+            format!("rate_limits.rules[{i}].countries"),
+            "needs the `geo` section: its `header` says where a request's country comes from",
+        ));
+    }
     let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
     Ok(Policy {
         mode: raw.mode,
@@ -537,6 +559,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         signatures,
         auth,
         bot,
+        geo,
         needs_fingerprint,
     })
 }

@@ -4,6 +4,7 @@
 //! document; it may use `state` below it.
 
 pub mod config_error;
+pub mod country;
 pub mod duration;
 pub mod event;
 pub mod hosts;

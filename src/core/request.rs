@@ -230,6 +230,8 @@ pub struct Facts<'h> {
     pub fingerprint: Option<u64>,
     /// The bot score and its top reasons, when the request was scored.
     pub bot: Option<BotSummary>,
+    /// The client's country from the trusted `geo.header`, when known.
+    pub country: Option<crate::core::country::Country>,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -245,6 +247,7 @@ impl<'h> Facts<'h> {
             request_id,
             fingerprint: None,
             bot: None,
+            country: None,
             now_ms: Cell::new(None),
         }
     }

@@ -13,6 +13,7 @@ use crate::core::reasons::{DigestError, JwtError, SigError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Classify,
+    Geo,
     Signature,
     Authenticate,
     Authorize,
@@ -25,6 +26,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Classify => "classify",
+            Stage::Geo => "geo",
             Stage::Signature => "signature",
             Stage::Authenticate => "authenticate",
             Stage::Authorize => "authorize",
@@ -87,6 +89,8 @@ pub enum Reason {
     RefreshUnsupportedBody,
     /// The bot score reached the deny threshold.
     BotDeny,
+    /// The client's country is refused on its route class (`geo`).
+    GeoDenied,
     /// The bot score reached the challenge threshold: the client gets a
     /// proof-of-work puzzle instead of the upstream.
     BotChallenge,
@@ -123,6 +127,7 @@ impl Reason {
             Reason::RefreshRepeatedParameter => "oauth.repeated_parameter",
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
             Reason::BotDeny => "bot.deny",
+            Reason::GeoDenied => "geo.denied",
             Reason::BotChallenge => "bot.challenge",
         }
     }
@@ -148,7 +153,8 @@ impl Reason {
             | Reason::BanActive
             | Reason::RefreshRepeatedParameter
             | Reason::RefreshUnsupportedBody
-            | Reason::BotDeny => Decision::Deny,
+            | Reason::BotDeny
+            | Reason::GeoDenied => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
             Reason::ReplayCapacity
@@ -182,6 +188,7 @@ impl Reason {
             | Reason::AuthzScope
             | Reason::AuthzMfa
             | Reason::BotDeny
+            | Reason::GeoDenied
             | Reason::BotChallenge => 403,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
             Reason::ReplayCapacity

@@ -52,7 +52,8 @@ pub fn check(
             };
             let applies = rule.applies_to(facts.route)
                 && !(rule.key.user && facts.user.is_none())
-                && !(rule.key.key_id && facts.key_id.is_none());
+                && !(rule.key.key_id && facts.key_id.is_none())
+                && rule.countries.is_none_or(|c| c.contains(facts.country));
             applies.then_some((rule, charge))
         })
         .peekable();
