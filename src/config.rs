@@ -1016,6 +1016,7 @@ mod tests {
                 "bot",
                 "client_ip",
                 "failure_mode",
+                "geo",
                 "jwt",
                 "mode",
                 "rate_limits",
