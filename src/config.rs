@@ -22,7 +22,7 @@ use crate::stages::bot::config::{compile_bot, Bot, RawBot};
 use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
-use crate::stages::geo::{self, Geo, RawGeo};
+use crate::stages::geo::{self, Geo};
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
 use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
@@ -457,9 +457,10 @@ struct RawConfig {
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
     /// Country rules per route class, from a trusted header. Absent: off.
+    /// Read by `geo::compile` from the JSON (see there).
     #[serde(default, deserialize_with = "present")]
-    #[cfg_attr(feature = "schema", schemars(with = "RawGeo"))]
-    geo: Option<RawGeo>,
+    #[cfg_attr(feature = "schema", schemars(with = "geo::RawGeo"))]
+    geo: Option<serde_json::Value>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -536,7 +537,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         !signatures.policies.is_empty(),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
-    let geo = geo::compile(raw.geo, raw.mode, &routes)?;
+    let geo = geo::compile(raw.geo.as_ref(), raw.mode, &routes)?;
     if let (None, Some(i)) = (
         &geo,
         rate_limits.rules.iter().position(|r| r.countries.is_some()),

@@ -12,8 +12,8 @@ pub type Country = [u8; 2];
 /// requests without a known country.
 pub const UNKNOWN: &str = "unknown";
 
-/// A country code in a configuration list, as a JSON Schema pattern.
-pub const CODE_PATTERN: &str = "^[A-Z]{2}$";
+/// An entry of a configuration list of countries, as a JSON Schema pattern.
+pub const LIST_PATTERN: &str = "^([A-Z]{2}|unknown)$";
 
 /// The country a header value names: two ASCII letters, surrounding
 /// whitespace and case ignored (`" de "` is `DE`). Anything else (empty,

@@ -7,15 +7,17 @@
 //! copy only when its lookup finds the address, so the client's copy must
 //! be removed before it runs), or an edge such as a CDN that always
 //! overwrites it. A value that is not two letters (absent, empty, `--`, a
-//! name, several header lines) is no country: the rule's `unknown` decides.
+//! name, several header lines) is no country: `"unknown"` in a rule's list
+//! stands for it (an allow list without it refuses such requests, a deny
+//! list without it lets them pass).
 
 use crate::core::config_error::{assign_routes, err, is_header_name, ConfigError};
 use crate::core::country::{self, Country, CountrySet};
-use crate::core::mode::{string_enum, Mode};
+use crate::core::mode::Mode;
 use crate::core::request::{Facts, HeaderMap};
 use crate::core::routes::RouteTable;
 use crate::core::verdict::{Finding, Reason, Stage};
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// At most this many rules (a route class has at most one).
 const MAX_RULES: usize = 64;
@@ -36,16 +38,13 @@ struct GeoRule {
     /// `true`: the countries are the only ones allowed; `false`: they are
     /// refused.
     allow_list: bool,
+    /// With "unknown" for the requests without a country.
     countries: CountrySet,
-    unknown_allowed: bool,
 }
 
 impl GeoRule {
     fn allows(&self, country: Option<Country>) -> bool {
-        match country {
-            None => self.unknown_allowed,
-            known => self.countries.contains(known) == self.allow_list,
-        }
+        self.countries.contains(country) == self.allow_list
     }
 }
 
@@ -72,102 +71,146 @@ pub fn check(geo: &Geo, facts: &Facts<'_>, findings: &mut Vec<Finding>) {
     }
 }
 
-/// Country rules per route class, from a trusted header.
-#[derive(Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+/// The `geo` section's shape, for the JSON Schema only: the section is
+/// read by hand from the document's JSON ([`compile`]), which costs the
+/// wasm a fraction of what serde's derived reader does.
+#[cfg(feature = "schema")]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct RawGeo {
     /// Mode of geo.denied findings; the top-level mode by default.
     #[serde(default)]
     mode: Option<Mode>,
     /// The header a trusted component sets to the client's ISO 3166-1
     /// alpha-2 country code (Envoy's geoip filter, a CDN).
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::core::config_error::HEADER_NAME_PATTERN)))]
+    #[schemars(regex(pattern = crate::core::config_error::HEADER_NAME_PATTERN))]
     header: String,
-    /// What a rule does with a request without a known country, unless the
-    /// rule says otherwise.
-    #[serde(default)]
-    unknown: Unknown,
     /// At most one rule per route class.
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(length(max = MAX_RULES)))]
+    #[schemars(length(max = MAX_RULES))]
     rules: Vec<RawGeoRule>,
 }
 
-/// Exactly one of `allow` and `deny`.
-#[derive(Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
+/// Exactly one of `allow` and `deny`; "unknown" in either list stands for
+/// requests without a country.
+#[cfg(feature = "schema")]
+#[derive(schemars::JsonSchema)]
+#[schemars(extend("oneOf" = [
     {"required": ["allow"], "not": {"required": ["deny"]}},
     {"required": ["deny"], "not": {"required": ["allow"]}}
-])))]
+]))]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct RawGeoRule {
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1), inner(regex(pattern = crate::core::config_error::NAME_PATTERN)))
-    )]
+    #[schemars(length(min = 1), inner(regex(pattern = crate::core::config_error::NAME_PATTERN)))]
     routes: Vec<String>,
-    /// Only these countries pass.
+    /// Only these countries pass ("unknown": requests without one too).
     #[serde(default)]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1), inner(regex(pattern = country::CODE_PATTERN)), extend("uniqueItems" = true))
-    )]
+    #[schemars(length(min = 1), inner(regex(pattern = country::LIST_PATTERN)), extend("uniqueItems" = true))]
     allow: Option<Vec<String>>,
-    /// These countries are refused.
+    /// These countries are refused ("unknown": requests without one too).
     #[serde(default)]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1), inner(regex(pattern = country::CODE_PATTERN)), extend("uniqueItems" = true))
-    )]
+    #[schemars(length(min = 1), inner(regex(pattern = country::LIST_PATTERN)), extend("uniqueItems" = true))]
     deny: Option<Vec<String>>,
-    #[serde(default)]
-    unknown: Option<Unknown>,
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-enum Unknown {
-    #[default]
-    Allow,
-    Deny,
+/// `value` as an object whose fields are all `known`.
+fn object<'v>(
+    value: &'v Value,
+    path: &str,
+    known: &[&str],
+) -> Result<&'v Map<String, Value>, ConfigError> {
+    let fields = value
+        .as_object()
+        .ok_or_else(|| err(path, "expected an object"))?;
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(err(
+            format!("{path}.{k}"),
+            format!("unknown field `{k}`, expected one of {}", known.join(", ")),
+        )),
+        None => Ok(fields),
+    }
 }
 
-string_enum!(Unknown, "\"allow\" or \"deny\"", {
-    "allow" => Unknown::Allow,
-    "deny" => Unknown::Deny,
-});
+/// A field that is absent or `null` is not given.
+fn given<'v>(fields: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+    fields.get(name).filter(|v| !v.is_null())
+}
 
+fn string_list(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| err(path, "expected a list of strings"))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| err(format!("{path}[{i}]"), "expected a string"))
+        })
+        .collect()
+}
+
+/// Reads and checks the `geo` section (`None`: absent, the stage is off).
 pub fn compile(
-    raw: Option<RawGeo>,
+    raw: Option<&Value>,
     global: Mode,
     routes: &RouteTable,
 ) -> Result<Option<Geo>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    if !is_header_name(&raw.header) {
-        return Err(err(
-            "geo.header",
-            format!("`{}` is not a valid HTTP header name", raw.header),
-        ));
-    }
-    if raw.rules.len() > MAX_RULES {
+    let fields = object(raw, "geo", &["mode", "header", "rules"])?;
+    let mode = match given(fields, "mode").map(Value::as_str) {
+        None => global,
+        Some(Some("enforce")) => Mode::Enforce,
+        Some(Some("monitor")) => Mode::Monitor,
+        Some(_) => return Err(err("geo.mode", "expected \"enforce\" or \"monitor\"")),
+    };
+    let header = match fields.get("header").map(Value::as_str) {
+        Some(Some(h)) if is_header_name(h) => h.to_ascii_lowercase(),
+        Some(Some(h)) => {
+            return Err(err(
+                "geo.header",
+                format!("`{h}` is not a valid HTTP header name"),
+            ))
+        }
+        Some(None) => return Err(err("geo.header", "expected a string")),
+        None => return Err(err(
+            "geo",
+            "missing field `header`: the header a trusted component sets to the client's country",
+        )),
+    };
+    let empty = Vec::new();
+    let raw_rules = match given(fields, "rules") {
+        None => &empty,
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| err("geo.rules", "expected a list of rules"))?,
+    };
+    if raw_rules.len() > MAX_RULES {
         return Err(err("geo.rules", format!("at most {MAX_RULES} rules")));
     }
     let mut by_route = vec![None; routes.len_with_default()];
-    let mut rules = Vec::with_capacity(raw.rules.len());
-    for (i, rule) in raw.rules.into_iter().enumerate() {
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    for (i, rule) in raw_rules.iter().enumerate() {
         let at = format!("geo.rules[{i}]");
+        let rule = object(rule, &at, &["routes", "allow", "deny"])?;
+        let names = match rule.get("routes") {
+            Some(v) => string_list(v, &format!("{at}.routes"))?,
+            None => return Err(err(at, "missing field `routes`")),
+        };
         assign_routes(
             &mut by_route,
             routes,
-            &rule.routes,
+            &names,
             &format!("{at}.routes"),
             i,
             "a geo",
         )?;
-        let (allow_list, list, field) = match (rule.allow, rule.deny) {
+        let (allow_list, list, field) = match (given(rule, "allow"), given(rule, "deny")) {
             (Some(list), None) => (true, list, "allow"),
             (None, Some(list)) => (false, list, "deny"),
             _ => {
@@ -177,16 +220,16 @@ pub fn compile(
                 ))
             }
         };
-        let countries = CountrySet::compile(&list, &format!("{at}.{field}"), false)?;
+        let path = format!("{at}.{field}");
+        let countries = CountrySet::compile(&string_list(list, &path)?, &path, true)?;
         rules.push(GeoRule {
             allow_list,
             countries,
-            unknown_allowed: rule.unknown.unwrap_or(raw.unknown) == Unknown::Allow,
         });
     }
     Ok(Some(Geo {
-        mode: raw.mode.unwrap_or(global),
-        header: raw.header.to_ascii_lowercase(),
+        mode,
+        header,
         rules,
         by_route,
     }))
@@ -209,8 +252,8 @@ mod tests {
     }
 
     fn compiled(json: &str) -> Result<Option<Geo>, ConfigError> {
-        let raw: RawGeo = serde_json::from_str(json).map_err(|e| err(".", e.to_string()))?;
-        compile(Some(raw), Mode::Enforce, &route_table())
+        let raw: Value = serde_json::from_str(json).map_err(|e| err(".", e.to_string()))?;
+        compile(Some(&raw), Mode::Enforce, &route_table())
     }
 
     fn geo(json: &str) -> Geo {
@@ -243,7 +286,7 @@ mod tests {
     }
 
     const POLICY: &str = r#"{"header": "x-geo-country", "rules": [
-        {"routes": ["admin"], "allow": ["US", "CA"], "unknown": "deny"},
+        {"routes": ["admin"], "allow": ["US", "CA"]},
         {"routes": ["login"], "deny": ["KP", "XX"]}]}"#;
 
     #[test]
@@ -288,7 +331,8 @@ mod tests {
             &["US", "US"],
         ];
         for lines in unknown {
-            // admin: unknown "deny"; login: the section's default, "allow".
+            // An allow list without "unknown" refuses it, a deny list
+            // without it lets it pass.
             assert_eq!(
                 verdict(&g, "admin", lines),
                 Some(Mode::Enforce),
@@ -296,11 +340,15 @@ mod tests {
             );
             assert_eq!(verdict(&g, "login", lines), None, "{lines:?}");
         }
-        let strict = geo(r#"{"header": "x-geo-country", "unknown": "deny",
-                "rules": [{"routes": ["login"], "deny": ["KP"]}, {"routes": ["api"], "deny": ["KP"], "unknown": "allow"}]}"#);
-        assert_eq!(verdict(&strict, "login", &["--"]), Some(Mode::Enforce));
-        assert_eq!(verdict(&strict, "login", &["DE"]), None);
-        assert_eq!(verdict(&strict, "api", &["--"]), None);
+        let listed = geo(r#"{"header": "x-geo-country", "rules": [
+                {"routes": ["login"], "deny": ["KP", "unknown"]},
+                {"routes": ["admin"], "allow": ["unknown", "US"]}]}"#);
+        assert_eq!(verdict(&listed, "login", &["--"]), Some(Mode::Enforce));
+        assert_eq!(verdict(&listed, "login", &[]), Some(Mode::Enforce));
+        assert_eq!(verdict(&listed, "login", &["DE"]), None);
+        assert_eq!(verdict(&listed, "admin", &["--"]), None);
+        assert_eq!(verdict(&listed, "admin", &["US"]), None);
+        assert_eq!(verdict(&listed, "admin", &["DE"]), Some(Mode::Enforce));
     }
 
     #[test]
@@ -355,9 +403,32 @@ mod tests {
                 "geo.rules[0].deny[1]",
             ),
             (
-                r#"[{"routes": ["login"], "deny": ["unknown"]}]"#,
+                r#"[{"routes": ["login"], "deny": ["Unknown"]}]"#,
                 "geo.rules[0].deny[0]",
             ),
+            (
+                r#"[{"routes": ["login"], "deny": ["unknown", "unknown"]}]"#,
+                "geo.rules[0].deny[1]",
+            ),
+            (
+                r#"[{"routes": ["login"], "deny": ["KP"], "unknown": "deny"}]"#,
+                "geo.rules[0].unknown",
+            ),
+            (
+                r#"[{"routes": ["login"], "deny": "KP"}]"#,
+                "geo.rules[0].deny",
+            ),
+            (
+                r#"[{"routes": ["login"], "deny": ["KP", 7]}]"#,
+                "geo.rules[0].deny[1]",
+            ),
+            (
+                r#"[{"routes": "login", "deny": ["KP"]}]"#,
+                "geo.rules[0].routes",
+            ),
+            (r#"[{"deny": ["KP"]}]"#, "geo.rules[0]"),
+            (r#"[7]"#, "geo.rules[0]"),
+            (r#"{}"#, "geo.rules"),
         ] {
             assert_eq!(
                 error_path(&format!("{{{h}, \"rules\": {rules}}}")),
@@ -366,11 +437,13 @@ mod tests {
             );
         }
         assert_eq!(error_path(r#"{"header": "x geo"}"#), "geo.header");
-        assert!(
-            compiled(r#"{"rules": []}"#).is_err(),
-            "the header is required"
-        );
-        assert!(compiled(r#"{"header": "x-geo-country", "unknown": "maybe"}"#).is_err());
+        assert_eq!(error_path(r#"{"header": 7}"#), "geo.header");
+        assert_eq!(error_path(r#"{"rules": []}"#), "geo");
+        assert_eq!(error_path(r#"{"header": "h", "bogus": 1}"#), "geo.bogus");
+        assert_eq!(error_path(r#"{"header": "h", "mode": "off"}"#), "geo.mode");
+        assert_eq!(error_path(r#"["h"]"#), "geo");
+        let nulls = r#"{"header": "h", "mode": null, "rules": [{"routes": ["login"], "deny": ["KP"], "allow": null}]}"#;
+        assert!(compiled(nulls).is_ok_and(|g| g.is_some()));
         assert!(compiled(r#"{"header": "X-Geo-Country"}"#)
             .is_ok_and(|g| g.is_some_and(|g| g.header == "x-geo-country")));
     }
@@ -389,7 +462,7 @@ mod tests {
         const POLICY: &str = r#"{
             "routes": [{"name": "login", "prefix": "/login"}, {"name": "admin", "prefix": "/admin"}],
             "geo": {"header": "x-geo-country", "rules": [
-                {"routes": ["admin"], "allow": ["US"], "unknown": "deny"},
+                {"routes": ["admin"], "allow": ["US"]},
                 {"routes": ["login"], "deny": ["XX"]}]},
             "rate_limits": {"rules": [
                 {"name": "strict", "key": ["ip"], "routes": ["login"], "countries": ["KP", "unknown"],

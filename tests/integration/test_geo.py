@@ -44,7 +44,7 @@ CONFIG = {
     "geo": {
         "header": HEADER,
         "rules": [
-            {"routes": ["admin"], "allow": ["US", "CA"], "unknown": "deny"},
+            {"routes": ["admin"], "allow": ["US", "CA"]},
             {"routes": ["login"], "deny": ["KP", "XX"]},
         ],
     },
@@ -94,14 +94,21 @@ def test_a_request_without_a_country_follows_unknown(envoy):
     e = envoy(CONFIG)
     # Absent, empty, "--" (no lookup result), not two letters: no country.
     for country in (None, "", "--", "USA", "U5", "US,CA"):
-        # admin says "unknown": "deny"; login has the section's default, allow.
+        # admin's allow list does not name "unknown", login's deny list neither.
         assert_denied(e.request("GET", "/admin", req(US_IP, country)), f"admin {country!r}")
         assert_allowed(e.request("POST", "/login", req(US_IP, country)), f"login {country!r}")
-    strict = copy.deepcopy(CONFIG)
-    strict["geo"]["unknown"] = "deny"
-    e2 = envoy(strict)
-    assert_denied(e2.request("POST", "/login", req(US_IP)), "login, no country, section unknown deny")
-    assert_allowed(e2.request("POST", "/login", req(US_IP, "FR")), "login FR, section unknown deny")
+    # "unknown" listed: a deny list refuses such requests, an allow list passes them.
+    listed = copy.deepcopy(CONFIG)
+    listed["geo"]["rules"] = [
+        {"routes": ["admin"], "allow": ["US", "unknown"]},
+        {"routes": ["login"], "deny": ["KP", "unknown"]},
+    ]
+    e2 = envoy(listed)
+    assert_denied(e2.request("POST", "/login", req(US_IP)), "login, no country, unknown denied")
+    assert_denied(e2.request("POST", "/login", req(US_IP, "--")), "login, --, unknown denied")
+    assert_allowed(e2.request("POST", "/login", req(US_IP, "FR")), "login FR")
+    assert_allowed(e2.request("GET", "/admin", req(US_IP)), "admin, no country, unknown allowed")
+    assert_denied(e2.request("GET", "/admin", req(US_IP, "FR")), "admin FR")
 
 
 def _api_until_throttled(e: harness.EnvoyInstance, ip: str, country: str, limit: int) -> tuple[list[int], harness.Response]:

@@ -4,7 +4,7 @@ clients send it in mixed case) feeds the same allow/deny lists and
 `countries` rate-limit rule as on Envoy (tests/integration/test_geo.py).
 
 What is proven: a country an allow list does not name, and a request
-without a country where `unknown` is `deny`, get 403 ``geo.denied`` and
+without a country (the allow list does not name "unknown"), get 403 ``geo.denied`` and
 never reach the upstream; a listed country is throttled after its stricter
 capacity (2, shared by both workers) while another country from another
 address is not.
@@ -20,7 +20,7 @@ CONFIG = {
     "routes": [{"name": "admin", "prefix": "/admin"}, {"name": "api", "prefix": "/api/"}],
     "geo": {
         "header": "x-geo-country",
-        "rules": [{"routes": ["admin"], "allow": ["US", "CA"], "unknown": "deny"}],
+        "rules": [{"routes": ["admin"], "allow": ["US", "CA"]}],
     },
     "rate_limits": {
         "slots": 1024,

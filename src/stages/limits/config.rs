@@ -69,7 +69,7 @@ struct RawRule {
     #[serde(default)]
     #[cfg_attr(
         feature = "schema",
-        schemars(length(min = 1), inner(regex(pattern = "^([A-Z]{2}|unknown)$")), extend("uniqueItems" = true))
+        schemars(length(min = 1), inner(regex(pattern = crate::core::country::LIST_PATTERN)), extend("uniqueItems" = true))
     )]
     countries: Option<Vec<String>>,
 }
