@@ -8,10 +8,6 @@ use crate::core::config_error::{err, ConfigError};
 /// Two upper-case ASCII letters.
 pub type Country = [u8; 2];
 
-/// What a configuration list may hold besides codes, where it may: the
-/// requests without a known country.
-pub const UNKNOWN: &str = "unknown";
-
 /// An entry of a configuration list of countries, as a JSON Schema pattern.
 pub const LIST_PATTERN: &str = "^([A-Z]{2}|unknown)$";
 
@@ -72,42 +68,25 @@ impl CountrySet {
     }
 
     /// The set of a configuration list at `path`: codes of two upper-case
-    /// letters, each once, and `"unknown"` where `unknown_allowed`.
-    pub fn compile(
-        list: &[String],
-        path: &str,
-        unknown_allowed: bool,
-    ) -> Result<CountrySet, ConfigError> {
+    /// letters and `"unknown"`, each once.
+    pub fn compile(list: &[String], path: &str) -> Result<CountrySet, ConfigError> {
         if list.is_empty() {
             return Err(err(path, "must not be empty"));
         }
         let mut set = CountrySet::default();
         for (i, code) in list.iter().enumerate() {
-            let at = format!("{path}[{i}]");
-            if unknown_allowed && code == UNKNOWN {
-                if std::mem::replace(&mut set.unknown, true) {
-                    return Err(err(at, "listed twice"));
-                }
-                continue;
-            }
-            let country = match code.as_bytes() {
-                [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
+            let fresh = match code.as_bytes() {
+                b"unknown" => !std::mem::replace(&mut set.unknown, true),
+                [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => set.insert([*a, *b]),
                 _ => {
-                    let also = if unknown_allowed {
-                        " (or \"unknown\" for requests without a country)"
-                    } else {
-                        ""
-                    };
                     return Err(err(
-                        at,
-                        format!(
-                            "`{code}` is not a country code; use ISO 3166-1 alpha-2, two upper-case letters such as \"DE\"{also}"
-                        ),
-                    ));
+                        format!("{path}[{i}]"),
+                        "not a country: use an ISO 3166-1 alpha-2 code in upper case such as \"DE\", or \"unknown\" for requests without a country",
+                    ))
                 }
             };
-            if !set.insert(country) {
-                return Err(err(at, format!("`{code}` listed twice")));
+            if !fresh {
+                return Err(err(format!("{path}[{i}]"), "listed twice"));
             }
         }
         Ok(set)
@@ -146,8 +125,7 @@ mod tests {
 
     #[test]
     fn a_set_holds_exactly_what_it_lists() {
-        let set =
-            CountrySet::compile(&list(&["AA", "ZZ", "KP", "US"]), "x", false).unwrap_or_default();
+        let set = CountrySet::compile(&list(&["AA", "ZZ", "KP", "US"]), "x").unwrap_or_default();
         for c in [b"AA", b"ZZ", b"KP", b"US"] {
             assert!(set.contains(Some(*c)), "{c:?}");
         }
@@ -155,8 +133,7 @@ mod tests {
             assert!(!set.contains(Some(*c)), "{c:?}");
         }
         assert!(!set.contains(None));
-        let with_unknown =
-            CountrySet::compile(&list(&["unknown", "DE"]), "x", true).unwrap_or_default();
+        let with_unknown = CountrySet::compile(&list(&["unknown", "DE"]), "x").unwrap_or_default();
         assert!(with_unknown.contains(None));
         assert!(with_unknown.contains(Some(*b"DE")));
         assert!(!with_unknown.contains(Some(*b"FR")));
@@ -164,27 +141,27 @@ mod tests {
 
     #[test]
     fn lists_name_the_entry_that_is_wrong() {
-        let error = |codes: &[&str], unknown: bool| {
-            CountrySet::compile(&list(codes), "geo.rules[1].deny", unknown)
+        let error = |codes: &[&str]| {
+            CountrySet::compile(&list(codes), "geo.rules[1].deny")
                 .err()
                 .map(|e| e.path)
         };
-        assert_eq!(error(&[], false).as_deref(), Some("geo.rules[1].deny"));
-        for bad in ["de", "DEU", "D", "", "D1", "unknown"] {
+        assert_eq!(error(&[]).as_deref(), Some("geo.rules[1].deny"));
+        for bad in ["de", "DEU", "D", "", "D1", "Unknown", "UNKNOWN"] {
             assert_eq!(
-                error(&["US", bad], false).as_deref(),
+                error(&["US", bad]).as_deref(),
                 Some("geo.rules[1].deny[1]"),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            error(&["US", "FR", "US"], false).as_deref(),
+            error(&["US", "FR", "US"]).as_deref(),
             Some("geo.rules[1].deny[2]")
         );
         assert_eq!(
-            error(&["unknown", "unknown"], true).as_deref(),
+            error(&["unknown", "unknown"]).as_deref(),
             Some("geo.rules[1].deny[1]")
         );
-        assert_eq!(error(&["unknown"], true), None);
+        assert_eq!(error(&["unknown"]), None);
     }
 }

@@ -221,7 +221,7 @@ pub fn compile(
             }
         };
         let path = format!("{at}.{field}");
-        let countries = CountrySet::compile(&string_list(list, &path)?, &path, true)?;
+        let countries = CountrySet::compile(&string_list(list, &path)?, &path)?;
         rules.push(GeoRule {
             allow_list,
             countries,

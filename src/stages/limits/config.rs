@@ -284,7 +284,7 @@ pub fn compile_rate_limits(
             };
         let countries = match rule.countries {
             None => None,
-            Some(list) => Some(CountrySet::compile(&list, &at("countries"), true)?),
+            Some(list) => Some(CountrySet::compile(&list, &at("countries"))?),
         };
         rules.push(
             Rule::new(
