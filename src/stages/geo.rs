@@ -142,15 +142,14 @@ fn string_list(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
     let items = value
         .as_array()
         .ok_or_else(|| err(path, "expected a list of strings"))?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            item.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| err(format!("{path}[{i}]"), "expected a string"))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(s) => out.push(s.to_string()),
+            None => return Err(err(format!("{path}[{i}]"), "expected a string")),
+        }
+    }
+    Ok(out)
 }
 
 /// Reads and checks the `geo` section (`None`: absent, the stage is off).
