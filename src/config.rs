@@ -464,8 +464,8 @@ struct RawConfig {
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
     /// Country rules per route class, from a trusted header. Absent: off.
-    /// `Policy::from_json` takes the section out of the document (for
-    /// `geo::compile`) and leaves `null` here.
+    // `Policy::from_json` takes the section out of the document (for
+    // `geo::compile`) and leaves `null` here.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "geo::RawGeo"))]
     #[allow(dead_code)]
