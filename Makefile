@@ -403,6 +403,30 @@ run: setup build tls-cert
 	echo; \
 	"$(ENVOY_BIN)" -c $(ENVOY_CONFIG) --concurrency 2 --disable-hot-restart
 
+# The geo demo (envoy/geoip.yaml): Envoy's geoip filter sets the country
+# palisade's geo rules read, from a generated test database (no MaxMind data).
+GEO_DB := target/geo/test-country.mmdb
+
+geo-db: setup
+	$(PYTHON) tests/fixtures/geo/make_test_db.py $(GEO_DB)
+
+run-geo: setup build geo-db
+	@test -n "$(ENVOY_BIN)" -a -x "$(ENVOY_BIN)" || { echo "envoy binary not found (ENVOY_BIN='$(ENVOY_BIN)'); run make setup" >&2; exit 1; }
+	@$(PYTHON) $(DEMO_UPSTREAM) & upstream=$$!; \
+	trap 'kill $$upstream 2>/dev/null; wait $$upstream 2>/dev/null || true' EXIT; \
+	trap 'exit 130' INT TERM; \
+	echo; \
+	echo "Palisade geo demo on http://localhost:10000 (the proxy in front is played by X-Forwarded-For):"; \
+	echo "  US, 200:      curl -i localhost:10000/admin -H 'x-forwarded-for: 192.0.2.7'"; \
+	echo "  KP, 403:      curl -i localhost:10000/admin -H 'x-forwarded-for: 198.51.100.7' -H 'x-geo-country: US'"; \
+	echo "  unknown, 403: curl -i localhost:10000/admin -H 'x-forwarded-for: 203.0.113.7'"; \
+	echo "  KP on /api/:  2 a minute (others 20): curl -i localhost:10000/api/items -H 'x-forwarded-for: 198.51.100.7'"; \
+	echo "Ctrl-C stops Envoy and the upstream."; \
+	echo; \
+	"$(ENVOY_BIN)" -c envoy/geoip.yaml --concurrency 2 --disable-hot-restart
+
+.PHONY: geo-db run-geo
+
 # The traffic simulator (tests/sim): classes of legitimate and abusive
 # clients against a running palisade, a table of what each class got.
 # A debug build: it shares target/debug with unit and clippy, and is fast enough.

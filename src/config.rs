@@ -23,6 +23,7 @@ use crate::stages::bot::config::{compile_bot, Bot, RawBot};
 use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
+use crate::stages::geo::{self, Geo};
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
 use crate::stages::limits::buckets::{BanPolicy, Counts};
 use crate::stages::limits::config::{
@@ -55,6 +56,8 @@ pub struct Policy {
     pub auth: Auth,
     /// The bot stage, when the document has a `bot` section.
     pub bot: Option<Bot>,
+    /// Country rules, when the document has a `geo` section.
+    pub geo: Option<Geo>,
     /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
     pub needs_fingerprint: bool,
     /// Login routes (account protection), when the document has a `login` section.
@@ -137,7 +140,12 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 30] = [
+const LIST_PATHS: [&str; 35] = [
+    "geo.rules",
+    "geo.rules[].routes",
+    "geo.rules[].allow",
+    "geo.rules[].deny",
+    "rate_limits.rules[].countries",
     "bot.routes",
     "bot.allow.cidrs",
     "bot.flows",
@@ -462,6 +470,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawLogin"))]
     login: Option<RawLogin>,
+    /// Country rules per route class, from a trusted header. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "geo::RawGeo"))]
+    geo: Option<geo::RawGeo>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -548,6 +560,16 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
             }),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
+    let geo = geo::compile(raw.geo, raw.mode, &routes)?;
+    if let (None, Some(i)) = (
+        &geo,
+        rate_limits.rules.iter().position(|r| r.countries.is_some()),
+    ) {
+        return Err(err(
+            format!("rate_limits.rules[{i}].countries"),
+            "needs the `geo` section: its `header` says where a request's country comes from",
+        ));
+    }
     let needs_fingerprint = bot.is_some()
         || rate_limits
             .rules
@@ -565,6 +587,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         signatures,
         auth,
         bot,
+        geo,
         needs_fingerprint,
         login,
     })
@@ -1022,6 +1045,7 @@ mod tests {
                 "bot",
                 "client_ip",
                 "failure_mode",
+                "geo",
                 "jwt",
                 "login",
                 "mode",

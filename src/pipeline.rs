@@ -31,7 +31,7 @@ use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::{self, Phase};
-use crate::stages::{client_ip, routes, user};
+use crate::stages::{client_ip, geo, routes, user};
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
 use std::net::IpAddr;
@@ -76,10 +76,11 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 11] = [
+const HEADER_STAGES: [Step; 12] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
+    Engine::geo,              // the country from the trusted header; allow/deny per route
     Engine::pre_auth_limits,  // bans and ip/route/fingerprint limits, failures-rule checks
     Engine::bot,              // bot score: allow, challenge or deny
     Engine::signature,        // RFC 9421 signature, replay
@@ -359,6 +360,17 @@ impl Engine {
                 .as_ref()
                 .and_then(|b| b.ja4_header.as_deref());
             bot::identify(ja4, r.headers, &mut r.facts);
+        }
+    }
+
+    /// The country (for events and `countries` rules) and the route
+    /// class's country rule.
+    fn geo(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if let Some(g) = &self.policy.geo {
+            geo::identify(g, r.headers, &mut r.facts);
+            if !r.blocked() {
+                geo::check(g, &r.facts, &mut r.findings);
+            }
         }
     }
 

@@ -27,6 +27,7 @@ pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names
         "fingerprint": facts.fingerprint.map(|id| format!("{id:016x}")),
         "bot_score": facts.bot.as_ref().map(|b| b.score),
         "bot_reasons": facts.bot.as_ref().map(|b| &b.reasons),
+        "country": facts.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()),
         "request_id": facts.request_id,
     });
     log::warn!("{event}");

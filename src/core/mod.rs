@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod config_error;
+pub mod country;
 pub mod duration;
 pub mod event;
 pub mod hosts;

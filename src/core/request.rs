@@ -237,6 +237,8 @@ pub struct Facts<'h> {
     pub known_client: bool,
     /// The verified bearer token as a keyed hash, when a rule keys on it.
     pub token: Option<u128>,
+    /// The client's country from the trusted `geo.header`, when known.
+    pub country: Option<crate::core::country::Country>,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -255,6 +257,7 @@ impl<'h> Facts<'h> {
             username: None,
             known_client: false,
             token: None,
+            country: None,
             now_ms: Cell::new(None),
         }
     }

@@ -13,6 +13,7 @@ use crate::core::reasons::{DigestError, JwtError, SigError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Classify,
+    Geo,
     Signature,
     Authenticate,
     Authorize,
@@ -27,6 +28,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Classify => "classify",
+            Stage::Geo => "geo",
             Stage::Signature => "signature",
             Stage::Authenticate => "authenticate",
             Stage::Authorize => "authorize",
@@ -90,6 +92,8 @@ pub enum Reason {
     RefreshUnsupportedBody,
     /// The bot score reached the deny threshold.
     BotDeny,
+    /// The client's country is refused on its route class (`geo`).
+    GeoDenied,
     /// The bot score reached the challenge threshold: the client gets a
     /// proof-of-work puzzle instead of the upstream.
     BotChallenge,
@@ -140,6 +144,7 @@ impl Reason {
             Reason::RefreshRepeatedParameter => "oauth.repeated_parameter",
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
             Reason::BotDeny => "bot.deny",
+            Reason::GeoDenied => "geo.denied",
             Reason::BotChallenge => "bot.challenge",
             Reason::LoginFailuresIp => "login.failures_ip",
             Reason::LoginFailuresFingerprint => "login.failures_fingerprint",
@@ -173,7 +178,8 @@ impl Reason {
             | Reason::RefreshUnsupportedBody
             | Reason::LoginRepeatedUsername
             | Reason::TokenShared
-            | Reason::BotDeny => Decision::Deny,
+            | Reason::BotDeny
+            | Reason::GeoDenied => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -214,6 +220,7 @@ impl Reason {
             | Reason::AuthzMfa
             | Reason::BotDeny
             | Reason::TokenShared
+            | Reason::GeoDenied
             | Reason::BotChallenge => 403,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow

@@ -7,6 +7,7 @@ pub mod account;
 pub mod auth;
 pub mod bot;
 pub mod client_ip;
+pub mod geo;
 pub mod integrity;
 pub mod limits;
 pub mod routes;

@@ -13,6 +13,7 @@
 //! exact with integer math however often it is read. Buckets that never
 //! refill count the requests they let through.
 
+use crate::core::country::CountrySet;
 use crate::core::metrics::Metrics;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::RouteId;
@@ -111,6 +112,8 @@ pub struct Rule {
     pub refill: Option<Refill>,
     pub ban: bool,
     pub counts: Counts,
+    /// The countries (`geo`) whose requests the rule applies to; `None`: all.
+    pub countries: Option<CountrySet>,
     /// Microseconds per token; `None` when the bucket never refills.
     interval_us: Option<u64>,
     /// Stamp of `capacity` and `refill` kept in the records (never 0).
@@ -196,6 +199,7 @@ impl Rule {
             refill,
             ban,
             counts: Counts::Requests,
+            countries: None,
             interval_us,
             limits_stamp: limits_stamp(capacity, refill),
         }
@@ -203,6 +207,10 @@ impl Rule {
 
     pub fn counting(self, counts: Counts) -> Rule {
         Rule { counts, ..self }
+    }
+
+    pub fn in_countries(self, countries: Option<CountrySet>) -> Rule {
+        Rule { countries, ..self }
     }
 
     /// Rules keyed on the user or the signing key run after authentication,

@@ -4,6 +4,7 @@
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
+use crate::core::country::CountrySet;
 use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::{RouteId, RouteTable};
@@ -69,6 +70,14 @@ struct RawRule {
     ban: bool,
     #[serde(default)]
     counts: Counts,
+    /// Only requests from these countries (`geo.header`); "unknown" covers
+    /// requests without one.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1), inner(regex(pattern = crate::core::country::LIST_PATTERN)), extend("uniqueItems" = true))
+    )]
+    countries: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -388,6 +397,10 @@ pub fn compile_rate_limits(
                     every_ms: every.as_ms(),
                 }),
             };
+        let countries = match rule.countries {
+            None => None,
+            Some(list) => Some(CountrySet::compile(&list, &at("countries"))?),
+        };
         rules.push(
             Rule::new(
                 rule.name,
@@ -399,7 +412,8 @@ pub fn compile_rate_limits(
                 refill,
                 rule.ban,
             )
-            .counting(rule.counts),
+            .counting(rule.counts)
+            .in_countries(countries),
         );
     }
     let distinct_slots = raw.distinct_slots.unwrap_or(DEFAULT_SLOTS);

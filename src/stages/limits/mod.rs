@@ -76,7 +76,8 @@ pub fn check(
                 && !(rule.key.user && facts.user.is_none())
                 && !(rule.key.key_id && facts.key_id.is_none())
                 && !(rule.key.username && facts.username.is_none())
-                && !(rule.key.token && facts.token.is_none());
+                && !(rule.key.token && facts.token.is_none())
+                && rule.countries.is_none_or(|c| c.contains(facts.country));
             applies.then_some((rule, charge))
         })
         .peekable();

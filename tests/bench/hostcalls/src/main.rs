@@ -133,6 +133,7 @@ fn one_request(
             response_headers,
             upstream,
             body,
+            ..
         } => (
             upstream.remove.len() + upstream.set.len() + response_headers.len(),
             body,
@@ -149,7 +150,7 @@ fn one_request(
         // A request with a body: the glue reads it once, at its end.
         let bytes = body.unwrap_or_default();
         body_reads = u32::from(!bytes.is_empty());
-        if let Some(response) = engine.check_body(&check, Body::Complete(bytes), &services) {
+        if let Some(response) = engine.check_body(&check, Body::Complete(bytes), &services, None) {
             return Err(format!("the body check answered {}", response.status));
         }
     }
