@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mode;
 pub mod names;
 pub mod reasons;
+pub mod remote;
 pub mod request;
 pub mod routes;
 #[cfg(feature = "schema")]

@@ -811,7 +811,7 @@ SEMANTIC = [
     ("clock-skew-over-30d", {"jwt": {"providers": [provider(clock_skew="31d")]}}, "durations are at most 30 days"),
     ("remote-min-refetch-below-timeout", {"jwt": {"providers": [remote(timeout="10s", min_refetch="5s")]}},
      "a remote key set's min_refetch is not shorter than its timeout, refresh not shorter than min_refetch"),
-    ("remote-refresh-below-min-refetch", {"jwt": {"providers": [remote(refresh="10s")]}},
+    ("remote-refresh-below-min-refetch", {"jwt": {"providers": [remote(refresh="10s", min_refetch="30s")]}},
      "a remote key set's min_refetch is not shorter than its timeout, refresh not shorter than min_refetch"),
     ("remote-address-trailing-newline", {"jwt": {"providers": [remote(cluster=None, address="idp:443\n")]}},
      "names and tokens end at the end of the string ($ matches before a final newline)"),

@@ -12,13 +12,13 @@ use crate::core::duration::Millis;
 #[cfg(feature = "schema")]
 use crate::core::duration::DURATION_PATTERN;
 use crate::core::mode::{string_enum, FailureMode, Mode};
+use crate::core::remote::{self, RawRemote, Remote, Timing};
 use crate::core::routes::RouteTable;
 #[cfg(feature = "schema")]
 use crate::core::schema::{json_schema_impl, schema};
 use crate::stages::auth::credentials::{
     ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
 };
-use crate::stages::auth::jwks::RemoteJwks;
 use crate::stages::auth::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
 use crate::state::slots;
 use serde::de::{self, Deserializer};
@@ -172,7 +172,7 @@ impl<'de> Deserialize<'de> for RawDuration {
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 enum RawJwksSource {
     Inline(serde_json::Value),
-    Remote(RawRemoteJwks),
+    Remote(RawRemote),
 }
 
 // Its schema: `{"inline": <JWK Set>}` or `{"remote": {...}}`. The JWK Set is a
@@ -187,53 +187,13 @@ json_schema_impl!(RawJwksSource, "JwksSource", |generator| serde_json::json!({
     "properties": {
         "inline": serde_json::from_str::<serde_json::Value>(JWK_SET_SCHEMA)
             .unwrap_or(serde_json::Value::Bool(false)),
-        "remote": generator.subschema_for::<RawRemoteJwks>(),
+        "remote": generator.subschema_for::<RawRemote>(),
     },
     "oneOf": [{"required": ["inline"]}, {"required": ["remote"]}],
 }));
 
 #[cfg(feature = "schema")]
 const JWK_SET_SCHEMA: &str = include_str!("jwk_set.schema.json");
-
-/// A JWK Set fetched with dispatch_http_call from an Envoy cluster or, on
-/// ngx_wasm_module, a host:port address.
-#[derive(Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
-    {
-        "required": ["cluster"],
-        "properties": {"cluster": {"type": "string"}, "address": {"type": "null"}}
-    },
-    {
-        "required": ["address"],
-        "properties": {"address": {"type": "string"}, "cluster": {"type": "null"}}
-    }
-])))]
-#[serde(deny_unknown_fields)]
-struct RawRemoteJwks {
-    #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
-    cluster: Option<String>,
-    /// host:port, the port 1-65535.
-    #[serde(default)]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(regex(
-            pattern = r"^[\s\S]+:\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-        ))
-    )]
-    address: Option<String>,
-    #[serde(default)]
-    authority: Option<String>,
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
-    path: String,
-    #[serde(default)]
-    refresh: Option<Millis>,
-    #[serde(default)]
-    min_refetch: Option<Millis>,
-    #[serde(default)]
-    timeout: Option<Millis>,
-}
 
 #[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -774,79 +734,13 @@ const DEFAULT_JWKS_REFRESH_MS: u64 = 300_000;
 const DEFAULT_JWKS_MIN_REFETCH_MS: u64 = 30_000;
 const DEFAULT_JWKS_TIMEOUT_MS: u64 = 2_000;
 
-fn compile_remote_jwks(
-    raw: RawRemoteJwks,
-    provider: &str,
-    at: &str,
-) -> Result<RemoteJwks, ConfigError> {
-    let upstream = match (raw.cluster, raw.address) {
-        (Some(cluster), None) if !cluster.is_empty() => cluster,
-        (None, Some(address)) => {
-            let host_ok = |host: &str| {
-                !host.is_empty()
-                    && host
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-            };
-            let port_ok = |port: &str| {
-                !port.is_empty()
-                    && port.bytes().all(|b| b.is_ascii_digit())
-                    && port.parse::<u16>().is_ok_and(|p| p > 0)
-            };
-            let valid = address
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| host_ok(host) && !host.ends_with(':') && port_ok(port));
-            if !valid {
-                return Err(err(format!("{at}.address"), format!("`{address}` is not host:port")));
-            }
-            address
-        }
-        _ => {
-            return Err(err(
-                at,
-                "needs exactly one of `cluster` (an Envoy cluster) or `address` (host:port, for ngx_wasm_module)",
-            ))
-        }
+fn compile_remote_jwks(raw: RawRemote, provider: &str, at: &str) -> Result<Remote, ConfigError> {
+    let defaults = Timing {
+        refresh_ms: DEFAULT_JWKS_REFRESH_MS,
+        min_refetch_ms: DEFAULT_JWKS_MIN_REFETCH_MS,
+        timeout_ms: DEFAULT_JWKS_TIMEOUT_MS,
     };
-    if !raw.path.starts_with('/') {
-        return Err(err(format!("{at}.path"), "must start with `/`"));
-    }
-    let timeout_ms = raw.timeout.map_or(DEFAULT_JWKS_TIMEOUT_MS, Millis::as_ms);
-    let min_refetch_ms = raw
-        .min_refetch
-        .map_or(DEFAULT_JWKS_MIN_REFETCH_MS, Millis::as_ms);
-    let refresh_ms = raw.refresh.map_or(DEFAULT_JWKS_REFRESH_MS, Millis::as_ms);
-    if timeout_ms > 60_000 {
-        return Err(err(format!("{at}.timeout"), "must be at most 60s"));
-    }
-    if min_refetch_ms < timeout_ms {
-        return Err(err(
-            format!("{at}.min_refetch"),
-            "must not be shorter than `timeout` (one fetch in flight at a time)",
-        ));
-    }
-    if refresh_ms < min_refetch_ms {
-        return Err(err(
-            format!("{at}.refresh"),
-            "must not be shorter than `min_refetch`",
-        ));
-    }
-    let authority = raw.authority.unwrap_or_else(|| upstream.clone());
-    let record_key = {
-        use std::hash::{Hash, Hasher};
-        let mut h = siphasher::sip::SipHasher13::new();
-        (provider, &upstream, &authority, &raw.path).hash(&mut h);
-        format!("palisade.jwks.{provider}.{:016x}", h.finish())
-    };
-    Ok(RemoteJwks {
-        upstream,
-        authority,
-        path: raw.path,
-        refresh_ms,
-        min_refetch_ms,
-        timeout_ms,
-        record_key,
-    })
+    remote::compile(raw, "palisade.jwks", provider, at, defaults)
 }
 
 /// `sha256` of an API key: 64 hex digits, inline or in a VM environment

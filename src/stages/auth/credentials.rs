@@ -16,10 +16,11 @@
 //! up a set another worker fetched.
 
 use crate::core::mode::{FailureMode, Mode};
+use crate::core::remote::Remote;
 use crate::core::request::HeaderMap;
 use crate::core::routes::RouteId;
 use crate::core::verdict::Reason;
-use crate::stages::auth::jwks::{self, RemoteJwks};
+use crate::stages::auth::jwks;
 use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -61,7 +62,7 @@ pub struct ProviderSpec {
     pub settings: jwt::ProviderSettings,
     /// The inline JWK Set document, already checked to parse cleanly.
     pub inline_jwks: Option<Vec<u8>>,
-    pub remote: Option<RemoteJwks>,
+    pub remote: Option<Remote>,
     /// Claim path of the roles array.
     pub roles_claim: String,
     pub forward: Vec<ForwardedClaim>,

@@ -16,6 +16,7 @@
 //! configuration), so an attempt in flight is never duplicated; a fetched
 //! document with no usable key is a failure and the last good set stays.
 
+use crate::core::remote::{encode_words, word, Remote};
 use crate::stages::auth::jwt::Jwks;
 use crate::state::host::{create_if_absent, SharedStore, StoreError};
 use crate::state::slots;
@@ -25,26 +26,6 @@ const HEADER_LEN: usize = 32;
 /// Largest JWK Set document read from a fetch and stored in the shared
 /// record (what the NGINX zone size is computed with).
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
-
-/// Longest interval between retries while no key set was ever loaded.
-const FIRST_LOAD_RETRY_MS: u64 = 5_000;
-
-/// Where and how often a provider's JWK Set is fetched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteJwks {
-    /// `dispatch_http_call` upstream: an Envoy cluster name, or `host:port`
-    /// on ngx_wasm_module.
-    pub upstream: String,
-    pub authority: String,
-    pub path: String,
-    pub refresh_ms: u64,
-    pub min_refetch_ms: u64,
-    pub timeout_ms: u64,
-    /// Shared-data key of the provider's record; it changes with the
-    /// provider's name and URI, so a reload that points elsewhere starts
-    /// from nothing rather than from another issuer's keys.
-    pub record_key: String,
-}
 
 /// One fetch the root context should dispatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,33 +48,23 @@ struct Record {
 
 impl Record {
     fn decode(bytes: &[u8]) -> Record {
-        let word = |i: usize| {
-            bytes
-                .get(i * 8..i * 8 + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_le_bytes)
-        };
         Record {
-            attempt_ms: word(0),
-            success_ms: word(1),
-            kid_miss_ms: word(2),
-            generation: word(3),
+            attempt_ms: word(bytes, 0),
+            success_ms: word(bytes, 1),
+            kid_miss_ms: word(bytes, 2),
+            generation: word(bytes, 3),
             body: bytes.get(HEADER_LEN..).unwrap_or_default().to_vec(),
         }
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
-        for word in [
+        let words = [
             self.attempt_ms,
             self.success_ms,
             self.kid_miss_ms,
             self.generation,
-        ] {
-            out.extend_from_slice(&word.to_le_bytes());
-        }
-        out.extend_from_slice(&self.body);
-        out
+        ];
+        encode_words(&words, &self.body)
     }
 
     /// The stored key set, if one was ever stored and its generation is
@@ -105,24 +76,15 @@ impl Record {
     }
 
     /// Whether a fetch should start now.
-    fn due(&self, remote: &RemoteJwks, now_ms: u64) -> bool {
-        let since_attempt = now_ms.saturating_sub(self.attempt_ms);
-        if self.success_ms == 0 {
-            let retry = remote
-                .min_refetch_ms
-                .min(FIRST_LOAD_RETRY_MS)
-                .max(remote.timeout_ms);
-            return since_attempt >= retry;
-        }
-        since_attempt >= remote.min_refetch_ms
-            && (now_ms.saturating_sub(self.success_ms) >= remote.refresh_ms
-                || self.kid_miss_ms > self.attempt_ms)
+    fn due(&self, remote: &Remote, now_ms: u64) -> bool {
+        let unknown_kid = self.kid_miss_ms > self.attempt_ms;
+        remote.due(self.attempt_ms, self.success_ms, unknown_kid, now_ms)
     }
 }
 
 /// Creates the provider's record if it does not exist (at configuration,
 /// before traffic: Envoy's first insert is not atomic).
-pub fn ensure_record(store: &dyn SharedStore, remote: &RemoteJwks) -> Result<(), StoreError> {
+pub fn ensure_record(store: &dyn SharedStore, remote: &Remote) -> Result<(), StoreError> {
     create_if_absent(store, &remote.record_key, &Record::default().encode())
 }
 
@@ -148,7 +110,7 @@ pub struct Poll {
 /// the attempt time, which exactly one worker wins).
 pub fn poll(
     store: &dyn SharedStore,
-    remote: &RemoteJwks,
+    remote: &Remote,
     have: u64,
     now_ms: u64,
 ) -> Result<Poll, StoreError> {
@@ -174,7 +136,7 @@ pub fn poll(
 /// most once per `min_refetch`.
 pub fn flag_unknown_kid(
     store: &dyn SharedStore,
-    remote: &RemoteJwks,
+    remote: &Remote,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     update(store, &remote.record_key, |record| {
@@ -191,7 +153,7 @@ pub fn flag_unknown_kid(
 /// generation.
 pub fn store_fetched(
     store: &dyn SharedStore,
-    remote: &RemoteJwks,
+    remote: &Remote,
     now_ms: u64,
     body: &[u8],
 ) -> Result<u64, StoreError> {
@@ -207,7 +169,7 @@ pub fn store_fetched(
 /// request path on an unknown `kid`).
 pub fn read_newer(
     store: &dyn SharedStore,
-    remote: &RemoteJwks,
+    remote: &Remote,
     have: u64,
 ) -> Result<Option<(u64, Jwks)>, StoreError> {
     let Some((bytes, _)) = store.get(&remote.record_key)? else {
@@ -221,8 +183,8 @@ mod tests {
     use super::*;
     use crate::state::host::MemoryStore;
 
-    fn remote() -> RemoteJwks {
-        RemoteJwks {
+    fn remote() -> Remote {
+        Remote {
             upstream: "idp".into(),
             authority: "idp.example".into(),
             path: "/jwks".into(),
@@ -235,7 +197,7 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000;
 
-    fn claimed(store: &MemoryStore, r: &RemoteJwks, now_ms: u64) -> Result<bool, StoreError> {
+    fn claimed(store: &MemoryStore, r: &Remote, now_ms: u64) -> Result<bool, StoreError> {
         poll(store, r, u64::MAX, now_ms).map(|p| p.fetch)
     }
     const KEYS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
