@@ -27,6 +27,7 @@ use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, RateLimits, RawBans, RawRateLimits,
 };
+use crate::stages::reputation::config::{compile_reputation, RawReputation, Reputation};
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
@@ -56,6 +57,8 @@ pub struct Policy {
     pub bot: Option<Bot>,
     /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
     pub needs_fingerprint: bool,
+    /// IP allow and deny lists, when the document has a `reputation` section.
+    pub reputation: Option<Reputation>,
 }
 
 impl Policy {
@@ -125,11 +128,19 @@ impl Names for Policy {
             .get(usize::from(provider))
             .map(|p| p.name.as_str())
     }
+
+    fn list_name(&self, list: u8) -> Option<&str> {
+        self.reputation
+            .as_ref()?
+            .lists
+            .get(usize::from(list))
+            .map(|l| l.name.as_str())
+    }
 }
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 28] = [
+const LIST_PATHS: [&str; 31] = [
     "bot.routes",
     "bot.allow.cidrs",
     "bot.flows",
@@ -158,6 +169,9 @@ const LIST_PATHS: [&str; 28] = [
     "signatures.policies",
     "signatures.policies[].routes",
     "signatures.policies[].components",
+    "reputation.lists",
+    "reputation.lists[].routes",
+    "reputation.lists[].cidrs",
 ];
 
 /// Values that are whole documents of another format.
@@ -448,6 +462,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
+    /// IP allow and deny lists, inline or fetched. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawReputation"))]
+    reputation: Option<RawReputation>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -524,6 +542,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         !signatures.policies.is_empty(),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
+    let reputation = compile_reputation(raw.reputation, raw.mode, &routes)?;
     let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
     Ok(Policy {
         mode: raw.mode,
@@ -538,6 +557,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         auth,
         bot,
         needs_fingerprint,
+        reputation,
     })
 }
 

@@ -19,6 +19,7 @@ pub enum Stage {
     Bans,
     Bot,
     RateLimit,
+    Reputation,
 }
 
 impl Stage {
@@ -31,6 +32,7 @@ impl Stage {
             Stage::Bans => "bans",
             Stage::Bot => "bot",
             Stage::RateLimit => "ratelimit",
+            Stage::Reputation => "reputation",
         }
     }
 }
@@ -90,6 +92,10 @@ pub enum Reason {
     /// The bot score reached the challenge threshold: the client gets a
     /// proof-of-work puzzle instead of the upstream.
     BotChallenge,
+    /// The client address is on a `deny` list (and on no `allow` list).
+    ReputationDeny,
+    /// A remote deny list with `without_list: deny` was never loaded.
+    ReputationNoList,
 }
 
 impl Reason {
@@ -124,6 +130,8 @@ impl Reason {
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
             Reason::BotDeny => "bot.deny",
             Reason::BotChallenge => "bot.challenge",
+            Reason::ReputationDeny => "reputation.deny",
+            Reason::ReputationNoList => "reputation.no_list",
         }
     }
 
@@ -148,7 +156,8 @@ impl Reason {
             | Reason::BanActive
             | Reason::RefreshRepeatedParameter
             | Reason::RefreshUnsupportedBody
-            | Reason::BotDeny => Decision::Deny,
+            | Reason::BotDeny
+            | Reason::ReputationDeny => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => Decision::Throttle,
             Reason::ReplayCapacity
@@ -157,7 +166,8 @@ impl Reason {
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
-            | Reason::HostUnavailable => Decision::Error,
+            | Reason::HostUnavailable
+            | Reason::ReputationNoList => Decision::Error,
         }
     }
 
@@ -182,7 +192,8 @@ impl Reason {
             | Reason::AuthzScope
             | Reason::AuthzMfa
             | Reason::BotDeny
-            | Reason::BotChallenge => 403,
+            | Reason::BotChallenge
+            | Reason::ReputationDeny => 403,
             Reason::RateLimitExhausted | Reason::RateLimitOverflow => 429,
             Reason::ReplayCapacity
             | Reason::BodyUnreadable
@@ -190,7 +201,8 @@ impl Reason {
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
-            | Reason::HostUnavailable => 503,
+            | Reason::HostUnavailable
+            | Reason::ReputationNoList => 503,
         }
     }
 

@@ -8,5 +8,6 @@ pub mod bot;
 pub mod client_ip;
 pub mod integrity;
 pub mod limits;
+pub mod reputation;
 pub mod routes;
 pub mod user;
