@@ -44,8 +44,8 @@ string_enum!(Action, "\"allow\" or \"deny\"", { "allow" => Action::Allow, "deny"
 #[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
-    {"required": ["cidrs"], "properties": {"remote": {"type": "null"}}},
-    {"required": ["remote"], "properties": {"cidrs": {"type": "null"}}}
+    {"required": ["cidrs"], "not": {"required": ["remote"]}},
+    {"required": ["remote"], "not": {"required": ["cidrs"]}}
 ])))]
 #[serde(deny_unknown_fields)]
 struct RawList {
@@ -58,8 +58,10 @@ struct RawList {
     routes: Option<Vec<String>>,
     /// Prefixes (`203.0.113.0/24`, `2001:db8::/32`) or addresses.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     cidrs: Option<Vec<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "RawRemoteList"))]
     remote: Option<RawRemoteList>,
 }
 
