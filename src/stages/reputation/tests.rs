@@ -117,8 +117,79 @@ fn bad_sections_name_the_path() {
     rejected(
         r#"{"lists": {"name": "x"}}"#,
         "reputation.lists",
-        "sequence",
+        "expected a list",
     );
+    rejected(
+        r#"{"lists": [{"action": "deny"}]}"#,
+        "reputation.lists[0]",
+        "missing field `name`",
+    );
+    rejected(
+        r#"{"lists": [{"name": "x", "cidrs": []}]}"#,
+        "reputation.lists[0]",
+        "missing field `action`",
+    );
+    rejected(
+        r#"{"lists": [{"name": "x", "action": "deny", "cidrs": [1]}]}"#,
+        "reputation.lists[0].cidrs[0]",
+        "expected a string",
+    );
+    rejected(
+        r#"{"mode": "off", "lists": []}"#,
+        "reputation.mode",
+        "enforce",
+    );
+    rejected(r#"{"list": 1}"#, "reputation.list", "unknown field");
+    rejected(
+        r#"{"lists": [{"name": "x", "action": "deny", "remote": {"cluster": "c"}}]}"#,
+        "reputation.lists[0].remote",
+        "missing field `path`",
+    );
+    rejected(
+        r#"{"lists": [{"name": "x", "action": "deny", "remote": {"cluster": "c", "path": "/l", "timeout": "5"}}]}"#,
+        "reputation.lists[0].remote.timeout",
+        "no unit",
+    );
+    rejected(
+        r#"{"lists": [{"name": "x", "action": "deny", "remote": {"cluster": "c", "path": "/l", "without_list": "maybe"}}]}"#,
+        "reputation.lists[0].remote.without_list",
+        "allow",
+    );
+    rejected("null", "reputation", "expected an object");
+    // Null optional fields are absent ones; an empty section is off.
+    let p = policy(
+        r#"{"lists": [{"name": "x", "action": "deny", "routes": null, "cidrs": ["10.0.0.0/8"], "remote": null}]}"#,
+    );
+    assert!(p.reputation.is_some());
+    assert!(policy(r#"{"lists": []}"#).reputation.is_none());
+}
+
+/// The hand-written reader takes exactly the fields the schema describes.
+#[cfg(feature = "schema")]
+#[test]
+fn the_schema_and_the_reader_agree() {
+    use crate::stages::reputation::config::{LIST_FIELDS, REMOTE_FIELDS, REPUTATION_FIELDS};
+    let schema = crate::config::json_schema();
+    let section = &schema["properties"]["reputation"];
+    let names = |node: &serde_json::Value| {
+        let mut keys: Vec<String> = node["properties"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let sorted = |fields: &[&str]| {
+        let mut v: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let list = &section["properties"]["lists"]["items"];
+    assert_eq!(names(section), sorted(REPUTATION_FIELDS));
+    assert_eq!(names(list), sorted(LIST_FIELDS));
+    assert_eq!(names(&list["properties"]["remote"]), sorted(REMOTE_FIELDS));
+    assert_eq!(section["additionalProperties"], serde_json::json!(false));
+    assert_eq!(list["required"], serde_json::json!(["name", "action"]));
 }
 
 #[test]
