@@ -1020,6 +1020,7 @@ mod tests {
                 "jwt",
                 "mode",
                 "rate_limits",
+                "reputation",
                 "routes",
                 "signatures",
                 "user",
@@ -1043,6 +1044,26 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("invalid configuration at `rate_limits.rules[0].capacity`: "));
+    }
+
+    #[test]
+    fn reputation_lists_are_named_in_stats_and_events() {
+        use crate::core::names::Names;
+        let policy = Policy::from_json(
+            br#"{"reputation": {"lists": [{"name": "office", "action": "allow", "cidrs": ["10.0.0.0/8"]},
+                 {"name": "drop", "action": "deny", "remote": {"cluster": "lists", "path": "/drop.txt"}}]}}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(policy.list_name(1), Some("drop"));
+        assert_eq!(policy.list_name(2), None);
+        assert_eq!(
+            Counter::ListFetch { list: 1, ok: false }.stat_name(&policy),
+            "palisade_list_fetches_total.list.drop.result.failed"
+        );
+        let section =
+            |json: &str| Policy::from_json(json.as_bytes()).map(|p| p.reputation.is_some());
+        assert_eq!(section("{}"), Ok(false));
+        assert!(section(r#"{"reputation": null}"#).is_err());
     }
 
     #[test]

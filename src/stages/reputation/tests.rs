@@ -2,27 +2,40 @@
 //! several workers (one `State` each over one store).
 
 use super::*;
-use crate::config::Policy;
+use crate::core::config_error::ConfigError;
 use crate::core::metrics::MemoryMetrics;
 use crate::core::mode::Mode;
-use crate::core::routes::RouteId;
+use crate::core::routes::{PathMatcher, RouteClass, RouteId, RouteTable};
 use crate::state::host::{ManualClock, MemoryStore};
 use std::net::IpAddr;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// The section compiled against one route class, `login` (the stage's
+/// tests stay below the document: `config` is above the stages).
+struct Policy {
+    routes: RouteTable,
+    reputation: Option<Reputation>,
+}
+
+fn compiled(reputation: &str) -> Result<Policy, ConfigError> {
+    let routes = RouteTable::new(vec![RouteClass {
+        name: "login".into(),
+        matcher: PathMatcher::Prefix("/login".into()),
+        methods: None,
+    }]);
+    let value: serde_json::Value =
+        serde_json::from_str(reputation).unwrap_or_else(|e| unreachable!("{e}: {reputation}"));
+    let reputation = config::compile_reputation(Some(&value), Mode::Enforce, &routes)?;
+    Ok(Policy { routes, reputation })
+}
+
 fn policy(reputation: &str) -> Policy {
-    let json = format!(
-        r#"{{"routes": [{{"name": "login", "prefix": "/login"}}], "reputation": {reputation}}}"#
-    );
-    Policy::from_json(json.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"))
+    compiled(reputation).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 fn rejected(reputation: &str, path: &str, needle: &str) {
-    let json = format!(
-        r#"{{"routes": [{{"name": "login", "prefix": "/login"}}], "reputation": {reputation}}}"#
-    );
-    match Policy::from_json(json.as_bytes()) {
+    match compiled(reputation) {
         Ok(_) => unreachable!("accepted: {reputation}"),
         Err(e) => {
             assert_eq!(e.path, path, "{reputation}: {e}");
@@ -169,8 +182,13 @@ fn bad_sections_name_the_path() {
 #[test]
 fn the_schema_and_the_reader_agree() {
     use crate::stages::reputation::config::{LIST_FIELDS, REMOTE_FIELDS, REPUTATION_FIELDS};
-    let schema = crate::config::json_schema();
-    let section = &schema["properties"]["reputation"];
+    let mut settings = schemars::generate::SchemaSettings::draft07();
+    settings.inline_subschemas = true;
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<config::RawReputation>()
+        .to_value();
+    let section = &schema;
     let names = |node: &serde_json::Value| {
         let mut keys: Vec<String> = node["properties"]
             .as_object()
@@ -221,10 +239,7 @@ fn inline_lists_allow_wins_and_routes_apply() {
     assert_eq!(verdict(&p, &state, other, "198.51.100.1"), None);
     let rep = p.reputation.as_ref().unwrap_or_else(|| unreachable!());
     assert_eq!(rep.mode, Mode::Enforce);
-    assert_eq!(
-        crate::core::names::Names::list_name(&p, 1),
-        Some("login-only")
-    );
+    assert_eq!(rep.lists[1].name, "login-only");
 }
 
 #[test]
