@@ -130,22 +130,19 @@ impl<B: Bits> Trie<B> {
                 at = next;
                 continue;
             }
-            let child_bit = child.key.bit(common);
             if common == len {
-                // The new prefix sits between `at` and `next`.
-                let mut middle = Node {
+                // The new prefix sits between `at` and `next`, and covers
+                // all of `next`: it replaces the link rather than holding it.
+                let middle = self.push(Node {
                     key,
                     len,
                     member: true,
                     child: [0, 0],
-                };
-                // Covered by the new member: `next` need not stay linked.
-                let _ = child_bit;
-                middle.child = [0, 0];
-                let middle = self.push(middle);
+                });
                 self.set_child(at, bit, middle);
                 return;
             }
+            let child_bit = child.key.bit(common);
             let mut fork = Node {
                 key: key.masked(common),
                 len: common,
