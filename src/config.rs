@@ -27,9 +27,7 @@ use crate::stages::limits::buckets::BanPolicy;
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, RateLimits, RawBans, RawRateLimits,
 };
-#[cfg(feature = "schema")]
-use crate::stages::reputation::config::RawReputation;
-use crate::stages::reputation::config::{compile_reputation, Reputation};
+use crate::stages::reputation::config::{compile_reputation, RawReputation, Reputation};
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
@@ -98,8 +96,7 @@ impl Policy {
             serde_json::from_slice(bytes).map_err(|e| err(".", format!("not valid JSON: {e}")))?;
         reject_arrays_as_objects(&value, &mut String::new())
             .map_err(|e| without_secrets(e, &value))?;
-        // Kept for the error path and the `reputation` section: serde
-        // consumes `value`.
+        // Kept for the error path only: serde consumes `value`.
         let doc = value.clone();
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = match e.path().to_string() {
@@ -108,7 +105,7 @@ impl Policy {
             };
             without_secrets(err(path, e.into_inner().to_string()), &doc)
         })?;
-        compile(raw, doc.get("reputation"))
+        compile(raw)
     }
 }
 
@@ -466,10 +463,9 @@ struct RawConfig {
     #[cfg_attr(feature = "schema", schemars(with = "RawBot"))]
     bot: Option<RawBot>,
     /// IP allow and deny lists, inline or fetched. Absent: off.
-    // Read from the document itself by the stage (see its config module).
-    #[serde(default, rename = "reputation")]
+    #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawReputation"))]
-    _reputation: serde::de::IgnoredAny,
+    reputation: Option<RawReputation>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -521,7 +517,7 @@ fn default_version() -> u32 {
     SCHEMA_VERSION
 }
 
-fn compile(raw: RawConfig, reputation: Option<&serde_json::Value>) -> Result<Policy, ConfigError> {
+fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     if raw.version != SCHEMA_VERSION {
         return Err(err(
             "version",
@@ -546,7 +542,7 @@ fn compile(raw: RawConfig, reputation: Option<&serde_json::Value>) -> Result<Pol
         !signatures.policies.is_empty(),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
-    let reputation = compile_reputation(reputation, raw.mode, &routes)?;
+    let reputation = compile_reputation(raw.reputation, raw.mode, &routes)?;
     let needs_fingerprint = bot.is_some() || rate_limits.rules.iter().any(|r| r.key.fingerprint);
     Ok(Policy {
         mode: raw.mode,

@@ -4,11 +4,11 @@
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, route_ids, ConfigError};
-use crate::core::duration::{parse_duration, Millis};
+use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, FailureMode, Mode};
 use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::reputation::table::{Prefix, Table};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// Lists in the section.
@@ -18,22 +18,16 @@ const DEFAULT_REFRESH_MS: u64 = 3_600_000;
 const DEFAULT_MIN_REFETCH_MS: u64 = 60_000;
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
-// The section is read from its JSON value by hand (`read_*` below), not
-// with serde's derive: the derive's deserializers, wrapped for error paths,
-// cost about 14 KB of wasm for these three types, the hand reader a few.
-// The types below stay the schema's source (`palisade-check --schema`), and
-// `the_schema_and_the_reader_agree` keeps them and the reader in step.
-
 /// IP allow and deny lists (README, `reputation`). Absent: off.
-#[derive(Default)]
+#[derive(Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", serde(deny_unknown_fields))]
+#[serde(deny_unknown_fields)]
 pub struct RawReputation {
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     mode: Option<Mode>,
     /// At most 16 lists; an address on an `allow` list is never denied by a
     /// `deny` list.
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(max = MAX_LISTS)))]
     lists: Vec<RawList>,
 }
@@ -44,35 +38,36 @@ pub enum Action {
     Deny,
 }
 
-// For the schema; the reader matches the same strings.
 string_enum!(Action, "\"allow\" or \"deny\"", { "allow" => Action::Allow, "deny" => Action::Deny });
 
 /// One list: inline `cidrs`, or a `remote` text list (one prefix a line).
+#[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
     {"required": ["cidrs"], "not": {"required": ["remote"]}},
     {"required": ["remote"], "not": {"required": ["cidrs"]}}
 ])))]
-#[cfg_attr(feature = "schema", serde(deny_unknown_fields))]
+#[serde(deny_unknown_fields)]
 struct RawList {
     #[cfg_attr(feature = "schema", schemars(regex(pattern = NAME_PATTERN)))]
     name: String,
     action: Action,
     /// Route classes the list applies to; absent or null: all.
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     routes: Option<Vec<String>>,
     /// Prefixes (`203.0.113.0/24`, `2001:db8::/32`) or addresses.
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     cidrs: Option<Vec<String>>,
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "RawRemoteList"))]
     remote: Option<RawRemoteList>,
 }
 
 /// A text list fetched with dispatch_http_call from an Envoy cluster or, on
 /// ngx_wasm_module, a host:port address.
+#[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(extend("oneOf" = [
     {
@@ -84,13 +79,13 @@ struct RawList {
         "properties": {"address": {"type": "string"}, "cluster": {"type": "null"}}
     }
 ])))]
-#[cfg_attr(feature = "schema", serde(deny_unknown_fields))]
+#[serde(deny_unknown_fields)]
 struct RawRemoteList {
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     cluster: Option<String>,
     /// host:port, the port 1-65535.
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(
         feature = "schema",
         schemars(regex(
@@ -98,216 +93,22 @@ struct RawRemoteList {
         ))
     )]
     address: Option<String>,
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     authority: Option<String>,
     #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     path: String,
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     refresh: Option<Millis>,
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     min_refetch: Option<Millis>,
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     timeout: Option<Millis>,
     /// What a request on the list's routes gets while the list was never
     /// loaded: `allow` (default; the list matches nothing) or `deny` (503
     /// `reputation.no_list`). Deny lists only.
-    #[cfg_attr(feature = "schema", serde(default))]
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<FailureMode>"))]
     without_list: FailureMode,
-}
-
-/// The fields each object of the section takes, in the reader's order.
-pub(crate) const REPUTATION_FIELDS: &[&str] = &["mode", "lists"];
-pub(crate) const LIST_FIELDS: &[&str] = &["name", "action", "routes", "cidrs", "remote"];
-pub(crate) const REMOTE_FIELDS: &[&str] = &[
-    "cluster",
-    "address",
-    "authority",
-    "path",
-    "refresh",
-    "min_refetch",
-    "timeout",
-    "without_list",
-];
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn expected(at: &str, what: &str, v: &Value) -> ConfigError {
-    err(at, format!("invalid type: {}, expected {what}", kind(v)))
-}
-
-/// An object whose fields are all in `fields`.
-fn object<'a>(
-    v: &'a Value,
-    at: &str,
-    fields: &[&str],
-) -> Result<&'a Map<String, Value>, ConfigError> {
-    let map = v.as_object().ok_or_else(|| expected(at, "an object", v))?;
-    if let Some(name) = map.keys().find(|k| !fields.contains(&k.as_str())) {
-        return Err(err(
-            format!("{at}.{name}"),
-            format!(
-                "unknown field `{name}`, expected one of `{}`",
-                fields.join("`, `")
-            ),
-        ));
-    }
-    Ok(map)
-}
-
-/// A field's value; absent and `null` are both `None`.
-fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    map.get(name).filter(|v| !v.is_null())
-}
-
-fn string(v: &Value, at: &str) -> Result<String, ConfigError> {
-    v.as_str()
-        .map(str::to_string)
-        .ok_or_else(|| expected(at, "a string", v))
-}
-
-fn required(map: &Map<String, Value>, at: &str, name: &str) -> Result<String, ConfigError> {
-    match field(map, name) {
-        Some(v) => string(v, &format!("{at}.{name}")),
-        None => Err(err(at, format!("missing field `{name}`"))),
-    }
-}
-
-fn optional_string(
-    map: &Map<String, Value>,
-    at: &str,
-    name: &str,
-) -> Result<Option<String>, ConfigError> {
-    field(map, name)
-        .map(|v| string(v, &format!("{at}.{name}")))
-        .transpose()
-}
-
-fn strings(
-    map: &Map<String, Value>,
-    at: &str,
-    name: &str,
-) -> Result<Option<Vec<String>>, ConfigError> {
-    let Some(v) = field(map, name) else {
-        return Ok(None);
-    };
-    let at = format!("{at}.{name}");
-    let items = v
-        .as_array()
-        .ok_or_else(|| expected(&at, "a list of strings", v))?;
-    // Loops rather than `collect::<Result<..>>()`: less wasm.
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        out.push(string(item, &format!("{at}[{i}]"))?);
-    }
-    Ok(Some(out))
-}
-
-fn duration(map: &Map<String, Value>, at: &str, name: &str) -> Result<Option<Millis>, ConfigError> {
-    let at = format!("{at}.{name}");
-    match field(map, name) {
-        None => Ok(None),
-        Some(v) => parse_duration(&string(v, &at)?)
-            .map(Some)
-            .map_err(|m| err(at, m)),
-    }
-}
-
-/// `choices` by their strings.
-fn choice<T: Copy>(v: &Value, at: &str, choices: &[(&str, T)]) -> Result<T, ConfigError> {
-    let text = string(v, at)?;
-    choices
-        .iter()
-        .find(|(s, _)| *s == text)
-        .map(|(_, c)| *c)
-        .ok_or_else(|| {
-            let names: Vec<&str> = choices.iter().map(|(s, _)| *s).collect();
-            err(
-                at,
-                format!(
-                    "unknown variant `{text}`, expected `{}`",
-                    names.join("` or `")
-                ),
-            )
-        })
-}
-
-fn read_reputation(v: &Value) -> Result<RawReputation, ConfigError> {
-    let at = "reputation";
-    let map = object(v, at, REPUTATION_FIELDS)?;
-    let mode = field(map, "mode")
-        .map(|m| {
-            choice(
-                m,
-                "reputation.mode",
-                &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)],
-            )
-        })
-        .transpose()?;
-    let mut lists = Vec::new();
-    if let Some(v) = field(map, "lists") {
-        let items = v
-            .as_array()
-            .ok_or_else(|| expected("reputation.lists", "a list", v))?;
-        for (i, list) in items.iter().enumerate() {
-            lists.push(read_list(list, &format!("reputation.lists[{i}]"))?);
-        }
-    }
-    Ok(RawReputation { mode, lists })
-}
-
-fn read_list(v: &Value, at: &str) -> Result<RawList, ConfigError> {
-    let map = object(v, at, LIST_FIELDS)?;
-    let name = required(map, at, "name")?;
-    let action = match field(map, "action") {
-        Some(a) => choice(
-            a,
-            &format!("{at}.action"),
-            &[("allow", Action::Allow), ("deny", Action::Deny)],
-        )?,
-        None => return Err(err(at, "missing field `action`")),
-    };
-    let remote = field(map, "remote")
-        .map(|r| read_remote(r, &format!("{at}.remote")))
-        .transpose()?;
-    Ok(RawList {
-        name,
-        action,
-        routes: strings(map, at, "routes")?,
-        cidrs: strings(map, at, "cidrs")?,
-        remote,
-    })
-}
-
-fn read_remote(v: &Value, at: &str) -> Result<RawRemoteList, ConfigError> {
-    let map = object(v, at, REMOTE_FIELDS)?;
-    let without_list = match field(map, "without_list") {
-        Some(w) => choice(
-            w,
-            &format!("{at}.without_list"),
-            &[("allow", FailureMode::Allow), ("deny", FailureMode::Deny)],
-        )?,
-        None => FailureMode::Allow,
-    };
-    Ok(RawRemoteList {
-        cluster: optional_string(map, at, "cluster")?,
-        address: optional_string(map, at, "address")?,
-        authority: optional_string(map, at, "authority")?,
-        path: required(map, at, "path")?,
-        refresh: duration(map, at, "refresh")?,
-        min_refetch: duration(map, at, "min_refetch")?,
-        timeout: duration(map, at, "timeout")?,
-        without_list,
-    })
 }
 
 /// Where and how often a list is fetched.
@@ -367,14 +168,13 @@ pub struct Reputation {
 
 /// `None` when the section is absent or has no list (the stage is off).
 pub fn compile_reputation(
-    raw: Option<&Value>,
+    raw: Option<RawReputation>,
     global: Mode,
     routes: &RouteTable,
 ) -> Result<Option<Reputation>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    let raw = read_reputation(raw)?;
     if raw.lists.is_empty() {
         return Ok(None);
     }
