@@ -29,6 +29,7 @@ use crate::stages::limits::buckets::{BanPolicy, Counts};
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, LoginRoutes, RateLimits, RawBans, RawRateLimits,
 };
+use crate::stages::reputation::config::{compile_reputation, RawReputation, Reputation};
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
@@ -62,6 +63,8 @@ pub struct Policy {
     pub needs_fingerprint: bool,
     /// Login routes (account protection), when the document has a `login` section.
     pub login: Option<Login>,
+    /// IP allow and deny lists, when the document has a `reputation` section.
+    pub reputation: Option<Reputation>,
 }
 
 impl Policy {
@@ -136,11 +139,19 @@ impl Names for Policy {
             .get(usize::from(provider))
             .map(|p| p.name.as_str())
     }
+
+    fn list_name(&self, list: u8) -> Option<&str> {
+        self.reputation
+            .as_ref()?
+            .lists
+            .get(usize::from(list))
+            .map(|l| l.name.as_str())
+    }
 }
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 35] = [
+const LIST_PATHS: [&str; 38] = [
     "geo.rules",
     "geo.rules[].routes",
     "geo.rules[].allow",
@@ -176,6 +187,9 @@ const LIST_PATHS: [&str; 35] = [
     "signatures.policies[].components",
     "login.routes",
     "login.failure_statuses",
+    "reputation.lists",
+    "reputation.lists[].routes",
+    "reputation.lists[].cidrs",
 ];
 
 /// Values that are whole documents of another format.
@@ -474,6 +488,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "geo::RawGeo"))]
     geo: Option<geo::RawGeo>,
+    /// IP allow and deny lists, inline or fetched. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawReputation"))]
+    reputation: Option<RawReputation>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -560,6 +578,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
             }),
     )?;
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
+    let reputation = compile_reputation(raw.reputation, raw.mode, &routes)?;
     let geo = geo::compile(raw.geo, raw.mode, &routes)?;
     if let (None, Some(i)) = (
         &geo,
@@ -590,6 +609,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         geo,
         needs_fingerprint,
         login,
+        reputation,
     })
 }
 
@@ -1050,6 +1070,7 @@ mod tests {
                 "login",
                 "mode",
                 "rate_limits",
+                "reputation",
                 "routes",
                 "signatures",
                 "user",
@@ -1073,6 +1094,26 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("invalid configuration at `rate_limits.rules[0].capacity`: "));
+    }
+
+    #[test]
+    fn reputation_lists_are_named_in_stats_and_events() {
+        use crate::core::names::Names;
+        let policy = Policy::from_json(
+            br#"{"reputation": {"lists": [{"name": "office", "action": "allow", "cidrs": ["10.0.0.0/8"]},
+                 {"name": "drop", "action": "deny", "remote": {"cluster": "lists", "path": "/drop.txt"}}]}}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(policy.list_name(1), Some("drop"));
+        assert_eq!(policy.list_name(2), None);
+        assert_eq!(
+            Counter::ListFetch { list: 1, ok: false }.stat_name(&policy),
+            "palisade_list_fetches_total.list.drop.result.failed"
+        );
+        let section =
+            |json: &str| Policy::from_json(json.as_bytes()).map(|p| p.reputation.is_some());
+        assert_eq!(section("{}"), Ok(false));
+        assert!(section(r#"{"reputation": null}"#).is_err());
     }
 
     #[test]

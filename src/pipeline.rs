@@ -31,6 +31,7 @@ use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::{self, Phase};
+use crate::stages::reputation::{self, ListFetch};
 use crate::stages::{client_ip, geo, routes, user};
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
@@ -58,6 +59,9 @@ pub fn prepare_shared_data(
     {
         jwks::ensure_record(store, remote)?;
     }
+    if let Some(rep) = &policy.reputation {
+        reputation::ensure_records(rep, store)?;
+    }
     Ok(seed)
 }
 
@@ -67,6 +71,8 @@ pub struct Engine {
     pub policy: Policy,
     seed: [u8; 16],
     auth: Mutex<AuthState>,
+    /// Remote reputation lists as this worker installed them.
+    lists: reputation::State,
     host: HostKind,
 }
 
@@ -76,10 +82,11 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 12] = [
+const HEADER_STAGES: [Step; 13] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
+    Engine::reputation,       // IP allow and deny lists
     Engine::geo,              // the country from the trusted header; allow/deny per route
     Engine::pre_auth_limits,  // bans and ip/route/fingerprint limits, failures-rule checks
     Engine::bot,              // bot score: allow, challenge or deny
@@ -203,6 +210,7 @@ impl Engine {
             message: e.message,
         })?;
         Ok(Engine {
+            lists: reputation::State::new(policy.reputation.as_ref()),
             policy,
             seed,
             auth: Mutex::new(auth),
@@ -240,13 +248,32 @@ impl Engine {
         auth::jwks_fetched(&self.policy.auth, &self.auth, provider, result, host);
     }
 
-    /// Whether any provider's keys are fetched (the root needs a tick).
+    /// Called from the root context's tick: installs reputation lists
+    /// other workers fetched, and returns the fetches this worker won.
+    pub fn lists_due(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<ListFetch> {
+        match &self.policy.reputation {
+            Some(rep) => reputation::due(rep, &self.lists, store, now_ms),
+            None => Vec::new(),
+        }
+    }
+
+    /// A list fetch finished (see [`reputation::fetched`]).
+    pub fn list_fetched(&self, list: usize, result: Result<&[u8], String>, host: &Services<'_>) {
+        if let Some(rep) = &self.policy.reputation {
+            reputation::fetched(rep, &self.lists, list, result, host);
+        }
+    }
+
+    /// Whether any provider's keys or any list are fetched (the root
+    /// needs a tick).
     pub fn needs_tick(&self) -> bool {
+        let lists = self.policy.reputation.as_ref();
         self.policy
             .auth
             .providers
             .iter()
             .any(|p| p.remote.is_some())
+            || lists.is_some_and(|r| r.lists.iter().any(|l| l.remote().is_some()))
     }
 
     /// Evaluates one request. `peer` returns the TCP peer address; it is only
@@ -346,6 +373,12 @@ impl Engine {
             &mut r.facts,
             &mut r.findings,
         );
+    }
+
+    fn reputation(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if let (Some(rep), false) = (&self.policy.reputation, r.blocked()) {
+            reputation::check(rep, &self.lists, &r.facts, &mut r.findings);
+        }
     }
 
     fn user(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {

@@ -42,14 +42,17 @@ use std::process::ExitCode;
 ///
 /// Run-time growth: a remote key set's record (created empty at configure)
 /// grows to its header plus the fetched document, at most
-/// `jwks::MAX_DOCUMENT_BYTES`; each is counted at that size, plus one more for the
-/// moment a record is replaced. Everything else is created at configure
+/// `jwks::MAX_DOCUMENT_BYTES`, and a remote reputation list's data record
+/// (created at its first fetch) to at most `reputation::MAX_LIST_BYTES` of
+/// binary prefixes; each is counted at that size, plus the largest once
+/// more for the moment a record is replaced. Everything else is created at configure
 /// time and never grows. On top of that, [`HEADROOM`], then the total is
 /// rounded up to a whole MiB.
 mod ngx_zone {
     use palisade::config::Policy;
     use palisade::pipeline::prepare_shared_data;
     use palisade::stages::auth::jwks;
+    use palisade::stages::reputation;
     use palisade::state::host::{cas_zero_overwrites, SharedStore, StoreError, Versioned};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
@@ -73,6 +76,9 @@ mod ngx_zone {
     const POOL_HEADER: u64 = 200 + 9 * (24 + 32);
     /// Largest JWK Set document the filter stores.
     pub const MAX_JWKS_BYTES: u64 = jwks::MAX_DOCUMENT_BYTES as u64;
+    /// A remote reputation list's data record: its generation and at most
+    /// `reputation::MAX_LIST_BYTES` of binary prefixes.
+    pub const MAX_LIST_RECORD_BYTES: u64 = 8 + reputation::MAX_LIST_BYTES as u64;
     /// Added to what the tables need before rounding up: room for nginx
     /// builds whose structures are larger, and for the allocator's
     /// fragmentation when key-set records are replaced.
@@ -224,6 +230,19 @@ mod ngx_zone {
                     Alloc::Chunk(_) => 1,
                 }
             })
+            .chain(
+                policy
+                    .reputation
+                    .iter()
+                    .flat_map(|r| r.lists.iter().filter_map(|l| l.remote()))
+                    .map(|r| {
+                        let key = r.data_key().len() as u64;
+                        match alloc(NODE + key + MAX_LIST_RECORD_BYTES) {
+                            Alloc::Pages(p) => p,
+                            Alloc::Chunk(_) => 1,
+                        }
+                    }),
+            )
             .collect();
         let runtime_pages =
             record_pages.iter().sum::<u64>() + record_pages.iter().max().copied().unwrap_or(0);
@@ -437,6 +456,21 @@ mod tests {
         // The key-set record filled (96 + key + 32 + 256 KiB: 65 pages),
         // and once more while it is replaced.
         assert_eq!(e.runtime_pages, 2 * 65);
+    }
+
+    #[test]
+    fn a_remote_reputation_list_is_counted_at_its_largest() {
+        let json = r#"{"version": 1, "reputation": {"lists": [
+            {"name": "inline", "action": "deny", "cidrs": ["203.0.113.0/24"]},
+            {"name": "feed", "action": "deny", "remote": {"address": "127.0.0.1:9000", "path": "/feed"}}]}}"#;
+        let policy = Policy::from_json(json.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        let e = estimate(&policy).unwrap_or_else(|e| unreachable!("{e:?}"));
+        // The schedule record at configure; an inline list needs no key.
+        assert_eq!(keys(&e, "list"), 1);
+        // The data record (96 + key + 8 + 4 MiB: 1025 pages), and once
+        // more while it is replaced.
+        assert_eq!(e.runtime_pages, 2 * 1025);
+        assert_eq!(e.mib, 14, "{}", e.line());
     }
 
     #[test]

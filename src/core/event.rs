@@ -2,7 +2,7 @@
 
 use crate::core::names::Names;
 use crate::core::request::Facts;
-use crate::core::verdict::Finding;
+use crate::core::verdict::{Finding, Stage};
 use siphasher::sip128::SipHasher13;
 use std::hash::Hasher;
 
@@ -18,7 +18,10 @@ pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names
         "reason": finding.reason.as_str(),
         "stage": finding.stage.as_str(),
         "route": names.route_name(facts.route),
-        "rule": finding.rule.map(|r| names.rule_name(r).unwrap_or("")),
+        "rule": finding.rule.map(|r| match finding.stage {
+            Stage::Reputation => names.list_name(r).unwrap_or(""),
+            _ => names.rule_name(r).unwrap_or(""),
+        }),
         "client_ip": facts.client_ip.map(|ip| ip.to_string()),
         "user_hash": facts.user.as_deref().map(|u| short_hash(seed, u)),
         // Already a keyed hash: eight hex digits correlate, reveal nothing.

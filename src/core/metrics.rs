@@ -35,6 +35,11 @@ pub enum Counter {
         provider: u8,
         ok: bool,
     },
+    /// A remote reputation list fetch finished (`ok`: the list replaced the last one).
+    ListFetch {
+        list: u8,
+        ok: bool,
+    },
 }
 
 /// Reason codes use `.`, which separates stat-name segments; metrics use `_`.
@@ -72,6 +77,11 @@ impl Counter {
             Counter::JwksFetch { provider, ok } => format!(
                 "palisade_jwks_fetches_total.provider.{}.result.{}",
                 names.provider_name(provider).unwrap_or("unknown"),
+                if ok { "ok" } else { "failed" }
+            ),
+            Counter::ListFetch { list, ok } => format!(
+                "palisade_list_fetches_total.list.{}.result.{}",
+                names.list_name(list).unwrap_or("unknown"),
                 if ok { "ok" } else { "failed" }
             ),
         }

@@ -9,4 +9,8 @@ pub trait Names {
     fn route_name(&self, route: RouteId) -> &str;
     fn rule_name(&self, rule: u8) -> Option<&str>;
     fn provider_name(&self, provider: u8) -> Option<&str>;
+    /// A reputation list's name (a reputation finding's `rule`).
+    fn list_name(&self, _list: u8) -> Option<&str> {
+        None
+    }
 }

@@ -22,6 +22,7 @@ pub enum Stage {
     RateLimit,
     /// Login accounting: the username of a login request.
     Login,
+    Reputation,
 }
 
 impl Stage {
@@ -36,6 +37,7 @@ impl Stage {
             Stage::Bot => "bot",
             Stage::RateLimit => "ratelimit",
             Stage::Login => "login",
+            Stage::Reputation => "reputation",
         }
     }
 }
@@ -111,6 +113,10 @@ pub enum Reason {
     /// One token used from more networks or client programs than a
     /// `networks` / `fingerprints` rule allows: stolen or shared.
     TokenShared,
+    /// The client address is on a `deny` list (and on no `allow` list).
+    ReputationDeny,
+    /// A remote deny list with `without_list: deny` was never loaded.
+    ReputationNoList,
 }
 
 impl Reason {
@@ -152,6 +158,8 @@ impl Reason {
             Reason::LoginDistinctUsers => "login.distinct_users",
             Reason::LoginRepeatedUsername => "login.repeated_username",
             Reason::TokenShared => "token.shared",
+            Reason::ReputationDeny => "reputation.deny",
+            Reason::ReputationNoList => "reputation.no_list",
         }
     }
 
@@ -179,7 +187,8 @@ impl Reason {
             | Reason::LoginRepeatedUsername
             | Reason::TokenShared
             | Reason::BotDeny
-            | Reason::GeoDenied => Decision::Deny,
+            | Reason::GeoDenied
+            | Reason::ReputationDeny => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -193,7 +202,8 @@ impl Reason {
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
-            | Reason::HostUnavailable => Decision::Error,
+            | Reason::HostUnavailable
+            | Reason::ReputationNoList => Decision::Error,
         }
     }
 
@@ -221,7 +231,8 @@ impl Reason {
             | Reason::BotDeny
             | Reason::TokenShared
             | Reason::GeoDenied
-            | Reason::BotChallenge => 403,
+            | Reason::BotChallenge
+            | Reason::ReputationDeny => 403,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
             | Reason::LoginFailuresIp
@@ -234,7 +245,8 @@ impl Reason {
             | Reason::RefreshCapacity
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
-            | Reason::HostUnavailable => 503,
+            | Reason::HostUnavailable
+            | Reason::ReputationNoList => 503,
         }
     }
 

@@ -10,5 +10,6 @@ pub mod client_ip;
 pub mod geo;
 pub mod integrity;
 pub mod limits;
+pub mod reputation;
 pub mod routes;
 pub mod user;

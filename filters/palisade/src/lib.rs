@@ -16,6 +16,7 @@ use palisade_core::pipeline::{
     prepare_shared_data, Body, BodyCheck, Engine, LoginCheck, Services, Verdict,
 };
 use palisade_core::stages::auth::jwks;
+use palisade_core::stages::reputation;
 use palisade_core::state::host::{namespace_prefix, Namespaced};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -65,10 +66,34 @@ proxy_wasm::main! {{
 struct Root {
     engine: Option<Rc<Engine>>,
     metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
-    /// JWKS fetches in flight: call token to provider index.
-    fetches: HashMap<u32, usize>,
+    /// Fetches in flight, by call token.
+    fetches: HashMap<u32, Fetch>,
     /// Shared-data key prefix of this filter instance.
     namespace: Rc<str>,
+}
+
+/// What a fetch in flight is for: a provider's key set or a reputation list.
+#[derive(Clone, Copy)]
+enum Fetch {
+    Jwks(usize),
+    List(usize),
+}
+
+impl Fetch {
+    fn max_bytes(self) -> (usize, &'static str) {
+        match self {
+            Fetch::Jwks(_) => (jwks::MAX_DOCUMENT_BYTES, "the key set"),
+            Fetch::List(_) => (reputation::MAX_LIST_BYTES, "the list"),
+        }
+    }
+
+    /// Hands the result to the engine.
+    fn finished(self, engine: &Engine, result: Result<&[u8], String>, services: &Services<'_>) {
+        match self {
+            Fetch::Jwks(provider) => engine.jwks_fetched(provider, result, services),
+            Fetch::List(list) => engine.list_fetched(list, result, services),
+        }
+    }
 }
 
 static HOST_STORE: HostStore = HostStore;
@@ -129,10 +154,11 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let (Some(provider), Some(engine)) = (self.fetches.remove(&token_id), self.engine.clone())
+        let (Some(fetch), Some(engine)) = (self.fetches.remove(&token_id), self.engine.clone())
         else {
             return;
         };
+        let (max_bytes, what) = fetch.max_bytes();
         let status = host::header_map_bytes(MAP_HTTP_CALL_RESPONSE_HEADERS)
             .ok()
             .and_then(|bytes| {
@@ -142,12 +168,7 @@ impl Context for Root {
             });
         let body;
         let result = match status.as_deref() {
-            Some("200") if body_size > jwks::MAX_DOCUMENT_BYTES => {
-                Err(format!(
-                    "the key set is over {} bytes",
-                    jwks::MAX_DOCUMENT_BYTES
-                ))
-            }
+            Some("200") if body_size > max_bytes => Err(format!("{what} is over {max_bytes} bytes")),
             Some("200") => match host::http_call_response_body(body_size) {
                 Ok(bytes) => {
                     body = bytes;
@@ -166,8 +187,49 @@ impl Context for Root {
             None => Err("no response".to_string()),
         };
         with_services(&engine, &self.metric_ids, &self.namespace, |services| {
-            engine.jwks_fetched(provider, result, services);
+            fetch.finished(&engine, result, services);
         });
+    }
+}
+
+impl Root {
+    /// Starts a fetch: `call` is the upstream, authority, path and timeout.
+    fn dispatch(
+        &mut self,
+        engine: &Rc<Engine>,
+        fetch: Fetch,
+        (upstream, authority, path, timeout_ms): (&str, &str, &str, u64),
+        accept: &str,
+    ) {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", accept),
+        ];
+        // The SDK's call registers the token with its dispatcher, which
+        // routes the response back here (a raw call would not be routed).
+        // It panics only on statuses outside the ABI's documented
+        // BadArgument/InternalFailure.
+        match proxy_wasm::hostcalls::dispatch_http_call(
+            upstream,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        ) {
+            Ok(token) => {
+                self.fetches.insert(token, fetch);
+            }
+            Err(status) => {
+                let why = format!(
+                    "cannot call upstream `{upstream}` ({status:?}); is the cluster defined?"
+                );
+                with_services(engine, &self.metric_ids, &self.namespace, |services| {
+                    fetch.finished(engine, Err(why), services);
+                });
+            }
+        }
     }
 }
 
@@ -261,37 +323,27 @@ impl RootContext for Root {
             log::warn!("palisade: the host clock failed; key sets are looked at on the next tick");
             return;
         };
-        for plan in engine.jwks_due(&store(&self.namespace), now_ms) {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", plan.path.as_str()),
-                (":authority", plan.authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            // The SDK's call registers the token with its dispatcher, which
-            // routes the response back here (a raw call would not be routed).
-            // It panics only on statuses outside the ABI's documented
-            // BadArgument/InternalFailure.
-            match proxy_wasm::hostcalls::dispatch_http_call(
-                &plan.upstream,
-                headers,
-                None,
-                vec![],
-                Duration::from_millis(plan.timeout_ms),
-            ) {
-                Ok(token) => {
-                    self.fetches.insert(token, plan.provider);
-                }
-                Err(status) => {
-                    let why = format!(
-                        "cannot call upstream `{}` ({status:?}); is the cluster defined?",
-                        plan.upstream
-                    );
-                    with_services(&engine, &self.metric_ids, &self.namespace, |services| {
-                        engine.jwks_fetched(plan.provider, Err(why), services);
-                    });
-                }
-            }
+        let namespace = self.namespace.clone();
+        let store = store(&namespace);
+        for plan in engine.jwks_due(&store, now_ms) {
+            let fetch = Fetch::Jwks(plan.provider);
+            let call = (
+                &*plan.upstream,
+                &*plan.authority,
+                &*plan.path,
+                plan.timeout_ms,
+            );
+            self.dispatch(&engine, fetch, call, "application/json");
+        }
+        for plan in engine.lists_due(&store, now_ms) {
+            let fetch = Fetch::List(plan.list);
+            let call = (
+                &*plan.upstream,
+                &*plan.authority,
+                &*plan.path,
+                plan.timeout_ms,
+            );
+            self.dispatch(&engine, fetch, call, "text/plain");
         }
     }
 
