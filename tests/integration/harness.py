@@ -63,7 +63,7 @@ _EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
 # `rl_exhausted`).  Envoy removes the first capture group from the stat name and
 # uses the second as the tag value.
 # --------------------------------------------------------------------------
-PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "result")
+PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "list", "result")
 PALISADE_STATS_TAGS = [
     {"tag_name": name, "regex": rf"^wasmcustom\.palisade_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{name}\.([^.]+))"}
     for name in PALISADE_TAG_NAMES
