@@ -14,6 +14,7 @@ use crate::core::event;
 use crate::core::hosts::HostKind;
 use crate::core::metrics::{Counter, Metrics};
 use crate::core::mode::Mode;
+use crate::core::remote::FetchPlan;
 use crate::core::request::{request_id, Facts, HeaderMap};
 use crate::core::routes::RouteId;
 use crate::core::stage::{self, Ctx};
@@ -24,14 +25,14 @@ use crate::stages::account::{
     self,
     config::{Login, LoginOutcome},
 };
-use crate::stages::auth::jwks::{self, FetchPlan};
+use crate::stages::auth::jwks;
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::{self, Phase};
-use crate::stages::reputation::{self, ListFetch};
+use crate::stages::reputation;
 use crate::stages::{client_ip, geo, routes, user};
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
@@ -250,7 +251,7 @@ impl Engine {
 
     /// Called from the root context's tick: installs reputation lists
     /// other workers fetched, and returns the fetches this worker won.
-    pub fn lists_due(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<ListFetch> {
+    pub fn lists_due(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<FetchPlan> {
         match &self.policy.reputation {
             Some(rep) => reputation::due(rep, &self.lists, store, now_ms),
             None => Vec::new(),

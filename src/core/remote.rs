@@ -69,6 +69,17 @@ pub struct Remote {
     pub record_key: String,
 }
 
+/// One fetch the root context should dispatch: the owner's index (the
+/// provider, the list) and where to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPlan {
+    pub index: usize,
+    pub upstream: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
 /// Defaults of a kind of document.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -168,6 +179,17 @@ fn is_host_port(address: &str) -> bool {
 }
 
 impl Remote {
+    /// The fetch of this document for owner `index`.
+    pub fn plan(&self, index: usize) -> FetchPlan {
+        FetchPlan {
+            index,
+            upstream: self.upstream.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
     /// Whether a fetch should start now, given the last attempt and the
     /// last success (0: never). Before the first success, retries come
     /// every `min(min_refetch, 5s)` (at least `timeout`); after it, every

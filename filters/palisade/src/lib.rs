@@ -10,6 +10,7 @@ use host::{
 use palisade_core::config::Policy;
 use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::Counter;
+use palisade_core::core::remote::FetchPlan;
 use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
 use palisade_core::pipeline::{
@@ -193,18 +194,13 @@ impl Context for Root {
 }
 
 impl Root {
-    /// Starts a fetch: `call` is the upstream, authority, path and timeout.
-    fn dispatch(
-        &mut self,
-        engine: &Rc<Engine>,
-        fetch: Fetch,
-        (upstream, authority, path, timeout_ms): (&str, &str, &str, u64),
-        accept: &str,
-    ) {
+    /// Starts the fetch `plan` of `fetch`'s document.
+    fn dispatch(&mut self, engine: &Rc<Engine>, fetch: Fetch, plan: &FetchPlan, accept: &str) {
+        let upstream = plan.upstream.as_str();
         let headers = vec![
             (":method", "GET"),
-            (":path", path),
-            (":authority", authority),
+            (":path", plan.path.as_str()),
+            (":authority", plan.authority.as_str()),
             ("accept", accept),
         ];
         // The SDK's call registers the token with its dispatcher, which
@@ -216,7 +212,7 @@ impl Root {
             headers,
             None,
             vec![],
-            Duration::from_millis(timeout_ms),
+            Duration::from_millis(plan.timeout_ms),
         ) {
             Ok(token) => {
                 self.fetches.insert(token, fetch);
@@ -326,24 +322,10 @@ impl RootContext for Root {
         let namespace = self.namespace.clone();
         let store = store(&namespace);
         for plan in engine.jwks_due(&store, now_ms) {
-            let fetch = Fetch::Jwks(plan.provider);
-            let call = (
-                &*plan.upstream,
-                &*plan.authority,
-                &*plan.path,
-                plan.timeout_ms,
-            );
-            self.dispatch(&engine, fetch, call, "application/json");
+            self.dispatch(&engine, Fetch::Jwks(plan.index), &plan, "application/json");
         }
         for plan in engine.lists_due(&store, now_ms) {
-            let fetch = Fetch::List(plan.list);
-            let call = (
-                &*plan.upstream,
-                &*plan.authority,
-                &*plan.path,
-                plan.timeout_ms,
-            );
-            self.dispatch(&engine, fetch, call, "text/plain");
+            self.dispatch(&engine, Fetch::List(plan.index), &plan, "text/plain");
         }
     }
 

@@ -27,16 +27,6 @@ const HEADER_LEN: usize = 32;
 /// record (what the NGINX zone size is computed with).
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
-/// One fetch the root context should dispatch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchPlan {
-    pub provider: usize,
-    pub upstream: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Record {
     attempt_ms: u64,

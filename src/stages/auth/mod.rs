@@ -11,12 +11,12 @@ pub mod refresh;
 
 use crate::core::metrics::Counter;
 use crate::core::mode::{FailureMode, Mode};
+use crate::core::remote::FetchPlan;
 use crate::core::request::{Facts, HeaderMap};
 use crate::core::stage::{Ctx, Services};
 use crate::core::verdict::{Finding, Reason, Stage};
 use crate::state::host::SharedStore;
 use credentials::{Auth, AuthState, AuthzPolicy};
-use jwks::FetchPlan;
 use std::borrow::Cow;
 use std::hash::Hasher;
 use std::sync::Mutex;
@@ -107,13 +107,7 @@ pub fn jwks_due(
             credentials::lock(state).install(index, keys, generation);
         }
         if poll.fetch {
-            plans.push(FetchPlan {
-                provider: index,
-                upstream: remote.upstream.clone(),
-                authority: remote.authority.clone(),
-                path: remote.path.clone(),
-                timeout_ms: remote.timeout_ms,
-            });
+            plans.push(remote.plan(index));
         }
     }
     plans

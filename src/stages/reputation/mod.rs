@@ -23,7 +23,7 @@ pub mod table;
 
 use crate::core::metrics::Counter;
 use crate::core::mode::FailureMode;
-use crate::core::remote::{encode_words, word};
+use crate::core::remote::{encode_words, word, FetchPlan};
 use crate::core::request::Facts;
 use crate::core::stage::Services;
 use crate::core::verdict::{Finding, Reason, Stage};
@@ -165,16 +165,6 @@ pub fn ensure_records(rep: &Reputation, store: &dyn SharedStore) -> Result<(), S
     Ok(())
 }
 
-/// One fetch the root context should dispatch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListFetch {
-    pub list: usize,
-    pub upstream: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
-}
-
 /// Called from the root context's tick: installs lists other workers
 /// fetched, and returns the fetches this worker won.
 pub fn due(
@@ -182,20 +172,14 @@ pub fn due(
     state: &State,
     store: &dyn SharedStore,
     now_ms: u64,
-) -> Vec<ListFetch> {
+) -> Vec<FetchPlan> {
     let mut plans = Vec::new();
     for (index, list) in rep.lists.iter().enumerate() {
         let Some(remote) = list.remote() else {
             continue;
         };
         match poll(remote, state, index, store, now_ms) {
-            Ok(true) => plans.push(ListFetch {
-                list: index,
-                upstream: remote.fetch.upstream.clone(),
-                authority: remote.fetch.authority.clone(),
-                path: remote.fetch.path.clone(),
-                timeout_ms: remote.fetch.timeout_ms,
-            }),
+            Ok(true) => plans.push(remote.fetch.plan(index)),
             Ok(false) => {}
             Err(e) => log::warn!(
                 "palisade: cannot read the shared state of list `{}` ({e:?})",
