@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     // The fetching worker wins the first fetch, and the body comes back.
     let plans = fetcher.jwks_due(&world.store, T0_MS);
     assert_eq!(plans.len(), 1, "the first fetch is due");
-    fetcher.jwks_fetched(plans[0].provider, Ok(data), &services);
+    fetcher.jwks_fetched(plans[0].index, Ok(data), &services);
     // Another worker's tick installs what the record holds.
     world.clock.advance(1_000);
     let _ = other.jwks_due(&world.store, T0_MS + 1_000);
