@@ -93,6 +93,14 @@ impl Policy {
                     .map(|i| slots::page_key(slots::LOGIN, i)),
             )
             .chain((0..self.rate_limits.distinct_pages).map(|i| slots::page_key(slots::SEEN, i)))
+            .chain(
+                (0..self
+                    .geo
+                    .as_ref()
+                    .and_then(|g| g.travel.as_ref())
+                    .map_or(0, |t| t.pages))
+                    .map(|i| slots::page_key(slots::TRAVEL, i)),
+            )
     }
 
     /// Parses and validates the plugin configuration.
@@ -151,8 +159,9 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 38] = [
+const LIST_PATHS: [&str; 39] = [
     "geo.rules",
+    "geo.impossible_travel.routes",
     "geo.rules[].routes",
     "geo.rules[].allow",
     "geo.rules[].deny",

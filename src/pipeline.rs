@@ -83,7 +83,7 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 13] = [
+const HEADER_STAGES: [Step; 14] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
@@ -96,6 +96,7 @@ const HEADER_STAGES: [Step; 13] = [
     Engine::failures,         // a refusal by the two above counts against the client
     Engine::bot_after_auth,   // the bot decision that waited for authentication
     Engine::token_request,    // token parameters in a token request's query
+    Engine::travel,           // the user's country against where it was last seen
     Engine::post_auth_limits, // user- and key_id-keyed limits
 ];
 
@@ -540,6 +541,13 @@ impl Engine {
         }
     }
 
+    fn travel(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
+        let travel = self.policy.geo.as_ref().and_then(|g| g.travel.as_ref());
+        if let (Some(t), false) = (travel, r.blocked()) {
+            geo::travel::check(t, &r.facts, ctx, &mut r.findings);
+        }
+    }
+
     fn post_auth_limits(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         if !r.blocked() {
             self.limits(Phase::PostAuth, r, ctx);
@@ -960,6 +968,7 @@ mod tests {
     mod bot;
     mod contention;
     mod login;
+    mod travel;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::{encode_map, encode_raw_map};
 

@@ -12,6 +12,19 @@ pub const MAX_SLOTS: u32 = 1 << 22;
 /// (signature nonces, refresh tokens).
 pub const DEFAULT_REPLAY_SLOTS: u32 = 65_536;
 
+/// Pages of a slot table of `slots` records (`default` when unset), after
+/// checking the size against the bounds.
+pub fn slot_pages(slots: Option<u32>, default: u32, path: &str) -> Result<u32, ConfigError> {
+    let slots = slots.unwrap_or(default);
+    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
+        return Err(err(
+            path,
+            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
+        ));
+    }
+    Ok(slots.div_ceil(crate::state::slots::SLOTS_PER_PAGE as u32))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// JSON path of the offending value, `.` for the document itself.

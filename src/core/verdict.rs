@@ -96,6 +96,9 @@ pub enum Reason {
     BotDeny,
     /// The client's country is refused on its route class (`geo`).
     GeoDenied,
+    /// The user was seen in another country too recently
+    /// (`geo.impossible_travel`).
+    GeoImpossibleTravel,
     /// The bot score reached the challenge threshold: the client gets a
     /// proof-of-work puzzle instead of the upstream.
     BotChallenge,
@@ -151,6 +154,7 @@ impl Reason {
             Reason::RefreshUnsupportedBody => "oauth.unsupported_body",
             Reason::BotDeny => "bot.deny",
             Reason::GeoDenied => "geo.denied",
+            Reason::GeoImpossibleTravel => "geo.impossible_travel",
             Reason::BotChallenge => "bot.challenge",
             Reason::LoginFailuresIp => "login.failures_ip",
             Reason::LoginFailuresFingerprint => "login.failures_fingerprint",
@@ -188,6 +192,7 @@ impl Reason {
             | Reason::TokenShared
             | Reason::BotDeny
             | Reason::GeoDenied
+            | Reason::GeoImpossibleTravel
             | Reason::ReputationDeny => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
@@ -231,6 +236,7 @@ impl Reason {
             | Reason::BotDeny
             | Reason::TokenShared
             | Reason::GeoDenied
+            | Reason::GeoImpossibleTravel
             | Reason::BotChallenge
             | Reason::ReputationDeny => 403,
             Reason::RateLimitExhausted

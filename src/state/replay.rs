@@ -25,8 +25,8 @@ pub enum Sighting {
     TableFull,
 }
 
-/// Records of this table: a tag and the time it expires (`state`, Unix ms).
-struct Expiring;
+/// Records that hold a tag and the time it expires (`state`, Unix ms).
+pub struct Expiring;
 
 impl Tenant for Expiring {
     fn reclaimable(&self, record: &Record, now_ms: u64) -> bool {

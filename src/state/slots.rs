@@ -213,6 +213,8 @@ pub const LOGIN: &str = "lg";
 /// client tried, networks and fingerprints a token came from
 /// (`stages::limits`).
 pub const SEEN: &str = "sn";
+/// The country each user was last seen in (`geo.impossible_travel`).
+pub const TRAVEL: &str = "tv";
 
 /// Key of page `index` of `table`.
 pub fn page_key(table: &str, index: u32) -> String {

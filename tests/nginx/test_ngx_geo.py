@@ -55,3 +55,33 @@ def test_country_rules_apply_on_nginx(nginx, upstream):
     others = [inst.request("GET", "/api/items", req("192.0.2.8", "US"))[0] for _ in range(10)]
     assert others == [200] * 10, others
     inst.assert_healthy()
+
+
+def test_impossible_travel_holds_across_nginx_workers(nginx, upstream):
+    """A verified token from a second country within an hour is refused
+    (403 ``geo.impossible_travel``) whichever worker takes it; its owner and
+    another user are served (tests/integration/test_travel.py on Envoy)."""
+    from demo_token import demo_provider, mint
+
+    config = {
+        "version": 1,
+        "routes": [{"name": "api", "prefix": "/api/"}],
+        "jwt": {"providers": [demo_provider()]},
+        "authorization": {"policies": [{"routes": ["api"]}]},
+        "geo": {"header": "x-geo-country", "impossible_travel": {"within": "1h", "slots": 256}},
+    }
+    inst = nginx(config)
+    alice = mint("alice")
+
+    def call(token: str, country: str):
+        return inst.request("GET", "/api/orders",
+                            {"Authorization": f"Bearer {token}", "X-Geo-Country": country})
+
+    assert [call(alice, "DE")[0] for _ in range(4)] == [200] * 4
+    before = upstream.count()
+    stolen = [call(alice, "BR") for _ in range(6)]
+    assert {(r[0], harness.reason_of(r)) for r in stolen} == {(403, "geo.impossible_travel")}, stolen
+    assert upstream.count() == before, "a refused request reached the upstream"
+    assert call(alice, "DE")[0] == 200
+    assert call(mint("bob"), "BR")[0] == 200
+    inst.assert_healthy()

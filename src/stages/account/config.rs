@@ -1,11 +1,10 @@
 //! The `login` section: which route classes are logins, where their
 //! username is, which upstream answers are failed logins.
 
-use crate::core::config_error::{err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
+use crate::core::config_error::{err, route_ids, slot_pages, ConfigError};
 use crate::core::duration::Millis;
 use crate::core::mode::Mode;
 use crate::core::routes::{RouteId, RouteTable};
-use crate::state::slots;
 use serde::Deserialize;
 
 pub const DEFAULT_SLOTS: u32 = 65_536;
@@ -38,7 +37,7 @@ pub struct RawLogin {
     )]
     failure_statuses: Option<Vec<u16>>,
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     slots: Option<u32>,
     #[serde(default)]
     remember_clients: Option<Millis>,
@@ -141,20 +140,14 @@ pub fn compile_login(
             ));
         }
     }
-    let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
-    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
-        return Err(err(
-            "login.slots",
-            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-        ));
-    }
+    let pages = slot_pages(raw.slots, DEFAULT_SLOTS, "login.slots")?;
     Ok(Some(Login {
         mode: raw.mode.unwrap_or(global),
         applies,
         username_field: raw.username_field,
         max_body_bytes,
         failure_statuses,
-        pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        pages,
         remember_ms: raw
             .remember_clients
             .map_or(DEFAULT_REMEMBER_MS, Millis::as_ms),

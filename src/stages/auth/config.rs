@@ -3,8 +3,8 @@
 //! the providers, keys and per-route policies the credential check reads.
 
 use crate::core::config_error::{
-    assign_routes, check_name, env_value, err, is_header_name, route_ids, ConfigError,
-    DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
+    assign_routes, check_name, env_value, err, is_header_name, route_ids, slot_pages, ConfigError,
+    DEFAULT_REPLAY_SLOTS,
 };
 #[cfg(feature = "schema")]
 use crate::core::config_error::{HEADER_NAME_PATTERN, NAME_PATTERN};
@@ -20,7 +20,6 @@ use crate::stages::auth::credentials::{
     ApiKey, Auth, AuthzPolicy, ForwardedClaim, ProviderSpec, RefreshTokens, TokenSource,
 };
 use crate::stages::auth::jwt::{self, Alg, Jwks, Provider, ProviderSettings};
-use crate::state::slots;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -224,7 +223,7 @@ struct RawRefreshTokens {
     #[serde(default)]
     remember: Option<Millis>,
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     slots: Option<u32>,
 }
 
@@ -511,13 +510,7 @@ pub fn compile_auth(
     let refresh = match jwt.refresh_tokens {
         None => None,
         Some(raw) => {
-            let slots = raw.slots.unwrap_or(DEFAULT_REPLAY_SLOTS);
-            if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
-                return Err(err(
-                    "jwt.refresh_tokens.slots",
-                    format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-                ));
-            }
+            let pages = slot_pages(raw.slots, DEFAULT_REPLAY_SLOTS, "jwt.refresh_tokens.slots")?;
             let mut applies = vec![false; routes.len_with_default()];
             for id in route_ids(routes, &raw.routes, "jwt.refresh_tokens.routes")? {
                 if let Some(flag) = applies.get_mut(usize::from(id)) {
@@ -529,7 +522,7 @@ pub fn compile_auth(
                 remember_ms: raw
                     .remember
                     .map_or(DEFAULT_REFRESH_REMEMBER_MS, Millis::as_ms),
-                pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+                pages,
             })
         }
     };

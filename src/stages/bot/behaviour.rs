@@ -49,7 +49,7 @@
 
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
-use crate::core::config_error::{err, ConfigError, MAX_SLOTS, MIN_SLOTS};
+use crate::core::config_error::{err, slot_pages, ConfigError};
 use crate::core::duration::Millis;
 use crate::core::routes::{RouteId, RouteTable};
 use crate::core::stage::Ctx;
@@ -108,7 +108,7 @@ const MAX_SAMPLES: u8 = 0x7f;
 pub struct RawBehaviour {
     /// Client records in the shared table (default 16384).
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     slots: Option<u32>,
     /// Memory of a client: longer silences forget it (default "60s").
     #[serde(default)]
@@ -211,13 +211,7 @@ pub fn compile(
     path: &str,
 ) -> Result<Behaviour, ConfigError> {
     let at = |field: &str| format!("{path}.behaviour.{field}");
-    let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
-    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
-        return Err(err(
-            at("slots"),
-            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-        ));
-    }
+    let pages = slot_pages(raw.slots, DEFAULT_SLOTS, &at("slots"))?;
     let window_ms = raw.window.map_or(DEFAULT_WINDOW_MS, Millis::as_ms);
     if window_ms < MIN_WINDOW_MS {
         return Err(err(at("window"), "must be at least 1s"));
@@ -292,7 +286,7 @@ pub fn compile(
         }
     }
     Ok(Behaviour {
-        pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        pages,
         window_ms,
         min_samples,
         max_jitter: max_jitter as f32,
@@ -1488,7 +1482,10 @@ mod tests {
         let schema = serde_json::to_value(schemars::schema_for!(RawBehaviour)).unwrap_or_default();
         let props = &schema["properties"];
         assert_eq!(props["max_jitter"]["exclusiveMaximum"], 1);
-        assert_eq!(props["slots"]["minimum"], MIN_SLOTS);
+        assert_eq!(
+            props["slots"]["minimum"],
+            crate::core::config_error::MIN_SLOTS
+        );
         assert_eq!(props["max_distinct"]["maximum"], MAX_MAX_DISTINCT);
         assert_eq!(schema["additionalProperties"], false);
         let flow = serde_json::to_value(schemars::schema_for!(RawFlow)).unwrap_or_default();

@@ -4,14 +4,13 @@
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{
-    assign_routes, err, ConfigError, DEFAULT_REPLAY_SLOTS, MAX_SLOTS, MIN_SLOTS,
+    assign_routes, err, slot_pages, ConfigError, DEFAULT_REPLAY_SLOTS,
 };
 use crate::core::duration::Millis;
 use crate::core::mode::Mode;
 use crate::core::routes::{RouteId, RouteTable};
 use crate::core::secret::{decode_secret, RawSecret};
 use crate::stages::integrity::signature::{KeyRing, Requirements};
-use crate::state::slots;
 use serde::Deserialize;
 
 /// RFC 9421 request signatures: the keys, and which route classes need what.
@@ -70,7 +69,7 @@ pub struct RawSignatures {
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_MAX_BODY)))]
     max_body_bytes: Option<u64>,
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     replay_slots: Option<u32>,
     #[serde(default)]
     policies: Vec<RawSignaturePolicy>,
@@ -150,13 +149,11 @@ pub fn compile_signatures(
             format!("must be between 1 and {MAX_MAX_BODY}"),
         ));
     }
-    let replay_slots = raw.replay_slots.unwrap_or(DEFAULT_REPLAY_SLOTS);
-    if !(MIN_SLOTS..=MAX_SLOTS).contains(&replay_slots) {
-        return Err(err(
-            "signatures.replay_slots",
-            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-        ));
-    }
+    let replay_pages = slot_pages(
+        raw.replay_slots,
+        DEFAULT_REPLAY_SLOTS,
+        "signatures.replay_slots",
+    )?;
     if !raw.policies.is_empty() && keys.is_empty() {
         return Err(err("signatures.keys", "policies need at least one key"));
     }
@@ -205,7 +202,7 @@ pub fn compile_signatures(
         mode: raw.mode.unwrap_or(global),
         keys,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
-        replay_pages: replay_slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        replay_pages,
         policies,
         by_route,
     })

@@ -3,13 +3,12 @@
 
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
-use crate::core::config_error::{check_name, err, route_ids, ConfigError, MAX_SLOTS, MIN_SLOTS};
+use crate::core::config_error::{check_name, err, route_ids, slot_pages, ConfigError};
 use crate::core::country::CountrySet;
 use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::limits::buckets::{BanPolicy, Counts, KeySpec, Refill, Rule};
-use crate::state::slots;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -37,10 +36,10 @@ pub struct RawRateLimits {
     #[serde(default)]
     mode: Option<Mode>,
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     slots: Option<u32>,
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_SLOTS, max = MAX_SLOTS)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     distinct_slots: Option<u32>,
     #[serde(default)]
     quota_headers: bool,
@@ -279,13 +278,7 @@ pub fn compile_rate_limits(
     has_tokens: bool,
     login: Option<LoginRoutes<'_>>,
 ) -> Result<RateLimits, ConfigError> {
-    let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
-    if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
-        return Err(err(
-            "rate_limits.slots",
-            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-        ));
-    }
+    let pages = slot_pages(raw.slots, DEFAULT_SLOTS, "rate_limits.slots")?;
     if raw.rules.len() > MAX_RULES {
         return Err(err(
             "rate_limits.rules",
@@ -416,21 +409,19 @@ pub fn compile_rate_limits(
             .in_countries(countries),
         );
     }
-    let distinct_slots = raw.distinct_slots.unwrap_or(DEFAULT_SLOTS);
-    if !(MIN_SLOTS..=MAX_SLOTS).contains(&distinct_slots) {
-        return Err(err(
-            "rate_limits.distinct_slots",
-            format!("must be between {MIN_SLOTS} and {MAX_SLOTS}"),
-        ));
-    }
+    let distinct_pages = slot_pages(
+        raw.distinct_slots,
+        DEFAULT_SLOTS,
+        "rate_limits.distinct_slots",
+    )?;
     let distinct_pages = if rules.iter().any(|r| r.counts.distinct()) {
-        distinct_slots.div_ceil(slots::SLOTS_PER_PAGE as u32)
+        distinct_pages
     } else {
         0
     };
     Ok(RateLimits {
         mode: raw.mode.unwrap_or(global),
-        pages: slots.div_ceil(slots::SLOTS_PER_PAGE as u32),
+        pages,
         quota_headers: raw.quota_headers,
         rules,
         distinct_pages,

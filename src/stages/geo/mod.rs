@@ -10,6 +10,11 @@
 //! name, several header lines) is no country: `"unknown"` in a rule's list
 //! stands for it (an allow list without it refuses such requests, a deny
 //! list without it lets them pass).
+//!
+//! After authentication, `impossible_travel` compares the user's country
+//! with the one it was last seen in (`travel`).
+
+pub mod travel;
 
 use crate::core::config_error::{assign_routes, err, is_header_name, ConfigError};
 use crate::core::country::{self, Country, CountrySet};
@@ -31,6 +36,7 @@ pub struct Geo {
     rules: Vec<GeoRule>,
     /// Indexed by route id: the rule of that route class.
     by_route: Vec<Option<usize>>,
+    pub travel: Option<travel::Travel>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +93,9 @@ pub struct RawGeo {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(max = MAX_RULES)))]
     rules: Vec<RawGeoRule>,
+    /// The same user from two countries too close in time.
+    #[serde(default)]
+    impossible_travel: Option<travel::RawTravel>,
 }
 
 /// Exactly one of `allow` and `deny`; "unknown" in either list stands for
@@ -158,11 +167,13 @@ pub fn compile(
             countries,
         });
     }
+    let mode = raw.mode.unwrap_or(global);
     Ok(Some(Geo {
-        mode: raw.mode.unwrap_or(global),
+        mode,
         header: raw.header.to_ascii_lowercase(),
         rules,
         by_route,
+        travel: travel::compile(raw.impossible_travel, mode, routes)?,
     }))
 }
 
