@@ -275,7 +275,7 @@ class Config:
 
     name: str
     label: str
-    workload: str  # "get" or "signed"
+    workload: str  # "get", "signed", "login" or "stuffing"
     kind: str  # "bare", "native", "empty" or "palisade"
     palisade: dict | None = None
     native_filters: list[dict] = field(default_factory=list)
@@ -289,8 +289,8 @@ class Config:
     wasm: Path | None = None
 
 
-BASELINE = {"get": "bare", "signed": "bare-post"}
-FLOOR = {"get": "empty", "signed": "empty-post"}
+BASELINE = {"get": "bare", "signed": "bare-post", "login": "bare-login", "stuffing": "bare-stuffing"}
+FLOOR = {"get": "empty", "signed": "empty-post", "login": "empty-login", "stuffing": "empty-stuffing"}
 NATIVE = "native"
 
 
@@ -362,6 +362,24 @@ def all_configs(ident: Identity) -> list[Config]:
                 }
             ],
         },
+    }
+    # Account protection (README `login`): failed logins per address and per
+    # username, usernames per address, and an everyday per-address limit on
+    # every route. Buckets never run dry, so each login pays the whole path:
+    # its body read, the username hash and lookups, the answer's accounting.
+    account = {
+        "client_ip": _XFF,
+        "routes": [{"name": "login", "prefix": "/login", "methods": ["POST"]}, {"name": "api", "prefix": "/"}],
+        "login": {"routes": ["login"], "username_field": "username"},
+        "rate_limits": {
+            "rules": [
+                {"name": "fail-ip", "key": ["ip"], "counts": "failed_logins", "ban": True, **_HUGE},
+                {"name": "fail-user", "key": ["username"], "counts": "failed_logins", **_HUGE},
+                {"name": "users-ip", "key": ["ip"], "counts": "usernames", "ban": True, **_HUGE},
+                {"name": "per-ip", "key": ["ip"], **_HUGE},
+            ]
+        },
+        "bans": {"after": 3, "base": "30s", "max": "1h"},
     }
     stages = ", ".join(name for name, _ in FULL_PIPELINE)
     return [
@@ -448,6 +466,38 @@ def all_configs(ident: Identity) -> list[Config]:
             palisade={"client_ip": _XFF, "rate_limits": {"rules": _rules("ip", "ip+route")}},
             default=False,
         ),
+        # Account protection: --configs bare,native,empty,account,bare-login,empty-login,
+        # account-login,bare-stuffing,empty-stuffing,account-stuffing
+        Config(
+            "account",
+            "palisade account protection (login section, 3 login rules + 1 per-IP rule), on a non-login route",
+            "get",
+            "palisade",
+            palisade=account,
+            default=False,
+        ),
+        Config("bare-login", "bare Envoy, form login POST answered 200", "login", "bare", default=False),
+        Config("empty-login", "empty proxy-wasm filter, login answered 200", "login", "empty", default=False),
+        Config(
+            "account-login",
+            "palisade account protection, a login the upstream accepts (200): username read and hashed, "
+            "known-client lookup, client remembered",
+            "login",
+            "palisade",
+            palisade=account,
+            default=False,
+        ),
+        Config("bare-stuffing", "bare Envoy, form login POST answered 401", "stuffing", "bare", default=False),
+        Config("empty-stuffing", "empty proxy-wasm filter, login answered 401", "stuffing", "empty", default=False),
+        Config(
+            "account-stuffing",
+            "palisade account protection, a login the upstream refuses (401): tokens taken from both "
+            "failed_logins rules in the response phase",
+            "stuffing",
+            "palisade",
+            palisade=account,
+            default=False,
+        ),
     ]
 
 
@@ -489,6 +539,7 @@ class Request:
     method: str
     headers: dict[str, str]  # without X-Forwarded-For, which wrk varies
     body: bytes | None = None
+    path: str = "/"
 
 
 def signed_body() -> bytes:
@@ -496,9 +547,24 @@ def signed_body() -> bytes:
     return body.ljust(1024).encode()
 
 
+# The login workloads: one form login (the same user from every address),
+# answered 200 by the upstream (`login`: a user logging in) or 401
+# (`stuffing`: a failed guess, on the path the upstream refuses).
+LOGIN_PATHS = {"login": "/login", "stuffing": "/login-refused"}
+LOGIN_BODY = b"username=alice%40example.com&password=correct-horse-battery-staple"
+
+
+def expected_status(workload: str) -> int:
+    """What the upstream answers the workload's requests."""
+    return 401 if workload == "stuffing" else 200
+
+
 def workload_request(workload: str, ident: Identity) -> Request:
     if workload == "get":
         return Request("GET", {"Host": "bench.example", "Authorization": f"Bearer {ident.token}"})
+    if workload in LOGIN_PATHS:
+        headers = {"Host": "bench.example", "Content-Type": "application/x-www-form-urlencoded"}
+        return Request("POST", headers, LOGIN_BODY, LOGIN_PATHS[workload])
     body = signed_body()
     return Request("POST", signed_request(body), body)
 
@@ -539,7 +605,7 @@ function init(args)
                              math.floor(k / 256) % 256, k % 256)
     local headers = {}
 @HEADERS@    headers["X-Forwarded-For"] = ip
-    reqs[k + 1] = wrk.format(@METHOD@, "/", headers, @BODY@)
+    reqs[k + 1] = wrk.format(@METHOD@, @PATH@, headers, @BODY@)
   end
 end
 
@@ -565,7 +631,7 @@ function request()
   local k = (first + i) % n
   i = i + 1
   headers["X-Forwarded-For"] = string.format("2001:db8:%x:%x::1", math.floor(k / 65536), k % 65536)
-  return wrk.format(@METHOD@, "/", headers, @BODY@)
+  return wrk.format(@METHOD@, @PATH@, headers, @BODY@)
 end
 """
 
@@ -574,7 +640,10 @@ def wrk_script(template: str, req: Request) -> str:
     headers = "".join(f"    headers[ {lua_string(k)} ] = {lua_string(v)}\n" for k, v in req.headers.items())
     body = "nil" if req.body is None else lua_string(req.body.decode())
     return (
-        template.replace("@HEADERS@", headers).replace("@METHOD@", lua_string(req.method)).replace("@BODY@", body)
+        template.replace("@HEADERS@", headers)
+        .replace("@METHOD@", lua_string(req.method))
+        .replace("@PATH@", lua_string(req.path))
+        .replace("@BODY@", body)
         + _DONE_LUA
     )
 
@@ -731,6 +800,11 @@ def children_cpu_ns() -> int:
 # ----------------------------------------------------------------------------
 UPSTREAM_CLUSTER = "upstream"
 UPSTREAM_ROUTE = {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}
+# The upstream refuses the `stuffing` workload's logins.
+REFUSED_LOGIN_ROUTE = {
+    "match": {"path": LOGIN_PATHS["stuffing"]},
+    "direct_response": {"status": 401, "body": {"inline_string": "wrong password"}},
+}
 
 
 def upstream_cluster(port: int) -> dict:
@@ -749,7 +823,7 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
     X-Forwarded-For reaches the filter unchanged. `cfg` None is the upstream
     itself, which answers 200 `ok` (direct_response)."""
     if cfg is None:
-        return json.dumps(ingress_bootstrap([OK_ROUTE], [ROUTER_FILTER]), indent=2)
+        return json.dumps(ingress_bootstrap([REFUSED_LOGIN_ROUTE, OK_ROUTE], [ROUTER_FILTER]), indent=2)
     filters: list[dict] = list(cfg.native_filters)
     if cfg.kind == "empty":
         filters.append(palisade_wasm_filter("", EMPTY_WASM))
@@ -769,7 +843,7 @@ def http_get(port: int, path: str, timeout: float = 5.0, headers: dict | None = 
 
 def http_status(port: int, req: Request, headers: dict[str, str]) -> int:
     r = urllib.request.Request(
-        f"http://127.0.0.1:{port}/", data=req.body, method=req.method, headers={**req.headers, **headers}
+        f"http://127.0.0.1:{port}{req.path}", data=req.body, method=req.method, headers={**req.headers, **headers}
     )
     try:
         with urllib.request.urlopen(r, timeout=5) as resp:
@@ -780,7 +854,7 @@ def http_status(port: int, req: Request, headers: dict[str, str]) -> int:
 
 
 _STATS_FILTER = (
-    r"^(http\.ingress_http\.(downstream_rq_(2xx|completed)|jwt_authn\.(allowed|denied))"
+    r"^(http\.ingress_http\.(downstream_rq_(2xx|4xx|completed)|jwt_authn\.(allowed|denied))"
     r"|wasmcustom\.palisade_.*)$"
 )
 
@@ -890,10 +964,11 @@ class Envoy:
         cfg = self.config
         assert cfg is not None
         xff = {"X-Forwarded-For": "198.18.0.1"}
+        expected = expected_status(cfg.workload)
         for _ in range(2):  # the first one also sets up the worker lazily
             status = http_status(self.port, req, xff)
-        if status != 200:
-            raise self._check_failed(f"the bench's request got {status}, expected 200")
+        if status != expected:
+            raise self._check_failed(f"the bench's request got {status}, expected {expected}")
         if cfg.checks_token:
             anonymous = {k: v for k, v in req.headers.items() if k.lower() != "authorization"}
             status = http_status(self.port, Request(req.method, anonymous, req.body), xff)
@@ -1058,12 +1133,17 @@ def check_served(envoy: Envoy, where: str, res: dict, c0: dict, c1: dict) -> int
     """Requests Envoy completed between two counter snapshots, after checking
     that every one was served as intended; raises BenchError otherwise."""
     completed = delta(c1, c0, lambda k: k == "http.ingress_http.downstream_rq_completed")
-    ok = delta(c1, c0, lambda k: k == "http.ingress_http.downstream_rq_2xx")
-    errors = {k: res[k] for k in ("connect", "read", "write", "status", "timeout") if res[k]}
+    expected = expected_status(envoy.config.workload if envoy.config else "get")
+    klass = f"{expected // 100}xx"
+    ok = delta(c1, c0, lambda k: k == f"http.ingress_http.downstream_rq_{klass}")
+    # wrk counts every non-2xx/3xx answer as a "status" error: expected here
+    # when the upstream refuses the workload's requests.
+    checked = ("connect", "read", "write", "timeout") + (("status",) if expected < 400 else ())
+    errors = {k: res[k] for k in checked if res[k]}
     if errors:
         raise BenchError(f"{where}: wrk reported errors {errors} (status = non-2xx/3xx responses)")
     if completed == 0 or ok != completed:
-        raise BenchError(f"{where}: Envoy completed {completed} requests of which {ok} were 2xx")
+        raise BenchError(f"{where}: Envoy completed {completed} requests of which {ok} were {klass}")
     # wrk stops counting at the deadline with up to one request per connection
     # in flight; Envoy still served those.
     if not (0 <= completed - res["requests"] <= WRK_CONNECTIONS):
@@ -1184,6 +1264,7 @@ HOSTCALL_KINDS = [
     ("metric_increments", "metric increments"),
     ("header_writes", "header adds/removes"),
     ("body_reads", "body reads"),
+    ("response_header_reads", "response header reads"),
 ]
 
 
@@ -1196,7 +1277,7 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
         if cfg.kind != "palisade" or cfg.wasm is not None:
             continue
         req = workload_request(cfg.workload, ident)
-        headers = [[":method", req.method], [":path", "/"], [":scheme", "http"], [":authority", "bench.example"]]
+        headers = [[":method", req.method], [":path", req.path], [":scheme", "http"], [":authority", "bench.example"]]
         headers += [[k.lower(), v] for k, v in req.headers.items() if k.lower() != "host"]
         headers += [["x-forwarded-for", "198.18.0.1"]]
         if req.body is not None:
@@ -1207,6 +1288,7 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
                 "config": json.dumps(cfg.palisade),
                 "headers": headers,
                 "body": None if req.body is None else req.body.decode(),
+                "status": 401 if cfg.workload == "stuffing" else 200,
             }
         )
     if not jobs:
@@ -1235,7 +1317,7 @@ def med(xs: list[float]) -> float:
 
 def paired(by: dict[str, dict[int, Sample]], name: str, ref: str) -> list[float]:
     """Per-round differences in CPU µs/request between two configurations."""
-    if ref not in by or name == ref:
+    if ref not in by or name not in by or name == ref:
         return []
     return [s.cpu_us_per_req - by[ref][r].cpu_us_per_req for r, s in by[name].items() if r in by[ref]]
 

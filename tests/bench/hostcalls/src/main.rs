@@ -11,7 +11,9 @@
 //! * one header-map read (`proxy_get_header_map_pairs`);
 //! * one property read per call of the `peer` closure (`source.address`);
 //! * one remove or replace per upstream header, one add per response header;
-//! * one body read when the request has a body to check.
+//! * one body read when the request has a body to check;
+//! * one response-header read (`:status`) when a login's answer is
+//!   accounted for, then `Engine::login_answered` with the job's `status`.
 //!
 //! Once-per-VM calls are not per request and are left out: the first request
 //! of a worker also defines each counter (`proxy_define_metric`) and asks the
@@ -19,7 +21,8 @@
 //! is counted (which also finds a verified token in the cache).
 //!
 //! Input on stdin: a JSON list of `{"name", "config", "headers": [[name,
-//! value], ...], "body": string|null}`. Output on stdout: a JSON list of
+//! value], ...], "body": string|null, "status": number|null}` (`status`:
+//! the upstream's answer to a login, 200 when absent). Output on stdout: a JSON list of
 //! `{"name", <count fields>, "total"}` or `{"name", "error"}`.
 
 use palisade::config::Policy;
@@ -44,6 +47,7 @@ struct Counts {
     metric_increments: Cell<u32>,
     header_writes: u32,
     body_reads: u32,
+    response_header_reads: u32,
 }
 
 impl Counts {
@@ -57,6 +61,7 @@ impl Counts {
             ("metric_increments", self.metric_increments.get()),
             ("header_writes", self.header_writes),
             ("body_reads", self.body_reads),
+            ("response_header_reads", self.response_header_reads),
         ];
         let mut out = json!({"name": name, "total": fields.iter().map(|(_, n)| n).sum::<u32>()});
         for (key, n) in fields {
@@ -109,6 +114,7 @@ fn one_request(
     store: &MemoryStore,
     map: &[u8],
     body: Option<&[u8]>,
+    status: u16,
 ) -> Result<Counts, String> {
     let mut counts = Counts {
         header_map_reads: 1,
@@ -128,15 +134,17 @@ fn one_request(
         bump(&counts.property_reads);
         Some("127.0.0.1".to_string())
     };
-    let (writes, check) = match engine.evaluate(&headers, &peer, &services) {
+    let (writes, check, mut login) = match engine.evaluate(&headers, &peer, &services) {
         Verdict::Allow {
             response_headers,
             upstream,
             body,
+            login,
             ..
         } => (
             upstream.remove.len() + upstream.set.len() + response_headers.len(),
             body,
+            login,
         ),
         Verdict::Respond(response) => {
             return Err(format!(
@@ -150,12 +158,23 @@ fn one_request(
         // A request with a body: the glue reads it once, at its end.
         let bytes = body.unwrap_or_default();
         body_reads = u32::from(!bytes.is_empty());
-        if let Some(response) = engine.check_body(&check, Body::Complete(bytes), &services, None) {
+        let answer = engine.check_body(
+            &check,
+            Body::Complete(bytes),
+            &services,
+            login.as_deref_mut(),
+        );
+        if let Some(response) = answer {
             return Err(format!("the body check answered {}", response.status));
         }
     }
+    let answered = login.is_some();
+    if let Some(login) = login {
+        engine.login_answered(&login, status, &services);
+    }
     counts.header_writes = u32::try_from(writes).unwrap_or(u32::MAX);
     counts.body_reads = body_reads;
+    counts.response_header_reads = u32::from(answered);
     Ok(counts)
 }
 
@@ -175,8 +194,12 @@ fn count(job: &Value) -> Result<Counts, String> {
         .collect();
     let map = encode_map(&pairs);
     let body = job["body"].as_str().map(str::as_bytes);
-    one_request(&engine, &store, &map, body)?;
-    one_request(&engine, &store, &map, body)
+    let status = job["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(200);
+    one_request(&engine, &store, &map, body, status)?;
+    one_request(&engine, &store, &map, body, status)
 }
 
 fn main() {
