@@ -3,8 +3,10 @@
 
 The echo has the method, the path and the request headers that show what
 Envoy/palisade passed on: names starting with x-palisade-, x-forwarded-for and
-x-request-id.  Standard library only.  Listens on 127.0.0.1:8081 (override with
---host/--port).
+x-request-id.  One exception plays a login service: a POST to /login whose
+form or JSON body names a password other than `demo` is answered 401, which
+palisade's `login` section counts as a failed login.  Standard library only.
+Listens on 127.0.0.1:8081 (override with --host/--port).
 """
 
 from __future__ import annotations
@@ -12,8 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 ECHOED = ("x-forwarded-for", "x-request-id")
+DEMO_PASSWORD = "demo"
+
+
+def password_of(body: bytes) -> str | None:
+    """The password a login body names (JSON object or form), if any."""
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("password"), str):
+            return doc["password"]
+    except ValueError:
+        pass
+    values = parse_qs(body.decode("utf-8", "replace")).get("password")
+    return values[0] if values else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -24,15 +40,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        request_body = self.rfile.read(length) if length else b""
+        status = 200
+        if self.command == "POST" and self.path.split("?")[0] == "/login":
+            password = password_of(request_body)
+            if password is not None and password != DEMO_PASSWORD:
+                status = 401
         headers = {
             k.lower(): v
             for k, v in self.headers.items()
             if k.lower().startswith("x-palisade-") or k.lower() in ECHOED
         }
         body = json.dumps({"method": self.command, "path": self.path, "headers": headers}, indent=2).encode() + b"\n"
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

@@ -562,11 +562,20 @@ def without_demo_jwt(config: dict) -> dict:
     published example, so anyone can mint tokens it accepts, and a deployment
     trusts its own identity provider's key set (README, `jwt.providers[]`,
     remote). Route classes that only accept tokens go with it, and so do the
-    refresh-token routes."""
+    refresh-token routes, and rules keyed on the verified token."""
     jwt = config.get("jwt") or {}
     names = set((jwt.get("refresh_tokens") or {}).get("routes", []))
     names |= {r for p in (config.get("authorization") or {}).get("policies", []) if _token_only(p) for r in p["routes"]}
+    config = _without_rules(config, lambda rule: "token" in rule["key"])
     return _without_routes({k: v for k, v in config.items() if k != "jwt"}, names)
+
+
+def _without_rules(config: dict, drop: Callable[[dict], bool]) -> dict:
+    config = copy.deepcopy(config)
+    limits = config.get("rate_limits") or {}
+    if "rules" in limits:
+        limits["rules"] = [r for r in limits["rules"] if not drop(r)]
+    return config
 
 
 def without_demo_api_keys(config: dict) -> dict:
@@ -674,8 +683,13 @@ def without_body_binding(config: dict) -> dict:
     `require_digest`, `content-digest` not required in the signature. For
     hosts whose wasm filter cannot set `allow_on_headers_stop_iteration`
     (Istio's WasmPlugin, Envoy Gateway's EnvoyExtensionPolicy), where a
-    request held for its body would hang."""
-    config = copy.deepcopy(config)
+    request held for its body would hang. Logins are counted from their
+    answers only: no `login.username_field`, no rule that needs the username."""
+    config = _without_rules(
+        config, lambda rule: "username" in rule["key"] or rule.get("counts") == "usernames"
+    )
+    if "login" in config:
+        config["login"].pop("username_field", None)
     for policy in (config.get("signatures") or {}).get("policies", []):
         policy.pop("require_digest", None)
         if "components" in policy:
@@ -686,11 +700,14 @@ def without_body_binding(config: dict) -> dict:
 def waits_for_body(config: dict) -> bool:
     """Whether palisade holds some requests until their body is read: a
     signature policy that requires or covers `content-digest` (README,
-    Signing requests), or refresh-token routes (`jwt.refresh_tokens`)."""
+    Signing requests), refresh-token routes (`jwt.refresh_tokens`), or logins
+    whose username is read (`login.username_field`)."""
     return any(
         p.get("require_digest") or "content-digest" in p.get("components", [])
         for p in (config.get("signatures") or {}).get("policies", [])
-    ) or bool(((config.get("jwt") or {}).get("refresh_tokens") or {}).get("routes"))
+    ) or bool(((config.get("jwt") or {}).get("refresh_tokens") or {}).get("routes")) or bool(
+        (config.get("login") or {}).get("username_field")
+    )
 
 
 def _k8s(demo: dict) -> dict:

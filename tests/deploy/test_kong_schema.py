@@ -82,6 +82,11 @@ GAPS = {
         r"is palisade's own identity header|already carries another claim",
     "a key-set address's host is a host name or address": r"` is not host:port",
     "roles of an API key are not empty": r"roles\[\d+\]`: must not be empty",
+    "a rule counting logins needs the login section, a username-keyed one its username_field": (
+        r"counts logins but there is no `login` section|needs the username of a login but `login\.username_field`"
+        r"|keys on \"username\", which only rules with \"counts\": \"failed_logins\" know"
+    ),
+    "a rule keyed on token needs a JWT provider": r"keys on \"token\" but no `jwt\.providers` verify any token",
 }
 
 

@@ -40,10 +40,7 @@ SIM_SECONDS = 20
 
 LEGITIMATE = ("browsers", "api-signed", "api-client")
 # Attack classes not stopped by anything palisade has yet, and what would.
-GAPS = {
-    "shared-token": "a valid token whose volume stays under the per-user limit (account-user); needs "
-    "token binding (one token seen from too many clients)",
-}
+GAPS: dict[str, str] = {}
 # Classes that stay under every per-IP limit, and the share of their
 # requests the bot stage (and the demo's fingerprint-keyed login rule) must
 # refuse. The residential scraper starts afresh on each address (~15
@@ -233,6 +230,16 @@ def test_attacks_under_per_ip_limits_are_flagged_by_the_bot_stage(summary, name)
     bot = sum(n for r, n in c["reasons"].items() if r.startswith("bot."))
     fingerprint_limited = c["reasons"].get("rl.exhausted", 0) if name == "stuffing-rotating" else 0
     assert bot + fingerprint_limited > 0, _show(c)
+
+
+def test_a_token_shared_by_many_networks_is_refused_where_it_is_verified(summary):
+    """The demo's token-networks rule (3 networks per token in 10 minutes,
+    with bans) on /account, where the token is verified; the class's other
+    half goes to /api, where the demo verifies no token."""
+    c = _class(summary, "shared-token")
+    assert c["reasons"].get("token.shared", 0) > 0, _show(c)
+    assert c["shares"]["stopped"] >= 0.35, _show(c)
+    assert set(c["reasons"]) <= {"token.shared", "ban.active", "bot.deny", "bot.challenge"}, _show(c)
 
 
 def test_replayed_signed_request_is_refused_after_the_original(summary):

@@ -455,6 +455,9 @@ fn hex(rng: &mut impl Rng, bytes: usize) -> String {
         .collect()
 }
 
+/// The one password envoy/demo_upstream.py accepts.
+const DEMO_PASSWORD: &str = "demo";
+
 fn login_body(rng: &mut StdRng) -> String {
     let user = rng.gen_range(1..1_000_000u32);
     format!(
@@ -486,7 +489,9 @@ fn browsers(class: &Class, ctx: &Ctx, rec: &Recorder<'_>, thread: usize, rng: &m
         if !ctx.think(rng, 300..1500) {
             return;
         }
-        let form = format!("username={user}%40example.com&password={}", hex(rng, 8));
+        // The password the demo upstream accepts (envoy/demo_upstream.py):
+        // people know theirs, so their logins succeed.
+        let form = format!("username={user}%40example.com&password={DEMO_PASSWORD}");
         // The login form is a navigation from the page: same origin.
         let login = fixtures::with(
             fixtures::with(browser.navigate.clone(), "sec-fetch-site", "same-origin"),
