@@ -63,6 +63,33 @@ pub fn remember<R: CasRetries + ?Sized>(
     Ok(seen.unwrap_or(Sighting::TableFull))
 }
 
+/// Keeps `addr`'s tag in `table` until at least `expires_ms`: remembered
+/// afresh, or its expiry moved forward when that gains more than
+/// `slack_ms` (writing on every sighting would cost a compare-and-swap
+/// each). `false` when no slot could hold it.
+pub fn keep<R: CasRetries + ?Sized>(
+    store: &dyn SharedStore,
+    metrics: &R,
+    table: &str,
+    addr: Address,
+    expires_ms: u64,
+    slack_ms: u64,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let kept = slots::upsert(store, metrics, table, addr, now_ms, &Expiring, |record| {
+        if record.state > now_ms && record.state.saturating_add(slack_ms) >= expires_ms {
+            return (false, ());
+        }
+        *record = Record {
+            tag: record.tag,
+            state: expires_ms,
+            ..Record::default()
+        };
+        (true, ())
+    })?;
+    Ok(kept.is_some())
+}
+
 /// Whether `addr`'s tag is remembered in `table` and not yet expired. Only
 /// reads (one get, two for a spilled tag); a table without room reads as
 /// not remembered.
@@ -135,6 +162,40 @@ mod tests {
         assert_eq!(remembered, Ok(Sighting::Fresh));
         assert_eq!(looked(7, 999), Ok(true));
         assert_eq!(looked(7, 1_000), Ok(false), "expired");
+    }
+
+    #[test]
+    fn kept_tags_live_on_from_their_last_sighting() {
+        let (store, metrics) = fixture(1);
+        const DAY: u64 = 86_400_000;
+        let keep = |now: u64| {
+            super::keep(
+                &store,
+                &metrics,
+                slots::REPLAY,
+                at(7, 1),
+                now + 30 * DAY,
+                DAY,
+                now,
+            )
+        };
+        let version = || {
+            store
+                .get(&slots::page_key(slots::REPLAY, 0))
+                .ok()
+                .flatten()
+                .map(|(_, cas)| cas)
+        };
+        let looked = |now| super::seen(&store, &metrics, slots::REPLAY, at(7, 1), now);
+        assert_eq!(keep(0), Ok(true));
+        let first = version();
+        assert_eq!(keep(DAY), Ok(true));
+        assert_eq!(version(), first, "within the slack: no write");
+        assert_eq!(keep(2 * DAY), Ok(true));
+        assert_ne!(version(), first, "moved forward");
+        // Thirty days after the first sighting, the later one still holds.
+        assert_eq!(looked(31 * DAY), Ok(true));
+        assert_eq!(looked(32 * DAY), Ok(false));
     }
 
     #[test]

@@ -102,14 +102,17 @@ pub fn remember_client(login: &Login, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Resul
     let Some(addr) = client_pair(login, facts, ctx) else {
         return Ok(());
     };
-    // A full table forgets a network, which only costs its owner the
-    // exemption; nothing to refuse after the fact.
-    replay::remember(
+    // Each success keeps the network known for `remember_ms` from then,
+    // rewritten at most once a thirtieth of that. A full table forgets a
+    // network, which only costs its owner the exemption; nothing to refuse
+    // after the fact.
+    replay::keep(
         ctx.host.store,
         ctx.host.metrics,
         slots::LOGIN,
         addr,
         now_ms.saturating_add(login.remember_ms),
+        login.remember_ms / 30,
         now_ms,
     )?;
     Ok(())
