@@ -809,7 +809,7 @@ def readme_samples() -> list[Shipped]:
 
 PALISADE_TOP_LEVEL = {
     "version", "mode", "failure_mode", "client_ip", "user", "routes", "rate_limits", "bans", "signatures",
-    "jwt", "api_keys", "authorization", "bot",
+    "jwt", "api_keys", "authorization", "bot", "login", "geo", "reputation",
 }  # fmt: skip
 
 

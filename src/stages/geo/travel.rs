@@ -169,8 +169,8 @@ struct Sighting {
 impl Sighting {
     /// Whether the user was seen in another country less than `within`
     /// ago; records this sighting. A user the full table cannot hold is not
-    /// compared (the table's size is `slots`; only users that passed
-    /// authentication reach it).
+    /// compared: refusing it would let whoever fills the table lock users
+    /// out, and records lapse `within` after a user's last request.
     fn moved<R: CasRetries + ?Sized>(
         &self,
         store: &dyn SharedStore,
