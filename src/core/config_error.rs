@@ -82,6 +82,22 @@ pub fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Indexed by route id: whether the class is one of `names` (checked as
+/// [`route_ids`] does).
+pub fn route_flags(
+    routes: &RouteTable,
+    names: &[String],
+    path: &str,
+) -> Result<Vec<bool>, ConfigError> {
+    let mut flags = vec![false; routes.len_with_default()];
+    for id in route_ids(routes, names, path)? {
+        if let Some(flag) = flags.get_mut(usize::from(id)) {
+            *flag = true;
+        }
+    }
+    Ok(flags)
+}
+
 pub fn route_ids(
     routes: &RouteTable,
     names: &[String],

@@ -78,35 +78,25 @@ def test_a_username_under_attack_stays_open_to_its_owner(nginx):
 
 
 def test_a_token_used_from_many_networks_is_refused_on_nginx(nginx):
-    """test_token_sharing on the second host: a verified token from a fourth
-    network is refused (403 ``token.shared``) whichever worker takes it; its
-    first three networks and another user's token are served."""
-    from demo_token import demo_provider, mint
+    """test_token_sharing on the second host, with its configuration: a
+    verified token from a fourth network is refused (403 ``token.shared``)
+    whichever worker takes it; its first three networks and another user's
+    token are served."""
+    import copy
 
-    cfg = {
-        "version": 1,
-        "client_ip": {"source": "x-forwarded-for", "trusted_hops": 1},
-        "routes": [{"name": "api", "prefix": "/api/"}],
-        "jwt": {"providers": [demo_provider()]},
-        "authorization": {"policies": [{"routes": ["api"]}]},
-        "rate_limits": {
-            "slots": 256,
-            "distinct_slots": 256,
-            "rules": [{"name": "token-networks", "key": ["token"], "counts": "networks", "capacity": 3,
-                       "refill": {"tokens": 3, "every": "10m"}}],
-        },
-    }
+    from demo_token import mint
+    from test_token_sharing import CONFIG as SHARING, call
+
+    cfg = copy.deepcopy(SHARING)
+    cfg["rate_limits"]["slots"] = 256
+    cfg["rate_limits"]["distinct_slots"] = 256
     inst = nginx(cfg)
     token = mint("alice")
-
-    def call(tok: str, ip: str):
-        return inst.request("GET", "/api/orders", {"Authorization": f"Bearer {tok}", "X-Forwarded-For": ip})
-
     owners = ["203.0.113.10", "198.51.100.20", "192.0.2.30"]
-    assert [call(token, ip)[0] for ip in owners for _ in range(2)] == [200] * 6
-    thieves = [call(token, f"10.9.{i}.1") for i in range(6)]
+    assert [call(inst, token, ip)[0] for ip in owners for _ in range(2)] == [200] * 6
+    thieves = [call(inst, token, f"10.9.{i}.1") for i in range(6)]
     assert {(r[0], harness.reason_of(r)) for r in thieves} == {(403, "token.shared")}, thieves
-    assert call(token, owners[0])[0] == 200
-    assert call(mint("bob"), "10.9.0.1")[0] == 200
+    assert call(inst, token, owners[0])[0] == 200
+    assert call(inst, mint("bob"), "10.9.0.1")[0] == 200
     assert token not in inst.error_log()
     inst.assert_healthy()

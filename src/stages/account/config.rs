@@ -1,7 +1,7 @@
 //! The `login` section: which route classes are logins, where their
 //! username is, which upstream answers are failed logins.
 
-use crate::core::config_error::{err, route_ids, slot_pages, ConfigError};
+use crate::core::config_error::{err, route_flags, slot_pages, ConfigError};
 use crate::core::duration::Millis;
 use crate::core::mode::Mode;
 use crate::core::routes::{RouteId, RouteTable};
@@ -105,10 +105,7 @@ pub fn compile_login(
     let Some(raw) = raw else {
         return Ok(None);
     };
-    let ids = route_ids(routes, &raw.routes, "login.routes")?;
-    let applies = (0..routes.len_with_default())
-        .map(|i| ids.iter().any(|id| usize::from(*id) == i))
-        .collect();
+    let applies = route_flags(routes, &raw.routes, "login.routes")?;
     if let Some(field) = &raw.username_field {
         let printable = field.bytes().all(|b| b.is_ascii_graphic());
         if field.is_empty() || field.len() > MAX_FIELD_LEN || !printable {

@@ -3,8 +3,8 @@
 //! the providers, keys and per-route policies the credential check reads.
 
 use crate::core::config_error::{
-    assign_routes, check_name, env_value, err, is_header_name, route_ids, slot_pages, ConfigError,
-    DEFAULT_REPLAY_SLOTS,
+    assign_routes, check_name, env_value, err, is_header_name, route_flags, slot_pages,
+    ConfigError, DEFAULT_REPLAY_SLOTS,
 };
 #[cfg(feature = "schema")]
 use crate::core::config_error::{HEADER_NAME_PATTERN, NAME_PATTERN};
@@ -511,12 +511,7 @@ pub fn compile_auth(
         None => None,
         Some(raw) => {
             let pages = slot_pages(raw.slots, DEFAULT_REPLAY_SLOTS, "jwt.refresh_tokens.slots")?;
-            let mut applies = vec![false; routes.len_with_default()];
-            for id in route_ids(routes, &raw.routes, "jwt.refresh_tokens.routes")? {
-                if let Some(flag) = applies.get_mut(usize::from(id)) {
-                    *flag = true;
-                }
-            }
+            let applies = route_flags(routes, &raw.routes, "jwt.refresh_tokens.routes")?;
             Some(RefreshTokens {
                 by_route: applies,
                 remember_ms: raw

@@ -24,7 +24,7 @@
 //! an eighth of `within` (so a flagged move may come up to that much later
 //! than `within` after the last request that refreshed the record).
 
-use crate::core::config_error::{err, route_ids, slot_pages, ConfigError};
+use crate::core::config_error::{err, route_flags, slot_pages, ConfigError};
 use crate::core::country::Country;
 use crate::core::duration::Millis;
 use crate::core::mode::Mode;
@@ -96,12 +96,7 @@ pub fn compile(
     }
     let applies = match &raw.routes {
         None => vec![true; routes.len_with_default()],
-        Some(names) => {
-            let ids = route_ids(routes, names, "geo.impossible_travel.routes")?;
-            (0..routes.len_with_default())
-                .map(|i| ids.iter().any(|id| usize::from(*id) == i))
-                .collect()
-        }
+        Some(names) => route_flags(routes, names, "geo.impossible_travel.routes")?,
     };
     let pages = slot_pages(raw.slots, DEFAULT_SLOTS, "geo.impossible_travel.slots")?;
     Ok(Some(Travel {
