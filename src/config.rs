@@ -61,6 +61,9 @@ pub struct Policy {
     pub geo: Option<Geo>,
     /// Whether requests need a fingerprint (the bot stage, or a rule keyed on it).
     pub needs_fingerprint: bool,
+    /// Whether a stage reads the client address. Without one, the TCP
+    /// peer (a host call) is read only for a request's security event.
+    pub needs_client_ip: bool,
     /// Login routes (account protection), when the document has a `login` section.
     pub login: Option<Login>,
     /// IP allow and deny lists, when the document has a `reputation` section.
@@ -603,6 +606,13 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
             .rules
             .iter()
             .any(|r| r.key.fingerprint || r.counts == Counts::Fingerprints);
+    let needs_client_ip = bot.is_some()
+        || login.is_some()
+        || reputation.is_some()
+        || rate_limits
+            .rules
+            .iter()
+            .any(|r| r.key.ip || r.counts == Counts::Networks);
     Ok(Policy {
         mode: raw.mode,
         failure_mode: raw.failure_mode,
@@ -617,6 +627,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         bot,
         geo,
         needs_fingerprint,
+        needs_client_ip,
         login,
         reputation,
     })

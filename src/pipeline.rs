@@ -31,11 +31,13 @@ use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::Counts;
+use crate::stages::limits::reserve::Held;
 use crate::stages::limits::{self, Phase};
 use crate::stages::reputation;
 use crate::stages::{client_ip, geo, routes, user};
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -74,6 +76,8 @@ pub struct Engine {
     auth: Mutex<AuthState>,
     /// Remote reputation lists as this worker installed them.
     lists: reputation::State,
+    /// Rate-limit tokens this worker took ahead of need (`reserve`).
+    held: Mutex<Held>,
     host: HostKind,
 }
 
@@ -119,6 +123,9 @@ struct Request<'a, 'h> {
     authenticated: bool,
     /// The bot challenge, when the score calls for one.
     challenge: Option<LocalResponse>,
+    /// The address would come from the TCP peer, and no stage needed it:
+    /// it is read only if the request gets a security event.
+    peer_deferred: bool,
 }
 
 impl Request<'_, '_> {
@@ -216,6 +223,7 @@ impl Engine {
             policy,
             seed,
             auth: Mutex::new(auth),
+            held: Mutex::default(),
             host,
         })
     }
@@ -276,6 +284,16 @@ impl Engine {
             .iter()
             .any(|p| p.remote.is_some())
             || lists.is_some_and(|r| r.lists.iter().any(|l| l.remote().is_some()))
+            || self.policy.rate_limits.rules.iter().any(|r| r.reserve > 1)
+    }
+
+    /// The root context's tick (whatever its period, see `needs_tick`):
+    /// held rate-limit tokens age and expire.
+    pub fn tick(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .tick();
     }
 
     /// Evaluates one request. `peer` returns the TCP peer address; it is only
@@ -340,6 +358,7 @@ impl Engine {
             bot: None,
             authenticated: false,
             challenge: None,
+            peer_deferred: false,
         };
         let ctx = self.ctx(host);
         for step in HEADER_STAGES {
@@ -350,6 +369,12 @@ impl Engine {
             if upstream_headers {
                 bot::upstream_headers(&request.facts, &mut request.upstream.set);
             }
+        }
+        if request.peer_deferred
+            && (!request.findings.is_empty()
+                || self.checks_body(headers, &request.facts, request.digest.is_some()))
+        {
+            client_ip::from_peer(request.peer, self.policy.ip_prefixes, &mut request.facts);
         }
         let body = self.body_check(headers, &request.facts, request.digest);
         let login = self.login_check(&request.facts);
@@ -366,15 +391,21 @@ impl Engine {
 
     fn client_ip(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
         let p = &self.policy;
+        let deferred = Cell::new(false);
+        let later = || {
+            deferred.set(true);
+            None
+        };
         client_ip::identify(
             p.client_ip,
             p.ip_prefixes,
             p.mode,
             r.headers,
-            r.peer,
+            if p.needs_client_ip { r.peer } else { &later },
             &mut r.facts,
             &mut r.findings,
         );
+        r.peer_deferred = deferred.get();
     }
 
     fn reputation(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
@@ -560,6 +591,7 @@ impl Engine {
             phase,
             limits,
             bans,
+            &self.held,
             &r.facts,
             ctx,
             &mut r.findings,
@@ -598,6 +630,13 @@ impl Engine {
 
     /// What the body phase must check, if anything: a signed digest, a
     /// refresh-token grant.
+    /// Whether the request has a body phase (see [`Engine::body_check`]).
+    fn checks_body(&self, headers: &HeaderMap<'_>, facts: &Facts<'_>, digest: bool) -> bool {
+        digest
+            || self.reads_username(facts.route)
+            || refresh::mode(&self.policy.auth, headers, facts.route).is_some()
+    }
+
     fn body_check(
         &self,
         headers: &HeaderMap<'_>,
@@ -827,7 +866,9 @@ impl Engine {
         findings: &mut Vec<Finding>,
     ) {
         let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
-        limits::check(phase, limits, bans, facts, ctx, findings, &mut None);
+        limits::check(
+            phase, limits, bans, &self.held, facts, ctx, findings, &mut None,
+        );
     }
 
     /// What the header phase learned, for a later phase of the request.
@@ -968,6 +1009,7 @@ mod tests {
     mod bot;
     mod contention;
     mod login;
+    mod reserve;
     mod travel;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::{encode_map, encode_raw_map};
@@ -2741,5 +2783,140 @@ mod tests {
             .map(|a| from(&f, a))
             .collect();
         assert_eq!(v4, [200, 200, 429]);
+    }
+
+    /// `peer` answers like the host and counts its calls: each one is a
+    /// host call (a property read) on the request's path.
+    fn peer_reads(f: &Fixture, pairs: &[(&str, &str)]) -> (u32, Verdict, Option<IpAddr>) {
+        let reads = std::cell::Cell::new(0);
+        let peer = || {
+            reads.set(reads.get() + 1);
+            Some("192.0.2.10:40000".to_string())
+        };
+        let bytes = encode_map(pairs);
+        let headers = HeaderMap::decode(&bytes).unwrap_or_default();
+        let verdict = f.engine.evaluate(&headers, &peer, &f.services());
+        let seen = match &verdict {
+            Verdict::Allow {
+                body: Some(check), ..
+            } => check.client_ip,
+            _ => None,
+        };
+        (reads.get(), verdict, seen)
+    }
+
+    #[test]
+    fn the_peer_is_read_only_when_a_stage_or_an_event_needs_it() {
+        let geo = r#"{"routes": [{"name": "api", "prefix": "/api"}],
+            "geo": {"header": "x-geo-country", "rules": [{"routes": ["api"], "deny": ["BR"]}]}}"#;
+        let f = Fixture::new(geo);
+        let get = [
+            (":method", "GET"),
+            (":path", "/api/a"),
+            ("x-geo-country", "DE"),
+        ];
+        let (reads, verdict, _) = peer_reads(&f, &get);
+        assert!(matches!(verdict, Verdict::Allow { .. }));
+        assert_eq!(reads, 0, "nothing needed the address of an allowed request");
+        // A finding's security event carries the address: read then, once.
+        let refused = [
+            (":method", "GET"),
+            (":path", "/api/a"),
+            ("x-geo-country", "BR"),
+        ];
+        let (reads, verdict, _) = peer_reads(&f, &refused);
+        assert!(matches!(verdict, Verdict::Respond(ref r) if r.status == 403));
+        assert_eq!(reads, 1);
+        // From X-Forwarded-For nothing is deferred, and a malformed entry
+        // is still refused without a stage asking for the address.
+        let f = Fixture::new(r#"{"client_ip": {"source": "x-forwarded-for", "trusted_hops": 1}}"#);
+        let bad = [
+            (":method", "GET"),
+            (":path", "/"),
+            ("x-forwarded-for", "nonsense"),
+        ];
+        let (reads, verdict, _) = peer_reads(&f, &bad);
+        assert!(matches!(verdict, Verdict::Respond(ref r) if r.status == 400));
+        assert_eq!(reads, 0);
+        // A rule keyed on the address reads it for every request.
+        let f = Fixture::new(
+            r#"{"rate_limits": {"rules": [{"name": "ip", "key": ["ip"], "capacity": 5, "refill": {"tokens": 5, "every": "1s"}}]}}"#,
+        );
+        let (reads, verdict, _) = peer_reads(&f, &[(":method", "GET"), (":path", "/")]);
+        assert!(matches!(verdict, Verdict::Allow { .. }));
+        assert_eq!(reads, 1);
+    }
+
+    #[test]
+    fn a_body_phase_gets_the_address_it_deferred() {
+        // The body phase may log findings of its own: its check carries the
+        // address even though no header-phase stage needed it.
+        let f = Fixture::new(
+            r#"{"routes": [{"name": "token", "prefix": "/token", "methods": ["POST"]}],
+                "jwt": {"refresh_tokens": {"routes": ["token"]}}}"#,
+        );
+        let post = [
+            (":method", "POST"),
+            (":path", "/token"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        let (reads, verdict, ip) = peer_reads(&f, &post);
+        assert!(
+            matches!(verdict, Verdict::Allow { body: Some(_), .. }),
+            "{verdict:?}"
+        );
+        assert_eq!(reads, 1);
+        assert_eq!(ip, "192.0.2.10".parse().ok());
+    }
+
+    thread_local! {
+        static LOG_LINES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Counts the log lines of the thread that writes them (tests run on
+    /// many threads; the logger is the process's one).
+    struct LineCounter;
+
+    impl log::Log for LineCounter {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, _: &log::Record) {
+            LOG_LINES.with(|n| n.set(n.get() + 1));
+        }
+        fn flush(&self) {}
+    }
+
+    static LINE_COUNTER: LineCounter = LineCounter;
+
+    fn log_lines_of(run: impl FnOnce()) -> u32 {
+        if log::set_logger(&LINE_COUNTER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+        let before = LOG_LINES.with(std::cell::Cell::get);
+        run();
+        LOG_LINES.with(std::cell::Cell::get) - before
+    }
+
+    #[test]
+    fn an_allowed_request_writes_no_log_line() {
+        let f = Fixture::new(LOGIN);
+        let lines = log_lines_of(|| {
+            for _ in 0..3 {
+                assert_eq!(
+                    f.status("GET", "/public/a", &[("x-forwarded-for", "192.0.2.1")]),
+                    200
+                );
+                assert_eq!(f.status("POST", "/login", &[]), 200);
+            }
+        });
+        assert_eq!(lines, 0);
+        // The counter does count: a refusal is an event.
+        let lines = log_lines_of(|| {
+            for _ in 0..6 {
+                f.status("POST", "/login", &[]);
+            }
+        });
+        assert!(lines >= 1, "{lines}");
     }
 }

@@ -11,6 +11,7 @@ use crate::core::names::Names;
 use crate::core::routes::RouteId;
 use crate::core::verdict::{Decision, Reason, Stage};
 use crate::state::host::CasRetries;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -99,6 +100,32 @@ impl<M: Metrics + ?Sized> CasRetries for M {
     }
 }
 
+/// Increments held in the VM until [`CounterBatch::drain`] hands them to
+/// the host: one host call per counter per flush instead of one per
+/// increment. What the host shows lags by up to one flush period.
+#[derive(Default)]
+pub struct CounterBatch {
+    /// Few counters move between two flushes: a list beats a hash map.
+    pending: RefCell<Vec<(Counter, u64)>>,
+}
+
+impl CounterBatch {
+    /// The pending counts, each counter once; the batch is empty after.
+    pub fn drain(&self) -> Vec<(Counter, u64)> {
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+}
+
+impl Metrics for CounterBatch {
+    fn increment(&self, counter: Counter) {
+        let mut pending = self.pending.borrow_mut();
+        match pending.iter_mut().find(|(c, _)| *c == counter) {
+            Some((_, n)) => *n += 1,
+            None => pending.push((counter, 1)),
+        }
+    }
+}
+
 /// Counts increments per counter, for tests.
 #[derive(Default)]
 pub struct MemoryMetrics(Mutex<HashMap<Counter, u64>>);
@@ -116,5 +143,25 @@ impl Metrics for MemoryMetrics {
         if let Ok(mut m) = self.0.lock() {
             *m.entry(counter).or_default() += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_sums_each_counter_once_and_empties_on_drain() {
+        let batch = CounterBatch::default();
+        let ban = |rule| Counter::BanIssued { rule };
+        for counter in [ban(1), ban(2), ban(1), Counter::CasRetry, ban(1)] {
+            batch.increment(counter);
+        }
+        let mut drained = batch.drain();
+        drained.sort_by_key(|(c, _)| format!("{c:?}"));
+        assert_eq!(drained, [(ban(1), 3), (ban(2), 1), (Counter::CasRetry, 1)]);
+        assert!(batch.drain().is_empty());
+        batch.increment(ban(2));
+        assert_eq!(batch.drain(), [(ban(2), 1)]);
     }
 }

@@ -36,6 +36,14 @@ pub fn identify(
     }
 }
 
+/// The client address from the TCP peer, for a request whose address
+/// [`identify`] left to be read only when needed.
+pub fn from_peer(peer: &dyn Fn() -> Option<String>, prefixes: IpPrefixes, facts: &mut Facts<'_>) {
+    let ip = peer().as_deref().and_then(parse_addr);
+    facts.client_ip = ip;
+    facts.ip_key = ip.map(|ip| prefixes.key_of(ip));
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientIpError {
     /// The trusted `X-Forwarded-For` entry is not an IP address.

@@ -63,6 +63,10 @@ _EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
 # `rl_exhausted`).  Envoy removes the first capture group from the stat name and
 # uses the second as the tag value.
 # --------------------------------------------------------------------------
+# Palisade batches its counters in each worker's VM and hands them to Envoy
+# on a 1 s tick (TICK_MS in filters/palisade/src/lib.rs): a counter read
+# waits a tick and some slack for the last requests' counts.
+COUNTER_FLUSH_S = 1.5
 PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "list", "result")
 PALISADE_STATS_TAGS = [
     {"tag_name": name, "regex": rf"^wasmcustom\.palisade_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{name}\.([^.]+))"}
@@ -388,6 +392,11 @@ class LoopbackHttp:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        """A keep-alive connection for ``request(..., conn=...)``: one
+        worker answers all of its requests."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def request(
         self,
         method: str = "GET",
@@ -690,10 +699,6 @@ class EnvoyInstance(LoopbackHttp):
         """The last log lines, without Envoy's start-up inventory (extension and header-map lists)."""
         return tail(self.log_text(), lines)
 
-    # -- traffic -----------------------------------------------------------
-    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
-        """A keep-alive connection for ``request(..., conn=...)``."""
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     # -- admin -------------------------------------------------------------
     def admin(self, path: str) -> str:
@@ -712,6 +717,9 @@ class EnvoyInstance(LoopbackHttp):
         return self.admin("/stats")
 
     def prometheus(self) -> str:
+        """/stats/prometheus once palisade's counters are in: each worker
+        hands its batched counts to Envoy on its 1 s tick."""
+        time.sleep(COUNTER_FLUSH_S)
         return self.admin("/stats/prometheus")
 
     def memory(self) -> dict[str, int]:

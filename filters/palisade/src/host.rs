@@ -6,10 +6,9 @@
 //! status into a `Result` and leave decoding to the core.
 
 use palisade_core::core::hosts::HostKind;
-use palisade_core::core::metrics::{Counter, Metrics};
-use palisade_core::pipeline::Engine;
+use palisade_core::core::metrics::{Counter, CounterBatch, Metrics};
+use palisade_core::core::names::Names;
 use palisade_core::state::host::{cas_zero_overwrites, Clock, SharedStore, StoreError, Versioned};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ptr::{null, null_mut};
 use std::rc::Rc;
@@ -325,43 +324,46 @@ pub fn detect_host() -> Option<HostKind> {
     }
 }
 
-/// Counters defined on first use and remembered per VM, so the hot path
-/// makes one host call per increment. On a host without metrics, counting
-/// is skipped (the security log still records every finding).
+/// Counts held in the VM ([`CounterBatch`]) until the root context's tick
+/// flushes them, so a request makes no metric host call. On a host
+/// without metrics nothing is held (the security log still records every
+/// finding).
 pub struct HostMetrics {
-    pub engine: Rc<Engine>,
-    pub ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    pub batch: Rc<CounterBatch>,
     pub enabled: bool,
-}
-
-impl HostMetrics {
-    fn id_of(&self, counter: Counter) -> Option<u32> {
-        if let Some(id) = self.ids.borrow().get(&counter) {
-            return Some(*id);
-        }
-        let name = counter.stat_name(&self.engine.policy);
-        let mut id: u32 = 0;
-        // SAFETY: as above.
-        let status =
-            unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) };
-        if status != OK {
-            return None;
-        }
-        self.ids.borrow_mut().insert(counter, id);
-        Some(id)
-    }
 }
 
 impl Metrics for HostMetrics {
     fn increment(&self, counter: Counter) {
-        if !self.enabled {
-            return;
+        if self.enabled {
+            self.batch.increment(counter);
         }
-        if let Some(id) = self.id_of(counter) {
-            // SAFETY: no pointers.
-            unsafe {
-                proxy_increment_metric(id, 1);
+    }
+}
+
+/// Hands `batch`'s counts to the host: one increment per counter, each
+/// defined on first use and remembered in `ids` (per VM).
+pub fn flush_metrics(batch: &CounterBatch, ids: &mut HashMap<Counter, u32>, names: &dyn Names) {
+    for (counter, n) in batch.drain() {
+        let id = match ids.get(&counter) {
+            Some(id) => *id,
+            None => {
+                let name = counter.stat_name(names);
+                let mut id: u32 = 0;
+                // SAFETY: as above.
+                let status = unsafe {
+                    proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id)
+                };
+                if status != OK {
+                    continue;
+                }
+                ids.insert(counter, id);
+                id
             }
+        };
+        // SAFETY: no pointers.
+        unsafe {
+            proxy_increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }

@@ -4,12 +4,12 @@
 mod host;
 
 use host::{
-    HostClock, HostMetrics, HostStore, MAP_HTTP_CALL_RESPONSE_HEADERS, MAP_REQUEST_HEADERS,
-    MAP_RESPONSE_HEADERS,
+    flush_metrics, HostClock, HostMetrics, HostStore, MAP_HTTP_CALL_RESPONSE_HEADERS,
+    MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS,
 };
 use palisade_core::config::Policy;
 use palisade_core::core::hosts::HostKind;
-use palisade_core::core::metrics::Counter;
+use palisade_core::core::metrics::{Counter, CounterBatch};
 use palisade_core::core::remote::FetchPlan;
 use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
@@ -21,14 +21,14 @@ use palisade_core::stages::reputation;
 use palisade_core::state::host::{namespace_prefix, Namespaced};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How often the root context looks at remote key sets: new sets other
-/// workers fetched are installed within this period.
+/// How often the root context flushes counters to the host and looks at
+/// remote key sets: counters lag by up to this period, and new sets other
+/// workers fetched are installed within it.
 const TICK_MS: u32 = 1_000;
 
 const LOG_INFO: u32 = 2;
@@ -66,7 +66,10 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct Root {
     engine: Option<Rc<Engine>>,
-    metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    /// Counts of this VM's streams, flushed on the tick.
+    counters: Rc<CounterBatch>,
+    /// Host metric ids of the counters defined so far.
+    metric_ids: HashMap<Counter, u32>,
     /// Fetches in flight, by call token.
     fetches: HashMap<u32, Fetch>,
     /// Shared-data key prefix of this filter instance.
@@ -122,10 +125,9 @@ fn fresh_seed() -> [u8; 16] {
 }
 
 /// The engine's counters, on a host that has metrics.
-fn metrics(engine: &Rc<Engine>, ids: &Rc<RefCell<HashMap<Counter, u32>>>) -> HostMetrics {
+fn metrics(engine: &Engine, counters: &Rc<CounterBatch>) -> HostMetrics {
     HostMetrics {
-        engine: engine.clone(),
-        ids: ids.clone(),
+        batch: counters.clone(),
         enabled: engine.host().has_metrics(),
     }
 }
@@ -133,12 +135,12 @@ fn metrics(engine: &Rc<Engine>, ids: &Rc<RefCell<HashMap<Counter, u32>>>) -> Hos
 /// Runs `call` with the host services of one engine call: this filter
 /// instance's shared store, the host clock, the engine's counters.
 fn with_services<T>(
-    engine: &Rc<Engine>,
-    ids: &Rc<RefCell<HashMap<Counter, u32>>>,
+    engine: &Engine,
+    counters: &Rc<CounterBatch>,
     namespace: &str,
     call: impl FnOnce(&Services<'_>) -> T,
 ) -> T {
-    let metrics = metrics(engine, ids);
+    let metrics = metrics(engine, counters);
     let store = store(namespace);
     call(&Services {
         store: &store,
@@ -187,13 +189,22 @@ impl Context for Root {
             Some(other) => Err(format!("HTTP status {other}")),
             None => Err("no response".to_string()),
         };
-        with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+        with_services(&engine, &self.counters, &self.namespace, |services| {
             fetch.finished(&engine, result, services);
         });
     }
 }
 
 impl Root {
+    /// Hands the counts of this VM's streams to the host.
+    fn flush_metrics(&mut self) {
+        if let Some(engine) = &self.engine {
+            if engine.host().has_metrics() {
+                flush_metrics(&self.counters, &mut self.metric_ids, &engine.policy);
+            }
+        }
+    }
+
     /// Starts the fetch `plan` of `fetch`'s document.
     fn dispatch(&mut self, engine: &Rc<Engine>, fetch: Fetch, plan: &FetchPlan, accept: &str) {
         let upstream = plan.upstream.as_str();
@@ -221,7 +232,7 @@ impl Root {
                 let why = format!(
                     "cannot call upstream `{upstream}` ({status:?}); is the cluster defined?"
                 );
-                with_services(engine, &self.metric_ids, &self.namespace, |services| {
+                with_services(engine, &self.counters, &self.namespace, |services| {
                     fetch.finished(engine, Err(why), services);
                 });
             }
@@ -299,22 +310,27 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if engine.needs_tick() {
+        if engine.needs_tick() || kind.has_metrics() {
             if let Err(status) = host::set_tick_period_ms(TICK_MS) {
-                log::error!("palisade: cannot start the key-set timer (host status {status})");
+                log::error!("palisade: cannot start the timer (host status {status})");
                 return false;
             }
         }
+        // Counts so far are named after the routes and rules of the
+        // configuration they were made under.
+        self.flush_metrics();
         self.engine = Some(engine);
         self.fetches.clear();
-        self.metric_ids.borrow_mut().clear();
+        self.metric_ids.clear();
         true
     }
 
     fn on_tick(&mut self) {
+        self.flush_metrics();
         let Some(engine) = self.engine.clone() else {
             return;
         };
+        engine.tick();
         let Some(now_ms) = host::now_ms() else {
             log::warn!("palisade: the host clock failed; key sets are looked at on the next tick");
             return;
@@ -332,7 +348,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             engine: self.engine.clone(),
-            metric_ids: self.metric_ids.clone(),
+            counters: self.counters.clone(),
             response_headers: Vec::new(),
             body_check: None,
             login: None,
@@ -347,7 +363,7 @@ impl RootContext for Root {
 
 struct Stream {
     engine: Option<Rc<Engine>>,
-    metric_ids: Rc<RefCell<HashMap<Counter, u32>>>,
+    counters: Rc<CounterBatch>,
     response_headers: Vec<(&'static str, String)>,
     /// Set while the body must still be checked before the request goes on.
     body_check: Option<BodyCheck>,
@@ -357,8 +373,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn metrics(&self, engine: &Rc<Engine>) -> HostMetrics {
-        metrics(engine, &self.metric_ids)
+    fn metrics(&self, engine: &Engine) -> HostMetrics {
+        metrics(engine, &self.counters)
     }
 
     /// Finishes a pending body check: forwards the request, or answers.
@@ -367,7 +383,7 @@ impl Stream {
             return Action::Continue;
         };
         let login = self.login.as_deref_mut();
-        let answer = with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+        let answer = with_services(&engine, &self.counters, &self.namespace, |services| {
             engine.check_body(&check, body, services, login)
         });
         match answer {
@@ -500,7 +516,7 @@ impl HttpContext for Stream {
         };
         let peer =
             || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
-        let verdict = with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+        let verdict = with_services(&engine, &self.counters, &self.namespace, |services| {
             engine.evaluate(&headers, &peer, services)
         });
         let body_arrival = || {
@@ -555,7 +571,7 @@ impl HttpContext for Stream {
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
             match status {
                 Some(status) => {
-                    with_services(&engine, &self.metric_ids, &self.namespace, |services| {
+                    with_services(&engine, &self.counters, &self.namespace, |services| {
                         engine.login_answered(&login, status, services);
                     });
                 }

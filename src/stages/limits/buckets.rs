@@ -114,6 +114,9 @@ pub struct Rule {
     pub counts: Counts,
     /// The countries (`geo`) whose requests the rule applies to; `None`: all.
     pub countries: Option<CountrySet>,
+    /// Tokens a worker takes at once while the bucket has plenty, spending
+    /// the spare ones without a shared-data round trip (1: no reservation).
+    pub reserve: u32,
     /// Microseconds per token; `None` when the bucket never refills.
     interval_us: Option<u64>,
     /// Stamp of `capacity` and `refill` kept in the records (never 0).
@@ -200,6 +203,7 @@ impl Rule {
             ban,
             counts: Counts::Requests,
             countries: None,
+            reserve: 1,
             interval_us,
             limits_stamp: limits_stamp(capacity, refill),
         }
@@ -211,6 +215,13 @@ impl Rule {
 
     pub fn in_countries(self, countries: Option<CountrySet>) -> Rule {
         Rule { countries, ..self }
+    }
+
+    pub fn reserving(self, reserve: u32) -> Rule {
+        Rule {
+            reserve: reserve.max(1),
+            ..self
+        }
     }
 
     /// Rules keyed on the user or the signing key run after authentication,
@@ -247,14 +258,20 @@ impl Rule {
 
     /// Takes one token from a bucket in `state`.
     pub fn take(&self, state: u64, now_us: u64) -> Take {
+        self.take_many(state, now_us, 1)
+    }
+
+    /// Takes `n` tokens (at least 1) at once, or none.
+    pub fn take_many(&self, state: u64, now_us: u64, n: u32) -> Take {
+        let n = u64::from(n.max(1));
         let Some(interval) = self.interval_us else {
             let used = state;
             let capacity = u64::from(self.capacity);
-            return if used < capacity {
+            return if used.saturating_add(n) <= capacity {
                 Take {
                     allowed: true,
-                    state: used + 1,
-                    remaining: capacity - used - 1,
+                    state: used + n,
+                    remaining: capacity - used - n,
                     wait_us: None,
                 }
             } else {
@@ -271,7 +288,7 @@ impl Rule {
         // steps back, a stored arrival time far ahead would otherwise refuse
         // the key for as long as the step.
         let state = state.min(now_us.saturating_add(burst));
-        let next = state.max(now_us).saturating_add(interval);
+        let next = state.max(now_us).saturating_add(interval.saturating_mul(n));
         let ahead = next - now_us;
         if ahead <= burst {
             Take {
@@ -358,6 +375,9 @@ impl BanPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charge {
     Take,
+    /// Takes the rule's `reserve` tokens at once when the bucket keeps at
+    /// least as many after, else one, like `Take`.
+    Reserve,
     /// Refuses (and strikes) when the bucket is empty, writes nothing when it
     /// is not: how a `failures` rule guards a request before verification.
     Peek,
@@ -371,6 +391,12 @@ pub enum Charge {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleOutcome {
     Allowed(Quota),
+    /// Allowed, and `spare` more tokens were taken for this worker to
+    /// spend on the key's next requests ([`Charge::Reserve`]).
+    Reserved {
+        quota: Quota,
+        spare: u32,
+    },
     Throttled {
         quota: Quota,
         retry_after_s: Option<u64>,
@@ -515,10 +541,24 @@ impl Limiter<'_> {
                 retry_after_s: left.div_ceil(1000).max(1),
             };
         }
-        let take = rule.take(record.state, now_ms.saturating_mul(1000));
+        let now_us = now_ms.saturating_mul(1000);
+        if charge == Charge::Reserve && rule.reserve > 1 {
+            let batch = rule.take_many(record.state, now_us, rule.reserve);
+            // Only while the bucket has plenty: near its limit every worker
+            // takes one token at a time and none is held back.
+            if batch.allowed && batch.remaining >= u64::from(rule.reserve) {
+                record.state = batch.state;
+                *write = true;
+                return RuleOutcome::Reserved {
+                    quota: rule.quota(&batch),
+                    spare: rule.reserve - 1,
+                };
+            }
+        }
+        let take = rule.take(record.state, now_us);
         let quota = rule.quota(&take);
         if take.allowed || charge == Charge::BanOnly {
-            if charge == Charge::Take {
+            if matches!(charge, Charge::Take | Charge::Reserve) {
                 record.state = take.state;
                 *write = true;
             }
@@ -608,6 +648,34 @@ mod tests {
     }
 
     const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_batch_is_taken_whole_or_not_at_all() {
+        let refilling = rule(
+            10,
+            Some(Refill {
+                tokens: 10,
+                every_ms: 10_000,
+            }),
+            false,
+        );
+        let never = rule(10, None, false);
+        let now = T0 * 1000;
+        for r in [&refilling, &never] {
+            let batch = r.take_many(0, now, 8);
+            assert!(batch.allowed);
+            assert_eq!(batch.remaining, 2);
+            assert!(!r.take_many(batch.state, now, 3).allowed, "3 of 2 left");
+            let two = r.take_many(batch.state, now, 2);
+            assert!(two.allowed);
+            assert_eq!(two.remaining, 0);
+            assert_eq!(r.take(0, now).state, r.take_many(0, now, 1).state);
+        }
+        // Refilled at one token a second: 3 s later a batch of 3 fits again.
+        let empty = refilling.take_many(0, now, 10).state;
+        assert!(!refilling.take_many(empty, now + 2_999_999, 3).allowed);
+        assert!(refilling.take_many(empty, now + 3_000_000, 3).allowed);
+    }
 
     #[test]
     fn refilling_bucket_allows_capacity_then_one_per_interval() {

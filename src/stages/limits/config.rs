@@ -77,7 +77,19 @@ struct RawRule {
         schemars(length(min = 1), inner(regex(pattern = crate::core::country::LIST_PATTERN)), extend("uniqueItems" = true))
     )]
     countries: Option<Vec<String>>,
+    /// Tokens a worker takes at once while the bucket has plenty (1: one
+    /// per request, every request a shared-data round trip).
+    #[serde(default = "one")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_RESERVE)))]
+    reserve: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// Largest `reserve`: what a worker may withhold from the others stays small.
+pub const MAX_RESERVE: u32 = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum KeyPart {
@@ -394,6 +406,25 @@ pub fn compile_rate_limits(
             None => None,
             Some(list) => Some(CountrySet::compile(&list, &at("countries"))?),
         };
+        if !(1..=MAX_RESERVE).contains(&rule.reserve) {
+            return Err(err(at("reserve"), format!("must be 1 to {MAX_RESERVE}")));
+        }
+        if rule.reserve > 1 && rule.counts != Counts::Requests {
+            return Err(err(
+                at("reserve"),
+                "only rules counting \"requests\" take tokens ahead of need",
+            ));
+        }
+        if rule.reserve > 1 && rule.reserve.saturating_mul(2) > rule.capacity {
+            return Err(err(
+                at("reserve"),
+                format!(
+                    "{} needs a capacity of at least {} (twice the reserve): a worker only takes a batch while the bucket keeps as many",
+                    rule.reserve,
+                    rule.reserve.saturating_mul(2)
+                ),
+            ));
+        }
         rules.push(
             Rule::new(
                 rule.name,
@@ -406,7 +437,8 @@ pub fn compile_rate_limits(
                 rule.ban,
             )
             .counting(rule.counts)
-            .in_countries(countries),
+            .in_countries(countries)
+            .reserving(rule.reserve),
         );
     }
     let distinct_pages = slot_pages(

@@ -5,6 +5,7 @@
 
 pub mod buckets;
 pub mod config;
+pub mod reserve;
 
 use crate::core::metrics::Counter;
 use crate::core::request::Facts;
@@ -15,9 +16,11 @@ use crate::state::replay::{self, Sighting};
 use crate::state::slots;
 use buckets::{BanPolicy, Charge, Counts, Limiter, Rule, RuleOutcome};
 use config::RateLimits;
+use reserve::Held;
 use siphasher::sip128::Hash128;
 use std::hash::Hasher;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 /// When a group of rate-limit rules runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +40,13 @@ pub enum Phase {
 }
 
 /// Bans and rate limits of one phase: both read the same slot record, in
-/// one round trip per rule.
+/// one round trip per rule, except for tokens this worker holds (`held`).
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     phase: Phase,
     limits: &RateLimits,
     bans: &BanPolicy,
+    held: &Mutex<Held>,
     facts: &Facts<'_>,
     ctx: &Ctx<'_>,
     findings: &mut Vec<Finding>,
@@ -53,11 +58,11 @@ pub fn check(
         .iter()
         .filter_map(|rule| {
             let charge = match (phase, rule.counts) {
-                (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Take,
+                (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Reserve,
                 (Phase::PreAuth, Counts::Failures) => Charge::Peek,
                 (Phase::PreAuth, Counts::FailedLogins) if !rule.key.username => Charge::Peek,
                 (Phase::PreAuth, Counts::Usernames) => Charge::BanOnly,
-                (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Take,
+                (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Reserve,
                 (Phase::Failed, Counts::Failures) => Charge::Take,
                 // A known client of the user is not held to the user's rules.
                 (Phase::Login, Counts::FailedLogins)
@@ -84,18 +89,33 @@ pub fn check(
     if due.peek().is_none() {
         return;
     }
-    let Some(now_ms) = facts.now_ms(host.clock) else {
-        return findings.push(ctx.host_failure("clock", Stage::RateLimit));
-    };
     let limiter = Limiter {
         rules: &limits.rules,
         bans,
         store: host.store,
         metrics: host.metrics,
     };
+    // Locked only around its own use: never across a shared-data call.
+    let held = || held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let counted = |quota: &mut Option<Quota>, q: Quota| {
+        if quota.is_none_or(|best| q.remaining < best.remaining) {
+            *quota = Some(q);
+        }
+    };
     for (rule, charge) in due {
         let hash = key_hash(rule, facts, ctx);
         let addr = Ctx::address(hash, limits.pages);
+        if charge == Charge::Reserve {
+            let spent = held().spend(rule.index, addr.tag);
+            if let Some(q) = spent {
+                counted(quota, q);
+                continue;
+            }
+        }
+        // Read once per request, and only when shared state is consulted.
+        let Some(now_ms) = facts.now_ms(host.clock) else {
+            return findings.push(ctx.host_failure("clock", Stage::RateLimit));
+        };
         let charge = match distinct_item(rule.counts, facts) {
             Some(item) if charge == Charge::Take => {
                 match is_new_to_key(rule, hash, item, ctx, limits.distinct_pages, now_ms) {
@@ -115,10 +135,16 @@ pub fn check(
         let finding = match limiter.check(rule, addr, now_ms, charge) {
             Ok(RuleOutcome::Allowed(q)) => {
                 // A failures rule is no quota of the client's requests.
-                let counted = rule.counts == Counts::Requests;
-                if counted && quota.is_none_or(|best| q.remaining < best.remaining) {
-                    *quota = Some(q);
+                if rule.counts == Counts::Requests {
+                    counted(quota, q);
                 }
+                continue;
+            }
+            Ok(RuleOutcome::Reserved { quota: q, spare }) => {
+                held().keep(rule.index, addr.tag, spare, q);
+                // The held tokens are the client's too.
+                let remaining = q.remaining.saturating_add(u64::from(spare));
+                counted(quota, Quota { remaining, ..q });
                 continue;
             }
             Ok(RuleOutcome::Banned { retry_after_s }) => Finding {

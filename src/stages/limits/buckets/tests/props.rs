@@ -114,7 +114,7 @@ proptest! {
                 RuleOutcome::Banned { retry_after_s } => {
                     banned_until = banned_until.max(now + retry_after_s * 1000 - 1000);
                 }
-                RuleOutcome::Allowed(_) => prop_assert!(now >= banned_until, "allowed at {now} while banned until {banned_until}"),
+                RuleOutcome::Allowed(_) | RuleOutcome::Reserved { .. } => prop_assert!(now >= banned_until, "allowed at {now} while banned until {banned_until}"),
                 RuleOutcome::Throttled { .. } => {}
             }
         }
