@@ -1593,7 +1593,9 @@ def hostcall_columns(hostcalls: dict[str, dict]) -> list[tuple[str, str]]:
     seen: list[str] = []
     for r in hostcalls.values():
         for k, v in r.items():
-            if k not in ("name", "total", "error") and isinstance(v, int) and k not in seen:
+            # Counts may be fractional (a call made once per batch of requests).
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k not in ("name", "total", "error") and number and k not in seen:
                 seen.append(k)
     cols = [(k, label) for k, label in HOSTCALL_KINDS if k in seen or not seen]
     return cols + [(k, k.replace("_", " ")) for k in seen if k not in known]
