@@ -15,15 +15,24 @@ How (each choice is there to make one run's numbers comparable):
 * Every configuration gets its own Envoy (``--concurrency 1``, its own
   ``--base-id``, admin and listener on kernel-chosen loopback ports,
   ``-l warn``), all started once and kept running, so each round hits an
-  already-warm Envoy (compiled wasm, filled bucket table, cached token). Each
-  proxies to one shared local upstream: another Envoy answering 200 ``ok``
-  itself (``direct_response``).
+  already-warm Envoy (compiled wasm, filled bucket table, cached token). By
+  default (``--upstream direct``) each answers 200 ``ok`` from its own route
+  (``direct_response``) once its HTTP filters have run: no upstream hop, no
+  upstream process sharing the load generator's CPU. ``--upstream proxy``
+  proxies to one shared local upstream instead: another Envoy answering
+  200 ``ok`` itself.
 * Rounds are interleaved: every round runs each configuration once, in an
   order that rotates from round to round, so slow drift of the machine
   (thermal, other tenants) hits all configurations alike. Round 0 is a warm-up
   and is discarded; medians of the remaining rounds are reported, and each
   cost is the median of the per-round paired differences (to bare Envoy, to
-  the empty filter).
+  the empty filter), with the 95% t-interval of their mean.
+* F = (empty filter − bare Envoy) of the same run is the unit of palisade's
+  cost over the empty filter (issue 14's targets), with Fieller's interval
+  for the ratio. ``--units`` adds the empty filter making one kind of host
+  call n times per request (``unit-*``): the cost of one call of each kind,
+  and per palisade configuration the residual = cost over the empty filter −
+  Σ host calls × unit cost.
 * CPU time is the sum of the first field of ``/proc/<pid>/task/*/schedstat``
   (nanoseconds on CPU, per thread; ``/proc/<pid>/schedstat`` alone would be
   only Envoy's main thread, not its worker). ``utime + stime`` from
@@ -42,7 +51,7 @@ How (each choice is there to make one run's numbers comparable):
   10,000 addresses in 198.18.0.0/15 (header text only; every connection goes
   to 127.0.0.1). Workload ``signed``: an RFC 9421 signed ``POST /`` with a
   1 KiB JSON body and ``Content-Digest``. With ``taskset``, the measured
-  Envoys run on CPU 0, wrk and the upstream on CPU 1.
+  Envoys run on CPU 0, wrk (and the upstream, if any) on CPU 1.
 * Host calls per request are counted by ``tests/bench/hostcalls`` (a native
   program that runs palisade's engine on the bench's request with counting
   host services, and adds the calls the proxy-wasm glue makes around it).
@@ -58,7 +67,8 @@ configurations within one run, not across runs or machines.
 Usage::
 
     python3 tests/bench/bench.py [--quick] [--rounds 7] [--seconds 5]
-        [--configs bare,native,...] [--out target/bench] [--readme README.md]
+        [--configs bare,native,...] [--units] [--upstream direct|proxy]
+        [--out target/bench] [--readme README.md]
         [--memory-keys 1000000] [--envoy PATH] [--wasm PATH]
 
 Writes ``results.md``, ``results.json`` and ``cost.svg`` under ``--out``;
@@ -276,7 +286,7 @@ class Config:
     name: str
     label: str
     workload: str  # "get", "signed", "login" or "stuffing"
-    kind: str  # "bare", "native", "empty" or "palisade"
+    kind: str  # "bare", "native", "empty", "unit" or "palisade"
     palisade: dict | None = None
     native_filters: list[dict] = field(default_factory=list)
     # Checks a bearer token: a request without one must get 401 at start-up.
@@ -287,6 +297,13 @@ class Config:
     default: bool = True
     # Another palisade.wasm than the run's (--baseline-wasm: a build before a change).
     wasm: Path | None = None
+    # kind "unit": the empty filter making one kind of host call n times per
+    # request (its plugin configuration `<kind> <n>`).
+    unit: tuple[str, int] | None = None
+
+    @property
+    def empty_filter_config(self) -> str:
+        return f"{self.unit[0]} {self.unit[1]}" if self.unit else ""
 
 
 BASELINE = {"get": "bare", "signed": "bare-post", "login": "bare-login", "stuffing": "bare-stuffing"}
@@ -498,6 +515,32 @@ def all_configs(ident: Identity) -> list[Config]:
             palisade=account,
             default=False,
         ),
+    ] + unit_configs()
+
+
+# Host-call unit costs (--units): the empty filter making one kind of call
+# n times per request. (name, kind, n, workload, what one call is).
+UNITS: list[tuple[str, str, int, str, str]] = [
+    ("unit-headers", "headers", 8, "get", "read of the whole request header map"),
+    ("unit-header", "header", 16, "get", "read of one request header"),
+    ("unit-property", "property", 16, "get", "read of the `source.address` property"),
+    ("unit-clock", "clock", 16, "get", "clock read"),
+    ("unit-get", "get", 16, "get", "shared-data get"),
+    ("unit-cas", "cas", 8, "get", "shared-data CAS set (8 get + set pairs, minus 8 gets)"),
+    ("unit-metric", "metric", 16, "get", "counter increment"),
+    ("unit-log", "log", 16, "get", "log call at info level, filtered out by Envoy's -l warn"),
+    ("unit-replace", "replace", 16, "get", "request header replace"),
+    ("unit-resp-add", "resp-add", 8, "get", "response header add"),
+    ("unit-body", "body", 8, "signed", "read of the whole 1 KiB request body"),
+]
+# The configurations --units adds to a run.
+UNIT_GROUP = ["bare", "empty", "empty-post"] + [u[0] for u in UNITS]
+
+
+def unit_configs() -> list[Config]:
+    return [
+        Config(name, f"empty filter + {n} × {what}", workload, "unit", unit=(kind, n), default=False)
+        for name, kind, n, workload, what in UNITS
     ]
 
 
@@ -821,15 +864,22 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
     """Envoy bootstrap as JSON (valid YAML): the integration tests' listener
     and HTTP connection manager (harness.ingress_bootstrap), so the client's
     X-Forwarded-For reaches the filter unchanged. `cfg` None is the upstream
-    itself, which answers 200 `ok` (direct_response)."""
+    itself, which answers 200 `ok` (direct_response). With `upstream_port`
+    0 (`--upstream direct`) the measured Envoy answers the same way itself:
+    its HTTP filters run on the request, then the router answers from the
+    route (no upstream connection), and the encoder side of the filters
+    (palisade's response headers, a login's answer) runs on that answer."""
+    direct_routes = [REFUSED_LOGIN_ROUTE, OK_ROUTE]
     if cfg is None:
-        return json.dumps(ingress_bootstrap([REFUSED_LOGIN_ROUTE, OK_ROUTE], [ROUTER_FILTER]), indent=2)
+        return json.dumps(ingress_bootstrap(direct_routes, [ROUTER_FILTER]), indent=2)
     filters: list[dict] = list(cfg.native_filters)
-    if cfg.kind == "empty":
-        filters.append(palisade_wasm_filter("", EMPTY_WASM))
+    if cfg.kind in ("empty", "unit"):
+        filters.append(palisade_wasm_filter(cfg.empty_filter_config, EMPTY_WASM))
     elif cfg.kind == "palisade":
         filters.append(palisade_wasm_filter(json.dumps(cfg.palisade), cfg.wasm or wasm))
     filters.append(ROUTER_FILTER)
+    if not upstream_port:
+        return json.dumps(ingress_bootstrap(direct_routes, filters), indent=2)
     b = ingress_bootstrap([UPSTREAM_ROUTE], filters)
     b["static_resources"]["clusters"] = [upstream_cluster(upstream_port)]
     return json.dumps(b, indent=2)
@@ -855,7 +905,7 @@ def http_status(port: int, req: Request, headers: dict[str, str]) -> int:
 
 _STATS_FILTER = (
     r"^(http\.ingress_http\.(downstream_rq_(2xx|4xx|completed)|jwt_authn\.(allowed|denied))"
-    r"|wasmcustom\.palisade_.*)$"
+    r"|wasmcustom\.(palisade_.*|bench_unit_calls))$"
 )
 
 
@@ -1151,23 +1201,58 @@ def check_served(envoy: Envoy, where: str, res: dict, c0: dict, c1: dict) -> int
     # A filter counts a request when its headers arrive; up to one request per
     # connection can be cut off by wrk's deadline after that, and is then not
     # completed. So filters may see a few more requests than Envoy completed,
-    # never fewer, and must allow every one.
+    # never fewer (the counters are read once they caught up, see
+    # settled_counters), and must allow every one. Palisade may batch its
+    # counters and flush them on a tick: the previous round's last requests
+    # can then land in this round's delta, hence up to twice the connections.
+    # Decisions other than allow and findings stay strict: none at all.
     kind = envoy.config.kind if envoy.config else "bare"
     if kind == "palisade":
         allowed = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total.decision.allow."))
         seen = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_requests_total."))
         findings = delta(c1, c0, lambda k: k.startswith("wasmcustom.palisade_findings_total."))
-        if allowed != seen or findings or not (0 <= seen - completed <= WRK_CONNECTIONS):
+        if allowed != seen or findings or not (0 <= seen - completed <= 2 * WRK_CONNECTIONS):
             raise BenchError(
                 f"{where}: palisade saw {seen} requests, allowed {allowed}, findings {findings}; "
                 f"Envoy completed {completed} (the filter must allow every request)"
             )
+    if kind == "unit" and envoy.config.unit and envoy.config.unit[0] == "metric":
+        # The metric unit's own counter: proof that the unit filter runs.
+        calls = delta(c1, c0, lambda k: k == "wasmcustom.bench_unit_calls")
+        if not (0 <= calls - completed * envoy.config.unit[1] <= 2 * WRK_CONNECTIONS * envoy.config.unit[1]):
+            raise BenchError(f"{where}: the metric unit counted {calls} increments for {completed} requests")
     if kind == "native":
         allowed = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.allowed")
         denied = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.denied")
         if denied or not (0 <= allowed - completed <= WRK_CONNECTIONS):
             raise BenchError(f"{where}: jwt_authn allowed {allowed} and denied {denied}; Envoy completed {completed}")
     return completed
+
+
+# Palisade may batch its counters in the VM and flush them on its 1 s tick.
+COUNTER_SETTLE_S = 3.0
+
+
+def settled_counters(envoy: Envoy, c0: dict[str, int]) -> dict[str, int]:
+    """The counters after a round, once a filter's batched counters caught up
+    with the requests Envoy completed (or COUNTER_SETTLE_S passed; the check
+    then fails). Read outside the CPU window."""
+    c1 = envoy.counters()
+    kind = envoy.config.kind if envoy.config else "bare"
+    if kind not in ("palisade", "unit"):
+        return c1
+    name = "wasmcustom.palisade_requests_total." if kind == "palisade" else "wasmcustom.bench_unit_calls"
+    per_request = envoy.config.unit[1] if kind == "unit" and envoy.config.unit else 1
+    if kind == "unit" and not (envoy.config.unit and envoy.config.unit[0] == "metric"):
+        return c1
+    deadline = time.monotonic() + COUNTER_SETTLE_S
+    while time.monotonic() < deadline:
+        completed = delta(c1, c0, lambda k: k == "http.ingress_http.downstream_rq_completed")
+        if delta(c1, c0, lambda k: k.startswith(name)) >= completed * per_request:
+            break
+        time.sleep(0.1)
+        c1 = envoy.counters()
+    return c1
 
 
 def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: str | None, procs: list) -> Sample:
@@ -1185,7 +1270,7 @@ def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: 
     b1, w1 = system_busy_ns(), children_cpu_ns()
     wall = time.monotonic() - t0
     envoy.check_alive()
-    c1 = envoy.counters()
+    c1 = settled_counters(envoy, c0)
     log_growth = envoy.log_bytes() - log0
     if thread_count(pid) != envoy.threads:
         raise BenchError(
@@ -1228,7 +1313,7 @@ def memory_run(
         seconds = max(2, min(30, int((keys - sent) / max(rate, 1000.0) * 1.15) + 1))
         c_a = envoy.counters()
         res = run_wrk(wrk, lua, envoy.port, seconds, taskset, procs, str(sent), str(keys))
-        c_b = envoy.counters()
+        c_b = settled_counters(envoy, c_a)
         # The next chunk starts where Envoy stopped (up to one request per
         # connection may be sent twice or skipped at a chunk boundary).
         sent += check_served(envoy, f"memory run, config '{envoy.name}'", res, c_a, c_b)
@@ -1322,6 +1407,91 @@ def paired(by: dict[str, dict[int, Sample]], name: str, ref: str) -> list[float]
     return [s.cpu_us_per_req - by[ref][r].cpu_us_per_req for r, s in by[name].items() if r in by[ref]]
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom; between two
+# entries the smaller df's (larger, conservative) value is used.
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+    10: 2.228, 12: 2.179, 14: 2.145, 16: 2.120, 18: 2.101, 20: 2.086, 25: 2.060, 30: 2.042,
+    40: 2.021, 60: 2.000, 120: 1.980,
+}  # fmt: skip
+
+
+def t975(df: int) -> float:
+    if df > 120:
+        return 1.960
+    return _T975[max(k for k in _T975 if k <= df)]
+
+
+def describe(xs: list[float]) -> dict | None:
+    """Median, mean and the 95% t-interval of the mean of per-round values
+    (paired differences or quantities derived from one round's samples);
+    no interval from a single round."""
+    if not xs:
+        return None
+    out: dict = {"n": len(xs), "median": med(xs), "mean": statistics.fmean(xs), "min": min(xs), "max": max(xs)}
+    if len(xs) >= 2:
+        half = t975(len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+        out["ci95"] = (out["mean"] - half, out["mean"] + half)
+    else:
+        out["ci95"] = None
+    return out
+
+
+Combo = dict[str, float]  # configuration name -> coefficient
+
+
+def combo_series(by: dict[str, dict[int, Sample]], combo: Combo) -> dict[int, float]:
+    """Per round in which every configuration of `combo` ran: the sum of its
+    coefficients times that round's CPU µs/request."""
+    if not combo or any(name not in by or not by[name] for name in combo):
+        return {}
+    rounds = set.intersection(*(set(by[name]) for name in combo))
+    return {r: sum(k * by[name][r].cpu_us_per_req for name, k in combo.items()) for r in sorted(rounds)}
+
+
+def combo_add(a: Combo, b: Combo, k: float = 1.0) -> Combo:
+    out = dict(a)
+    for name, v in b.items():
+        out[name] = out.get(name, 0.0) + k * v
+    return out
+
+
+def ratio_interval(num: dict[int, float], den: dict[int, float]) -> dict | None:
+    """num/den over the rounds both have (e.g. a cost over the empty filter
+    and F): the value is median(num) / median(den), the interval Fieller's
+    95% interval for mean(num) / mean(den) from the paired per-round values:
+    every R with |mean(num − R·den)| within the t-interval of that mean.
+    None when den's mean is not clearly above 0 (the interval is then
+    unbounded) or with fewer than 2 rounds."""
+    rounds = sorted(set(num) & set(den))
+    if not rounds:
+        return None
+    f = med([den[r] for r in rounds])
+    if f <= 0:
+        return {"value": None, "ci95": None, "note": "F not positive"}
+    out: dict = {"value": med([num[r] for r in rounds]) / f, "ci95": None}
+    n = len(rounds)
+    if n < 2:
+        return out
+    xs, ys = [num[r] for r in rounds], [den[r] for r in rounds]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs) / (n - 1) / n
+    syy = sum((y - my) ** 2 for y in ys) / (n - 1) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (n - 1) / n
+    t2 = t975(n - 1) ** 2
+    # (mx − R·my)² ≤ t²·(sxx − 2R·sxy + R²·syy), a quadratic a·R² + b·R + c ≤ 0.
+    a = my * my - t2 * syy
+    b = -2 * (mx * my - t2 * sxy)
+    c = mx * mx - t2 * sxx
+    disc = b * b - 4 * a * c
+    if a > 0 and disc >= 0:
+        root = disc**0.5
+        out["ci95"] = ((-b - root) / (2 * a), (-b + root) / (2 * a))
+    else:
+        out["note"] = "F not clearly above 0: no bounded interval"
+    return out
+
+
 def summarize(samples: list[Sample], configs: list[Config], unavailable: dict[str, str]) -> list[dict]:
     """Per configuration: medians over rounds, and the medians of the per-round
     paired differences to bare Envoy and to the empty filter (pairing cancels
@@ -1347,14 +1517,247 @@ def summarize(samples: list[Sample], configs: list[Config], unavailable: dict[st
             other_load=med([s.other_load for s in ss]),
         )
         for key, ref in (("over_bare", BASELINE[c.workload]), ("over_floor", FLOOR[c.workload])):
-            # The floor is what palisade configurations are compared with.
-            diffs = paired(by, c.name, ref) if key == "over_bare" or c.kind == "palisade" else []
+            # The floor is what palisade configurations (and the units) are compared with.
+            diffs = paired(by, c.name, ref) if key == "over_bare" or c.kind in ("palisade", "unit") else []
             row[key + "_us"] = med(diffs) if diffs else None
             row[key + "_min_max"] = (min(diffs), max(diffs)) if diffs else None
+            d = describe(diffs)
+            row[key + "_ci95"] = d["ci95"] if d else None
+        if c.kind == "palisade":
+            f = ratio_interval(
+                combo_series(by, {c.name: 1.0, FLOOR[c.workload]: -1.0}),
+                combo_series(by, {FLOOR["get"]: 1.0, BASELINE["get"]: -1.0}),
+            )
+            row["over_floor_F"] = f["value"] if f else None
+            row["over_floor_F_ci95"] = f["ci95"] if f else None
         over = row["over_bare_us"]
         row["vs_native"] = over / native_over if over is not None and native_over == native_over and native_over > 0 else None
         rows.append(row)
     return rows
+
+
+# Which unit cost stands for each column of the host-call harness. Columns
+# the harness may add later are matched by name (COLUMN_HINTS); a column
+# with no unit is left out of the residual and named in the report.
+COLUMN_UNITS = {
+    "header_map_reads": "unit-headers",
+    "property_reads": "unit-property",
+    "clock_reads": "unit-clock",
+    "shared_gets": "unit-get",
+    "shared_sets": "unit-cas",
+    "metric_increments": "unit-metric",
+    # Request header removes and replaces and response header adds are one
+    # column; the replace stands for all three.
+    "header_writes": "unit-replace",
+    "body_reads": "unit-body",
+    # One value read from the response header map, the same call as a
+    # single request header read.
+    "response_header_reads": "unit-header",
+}
+COLUMN_HINTS = [
+    ("log", "unit-log"),
+    ("metric", "unit-metric"),
+    ("clock", "unit-clock"),
+    ("time", "unit-clock"),
+    ("property", "unit-property"),
+    ("body", "unit-body"),
+    ("response_header_add", "unit-resp-add"),
+    ("header_map", "unit-headers"),
+    ("header_write", "unit-replace"),
+    ("header_set", "unit-replace"),
+    ("header_remove", "unit-replace"),
+    ("header", "unit-header"),
+    ("shared_get", "unit-get"),
+    ("shared_set", "unit-cas"),
+    ("cas", "unit-cas"),
+]
+# Issue 14's targets: palisade's cost over the empty filter, in units of F.
+TARGETS = [
+    ("off", 0.5, "no rules (`{}`)"),
+    ("rl", 1.0, "one IP rule"),
+    ("jwt+rl", 1.5, "cached JWT + IP and user rules"),
+    ("full", 2.0, "the full pipeline"),
+]
+
+
+def column_unit(column: str) -> str | None:
+    if column in COLUMN_UNITS:
+        return COLUMN_UNITS[column]
+    return next((unit for hint, unit in COLUMN_HINTS if hint in column), None)
+
+
+def hostcall_columns(hostcalls: dict[str, dict]) -> list[tuple[str, str]]:
+    """The harness's count columns: the known ones first, then any other it
+    reports (it evolves with the glue)."""
+    known = dict(HOSTCALL_KINDS)
+    seen: list[str] = []
+    for r in hostcalls.values():
+        for k, v in r.items():
+            # Counts may be fractional (a call made once per batch of requests).
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k not in ("name", "total", "error") and number and k not in seen:
+                seen.append(k)
+    cols = [(k, label) for k, label in HOSTCALL_KINDS if k in seen or not seen]
+    return cols + [(k, k.replace("_", " ")) for k in seen if k not in known]
+
+
+def unit_combo(name: str, configs: dict[str, Config]) -> Combo:
+    """The per-call cost of a unit configuration as a combination of
+    configurations: (unit − its floor) / n; the CAS set alone also minus one
+    shared-data get."""
+    c = configs[name]
+    assert c.unit is not None
+    n = c.unit[1]
+    combo = {name: 1.0 / n, FLOOR[c.workload]: -1.0 / n}
+    if c.unit[0] == "cas":
+        combo = combo_add(combo, unit_combo("unit-get", configs), -1.0) if "unit-get" in configs else {}
+    return combo
+
+
+def analyze(samples: list[Sample], configs: list[Config], hostcalls: dict[str, dict]) -> dict:
+    """F, the unit cost of each host call, the residual of each palisade
+    configuration and the targets, all from this run's samples. Every figure
+    is computed round by round from that round's samples, then summarized
+    (describe): the rounds pair every configuration, as the costs do."""
+    by = {c.name: {s.round: s for s in samples if s.config == c.name} for c in configs}
+    cmap = {c.name: c for c in configs}
+    f_series = combo_series(by, {FLOOR["get"]: 1.0, BASELINE["get"]: -1.0})
+    out: dict = {"F": describe(list(f_series.values())), "units": {}, "residuals": {}, "targets": []}
+    unit_combos: dict[str, Combo] = {}
+    for name, kind, n, workload, what in UNITS:
+        if name not in by or not by[name]:
+            continue
+        combo = unit_combo(name, cmap)
+        unit_combos[name] = combo
+        series = combo_series(by, combo)
+        out["units"][name] = {
+            "kind": kind,
+            "n": n,
+            "what": what,
+            "us_per_call": describe(list(series.values())),
+            "F_per_call": ratio_interval(series, f_series),
+        }
+    for c in configs:
+        if c.kind != "palisade" or c.name not in hostcalls or "error" in hostcalls[c.name]:
+            continue
+        counts = hostcalls[c.name]
+        combo: Combo = {c.name: 1.0, FLOOR[c.workload]: -1.0}
+        parts, missing = [], []
+        for col, _label in hostcall_columns({c.name: counts}):
+            k = counts.get(col, 0)
+            if not k:
+                continue
+            unit = column_unit(col)
+            if unit is None or unit not in unit_combos or not unit_combos[unit]:
+                missing.append(f"{k} {col}" + ("" if unit is None else f" ({unit} not measured)"))
+                continue
+            combo = combo_add(combo, unit_combos[unit], -float(k))
+            per_call = out["units"][unit]["us_per_call"]
+            parts.append({"column": col, "calls": k, "unit": unit, "us": k * per_call["median"] if per_call else None})
+        over = describe(list(combo_series(by, {c.name: 1.0, FLOOR[c.workload]: -1.0}).values()))
+        out["residuals"][c.name] = {
+            "over_floor_us": over,
+            "calls": parts,
+            "calls_us": sum(p["us"] for p in parts if p["us"] is not None),
+            "residual_us": describe(list(combo_series(by, combo).values())),
+            "not_accounted": missing,
+        }
+    for name, target, what in TARGETS:
+        if name not in by or not by[name] or cmap[name].kind != "palisade":
+            continue
+        f = ratio_interval(combo_series(by, {name: 1.0, FLOOR["get"]: -1.0}), f_series)
+        verdict = "—"
+        if f and f["value"] is not None:
+            verdict = "holds" if f["value"] <= target else "does not hold"
+            ci = f["ci95"]
+            if ci and ci[0] <= target < ci[1]:
+                verdict += " (the interval spans the target)"
+        out["targets"].append({"config": name, "what": what, "target_F": target, "measured_F": f, "verdict": verdict})
+    return out
+
+
+def _ci(d: dict | None, fmt: str = "{:+.2f}") -> str:
+    """`median [lo, hi]` of a describe() result (the interval is the mean's)."""
+    if not d:
+        return "—"
+    text = fmt.format(d["median"])
+    if d.get("ci95"):
+        text += " [" + fmt.format(d["ci95"][0]) + ", " + fmt.format(d["ci95"][1]) + "]"
+    return text
+
+
+def _ratio(r: dict | None) -> str:
+    if not r or r.get("value") is None:
+        return "—"
+    text = f"{r['value']:.2f} F"
+    if r.get("ci95"):
+        text += f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+    return text
+
+
+def _table(head: list[str], align: str, rows: list[list[str]], note: str) -> list[str]:
+    """A markdown table (`align`: one character per column, `l` or `r`) and
+    the note under it."""
+    rule = "|" + "".join("---:|" if c == "r" else "---|" for c in align)
+    return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows] + ["", note, ""]
+
+
+def markdown_analysis(a: dict) -> str:
+    out = [
+        f"F = empty filter − bare Envoy: {_ci(a['F'])} µs/request (median of per-round differences "
+        "[95% t-interval of their mean]).",
+        "",
+    ]
+    if a["targets"]:
+        out += _table(
+            ["target (issue 14)", "configuration", "cost over the empty filter", "target", "verdict"],
+            "llrrl",
+            [
+                [t["what"], f"`{t['config']}`", _ratio(t["measured_F"]), f"≤ {t['target_F']} F", t["verdict"]]
+                for t in a["targets"]
+            ],
+            "In units of F: median(cost over empty) ÷ median(F) over the rounds; in brackets Fieller's 95% "
+            "interval of the ratio of their means (from the paired per-round values; none when F is not clearly "
+            "above 0).",
+        )
+    if a["units"]:
+        out += _table(
+            ["host call (unit configuration)", "calls/request", "µs per call", "in F"],
+            "lrrr",
+            [
+                [f"{u['what']} (`{name}`)", str(u["n"]), _ci(u["us_per_call"], "{:+.3f}"), _ratio(u["F_per_call"])]
+                for name, u in a["units"].items()
+            ],
+            "µs per call = (unit configuration − empty filter) ÷ calls, round by round (median [95% t-interval "
+            "of the mean]); the CAS set is the get + set pairs minus as many gets.",
+        )
+    if a["residuals"]:
+        rows = []
+        for name, r in a["residuals"].items():
+            calls = ", ".join(
+                f"{p['calls']} {p['column']} ({p['us']:.1f})" if p["us"] is not None else f"{p['calls']} {p['column']}"
+                for p in r["calls"]
+            )
+            rows.append(
+                [
+                    f"`{name}`",
+                    _ci(r["over_floor_us"], "{:+.1f}"),
+                    f"{r['calls_us']:+.1f}",
+                    _ci(r["residual_us"], "{:+.1f}"),
+                    calls or "—",
+                    ", ".join(r["not_accounted"]) or "—",
+                ]
+            )
+        out += _table(
+            ["configuration", "over the empty filter", "host calls × unit costs", "residual", "host calls (µs)",
+             "not accounted"],
+            "lrrrll",
+            rows,
+            "Residual = cost over the empty filter − Σ host calls × unit cost, round by round (median "
+            "[95% t-interval of the mean]): what palisade's own code (and the host's work that no unit "
+            "measures) costs.",
+        )  # fmt: skip
+    return "\n".join(out).rstrip()
 
 
 def _us(x: float | None, sign: bool = True) -> str:
@@ -1364,13 +1767,13 @@ def _us(x: float | None, sign: bool = True) -> str:
 def markdown_summary(rows: list[dict], hostcalls: dict[str, dict]) -> str:
     out = [
         "| configuration | requests/s | CPU µs/request | over bare Envoy (min..max) | ÷ native chain's cost "
-        "| over empty wasm filter | p50 | p99 | host calls/request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| over empty wasm filter [95% CI] | ÷ F [95% CI] | p50 | p99 | host calls/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = f"`{r['config']}` {r['description']}"
         if "unavailable" in r:
-            out.append(f"| {name} | not available: {r['unavailable']} | | | | | | | |")
+            out.append(f"| {name} | not available: {r['unavailable']} | | | | | | | | |")
             continue
         over = _us(r["over_bare_us"])
         if r.get("over_bare_min_max"):
@@ -1378,8 +1781,13 @@ def markdown_summary(rows: list[dict], hostcalls: dict[str, dict]) -> str:
             over += f" ({lo:+.1f}..{hi:+.1f})"
         ratio = "—" if r["vs_native"] is None else f"{r['vs_native']:.2f}×"
         hc = hostcalls.get(r["config"], {}).get("total")
+        floor = _us(r["over_floor_us"])
+        if r.get("over_floor_ci95"):
+            lo, hi = r["over_floor_ci95"]
+            floor += f" [{lo:+.1f}, {hi:+.1f}]"
+        in_f = _ratio({"value": r.get("over_floor_F"), "ci95": r.get("over_floor_F_ci95")})
         out.append(
-            f"| {name} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.1f} | {over} | {ratio} | {_us(r['over_floor_us'])} "
+            f"| {name} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.1f} | {over} | {ratio} | {floor} | {in_f} "
             f"| {r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms | {'—' if hc is None else hc} |"
         )
     return "\n".join(out)
@@ -1390,15 +1798,18 @@ def markdown_hostcalls(hostcalls: dict[str, dict], reason: str | None) -> str:
         return f"Host calls: not available: {reason}"
     if not hostcalls:
         return ""
+    cols = hostcall_columns(hostcalls)
     out = [
-        "| configuration | " + " | ".join(label for _, label in HOSTCALL_KINDS) + " | total |",
-        "|---|" + "---:|" * (len(HOSTCALL_KINDS) + 1),
+        "| configuration | " + " | ".join(label for _, label in cols) + " | total |",
+        "|---|" + "---:|" * (len(cols) + 1),
     ]
     for name, r in hostcalls.items():
         if "error" in r:
-            out.append(f"| `{name}` | not available: {r['error']} |" + " |" * len(HOSTCALL_KINDS))
+            out.append(f"| `{name}` | not available: {r['error']} |" + " |" * len(cols))
             continue
-        out.append(f"| `{name}` | " + " | ".join(str(r[k]) for k, _ in HOSTCALL_KINDS) + f" | {r['total']} |")
+        out.append(f"| `{name}` | " + " | ".join(str(r.get(k, 0)) for k, _ in cols) + f" | {r['total']} |")
+    units = ", ".join(f"{label}: `{column_unit(k) or 'none'}`" for k, label in cols)
+    out += ["", f"Unit cost used for each column in the residuals: {units}."]
     return "\n".join(out)
 
 
@@ -1441,8 +1852,11 @@ def markdown_rounds(samples: list[Sample]) -> str:
     return "\n".join(out)
 
 
-def markdown_report(meta: dict, rows: list[dict], hostcalls: dict, hc_reason: str | None, mem: dict | None) -> str:
+def markdown_report(
+    meta: dict, rows: list[dict], hostcalls: dict, hc_reason: str | None, mem: dict | None, analysis: dict
+) -> str:
     """The summary: what `--readme` copies, and the head of results.md."""
+    analysis_md = markdown_analysis(analysis)
     m = meta["machine"]
     quick = " **Quick mode: a smoke test, not a measurement.**" if meta["quick"] else ""
     sizes = ", ".join(f"{name} {n:,} bytes ({gz:,} gzipped)" for name, (n, gz) in meta["wasm_sizes"].items())
@@ -1458,15 +1872,20 @@ def markdown_report(meta: dict, rows: list[dict], hostcalls: dict, hc_reason: st
         "Costs are CPU µs/request of the Envoy process over bare Envoy on the same requests (the median of "
         "per-round paired differences); \"÷ native chain's cost\" divides that by the native `jwt_authn` + "
         "`local_ratelimit` chain's; \"over empty wasm filter\" is the cost above an empty proxy-wasm filter, "
-        "the floor any wasm filter pays. The signed configurations are compared with bare Envoy and the empty "
+        "the floor any wasm filter pays, with the 95% t-interval of the mean paired difference; \"÷ F\" is "
+        "that cost in units of F = empty filter − bare Envoy (ratio of medians, Fieller's 95% interval). "
+        "The signed configurations are compared with bare Envoy and the empty "
         "filter on the same signed POST. Host calls are counted per request in the steady state (token cached, "
         "counters defined) by `tests/bench/hostcalls`.",
+        "",
+        analysis_md,
     ]
     if meta.get("other_load", 0) > 0.10:
+        upstream = " (the local upstream's share included)" if meta.get("upstream") == "proxy" else ""
         notes += [
             "",
-            f"Note: other work used {100 * meta['other_load']:.0f}% of a CPU (median) during the rounds "
-            "(the local upstream's share included); expect noisier numbers.",
+            f"Note: other work used {100 * meta['other_load']:.0f}% of a CPU (median) during the rounds"
+            f"{upstream}; expect noisier numbers.",
         ]
     notes += ["", markdown_memory(mem)]
     return "\n".join(notes)
@@ -1499,7 +1918,7 @@ def svg_chart(rows: list[dict]) -> str:
     for i, r in enumerate(data):
         y = top + i * (bar + gap)
         v, (a, b) = r["over_bare_us"], r["over_bare_min_max"]
-        colour = "#888" if r["kind"] in ("native", "empty") else "#2b6cb0"
+        colour = "#888" if r["kind"] in ("native", "empty", "unit") else "#2b6cb0"
         x0, x1 = sorted((x(0), x(v)))
         parts += [
             f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{esc(r["config"])}</text>',
@@ -1546,6 +1965,19 @@ def parse_args(argv: list[str], names: list[str], defaults: list[str]) -> argpar
     ap.add_argument("--memory-seconds", type=int, help=f"time limit of the memory test (default {FULL['memory_seconds']})")
     ap.add_argument("--configs", help="comma-separated configurations (default: " + ",".join(defaults) + "; also: "
                     + ",".join(n for n in names if n not in defaults) + ")")  # fmt: skip
+    ap.add_argument(
+        "--upstream",
+        choices=("direct", "proxy"),
+        default="direct",
+        help="direct (default): every measured Envoy answers from its route (direct_response), no upstream hop; "
+        "proxy: it proxies to a second Envoy on loopback (pinned with wrk)",
+    )
+    ap.add_argument(
+        "--units",
+        action="store_true",
+        help="also measure the host-call unit costs: " + ",".join(UNIT_GROUP) + " (about 2 minutes more with "
+        "the default rounds; --configs can name single ones)",
+    )
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="where results.md, results.json and cost.svg go")
     ap.add_argument("--readme", metavar="PATH", help="also copy the summary between the bench markers of PATH")
     ap.add_argument("--no-hostcalls", action="store_true", help="skip the host-call count (no cargo build)")
@@ -1567,6 +1999,8 @@ def parse_args(argv: list[str], names: list[str], defaults: list[str]) -> argpar
     if args.rounds < 1 or args.seconds < 1 or args.memory_keys < 0:
         ap.error("--rounds and --seconds must be >= 1, --memory-keys >= 0")
     args.configs = [c.strip() for c in (args.configs or ",".join(defaults)).split(",") if c.strip()]
+    if args.units:
+        args.configs += [c for c in UNIT_GROUP if c not in args.configs]
     unknown = [c for c in args.configs if c not in names]
     if unknown or not args.configs:
         ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(names)}")
@@ -1581,7 +2015,7 @@ def wasm_size(path: Path) -> tuple[int, int]:
 def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys: list[Envoy], procs: list, workdir: Path) -> int:
     envoy_bin = find_envoy(args.envoy)
     wasm_src = find_wasm(args.wasm)
-    if any(c.kind == "empty" for c in configs) and not EMPTY_WASM.is_file():
+    if any(c.kind in ("empty", "unit") for c in configs) and not EMPTY_WASM.is_file():
         raise SetupError(
             f"empty filter not found at {EMPTY_WASM}: build it with "
             "`cargo build --release --target wasm32-wasip1 -p empty-filter`"
@@ -1616,8 +2050,13 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
     memory_lua.write_text(wrk_script(_MEMORY_LUA, workload_request("get", ident)))
 
     load = f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} (keep-alive), {CLIENTS:,} X-Forwarded-For clients"
-    pinning = (
-        f"measured Envoy on CPU {ENVOY_CPU}, wrk and the upstream on CPU {WRK_CPU}" if taskset else "no CPU pinning"
+    direct = args.upstream == "direct"
+    others = "wrk" if direct else "wrk and the upstream"
+    pinning = f"measured Envoy on CPU {ENVOY_CPU}, {others} on CPU {WRK_CPU}" if taskset else "no CPU pinning"
+    answer = (
+        "answers: each measured Envoy's own route (direct_response), no upstream hop"
+        if direct
+        else "upstream: a second Envoy answering 200 on loopback"
     )
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1632,7 +2071,8 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
         "quick": args.quick,
         "rounds": args.rounds,
         "seconds": args.seconds,
-        "load": load + "; upstream: a second Envoy answering 200 on loopback",
+        "load": load + "; " + answer,
+        "upstream": args.upstream,
         "pinning": pinning,
         "connections": WRK_CONNECTIONS,
         "clients": CLIENTS,
@@ -1646,13 +2086,16 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
         print(f"warning: host calls: {hc_reason}", file=sys.stderr)
 
     base = (os.getpid() % 10_000) * 10 + 100_000
-    upstream = Envoy("upstream", None, envoy_bin, wasm, workdir, base, taskset, WRK_CPU)
-    envoys.append(upstream)
-    upstream.start()
+    upstream_port = 0
+    if not direct:
+        upstream = Envoy("upstream", None, envoy_bin, wasm, workdir, base, taskset, WRK_CPU)
+        envoys.append(upstream)
+        upstream.start()
+        upstream_port = upstream.port
     unavailable: dict[str, str] = {}
     running: list[Envoy] = []
     for i, cfg in enumerate(configs, start=1):
-        e = Envoy(cfg.name, cfg, envoy_bin, wasm, workdir, base + i, taskset, ENVOY_CPU, upstream.port)
+        e = Envoy(cfg.name, cfg, envoy_bin, wasm, workdir, base + i, taskset, ENVOY_CPU, upstream_port)
         envoys.append(e)
         if cfg.kind == "native":
             e.validate()
@@ -1696,7 +2139,8 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
         print(f"memory: {args.memory_keys:,} distinct client keys through '{MEMORY_CONFIG}'", file=sys.stderr)
         mem = memory_run(mem_envoy, args.memory_keys, args.memory_seconds, wrk, memory_lua, taskset, procs, rate)
 
-    summary = markdown_report(meta, rows, hostcalls, hc_reason, mem)
+    analysis = analyze(samples, configs, hostcalls)
+    summary = markdown_report(meta, rows, hostcalls, hc_reason, mem, analysis)
     hc_table = markdown_hostcalls(hostcalls, hc_reason)
     report = "\n".join(
         [
@@ -1723,10 +2167,17 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
             {
                 **meta,
                 "configs": {
-                    c.name: {"label": c.label, "workload": c.workload, "kind": c.kind, "palisade": c.palisade}
+                    c.name: {
+                        "label": c.label,
+                        "workload": c.workload,
+                        "kind": c.kind,
+                        "palisade": c.palisade,
+                        "empty_filter": c.empty_filter_config if c.kind in ("empty", "unit") else None,
+                    }
                     for c in configs
                 },
                 "summary": rows,
+                "analysis": analysis,
                 "host_calls": hostcalls,
                 "host_calls_unavailable": hc_reason,
                 "memory": mem,
