@@ -272,6 +272,19 @@ FULL_PIPELINE: list[tuple[str, Callable[[dict, Identity], None]]] = [
 NOT_YET = "validation"
 
 
+#: `reserve` of the reserving variants: a worker takes 8 tokens per CAS.
+RESERVE = 8
+
+
+def reserving(config: dict) -> dict:
+    """``config`` with ``reserve`` on every rule counting requests."""
+    out = json.loads(json.dumps(config))
+    for rule in out.get("rate_limits", {}).get("rules", []):
+        if rule.get("counts", "requests") == "requests":
+            rule["reserve"] = RESERVE
+    return out
+
+
 def full_pipeline(ident: Identity) -> dict:
     c: dict = {"client_ip": dict(_XFF)}
     for _name, stage in FULL_PIPELINE:
@@ -413,6 +426,14 @@ def all_configs(ident: Identity) -> list[Config]:
         Config("off", "palisade, every stage off (`{}`)", "get", "palisade", palisade={}),
         Config("rl", "palisade rate limiting only (1 rule per client IP)", "get", "palisade", palisade=rl_only),
         Config(
+            "rl-reserve",
+            f"palisade rate limiting only, the rule with `reserve: {RESERVE}`",
+            "get",
+            "palisade",
+            palisade=reserving(rl_only),
+            needs="reserve",
+        ),
+        Config(
             "bot",
             "palisade bot stage only: fingerprint, header signals, behaviour (1 shared-data round trip), "
             "score and 3 upstream headers; thresholds off so every request is scored and forwarded",
@@ -430,6 +451,15 @@ def all_configs(ident: Identity) -> list[Config]:
             needs="jwt",
         ),
         Config(
+            "jwt+rl-reserve",
+            f"palisade JWT (ES256, cached) + rate limits per IP and per user, `reserve: {RESERVE}`",
+            "get",
+            "palisade",
+            palisade=reserving(jwt_rl),
+            checks_token=True,
+            needs="reserve",
+        ),
+        Config(
             "full",
             f"palisade full pipeline (existing stages: {stages}; not yet: {NOT_YET})",
             "get",
@@ -437,6 +467,15 @@ def all_configs(ident: Identity) -> list[Config]:
             palisade=full_pipeline(ident),
             checks_token=True,
             needs="jwt",
+        ),
+        Config(
+            "full-reserve",
+            f"palisade full pipeline, its rate limits with `reserve: {RESERVE}`",
+            "get",
+            "palisade",
+            palisade=reserving(full_pipeline(ident)),
+            checks_token=True,
+            needs="reserve",
         ),
         Config("bare-post", "bare Envoy, signed POST with a 1 KiB body", "signed", "bare"),
         Config("empty-post", "empty proxy-wasm filter, signed POST", "signed", "empty"),
@@ -1577,6 +1616,9 @@ TARGETS = [
     ("rl", 1.0, "one IP rule"),
     ("jwt+rl", 1.5, "cached JWT + IP and user rules"),
     ("full", 2.0, "the full pipeline"),
+    ("rl-reserve", 1.0, f"one IP rule, `reserve: {RESERVE}`"),
+    ("jwt+rl-reserve", 1.5, f"cached JWT + IP and user rules, `reserve: {RESERVE}`"),
+    ("full-reserve", 2.0, f"the full pipeline, `reserve: {RESERVE}`"),
 ]
 
 
