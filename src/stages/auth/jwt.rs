@@ -1331,7 +1331,7 @@ mod tests {
     }
 
     fn p384_public_jwk(key: &p384::ecdsa::SigningKey, kid: &str) -> Value {
-        let point = key.verifying_key().to_encoded_point(false);
+        let point = key.verifying_key().to_sec1_point(false);
         json!({
             "kty": "EC", "kid": kid, "crv": "P-384",
             "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
