@@ -221,6 +221,8 @@ def twiggy_items(twiggy: str, wasm: Path) -> list[Item]:
 
 
 def crate_family(crate: str) -> str:
+    if crate == "rustc_demangle":
+        return PANIC_ROW
     for family, crates in FAMILIES.items():
         if crate in crates:
             return family
