@@ -12,6 +12,7 @@
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
 #   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
+#   make size          palisade.wasm's bytes per dependency and per stage (twiggy; target/bench/size.md)
 #   make train         fit the bot stage's model from simulator traffic (TRAIN_SECONDS, MODEL_OUT, LABELLED)
 #   make train-test    only the unit tests of the trainer (tests/train)
 #   make nginx         nginx + ngx_wasm_module + Wasmtime from NGINX_SRC / NGX_WASM_SRC into target/nginx
@@ -517,6 +518,33 @@ bench: setup rust-target build $(BENCH_STAMP)
 $(BENCH_STAMP): $(BENCH_REQUIREMENTS) $(SETUP_STAMP)
 	$(PIP) install --disable-pip-version-check --no-input -q -r $(BENCH_REQUIREMENTS)
 	@touch $@
+
+# ----------------------------------------------------------------- size ----
+# What each dependency and each stage adds to palisade.wasm (issue 14: the
+# whole product within 1 MiB). Builds the filter again with symbol names kept
+# (v0 mangling, so generics name the types they were made for) into
+# target/size, leaving the shipped build alone, runs wasm-opt -Oz -g on it,
+# and has tests/bench/size.py group twiggy's figures by crate and stage.
+# Writes target/bench/size.{md,json}. Not part of `make test`.
+TWIGGY_VERSION := 0.8.0
+SIZE_TOOLS     := target/tools
+TWIGGY         := $(SIZE_TOOLS)/bin/twiggy
+SIZE_DIR       := target/size
+SIZE_RAW       := $(SIZE_DIR)/$(WASM_TARGET)/release/palisade.wasm
+
+.PHONY: size
+size: build
+	@if [ "$$($(TWIGGY) --version 2>/dev/null)" = "twiggy-opt $(TWIGGY_VERSION)" ]; then \
+	  echo "twiggy $(TWIGGY_VERSION): installed in $(SIZE_TOOLS)"; \
+	else \
+	  $(CARGO) install twiggy --locked --version $(TWIGGY_VERSION) --root $(SIZE_TOOLS); \
+	fi
+	CARGO_TARGET_DIR=$(SIZE_DIR) $(CARGO) build --release --target $(WASM_TARGET) -p palisade-filter \
+	  --config 'profile.release.strip=false' --config 'build.rustflags=["-Csymbol-mangling-version=v0"]'
+	$(WASM_OPT) -g --strip-dwarf $(WASM_OPT_FLAGS:-Oz=) $(SIZE_RAW) -o $(SIZE_DIR)/palisade.names.wasm
+	$(WASM_OPT) -g $(WASM_OPT_FLAGS) $(SIZE_DIR)/palisade.names.wasm -o $(SIZE_DIR)/palisade.names.opt.wasm
+	$(HOST_PYTHON) tests/bench/size.py --twiggy $(TWIGGY) --named-raw $(SIZE_DIR)/palisade.names.wasm \
+	  --named-opt $(SIZE_DIR)/palisade.names.opt.wasm --shipped $(WASM) --out target/bench
 
 # ---------------------------------------------------------------- nginx ----
 # The NGINX host (issue 18): nginx with Kong's ngx_wasm_module (WasmX) on

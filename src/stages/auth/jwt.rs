@@ -81,12 +81,15 @@
 //! No input panics; errors never carry token or key material.
 
 use base64::Engine as _;
+use base64ct::Encoding as _;
+use jwt_compact::alg::SecretBytes;
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use p384::ecdsa::signature::Verifier as _;
 use serde_json::{Map, Value};
 use siphasher::sip128::{Hasher128, SipHasher13};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hasher;
@@ -498,8 +501,7 @@ fn parse_jwk(entry: &Value, allow_symmetric: bool) -> Result<Option<Jwk>, &'stat
         Some(_) => return Err("unsupported `kty`"),
         None => return Err("missing `kty`"),
     }
-    let jwk: JsonWebKey<'_> =
-        serde_json::from_value(entry.clone()).map_err(|_| "invalid key parameters")?;
+    let jwk = public_jwk(obj).ok_or("invalid key parameters")?;
     let material = match &jwk {
         JsonWebKey::Rsa { modulus, .. } => {
             let bits = bit_len(modulus);
@@ -533,6 +535,42 @@ fn parse_jwk(entry: &Value, allow_symmetric: bool) -> Result<Option<Jwk>, &'stat
         }
     }
     Ok(Some(key))
+}
+
+/// The public key of a JWK Set entry whose `kty` (and `crv`) were checked
+/// and which has no private member: the members jwt-compact's `JsonWebKey`
+/// deserializer reads, decoded with the same decoder (base64ct's unpadded
+/// base64url), other members ignored; `None` when one is missing, not a
+/// string or not valid base64url. Built by hand rather than through that
+/// deserializer, whose serde code (a flattened, internally tagged enum) was
+/// about 20 KB of palisade.wasm for these few fields.
+fn public_jwk(obj: &Map<String, Value>) -> Option<JsonWebKey<'static>> {
+    let text = |name: &str| obj.get(name).and_then(Value::as_str);
+    let bytes =
+        |name: &str| text(name).and_then(|b64| base64ct::Base64UrlUnpadded::decode_vec(b64).ok());
+    let curve = || text("crv").map(|crv| Cow::Owned(crv.to_owned()));
+    Some(match text("kty")? {
+        "RSA" => JsonWebKey::Rsa {
+            modulus: Cow::Owned(bytes("n")?),
+            public_exponent: Cow::Owned(bytes("e")?),
+            private_parts: None,
+        },
+        "EC" => JsonWebKey::EllipticCurve {
+            curve: curve()?,
+            x: Cow::Owned(bytes("x")?),
+            y: Cow::Owned(bytes("y")?),
+            secret: None,
+        },
+        "OKP" => JsonWebKey::KeyPair {
+            curve: curve()?,
+            x: Cow::Owned(bytes("x")?),
+            secret: None,
+        },
+        "oct" => JsonWebKey::Symmetric {
+            secret: SecretBytes::owned(bytes("k")?),
+        },
+        _ => return None,
+    })
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -1264,6 +1302,42 @@ mod tests {
         assert_eq!(verify(token, provider, NOW), Err(JwtError::Expired));
     }
 
+    /// `public_jwk` reads what jwt-compact's `JsonWebKey` deserializer read
+    /// (for entries that reach it: `kty`/`crv` checked, no private member):
+    /// same key or same refusal, padded, non-canonical and wrongly typed
+    /// members included.
+    #[test]
+    fn public_jwk_matches_jwt_compacts_deserializer() {
+        let entries = [
+            json!({"kty": "RSA", "n": A2_N, "e": "AQAB", "kid": "k", "alg": "RS256"}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AQAB", "x5c": ["ignored"]}),
+            json!({"kty": "RSA", "n": A2_N}),
+            json!({"kty": "RSA", "n": A2_N, "e": 65537}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AQAB="}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AQAB+"}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AQAC"}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AQ"}),
+            json!({"kty": "RSA", "n": A2_N, "e": "AR"}),
+            json!({"kty": "RSA", "n": A2_N, "e": ""}),
+            json!({"kty": "RSA", "n": null, "e": "AQAB"}),
+            json!({"kty": "EC", "crv": "P-256", "x": A3_X, "y": A3_Y}),
+            json!({"kty": "EC", "crv": "P-256", "x": A3_X}),
+            json!({"kty": "EC", "crv": "P-256", "x": A3_X, "y": [1, 2]}),
+            json!({"kty": "EC", "crv": "P-384", "x": A3_X, "y": "??"}),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X}),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+            json!({"kty": "OKP", "crv": "Ed25519"}),
+            json!({"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}),
+            json!({"kty": "oct", "k": {"env": "X"}}),
+            json!({"kty": "oct"}),
+        ];
+        for (i, entry) in entries.iter().enumerate() {
+            let obj = entry.as_object().unwrap();
+            let expected = serde_json::from_value::<JsonWebKey<'_>>(entry.clone()).ok();
+            assert!(public_jwk(obj) == expected, "entry {i}");
+        }
+    }
+
     #[test]
     fn rfc7515_a1_hs256() {
         let p = rfc_provider(
@@ -1331,7 +1405,7 @@ mod tests {
     }
 
     fn p384_public_jwk(key: &p384::ecdsa::SigningKey, kid: &str) -> Value {
-        let point = key.verifying_key().to_encoded_point(false);
+        let point = key.verifying_key().to_sec1_point(false);
         json!({
             "kty": "EC", "kid": kid, "crv": "P-384",
             "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
