@@ -1413,6 +1413,8 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
                 "headers": headers,
                 "body": None if req.body is None else req.body.decode(),
                 "status": 401 if cfg.workload == "stuffing" else 200,
+                # As wrk sends them: each request from the next of CLIENTS addresses.
+                "clients": CLIENTS,
             }
         )
     if not jobs:

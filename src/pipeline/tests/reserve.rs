@@ -8,10 +8,10 @@ use std::sync::Barrier;
 
 const WORKERS: usize = 4;
 
-fn config(reserve: u32) -> String {
+fn config(capacity: u32, reserve: u32) -> String {
     format!(
         r#"{{"client_ip": {{"source": "x-forwarded-for", "trusted_hops": 1}},
-            "rate_limits": {{"rules": [{{"name": "ip", "key": ["ip"], "capacity": 50,
+            "rate_limits": {{"rules": [{{"name": "ip", "key": ["ip"], "capacity": {capacity},
                 "refill": "none", "reserve": {reserve}}}]}}}}"#
     )
 }
@@ -97,35 +97,55 @@ impl Workers {
     }
 }
 
-#[test]
-fn workers_in_turn_spend_exactly_the_bucket_with_fewer_round_trips() {
-    for reserve in [1, 8] {
-        let w = Workers::new(&config(reserve), false);
-        let statuses: Vec<u16> = (0..200).map(|i| w.send(i % WORKERS, "192.0.2.1")).collect();
-        let allowed = statuses.iter().filter(|s| **s == 200).count();
-        assert_eq!(allowed, 50, "reserve {reserve}: every held token is spent");
-        if reserve == 1 {
-            assert!(statuses[50..].iter().all(|s| *s == 429));
-        } else {
-            // The price of a reserve: near the end, a worker holding nothing
-            // refuses while another still spends what it holds.
-            let last_pass = statuses.iter().rposition(|s| *s == 200).unwrap_or(0);
-            assert!(last_pass < 50 + WORKERS * 7, "{last_pass}");
+impl Workers {
+    /// The root contexts' tick on every worker.
+    fn tick(&self) {
+        for engine in &self.engines {
+            engine.tick();
         }
-        // While the bucket has plenty: one shared read per request
-        // without a reserve, one per batch of 8 with one.
-        let w = Workers::new(&config(reserve), false);
-        for i in 0..32 {
-            assert_eq!(w.send(i % WORKERS, "192.0.2.1"), 200);
-        }
-        assert_eq!(w.gets(), if reserve == 1 { 32 } else { 4 });
     }
+
+    /// `n` requests of `ip` in turn over the workers; how many passed.
+    fn in_turn(&self, n: usize, ip: &str) -> usize {
+        (0..n).filter(|i| self.send(i % WORKERS, ip) == 200).count()
+    }
+}
+
+const IP: &str = "192.0.2.1";
+
+#[test]
+fn a_busy_key_takes_batches_and_saves_round_trips() {
+    for reserve in [1, 8] {
+        let w = Workers::new(&config(1000, reserve), false);
+        assert_eq!(w.in_turn(40, IP), 40, "10 on each worker");
+        w.tick();
+        let reads = w.gets();
+        assert_eq!(w.in_turn(32, IP), 32);
+        // One read per request without a reserve; one per batch of 8 with
+        // one: the key sent each worker 10 last period.
+        assert_eq!(w.gets() - reads, if reserve == 1 { 32 } else { 4 });
+    }
+}
+
+#[test]
+fn workers_in_turn_pass_exactly_the_bucket() {
+    let w = Workers::new(&config(50, 8), false);
+    let mut passed = 0;
+    for _ in 0..5 {
+        passed += w.in_turn(40, IP);
+        w.tick();
+    }
+    // Every batch is spent within its period: nothing is dropped.
+    assert_eq!(passed, 50);
 }
 
 #[test]
 fn concurrent_workers_never_pass_more_than_the_bucket() {
     for round in 0..20 {
-        let w = Workers::new(&config(8), true);
+        let w = Workers::new(&config(50, 8), true);
+        // A busy period first: the race then runs on batches.
+        w.in_turn(8, "192.0.2.2");
+        w.tick();
         let barrier = Barrier::new(WORKERS);
         let allowed: usize = std::thread::scope(|s| {
             let threads: Vec<_> = (0..WORKERS)
@@ -135,11 +155,11 @@ fn concurrent_workers_never_pass_more_than_the_bucket() {
                         barrier.wait();
                         (0..50)
                             .filter(|i| {
-                                // Some reservations expire mid-race.
+                                // Some held tokens expire mid-race.
                                 if t == 0 && i % 17 == 16 {
                                     w.engines[t].tick();
                                 }
-                                w.send(t, "192.0.2.1") == 200
+                                w.send(t, IP) == 200
                             })
                             .count()
                     })
@@ -151,7 +171,7 @@ fn concurrent_workers_never_pass_more_than_the_bucket() {
                 .sum()
         });
         assert!(allowed <= 50, "round {round}: {allowed} passes");
-        // What may be missing: the batches worker 0 dropped on its ticks.
+        // What may be missing: what worker 0 held when its ticks came.
         assert!(
             allowed >= 50 - 3 * 7,
             "round {round}: only {allowed} passes"
@@ -161,32 +181,46 @@ fn concurrent_workers_never_pass_more_than_the_bucket() {
 
 #[test]
 fn held_tokens_expire_on_the_second_tick_and_are_not_given_back() {
-    let w = Workers::new(&config(8), false);
-    assert_eq!(w.send(0, "192.0.2.1"), 200, "takes 8, holds 7");
+    let w = Workers::new(&config(50, 8), false);
+    for _ in 0..10 {
+        assert_eq!(w.send(0, IP), 200);
+    }
+    w.tick();
     let reads = w.gets();
-    assert_eq!(w.send(0, "192.0.2.1"), 200);
-    assert_eq!(w.gets(), reads, "a held token costs no shared read");
-    w.engines[0].tick();
-    assert_eq!(w.send(0, "192.0.2.1"), 200);
-    assert_eq!(w.gets(), reads, "still held after one tick");
-    w.engines[0].tick();
-    assert_eq!(w.send(0, "192.0.2.1"), 200);
-    assert_eq!(w.gets(), reads + 1, "expired: back to the shared bucket");
-    // The first batch: 8 taken, 3 spent, 5 forfeited. Everything else
-    // (the fourth request's batch included) is spent in the end.
-    let more = (0..100)
-        .filter(|i| w.send(i % WORKERS, "192.0.2.1") == 200)
-        .count();
-    assert_eq!(4 + more, 45);
+    assert_eq!(w.send(0, IP), 200, "takes 8, holds 7");
+    assert_eq!(w.gets(), reads + 1);
+    assert_eq!(w.send(0, IP), 200);
+    assert_eq!(w.gets(), reads + 1, "a held token costs no shared read");
+    w.tick();
+    assert_eq!(w.send(0, IP), 200);
+    assert_eq!(w.gets(), reads + 1, "still held after one tick");
+    w.tick();
+    assert_eq!(w.send(0, IP), 200);
+    assert_eq!(w.gets(), reads + 2, "expired: back to the shared bucket");
+    // 10 + 8 taken, 3 of the 8 spent, 5 dropped: 45 pass in all.
+    assert_eq!(10 + 3 + 1 + w.in_turn(100, IP), 45);
+}
+
+#[test]
+fn a_slow_client_gets_its_whole_bucket() {
+    // One request per tick period: never a batch, nothing dropped.
+    let w = Workers::new(&config(16, 8), false);
+    for i in 0..16 {
+        assert_eq!(w.send(0, IP), 200, "request {i}");
+        w.tick();
+    }
+    assert_eq!(w.send(0, IP), 429);
 }
 
 #[test]
 fn other_keys_and_workers_do_not_share_held_tokens() {
-    let w = Workers::new(&config(8), false);
-    assert_eq!(w.send(0, "192.0.2.1"), 200);
+    let w = Workers::new(&config(1000, 8), false);
+    w.in_turn(40, IP);
+    w.tick();
+    assert_eq!(w.send(0, IP), 200);
     let reads = w.gets();
-    assert_eq!(w.send(0, "192.0.2.2"), 200, "another client");
-    assert_eq!(w.send(1, "192.0.2.1"), 200, "another worker");
+    assert_eq!(w.send(0, "192.0.2.9"), 200, "another client");
+    assert_eq!(w.send(1, IP), 200, "another worker's first batch");
     assert_eq!(w.gets(), reads + 2);
 }
 

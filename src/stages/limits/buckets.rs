@@ -375,9 +375,9 @@ impl BanPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charge {
     Take,
-    /// Takes the rule's `reserve` tokens at once when the bucket keeps at
-    /// least as many after, else one, like `Take`.
-    Reserve,
+    /// Takes this many tokens at once when the bucket keeps at least as
+    /// many after, else one, like `Take` (a rule's `reserve`).
+    Batch(u32),
     /// Refuses (and strikes) when the bucket is empty, writes nothing when it
     /// is not: how a `failures` rule guards a request before verification.
     Peek,
@@ -392,7 +392,7 @@ pub enum Charge {
 pub enum RuleOutcome {
     Allowed(Quota),
     /// Allowed, and `spare` more tokens were taken for this worker to
-    /// spend on the key's next requests ([`Charge::Reserve`]).
+    /// spend on the key's next requests ([`Charge::Batch`]).
     Reserved {
         quota: Quota,
         spare: u32,
@@ -542,23 +542,23 @@ impl Limiter<'_> {
             };
         }
         let now_us = now_ms.saturating_mul(1000);
-        if charge == Charge::Reserve && rule.reserve > 1 {
-            let batch = rule.take_many(record.state, now_us, rule.reserve);
+        if let Charge::Batch(n @ 2..) = charge {
+            let batch = rule.take_many(record.state, now_us, n);
             // Only while the bucket has plenty: near its limit every worker
             // takes one token at a time and none is held back.
-            if batch.allowed && batch.remaining >= u64::from(rule.reserve) {
+            if batch.allowed && batch.remaining >= u64::from(n) {
                 record.state = batch.state;
                 *write = true;
                 return RuleOutcome::Reserved {
                     quota: rule.quota(&batch),
-                    spare: rule.reserve - 1,
+                    spare: n - 1,
                 };
             }
         }
         let take = rule.take(record.state, now_us);
         let quota = rule.quota(&take);
         if take.allowed || charge == Charge::BanOnly {
-            if matches!(charge, Charge::Take | Charge::Reserve) {
+            if matches!(charge, Charge::Take | Charge::Batch(_)) {
                 record.state = take.state;
                 *write = true;
             }

@@ -16,7 +16,7 @@ use crate::state::replay::{self, Sighting};
 use crate::state::slots;
 use buckets::{BanPolicy, Charge, Counts, Limiter, Rule, RuleOutcome};
 use config::RateLimits;
-use reserve::Held;
+use reserve::{Held, Next};
 use siphasher::sip128::Hash128;
 use std::hash::Hasher;
 use std::net::IpAddr;
@@ -58,11 +58,11 @@ pub fn check(
         .iter()
         .filter_map(|rule| {
             let charge = match (phase, rule.counts) {
-                (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Reserve,
+                (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Batch(1),
                 (Phase::PreAuth, Counts::Failures) => Charge::Peek,
                 (Phase::PreAuth, Counts::FailedLogins) if !rule.key.username => Charge::Peek,
                 (Phase::PreAuth, Counts::Usernames) => Charge::BanOnly,
-                (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Reserve,
+                (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Batch(1),
                 (Phase::Failed, Counts::Failures) => Charge::Take,
                 // A known client of the user is not held to the user's rules.
                 (Phase::Login, Counts::FailedLogins)
@@ -105,13 +105,19 @@ pub fn check(
     for (rule, charge) in due {
         let hash = key_hash(rule, facts, ctx);
         let addr = Ctx::address(hash, limits.pages);
-        if charge == Charge::Reserve {
-            let spent = held().spend(rule.index, addr.tag);
-            if let Some(q) = spent {
-                counted(quota, q);
-                continue;
+        let charge = match charge {
+            Charge::Batch(_) if rule.reserve > 1 => {
+                let next = held().next(rule.index, addr.tag, rule.reserve);
+                match next {
+                    Next::Spent(q) => {
+                        counted(quota, q);
+                        continue;
+                    }
+                    Next::Take(n) => Charge::Batch(n),
+                }
             }
-        }
+            other => other,
+        };
         // Read once per request, and only when shared state is consulted.
         let Some(now_ms) = facts.now_ms(host.clock) else {
             return findings.push(ctx.host_failure("clock", Stage::RateLimit));

@@ -4,96 +4,143 @@
 //!
 //! Every held token was taken from the shared bucket, so a key is never
 //! allowed more than the bucket gives, whichever worker spends it. What a
-//! reservation costs is fairness, not safety: tokens held by one worker are
-//! missing from the others' view until spent or dropped. They are dropped
-//! (never handed back) once the reservation has lived through two ticks
-//! of the root context, so a worker withholds at most `reserve - 1` tokens
-//! per key, for at most two tick periods.
+//! reservation costs is fairness: held tokens are missing from the other
+//! workers' view until spent, and those not spent within two ticks of the
+//! root context are dropped, not handed back. So that a slow client does
+//! not burn its bucket in batches it never uses, a batch is sized by what
+//! the key sent this worker in the last tick period: a key seen once a
+//! second takes one token at a time, a flood takes `reserve`.
 
 use crate::core::verdict::Quota;
-use std::collections::HashMap;
 
-/// Reservations kept at once per worker; past this, new ones are not kept
-/// (their spare tokens are forfeited, which only under-admits).
-pub const MAX_HELD: usize = 4096;
+/// Keys a worker keeps track of at once; a key is placed by its tag alone
+/// (no hashing, no probing), and a newcomer does not displace a key that
+/// still holds tokens.
+pub const SLOTS: usize = 4096;
 
-/// Ticks a reservation survives: made just before a tick, it lives one
-/// period; made just after, nearly two.
-const LIFETIME_TICKS: u32 = 2;
-
-#[derive(Debug)]
-struct Reservation {
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    rule: u8,
+    /// The key's tag (never 0); 0: empty.
+    tag: u64,
+    /// Held tokens, spendable up to and including tick `until_tick`.
     left: u32,
-    /// Last tick count at which the tokens may still be spent.
     until_tick: u32,
-    /// The bucket as the reservation left it, for quota headers.
+    /// The bucket as the batch left it, for quota headers.
     quota: Quota,
+    /// Requests of the key in tick period `tick`, and in the one before.
+    tick: u32,
+    seen: u32,
+    seen_before: u32,
 }
 
-/// One worker's reservations, by rule and key tag.
-#[derive(Debug, Default)]
+impl Slot {
+    const EMPTY: Slot = Slot {
+        rule: 0,
+        tag: 0,
+        left: 0,
+        until_tick: 0,
+        quota: Quota {
+            rule: 0,
+            capacity: 0,
+            window_s: None,
+            remaining: 0,
+            reset_s: None,
+        },
+        tick: 0,
+        seen: 0,
+        seen_before: 0,
+    };
+
+    fn holds(&self, rule: u8, tag: u64) -> bool {
+        self.tag == tag && self.rule == rule
+    }
+
+    fn live(&self, ticks: u32) -> bool {
+        self.left > 0 && self.until_tick >= ticks
+    }
+}
+
+/// One worker's held tokens and recent keys.
+#[derive(Debug)]
 pub struct Held {
     ticks: u32,
-    by_key: HashMap<(u8, u64), Reservation>,
+    slots: Vec<Slot>,
+}
+
+impl Default for Held {
+    fn default() -> Held {
+        Held {
+            ticks: 0,
+            slots: vec![Slot::EMPTY; SLOTS],
+        }
+    }
+}
+
+/// What a request of a reserving rule does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A held token was spent: no shared data needed.
+    Spent(Quota),
+    /// Take this many tokens from the shared bucket (at least 1).
+    Take(u32),
 }
 
 impl Held {
-    /// Spends one held token of `rule` for the key `tag`: the quota to
-    /// report, or `None` when none is held.
-    pub fn spend(&mut self, rule: u8, tag: u64) -> Option<Quota> {
-        let held = self.by_key.get_mut(&(rule, tag))?;
-        if held.left == 0 || held.until_tick < self.ticks {
-            self.by_key.remove(&(rule, tag));
-            return None;
-        }
-        held.left -= 1;
-        let mut quota = held.quota;
-        quota.remaining = quota.remaining.saturating_add(u64::from(held.left));
-        if held.left == 0 {
-            self.by_key.remove(&(rule, tag));
-        }
-        Some(quota)
+    fn slot(&mut self, rule: u8, tag: u64) -> &mut Slot {
+        let index = (tag ^ u64::from(rule).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % SLOTS;
+        &mut self.slots[index]
     }
 
-    /// Keeps `spare` tokens of `rule` for the key `tag`, taken from the
-    /// shared bucket with `quota` left there.
-    pub fn keep(&mut self, rule: u8, tag: u64, spare: u32, quota: Quota) {
-        if spare == 0 {
-            return;
-        }
-        if self.by_key.len() >= MAX_HELD && !self.by_key.contains_key(&(rule, tag)) {
-            self.drop_expired();
-            if self.by_key.len() >= MAX_HELD {
-                return;
+    /// Counts a request of `rule` for the key `tag`, and spends a held
+    /// token for it or says how many to take: up to `reserve`, as many as
+    /// the key sent this worker in the previous tick period.
+    pub fn next(&mut self, rule: u8, tag: u64, reserve: u32) -> Next {
+        let ticks = self.ticks;
+        let slot = self.slot(rule, tag);
+        if !slot.holds(rule, tag) {
+            if slot.live(ticks) {
+                // Another key's tokens stay; this one takes one at a time.
+                return Next::Take(1);
             }
+            *slot = Slot {
+                rule,
+                tag,
+                tick: ticks,
+                ..Slot::EMPTY
+            };
         }
-        self.by_key.insert(
-            (rule, tag),
-            Reservation {
-                left: spare,
-                until_tick: self.ticks.wrapping_add(LIFETIME_TICKS - 1),
-                quota,
-            },
-        );
+        match ticks.wrapping_sub(slot.tick) {
+            0 => {}
+            1 => (slot.seen_before, slot.seen) = (slot.seen, 0),
+            _ => (slot.seen_before, slot.seen) = (0, 0),
+        }
+        slot.tick = ticks;
+        slot.seen = slot.seen.saturating_add(1);
+        if slot.live(ticks) {
+            slot.left -= 1;
+            let mut quota = slot.quota;
+            quota.remaining = quota.remaining.saturating_add(u64::from(slot.left));
+            return Next::Spent(quota);
+        }
+        Next::Take(slot.seen_before.clamp(1, reserve.max(1)))
     }
 
-    /// The root context's tick: reservations age, the expired go.
+    /// Keeps `spare` tokens for the key `tag` of `rule`, taken from the
+    /// shared bucket with `quota` left there (right after [`Held::next`]).
+    pub fn keep(&mut self, rule: u8, tag: u64, spare: u32, quota: Quota) {
+        let ticks = self.ticks;
+        let slot = self.slot(rule, tag);
+        if spare > 0 && slot.holds(rule, tag) {
+            slot.left = spare;
+            slot.until_tick = ticks.wrapping_add(1);
+            slot.quota = quota;
+        }
+    }
+
+    /// The root context's tick: held tokens age (they expire lazily).
     pub fn tick(&mut self) {
         self.ticks = self.ticks.wrapping_add(1);
-        self.drop_expired();
-    }
-
-    fn drop_expired(&mut self) {
-        let now = self.ticks;
-        self.by_key.retain(|_, r| r.left > 0 && r.until_tick >= now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
     }
 }
 
@@ -111,54 +158,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn held_tokens_are_spent_once_each_then_gone() {
-        let mut held = Held::default();
-        assert_eq!(held.spend(0, 7), None);
-        held.keep(0, 7, 3, quota(90));
-        let left: Vec<u64> = (0..4)
-            .map_while(|_| held.spend(0, 7).map(|q| q.remaining))
-            .collect();
-        assert_eq!(
-            left,
-            [92, 91, 90],
-            "the client sees its held tokens as left"
-        );
-        assert!(held.is_empty());
-        // Another rule or key holds nothing.
-        held.keep(0, 7, 2, quota(90));
-        assert_eq!(held.spend(1, 7), None);
-        assert_eq!(held.spend(0, 8), None);
+    /// Sends `n` requests of key `tag`; the batches asked for.
+    fn takes(held: &mut Held, tag: u64, n: usize) -> Vec<u32> {
+        (0..n)
+            .filter_map(|_| match held.next(0, tag, 8) {
+                Next::Take(k) => {
+                    held.keep(0, tag, k - 1, quota(50));
+                    Some(k)
+                }
+                Next::Spent(_) => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn reservations_expire_on_the_second_tick() {
+    fn a_key_takes_batches_only_after_a_busy_tick_period() {
         let mut held = Held::default();
-        held.keep(0, 1, 5, quota(10));
+        assert_eq!(takes(&mut held, 7, 20), [1; 20], "nothing known yet");
         held.tick();
-        assert!(held.spend(0, 1).is_some(), "one tick later: still held");
+        // 20 last period: batches of 8, each spent before the next.
+        assert_eq!(takes(&mut held, 7, 20), [8, 8, 8]);
         held.tick();
-        assert_eq!(
-            held.spend(0, 1),
-            None,
-            "two ticks: dropped, not handed back"
-        );
-        assert!(held.is_empty());
+        held.tick();
+        // A quiet period: one at a time again.
+        assert_eq!(takes(&mut held, 7, 3), [1, 1, 1]);
     }
 
     #[test]
-    fn a_full_table_keeps_no_more_reservations() {
+    fn a_slow_key_never_holds_tokens() {
         let mut held = Held::default();
-        for tag in 0..MAX_HELD as u64 {
-            held.keep(0, tag, 1, quota(10));
+        for _ in 0..10 {
+            assert_eq!(takes(&mut held, 9, 1), [1]);
+            held.tick();
         }
-        held.keep(0, u64::MAX, 1, quota(10));
-        assert_eq!(held.len(), MAX_HELD);
-        assert_eq!(held.spend(0, u64::MAX), None);
-        // Once the old ones expire there is room again.
+    }
+
+    #[test]
+    fn held_tokens_are_spent_with_their_quota_then_expire_on_the_second_tick() {
+        let mut held = Held::default();
+        takes(&mut held, 3, 5);
         held.tick();
+        assert_eq!(held.next(0, 3, 8), Next::Take(5));
+        held.keep(0, 3, 4, quota(90));
+        assert_eq!(held.next(0, 3, 8), Next::Spent(quota(93)));
         held.tick();
-        held.keep(0, u64::MAX, 1, quota(10));
-        assert!(held.spend(0, u64::MAX).is_some());
+        assert_eq!(held.next(0, 3, 8), Next::Spent(quota(92)), "one tick on");
+        held.tick();
+        assert!(
+            matches!(held.next(0, 3, 8), Next::Take(_)),
+            "two ticks: dropped"
+        );
+    }
+
+    #[test]
+    fn a_newcomer_does_not_displace_held_tokens_nor_share_them() {
+        let mut held = Held::default();
+        takes(&mut held, 5, 8);
+        held.tick();
+        assert_eq!(takes(&mut held, 5, 1), [8]);
+        // The same slot, another key or rule: one token at a time, and the
+        // first key keeps its 7.
+        let same_slot = 5 + SLOTS as u64;
+        assert_eq!(held.next(0, same_slot, 8), Next::Take(1));
+        assert_eq!(held.next(1, 5, 8), Next::Take(1));
+        assert!(matches!(held.next(0, 5, 8), Next::Spent(_)));
     }
 }

@@ -20,14 +20,17 @@
 //!
 //! Once-per-VM calls are not per request and are left out: the first request
 //! of a worker also defines each counter (`proxy_define_metric`) and asks the
-//! host's kind (`plugin_vm_id`), so the request is sent once uncounted, then
-//! 64 times counted (the first finds a verified token in the cache), and the
-//! output is the mean per request: a rule with `reserve: k` reads and
-//! writes shared data once per `k` requests.
+//! host's kind (`plugin_vm_id`), so 64 requests go uncounted, then the root
+//! context's tick, then 64 are counted and the output is the mean per
+//! request. Like wrk in the bench, request `i` comes from the `i`-th of
+//! `clients` `X-Forwarded-For` addresses: a rule with `reserve` takes
+//! batches for a key busy in the last tick period (the bench's one user),
+//! not for addresses that come back once in `clients` requests.
 //!
 //! Input on stdin: a JSON list of `{"name", "config", "headers": [[name,
-//! value], ...], "body": string|null, "status": number|null}` (`status`:
-//! the upstream's answer to a login, 200 when absent). Output on stdout: a JSON list of
+//! value], ...], "body": string|null, "status": number|null, "clients":
+//! number|null}` (`status`: the upstream's answer to a login, 200 when
+//! absent; `clients`: 1 when absent). Output on stdout: a JSON list of
 //! `{"name", <count fields>, "total"}` or `{"name", "error"}`.
 
 use palisade::config::Policy;
@@ -212,20 +215,53 @@ fn count(job: &Value) -> Result<Vec<Counts>, String> {
         .iter()
         .filter_map(|pair| Some((pair.get(0)?.as_str()?, pair.get(1)?.as_str()?)))
         .collect();
-    let map = encode_map(&pairs);
     let body = job["body"].as_str().map(str::as_bytes);
     let status = job["status"]
         .as_u64()
         .and_then(|s| u16::try_from(s).ok())
         .unwrap_or(200);
-    one_request(&engine, &store, &map, body, status)?;
-    (0..COUNTED_REQUESTS)
-        .map(|_| one_request(&engine, &store, &map, body, status))
-        .collect()
+    // `clients`: the bench's requests come from that many X-Forwarded-For
+    // addresses in turn; request `i` gets the `i`-th.
+    let clients = job["clients"].as_u64().unwrap_or(1).max(1);
+    let map_of = |i: u64| {
+        let address = format!("198.18.{}.{}", (i % clients) / 250, (i % clients) % 250 + 1);
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|&(n, v)| {
+                (
+                    n,
+                    if n == "x-forwarded-for" {
+                        address.as_str()
+                    } else {
+                        v
+                    },
+                )
+            })
+            .collect();
+        encode_map(&pairs)
+    };
+    let mut sent = 0;
+    let mut send = |n: u64| -> Result<Vec<Counts>, String> {
+        (0..n)
+            .map(|_| {
+                sent += 1;
+                one_request(&engine, &store, &map_of(sent), body, status)
+            })
+            .collect()
+    };
+    // A period of traffic, the tick, then the counted requests: a key as
+    // busy as the bench's takes its batches (`reserve`), one that comes
+    // back once in `clients` requests does not.
+    send(WARM_UP)?;
+    engine.tick();
+    send(COUNTED_REQUESTS)
 }
 
-/// Requests counted after the first: a multiple of every `reserve`.
-const COUNTED_REQUESTS: usize = 64;
+/// Requests before the tick: those that verify and cache the token, define
+/// counters and let a busy key's rate be known.
+const WARM_UP: u64 = 64;
+/// Requests counted: a multiple of every `reserve`.
+const COUNTED_REQUESTS: u64 = 64;
 
 fn main() {
     let mut input = String::new();
