@@ -493,7 +493,7 @@ $(TRAIN_STAMP): $(TRAIN_REQUIREMENTS) $(SETUP_STAMP)
 # ---------------------------------------------------------------- bench ----
 # What palisade costs Envoy per request, next to bare Envoy, Envoy's native
 # jwt_authn + local_ratelimit and an empty wasm filter (tests/bench/bench.py,
-# about 12 minutes). Writes target/bench/results.{md,json} and cost.svg.
+# about 12 minutes; with BENCH_ARGS=--units about 25). Writes target/bench/results.{md,json} and cost.svg.
 #   make bench BENCH_QUICK=1   one short round: a smoke test, not a measurement
 #   make bench README=1        also copy the table into README.md (Performance)
 #   make bench BENCH_ARGS='--configs bare,native,rl'

@@ -69,10 +69,11 @@ pub struct Held {
 }
 
 impl Default for Held {
+    /// Empty until a reserving rule first needs it (about 400 KB a worker).
     fn default() -> Held {
         Held {
             ticks: 0,
-            slots: vec![Slot::EMPTY; SLOTS],
+            slots: Vec::new(),
         }
     }
 }
@@ -88,6 +89,9 @@ pub enum Next {
 
 impl Held {
     fn slot(&mut self, rule: u8, tag: u64) -> &mut Slot {
+        if self.slots.is_empty() {
+            self.slots = vec![Slot::EMPTY; SLOTS];
+        }
         let index = (tag ^ u64::from(rule).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % SLOTS;
         &mut self.slots[index]
     }
