@@ -370,13 +370,14 @@ impl Engine {
                 bot::upstream_headers(&request.facts, &mut request.upstream.set);
             }
         }
-        if request.peer_deferred
-            && (!request.findings.is_empty()
-                || self.checks_body(headers, &request.facts, request.digest.is_some()))
-        {
+        let mut body = self.body_check(headers, &request.facts, request.digest);
+        // Security events carry the address, the body phase's too.
+        if request.peer_deferred && (!request.findings.is_empty() || body.is_some()) {
             client_ip::from_peer(request.peer, self.policy.ip_prefixes, &mut request.facts);
+            if let Some(check) = &mut body {
+                check.client_ip = request.facts.client_ip;
+            }
         }
-        let body = self.body_check(headers, &request.facts, request.digest);
         let login = self.login_check(&request.facts);
         let outcome = Outcome {
             quota: request.quota,
@@ -630,13 +631,6 @@ impl Engine {
 
     /// What the body phase must check, if anything: a signed digest, a
     /// refresh-token grant.
-    /// Whether the request has a body phase (see [`Engine::body_check`]).
-    fn checks_body(&self, headers: &HeaderMap<'_>, facts: &Facts<'_>, digest: bool) -> bool {
-        digest
-            || self.reads_username(facts.route)
-            || refresh::mode(&self.policy.auth, headers, facts.route).is_some()
-    }
-
     fn body_check(
         &self,
         headers: &HeaderMap<'_>,
