@@ -645,10 +645,13 @@ def garbage_jwts() -> dict[str, str]:
     claims = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": "eve", "exp": now + 600, "iat": now}
     valid = mint("jwt-garbage")
     h, p, s = valid.split(".")
+    # The std-base64 variant must differ from a valid token: about one token
+    # in 300 has no '-' or '_' to swap, so mint until one has.
+    swappable = next(t for t in (mint("jwt-garbage", jti=str(n)) for n in range(10_000)) if "-" in t or "_" in t)
     return {
         "empty": "", "one segment": "abc", "two segments": "abc.def", "four segments": "a.b.c.d",
         "dots only": "....", "bad base64url": "!!!.$$$.%%%", "padding": h + "==." + p + "==." + s,
-        "std base64": valid.replace("-", "+").replace("_", "/"),
+        "std base64": swappable.replace("-", "+").replace("_", "/"),
         "alg none": _jwt({"alg": "none", "kid": DEMO_KID}, claims, ""),
         "alg None": _jwt({"alg": "None"}, claims, ""),
         "alg HS256 kid demo": _jwt({"alg": "HS256", "kid": DEMO_KID}, claims),
