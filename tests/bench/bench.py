@@ -52,9 +52,10 @@ How (each choice is there to make one run's numbers comparable):
   to 127.0.0.1). Workload ``signed``: an RFC 9421 signed ``POST /`` with a
   1 KiB JSON body and ``Content-Digest``. With ``taskset``, the measured
   Envoys run on CPU 0, wrk (and the upstream, if any) on CPU 1.
-* Host calls per request are counted by ``tests/bench/hostcalls`` (a native
-  program that runs palisade's engine on the bench's request with counting
-  host services, and adds the calls the proxy-wasm glue makes around it).
+* Host calls and wasm instructions per request are counted by
+  ``tests/bench/hostcalls``, which runs the measured palisade.wasm under
+  wasmi (an interpreter with fuel metering) on a small proxy-wasm host and
+  sends it the bench's request.
 * Memory: after the rounds, ``N`` distinct client keys (``X-Forwarded-For``
   from 2001:db8::/32, the documentation prefix; header text only) go through
   the rate-limiting configuration; Envoy's RSS and its allocator's figures
@@ -1377,7 +1378,8 @@ def memory_run(
 
 
 # ----------------------------------------------------------------------------
-# Host calls per request (native counting harness, tests/bench/hostcalls)
+# Host calls and wasm instructions per request (tests/bench/hostcalls runs
+# palisade.wasm under wasmi on a small proxy-wasm host)
 # ----------------------------------------------------------------------------
 HOSTCALL_KINDS = [
     ("header_map_reads", "header map reads"),
@@ -1388,17 +1390,19 @@ HOSTCALL_KINDS = [
     ("metric_increments", "metric increments"),
     ("header_writes", "header adds/removes"),
     ("body_reads", "body reads"),
-    ("response_header_reads", "response header reads"),
+    ("header_value_reads", "single header reads"),
+    ("log_calls", "log calls"),
 ]
 
 
-def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> tuple[dict[str, dict], str | None]:
-    """{config name: counts} for the palisade configurations, from the
-    native harness; on failure, ({}, reason)."""
-    jobs = []
+def count_host_calls(
+    configs: list[Config], ident: Identity, wasm: Path, out_dir: Path
+) -> tuple[dict[str, dict], str | None]:
+    """{config name: counts} for the palisade configurations, each counted
+    on the module it runs (`wasm`, or a baseline's); on failure, ({}, reason)."""
+    jobs: dict[Path, list[dict]] = {}
     for cfg in configs:
-        # A baseline build's calls are not this source's: not counted.
-        if cfg.kind != "palisade" or cfg.wasm is not None:
+        if cfg.kind != "palisade":
             continue
         req = workload_request(cfg.workload, ident)
         headers = [[":method", req.method], [":path", req.path], [":scheme", "http"], [":authority", "bench.example"]]
@@ -1406,7 +1410,7 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
         headers += [["x-forwarded-for", "198.18.0.1"]]
         if req.body is not None:
             headers += [["content-length", str(len(req.body))]]
-        jobs.append(
+        jobs.setdefault(cfg.wasm or wasm, []).append(
             {
                 "name": cfg.name,
                 "config": json.dumps(cfg.palisade),
@@ -1420,18 +1424,25 @@ def count_host_calls(configs: list[Config], ident: Identity, out_dir: Path) -> t
     if not jobs:
         return {}, None
     cargo = os.environ.get("CARGO", "cargo")
-    # A workspace member: it shares target/ with the unit tests.
-    cmd = [cargo, "run", "--quiet", "-p", "palisade-hostcalls"]
+    # A workspace member: it shares target/ with the build. Release: wasmi
+    # interprets the module, and a token verified on every request is
+    # millions of instructions.
     print("host calls: building and running tests/bench/hostcalls", file=sys.stderr)
-    try:
-        p = subprocess.run(cmd, input=json.dumps(jobs), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return {}, f"could not run the host-call harness: {e}"
-    if p.returncode != 0:
-        (out_dir / "hostcalls.log").write_text(p.stdout + p.stderr)
-        first = next((line for line in p.stderr.splitlines() if line.startswith("error")), p.stderr.strip()[-200:])
-        return {}, f"host-call harness failed ({first}; see {out_dir / 'hostcalls.log'})"
-    return {r["name"]: r for r in json.loads(p.stdout)}, None
+    counts: dict[str, dict] = {}
+    for module, module_jobs in jobs.items():
+        cmd = [cargo, "run", "--release", "--quiet", "-p", "palisade-hostcalls", "--", str(module)]
+        try:
+            p = subprocess.run(
+                cmd, input=json.dumps(module_jobs), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return {}, f"could not run the host-call harness: {e}"
+        if p.returncode != 0:
+            (out_dir / "hostcalls.log").write_text(p.stdout + p.stderr)
+            first = next((line for line in p.stderr.splitlines() if line.startswith("error")), p.stderr.strip()[-200:])
+            return {}, f"host-call harness failed ({first}; see {out_dir / 'hostcalls.log'})"
+        counts.update({r["name"]: r for r in json.loads(p.stdout)})
+    return counts, None
 
 
 # ----------------------------------------------------------------------------
@@ -1591,9 +1602,9 @@ COLUMN_UNITS = {
     # column; the replace stands for all three.
     "header_writes": "unit-replace",
     "body_reads": "unit-body",
-    # One value read from the response header map, the same call as a
-    # single request header read.
-    "response_header_reads": "unit-header",
+    # One value of a header map (a login's answer reads its :status).
+    "header_value_reads": "unit-header",
+    "log_calls": "unit-log",
 }
 COLUMN_HINTS = [
     ("log", "unit-log"),
@@ -1844,14 +1855,18 @@ def markdown_hostcalls(hostcalls: dict[str, dict], reason: str | None) -> str:
         return ""
     cols = hostcall_columns(hostcalls)
     out = [
-        "| configuration | " + " | ".join(label for _, label in cols) + " | total |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| configuration | " + " | ".join(label for _, label in cols) + " | total | wasm instructions |",
+        "|---|" + "---:|" * (len(cols) + 2),
     ]
     for name, r in hostcalls.items():
         if "error" in r:
-            out.append(f"| `{name}` | not available: {r['error']} |" + " |" * len(cols))
+            out.append(f"| `{name}` | not available: {r['error']} |" + " |" * (len(cols) + 1))
             continue
-        out.append(f"| `{name}` | " + " | ".join(str(r.get(k, 0)) for k, _ in cols) + f" | {r['total']} |")
+        instructions = r.get("wasm", {}).get("instructions")
+        shown = "—" if instructions is None else f"{instructions:,.0f}"
+        out.append(
+            f"| `{name}` | " + " | ".join(f"{r.get(k, 0):g}" for k, _ in cols) + f" | {r['total']:g} | {shown} |"
+        )
     units = ", ".join(f"{label}: `{column_unit(k) or 'none'}`" for k, label in cols)
     out += ["", f"Unit cost used for each column in the residuals: {units}."]
     return "\n".join(out)
@@ -2125,7 +2140,9 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
     print(f"wasm:   {wasm_src} (sha256 {wasm_sha[:12]}, repo at {meta['commit']})", file=sys.stderr)
     print(f"load:   {load} ({wrk}), {args.seconds}s per round, {args.rounds} rounds; {pinning}", file=sys.stderr)
 
-    hostcalls, hc_reason = ({}, "skipped (--no-hostcalls)") if args.no_hostcalls else count_host_calls(configs, ident, out_dir)
+    hostcalls, hc_reason = (
+        ({}, "skipped (--no-hostcalls)") if args.no_hostcalls else count_host_calls(configs, ident, wasm, out_dir)
+    )
     if hc_reason:
         print(f"warning: host calls: {hc_reason}", file=sys.stderr)
 
