@@ -270,10 +270,26 @@ pub trait Tenant {
     fn settles_at(&self, record: &Record) -> u64;
 }
 
-fn read_page(store: &dyn SharedStore, key: &str) -> Result<(Page, u32), StoreError> {
+/// A page as read: decoded, with its version and the bytes it came from
+/// (see [`put`]).
+struct Read {
+    page: Page,
+    cas: u32,
+    bytes: Vec<u8>,
+}
+
+fn read_page(store: &dyn SharedStore, key: &str) -> Result<Read, StoreError> {
     Ok(match store.get(key)? {
-        Some((bytes, cas)) => (Page::decode(&bytes), cas),
-        None => (Page::default(), 0),
+        Some((bytes, cas)) => Read {
+            page: Page::decode(&bytes),
+            cas,
+            bytes,
+        },
+        None => Read {
+            page: Page::default(),
+            cas: 0,
+            bytes: Vec::new(),
+        },
     })
 }
 
@@ -369,7 +385,11 @@ fn upsert_once<T>(
 ) -> Result<Attempt<T>, StoreError> {
     let reclaimable = |r: &Record| tenant.reclaimable(r, now_ms);
     let home_key = page_key(table, addr.home);
-    let (mut home, home_cas) = read_page(store, &home_key)?;
+    let Read {
+        page: mut home,
+        cas: home_cas,
+        bytes: home_bytes,
+    } = read_page(store, &home_key)?;
     let own = home.records.iter().any(|r| r.tag == addr.tag);
     let spilled = home
         .spills
@@ -383,7 +403,7 @@ fn upsert_once<T>(
             if !changed {
                 return Ok(Attempt::Done(Some(result)));
             }
-            let written = put(store, &home_key, &mut home, home_cas, i, record)?;
+            let written = put(store, &home_key, &home_bytes, &home, home_cas, i, record)?;
             return Ok(done_if(written, result));
         }
     }
@@ -411,7 +431,11 @@ fn upsert_once<T>(
             *t = index;
         }
         let alt_key = page_key(table, index);
-        let (mut alt, alt_cas) = read_page(store, &alt_key)?;
+        let Read {
+            page: alt,
+            cas: alt_cas,
+            bytes: alt_bytes,
+        } = read_page(store, &alt_key)?;
         let Some((i, mut record)) = take(&alt, addr.tag, reclaimable) else {
             if let Some(e) = spilled {
                 // The entry's alternate holds no record of the key and has
@@ -460,26 +484,57 @@ fn upsert_once<T>(
                 return Ok(Attempt::Conflict);
             }
         }
-        let written = put(store, &alt_key, &mut alt, alt_cas, i, record)?;
+        let written = put(store, &alt_key, &alt_bytes, &alt, alt_cas, i, record)?;
         return Ok(done_if(written, result));
     }
     Ok(Attempt::Done(None))
 }
 
-/// Puts `record` at `i` of `page` and writes the page if `key` is still at
-/// version `cas`; `false` when it is not.
+/// Puts `record` at `i` of `page` (read as `bytes`) and writes the page if
+/// `key` is still at version `cas`; `false` when it is not. Only the one
+/// record is encoded, into the bytes read: encoding all 16 records and 16
+/// spill entries was a quarter of a one-rule request's wasm instructions.
 fn put(
     store: &dyn SharedStore,
     key: &str,
-    page: &mut Page,
+    bytes: &[u8],
+    page: &Page,
     cas: u32,
     i: usize,
     record: Record,
 ) -> Result<bool, StoreError> {
-    if let Some(slot) = page.records.get_mut(i) {
-        *slot = record;
+    let value = match with_record(bytes, i, &record) {
+        Some(value) => value,
+        // Nothing usable was read (no page, or one of another size).
+        None => {
+            let mut page = *page;
+            if let Some(slot) = page.records.get_mut(i) {
+                *slot = record;
+            }
+            page.encode()
+        }
+    };
+    match store.set(key, &value, cas) {
+        Ok(()) => Ok(true),
+        Err(StoreError::CasMismatch) => Ok(false),
+        Err(e) => Err(e),
     }
-    write_page(store, key, page, cas)
+}
+
+/// Page bytes `bytes` with record `i` replaced by `record`: what encoding
+/// the decoded page with that record gives (a record's 40 bytes decode and
+/// encode back unchanged; only a spill entry's unused padding may differ).
+/// `None` unless `bytes` is a whole page and `i` one of its records.
+fn with_record(bytes: &[u8], i: usize, record: &Record) -> Option<[u8; PAGE_LEN]> {
+    if i >= SLOTS_PER_PAGE {
+        return None;
+    }
+    let mut page = <[u8; PAGE_LEN]>::try_from(bytes).ok()?;
+    let slot = page.get_mut(i * RECORD_LEN..(i + 1) * RECORD_LEN)?;
+    let mut encoded = [0u8; RECORD_LEN];
+    record.encode_into(&mut encoded);
+    slot.copy_from_slice(&encoded);
+    Some(page)
 }
 
 fn done_if<T>(written: bool, result: T) -> Attempt<T> {
@@ -628,6 +683,60 @@ mod tests {
             Page::default(),
             "a page of an older palisade reads empty"
         );
+    }
+
+    #[test]
+    fn one_record_written_into_the_page_read_is_the_whole_page_encoded() {
+        let mut page = Page::default();
+        for (i, record) in page.records.iter_mut().enumerate() {
+            let i = i as u64 + 1;
+            *record = Record {
+                tag: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                state: i * 1_000,
+                banned_until_ms: i * 7,
+                last_violation_ms: i * 11,
+                strikes: i as u16,
+                rule: i as u8,
+                level: (i % 4) as u8,
+                updated_s: i as u32 * 3,
+            };
+        }
+        page.spills[3] = Spill {
+            tag: 42,
+            until_s: 9,
+            alt: 2,
+        };
+        let read = page.encode();
+        let record = Record {
+            tag: 77,
+            state: u64::MAX,
+            banned_until_ms: 1,
+            last_violation_ms: 2,
+            strikes: u16::MAX,
+            rule: 200,
+            level: 3,
+            updated_s: u32::MAX,
+        };
+        for i in 0..SLOTS_PER_PAGE {
+            let mut changed = page;
+            changed.records[i] = record;
+            assert_eq!(
+                with_record(&read, i, &record),
+                Some(changed.encode()),
+                "record {i}"
+            );
+        }
+        assert_eq!(
+            with_record(&read, SLOTS_PER_PAGE, &record),
+            None,
+            "a spill entry is no record"
+        );
+        assert_eq!(
+            with_record(&read[1..], 0, &record),
+            None,
+            "not a whole page"
+        );
+        assert_eq!(with_record(&[], 0, &record), None, "no page read");
     }
 
     #[test]
