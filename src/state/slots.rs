@@ -300,7 +300,17 @@ fn write_page(
     page: &Page,
     cas: u32,
 ) -> Result<bool, StoreError> {
-    match store.set(key, &page.encode(), cas) {
+    write_bytes(store, key, &page.encode(), cas)
+}
+
+/// [`write_page`] for a page already encoded.
+fn write_bytes(
+    store: &dyn SharedStore,
+    key: &str,
+    value: &[u8],
+    cas: u32,
+) -> Result<bool, StoreError> {
+    match store.set(key, value, cas) {
         Ok(()) => Ok(true),
         Err(StoreError::CasMismatch) => Ok(false),
         Err(e) => Err(e),
@@ -503,21 +513,16 @@ fn put(
     i: usize,
     record: Record,
 ) -> Result<bool, StoreError> {
-    let value = match with_record(bytes, i, &record) {
-        Some(value) => value,
+    match with_record(bytes, i, &record) {
+        Some(value) => write_bytes(store, key, &value, cas),
         // Nothing usable was read (no page, or one of another size).
         None => {
             let mut page = *page;
             if let Some(slot) = page.records.get_mut(i) {
                 *slot = record;
             }
-            page.encode()
+            write_page(store, key, &page, cas)
         }
-    };
-    match store.set(key, &value, cas) {
-        Ok(()) => Ok(true),
-        Err(StoreError::CasMismatch) => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
