@@ -56,6 +56,14 @@ impl log::Log for ProxyLogger {
 
 static LOGGER: ProxyLogger = ProxyLogger;
 
+/// Every allocation of a request goes through it (the SDK's buffers for host
+/// data too: `proxy_on_memory_allocate` allocates from the global
+/// allocator, and host.rs frees those buffers as Vecs of it). Single-threaded
+/// wasm only, as a proxy-wasm VM is.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 proxy_wasm::main! {{
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
