@@ -92,14 +92,23 @@ impl SharedStore for Namespaced<'_> {
         if self.prefix.is_empty() {
             return self.store.get(key);
         }
-        self.store.get(&format!("{}{key}", self.prefix))
+        self.store.get(&self.full_key(key))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         if self.prefix.is_empty() {
             return self.store.set(key, value, cas);
         }
-        self.store.set(&format!("{}{key}", self.prefix), value, cas)
+        self.store.set(&self.full_key(key), value, cas)
+    }
+}
+
+impl Namespaced<'_> {
+    fn full_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(self.prefix);
+        full.push_str(key);
+        full
     }
 }
 

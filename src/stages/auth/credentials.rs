@@ -21,7 +21,7 @@ use crate::core::request::HeaderMap;
 use crate::core::routes::RouteId;
 use crate::core::verdict::Reason;
 use crate::stages::auth::jwks;
-use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, VerifiedToken};
+use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, TokenKey, VerifiedToken};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -187,6 +187,8 @@ fn user_key(kind: &str, namespace: &str, id: &str) -> Vec<u8> {
 /// Per-worker state: providers with their current keys, and their caches.
 pub struct AuthState {
     providers: Vec<ProviderState>,
+    /// The secret of every provider cache's [`TokenKey`].
+    cache_key: [u8; 16],
 }
 
 struct ProviderState {
@@ -224,14 +226,17 @@ impl AuthState {
                 };
                 Ok(ProviderState {
                     provider: Provider::new(spec.settings.clone(), keys)?,
-                    cache: TokenCache::new(auth.cache_entries, cache_key),
+                    cache: TokenCache::new(auth.cache_entries),
                     loaded: spec.inline_jwks.is_some(),
                     generation: 0,
                     kid_miss_flagged_ms: None,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(AuthState { providers })
+        Ok(AuthState {
+            providers,
+            cache_key,
+        })
     }
 
     /// Installs a fetched key set of provider `index` (generation from the
@@ -422,19 +427,20 @@ fn verify_token<'s>(
     store: &dyn crate::state::host::SharedStore,
 ) -> Result<(usize, Cow<'s, VerifiedToken>), Reason> {
     let now_s = now_ms / 1000;
+    let key = TokenKey::new(&state.cache_key, token);
     let cached = policy.providers.iter().copied().find(|&i| {
         state
             .providers
             .get_mut(i)
-            .is_some_and(|p| p.cache.get(token, now_s).is_some())
+            .is_some_and(|p| p.cache.get(key, now_s).is_some())
     });
     if let Some(index) = cached {
-        // Looked up again (one keyed hash) so that this branch returns
-        // unconditionally and the borrow ends here.
+        // Looked up again (no hashing: the key is kept) so that this branch
+        // returns unconditionally and the borrow ends here.
         return match state
             .providers
             .get_mut(index)
-            .and_then(|p| p.cache.get(token, now_s))
+            .and_then(|p| p.cache.get(key, now_s))
         {
             Some(hit) => Ok((index, Cow::Borrowed(hit))),
             None => Err(Reason::Jwt(JwtError::Malformed)),
@@ -476,7 +482,7 @@ fn verify_token<'s>(
         }
     }
     let verified = result.map_err(Reason::Jwt)?;
-    provider_state.cache.insert(token, verified.clone(), now_s);
+    provider_state.cache.insert(key, verified.clone(), now_s);
     Ok((index, Cow::Owned(verified)))
 }
 

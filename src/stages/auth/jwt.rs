@@ -92,7 +92,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::Hasher;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Keys a token without `kid` is tried against, at most: an issuer that
 /// omits `kid` has one key, or two while it rotates.
@@ -973,20 +973,53 @@ fn strings(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-type TokenHash = u128;
+/// A [`TokenCache`] key: a 128-bit SipHash of the token under a secret key
+/// (the process seed); the token itself is never stored. Computed once per
+/// request, for every provider's cache.
+///
+/// A keyed PRF rather than SHA-256: a lookup happens on every request and
+/// SipHash is several times cheaper in wasm, while finding two tokens with
+/// one cache key still needs the secret key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey(u128);
+
+impl TokenKey {
+    pub fn new(secret: &[u8; 16], token: &str) -> TokenKey {
+        let mut h = SipHasher13::new_with_key(secret);
+        h.write(token.as_bytes());
+        TokenKey(h.finish128().as_u128())
+    }
+}
+
+/// Hashes a [`TokenKey`] to its low 64 bits. The key is already a keyed
+/// hash, as unpredictable as the map's own SipHash would make it, and
+/// hashing it again cost as much as a small stage.
+#[derive(Default)]
+struct KeyBits(u64);
+
+impl Hasher for KeyBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= n as u64;
+    }
+}
 
 struct CacheEntry {
     token: VerifiedToken,
     seq: u64,
 }
 
-/// Verified tokens of one [`Provider`], per worker, keyed by a 128-bit
-/// SipHash of the token under a secret key (the token itself is never
-/// stored), each kept until its [`VerifiedToken::valid_until_s`].
-///
-/// A keyed PRF rather than SHA-256: a lookup happens on every request and
-/// SipHash is several times cheaper in wasm, while finding two tokens with
-/// one cache key still needs the secret key (the process seed).
+/// Verified tokens of one [`Provider`], per worker, by [`TokenKey`], each
+/// kept until its [`VerifiedToken::valid_until_s`].
 ///
 /// Bounded by `capacity` entries. When full, an insertion first drops the
 /// expired entries (at most one sweep per second, so that a cache full of
@@ -995,11 +1028,10 @@ struct CacheEntry {
 /// issuer must not be found when checking another.
 pub struct TokenCache {
     capacity: usize,
-    key: [u8; 16],
-    map: HashMap<TokenHash, CacheEntry>,
+    map: HashMap<TokenKey, CacheEntry, BuildHasherDefault<KeyBits>>,
     /// Insertion order, with stale entries (replaced or removed) skipped by
     /// their sequence number.
-    order: VecDeque<(TokenHash, u64)>,
+    order: VecDeque<(TokenKey, u64)>,
     next_seq: u64,
     last_sweep_s: Option<u64>,
 }
@@ -1014,13 +1046,11 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cache of at most `capacity` tokens (0 caches nothing), keyed with
-    /// the secret `key`.
-    pub fn new(capacity: usize, key: [u8; 16]) -> TokenCache {
+    /// A cache of at most `capacity` tokens (0 caches nothing).
+    pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
             capacity,
-            key,
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
             last_sweep_s: None,
@@ -1045,30 +1075,24 @@ impl TokenCache {
         self.order.clear();
     }
 
-    fn hash(&self, token: &str) -> TokenHash {
-        let mut h = SipHasher13::new_with_key(&self.key);
-        h.write(token.as_bytes());
-        h.finish128().as_u128()
-    }
-
-    /// The cached verification of `token`, if it is still valid at `now_s`.
-    pub fn get(&mut self, token: &str, now_s: u64) -> Option<&VerifiedToken> {
-        let key = self.hash(token);
-        let live = self.map.get(&key)?.token.valid_until_s > now_s;
-        if !live {
+    /// The cached verification of a token, if it is still valid at `now_s`.
+    pub fn get(&mut self, key: TokenKey, now_s: u64) -> Option<&VerifiedToken> {
+        if self
+            .map
+            .get(&key)
+            .is_some_and(|e| e.token.valid_until_s <= now_s)
+        {
             self.map.remove(&key);
-            return None;
         }
         self.map.get(&key).map(|e| &e.token)
     }
 
-    /// Remembers a verification of `token` (the string given to [`verify`]).
+    /// Remembers a verification of a token (the string given to [`verify`]).
     /// An already expired one is not stored.
-    pub fn insert(&mut self, token: &str, verified: VerifiedToken, now_s: u64) {
+    pub fn insert(&mut self, key: TokenKey, verified: VerifiedToken, now_s: u64) {
         if self.capacity == 0 || verified.valid_until_s <= now_s {
             return;
         }
-        let key = self.hash(token);
         if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
             self.make_room(now_s);
         }
@@ -2412,64 +2436,71 @@ mod tests {
         }
     }
 
+    fn key(token: &str) -> TokenKey {
+        TokenKey::new(&[9; 16], token)
+    }
+
     #[test]
     fn cache_returns_live_tokens_only() {
         let p = all_algs();
         let token = hs(claims());
         let v = verify(&token, &p, NOW).unwrap();
-        let mut cache = TokenCache::new(4, [9; 16]);
-        assert!(cache.get(&token, NOW).is_none());
-        cache.insert(&token, v.clone(), NOW);
-        assert_eq!(cache.get(&token, NOW), Some(&v));
-        assert_eq!(cache.get(&token, v.valid_until_s - 1), Some(&v));
-        assert!(cache.get(&token, v.valid_until_s).is_none());
+        let mut cache = TokenCache::new(4);
+        assert!(cache.get(key(&token), NOW).is_none());
+        cache.insert(key(&token), v.clone(), NOW);
+        assert_eq!(cache.get(key(&token), NOW), Some(&v));
+        assert_eq!(cache.get(key(&token), v.valid_until_s - 1), Some(&v));
+        assert!(cache.get(key(&token), v.valid_until_s).is_none());
         assert!(cache.is_empty());
         // Expired on arrival: not stored. Capacity 0: nothing stored.
-        cache.insert("t", verified(NOW), NOW);
+        cache.insert(key("t"), verified(NOW), NOW);
         assert!(cache.is_empty());
-        let mut none = TokenCache::new(0, [9; 16]);
-        none.insert("t", verified(NOW + 10), NOW);
+        let mut none = TokenCache::new(0);
+        none.insert(key("t"), verified(NOW + 10), NOW);
         assert!(none.is_empty());
         // The cache is keyed by a hash: a different token misses.
-        cache.insert(&token, v.clone(), NOW);
-        assert!(cache.get(&format!("{token}x"), NOW).is_none());
+        cache.insert(key(&token), v.clone(), NOW);
+        assert!(cache.get(key(&format!("{token}x")), NOW).is_none());
         cache.clear();
-        assert!(cache.get(&token, NOW).is_none());
+        assert!(cache.get(key(&token), NOW).is_none());
     }
 
     #[test]
     fn cache_evicts_expired_first_then_oldest() {
-        let mut cache = TokenCache::new(3, [9; 16]);
-        cache.insert("a", verified(NOW + 100), NOW);
-        cache.insert("b", verified(NOW + 5), NOW);
-        cache.insert("c", verified(NOW + 100), NOW);
+        let mut cache = TokenCache::new(3);
+        cache.insert(key("a"), verified(NOW + 100), NOW);
+        cache.insert(key("b"), verified(NOW + 5), NOW);
+        cache.insert(key("c"), verified(NOW + 100), NOW);
         assert_eq!(cache.len(), 3);
         // At NOW + 10, "b" has expired: it goes, not the oldest "a".
-        cache.insert("d", verified(NOW + 100), NOW + 10);
+        cache.insert(key("d"), verified(NOW + 100), NOW + 10);
         assert_eq!(cache.len(), 3);
-        assert!(cache.get("a", NOW + 10).is_some());
-        assert!(cache.get("b", NOW + 10).is_none());
+        assert!(cache.get(key("a"), NOW + 10).is_some());
+        assert!(cache.get(key("b"), NOW + 10).is_none());
         // Nothing expired: the oldest insertion ("a") goes.
-        cache.insert("e", verified(NOW + 100), NOW + 10);
-        assert!(cache.get("a", NOW + 10).is_none());
+        cache.insert(key("e"), verified(NOW + 100), NOW + 10);
+        assert!(cache.get(key("a"), NOW + 10).is_none());
         for k in ["c", "d", "e"] {
-            assert!(cache.get(k, NOW + 10).is_some(), "{k}");
+            assert!(cache.get(key(k), NOW + 10).is_some(), "{k}");
         }
         // Re-inserting a present token replaces it in place, evicting nothing;
         // the queue of stale entries stays bounded.
         for i in 0..100 {
-            cache.insert("c", verified(NOW + 200 + i), NOW + 11);
+            cache.insert(key("c"), verified(NOW + 200 + i), NOW + 11);
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.order.len() <= 6);
-        assert_eq!(cache.get("c", NOW + 11).unwrap().valid_until_s, NOW + 299);
+        assert_eq!(
+            cache.get(key("c"), NOW + 11).unwrap().valid_until_s,
+            NOW + 299
+        );
         // "c" is now the newest: "d" then "e" go first.
-        cache.insert("f", verified(NOW + 100), NOW + 11);
-        assert!(cache.get("d", NOW + 11).is_none());
-        assert!(cache.get("c", NOW + 11).is_some());
+        cache.insert(key("f"), verified(NOW + 100), NOW + 11);
+        assert!(cache.get(key("d"), NOW + 11).is_none());
+        assert!(cache.get(key("c"), NOW + 11).is_some());
         // Many distinct tokens: never over capacity.
         for i in 0..1000 {
-            cache.insert(&format!("t{i}"), verified(NOW + 100), NOW + 12);
+            cache.insert(key(&format!("t{i}")), verified(NOW + 100), NOW + 12);
             assert!(cache.len() <= 3);
         }
         assert!(cache.order.len() <= 6);
