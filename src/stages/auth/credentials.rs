@@ -21,7 +21,9 @@ use crate::core::request::HeaderMap;
 use crate::core::routes::RouteId;
 use crate::core::verdict::Reason;
 use crate::stages::auth::jwks;
-use crate::stages::auth::jwt::{self, JwtError, Provider, TokenCache, TokenKey, VerifiedToken};
+use crate::stages::auth::jwt::{
+    self, Expiring, JwtError, Provider, TokenCache, TokenKey, VerifiedToken,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -193,7 +195,7 @@ pub struct AuthState {
 
 struct ProviderState {
     provider: Provider,
-    cache: TokenCache,
+    cache: TokenCache<Authenticated>,
     /// Whether a key set was ever loaded (inline sets always are).
     loaded: bool,
     /// Generation of the shared record the keys came from.
@@ -304,42 +306,79 @@ pub fn check(
     }
     let token = bearer_token(&auth.sources, headers)?;
     let mut guard = lock(state);
-    let (index, verified) = verify_token(&mut guard, auth, policy, token, now_ms, store)?;
-    let verified: &VerifiedToken = &verified;
-    let spec = auth
-        .providers
-        .get(index)
-        .ok_or(Reason::Jwt(JwtError::Issuer))?;
-    let subject = verified.sub.clone().unwrap_or_default();
-    if subject.starts_with(API_KEY_PREFIX) {
+    let holder = verify_token(&mut guard, auth, policy, token, now_ms, store)?;
+    if holder.api_key_subject {
         return Err(Reason::Jwt(JwtError::Claims).into());
     }
-    // Without a subject the token itself is the user: tokens that name
-    // nobody must not all share one empty-subject bucket.
-    let user_key = if subject.is_empty() {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        user_key("jwt-token", &spec.name, &hex)
-    } else {
-        user_key("jwt", &spec.name, &subject)
-    };
-    let roles = string_list(verified.claim_at(&spec.roles_claim));
-    if let Err(reason) = authorize(policy, &roles, &verified.scopes, &verified.amr) {
+    let verified = &holder.token;
+    if let Err(reason) = authorize(policy, &holder.roles, &verified.scopes, &verified.amr) {
         return Err(Refusal {
             reason,
-            user_key: Some(user_key),
+            user_key: Some(holder.user_key.clone()),
         });
     }
-    let mut headers = Vec::with_capacity(1 + spec.forward.len());
-    if !subject.is_empty() && header_value_ok(&subject) {
-        headers.push((USER_HEADER.to_string(), subject.clone()));
-    }
-    for forward in &spec.forward {
-        if let Some(value) = verified.claim_at(&forward.claim).and_then(claim_as_header) {
-            headers.push((forward.header.clone(), value));
+    Ok(match holder {
+        Cow::Owned(holder) => Principal {
+            user_key: holder.user_key,
+            headers: holder.headers,
+        },
+        Cow::Borrowed(holder) => Principal {
+            user_key: holder.user_key.clone(),
+            headers: holder.headers.clone(),
+        },
+    })
+}
+
+/// A verified token with what it says of its holder, derived once, when
+/// the token is verified, and cached with it: a request with a cached
+/// token only checks its grants and copies the user key and headers.
+#[derive(Debug, Clone)]
+struct Authenticated {
+    token: VerifiedToken,
+    /// `sub` is shaped like an API key's principal: the token is refused.
+    api_key_subject: bool,
+    user_key: Vec<u8>,
+    /// From the provider's roles claim.
+    roles: Vec<String>,
+    /// What the upstream is told: the subject and the forwarded claims.
+    headers: Vec<(String, String)>,
+}
+
+impl Authenticated {
+    fn new(token: VerifiedToken, raw: &str, spec: &ProviderSpec) -> Authenticated {
+        let subject = token.sub.as_deref().unwrap_or_default();
+        // Without a subject the token itself is the user: tokens that name
+        // nobody must not all share one empty-subject bucket.
+        let user_key = if subject.is_empty() {
+            let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            user_key("jwt-token", &spec.name, &hex)
+        } else {
+            user_key("jwt", &spec.name, subject)
+        };
+        let mut headers = Vec::with_capacity(1 + spec.forward.len());
+        if !subject.is_empty() && header_value_ok(subject) {
+            headers.push((USER_HEADER.to_string(), subject.to_string()));
+        }
+        for forward in &spec.forward {
+            if let Some(value) = token.claim_at(&forward.claim).and_then(claim_as_header) {
+                headers.push((forward.header.clone(), value));
+            }
+        }
+        Authenticated {
+            api_key_subject: subject.starts_with(API_KEY_PREFIX),
+            user_key,
+            roles: string_list(token.claim_at(&spec.roles_claim)),
+            headers,
+            token,
         }
     }
-    Ok(Principal { user_key, headers })
+}
+
+impl Expiring for Authenticated {
+    fn valid_until_s(&self) -> u64 {
+        self.token.valid_until_s
+    }
 }
 
 /// Whether a header comes more than once (HTTP/1.1 lines, HTTP/2 fields).
@@ -416,8 +455,8 @@ fn pick_provider(auth: &Auth, policy: &AuthzPolicy, token: &str) -> Result<usize
         .ok_or(Reason::Jwt(JwtError::Issuer))
 }
 
-/// The verified token, from the cache (borrowed: a hit copies nothing) or
-/// verified now.
+/// The verified token and its holder, from the cache (borrowed: a hit
+/// copies nothing) or verified now.
 fn verify_token<'s>(
     state: &'s mut AuthState,
     auth: &Auth,
@@ -425,7 +464,7 @@ fn verify_token<'s>(
     token: &str,
     now_ms: u64,
     store: &dyn crate::state::host::SharedStore,
-) -> Result<(usize, Cow<'s, VerifiedToken>), Reason> {
+) -> Result<Cow<'s, Authenticated>, Reason> {
     let now_s = now_ms / 1000;
     let key = TokenKey::new(&state.cache_key, token);
     let cached = policy.providers.iter().copied().find(|&i| {
@@ -442,7 +481,7 @@ fn verify_token<'s>(
             .get_mut(index)
             .and_then(|p| p.cache.get(key, now_s))
         {
-            Some(hit) => Ok((index, Cow::Borrowed(hit))),
+            Some(hit) => Ok(Cow::Borrowed(hit)),
             None => Err(Reason::Jwt(JwtError::Malformed)),
         };
     }
@@ -481,9 +520,9 @@ fn verify_token<'s>(
             }
         }
     }
-    let verified = result.map_err(Reason::Jwt)?;
-    provider_state.cache.insert(key, verified.clone(), now_s);
-    Ok((index, Cow::Owned(verified)))
+    let holder = Authenticated::new(result.map_err(Reason::Jwt)?, token, spec);
+    provider_state.cache.insert(key, holder.clone(), now_s);
+    Ok(Cow::Owned(holder))
 }
 
 /// Installs the shared key set if it is newer than this worker's. Returns

@@ -1013,22 +1013,35 @@ impl Hasher for KeyBits {
     }
 }
 
-struct CacheEntry {
-    token: VerifiedToken,
+/// What a [`TokenCache`] keeps: something valid until a time.
+pub trait Expiring {
+    /// The first second at which it is no longer valid.
+    fn valid_until_s(&self) -> u64;
+}
+
+impl Expiring for VerifiedToken {
+    fn valid_until_s(&self) -> u64 {
+        self.valid_until_s
+    }
+}
+
+struct CacheEntry<T> {
+    value: T,
     seq: u64,
 }
 
-/// Verified tokens of one [`Provider`], per worker, by [`TokenKey`], each
-/// kept until its [`VerifiedToken::valid_until_s`].
+/// Verified tokens of one [`Provider`] (or what a stage derives from them),
+/// per worker, by [`TokenKey`], each kept until its
+/// [`Expiring::valid_until_s`].
 ///
 /// Bounded by `capacity` entries. When full, an insertion first drops the
 /// expired entries (at most one sweep per second, so that a cache full of
 /// live tokens costs O(1) amortized per insertion), then, if still full, the
 /// oldest insertion. Use one cache per provider: a token verified for one
 /// issuer must not be found when checking another.
-pub struct TokenCache {
+pub struct TokenCache<T = VerifiedToken> {
     capacity: usize,
-    map: HashMap<TokenKey, CacheEntry, BuildHasherDefault<KeyBits>>,
+    map: HashMap<TokenKey, CacheEntry<T>, BuildHasherDefault<KeyBits>>,
     /// Insertion order, with stale entries (replaced or removed) skipped by
     /// their sequence number.
     order: VecDeque<(TokenKey, u64)>,
@@ -1036,7 +1049,7 @@ pub struct TokenCache {
     last_sweep_s: Option<u64>,
 }
 
-impl fmt::Debug for TokenCache {
+impl<T> fmt::Debug for TokenCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenCache")
             .field("capacity", &self.capacity)
@@ -1045,9 +1058,9 @@ impl fmt::Debug for TokenCache {
     }
 }
 
-impl TokenCache {
+impl<T: Expiring> TokenCache<T> {
     /// A cache of at most `capacity` tokens (0 caches nothing).
-    pub fn new(capacity: usize) -> TokenCache {
+    pub fn new(capacity: usize) -> TokenCache<T> {
         TokenCache {
             capacity,
             map: HashMap::default(),
@@ -1075,22 +1088,22 @@ impl TokenCache {
         self.order.clear();
     }
 
-    /// The cached verification of a token, if it is still valid at `now_s`.
-    pub fn get(&mut self, key: TokenKey, now_s: u64) -> Option<&VerifiedToken> {
+    /// What is cached for a token, if it is still valid at `now_s`.
+    pub fn get(&mut self, key: TokenKey, now_s: u64) -> Option<&T> {
         if self
             .map
             .get(&key)
-            .is_some_and(|e| e.token.valid_until_s <= now_s)
+            .is_some_and(|e| e.value.valid_until_s() <= now_s)
         {
             self.map.remove(&key);
         }
-        self.map.get(&key).map(|e| &e.token)
+        self.map.get(&key).map(|e| &e.value)
     }
 
-    /// Remembers a verification of a token (the string given to [`verify`]).
+    /// Remembers what a token (the string given to [`verify`]) verified to.
     /// An already expired one is not stored.
-    pub fn insert(&mut self, key: TokenKey, verified: VerifiedToken, now_s: u64) {
-        if self.capacity == 0 || verified.valid_until_s <= now_s {
+    pub fn insert(&mut self, key: TokenKey, value: T, now_s: u64) {
+        if self.capacity == 0 || value.valid_until_s() <= now_s {
             return;
         }
         if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
@@ -1098,13 +1111,7 @@ impl TokenCache {
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.map.insert(
-            key,
-            CacheEntry {
-                token: verified,
-                seq,
-            },
-        );
+        self.map.insert(key, CacheEntry { value, seq });
         self.order.push_back((key, seq));
         if self.order.len() > self.capacity.saturating_mul(2) {
             let map = &self.map;
@@ -1116,7 +1123,7 @@ impl TokenCache {
     fn make_room(&mut self, now_s: u64) {
         if self.last_sweep_s != Some(now_s) {
             self.last_sweep_s = Some(now_s);
-            self.map.retain(|_, e| e.token.valid_until_s > now_s);
+            self.map.retain(|_, e| e.value.valid_until_s() > now_s);
         }
         while self.map.len() >= self.capacity {
             let Some((key, seq)) = self.order.pop_front() else {
