@@ -2011,13 +2011,18 @@ mod tests {
                 unreachable!("a valid token is allowed");
             };
             assert_eq!(upstream.remove, ["x-palisade-user", "x-tenant"]);
-            assert_eq!(
-                upstream.set,
-                [
-                    ("x-palisade-user".to_string(), "alice".to_string()),
-                    ("x-tenant".to_string(), "acme".to_string())
-                ]
-            );
+            let identity = [
+                ("x-palisade-user".to_string(), "alice".to_string()),
+                ("x-tenant".to_string(), "acme".to_string()),
+            ];
+            assert_eq!(upstream.set, identity);
+            // The token is cached now, with the identity derived from it.
+            let Verdict::Allow { upstream, .. } =
+                f.send("GET", "/api/items", &[("authorization", &auth)])
+            else {
+                unreachable!("a cached valid token is allowed");
+            };
+            assert_eq!(upstream.set, identity);
             // Forged identity headers are removed on unprotected routes too.
             let Verdict::Allow { upstream, .. } =
                 f.send("GET", "/public", &[("x-palisade-user", "mallory")])
@@ -2074,6 +2079,13 @@ mod tests {
                 header(&r, "www-authenticate"),
                 Some("Bearer error=\"insufficient_scope\", error_description=\"authz.role\"")
             );
+            // Cached with its roles: judged again per route, the same way.
+            let r = respond(f.send("GET", "/admin", &[("authorization", &bearer(&user))]));
+            assert_eq!((r.status, reason(&r).as_str()), (403, "authz.role"));
+            assert_eq!(
+                f.status("GET", "/api/items", &[("authorization", &bearer(&user))]),
+                200
+            );
             let no_mfa = mint(claims(
                 "root",
                 serde_json::json!({"roles": ["admin"], "amr": ["pwd"]}),
@@ -2097,8 +2109,11 @@ mod tests {
         fn a_token_cannot_pass_for_an_api_key() {
             let f = Fixture::new(&config(""));
             let forged = mint(claims("apikey:partner", serde_json::json!({})));
-            let r = respond(f.send("GET", "/api/x", &[("authorization", &bearer(&forged))]));
-            assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.claims"));
+            // Refused when verified, and again once cached.
+            for _ in 0..2 {
+                let r = respond(f.send("GET", "/api/x", &[("authorization", &bearer(&forged))]));
+                assert_eq!((r.status, reason(&r).as_str()), (401, "jwt.claims"));
+            }
         }
 
         #[test]
