@@ -393,6 +393,83 @@ pub fn upsert<T, R: CasRetries + ?Sized>(
     Err(StoreError::CasMismatch)
 }
 
+/// [`upsert`] of several keys of one home page (the rules of one client:
+/// see `stages::limits`) in one get and at most one compare-and-swap, while
+/// each key has its record on that page or is new there and finds room.
+/// `None` when one of them does not (its record is on an alternate, or the
+/// page is full), before `change` is called or anything written: the caller
+/// then updates the keys one by one with [`upsert`]. `change` gets each
+/// key's index in `addrs` and its record, in order, on every attempt.
+pub fn upsert_on_home<T, R: CasRetries + ?Sized>(
+    store: &dyn SharedStore,
+    metrics: &R,
+    table: &str,
+    addrs: &[Address],
+    now_ms: u64,
+    tenant: &dyn Tenant,
+    mut change: impl FnMut(usize, &mut Record) -> (bool, T),
+) -> Result<Option<Vec<T>>, StoreError> {
+    let Some(first) = addrs.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    if addrs
+        .iter()
+        .any(|a| (a.home, a.pages) != (first.home, first.pages))
+    {
+        return Ok(None);
+    }
+    let key = page_key(table, first.home);
+    let reclaimable = |r: &Record| tenant.reclaimable(r, now_ms);
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        if attempt > 0 {
+            metrics.cas_retry();
+        }
+        let Read {
+            page: mut home,
+            cas,
+            bytes,
+        } = read_page(store, &key)?;
+        let read = home;
+        // Every key placed before any change: one that needs the spill
+        // path sends all of them through `upsert`.
+        let mut placed: Vec<(usize, Record)> = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let own = home.records.iter().any(|r| r.tag == addr.tag);
+            let spilled = home
+                .spills
+                .iter()
+                .any(|s| s.tag == addr.tag && s.live(now_ms));
+            if spilled && !own {
+                return Ok(None);
+            }
+            let Some((i, record)) = take(&home, addr.tag, reclaimable) else {
+                return Ok(None);
+            };
+            if placed.iter().any(|(j, _)| *j == i) {
+                return Ok(None);
+            }
+            // Holds the slot: the next new key takes another.
+            if let Some(slot) = home.records.get_mut(i) {
+                *slot = record;
+            }
+            placed.push((i, record));
+        }
+        let mut results = Vec::with_capacity(addrs.len());
+        let mut changed = Vec::with_capacity(addrs.len());
+        for (n, (i, mut record)) in placed.into_iter().enumerate() {
+            let (wrote, result) = change(n, &mut record);
+            if wrote {
+                changed.push((i, record));
+            }
+            results.push(result);
+        }
+        if changed.is_empty() || put(store, &key, &bytes, &read, cas, &changed)? {
+            return Ok(Some(results));
+        }
+    }
+    Err(StoreError::CasMismatch)
+}
+
 fn upsert_once<T>(
     store: &dyn SharedStore,
     table: &str,
@@ -421,7 +498,14 @@ fn upsert_once<T>(
             if !changed {
                 return Ok(Attempt::Done(Some(result)));
             }
-            let written = put(store, &home_key, &home_bytes, &home, home_cas, i, record)?;
+            let written = put(
+                store,
+                &home_key,
+                &home_bytes,
+                &home,
+                home_cas,
+                &[(i, record)],
+            )?;
             return Ok(done_if(written, result));
         }
     }
@@ -502,51 +586,56 @@ fn upsert_once<T>(
                 return Ok(Attempt::Conflict);
             }
         }
-        let written = put(store, &alt_key, &alt_bytes, &alt, alt_cas, i, record)?;
+        let written = put(store, &alt_key, &alt_bytes, &alt, alt_cas, &[(i, record)])?;
         return Ok(done_if(written, result));
     }
     Ok(Attempt::Done(None))
 }
 
-/// Puts `record` at `i` of `page` (read as `bytes`) and writes the page if
-/// `key` is still at version `cas`; `false` when it is not. Only the one
-/// record is encoded, into the bytes read: encoding all 16 records and 16
-/// spill entries was a quarter of a one-rule request's wasm instructions.
+/// Puts each `(i, record)` of `changes` at `i` of `page` (read as `bytes`)
+/// and writes the page if `key` is still at version `cas`; `false` when it
+/// is not. Only those records are encoded, into the bytes read: encoding
+/// all 16 records and 16 spill entries was a quarter of a one-rule
+/// request's wasm instructions.
 fn put(
     store: &dyn SharedStore,
     key: &str,
     bytes: &[u8],
     page: &Page,
     cas: u32,
-    i: usize,
-    record: Record,
+    changes: &[(usize, Record)],
 ) -> Result<bool, StoreError> {
-    match with_record(bytes, i, &record) {
+    match with_records(bytes, changes) {
         Some(value) => write_bytes(store, key, &value, cas),
         // Nothing usable was read (no page, or one of another size).
         None => {
             let mut page = *page;
-            if let Some(slot) = page.records.get_mut(i) {
-                *slot = record;
+            for (i, record) in changes {
+                if let Some(slot) = page.records.get_mut(*i) {
+                    *slot = *record;
+                }
             }
             write_page(store, key, &page, cas)
         }
     }
 }
 
-/// Page bytes `bytes` with record `i` replaced by `record`: what encoding
-/// the decoded page with that record gives (a record's 40 bytes decode and
-/// encode back unchanged; only a spill entry's unused padding may differ).
-/// `None` unless `bytes` is a whole page and `i` one of its records.
-fn with_record(bytes: &[u8], i: usize, record: &Record) -> Option<[u8; PAGE_LEN]> {
-    if i >= SLOTS_PER_PAGE {
-        return None;
-    }
+/// Page bytes `bytes` with each record `i` of `changes` replaced: what
+/// encoding the decoded page with those records gives (a record's 40 bytes
+/// decode and encode back unchanged; only a spill entry's unused padding may
+/// differ). `None` unless `bytes` is a whole page and each `i` one of its
+/// records.
+fn with_records(bytes: &[u8], changes: &[(usize, Record)]) -> Option<[u8; PAGE_LEN]> {
     let mut page = <[u8; PAGE_LEN]>::try_from(bytes).ok()?;
-    let slot = page.get_mut(i * RECORD_LEN..(i + 1) * RECORD_LEN)?;
-    let mut encoded = [0u8; RECORD_LEN];
-    record.encode_into(&mut encoded);
-    slot.copy_from_slice(&encoded);
+    for (i, record) in changes {
+        if *i >= SLOTS_PER_PAGE {
+            return None;
+        }
+        let slot = page.get_mut(i * RECORD_LEN..(i + 1) * RECORD_LEN)?;
+        let mut encoded = [0u8; RECORD_LEN];
+        record.encode_into(&mut encoded);
+        slot.copy_from_slice(&encoded);
+    }
     Some(page)
 }
 
@@ -740,22 +829,31 @@ mod tests {
             let mut changed = page;
             changed.records[i] = record;
             assert_eq!(
-                with_record(&read, i, &record),
+                with_records(&read, &[(i, record)]),
                 Some(changed.encode()),
                 "record {i}"
             );
         }
+        let other = Record { tag: 78, ..record };
+        let mut both = page;
+        both.records[2] = record;
+        both.records[9] = other;
         assert_eq!(
-            with_record(&read, SLOTS_PER_PAGE, &record),
+            with_records(&read, &[(2, record), (9, other)]),
+            Some(both.encode()),
+            "two records"
+        );
+        assert_eq!(
+            with_records(&read, &[(SLOTS_PER_PAGE, record)]),
             None,
             "a spill entry is no record"
         );
         assert_eq!(
-            with_record(&read[1..], 0, &record),
+            with_records(&read[1..], &[(0, record)]),
             None,
             "not a whole page"
         );
-        assert_eq!(with_record(&[], 0, &record), None, "no page read");
+        assert_eq!(with_records(&[], &[(0, record)]), None, "no page read");
     }
 
     #[test]
@@ -998,6 +1096,59 @@ mod tests {
             let addr = at(1_000_000 * u64::from(home + 1) + tag, home, pages);
             assert_eq!(see(store, addr, expires, 0), Ok(Some(1)));
         }
+    }
+
+    /// [`see`] of several keys of one home page at once.
+    fn see_all(
+        store: &dyn SharedStore,
+        addrs: &[Address],
+        expires: u64,
+        now: u64,
+    ) -> Result<Option<Vec<u16>>, StoreError> {
+        upsert_on_home(
+            store,
+            &MemoryMetrics::default(),
+            TABLE,
+            addrs,
+            now,
+            &Until,
+            |_, r| {
+                if r.state <= now {
+                    r.state = expires;
+                    r.strikes = 0;
+                }
+                r.strikes += 1;
+                (true, r.strikes)
+            },
+        )
+    }
+
+    #[test]
+    fn keys_of_one_home_page_share_one_get_and_one_compare_and_swap() {
+        let store = table(4);
+        let host = Host::new(&store);
+        let (a, b) = (at(42, 1, 4), at(43, 1, 4));
+        assert_eq!(see_all(&host, &[a, b], 10_000, 0), Ok(Some(vec![1, 1])));
+        assert_eq!(host.calls(), (1, 1), "both new, on one page");
+        assert_eq!(see_all(&host, &[a, b], 10_000, 1), Ok(Some(vec![2, 2])));
+        assert_eq!(host.calls(), (1, 1), "both placed");
+        assert_eq!(see(&store, b, 10_000, 2), Ok(Some(3)), "one record each");
+        assert_eq!(records_of(&store, 4, 42).len(), 1);
+        // Keys of other home pages: not for this path, nothing read.
+        assert_eq!(see_all(&host, &[a, at(44, 2, 4)], 10_000, 3), Ok(None));
+        assert_eq!(host.calls(), (0, 0));
+        // A full home page: a new key among them sends all of them one by
+        // one, before anything is written.
+        fill(&store, 1, 4, 10_000);
+        let c = at(45, 1, 4);
+        assert_eq!(see_all(&host, &[a, c], 10_000, 4), Ok(None));
+        assert_eq!(host.calls(), (1, 0));
+        assert_eq!(see(&store, a, 10_000, 4), Ok(Some(3)), "a was not counted");
+        // Spilled to an alternate (its entry on the home page): the same.
+        assert_eq!(see(&store, c, 10_000, 5), Ok(Some(1)));
+        assert!(records_of(&store, 4, 45).iter().all(|(page, _)| *page != 1));
+        assert_eq!(see_all(&host, &[a, c], 10_000, 6), Ok(None));
+        assert_eq!(host.calls(), (1, 0));
     }
 
     #[test]

@@ -316,6 +316,52 @@ fn many_keys_each_get_exactly_their_capacity() {
     race.collided();
 }
 
+/// Two rules of one client (per address; per address and route) keep their
+/// records on its home page and are charged in one compare-and-swap; with
+/// 20 keys (40 records) on 3 pages of 16 slots some records spill, and those clients'
+/// rules go one at a time. Either way every key passes exactly the tighter
+/// rule's capacity (5), and the looser one (8) is charged only while it
+/// has tokens and only for requests it sees: 3 refusals by the tighter
+/// rule, then 4 by the looser one, 7 in all of 12.
+#[test]
+fn rules_of_one_client_charged_together_stay_exact() {
+    let (pages, keys, per_thread) = (3u32, 20, 3);
+    let slot_count = pages as usize * slots::SLOTS_PER_PAGE;
+    let race = Race::new(&format!(
+        r#"{{"client_ip": {{"source": "x-forwarded-for", "trusted_hops": 1}},
+            "rate_limits": {{"slots": {slot_count}, "rules": [
+                {{"name": "ip", "key": ["ip"], "capacity": 8, "refill": "none"}},
+                {{"name": "ip-route", "key": ["ip", "route"], "capacity": 5, "refill": "none"}}]}}}}"#
+    ));
+    let results = race.run("one client's rules", |t, store, _| {
+        race.every_key(store, t, keys, per_thread)
+    });
+    let spilled = (0..pages)
+        .map(|i| {
+            let key = slots::page_key(slots::RATE_LIMITS, i);
+            let bytes = race.f.store.get(&key).ok().flatten().unwrap_or_default().0;
+            Page::decode(&bytes)
+        })
+        .flat_map(|p| p.spills)
+        .filter(|s| s.tag != 0)
+        .count();
+    let by_key = tally(results.into_iter().flatten());
+    assert_eq!(by_key.len(), keys);
+    for (k, answers) in &by_key {
+        assert_eq!(count(answers, 200, ""), 5, "key {k}: {answers:?}");
+        assert_eq!(
+            count(answers, 429, "rl.exhausted"),
+            7,
+            "key {k}: {answers:?}"
+        );
+    }
+    assert!(
+        spilled > 0,
+        "no record spilled: the one-by-one path was not covered"
+    );
+    race.collided();
+}
+
 /// A full table (32 slots, 48 keys, buckets that never refill): every key
 /// without a slot goes through the rule's one overflow bucket, which lets
 /// exactly the rule's capacity through for all of them together.

@@ -251,3 +251,28 @@ fn reserve_is_checked_where_it_is_configured() {
     }
     assert!(Policy::from_json(rule(r#", "reserve": 5"#).as_bytes()).is_ok());
 }
+
+/// Rules keyed on one client keep their records on its home page: a
+/// request charges them in one read (and one compare-and-swap). A rule
+/// with `reserve` goes its own way, with a read of its own.
+#[test]
+fn rules_of_one_client_are_charged_in_one_round_trip() {
+    let rules = |capacity: u32, reserve: u32| {
+        format!(
+            r#"{{"client_ip": {{"source": "x-forwarded-for", "trusted_hops": 1}},
+                "rate_limits": {{"rules": [
+                    {{"name": "ip", "key": ["ip"], "capacity": 100, "refill": "none"}},
+                    {{"name": "ip-route", "key": ["ip", "route"], "capacity": {capacity}, "refill": "none",
+                      "reserve": {reserve}}}]}}}}"#
+        )
+    };
+    for (reserve, reads_per_request) in [(1, 1), (8, 2)] {
+        let w = Workers::new(&rules(16, reserve), false);
+        let reads = w.gets();
+        assert_eq!(w.send(0, IP), 200);
+        assert_eq!(w.gets() - reads, reads_per_request, "reserve {reserve}");
+    }
+    // Both buckets are charged: the tighter one refuses the fourth request.
+    let w = Workers::new(&rules(3, 1), false);
+    assert_eq!(w.in_turn(4, IP), 3);
+}

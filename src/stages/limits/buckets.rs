@@ -20,6 +20,7 @@ use crate::core::routes::RouteId;
 use crate::core::verdict::Quota;
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots::{self, Address, Page, Record, Tenant};
+use std::hash::Hasher;
 
 /// Which requests take a token from a rule's bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +122,10 @@ pub struct Rule {
     interval_us: Option<u64>,
     /// Stamp of `capacity` and `refill` kept in the records (never 0).
     limits_stamp: u16,
+    /// A hash of `name`, which sets the rule's records apart from other
+    /// rules' records of the same client (see `stages::limits`). Stable
+    /// across processes: records outlive a reload, and follow the name.
+    pub name_salt: u64,
 }
 
 /// The outcome of taking one token.
@@ -194,7 +199,6 @@ impl Rule {
         let interval_us =
             refill.map(|r| (r.every_ms.saturating_mul(1000) / u64::from(r.tokens)).max(1));
         Rule {
-            name,
             index,
             key,
             applies,
@@ -206,6 +210,12 @@ impl Rule {
             reserve: 1,
             interval_us,
             limits_stamp: limits_stamp(capacity, refill),
+            name_salt: {
+                let mut h = siphasher::sip::SipHasher13::new();
+                h.write(name.as_bytes());
+                h.finish()
+            },
+            name,
         }
     }
 
@@ -497,25 +507,71 @@ impl Limiter<'_> {
             addr,
             now_ms,
             self,
-            |record| {
-                // The rule index follows reloads that reorder rules.
-                record.rule = rule.index;
-                let mut write = rebase(record, rule, now_ms);
-                if limits_of(record) != rule.limits_stamp {
-                    // Limits changed by a reload (or a record of an older
-                    // build): a fresh bucket; ban, level and strikes stay.
-                    write |= record.state != 0;
-                    record.state = 0;
-                    set_limits(record, rule.limits_stamp);
-                }
-                let outcome = self.judge(rule, record, &mut write, now_ms, charge);
-                (write, outcome)
-            },
+            |record| self.apply(rule, record, now_ms, charge),
         )?;
         match placed {
             Some(outcome) => Ok(outcome),
             None => self.check_overflow(rule, now_us, charge),
         }
+    }
+
+    /// [`Limiter::check`] of several rules of one client, whose records
+    /// share a home page, in one round trip (see
+    /// [`slots::upsert_on_home`]). In order; once `stops` says an outcome
+    /// ends the request, the rules after it are not charged (`None`).
+    /// `None` as a whole when one record is not on the home page (spilled,
+    /// or no room there): nothing was charged, check the rules one by one.
+    pub fn check_on_home(
+        &self,
+        rules: &[(&Rule, Address, Charge)],
+        now_ms: u64,
+        stops: impl Fn(&Rule, &RuleOutcome) -> bool,
+    ) -> Result<Option<Vec<Option<RuleOutcome>>>, StoreError> {
+        let addrs: Vec<Address> = rules.iter().map(|(_, addr, _)| *addr).collect();
+        let mut stopped = false;
+        slots::upsert_on_home(
+            self.store,
+            self.metrics,
+            slots::RATE_LIMITS,
+            &addrs,
+            now_ms,
+            self,
+            |n, record| {
+                // Each attempt runs the rules from the first.
+                if n == 0 {
+                    stopped = false;
+                }
+                let Some((rule, _, charge)) = rules.get(n).filter(|_| !stopped) else {
+                    return (false, None);
+                };
+                let (write, outcome) = self.apply(rule, record, now_ms, *charge);
+                stopped = stops(rule, &outcome);
+                (write, Some(outcome))
+            },
+        )
+    }
+
+    /// `rule` charged on its client's record: whether the record changed,
+    /// and the outcome.
+    fn apply(
+        &self,
+        rule: &Rule,
+        record: &mut Record,
+        now_ms: u64,
+        charge: Charge,
+    ) -> (bool, RuleOutcome) {
+        // The rule index follows reloads that reorder rules.
+        record.rule = rule.index;
+        let mut write = rebase(record, rule, now_ms);
+        if limits_of(record) != rule.limits_stamp {
+            // Limits changed by a reload (or a record of an older build):
+            // a fresh bucket; ban, level and strikes stay.
+            write |= record.state != 0;
+            record.state = 0;
+            set_limits(record, rule.limits_stamp);
+        }
+        let outcome = self.judge(rule, record, &mut write, now_ms, charge);
+        (write, outcome)
     }
 
     /// The rule's verdict on one placed record; sets `write` when the

@@ -14,7 +14,7 @@ use crate::core::verdict::{Finding, Quota, Reason, Stage};
 use crate::state::host::StoreError;
 use crate::state::replay::{self, Sighting};
 use crate::state::slots;
-use buckets::{BanPolicy, Charge, Counts, Limiter, Rule, RuleOutcome};
+use buckets::{BanPolicy, Charge, Counts, KeySpec, Limiter, Rule, RuleOutcome};
 use config::RateLimits;
 use reserve::{Held, Next};
 use siphasher::sip128::Hash128;
@@ -39,8 +39,9 @@ pub enum Phase {
     LoginFailed,
 }
 
-/// Bans and rate limits of one phase: both read the same slot record, in
-/// one round trip per rule, except for tokens this worker holds (`held`).
+/// Bans and rate limits of one phase: both read the same slot record; the
+/// rules of one client share a page and are charged in one round trip
+/// (see [`Clients`]), except for tokens this worker holds (`held`).
 #[allow(clippy::too_many_arguments)]
 pub fn check(
     phase: Phase,
@@ -52,65 +53,44 @@ pub fn check(
     findings: &mut Vec<Finding>,
     quota: &mut Option<Quota>,
 ) {
-    let host = ctx.host;
-    let mut due = limits
-        .rules
-        .iter()
-        .filter_map(|rule| {
-            let charge = match (phase, rule.counts) {
-                (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Batch(1),
-                (Phase::PreAuth, Counts::Failures) => Charge::Peek,
-                (Phase::PreAuth, Counts::FailedLogins) if !rule.key.username => Charge::Peek,
-                (Phase::PreAuth, Counts::Usernames) => Charge::BanOnly,
-                (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Batch(1),
-                (Phase::Failed, Counts::Failures) => Charge::Take,
-                // A known client of the user is not held to the user's rules.
-                (Phase::Login, Counts::FailedLogins)
-                    if rule.key.username && !facts.known_client =>
-                {
-                    Charge::Peek
-                }
-                // Take or look: decided by whether the username is new to the key.
-                (Phase::Login, Counts::Usernames) if facts.username.is_some() => Charge::Take,
-                // The same for the network or fingerprint of a token.
-                (Phase::PostAuth, Counts::Networks | Counts::Fingerprints) => Charge::Take,
-                (Phase::LoginFailed, Counts::FailedLogins) => Charge::Take,
-                _ => return None,
-            };
-            let applies = rule.applies_to(facts.route)
-                && !(rule.key.user && facts.user.is_none())
-                && !(rule.key.key_id && facts.key_id.is_none())
-                && !(rule.key.username && facts.username.is_none())
-                && !(rule.key.token && facts.token.is_none())
-                && rule.countries.is_none_or(|c| c.contains(facts.country));
-            applies.then_some((rule, charge))
-        })
-        .peekable();
-    if due.peek().is_none() {
+    if limits.rules.is_empty() {
         return;
     }
+    let host = ctx.host;
     let limiter = Limiter {
         rules: &limits.rules,
         bans,
         store: host.store,
         metrics: host.metrics,
     };
-    // Locked only around its own use: never across a shared-data call.
-    let held = || held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let counted = |quota: &mut Option<Quota>, q: Quota| {
-        if quota.is_none_or(|best| q.remaining < best.remaining) {
-            *quota = Some(q);
-        }
+    // After a refusal or an answer, every rule still counts.
+    let counts_all = matches!(phase, Phase::Failed | Phase::LoginFailed);
+    let stops = |rule: &Rule, outcome: &RuleOutcome| {
+        !counts_all && refusal(rule, outcome, limits, bans).is_some_and(|f| f.enforced())
     };
-    for (rule, charge) in due {
-        let hash = key_hash(rule, facts, ctx);
-        let addr = Ctx::address(hash, limits.pages);
+    let mut tally = Tally {
+        limits,
+        bans,
+        held,
+        ctx,
+        findings,
+        quota,
+        counts_all,
+    };
+    let mut clients = Clients::default();
+    let mut next = 0;
+    while let Some(rule) = limits.rules.get(next) {
+        next += 1;
+        let Some(charge) = due(phase, rule, facts) else {
+            continue;
+        };
+        let (hash, addr) = clients.address(rule, facts, ctx, limits.pages);
         let charge = match charge {
             Charge::Batch(_) if rule.reserve > 1 => {
-                let next = held().next(rule.index, addr.tag, rule.reserve);
-                match next {
+                let held = tally.held().next(rule.index, addr.tag, rule.reserve);
+                match held {
                     Next::Spent(q) => {
-                        counted(quota, q);
+                        tally.counted(q);
                         continue;
                     }
                     Next::Take(n) => Charge::Batch(n),
@@ -120,7 +100,9 @@ pub fn check(
         };
         // Read once per request, and only when shared state is consulted.
         let Some(now_ms) = facts.now_ms(host.clock) else {
-            return findings.push(ctx.host_failure("clock", Stage::RateLimit));
+            return tally
+                .findings
+                .push(ctx.host_failure("clock", Stage::RateLimit));
         };
         let charge = match distinct_item(rule.counts, facts) {
             Some(item) if charge == Charge::Take => {
@@ -128,71 +110,209 @@ pub fn check(
                     Ok(true) => Charge::Take,
                     Ok(false) => Charge::BanOnly,
                     Err(error) => {
-                        findings.push(Finding {
-                            rule: Some(rule.index),
-                            ..ctx.store_failure(&rule.name, Stage::RateLimit, error)
-                        });
+                        tally.settle(rule, addr, Err(error));
                         return;
                     }
                 }
             }
             _ => charge,
         };
-        let finding = match limiter.check(rule, addr, now_ms, charge) {
+        // The due rules after it of the same client (home page), charged in
+        // the same round trip: those that need nothing before it.
+        let mut group = Vec::new();
+        let mut after = next;
+        if same_trip(rule, facts) {
+            while let Some(other) = limits.rules.get(after) {
+                let Some(other_charge) = due(phase, other, facts) else {
+                    after += 1;
+                    continue;
+                };
+                let (_, other_addr) = clients.address(other, facts, ctx, limits.pages);
+                if !same_trip(other, facts) || other_addr.home != addr.home {
+                    break;
+                }
+                if group.is_empty() {
+                    group.push((rule, addr, charge));
+                }
+                group.push((other, other_addr, other_charge));
+                after += 1;
+            }
+        }
+        if !group.is_empty() {
+            match limiter.check_on_home(&group, now_ms, stops) {
+                Ok(Some(outcomes)) => {
+                    next = after;
+                    for (&(rule, addr, _), outcome) in group.iter().zip(outcomes) {
+                        // None: a rule before it ended the request.
+                        let Some(outcome) = outcome else {
+                            return;
+                        };
+                        if tally.settle(rule, addr, Ok(outcome)) {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                // As the first rule's failure; the others get their turn.
+                Err(error) => {
+                    if tally.settle(rule, addr, Err(error)) {
+                        return;
+                    }
+                    continue;
+                }
+                // One of them is not on the home page: one by one.
+                Ok(None) => {}
+            }
+        }
+        if tally.settle(rule, addr, limiter.check(rule, addr, now_ms, charge)) {
+            return;
+        }
+    }
+}
+
+/// How `rule` is charged in `phase`, if it applies to the request.
+fn due(phase: Phase, rule: &Rule, facts: &Facts<'_>) -> Option<Charge> {
+    let charge = match (phase, rule.counts) {
+        (Phase::PreAuth, Counts::Requests) if !rule.post_auth() => Charge::Batch(1),
+        (Phase::PreAuth, Counts::Failures) => Charge::Peek,
+        (Phase::PreAuth, Counts::FailedLogins) if !rule.key.username => Charge::Peek,
+        (Phase::PreAuth, Counts::Usernames) => Charge::BanOnly,
+        (Phase::PostAuth, Counts::Requests) if rule.post_auth() => Charge::Batch(1),
+        (Phase::Failed, Counts::Failures) => Charge::Take,
+        // A known client of the user is not held to the user's rules.
+        (Phase::Login, Counts::FailedLogins) if rule.key.username && !facts.known_client => {
+            Charge::Peek
+        }
+        // Take or look: decided by whether the username is new to the key.
+        (Phase::Login, Counts::Usernames) if facts.username.is_some() => Charge::Take,
+        // The same for the network or fingerprint of a token.
+        (Phase::PostAuth, Counts::Networks | Counts::Fingerprints) => Charge::Take,
+        (Phase::LoginFailed, Counts::FailedLogins) => Charge::Take,
+        _ => return None,
+    };
+    let applies = rule.applies_to(facts.route)
+        && !(rule.key.user && facts.user.is_none())
+        && !(rule.key.key_id && facts.key_id.is_none())
+        && !(rule.key.username && facts.username.is_none())
+        && !(rule.key.token && facts.token.is_none())
+        && rule.countries.is_none_or(|c| c.contains(facts.country));
+    applies.then_some(charge)
+}
+
+/// What the rules of one phase have come to so far.
+struct Tally<'a, 'c> {
+    limits: &'a RateLimits,
+    bans: &'a BanPolicy,
+    held: &'a Mutex<Held>,
+    ctx: &'a Ctx<'c>,
+    findings: &'a mut Vec<Finding>,
+    quota: &'a mut Option<Quota>,
+    counts_all: bool,
+}
+
+impl Tally<'_, '_> {
+    /// Locked only around its own use: never across a shared-data call.
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The client's quota is that of its tightest rule.
+    fn counted(&mut self, q: Quota) {
+        if self.quota.is_none_or(|best| q.remaining < best.remaining) {
+            *self.quota = Some(q);
+        }
+    }
+
+    /// Takes in the outcome of `rule`; whether the phase ends with it.
+    fn settle(
+        &mut self,
+        rule: &Rule,
+        addr: slots::Address,
+        outcome: Result<RuleOutcome, StoreError>,
+    ) -> bool {
+        let finding = match outcome {
             Ok(RuleOutcome::Allowed(q)) => {
                 // A failures rule is no quota of the client's requests.
                 if rule.counts == Counts::Requests {
-                    counted(quota, q);
+                    self.counted(q);
                 }
-                continue;
+                return false;
             }
             Ok(RuleOutcome::Reserved { quota: q, spare }) => {
-                held().keep(rule.index, addr.tag, spare, q);
+                self.held().keep(rule.index, addr.tag, spare, q);
                 // The held tokens are the client's too.
                 let remaining = q.remaining.saturating_add(u64::from(spare));
-                counted(quota, Quota { remaining, ..q });
-                continue;
+                self.counted(Quota { remaining, ..q });
+                return false;
             }
-            Ok(RuleOutcome::Banned { retry_after_s }) => Finding {
-                rule: Some(rule.index),
-                retry_after_s: Some(retry_after_s),
-                ..Finding::new(Stage::Bans, Reason::BanActive, bans.mode)
-            },
-            Ok(RuleOutcome::Throttled {
-                quota: q,
-                retry_after_s,
-                overflow,
-                ban_issued,
-            }) => {
-                if ban_issued {
-                    host.metrics
+            Ok(outcome) => {
+                if let RuleOutcome::Throttled {
+                    ban_issued: true, ..
+                } = outcome
+                {
+                    self.ctx
+                        .host
+                        .metrics
                         .increment(Counter::BanIssued { rule: rule.index });
                 }
-                let reason = if overflow {
-                    Reason::RateLimitOverflow
-                } else {
-                    exhausted_reason(rule)
-                };
-                Finding {
-                    rule: Some(rule.index),
-                    retry_after_s,
-                    quota: Some(q),
-                    ..Finding::new(Stage::RateLimit, reason, limits.mode)
+                match refusal(rule, &outcome, self.limits, self.bans) {
+                    Some(finding) => finding,
+                    None => return false,
                 }
             }
             Err(error) => Finding {
                 rule: Some(rule.index),
-                ..ctx.store_failure(&rule.name, Stage::RateLimit, error)
+                ..self.ctx.store_failure(&rule.name, Stage::RateLimit, error)
             },
         };
         let stop = finding.enforced() || finding.reason == Reason::StoreUnavailable;
-        findings.push(finding);
-        // After a refusal or an answer, every rule still counts.
-        let counts_all = matches!(phase, Phase::Failed | Phase::LoginFailed);
-        if stop && !counts_all {
-            return;
+        self.findings.push(finding);
+        stop && !self.counts_all
+    }
+}
+
+/// The finding a ban or an empty bucket of `rule` makes; none for a pass.
+fn refusal(
+    rule: &Rule,
+    outcome: &RuleOutcome,
+    limits: &RateLimits,
+    bans: &BanPolicy,
+) -> Option<Finding> {
+    match *outcome {
+        RuleOutcome::Allowed(_) | RuleOutcome::Reserved { .. } => None,
+        RuleOutcome::Banned { retry_after_s } => Some(Finding {
+            rule: Some(rule.index),
+            retry_after_s: Some(retry_after_s),
+            ..Finding::new(Stage::Bans, Reason::BanActive, bans.mode)
+        }),
+        RuleOutcome::Throttled {
+            quota,
+            retry_after_s,
+            overflow,
+            ..
+        } => {
+            let reason = if overflow {
+                Reason::RateLimitOverflow
+            } else {
+                exhausted_reason(rule)
+            };
+            Some(Finding {
+                rule: Some(rule.index),
+                retry_after_s,
+                quota: Some(quota),
+                ..Finding::new(Stage::RateLimit, reason, limits.mode)
+            })
         }
     }
+}
+
+/// Whether `rule` may be charged in the round trip of the rule before it:
+/// it holds no tokens of its own (`reserve`) and counts nothing distinct
+/// (whose table is read first).
+fn same_trip(rule: &Rule, facts: &Facts<'_>) -> bool {
+    rule.reserve <= 1 && distinct_item(rule.counts, facts).is_none()
 }
 
 /// What an empty bucket of `rule` is called.
@@ -254,14 +374,69 @@ fn is_new_to_key(
     Ok(sighting != Sighting::Replay)
 }
 
-/// Keyed hash of the rule's key for this request (its slot address).
-fn key_hash(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
+/// Where the rules of one request find their clients' records. A rule's
+/// record has its home page from the client alone (the key without the
+/// route) and its tag from the client, the rule's name and the route:
+/// every rule keyed on one client keeps its record on one page, and a
+/// request charges them in one round trip ([`Limiter::check_on_home`]).
+#[derive(Default)]
+struct Clients {
+    /// The client part last hashed, and its keyed hash: rules of one
+    /// client come one after another.
+    last: Option<(KeySpec, Hash128)>,
+}
+
+impl Clients {
+    /// A keyed hash of `rule`'s key for this request, and its address.
+    fn address(
+        &mut self,
+        rule: &Rule,
+        facts: &Facts<'_>,
+        ctx: &Ctx<'_>,
+        pages: u32,
+    ) -> (Hash128, slots::Address) {
+        let part = KeySpec {
+            route: false,
+            ..rule.key
+        };
+        let client = match self.last {
+            Some((seen, hash)) if seen == part => hash,
+            _ => {
+                let hash = client_hash(part, facts, ctx);
+                self.last = Some((part, hash));
+                hash
+            }
+        };
+        // The client's half of the keyed hash the home page does not use,
+        // told apart per rule and route by a bijective mix: as unpredictable
+        // as the client hash, and distinct for one client's rules. Not the
+        // limits: a reload that changes them keeps the record, its ban and
+        // strikes (`Rule::limits_stamp` resets only the bucket).
+        let route = if rule.key.route {
+            u64::from(facts.route).wrapping_add(1)
+        } else {
+            0
+        };
+        let tag =
+            slots::spread(client.h1 ^ rule.name_salt ^ route.wrapping_mul(slots::GOLDEN)).max(1);
+        let addr = slots::Address {
+            tag,
+            ..Ctx::address(client, pages)
+        };
+        (
+            Hash128 {
+                h1: tag,
+                h2: client.h2,
+            },
+            addr,
+        )
+    }
+}
+
+/// Keyed hash of the client parts of a key (all but the route).
+fn client_hash(key: KeySpec, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
     ctx.keyed_hash(|h| {
-        h.write(rule.name.as_bytes());
-        h.write_u8(0xff);
-        // Not the limits: a reload that changes them keeps the record, its
-        // ban and strikes (`Rule::limits_stamp` resets only the bucket).
-        if rule.key.ip {
+        if key.ip {
             // The address is already cut to its prefix (`client_ip`).
             match facts.ip_key {
                 Some(IpAddr::V4(ip)) => h.write(&ip.octets()),
@@ -270,28 +445,25 @@ fn key_hash(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
             }
             h.write_u8(0xff);
         }
-        if rule.key.user {
+        if key.user {
             h.write(facts.user.as_deref().unwrap_or_default());
             h.write_u8(0xff);
         }
-        if rule.key.key_id {
+        if key.key_id {
             h.write(facts.key_id.as_deref().unwrap_or_default().as_bytes());
             h.write_u8(0xff);
         }
-        if rule.key.fingerprint {
+        if key.fingerprint {
             h.write_u64(facts.fingerprint.unwrap_or_default());
             h.write_u8(0xff);
         }
-        if rule.key.username {
+        if key.username {
             h.write_u128(facts.username.unwrap_or_default());
             h.write_u8(0xff);
         }
-        if rule.key.token {
+        if key.token {
             h.write_u128(facts.token.unwrap_or_default());
             h.write_u8(0xff);
-        }
-        if rule.key.route {
-            h.write_u16(facts.route);
         }
     })
 }
