@@ -34,6 +34,7 @@ use crate::stages::reputation::config::{compile_reputation, RawReputation, Reput
 use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
 use crate::stages::user::{self, RawUser};
+use crate::stages::validation::{self, config::Validation, RawValidation};
 use crate::state::slots;
 use serde::Deserialize;
 
@@ -68,6 +69,8 @@ pub struct Policy {
     pub login: Option<Login>,
     /// IP allow and deny lists, when the document has a `reputation` section.
     pub reputation: Option<Reputation>,
+    /// Request validation, when the document has a `validation` section.
+    pub validation: Option<Validation>,
 }
 
 impl Policy {
@@ -162,7 +165,13 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 39] = [
+const LIST_PATHS: [&str; 45] = [
+    "validation.defaults.methods",
+    "validation.defaults.content_types",
+    "validation.defaults.disable",
+    "validation.routes.*.methods",
+    "validation.routes.*.content_types",
+    "validation.routes.*.disable",
     "geo.rules",
     "geo.impossible_travel.routes",
     "geo.rules[].routes",
@@ -376,6 +385,9 @@ fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
     )
 }
 
+/// Objects whose keys are names (`validation.routes.<class>`).
+const MAP_PATHS: [&str; 1] = ["validation.routes"];
+
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
 /// that is never what an operator means, so arrays are accepted only where
 /// the schema has a list.
@@ -404,12 +416,14 @@ fn reject_arrays_as_objects(
         // own rules.
         serde_json::Value::Object(_) if OPAQUE_PATHS.contains(&pattern.as_str()) => {}
         serde_json::Value::Object(fields) => {
+            // Objects keyed by a route class name: one pattern for every key.
+            let keyed_by_name = MAP_PATHS.contains(&pattern.as_str());
             for (name, field) in fields {
                 let len = pattern.len();
                 if !pattern.is_empty() {
                     pattern.push('.');
                 }
-                pattern.push_str(name);
+                pattern.push_str(if keyed_by_name { "*" } else { name });
                 reject_arrays_as_objects(field, pattern)?;
                 pattern.truncate(len);
             }
@@ -504,6 +518,11 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawReputation"))]
     reputation: Option<RawReputation>,
+    /// Request validation: methods, sizes, media types, JSON, traversal,
+    /// control bytes, SQL and script injection. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawValidation"))]
+    validation: Option<RawValidation>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -592,6 +611,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let bot = compile_bot(raw.bot, raw.mode, &routes)?;
     let reputation = compile_reputation(raw.reputation, raw.mode, &routes)?;
     let geo = geo::compile(raw.geo, raw.mode, &routes)?;
+    let validation = validation::compile(raw.validation, raw.mode, &routes)?;
     if let (None, Some(i)) = (
         &geo,
         rate_limits.rules.iter().position(|r| r.countries.is_some()),
@@ -630,6 +650,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         needs_client_ip,
         login,
         reputation,
+        validation,
     })
 }
 
@@ -1094,6 +1115,7 @@ mod tests {
                 "routes",
                 "signatures",
                 "user",
+                "validation",
                 "version"
             ]
         );

@@ -34,6 +34,7 @@ use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::reserve::Held;
 use crate::stages::limits::{self, Phase};
 use crate::stages::reputation;
+use crate::stages::validation::{self, BodyPlan};
 use crate::stages::{client_ip, geo, routes, user};
 use crate::state::host::{SharedStore, StoreError};
 use crate::state::slots;
@@ -87,10 +88,11 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 14] = [
+const HEADER_STAGES: [Step; 15] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
+    Engine::validate,         // request validation: shape, encodings, injection
     Engine::reputation,       // IP allow and deny lists
     Engine::geo,              // the country from the trusted header; allow/deny per route
     Engine::pre_auth_limits,  // bans and ip/route/fingerprint limits, failures-rule checks
@@ -113,6 +115,8 @@ struct Request<'a, 'h> {
     quota: Option<Quota>,
     /// The body's digest check, prepared by the signature stage.
     digest: Option<(ContentDigest, Mode)>,
+    /// The body's validation, planned by the validation stage.
+    validation: Option<BodyPlan>,
     upstream: UpstreamHeaders,
     /// Where the verification stages' findings start.
     verified_from: usize,
@@ -169,7 +173,12 @@ pub struct BodyCheck {
     pub digest: Option<(ContentDigest, Mode)>,
     /// Refresh-token reuse detection applies, in this mode.
     pub refresh: Option<Mode>,
+    /// Request validation's checks of the body.
+    pub validation: Option<BodyPlan>,
+    /// The most the host buffers: the largest limit of the checks.
     pub max_bytes: usize,
+    /// The limit of the digest, refresh-token and login checks.
+    checks_max_bytes: usize,
     pub route: RouteId,
     pub client_ip: Option<IpAddr>,
     /// Key id of the verified signature, for the security log.
@@ -353,6 +362,7 @@ impl Engine {
             findings: Vec::new(),
             quota: None,
             digest: None,
+            validation: None,
             upstream,
             verified_from: 0,
             bot: None,
@@ -370,7 +380,7 @@ impl Engine {
                 bot::upstream_headers(&request.facts, &mut request.upstream.set);
             }
         }
-        let mut body = self.body_check(headers, &request.facts, request.digest);
+        let mut body = self.body_check(headers, &request.facts, request.digest, request.validation);
         // Security events carry the address, the body phase's too.
         if request.peer_deferred && (!request.findings.is_empty() || body.is_some()) {
             client_ip::from_peer(request.peer, self.policy.ip_prefixes, &mut request.facts);
@@ -407,6 +417,12 @@ impl Engine {
             &mut r.findings,
         );
         r.peer_deferred = deferred.get();
+    }
+
+    fn validate(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if let (Some(v), false) = (&self.policy.validation, r.blocked()) {
+            r.validation = validation::check_headers(v, r.facts.route, r.headers, &mut r.findings);
+        }
     }
 
     fn reputation(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
@@ -636,10 +652,11 @@ impl Engine {
         headers: &HeaderMap<'_>,
         facts: &Facts<'_>,
         digest: Option<(ContentDigest, Mode)>,
+        validation: Option<BodyPlan>,
     ) -> Option<BodyCheck> {
         let refresh = refresh::mode(&self.policy.auth, headers, facts.route);
         let login = self.reads_username(facts.route);
-        if digest.is_none() && refresh.is_none() && !login {
+        if digest.is_none() && refresh.is_none() && !login && validation.is_none() {
             return None;
         }
         let mut max_bytes = 0;
@@ -655,7 +672,9 @@ impl Engine {
         Some(BodyCheck {
             digest,
             refresh,
-            max_bytes,
+            max_bytes: max_bytes.max(validation.as_ref().map_or(0, |v| v.max_bytes)),
+            checks_max_bytes: max_bytes,
+            validation,
             route: facts.route,
             client_ip: facts.client_ip,
             key_id: facts.key_id.clone(),
@@ -770,19 +789,37 @@ impl Engine {
         facts.key_id = check.key_id.clone();
         let ctx = self.ctx(host);
         let mut findings = Vec::new();
+        if let (Some(plan), Some(v)) = (&check.validation, &self.policy.validation) {
+            let bytes = match body {
+                Body::Complete(bytes) => Some(bytes),
+                _ => None,
+            };
+            if bytes.is_some() || matches!(body, Body::TooLarge) {
+                validation::check_body(v, plan, bytes, &mut findings);
+            }
+        }
+        let others = check.digest.is_some() || check.refresh.is_some() || check.login;
+        // The stage a body that never arrived is counted under.
+        let body_stage = if others {
+            Stage::Signature
+        } else {
+            Stage::Validate
+        };
         let oversized = |mode| Finding::new(Stage::Signature, Reason::BodyTooLarge, mode);
         match body {
+            _ if findings.iter().any(Finding::enforced) => {}
+            Body::TooLarge | Body::Complete(_) if !others => {}
             Body::TooLarge => findings.push(oversized(self.body_mode(check))),
-            Body::Complete(bytes) if bytes.len() > check.max_bytes => {
+            Body::Complete(bytes) if bytes.len() > check.checks_max_bytes => {
                 findings.push(oversized(self.body_mode(check)));
             }
             Body::Unreadable => findings.push(Finding::new(
-                Stage::Signature,
+                body_stage,
                 Reason::BodyUnreadable,
                 self.body_mode(check),
             )),
             Body::Unframed => findings.push(Finding::new(
-                Stage::Signature,
+                body_stage,
                 Reason::BodyLengthRequired,
                 self.body_mode(check),
             )),
@@ -930,6 +967,10 @@ impl Engine {
             .digest
             .as_ref()
             .is_some_and(|(_, m)| *m == Mode::Enforce)
+            || check
+                .validation
+                .as_ref()
+                .is_some_and(|v| v.mode == Mode::Enforce)
             || check.refresh == Some(Mode::Enforce)
             || login_enforced;
         if enforced {
@@ -1005,6 +1046,7 @@ mod tests {
     mod login;
     mod reserve;
     mod travel;
+    mod validation;
     use crate::core::metrics::MemoryMetrics;
     use crate::core::request::{encode_map, encode_raw_map};
 

@@ -189,3 +189,89 @@ impl fmt::Display for DigestError {
 }
 
 impl std::error::Error for DigestError {}
+
+/// Why request validation refused a request, one code per check family.
+/// The string form is stable: it appears in responses, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValidationError {
+    /// A method the route class does not allow.
+    Method,
+    /// `:path` (with its query) longer than allowed.
+    UrlLength,
+    /// More header fields than allowed.
+    HeaderCount,
+    /// Header names and values longer, in all, than allowed.
+    HeaderSize,
+    /// A body (declared or received) larger than allowed.
+    BodySize,
+    /// A body whose media type the route class does not accept.
+    ContentType,
+    /// A JSON body that does not parse.
+    Json,
+    /// A JSON body nested deeper than allowed.
+    JsonDepth,
+    /// `..` segments or a well-known system file, raw or percent-encoded.
+    Traversal,
+    /// NUL or another control byte in the URL, a header or a body value.
+    ControlBytes,
+    /// A value that reads as SQL injection.
+    Sqli,
+    /// A value that reads as script injection.
+    Xss,
+}
+
+impl ValidationError {
+    pub const ALL: [ValidationError; 12] = [
+        ValidationError::Method,
+        ValidationError::UrlLength,
+        ValidationError::HeaderCount,
+        ValidationError::HeaderSize,
+        ValidationError::BodySize,
+        ValidationError::ContentType,
+        ValidationError::Json,
+        ValidationError::JsonDepth,
+        ValidationError::Traversal,
+        ValidationError::ControlBytes,
+        ValidationError::Sqli,
+        ValidationError::Xss,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationError::Method => "validation.method",
+            ValidationError::UrlLength => "validation.url_length",
+            ValidationError::HeaderCount => "validation.header_count",
+            ValidationError::HeaderSize => "validation.header_size",
+            ValidationError::BodySize => "validation.body_size",
+            ValidationError::ContentType => "validation.content_type",
+            ValidationError::Json => "validation.json",
+            ValidationError::JsonDepth => "validation.json_depth",
+            ValidationError::Traversal => "validation.traversal",
+            ValidationError::ControlBytes => "validation.control_bytes",
+            ValidationError::Sqli => "validation.sqli",
+            ValidationError::Xss => "validation.xss",
+        }
+    }
+
+    /// The HTTP status of a refusal: what the request is (too long, the
+    /// wrong method) where HTTP has a code for it, 403 for an attack.
+    pub fn status(self) -> u16 {
+        match self {
+            ValidationError::Method => 405,
+            ValidationError::UrlLength => 414,
+            ValidationError::HeaderCount | ValidationError::HeaderSize => 431,
+            ValidationError::BodySize => 413,
+            ValidationError::ContentType => 415,
+            ValidationError::Json | ValidationError::JsonDepth | ValidationError::ControlBytes => {
+                400
+            }
+            ValidationError::Traversal | ValidationError::Sqli | ValidationError::Xss => 403,
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -89,6 +89,11 @@ impl<'a> HeaderMap<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// Every (name, value) pair in the order the host gave them.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        self.pairs.iter().copied()
+    }
+
     /// Header names in the order the host gave them.
     pub fn names(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
         self.pairs.iter().map(|(n, _)| *n)

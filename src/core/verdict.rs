@@ -7,12 +7,14 @@
 
 use crate::core::mode::Mode;
 use crate::core::names::Names;
-use crate::core::reasons::{DigestError, JwtError, SigError};
+use crate::core::reasons::{DigestError, JwtError, SigError, ValidationError};
 
 /// The pipeline stages, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Classify,
+    /// Request validation (`validation`): limits, encodings, injection.
+    Validate,
     Geo,
     Signature,
     Authenticate,
@@ -29,6 +31,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Classify => "classify",
+            Stage::Validate => "validate",
             Stage::Geo => "geo",
             Stage::Signature => "signature",
             Stage::Authenticate => "authenticate",
@@ -120,6 +123,8 @@ pub enum Reason {
     ReputationDeny,
     /// A remote deny list with `without_list: deny` was never loaded.
     ReputationNoList,
+    /// Request validation refused the request (`validation`).
+    Validation(ValidationError),
 }
 
 impl Reason {
@@ -164,6 +169,7 @@ impl Reason {
             Reason::TokenShared => "token.shared",
             Reason::ReputationDeny => "reputation.deny",
             Reason::ReputationNoList => "reputation.no_list",
+            Reason::Validation(e) => e.as_str(),
         }
     }
 
@@ -193,7 +199,8 @@ impl Reason {
             | Reason::BotDeny
             | Reason::GeoDenied
             | Reason::GeoImpossibleTravel
-            | Reason::ReputationDeny => Decision::Deny,
+            | Reason::ReputationDeny
+            | Reason::Validation(_) => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -214,6 +221,7 @@ impl Reason {
 
     pub fn status(self) -> u16 {
         match self {
+            Reason::Validation(e) => e.status(),
             Reason::RequestMalformed(_)
             | Reason::IdentityHeader
             | Reason::ClientIpInvalid
@@ -275,8 +283,12 @@ impl Reason {
             400 => "bad_request",
             401 => "unauthorized",
             403 => "forbidden",
+            405 => "method_not_allowed",
             411 => "length_required",
             413 => "payload_too_large",
+            414 => "uri_too_long",
+            415 => "unsupported_media_type",
+            431 => "header_fields_too_large",
             429 => "too_many_requests",
             _ => "unavailable",
         }

@@ -13,3 +13,4 @@ pub mod limits;
 pub mod reputation;
 pub mod routes;
 pub mod user;
+pub mod validation;

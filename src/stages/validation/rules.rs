@@ -1,0 +1,575 @@
+//! Palisade's own injection rules: a compact set aimed at the payloads
+//! automated scanners and exploit kits send (SQL injection, script
+//! injection, path traversal), cheap enough to run on every value of
+//! every request. It is not a full WAF: README shows how to chain one
+//! (OWASP CRS on coraza-proxy-wasm) behind palisade.
+//!
+//! A value is decoded the way a server behind the proxy might decode it
+//! (percent-escapes up to three times, `%uXXXX`, overlong UTF-8 dots and
+//! slashes, HTML character references) and each rule reads the decoded
+//! forms, lower-cased, so that encoding a payload does not hide it.
+
+use regex_lite::Regex;
+use std::borrow::Cow;
+
+/// Percent-decoding rounds: raw, once (what a server reads), twice
+/// (what an application decoding again reads), three times.
+const DECODE_ROUNDS: usize = 3;
+/// Values longer than this are read only up to it: the rules look for
+/// short patterns, and a request's cost must stay bounded.
+const MAX_SCANNED_BYTES: usize = 8 * 1024;
+
+/// How far past its trigger a pattern may reach: the shapes below are
+/// short, and a bounded window keeps a value's cost linear in its length.
+const WINDOW: usize = 160;
+
+/// Patterns anchored where a trigger word or character was found (see
+/// [`Rules::sqli`]). SQL ones read text lower-cased, with comments as
+/// spaces and runs of white space as one space.
+const SQL_UNION: &str = r"^union( all| distinct)? ?\(? ?select\b";
+/// A boolean condition after a string or a closing parenthesis:
+/// `' or 'a'='a`, `') and (1=1`, `' or true`.
+const SQL_CONDITION: &str = r#"^(or\b|and\b|xor\b|\|\||&&|rlike\b|regexp\b|having\b) ?(\(? ?['"`]?[\w.@]*['"`]? ?(=|<>|!=|<=>|>|<|like\b|is (not )?null\b|between\b|in ?\(|sounds like\b)|(true|false|not)\b|\(? ?(select|sleep|benchmark|pg_sleep|extractvalue|updatexml|exists|case when|if|ascii|substring|substr|mid|ord|char|chr|length|cast|convert|elt|make_set)\b)"#;
+/// After a number: only an equality is the tautology (`1 or 1=1`); `5
+/// and 7 > 2` is arithmetic prose.
+const SQL_NUMERIC_CONDITION: &str = r#"^(or\b|and\b|xor\b|\|\||&&|having\b) ?(\(? ?['"`]?[\w.@]*['"`]? ?(=|<>|!=|<=>|like\b|is (not )?null\b)|\(? ?(select|sleep|benchmark|pg_sleep|extractvalue|updatexml|exists|case when|if)\b)"#;
+const SQL_STACKED: &str = r"^; ?(select\b[^;]*\bfrom\b|select (\d|null\b|\*|@@|sleep|pg_sleep|benchmark|load_file|version|user\(|database\(|char|concat)|drop (table|database|schema|view|index|user|procedure|function)\b|delete from\b|insert into\b|update \S+ set\b|create (table|database|user|procedure|function)\b|alter (table|database|user)\b|truncate table\b|exec(ute)? |declare @|shutdown\b|waitfor\b|if ?\()";
+/// A subquery, or a tautology in parentheses (`(5=5)`, `elt(5=5,1)`).
+const SQL_SUBQUERY: &str = r"^\( ?(select ?(\d|null\b|\*|\(|count\b|@@|char\b|concat|case\b|if\b|sleep\b|[\w.]+ from\b)|\d+ ?(=|<>) ?\d+ ?[),])";
+const SQL_ORDER_BY: &str = r"^order by \d+ ?(--|#|/\*)";
+const SQL_MISC: &str = r"^(waitfor (delay|time) ['\x22]|into (out|dump)file\b|procedure analyse\b|case( [\w.@]+)? when\b[^;]*\bthen\b|@@(version|datadir|hostname)\b|(dbms_pipe\.receive_message|dbms_lock\.sleep|utl_inaddr\.get_host_\w+|utl_http\.request|dbms_xmlgen|ctxsys\.drithsx)\b)";
+/// Script ones read text lower-cased, with character references decoded
+/// and tabs, line breaks and NULs removed (browsers skip them in a URL
+/// scheme).
+const HTML_TAG: &str = r#"^(<\s*/?\s*(script|iframe|frame|frameset|object|embed|applet|meta|base|link|style|svg|math|form|template|xml|isindex|marquee|noscript|xss|animate|set|handler|listener)\b|<[a-z][^>]*[\s/"'`]on[a-z]{3,}\s*=|<!\[cdata\[|<!--)"#;
+/// An event handler breaking out of an attribute: `" onmouseover="alert(1)`.
+const HTML_HANDLER: &str = r#"^on[a-z]{3,}\s*=\s*['"`]?[^\s'"`]*[(`]"#;
+const HTML_SCRIPT_URL: &str = r"^(java|vb|live)script\s*:[^\n]*?[(`=]";
+const HTML_MISC: &str = r"^(data\s*:\s*text/html|document\s*\.\s*(cookie|domain|write|location)|window\s*\.\s*location)";
+
+/// SQL functions blind and error-based injection calls.
+const SQL_FUNCTIONS: [&str; 16] = [
+    "sleep",
+    "benchmark",
+    "pg_sleep",
+    "randomblob",
+    "load_file",
+    "extractvalue",
+    "updatexml",
+    "sys_eval",
+    "sys_exec",
+    "xp_cmdshell",
+    "sp_executesql",
+    "make_set",
+    "geometrycollection",
+    "multipoint",
+    "json_keys",
+    "gtid_subset",
+];
+/// Catalogs an injection reads the schema from.
+const SQL_CATALOGS: [&str; 8] = [
+    "information_schema",
+    "sysobjects",
+    "syscolumns",
+    "pg_catalog",
+    "sqlite_master",
+    "all_tables",
+    "user_tables",
+    "mysql",
+];
+/// The sinks script payloads call.
+const SCRIPT_CALLS: [&str; 8] = [
+    "alert",
+    "prompt",
+    "confirm",
+    "eval",
+    "settimeout",
+    "setinterval",
+    "execscript",
+    "fromcharcode",
+];
+
+/// The compiled rule set (the same for every route; `disable` turns
+/// families off per route class).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    sql_union: Regex,
+    sql_condition: Regex,
+    sql_numeric_condition: Regex,
+    sql_stacked: Regex,
+    sql_subquery: Regex,
+    sql_order_by: Regex,
+    sql_misc: Regex,
+    html_tag: Regex,
+    html_handler: Regex,
+    html_script_url: Regex,
+    html_misc: Regex,
+}
+
+/// What one value read as.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flags {
+    pub traversal: bool,
+    pub control: bool,
+    pub sqli: bool,
+    pub xss: bool,
+}
+
+/// Which families to look for, and which control bytes a value may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    pub traversal: bool,
+    pub control: bool,
+    pub sqli: bool,
+    pub xss: bool,
+    /// Tabs and line breaks are text in a body (a form's text area, an
+    /// escaped JSON string), a header-splitting attempt in a URL.
+    pub line_breaks_ok: bool,
+}
+
+impl Rules {
+    /// Compiles the patterns; `Err` is a bug in them, caught by the tests.
+    pub fn new() -> Result<Rules, regex_lite::Error> {
+        Ok(Rules {
+            sql_union: Regex::new(SQL_UNION)?,
+            sql_condition: Regex::new(SQL_CONDITION)?,
+            sql_numeric_condition: Regex::new(SQL_NUMERIC_CONDITION)?,
+            sql_stacked: Regex::new(SQL_STACKED)?,
+            sql_subquery: Regex::new(SQL_SUBQUERY)?,
+            sql_order_by: Regex::new(SQL_ORDER_BY)?,
+            sql_misc: Regex::new(SQL_MISC)?,
+            html_tag: Regex::new(HTML_TAG)?,
+            html_handler: Regex::new(HTML_HANDLER)?,
+            html_script_url: Regex::new(HTML_SCRIPT_URL)?,
+            html_misc: Regex::new(HTML_MISC)?,
+        })
+    }
+
+    /// Reads one value (a path, a query parameter, a body string) in each
+    /// of its decoded forms.
+    pub fn scan(&self, value: &[u8], want: Want) -> Flags {
+        let mut flags = Flags::default();
+        let value = &value[..value.len().min(MAX_SCANNED_BYTES)];
+        let mut form: Cow<'_, [u8]> = Cow::Borrowed(value);
+        for round in 0..DECODE_ROUNDS {
+            if want.control && has_control(&form, want.line_breaks_ok) {
+                flags.control = true;
+            }
+            if want.traversal && !flags.traversal {
+                flags.traversal = has_dot_dot_segment(&form) || names_system_file(&form);
+            }
+            if (want.sqli && !flags.sqli) || (want.xss && !flags.xss) {
+                let text = lower_text(&form);
+                if want.sqli && !flags.sqli && may_be_sqli(&text) {
+                    flags.sqli = self.sqli(&sql_text(&text));
+                }
+                if want.xss && !flags.xss && may_be_xss(&text) {
+                    flags.xss = self.xss(&html_text(&text));
+                }
+            }
+            if round + 1 == DECODE_ROUNDS {
+                break;
+            }
+            match percent_decode(&form) {
+                Some(next) => form = Cow::Owned(next),
+                None => break,
+            }
+        }
+        flags
+    }
+
+    /// One pass over the words and punctuation of `text`; a pattern runs
+    /// only where its trigger is, on a bounded window.
+    fn sqli(&self, text: &str) -> bool {
+        any_trigger(text, |t| {
+            let (i, before, after, bytes) = (t.start, t.before, t.after, text.as_bytes());
+            let at = |re: &Regex| re.is_match(window(text, i));
+            // A condition or comment right after a string, a parenthesis,
+            // or at the start (the value appended to a query's number).
+            let breaks_out = matches!(before, None | Some(b'\'' | b'"' | b'`' | b')'));
+            match t.text {
+                "union" => at(&self.sql_union),
+                "or" | "and" | "xor" | "||" | "&&" | "rlike" | "regexp" | "having" => {
+                    // `having 1=1` is SQL whatever precedes it.
+                    let numeric = before.is_some_and(|b| b.is_ascii_digit()) || t.text == "having";
+                    (breaks_out && at(&self.sql_condition))
+                        || (numeric && at(&self.sql_numeric_condition))
+                }
+                ";" => at(&self.sql_stacked),
+                "(" => at(&self.sql_subquery),
+                "--" | "#" | "/*" => {
+                    // Right after the quote it closes, anything may follow.
+                    let adjacent = i > 0 && bytes.get(i - 1).is_some_and(|b| b"'\"`)".contains(b));
+                    let ends = match t.text {
+                        "--" => {
+                            matches!(after, None | Some(b'-' | b'+' | b'#'))
+                                || bytes.get(t.end) == Some(&b' ')
+                        }
+                        "#" => matches!(bytes.get(t.end), None | Some(b' ')),
+                        _ => true,
+                    };
+                    before.is_some_and(|b| b"'\"`)".contains(&b)) && (adjacent || ends)
+                }
+                "order" => {
+                    let by_number = text[i..].starts_with("order by ")
+                        && bytes.get(i + 9).is_some_and(u8::is_ascii_digit);
+                    by_number && (breaks_out || at(&self.sql_order_by))
+                }
+                "group" => before.is_some() && breaks_out && text[i..].starts_with("group by "),
+                "version" => text[t.end..].starts_with("()"),
+                "waitfor" | "into" | "procedure" | "case" | "@@" => at(&self.sql_misc),
+                w if w.starts_with("dbms_") || w.starts_with("utl_") || w == "ctxsys" => {
+                    at(&self.sql_misc)
+                }
+                w if SQL_FUNCTIONS.contains(&w) => after == Some(b'('),
+                w if SQL_CATALOGS.contains(&w) => {
+                    w != "mysql" || text[t.end..].starts_with(".user")
+                }
+                _ => false,
+            }
+        })
+    }
+
+    fn xss(&self, text: &str) -> bool {
+        any_trigger(text, |t| {
+            let (i, before, after, bytes) = (t.start, t.before, t.after, text.as_bytes());
+            let at = |re: &Regex| re.is_match(window(text, i));
+            match t.text {
+                "<" => at(&self.html_tag),
+                "javascript" | "vbscript" | "livescript" => at(&self.html_script_url),
+                "data" | "document" | "window" => at(&self.html_misc),
+                "srcdoc" => after == Some(b'='),
+                "innerhtml" | "outerhtml" => before == Some(b'.') && after == Some(b'='),
+                "expression" => after == Some(b'('),
+                "import" => i > 0 && bytes.get(i - 1) == Some(&b'@'),
+                "binding" => text[..i].ends_with("-moz-"),
+                w if SCRIPT_CALLS.contains(&w) => matches!(bytes.get(t.end), Some(b'(' | b'`')),
+                w if w.len() > 4 && w.starts_with("on") => {
+                    // Only where an attribute may start.
+                    let starts = i == 0 || bytes.get(i - 1).is_some_and(|b| b" \"'`/;".contains(b));
+                    starts && after == Some(b'=') && at(&self.html_handler)
+                }
+                _ => false,
+            }
+        })
+    }
+}
+
+/// A word (letters, digits, `_`) or one of the punctuation marks the
+/// rules start at, with the characters around it (spaces skipped).
+struct Token<'t> {
+    text: &'t str,
+    start: usize,
+    end: usize,
+    before: Option<u8>,
+    after: Option<u8>,
+}
+
+/// Whether `hit` holds at any token of `text`.
+fn any_trigger(text: &str, hit: impl Fn(&Token<'_>) -> bool) -> bool {
+    tokens(text).any(|t| hit(&t))
+}
+
+fn tokens(text: &str) -> impl Iterator<Item = Token<'_>> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let start = i;
+            let b = bytes[i];
+            let len = if b.is_ascii_alphanumeric() || b == b'_' {
+                bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                    .count()
+            } else {
+                match bytes.get(i..i + 2) {
+                    Some(b"||" | b"&&" | b"--" | b"/*" | b"@@") => 2,
+                    _ if b"<;(#".contains(&b) => 1,
+                    _ => {
+                        i += 1;
+                        continue;
+                    }
+                }
+            };
+            i += len;
+            return Some(Token {
+                text: &text[start..i],
+                start,
+                end: i,
+                before: prev_non_space(bytes, start),
+                after: next_non_space(bytes, i),
+            });
+        }
+        None
+    })
+}
+
+fn prev_non_space(bytes: &[u8], i: usize) -> Option<u8> {
+    bytes[..i].iter().rev().find(|b| **b != b' ').copied()
+}
+
+fn next_non_space(bytes: &[u8], i: usize) -> Option<u8> {
+    bytes.get(i..)?.iter().find(|b| **b != b' ').copied()
+}
+
+/// `text` from `i`, at most [`WINDOW`] bytes, cut at a character boundary.
+fn window(text: &str, i: usize) -> &str {
+    let mut end = (i + WINDOW).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(i..end).unwrap_or_default()
+}
+
+/// The well-known files traversal reaches for, after a separator:
+/// `etc/passwd`, `proc/self/`, `windows/win.ini`, `boot.ini`.
+fn names_system_file(bytes: &[u8]) -> bool {
+    if !bytes.iter().any(|&b| b == b'/' || b == b'\\') {
+        return false;
+    }
+    let lower = bytes.to_ascii_lowercase();
+    let sep = |b: &u8| *b == b'/' || *b == b'\\';
+    let after_sep = |at: usize| at == 0 || lower.get(at - 1).is_some_and(sep);
+    const FILES: [(&[u8], bool); 8] = [
+        // (path with `/` for either separator, must end there)
+        (b"etc/passwd", false),
+        (b"etc/shadow", false),
+        (b"etc/hosts", true),
+        (b"proc/self/", false),
+        (b"windows/win.ini", false),
+        (b"windows/system32", false),
+        (b"boot.ini", true),
+        (b"winnt/", false),
+    ];
+    FILES.iter().any(|(file, whole)| {
+        lower.windows(file.len()).enumerate().any(|(at, w)| {
+            after_sep(at)
+                && w.iter()
+                    .zip(file.iter())
+                    .all(|(a, f)| a == f || (*f == b'/' && *a == b'\\'))
+                && (!whole
+                    || lower
+                        .get(at + file.len())
+                        .is_none_or(|b| !b.is_ascii_alphanumeric()))
+        })
+    })
+}
+
+/// NUL, C0 controls and DEL; tab and line breaks only where text may hold them.
+fn has_control(bytes: &[u8], line_breaks_ok: bool) -> bool {
+    bytes.iter().any(|&b| {
+        (b < 0x20 && !(b == b'\t' || (line_breaks_ok && (b == b'\n' || b == b'\r')))) || b == 0x7f
+    })
+}
+
+/// A `..` segment between separators (`/`, `\`, `;` as Tomcat reads
+/// `..;/`), or at either end.
+fn has_dot_dot_segment(bytes: &[u8]) -> bool {
+    let separator = |b: u8| b == b'/' || b == b'\\' || b == b';';
+    bytes.windows(2).enumerate().any(|(i, w)| {
+        w == b".."
+            && (i == 0 || bytes.get(i - 1).is_some_and(|&b| separator(b)))
+            && bytes.get(i + 2).is_none_or(|&b| separator(b))
+    }) && bytes.iter().any(|&b| separator(b))
+}
+
+/// One round of percent-decoding (`%XX`, and IIS's `%uXXXX`), with the
+/// overlong UTF-8 forms of `.`, `/` and `\` read as those characters.
+/// `None` when there was nothing to decode.
+fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !bytes.contains(&b'%') && !has_overlong(bytes) {
+        return None;
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let two = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| Some((hex(h[0])?, hex(h[1])?)));
+            if let Some((hi, lo)) = two {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+            let wide = bytes
+                .get(i + 1..i + 6)
+                .filter(|h| h[0] == b'u' || h[0] == b'U')
+                .and_then(|h| std::str::from_utf8(&h[1..]).ok())
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .and_then(char::from_u32);
+            if let Some(c) = wide {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += 6;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    let out = fold_overlong(out);
+    (out != bytes).then_some(out)
+}
+
+/// The overlong and full-width spellings servers have been fooled by.
+const LOOKALIKES: [(&[u8], u8); 8] = [
+    (&[0xc0, 0xae], b'.'),
+    (&[0xc0, 0xaf], b'/'),
+    (&[0xc1, 0x9c], b'\\'),
+    (&[0xe0, 0x80, 0xae], b'.'),
+    (&[0xe0, 0x80, 0xaf], b'/'),
+    (&[0xef, 0xbc, 0x8e], b'.'), // U+FF0E FULLWIDTH FULL STOP
+    (&[0xef, 0xbc, 0x8f], b'/'), // U+FF0F FULLWIDTH SOLIDUS
+    (&[0xe2, 0x88, 0x95], b'/'), // U+2215 DIVISION SLASH
+];
+
+fn has_overlong(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b >= 0xc0) && fold_overlong(bytes.to_vec()) != bytes
+}
+
+fn fold_overlong(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes.iter().any(|&b| b >= 0xc0) {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    'outer: while i < bytes.len() {
+        for (form, ascii) in LOOKALIKES {
+            if bytes.get(i..i + form.len()) == Some(form) {
+                out.push(ascii);
+                i += form.len();
+                continue 'outer;
+            }
+        }
+        out.extend(bytes.get(i).copied());
+        i += 1;
+    }
+    out
+}
+
+/// ASCII case only: every keyword and tag the rules look for is ASCII.
+fn lower_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_ascii_lowercase()
+}
+
+/// Cheap gate before the SQL rules: a single word, a number, an id or an
+/// e-mail address cannot be injection, and most values are one of those.
+fn may_be_sqli(text: &str) -> bool {
+    text.bytes()
+        .any(|b| b.is_ascii_whitespace() || b"'\"`();=<>#-*/|&@+".contains(&b))
+}
+
+fn may_be_xss(text: &str) -> bool {
+    text.bytes().any(|b| b"<>:=(`&\"'".contains(&b))
+}
+
+/// Comments become spaces (`UNION/**/SELECT`), white space runs (and
+/// MySQL's `+` for a space) one space.
+fn sql_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("/*") {
+        out.push_str(&rest[..start]);
+        // Keep `/*` when unterminated: it is the truncation a rule looks for.
+        match rest[start + 2..].find("*/") {
+            Some(end) if !rest[start + 2..start + 2 + end].starts_with('!') => {
+                out.push(' ');
+                rest = &rest[start + 2 + end + 2..];
+            }
+            // MySQL runs `/*!...*/`: it is SQL, not a comment.
+            Some(end) => {
+                out.push(' ');
+                let body = &rest[start + 3..start + 2 + end];
+                out.push_str(body.trim_start_matches(|c: char| c.is_ascii_digit()));
+                out.push(' ');
+                rest = &rest[start + 2 + end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut squeezed = String::with_capacity(out.len());
+    let mut space = false;
+    for c in out.chars() {
+        if c.is_whitespace() || c == '\0' {
+            space = true;
+        } else {
+            if space && !squeezed.is_empty() {
+                squeezed.push(' ');
+            }
+            space = false;
+            squeezed.push(c);
+        }
+    }
+    if space {
+        squeezed.push(' ');
+    }
+    squeezed
+}
+
+/// Character references decoded (`&#106;`, `&#x6A;`, and the named ones
+/// payloads use), then tabs, line breaks and NULs removed.
+fn html_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        match char_reference(rest) {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.retain(|c| !matches!(c, '\t' | '\n' | '\r' | '\0'));
+    out
+}
+
+/// A character reference at the start of `text`: the character and the
+/// reference's length (its `;` is optional, as browsers read it).
+fn char_reference(text: &str) -> Option<(char, usize)> {
+    const NAMED: [(&str, char); 9] = [
+        ("&lt", '<'),
+        ("&gt", '>'),
+        ("&quot", '"'),
+        ("&apos", '\''),
+        ("&colon", ':'),
+        ("&lpar", '('),
+        ("&rpar", ')'),
+        ("&tab", '\t'),
+        ("&newline", '\n'),
+    ];
+    let semicolon = |len: usize| len + usize::from(text[len..].starts_with(';'));
+    if let Some(digits) = text.strip_prefix("&#") {
+        let (radix, digits, skip) = match digits.strip_prefix(['x', 'X']) {
+            Some(hex) => (16, hex, 3),
+            None => (10, digits, 2),
+        };
+        let len = digits
+            .bytes()
+            .take_while(|b| (*b as char).is_digit(radix))
+            .count()
+            .min(8);
+        let code = u32::from_str_radix(digits.get(..len)?, radix).ok()?;
+        return Some((char::from_u32(code)?, semicolon(skip + len)));
+    }
+    NAMED
+        .iter()
+        .find(|(name, _)| text.starts_with(name))
+        .map(|(name, c)| (*c, semicolon(name.len())))
+}
+
+#[cfg(test)]
+mod tests;
