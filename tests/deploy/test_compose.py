@@ -153,3 +153,22 @@ def test_prometheus_scrapes_envoys_stats(model):
     assert ops["address"]["socket_address"]["port_value"] == int(port), "Prometheus must scrape the ops listener"
     routes = deploy.hcm_of(ops)["route_config"]["virtual_hosts"][0]["routes"]
     assert any(r["match"].get("path") == job["metrics_path"] and "route" in r for r in routes)
+
+
+def test_prometheus_loads_the_alerting_rules(model):
+    """prometheus.yml names its rule files relative to its own directory:
+    each must be this checkout's envoy/prometheus/alerts.yml, and be mounted
+    at the same place relative to the config inside the container."""
+    prometheus = model["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    container_dir = Path(config_flag.split("=", 1)[1]).parent
+    rule_files = yaml.safe_load(PROMETHEUS.read_text())["rule_files"]
+    assert rule_files, "prometheus.yml loads no alerting rules"
+    for entry in rule_files:
+        assert not Path(entry).is_absolute() and "*" not in entry, f"{entry}: keep it relative and literal"
+        assert (PROMETHEUS.parent / entry).resolve() == deploy.REPO_ROOT / "envoy" / "prometheus" / "alerts.yml"
+        mount = mounts.get(str(container_dir / entry))
+        assert mount and Path(mount["source"]) == (PROMETHEUS.parent / entry).resolve(), (
+            f"{entry}: not mounted at {container_dir / entry} in the prometheus container"
+        )
