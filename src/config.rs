@@ -33,6 +33,7 @@ use crate::stages::reputation::config::{compile_reputation, RawReputation, Reput
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
 use crate::stages::routes::{compile_routes, RawRoute};
+use crate::stages::transport::{self, RawTransport, Transport};
 use crate::stages::user::{self, RawUser};
 use crate::stages::validation::{self, config::Validation, RawValidation};
 use crate::state::slots;
@@ -71,6 +72,9 @@ pub struct Policy {
     pub reputation: Option<Reputation>,
     /// Request validation, when the document has a `validation` section.
     pub validation: Option<Validation>,
+    /// TLS requirements and response headers, when the document has a
+    /// `transport` section.
+    pub transport: Option<Transport>,
 }
 
 impl Policy {
@@ -386,7 +390,7 @@ fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
 }
 
 /// Objects whose keys are names (`validation.routes.<class>`).
-const MAP_PATHS: [&str; 1] = ["validation.routes"];
+const MAP_PATHS: [&str; 2] = ["validation.routes", "transport.routes"];
 
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
 /// that is never what an operator means, so arrays are accepted only where
@@ -523,6 +527,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawValidation"))]
     validation: Option<RawValidation>,
+    /// TLS required per route class, security headers on responses. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawTransport"))]
+    transport: Option<RawTransport>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -612,6 +620,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let reputation = compile_reputation(raw.reputation, raw.mode, &routes)?;
     let geo = geo::compile(raw.geo, raw.mode, &routes)?;
     let validation = validation::compile(raw.validation, raw.mode, &routes)?;
+    let transport = transport::compile(raw.transport, raw.mode, &routes)?;
     if let (None, Some(i)) = (
         &geo,
         rate_limits.rules.iter().position(|r| r.countries.is_some()),
@@ -651,6 +660,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         login,
         reputation,
         validation,
+        transport,
     })
 }
 
@@ -1114,6 +1124,7 @@ mod tests {
                 "reputation",
                 "routes",
                 "signatures",
+                "transport",
                 "user",
                 "validation",
                 "version"

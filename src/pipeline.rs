@@ -34,9 +34,10 @@ use crate::stages::limits::buckets::Counts;
 use crate::stages::limits::reserve::Held;
 use crate::stages::limits::{self, Phase};
 use crate::stages::reputation;
+use crate::stages::transport;
 use crate::stages::validation::{self, BodyPlan};
 use crate::stages::{client_ip, geo, routes, user};
-use crate::state::host::{SharedStore, StoreError};
+use crate::state::host::{Connection, SharedStore, StoreError};
 use crate::state::slots;
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -88,10 +89,11 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 15] = [
+const HEADER_STAGES: [Step; 16] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
+    Engine::transport,        // TLS required on the route class
     Engine::validate,         // request validation: shape, encodings, injection
     Engine::reputation,       // IP allow and deny lists
     Engine::geo,              // the country from the trusted header; allow/deny per route
@@ -110,6 +112,7 @@ const HEADER_STAGES: [Step; 15] = [
 struct Request<'a, 'h> {
     headers: &'a HeaderMap<'h>,
     peer: &'a dyn Fn() -> Option<String>,
+    connection: &'a dyn Connection,
     facts: Facts<'h>,
     findings: Vec<Finding>,
     quota: Option<Quota>,
@@ -217,6 +220,8 @@ pub enum Verdict {
         body: Option<BodyCheck>,
         /// A login whose upstream answer must be accounted for.
         login: Option<Box<LoginCheck>>,
+        /// The route class (its `transport` response headers).
+        route: RouteId,
     },
     Respond(LocalResponse),
 }
@@ -305,14 +310,17 @@ impl Engine {
             .tick();
     }
 
-    /// Evaluates one request. `peer` returns the TCP peer address; it is only
+    /// Evaluates one request. `connection` answers what the host knows of
+    /// the connection (the TCP peer address, TLS); it is only
     /// called when the configuration needs it (each call is a host call).
     pub fn evaluate(
         &self,
         headers: &HeaderMap<'_>,
-        peer: &dyn Fn() -> Option<String>,
+        connection: &dyn Connection,
         host: &Services<'_>,
     ) -> Verdict {
+        let peer = || connection.peer();
+        let peer: &dyn Fn() -> Option<String> = &peer;
         let with_host_authority;
         let headers = if self.host.authority_from_host_header() {
             with_host_authority = headers.with_host_as_authority();
@@ -358,6 +366,7 @@ impl Engine {
         let mut request = Request {
             headers,
             peer,
+            connection,
             facts: Facts::new(route, request_id(headers)),
             findings: Vec::new(),
             quota: None,
@@ -417,6 +426,12 @@ impl Engine {
             &mut r.findings,
         );
         r.peer_deferred = deferred.get();
+    }
+
+    fn transport(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        if let (Some(t), false) = (&self.policy.transport, r.blocked()) {
+            transport::check(t, r.facts.route, r.headers, r.connection, &mut r.findings);
+        }
     }
 
     fn validate(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
@@ -745,10 +760,11 @@ impl Engine {
                 decision: denial.reason.decision(),
                 route: facts.route,
             });
-            if let (Reason::BotChallenge, Some(challenge)) = (denial.reason, challenge) {
-                return Verdict::Respond(challenge);
-            }
-            return Verdict::Respond(denial.respond(facts.request_id, &self.policy));
+            let response = match (denial.reason, challenge) {
+                (Reason::BotChallenge, Some(challenge)) => challenge,
+                _ => denial.respond(facts.request_id, &self.policy),
+            };
+            return Verdict::Respond(self.with_security_headers(facts.route, response));
         }
         // With a body still to check, the request is counted when it is.
         if body.is_none() {
@@ -767,7 +783,22 @@ impl Engine {
             upstream,
             body,
             login,
+            route: facts.route,
         }
+    }
+
+    /// The route class's configured response headers (`transport`), set
+    /// on every response, the upstream's and palisade's own.
+    pub fn security_headers(&self, route: RouteId) -> &[(String, String)] {
+        match &self.policy.transport {
+            Some(t) => t.response_headers(route),
+            None => &[],
+        }
+    }
+
+    fn with_security_headers(&self, route: RouteId, mut response: LocalResponse) -> LocalResponse {
+        response.security_headers = self.security_headers(route).to_vec();
+        response
     }
 
     /// The body phase: the body against its `Content-Digest`, a refresh
@@ -864,7 +895,10 @@ impl Engine {
                 .map_or(Decision::Allow, |f| f.reason.decision()),
             route: check.route,
         });
-        denial.map(|f| f.respond(&check.request_id, &self.policy))
+        denial.map(|f| {
+            let response = f.respond(&check.request_id, &self.policy);
+            self.with_security_headers(check.route, response)
+        })
     }
 
     /// A login's body: its username, then the rules that need it.
@@ -1045,6 +1079,7 @@ mod tests {
     mod contention;
     mod login;
     mod reserve;
+    mod transport;
     mod travel;
     mod validation;
     use crate::core::metrics::MemoryMetrics;

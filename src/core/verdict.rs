@@ -13,6 +13,8 @@ use crate::core::reasons::{DigestError, JwtError, SigError, ValidationError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Classify,
+    /// Transport policy (`transport`): TLS required.
+    Transport,
     /// Request validation (`validation`): limits, encodings, injection.
     Validate,
     Geo,
@@ -32,6 +34,7 @@ impl Stage {
         match self {
             Stage::Classify => "classify",
             Stage::Validate => "validate",
+            Stage::Transport => "transport",
             Stage::Geo => "geo",
             Stage::Signature => "signature",
             Stage::Authenticate => "authenticate",
@@ -125,6 +128,8 @@ pub enum Reason {
     ReputationNoList,
     /// Request validation refused the request (`validation`).
     Validation(ValidationError),
+    /// A plain-HTTP request to a route class that requires TLS.
+    TlsRequired,
 }
 
 impl Reason {
@@ -170,6 +175,7 @@ impl Reason {
             Reason::ReputationDeny => "reputation.deny",
             Reason::ReputationNoList => "reputation.no_list",
             Reason::Validation(e) => e.as_str(),
+            Reason::TlsRequired => "transport.tls_required",
         }
     }
 
@@ -200,7 +206,8 @@ impl Reason {
             | Reason::GeoDenied
             | Reason::GeoImpossibleTravel
             | Reason::ReputationDeny
-            | Reason::Validation(_) => Decision::Deny,
+            | Reason::Validation(_)
+            | Reason::TlsRequired => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -246,7 +253,8 @@ impl Reason {
             | Reason::GeoDenied
             | Reason::GeoImpossibleTravel
             | Reason::BotChallenge
-            | Reason::ReputationDeny => 403,
+            | Reason::ReputationDeny
+            | Reason::TlsRequired => 403,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
             | Reason::LoginFailuresIp
@@ -415,6 +423,8 @@ pub struct LocalResponse {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// The route class's configured response headers (`transport`).
+    pub security_headers: Vec<(String, String)>,
 }
 
 /// Changes to the request before it goes upstream: client copies of the
@@ -475,6 +485,7 @@ impl Finding {
             status: reason.status(),
             headers,
             body,
+            security_headers: Vec::new(),
         }
     }
 }

@@ -12,5 +12,6 @@ pub mod integrity;
 pub mod limits;
 pub mod reputation;
 pub mod routes;
+pub mod transport;
 pub mod user;
 pub mod validation;

@@ -6,6 +6,26 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// What the host knows of a request's connection. Each call is a host
+/// call: stages ask only when their configuration needs the answer.
+pub trait Connection {
+    /// The TCP peer's address (`source.address`).
+    fn peer(&self) -> Option<String>;
+    /// Whether the downstream connection is TLS (`connection.tls_version`).
+    fn tls(&self) -> bool;
+}
+
+/// A function returning the peer is a connection without TLS (tests).
+impl<F: Fn() -> Option<String>> Connection for F {
+    fn peer(&self) -> Option<String> {
+        self()
+    }
+
+    fn tls(&self) -> bool {
+        false
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch, read once per request.
 /// `None` when the host cannot tell: a time of 0 would make every bucket
 /// full and every ban over, so callers go through `failure_mode` instead.

@@ -216,6 +216,34 @@ def ingress_bootstrap(routes: list[dict], http_filters: list[dict]) -> dict[str,
     }
 
 
+TLS_DIR = REPO_ROOT / "target" / "tls"
+
+
+def with_tls_listener(bootstrap_text: str) -> str:
+    """The bootstrap with a copy of its ``ingress`` listener behind TLS
+    (``make tls-cert``'s self-signed certificate for localhost)."""
+    cert, key = TLS_DIR / "demo.crt", TLS_DIR / "demo.key"
+    if not cert.is_file():
+        raise HarnessError(f"{cert} missing: run `make tls-cert`")
+    bootstrap = json.loads(bootstrap_text)
+    listeners = bootstrap["static_resources"]["listeners"]
+    tls = json.loads(json.dumps(next(l for l in listeners if l["name"] == "ingress")))
+    tls["name"] = tls["stat_prefix"] = "ingress_tls"
+    tls["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+                ]
+            },
+        },
+    }
+    listeners.append(tls)
+    return json.dumps(bootstrap, indent=2)
+
+
 def static_cluster(name: str, port: int, host: str = "127.0.0.1") -> dict:
     """A STATIC Envoy cluster with one plain-HTTP/1.1 endpoint (a local test
     server), for ``extra_clusters``."""
@@ -307,8 +335,10 @@ def h2_request(
     authority: bytes | str = b"palisade.test",
     timeout: float = 10.0,
     trailers: list[tuple[bytes | str, bytes | str]] | None = None,
+    scheme: bytes | str = b"http",
 ) -> Response:
     """One HTTP/2 request (cleartext, prior knowledge) on a fresh connection.
+    ``scheme`` is the ``:scheme`` the client claims.
 
     Header names and values go out as raw bytes, unvalidated: HTTP/2 carries
     bytes (e.g. non-UTF-8 in the query) that an HTTP/1 parser would refuse,
@@ -328,7 +358,7 @@ def h2_request(
         return v if isinstance(v, bytes) else v.encode("latin-1")
 
     pairs = headers.items() if isinstance(headers, dict) else (headers or [])
-    block = [(b":method", raw(method)), (b":scheme", b"http"), (b":authority", raw(authority)), (b":path", raw(path))]
+    block = [(b":method", raw(method)), (b":scheme", raw(scheme)), (b":authority", raw(authority)), (b":path", raw(path))]
     block += [(raw(k).lower(), raw(v)) for k, v in pairs]
     config = h2.config.H2Configuration(
         client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
@@ -428,11 +458,14 @@ class EnvoyInstance(LoopbackHttp):
         pre_filters: list[dict] | None = None,
         lds: bool = False,
         extra_args: list[str] | None = None,
+        tls: bool = False,
     ) -> None:
         """``lds=True``: the ``ingress`` listener is not static but delivered
         by LDS from a file Envoy watches (see :meth:`replace_palisade_config`).
         ``extra_args`` are more Envoy command-line arguments (e.g.
-        ``["--drain-strategy", "immediate", "--drain-time-s", "2"]``)."""
+        ``["--drain-strategy", "immediate", "--drain-time-s", "2"]``).
+        ``tls=True`` adds a listener ``ingress_tls`` (port :attr:`tls_port`)
+        with the same filters behind TLS, with make tls-cert's certificate."""
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
         self.config = config
@@ -461,6 +494,10 @@ class EnvoyInstance(LoopbackHttp):
         text = bootstrap_yaml(config, **self._bootstrap_args)
         if lds:
             text = self._lds_bootstrap(config, text)
+        if tls:
+            text = with_tls_listener(text)
+        self.tls = tls
+        self.tls_port: int | None = None
         self.config_path.write_text(text)
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -526,6 +563,8 @@ class EnvoyInstance(LoopbackHttp):
                     state = _admin_get(self.admin_port, "/ready", timeout=1.0).strip()
                     if state == "LIVE":
                         self.port = self._listener_port()
+                        if self.tls:
+                            self.tls_port = self._listener_port("ingress_tls")
                         return self
                     last_err = f"/ready says {state!r}"
                 except Exception as e:  # noqa: BLE001 - keep polling
@@ -536,12 +575,12 @@ class EnvoyInstance(LoopbackHttp):
             f"Envoy not LIVE after {START_TIMEOUT}s ({last_err}).\n{self.describe()}\n--- log tail ---\n{self.log_tail()}"
         )
 
-    def _listener_port(self) -> int:
+    def _listener_port(self, name: str = "ingress") -> int:
         data = json.loads(_admin_get(self.admin_port, "/listeners?format=json"))
         for st in data.get("listener_statuses", []):
-            if st.get("name") == "ingress":
+            if st.get("name") == name:
                 return int(st["local_address"]["socket_address"]["port_value"])
-        raise HarnessError(f"listener 'ingress' not found in /listeners: {data}")
+        raise HarnessError(f"listener {name!r} not found in /listeners: {data}")
 
     def stop(self, timeout: float = 10.0) -> int | None:
         p = self.proc

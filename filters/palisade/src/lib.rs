@@ -12,13 +12,14 @@ use palisade_core::core::hosts::HostKind;
 use palisade_core::core::metrics::{Counter, CounterBatch};
 use palisade_core::core::remote::FetchPlan;
 use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
+use palisade_core::core::routes::RouteId;
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
 use palisade_core::pipeline::{
     prepare_shared_data, Body, BodyCheck, Engine, LoginCheck, Services, Verdict,
 };
 use palisade_core::stages::auth::jwks;
 use palisade_core::stages::reputation;
-use palisade_core::state::host::{namespace_prefix, Namespaced};
+use palisade_core::state::host::{namespace_prefix, Connection, Namespaced};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::collections::HashMap;
@@ -361,6 +362,7 @@ impl RootContext for Root {
             body_check: None,
             login: None,
             namespace: self.namespace.clone(),
+            route: None,
         }))
     }
 
@@ -378,6 +380,24 @@ struct Stream {
     /// A login forwarded upstream: its answer is accounted for.
     login: Option<Box<LoginCheck>>,
     namespace: Rc<str>,
+    /// The route class of a request forwarded upstream: its response
+    /// gets the class's `transport` headers.
+    route: Option<RouteId>,
+}
+
+/// The request's connection, read through properties (each a host call).
+struct HostConnection;
+
+impl Connection for HostConnection {
+    fn peer(&self) -> Option<String> {
+        host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// `connection.tls_version` is set (`TLSv1.3`) on a TLS connection
+    /// only, on Envoy and on ngx_wasm_module (nginx's `$ssl_protocol`).
+    fn tls(&self) -> bool {
+        host::property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
+    }
 }
 
 impl Stream {
@@ -403,11 +423,30 @@ impl Stream {
     /// Answers instead of the upstream: nothing upstream to account for.
     fn send(&mut self, response: LocalResponse) -> Action {
         self.login = None;
-        self.respond(response.status, &response.headers, &response.body)
+        self.respond(
+            response.status,
+            &response.headers,
+            &response.security_headers,
+            &response.body,
+        )
     }
 
-    fn respond(&self, status: u16, headers: &[(&'static str, String)], body: &str) -> Action {
-        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    fn respond(
+        &self,
+        status: u16,
+        headers: &[(&'static str, String)],
+        security_headers: &[(String, String)],
+        body: &str,
+    ) -> Action {
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain(
+                security_headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            )
+            .collect();
         if let Err(status) = host::send_local_response(status, &encode_map(&pairs), body) {
             log::error!("palisade: cannot send local response (host status {status})");
         }
@@ -443,8 +482,10 @@ impl Stream {
                 upstream,
                 body,
                 login,
+                route,
             } => {
                 apply_upstream_headers(&upstream);
+                self.route = Some(route);
                 self.response_headers = response_headers;
                 self.body_check = body;
                 self.login = login;
@@ -504,6 +545,7 @@ impl HttpContext for Stream {
             return self.respond(
                 503,
                 &[("content-type", "application/json".to_string())],
+                &[],
                 &body,
             );
         };
@@ -522,10 +564,8 @@ impl HttpContext for Stream {
             log::error!("palisade: malformed header map from host");
             return unavailable(self);
         };
-        let peer =
-            || host::property(&["source", "address"]).and_then(|v| String::from_utf8(v).ok());
         let verdict = with_services(&engine, &self.counters, &self.namespace, |services| {
-            engine.evaluate(&headers, &peer, services)
+            engine.evaluate(&headers, &HostConnection, services)
         });
         let body_arrival = || {
             if end_of_stream {
@@ -591,6 +631,15 @@ impl HttpContext for Stream {
         for (name, value) in self.response_headers.drain(..) {
             if let Err(status) = host::add_header(MAP_RESPONSE_HEADERS, name, &value) {
                 log::warn!("palisade: cannot add response header {name} (host status {status})");
+            }
+        }
+        if let (Some(route), Some(engine)) = (self.route.take(), &self.engine) {
+            for (name, value) in engine.security_headers(route) {
+                if let Err(status) = host::replace_header(MAP_RESPONSE_HEADERS, name, value) {
+                    log::warn!(
+                        "palisade: cannot set response header {name} (host status {status})"
+                    );
+                }
             }
         }
         Action::Continue

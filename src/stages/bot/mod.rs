@@ -254,6 +254,7 @@ pub fn challenge_response(
         status: Reason::BotChallenge.status(),
         headers: response_headers,
         body,
+        security_headers: Vec::new(),
     })
 }
 

@@ -3,11 +3,10 @@
 //! and per route class overrides (`routes.<class>`) of any of them.
 
 use super::rules::Rules;
-use crate::core::config_error::{err, ConfigError};
+use crate::core::config_error::{err, ByName, ConfigError};
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::RouteTable;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 /// Defaults of the limits (README, `validation`).
 const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -184,7 +183,7 @@ pub struct RawValidation {
     defaults: RawChecks,
     /// Per route class name (`default` included): what differs from `defaults`.
     #[serde(default)]
-    routes: BTreeMap<String, RawChecks>,
+    routes: ByName<RawChecks>,
 }
 
 impl RawChecks {
@@ -309,7 +308,7 @@ pub fn compile(
         .compile(global, &|f| format!("validation.defaults.{f}"))?;
     let mut policies = vec![defaults];
     let mut by_route = vec![0; routes.len_with_default()];
-    for (name, over) in &raw.routes {
+    for (name, over) in &raw.routes.0 {
         let Some(id) = routes.id_of(name) else {
             return Err(err(
                 format!("validation.routes.{name}"),
