@@ -970,6 +970,8 @@ impl Engine {
         let ctx = self.ctx(host);
         match login.outcome(status) {
             LoginOutcome::Failed => {
+                host.metrics
+                    .increment(Counter::FailedLogin { route: check.route });
                 let mut findings = Vec::new();
                 self.count_limits(Phase::LoginFailed, &facts, &ctx, &mut findings);
                 for finding in &findings {

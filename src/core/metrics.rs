@@ -30,6 +30,10 @@ pub enum Counter {
     BanIssued {
         rule: u8,
     },
+    /// The upstream answered a login as failed (`login.failure_statuses`).
+    FailedLogin {
+        route: RouteId,
+    },
     CasRetry,
     /// A remote JWK Set fetch finished (`ok`: it brought usable keys).
     JwksFetch {
@@ -73,6 +77,10 @@ impl Counter {
             Counter::BanIssued { rule } => format!(
                 "palisade_bans_total.rule.{}",
                 names.rule_name(rule).unwrap_or("unknown")
+            ),
+            Counter::FailedLogin { route } => format!(
+                "palisade_failed_logins_total.route.{}",
+                names.route_name(route)
             ),
             Counter::CasRetry => "palisade_shared_data_cas_retries_total".to_string(),
             Counter::JwksFetch { provider, ok } => format!(

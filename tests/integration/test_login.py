@@ -148,6 +148,10 @@ def test_stuffing_from_a_few_addresses_is_stopped_and_the_real_user_is_not(envoy
     # Meanwhile the real user, elsewhere, mistypes twice and gets in.
     assert real_user_mistypes_twice(e, "203.0.113.7", BROWSER) == [401, 401, 200]
     assert service.count(REAL_USER) == 3
+    # Every 401 the upstream gave is a failed login in the metrics: the
+    # attempts that reached it, and the real user's two mistypes.
+    failed = harness.palisade_counter(e.prometheus(), "palisade_failed_logins_total", route="login")
+    assert failed == reached + 2, (failed, reached)
 
 
 def test_stuffing_from_rotating_addresses_is_stopped_by_fingerprint(envoy, service):

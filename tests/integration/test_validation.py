@@ -4,7 +4,8 @@ reason code, bodies whose size is declared or not, per-route overrides and
 monitor mode.
 
 The corpus test prints its rates (`-s` shows them) and writes them to
-target/validation-rates.json for the closing note and README.
+target/validation-rates-envoy.json for the closing note and README
+(tests/nginx/test_ngx_validation.py: -nginx.json).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ CONFIG = {
     },
 }
 
-RATES = Path(__file__).resolve().parents[2] / "target" / "validation-rates.json"
+RATES = Path(__file__).resolve().parents[2] / "target" / "validation-rates.json"  # -<host> added
 
 
 def send(e, case: corpus.Case):
@@ -45,15 +46,16 @@ def send(e, case: corpus.Case):
 
 
 def outcome(response) -> str:
-    """`palisade:<reason>`, `envoy:<status>` (Envoy answered before the
-    filter: normalisation, a redirect of an escaped slash) or `passed`."""
-    status, _, body = response
+    """`palisade:<reason>`, `proxy:<status>` (the proxy answered before the
+    filter: Envoy's path normalisation, its redirect of an escaped slash)
+    or `passed` (the upstream answered)."""
+    status, _, _ = response
     reason = harness.reason_of(response)
     if reason:
         return f"palisade:{reason}"
-    if status == 200 and body == b"ok":
+    if status == 200:
         return "passed"
-    return f"envoy:{status}"
+    return f"proxy:{status}"
 
 
 @pytest.fixture(scope="module")
@@ -64,48 +66,57 @@ def cases():
         pytest.fail(f"the attack corpus could not be downloaded: {e}", pytrace=False)
 
 
-def test_attack_corpus_is_blocked_and_benign_corpus_passes(envoy, cases):
+def corpus_rates(proxy, cases, host: str) -> dict:
+    """Sends both corpora through `proxy`; writes and prints the rates."""
     attacks, benign = cases
-    e = envoy(CONFIG)
-    attack_outcomes = [(c, outcome(send(e, c))) for c in attacks]
-    benign_outcomes = [(c, outcome(send(e, c))) for c in benign]
-
+    attack_outcomes = [(c, outcome(send(proxy, c))) for c in attacks]
+    benign_outcomes = [(c, outcome(send(proxy, c))) for c in benign]
     by_family: dict[str, Counter] = {}
     for c, o in attack_outcomes:
         by_family.setdefault(c.family, Counter())[o.split(":")[0]] += 1
     missed = [(c.family, c.where, c.payload or c.path) for c, o in attack_outcomes if o == "passed"]
     false_positives = [(o, c.where, c.path, c.body[:200]) for c, o in benign_outcomes if o != "passed"]
     blocked_by_palisade = sum(o.startswith("palisade:") for _, o in attack_outcomes)
-    stopped_by_envoy = sum(o.startswith("envoy:") for _, o in attack_outcomes)
+    stopped_by_proxy = sum(o.startswith("proxy:") for _, o in attack_outcomes)
     rates = {
+        "host": host,
         "attacks": len(attacks),
         "blocked_by_palisade": blocked_by_palisade,
-        "stopped_by_envoy_first": stopped_by_envoy,
+        "stopped_by_proxy_first": stopped_by_proxy,
         "passed": len(missed),
-        "block_rate": round((blocked_by_palisade + stopped_by_envoy) / len(attacks), 4),
+        "block_rate": round((blocked_by_palisade + stopped_by_proxy) / len(attacks), 4),
         "palisade_block_rate": round(blocked_by_palisade / len(attacks), 4),
         "by_family": {f: dict(c) for f, c in sorted(by_family.items())},
+        "reasons": dict(Counter(o for _, o in attack_outcomes if o.startswith("palisade:"))),
         "benign": len(benign),
         "benign_refused": len(false_positives),
         "false_positive_rate": round(len(false_positives) / len(benign), 4),
         "missed": missed,
         "false_positives": [(o, w, p, b.decode("utf-8", "replace")) for o, w, p, b in false_positives],
     }
-    RATES.parent.mkdir(exist_ok=True)
-    RATES.write_text(json.dumps(rates, indent=1, ensure_ascii=False))
+    path = RATES.with_name(f"validation-rates-{host}.json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(rates, indent=1, ensure_ascii=False))
     print(
-        f"\nvalidation corpus: {len(attacks)} attacks, {blocked_by_palisade} blocked by palisade, "
-        f"{stopped_by_envoy} stopped by Envoy before it, {len(missed)} passed "
+        f"\nvalidation corpus on {host}: {len(attacks)} attacks, {blocked_by_palisade} blocked by palisade, "
+        f"{stopped_by_proxy} stopped by the proxy before it, {len(missed)} passed "
         f"(block rate {rates['block_rate']:.1%}); {len(benign)} benign requests, "
         f"{len(false_positives)} refused (false positives {rates['false_positive_rate']:.1%}); "
         f"by family {rates['by_family']}"
     )
-    assert len(attacks) >= 200 and len(benign) >= 200
+    return rates
+
+
+def assert_rates(rates: dict) -> None:
+    assert rates["attacks"] >= 200 and rates["benign"] >= 200
     # Every refusal is palisade's own, with a validation reason code.
-    reasons = Counter(o for _, o in attack_outcomes if o.startswith("palisade:"))
-    assert all(r.startswith("palisade:validation.") for r in reasons), reasons
-    assert not false_positives, false_positives[:10]
-    assert rates["block_rate"] >= 0.95, missed[:20]
+    assert all(r.startswith("palisade:validation.") for r in rates["reasons"]), rates["reasons"]
+    assert not rates["false_positives"], rates["false_positives"][:10]
+    assert rates["block_rate"] >= 0.95, rates["missed"][:20]
+
+
+def test_attack_corpus_is_blocked_and_benign_corpus_passes(envoy, cases):
+    assert_rates(corpus_rates(envoy(CONFIG), cases, "envoy"))
 
 
 # ---------------------------------------------------------------- limits ----

@@ -147,6 +147,12 @@ fn only_configured_failure_statuses_count() {
             answer(&f, &l, status);
         }
     }
+    let failed = Counter::FailedLogin {
+        route: f.route("login"),
+    };
+    assert_eq!(f.metrics.get(&failed), 0);
+    failed_login(&f, "198.51.100.7", "bob");
+    assert_eq!(f.metrics.get(&failed), 1, "a 401 is a failed login");
 }
 
 #[test]
