@@ -17,6 +17,7 @@ use crate::core::request::HeaderMap;
 use crate::core::verdict::{Finding, Reason, Stage};
 use config::{Check, Policy, Validation};
 use rules::{Flags, Want};
+use std::borrow::Cow;
 
 pub use config::{compile, RawValidation};
 
@@ -114,7 +115,7 @@ pub fn check_headers(
         }
         count += 1;
         bytes += name.len() + value.len();
-        control |= value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+        control = control || rules::has_control(value, false);
     }
     if has(Check::Headers) && count > policy.max_headers {
         out.push(ValidationError::HeaderCount);
@@ -157,10 +158,15 @@ fn scan_url(v: &Validation, policy: &Policy, path: &[u8], out: &mut Findings<'_>
             }
             // `+` is a space in a query (HTML forms); the rules decode the
             // percent-escapes themselves, raw first.
-            let spaced: Vec<u8> = part
-                .iter()
-                .map(|&b| if b == b'+' { b' ' } else { b })
-                .collect();
+            let spaced: Cow<'_, [u8]> = if part.contains(&b'+') {
+                Cow::Owned(
+                    part.iter()
+                        .map(|&b| if b == b'+' { b' ' } else { b })
+                        .collect(),
+                )
+            } else {
+                Cow::Borrowed(part)
+            };
             out.flags(v.rules.scan(&spaced, want));
         }
     }

@@ -130,18 +130,20 @@ pub struct Want {
 impl Rules {
     /// Compiles the patterns; `Err` is a bug in them, caught by the tests.
     pub fn new() -> Result<Rules, regex_lite::Error> {
+        // ASCII case does not matter to SQL keywords, tags or schemes.
+        let ci = |pattern: &str| Regex::new(&format!("(?i){pattern}"));
         Ok(Rules {
-            sql_union: Regex::new(SQL_UNION)?,
-            sql_condition: Regex::new(SQL_CONDITION)?,
-            sql_numeric_condition: Regex::new(SQL_NUMERIC_CONDITION)?,
-            sql_stacked: Regex::new(SQL_STACKED)?,
-            sql_subquery: Regex::new(SQL_SUBQUERY)?,
-            sql_order_by: Regex::new(SQL_ORDER_BY)?,
-            sql_misc: Regex::new(SQL_MISC)?,
-            html_tag: Regex::new(HTML_TAG)?,
-            html_handler: Regex::new(HTML_HANDLER)?,
-            html_script_url: Regex::new(HTML_SCRIPT_URL)?,
-            html_misc: Regex::new(HTML_MISC)?,
+            sql_union: ci(SQL_UNION)?,
+            sql_condition: ci(SQL_CONDITION)?,
+            sql_numeric_condition: ci(SQL_NUMERIC_CONDITION)?,
+            sql_stacked: ci(SQL_STACKED)?,
+            sql_subquery: ci(SQL_SUBQUERY)?,
+            sql_order_by: ci(SQL_ORDER_BY)?,
+            sql_misc: ci(SQL_MISC)?,
+            html_tag: ci(HTML_TAG)?,
+            html_handler: ci(HTML_HANDLER)?,
+            html_script_url: ci(HTML_SCRIPT_URL)?,
+            html_misc: ci(HTML_MISC)?,
         })
     }
 
@@ -152,22 +154,28 @@ impl Rules {
         let value = &value[..value.len().min(MAX_SCANNED_BYTES)];
         let mut form: Cow<'_, [u8]> = Cow::Borrowed(value);
         for round in 0..DECODE_ROUNDS {
-            if want.control && has_control(&form, want.line_breaks_ok) {
+            // One pass tells which families the value could hold at all:
+            // most values are a word, a number or an id, and stop here.
+            let class = classes(&form);
+            if want.control && class & CONTROL != 0 && has_control(&form, want.line_breaks_ok) {
                 flags.control = true;
             }
-            if want.traversal && !flags.traversal {
-                flags.traversal = has_dot_dot_segment(&form) || names_system_file(&form);
+            if want.traversal && !flags.traversal && class & SEPARATOR != 0 {
+                flags.traversal =
+                    (class & DOT != 0 && has_dot_dot_segment(&form)) || names_system_file(&form);
             }
-            if (want.sqli && !flags.sqli) || (want.xss && !flags.xss) {
-                let text = lower_text(&form);
-                if want.sqli && !flags.sqli && may_be_sqli(&text) {
+            let sqli = want.sqli && !flags.sqli && class & SQL_SYNTAX != 0;
+            let xss = want.xss && !flags.xss && class & HTML_SYNTAX != 0;
+            if sqli || xss {
+                let text = text_of(&form);
+                if sqli {
                     flags.sqli = self.sqli(&sql_text(&text));
                 }
-                if want.xss && !flags.xss && may_be_xss(&text) {
+                if xss {
                     flags.xss = self.xss(&html_text(&text));
                 }
             }
-            if round + 1 == DECODE_ROUNDS {
+            if round + 1 == DECODE_ROUNDS || class & ENCODED == 0 {
                 break;
             }
             match percent_decode(&form) {
@@ -181,28 +189,38 @@ impl Rules {
     /// One pass over the words and punctuation of `text`; a pattern runs
     /// only where its trigger is, on a bounded window.
     fn sqli(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
         any_trigger(text, |t| {
-            let (i, before, after, bytes) = (t.start, t.before, t.after, text.as_bytes());
+            let mut buf = [0; 24];
+            let Some(word) = lowered(t.text, &mut buf) else {
+                return false;
+            };
+            let Some(kind) = sql_trigger(word) else {
+                return false;
+            };
+            let i = t.start;
             let at = |re: &Regex| re.is_match(window(text, i));
+            let before = prev_non_space(bytes, i);
+            let after = || next_non_space(bytes, t.end);
             // A condition or comment right after a string, a parenthesis,
             // or at the start (the value appended to a query's number).
             let breaks_out = matches!(before, None | Some(b'\'' | b'"' | b'`' | b')'));
-            match t.text {
-                "union" => at(&self.sql_union),
-                "or" | "and" | "xor" | "||" | "&&" | "rlike" | "regexp" | "having" => {
+            match kind {
+                Sql::Union => at(&self.sql_union),
+                Sql::Condition => {
                     // `having 1=1` is SQL whatever precedes it.
-                    let numeric = before.is_some_and(|b| b.is_ascii_digit()) || t.text == "having";
+                    let numeric = before.is_some_and(|b| b.is_ascii_digit()) || word == "having";
                     (breaks_out && at(&self.sql_condition))
                         || (numeric && at(&self.sql_numeric_condition))
                 }
-                ";" => at(&self.sql_stacked),
-                "(" => at(&self.sql_subquery),
-                "--" | "#" | "/*" => {
+                Sql::Stacked => at(&self.sql_stacked),
+                Sql::Parenthesis => at(&self.sql_subquery),
+                Sql::Comment => {
                     // Right after the quote it closes, anything may follow.
                     let adjacent = i > 0 && bytes.get(i - 1).is_some_and(|b| b"'\"`)".contains(b));
                     let ends = match t.text {
                         "--" => {
-                            matches!(after, None | Some(b'-' | b'+' | b'#'))
+                            matches!(after(), None | Some(b'-' | b'+' | b'#'))
                                 || bytes.get(t.end) == Some(&b' ')
                         }
                         "#" => matches!(bytes.get(t.end), None | Some(b' ')),
@@ -210,59 +228,166 @@ impl Rules {
                     };
                     before.is_some_and(|b| b"'\"`)".contains(&b)) && (adjacent || ends)
                 }
-                "order" => {
-                    let by_number = text[i..].starts_with("order by ")
+                Sql::Order => {
+                    let by_number = starts_with_ci(&text[i..], "order by ")
                         && bytes.get(i + 9).is_some_and(u8::is_ascii_digit);
                     by_number && (breaks_out || at(&self.sql_order_by))
                 }
-                "group" => before.is_some() && breaks_out && text[i..].starts_with("group by "),
-                "version" => text[t.end..].starts_with("()"),
-                "waitfor" | "into" | "procedure" | "case" | "@@" => at(&self.sql_misc),
-                w if w.starts_with("dbms_") || w.starts_with("utl_") || w == "ctxsys" => {
-                    at(&self.sql_misc)
+                Sql::Group => {
+                    before.is_some() && breaks_out && starts_with_ci(&text[i..], "group by ")
                 }
-                w if SQL_FUNCTIONS.contains(&w) => after == Some(b'('),
-                w if SQL_CATALOGS.contains(&w) => {
-                    w != "mysql" || text[t.end..].starts_with(".user")
-                }
-                _ => false,
+                Sql::Version => text[t.end..].starts_with("()"),
+                Sql::Misc => at(&self.sql_misc),
+                Sql::Function => after() == Some(b'('),
+                Sql::Catalog => word != "mysql" || starts_with_ci(&text[t.end..], ".user"),
             }
         })
     }
 
     fn xss(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
         any_trigger(text, |t| {
-            let (i, before, after, bytes) = (t.start, t.before, t.after, text.as_bytes());
+            let mut buf = [0; 24];
+            let Some(word) = lowered(t.text, &mut buf) else {
+                return false;
+            };
+            let Some(kind) = html_trigger(word) else {
+                return false;
+            };
+            let i = t.start;
             let at = |re: &Regex| re.is_match(window(text, i));
-            match t.text {
-                "<" => at(&self.html_tag),
-                "javascript" | "vbscript" | "livescript" => at(&self.html_script_url),
-                "data" | "document" | "window" => at(&self.html_misc),
-                "srcdoc" => after == Some(b'='),
-                "innerhtml" | "outerhtml" => before == Some(b'.') && after == Some(b'='),
-                "expression" => after == Some(b'('),
-                "import" => i > 0 && bytes.get(i - 1) == Some(&b'@'),
-                "binding" => text[..i].ends_with("-moz-"),
-                w if SCRIPT_CALLS.contains(&w) => matches!(bytes.get(t.end), Some(b'(' | b'`')),
-                w if w.len() > 4 && w.starts_with("on") => {
+            let after = || next_non_space(bytes, t.end);
+            match kind {
+                Html::Tag => at(&self.html_tag),
+                Html::ScriptUrl => at(&self.html_script_url),
+                Html::Misc => at(&self.html_misc),
+                Html::Srcdoc => after() == Some(b'='),
+                Html::Sink => prev_non_space(bytes, i) == Some(b'.') && after() == Some(b'='),
+                Html::Expression => after() == Some(b'('),
+                Html::Import => i > 0 && bytes.get(i - 1) == Some(&b'@'),
+                Html::Binding => {
+                    i >= 5
+                        && text
+                            .get(i - 5..i)
+                            .is_some_and(|p| p.eq_ignore_ascii_case("-moz-"))
+                }
+                Html::Call => matches!(bytes.get(t.end), Some(b'(' | b'`')),
+                Html::Handler => {
                     // Only where an attribute may start.
                     let starts = i == 0 || bytes.get(i - 1).is_some_and(|b| b" \"'`/;".contains(b));
-                    starts && after == Some(b'=') && at(&self.html_handler)
+                    starts && after() == Some(b'=') && at(&self.html_handler)
                 }
-                _ => false,
             }
         })
     }
 }
 
+/// What a SQL trigger token starts.
+#[derive(Clone, Copy)]
+enum Sql {
+    Union,
+    Condition,
+    Stacked,
+    Parenthesis,
+    Comment,
+    Order,
+    Group,
+    Version,
+    Misc,
+    Function,
+    Catalog,
+}
+
+/// The SQL trigger a token is, if any. By length first: most words of a
+/// value are none, and are told so in a comparison or two.
+fn sql_trigger(w: &str) -> Option<Sql> {
+    let kind = match w.len() {
+        1 => match w {
+            ";" => Sql::Stacked,
+            "(" => Sql::Parenthesis,
+            "#" => Sql::Comment,
+            _ => return None,
+        },
+        2 => match w {
+            "or" | "||" | "&&" => Sql::Condition,
+            "--" | "/*" => Sql::Comment,
+            "@@" => Sql::Misc,
+            _ => return None,
+        },
+        3 => match w {
+            "and" | "xor" => Sql::Condition,
+            _ => return None,
+        },
+        4 => match w {
+            "into" | "case" => Sql::Misc,
+            _ => return None,
+        },
+        5 => match w {
+            "union" => Sql::Union,
+            "rlike" => Sql::Condition,
+            "order" => Sql::Order,
+            "group" => Sql::Group,
+            "sleep" => Sql::Function,
+            "mysql" => Sql::Catalog,
+            _ => return None,
+        },
+        6 => match w {
+            "regexp" | "having" => Sql::Condition,
+            "ctxsys" => Sql::Misc,
+            _ => return None,
+        },
+        7 => match w {
+            "version" => Sql::Version,
+            "waitfor" => Sql::Misc,
+            _ => return None,
+        },
+        9 if w == "procedure" => Sql::Misc,
+        _ if w.starts_with("dbms_") || w.starts_with("utl_") => Sql::Misc,
+        _ if SQL_FUNCTIONS.contains(&w) => Sql::Function,
+        _ if SQL_CATALOGS.contains(&w) => Sql::Catalog,
+        _ => return None,
+    };
+    Some(kind)
+}
+
+/// What a script trigger token starts.
+#[derive(Clone, Copy)]
+enum Html {
+    Tag,
+    ScriptUrl,
+    Misc,
+    Srcdoc,
+    Sink,
+    Expression,
+    Import,
+    Binding,
+    Call,
+    Handler,
+}
+
+fn html_trigger(w: &str) -> Option<Html> {
+    let kind = match w {
+        "<" => Html::Tag,
+        "javascript" | "vbscript" | "livescript" => Html::ScriptUrl,
+        "data" | "document" | "window" => Html::Misc,
+        "srcdoc" => Html::Srcdoc,
+        "innerhtml" | "outerhtml" => Html::Sink,
+        "expression" => Html::Expression,
+        "import" => Html::Import,
+        "binding" => Html::Binding,
+        _ if w.len() > 4 && w.starts_with("on") => Html::Handler,
+        _ if SCRIPT_CALLS.contains(&w) => Html::Call,
+        _ => return None,
+    };
+    Some(kind)
+}
+
 /// A word (letters, digits, `_`) or one of the punctuation marks the
-/// rules start at, with the characters around it (spaces skipped).
+/// rules start at.
 struct Token<'t> {
     text: &'t str,
     start: usize,
     end: usize,
-    before: Option<u8>,
-    after: Option<u8>,
 }
 
 /// Whether `hit` holds at any token of `text`.
@@ -285,7 +410,7 @@ fn tokens(text: &str) -> impl Iterator<Item = Token<'_>> {
             } else {
                 match bytes.get(i..i + 2) {
                     Some(b"||" | b"&&" | b"--" | b"/*" | b"@@") => 2,
-                    _ if b"<;(#".contains(&b) => 1,
+                    _ if matches!(b, b'<' | b';' | b'(' | b'#') => 1,
                     _ => {
                         i += 1;
                         continue;
@@ -297,8 +422,6 @@ fn tokens(text: &str) -> impl Iterator<Item = Token<'_>> {
                 text: &text[start..i],
                 start,
                 end: i,
-                before: prev_non_space(bytes, start),
-                after: next_non_space(bytes, i),
             });
         }
         None
@@ -323,44 +446,65 @@ fn window(text: &str, i: usize) -> &str {
 }
 
 /// The well-known files traversal reaches for, after a separator:
-/// `etc/passwd`, `proc/self/`, `windows/win.ini`, `boot.ini`.
+/// `etc/passwd`, `proc/self/`, `windows/win.ini`, `boot.ini`. `/` in a
+/// name stands for either separator; `true`: the name must end there.
+const SYSTEM_FILES: [(&[u8], bool); 8] = [
+    (b"etc/passwd", false),
+    (b"etc/shadow", false),
+    (b"etc/hosts", true),
+    (b"proc/self/", false),
+    (b"windows/win.ini", false),
+    (b"windows/system32", false),
+    (b"boot.ini", true),
+    (b"winnt/", false),
+];
+
 fn names_system_file(bytes: &[u8]) -> bool {
-    if !bytes.iter().any(|&b| b == b'/' || b == b'\\') {
-        return false;
-    }
-    let lower = bytes.to_ascii_lowercase();
-    let sep = |b: &u8| *b == b'/' || *b == b'\\';
-    let after_sep = |at: usize| at == 0 || lower.get(at - 1).is_some_and(sep);
-    const FILES: [(&[u8], bool); 8] = [
-        // (path with `/` for either separator, must end there)
-        (b"etc/passwd", false),
-        (b"etc/shadow", false),
-        (b"etc/hosts", true),
-        (b"proc/self/", false),
-        (b"windows/win.ini", false),
-        (b"windows/system32", false),
-        (b"boot.ini", true),
-        (b"winnt/", false),
-    ];
-    FILES.iter().any(|(file, whole)| {
-        lower.windows(file.len()).enumerate().any(|(at, w)| {
-            after_sep(at)
-                && w.iter()
+    let sep = |b: u8| b == b'/' || b == b'\\';
+    let names_at = |at: usize| {
+        let rest = bytes.get(at..).unwrap_or_default();
+        SYSTEM_FILES.iter().any(|(file, whole)| {
+            rest.len() >= file.len()
+                && rest
+                    .iter()
                     .zip(file.iter())
-                    .all(|(a, f)| a == f || (*f == b'/' && *a == b'\\'))
+                    .all(|(a, f)| a.eq_ignore_ascii_case(f) || (*f == b'/' && sep(*a)))
                 && (!whole
-                    || lower
-                        .get(at + file.len())
+                    || rest
+                        .get(file.len())
                         .is_none_or(|b| !b.is_ascii_alphanumeric()))
         })
-    })
+    };
+    // Only right after a separator (or at the start) can a name begin.
+    names_at(0) || (0..bytes.len()).any(|i| sep(bytes[i]) && names_at(i + 1))
 }
 
 /// NUL, C0 controls and DEL; tab and line breaks only where text may hold them.
-fn has_control(bytes: &[u8], line_breaks_ok: bool) -> bool {
+pub fn has_control(bytes: &[u8], line_breaks_ok: bool) -> bool {
+    if !any_control(bytes) {
+        return false;
+    }
     bytes.iter().any(|&b| {
         (b < 0x20 && !(b == b'\t' || (line_breaks_ok && (b == b'\n' || b == b'\r')))) || b == 0x7f
     })
+}
+
+/// Whether any byte is below 0x20 or is 0x7f, eight bytes at a time (a
+/// header value holds a token of hundreds of bytes).
+fn any_control(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let v = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([b' '; 8]));
+        // A byte below 0x20; a byte equal to 0x7f (a zero byte of v ^ 0x7f..).
+        let below = v.wrapping_sub(ONES * 0x20) & !v & HIGHS;
+        let del = (v ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(v ^ (ONES * 0x7f)) & HIGHS;
+        if below | del != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
 /// A `..` segment between separators (`/`, `\`, `;` as Tomcat reads
@@ -427,7 +571,11 @@ const LOOKALIKES: [(&[u8], u8); 8] = [
 ];
 
 fn has_overlong(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&b| b >= 0xc0) && fold_overlong(bytes.to_vec()) != bytes
+    (0..bytes.len()).any(|i| {
+        LOOKALIKES
+            .iter()
+            .any(|(form, _)| bytes.get(i..i + form.len()) == Some(form))
+    })
 }
 
 fn fold_overlong(bytes: Vec<u8>) -> Vec<u8> {
@@ -450,31 +598,97 @@ fn fold_overlong(bytes: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// ASCII case only: every keyword and tag the rules look for is ASCII.
-fn lower_text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_ascii_lowercase()
+/// The value as text for the patterns (which ignore ASCII case).
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
-/// Cheap gate before the SQL rules: a single word, a number, an id or an
-/// e-mail address cannot be injection, and most values are one of those.
-fn may_be_sqli(text: &str) -> bool {
-    text.bytes()
-        .any(|b| b.is_ascii_whitespace() || b"'\"`();=<>#-*/|&@+".contains(&b))
+/// Where the two bytes `pair` first occur in `text` (`str::find` sets up
+/// a two-way searcher, costly in wasm for the short values read here).
+fn find2(text: &str, pair: &[u8; 2]) -> Option<usize> {
+    text.as_bytes().windows(2).position(|w| w == pair)
 }
 
-fn may_be_xss(text: &str) -> bool {
-    text.bytes().any(|b| b"<>:=(`&\"'".contains(&b))
+/// `hay` starts with `needle`, in any ASCII case.
+fn starts_with_ci(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .get(..needle.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// A token in lower case, in `buf`; `None` when longer than any trigger.
+fn lowered<'b>(word: &str, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+    let dest = buf.get_mut(..word.len())?;
+    dest.copy_from_slice(word.as_bytes());
+    dest.make_ascii_lowercase();
+    std::str::from_utf8(dest).ok()
+}
+
+/// Byte classes (see [`classes`]).
+const CONTROL: u16 = 1;
+const SEPARATOR: u16 = 1 << 1;
+const DOT: u16 = 1 << 2;
+/// Space, quotes, parentheses and the operators SQL injection needs: a
+/// value of letters, digits, `_`, `.` and `,` alone is one word to SQL.
+const SQL_SYNTAX: u16 = 1 << 3;
+/// What markup and script need: `<`, `>`, `:`, `=`, `(`, `` ` ``, `&`
+/// (a character reference), quotes.
+const HTML_SYNTAX: u16 = 1 << 4;
+/// `%`, or the first byte of an overlong or full-width look-alike:
+/// decoding may change the value.
+const ENCODED: u16 = 1 << 5;
+
+const fn class_of(b: u8) -> u16 {
+    match b {
+        0..=0x1f | 0x7f => CONTROL | SQL_SYNTAX,
+        b'/' | b'\\' => SEPARATOR | SQL_SYNTAX,
+        b';' => SEPARATOR | SQL_SYNTAX | HTML_SYNTAX,
+        b'.' => DOT,
+        b'%' => ENCODED,
+        // Lead bytes of the overlong and full-width look-alikes only: `é`
+        // needs no decoding.
+        0xc0 | 0xc1 | 0xe0 | 0xe2 | 0xef => ENCODED,
+        b'<' | b'>' | b'=' | b'(' | b'`' | b'\'' | b'"' => SQL_SYNTAX | HTML_SYNTAX,
+        b':' | b'&' => SQL_SYNTAX | HTML_SYNTAX,
+        b' ' | b')' | b'#' | b'-' | b'*' | b'|' | b'@' | b'+' | b'!' => SQL_SYNTAX,
+        _ => 0,
+    }
+}
+
+const CLASSES: [u16; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = class_of(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// The classes of the bytes of `value`, or-ed.
+fn classes(value: &[u8]) -> u16 {
+    value
+        .iter()
+        .fold(0, |acc, &b| acc | CLASSES[usize::from(b)])
 }
 
 /// Comments become spaces (`UNION/**/SELECT`), white space runs (and
 /// MySQL's `+` for a space) one space.
-fn sql_text(text: &str) -> String {
+fn sql_text(text: &str) -> Cow<'_, str> {
+    let plain = find2(text, b"/*").is_none()
+        && find2(text, b"  ").is_none()
+        && text
+            .bytes()
+            .all(|b| b == b' ' || !b.is_ascii_whitespace() && b != 0);
+    if plain {
+        return Cow::Borrowed(text);
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find("/*") {
+    while let Some(start) = find2(rest, b"/*") {
         out.push_str(&rest[..start]);
         // Keep `/*` when unterminated: it is the truncation a rule looks for.
-        match rest[start + 2..].find("*/") {
+        match find2(&rest[start + 2..], b"*/") {
             Some(end) if !rest[start + 2..start + 2 + end].starts_with('!') => {
                 out.push(' ');
                 rest = &rest[start + 2 + end + 2..];
@@ -510,12 +724,18 @@ fn sql_text(text: &str) -> String {
     if space {
         squeezed.push(' ');
     }
-    squeezed
+    Cow::Owned(squeezed)
 }
 
 /// Character references decoded (`&#106;`, `&#x6A;`, and the named ones
 /// payloads use), then tabs, line breaks and NULs removed.
-fn html_text(text: &str) -> String {
+fn html_text(text: &str) -> Cow<'_, str> {
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r' | 0))
+    {
+        return Cow::Borrowed(text);
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(amp) = rest.find('&') {
@@ -534,7 +754,7 @@ fn html_text(text: &str) -> String {
     }
     out.push_str(rest);
     out.retain(|c| !matches!(c, '\t' | '\n' | '\r' | '\0'));
-    out
+    Cow::Owned(out)
 }
 
 /// A character reference at the start of `text`: the character and the
@@ -567,7 +787,7 @@ fn char_reference(text: &str) -> Option<(char, usize)> {
     }
     NAMED
         .iter()
-        .find(|(name, _)| text.starts_with(name))
+        .find(|(name, _)| starts_with_ci(text, name))
         .map(|(name, c)| (*c, semicolon(name.len())))
 }
 

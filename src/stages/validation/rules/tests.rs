@@ -288,3 +288,20 @@ fn sql_shapes_without_a_leading_condition_are_caught() {
         "'quoted' - text",
     ]);
 }
+
+#[test]
+fn the_word_at_a_time_control_check_agrees_with_the_byte_at_a_time_one() {
+    for len in 0..40 {
+        for at in 0..len {
+            for bad in [0u8, 1, 0x1f, 0x7f, b'\t', b'\n'] {
+                let mut v = vec![b'a'; len];
+                v[at] = bad;
+                let slow = v.iter().any(|&b| b < 0x20 || b == 0x7f);
+                assert_eq!(any_control(&v), slow, "{len} {at} {bad}");
+            }
+            let mut ok = vec![b'~'; len];
+            ok[at] = 0x80;
+            assert!(!any_control(&ok));
+        }
+    }
+}
