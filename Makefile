@@ -141,15 +141,21 @@ $(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS) $(SETUP_STAMP)
 	$(PIP) install --disable-pip-version-check --no-input -q -r $(DEPLOY_REQUIREMENTS)
 	@touch $@
 
-$(NODE_STAMP): tests/deploy/package.json tests/deploy/package-lock.json
+# npm: the deployment checks' validators, and the integration tests' attack
+# corpus (tests/integration/corpus.py packs one of its lists from the npm
+# registry). Debian's nodejs and npm when missing and apt-get can run as root.
+.PHONY: npm-tool
+npm-tool:
 	@if ! command -v $(NPM) >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    echo "npm not found; installing Debian's nodejs and npm"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
 	  else \
-	    echo "error: npm (Node.js) is needed for the deployment checks" >&2; exit 1; \
+	    echo "error: npm (Node.js) is needed for the deployment checks and the attack corpus" >&2; exit 1; \
 	  fi; \
 	fi
+
+$(NODE_STAMP): tests/deploy/package.json tests/deploy/package-lock.json | npm-tool
 	$(NPM) ci --prefix tests/deploy --no-audit --no-fund --loglevel=error
 	@touch $@
 
@@ -313,7 +319,7 @@ fuzz-run:
 	fi; \
 	echo "fuzz: every target ran $(FUZZ_RUN_SECONDS) s without a failure"
 
-integration: build setup tls-cert sim chromium
+integration: build setup tls-cert sim chromium npm-tool
 	CHROMIUM='$(CHROMIUM)' $(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
 
 # Chromium, for the browser test of the bot stage's challenge page
@@ -728,7 +734,7 @@ nginx-smoke: nginx build setup
 # with palisade in front of an upstream in the test process; test_zone.py
 # sizes the shm_kv zone with palisade-check. PyYAML (for nginx/kong/kong.yml)
 # comes with the deployment checks' requirements.
-nginx-test: nginx build setup palisade-check $(DEPLOY_STAMP)
+nginx-test: nginx build setup palisade-check $(DEPLOY_STAMP) tls-cert npm-tool
 	PALISADE_NGINX='$(abspath $(NGINX_BIN))' PALISADE_WASM='$(abspath $(WASM))' \
 	  PALISADE_CHECK='$(abspath $(PALISADE_CHECK))' $(PYTHON) -m pytest tests/nginx -v $(NGINX_PYTEST_ARGS)
 
