@@ -41,52 +41,80 @@ const SQL_MISC: &str = r"^(waitfor (delay|time) ['\x22]|into (out|dump)file\b|pr
 /// Script ones read text lower-cased, with character references decoded
 /// and tabs, line breaks and NULs removed (browsers skip them in a URL
 /// scheme).
-const HTML_TAG: &str = r#"^(<\s*/?\s*(script|iframe|frame|frameset|object|embed|applet|meta|base|link|style|svg|math|form|template|xml|isindex|marquee|noscript|xss|animate|set|handler|listener)\b|<[a-z][^>]*[\s/"'`]on[a-z]{3,}\s*=|<!\[cdata\[|<!--)"#;
+/// Elements that run script or load it. (A tag is read in code, not by a
+/// pattern: a regex-lite search costs in proportion to its pattern's size,
+/// and `<` is common enough in text.)
+const SCRIPT_ELEMENTS: [&[u8]; 24] = [
+    b"script",
+    b"iframe",
+    b"frame",
+    b"frameset",
+    b"object",
+    b"embed",
+    b"applet",
+    b"meta",
+    b"base",
+    b"link",
+    b"style",
+    b"svg",
+    b"math",
+    b"form",
+    b"template",
+    b"xml",
+    b"isindex",
+    b"marquee",
+    b"noscript",
+    b"xss",
+    b"animate",
+    b"set",
+    b"handler",
+    b"listener",
+];
 /// An event handler breaking out of an attribute: `" onmouseover="alert(1)`.
 const HTML_HANDLER: &str = r#"^on[a-z]{3,}\s*=\s*['"`]?[^\s'"`]*[(`]"#;
 const HTML_SCRIPT_URL: &str = r"^(java|vb|live)script\s*:[^\n]*?[(`=]";
 const HTML_MISC: &str = r"^(data\s*:\s*text/html|document\s*\.\s*(cookie|domain|write|location)|window\s*\.\s*location)";
 
 /// SQL functions blind and error-based injection calls.
-const SQL_FUNCTIONS: [&str; 16] = [
-    "sleep",
-    "benchmark",
-    "pg_sleep",
-    "randomblob",
-    "load_file",
-    "extractvalue",
-    "updatexml",
-    "sys_eval",
-    "sys_exec",
-    "xp_cmdshell",
-    "sp_executesql",
-    "make_set",
-    "geometrycollection",
-    "multipoint",
-    "json_keys",
-    "gtid_subset",
+const SQL_FUNCTIONS: [&[u8]; 16] = [
+    b"sleep",
+    b"benchmark",
+    b"pg_sleep",
+    b"randomblob",
+    b"load_file",
+    b"extractvalue",
+    b"updatexml",
+    b"sys_eval",
+    b"sys_exec",
+    b"xp_cmdshell",
+    b"sp_executesql",
+    b"make_set",
+    b"geometrycollection",
+    b"multipoint",
+    b"json_keys",
+    b"gtid_subset",
 ];
 /// Catalogs an injection reads the schema from.
-const SQL_CATALOGS: [&str; 8] = [
-    "information_schema",
-    "sysobjects",
-    "syscolumns",
-    "pg_catalog",
-    "sqlite_master",
-    "all_tables",
-    "user_tables",
-    "mysql",
+const SQL_CATALOGS: [&[u8]; 8] = [
+    b"information_schema",
+    b"sysobjects",
+    b"syscolumns",
+    b"pg_catalog",
+    b"sqlite_master",
+    b"all_tables",
+    b"user_tables",
+    b"mysql",
 ];
 /// The sinks script payloads call.
-const SCRIPT_CALLS: [&str; 8] = [
-    "alert",
-    "prompt",
-    "confirm",
-    "eval",
-    "settimeout",
-    "setinterval",
-    "execscript",
-    "fromcharcode",
+const SCRIPT_CALLS: [&[u8]; 8] = [
+    b"alert",
+    b"prompt",
+    b"confirm",
+    b"eval",
+    b"settimeout",
+    b"setinterval",
+    b"execscript",
+    b"fromcharcode",
 ];
 
 /// The compiled rule set (the same for every route; `disable` turns
@@ -100,7 +128,6 @@ pub struct Rules {
     sql_subquery: Regex,
     sql_order_by: Regex,
     sql_misc: Regex,
-    html_tag: Regex,
     html_handler: Regex,
     html_script_url: Regex,
     html_misc: Regex,
@@ -140,7 +167,6 @@ impl Rules {
             sql_subquery: ci(SQL_SUBQUERY)?,
             sql_order_by: ci(SQL_ORDER_BY)?,
             sql_misc: ci(SQL_MISC)?,
-            html_tag: ci(HTML_TAG)?,
             html_handler: ci(HTML_HANDLER)?,
             html_script_url: ci(HTML_SCRIPT_URL)?,
             html_misc: ci(HTML_MISC)?,
@@ -209,7 +235,7 @@ impl Rules {
                 Sql::Union => at(&self.sql_union),
                 Sql::Condition => {
                     // `having 1=1` is SQL whatever precedes it.
-                    let numeric = before.is_some_and(|b| b.is_ascii_digit()) || word == "having";
+                    let numeric = before.is_some_and(|b| b.is_ascii_digit()) || word == b"having";
                     (breaks_out && at(&self.sql_condition))
                         || (numeric && at(&self.sql_numeric_condition))
                 }
@@ -239,7 +265,7 @@ impl Rules {
                 Sql::Version => text[t.end..].starts_with("()"),
                 Sql::Misc => at(&self.sql_misc),
                 Sql::Function => after() == Some(b'('),
-                Sql::Catalog => word != "mysql" || starts_with_ci(&text[t.end..], ".user"),
+                Sql::Catalog => word != b"mysql" || starts_with_ci(&text[t.end..], ".user"),
             }
         })
     }
@@ -258,7 +284,7 @@ impl Rules {
             let at = |re: &Regex| re.is_match(window(text, i));
             let after = || next_non_space(bytes, t.end);
             match kind {
-                Html::Tag => at(&self.html_tag),
+                Html::Tag => dangerous_tag(window(text, i).as_bytes()),
                 Html::ScriptUrl => at(&self.html_script_url),
                 Html::Misc => at(&self.html_misc),
                 Html::Srcdoc => after() == Some(b'='),
@@ -282,6 +308,60 @@ impl Rules {
     }
 }
 
+/// At a `<`: a script-capable element, an event-handler attribute inside
+/// the tag, or a comment or CDATA section (which hide markup from
+/// filters).
+fn dangerous_tag(tag: &[u8]) -> bool {
+    let rest = tag.get(1..).unwrap_or_default();
+    if starts_with_ci_bytes(rest, b"!--") || starts_with_ci_bytes(rest, b"![cdata[") {
+        return true;
+    }
+    // `< / script`: spaces and one slash before the name.
+    let mut at = 0;
+    while rest
+        .get(at)
+        .is_some_and(|b| b.is_ascii_whitespace() || *b == b'/')
+    {
+        at += 1;
+    }
+    let name_len = rest
+        .get(at..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
+    let name = rest.get(at..at + name_len).unwrap_or_default();
+    if SCRIPT_ELEMENTS.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    // Any element: `on...=` after a space, a slash or a quote, before `>`.
+    if !rest.first().is_some_and(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let end = rest.iter().position(|&b| b == b'>').unwrap_or(rest.len());
+    let inside = rest.get(..end).unwrap_or_default();
+    (1..inside.len()).any(|i| {
+        matches!(
+            inside[i - 1],
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'/' | b'"' | b'\'' | b'`'
+        ) && starts_with_ci_bytes(&inside[i..], b"on")
+            && {
+                let letters = inside[i + 2..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .count();
+                let after = &inside[i + 2 + letters..];
+                let spaces = after.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                letters >= 3 && after.get(spaces) == Some(&b'=')
+            }
+    })
+}
+
+fn starts_with_ci_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.get(..needle.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(needle))
+}
+
 /// What a SQL trigger token starts.
 #[derive(Clone, Copy)]
 enum Sql {
@@ -300,49 +380,49 @@ enum Sql {
 
 /// The SQL trigger a token is, if any. By length first: most words of a
 /// value are none, and are told so in a comparison or two.
-fn sql_trigger(w: &str) -> Option<Sql> {
+fn sql_trigger(w: &[u8]) -> Option<Sql> {
     let kind = match w.len() {
         1 => match w {
-            ";" => Sql::Stacked,
-            "(" => Sql::Parenthesis,
-            "#" => Sql::Comment,
+            b";" => Sql::Stacked,
+            b"(" => Sql::Parenthesis,
+            b"#" => Sql::Comment,
             _ => return None,
         },
         2 => match w {
-            "or" | "||" | "&&" => Sql::Condition,
-            "--" | "/*" => Sql::Comment,
-            "@@" => Sql::Misc,
+            b"or" | b"||" | b"&&" => Sql::Condition,
+            b"--" | b"/*" => Sql::Comment,
+            b"@@" => Sql::Misc,
             _ => return None,
         },
         3 => match w {
-            "and" | "xor" => Sql::Condition,
+            b"and" | b"xor" => Sql::Condition,
             _ => return None,
         },
         4 => match w {
-            "into" | "case" => Sql::Misc,
+            b"into" | b"case" => Sql::Misc,
             _ => return None,
         },
         5 => match w {
-            "union" => Sql::Union,
-            "rlike" => Sql::Condition,
-            "order" => Sql::Order,
-            "group" => Sql::Group,
-            "sleep" => Sql::Function,
-            "mysql" => Sql::Catalog,
+            b"union" => Sql::Union,
+            b"rlike" => Sql::Condition,
+            b"order" => Sql::Order,
+            b"group" => Sql::Group,
+            b"sleep" => Sql::Function,
+            b"mysql" => Sql::Catalog,
             _ => return None,
         },
         6 => match w {
-            "regexp" | "having" => Sql::Condition,
-            "ctxsys" => Sql::Misc,
+            b"regexp" | b"having" => Sql::Condition,
+            b"ctxsys" => Sql::Misc,
             _ => return None,
         },
         7 => match w {
-            "version" => Sql::Version,
-            "waitfor" => Sql::Misc,
+            b"version" => Sql::Version,
+            b"waitfor" => Sql::Misc,
             _ => return None,
         },
-        9 if w == "procedure" => Sql::Misc,
-        _ if w.starts_with("dbms_") || w.starts_with("utl_") => Sql::Misc,
+        9 if w == b"procedure" => Sql::Misc,
+        _ if w.starts_with(b"dbms_") || w.starts_with(b"utl_") => Sql::Misc,
         _ if SQL_FUNCTIONS.contains(&w) => Sql::Function,
         _ if SQL_CATALOGS.contains(&w) => Sql::Catalog,
         _ => return None,
@@ -365,17 +445,17 @@ enum Html {
     Handler,
 }
 
-fn html_trigger(w: &str) -> Option<Html> {
+fn html_trigger(w: &[u8]) -> Option<Html> {
     let kind = match w {
-        "<" => Html::Tag,
-        "javascript" | "vbscript" | "livescript" => Html::ScriptUrl,
-        "data" | "document" | "window" => Html::Misc,
-        "srcdoc" => Html::Srcdoc,
-        "innerhtml" | "outerhtml" => Html::Sink,
-        "expression" => Html::Expression,
-        "import" => Html::Import,
-        "binding" => Html::Binding,
-        _ if w.len() > 4 && w.starts_with("on") => Html::Handler,
+        b"<" => Html::Tag,
+        b"javascript" | b"vbscript" | b"livescript" => Html::ScriptUrl,
+        b"data" | b"document" | b"window" => Html::Misc,
+        b"srcdoc" => Html::Srcdoc,
+        b"innerhtml" | b"outerhtml" => Html::Sink,
+        b"expression" => Html::Expression,
+        b"import" => Html::Import,
+        b"binding" => Html::Binding,
+        _ if w.len() > 4 && w.starts_with(b"on") => Html::Handler,
         _ if SCRIPT_CALLS.contains(&w) => Html::Call,
         _ => return None,
     };
@@ -600,7 +680,10 @@ fn fold_overlong(bytes: Vec<u8>) -> Vec<u8> {
 
 /// The value as text for the patterns (which ignore ASCII case).
 fn text_of(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Where the two bytes `pair` first occur in `text` (`str::find` sets up
@@ -611,17 +694,16 @@ fn find2(text: &str, pair: &[u8; 2]) -> Option<usize> {
 
 /// `hay` starts with `needle`, in any ASCII case.
 fn starts_with_ci(hay: &str, needle: &str) -> bool {
-    hay.as_bytes()
-        .get(..needle.len())
-        .is_some_and(|h| h.eq_ignore_ascii_case(needle.as_bytes()))
+    starts_with_ci_bytes(hay.as_bytes(), needle.as_bytes())
 }
 
 /// A token in lower case, in `buf`; `None` when longer than any trigger.
-fn lowered<'b>(word: &str, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+fn lowered<'b>(word: &str, buf: &'b mut [u8; 24]) -> Option<&'b [u8]> {
     let dest = buf.get_mut(..word.len())?;
-    dest.copy_from_slice(word.as_bytes());
-    dest.make_ascii_lowercase();
-    std::str::from_utf8(dest).ok()
+    for (d, s) in dest.iter_mut().zip(word.bytes()) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(dest)
 }
 
 /// Byte classes (see [`classes`]).
@@ -675,11 +757,14 @@ fn classes(value: &[u8]) -> u16 {
 /// Comments become spaces (`UNION/**/SELECT`), white space runs (and
 /// MySQL's `+` for a space) one space.
 fn sql_text(text: &str) -> Cow<'_, str> {
-    let plain = find2(text, b"/*").is_none()
-        && find2(text, b"  ").is_none()
-        && text
-            .bytes()
-            .all(|b| b == b' ' || !b.is_ascii_whitespace() && b != 0);
+    // One pass: no comment opener, no white space but single spaces.
+    let bytes = text.as_bytes();
+    let plain = bytes.iter().enumerate().all(|(i, &b)| match b {
+        b' ' => bytes.get(i + 1) != Some(&b' '),
+        b'/' => bytes.get(i + 1) != Some(&b'*'),
+        0 => false,
+        _ => !b.is_ascii_whitespace(),
+    });
     if plain {
         return Cow::Borrowed(text);
     }
