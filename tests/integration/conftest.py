@@ -54,11 +54,23 @@ def envoy(request, tmp_path, artefacts):
     yield factory
 
     failed = suite_support.call_failed(request)
+    leaks = []
     for inst in instances:
+        # The secret audit (harness.py): what the test sent must not be in
+        # palisade's answers, the log or the stats.
+        stats = ""
+        if inst.proc is not None and inst.proc.poll() is None:
+            try:
+                stats = inst.stats_text()
+            except Exception as e:  # noqa: BLE001 - an Envoy the test broke
+                stats = f"(stats unavailable: {e})"
         inst.stop()
+        leaks += inst.leaked_secrets(stats)
         if failed:
             print(f"\n===== Envoy log tail ({inst.log_path}) =====")
             print(inst.log_tail(80))
+    if leaks and not failed:
+        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
 
 
 @pytest.fixture

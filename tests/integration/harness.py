@@ -35,6 +35,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,63 @@ def _collect_headers(msg: http.client.HTTPMessage) -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------
+# Secret audit: every secret a test sends to an Envoy (credentials in
+# headers, passwords in bodies) is remembered with that Envoy, and must never
+# come back in palisade's own answers, Envoy's log or its stats (the envoy
+# fixture checks at teardown, conftest.py).
+# --------------------------------------------------------------------------
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "x-access-token", "signature"}
+)
+#: Shorter values (a test's "x", a bucket name) would match by accident.
+MIN_SECRET_LEN = 8
+#: The Envoy serving each port, while it runs.
+_AUDITED: dict[int, "EnvoyInstance"] = {}
+
+
+def secrets_in(headers, body: bytes | None) -> set[str]:
+    """The secret values of a request: credential headers (a bearer token
+    without its scheme, each cookie's value) and password fields."""
+    found: set[str] = set()
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    for name, value in pairs:
+        name = name.decode("latin-1") if isinstance(name, bytes) else name
+        value = value.decode("latin-1") if isinstance(value, bytes) else value
+        if name.lower() not in SECRET_HEADERS:
+            continue
+        parts = [value]
+        if name.lower() == "authorization" and " " in value:
+            parts = [value.split(" ", 1)[1]]
+        elif name.lower() == "cookie":
+            parts = [c.split("=", 1)[-1] for c in value.split(";")]
+        found |= {p.strip() for p in parts if len(p.strip()) >= MIN_SECRET_LEN}
+    # A streamed body (an iterable) is not read here.
+    if isinstance(body, (bytes, bytearray, str)) and body:
+        text = body if isinstance(body, str) else bytes(body).decode("utf-8", "replace")
+        for match in re.finditer(r'(?:^|&)password=([^&]+)|"password"\s*:\s*"((?:[^"\\]|\\.)*)"', text):
+            value = match.group(1) or match.group(2) or ""
+            if match.group(1):
+                value = urllib.parse.unquote_plus(value)
+            if len(value) >= MIN_SECRET_LEN:
+                found.add(value)
+    return found
+
+
+def _audit(port: int, headers, body: bytes | None, response: "Response") -> None:
+    """Notes the request's secrets with the Envoy on `port`, and whether
+    palisade's own answer (a JSON body with a reason) gave one back."""
+    inst = _AUDITED.get(port)
+    if inst is None:
+        return
+    sent = secrets_in(headers, body)
+    inst.secrets_sent |= sent
+    if sent and reason_of(response):
+        status, resp_headers, resp_body = response
+        shown = resp_body.decode("latin-1") + " " + " ".join(f"{k}: {v}" for k, v in resp_headers.items())
+        inst.secret_leaks += [f"palisade's {status} answer holds a secret the request sent" for s in sent if s in shown]
+
+
 def http_request(
     port: int,
     method: str = "GET",
@@ -319,7 +377,9 @@ def http_request(
         c.request(method, path, body=body, headers=dict(headers or {}))
         r = c.getresponse()
         data = r.read()
-        return r.status, _collect_headers(r.msg), data
+        response = (r.status, _collect_headers(r.msg), data)
+        _audit(port, headers, body, response)
+        return response
     finally:
         if own:
             c.close()
@@ -504,6 +564,9 @@ class EnvoyInstance(LoopbackHttp):
         self.proc: subprocess.Popen | None = None
         self.admin_port: int | None = None
         self.port: int | None = None
+        # See "Secret audit" above.
+        self.secrets_sent: set[str] = set()
+        self.secret_leaks: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------
     def command(self, mode: str = "serve") -> list[str]:
@@ -563,6 +626,7 @@ class EnvoyInstance(LoopbackHttp):
                     state = _admin_get(self.admin_port, "/ready", timeout=1.0).strip()
                     if state == "LIVE":
                         self.port = self._listener_port()
+                        _AUDITED[self.port] = self
                         if self.tls:
                             self.tls_port = self._listener_port("ingress_tls")
                         return self
@@ -583,6 +647,8 @@ class EnvoyInstance(LoopbackHttp):
         raise HarnessError(f"listener {name!r} not found in /listeners: {data}")
 
     def stop(self, timeout: float = 10.0) -> int | None:
+        if _AUDITED.get(self.port or 0) is self:
+            del _AUDITED[self.port]
         p = self.proc
         if p is None:
             return None
@@ -751,6 +817,18 @@ class EnvoyInstance(LoopbackHttp):
             if "name" in s and "value" in s:
                 out[s["name"]] = s["value"]
         return out
+
+    def leaked_secrets(self, stats: str) -> list[str]:
+        """What the secret audit found: palisade answers that gave a secret
+        back, and secrets this Envoy was sent that its log or `stats` holds
+        (each named by its length and first characters only)."""
+        log = self.log_text()
+        leaks = list(self.secret_leaks)
+        for secret in sorted(self.secrets_sent):
+            for where, text in (("the Envoy log", log), ("the stats", stats)):
+                if secret in text:
+                    leaks.append(f"a {len(secret)}-character secret ({secret[:3]}…) is in {where}")
+        return leaks
 
     def stats_text(self) -> str:
         return self.admin("/stats")
