@@ -17,6 +17,7 @@ use crate::core::mode::{FailureMode, Mode};
 use crate::core::names::Names;
 use crate::core::routes::{RouteId, RouteTable};
 use crate::stages::account::config::{compile_login, Login, RawLogin};
+use crate::stages::anomaly::{self, Anomaly, RawAnomaly};
 use crate::stages::auth::config::{compile_auth, RawApiKeys, RawAuthorization, RawJwt};
 use crate::stages::auth::credentials::Auth;
 use crate::stages::bot::config::{compile_bot, Bot, RawBot};
@@ -75,6 +76,9 @@ pub struct Policy {
     /// TLS requirements and response headers, when the document has a
     /// `transport` section.
     pub transport: Option<Transport>,
+    /// Spike detection per route class, when the document has an
+    /// `anomaly` section.
+    pub anomaly: Option<Anomaly>,
 }
 
 impl Policy {
@@ -110,6 +114,11 @@ impl Policy {
                     .and_then(|g| g.travel.as_ref())
                     .map_or(0, |t| t.pages))
                     .map(|i| slots::page_key(slots::TRAVEL, i)),
+            )
+            .chain(
+                self.anomaly
+                    .iter()
+                    .flat_map(|a| a.watched().map(|(route, _)| anomaly::record_key(route))),
             )
     }
 
@@ -169,13 +178,15 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 45] = [
+const LIST_PATHS: [&str; 47] = [
     "validation.defaults.methods",
     "validation.defaults.content_types",
     "validation.defaults.disable",
     "validation.routes.*.methods",
     "validation.routes.*.content_types",
     "validation.routes.*.disable",
+    "anomaly.defaults.signals",
+    "anomaly.routes.*.signals",
     "geo.rules",
     "geo.impossible_travel.routes",
     "geo.rules[].routes",
@@ -390,7 +401,7 @@ fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
 }
 
 /// Objects whose keys are names (`validation.routes.<class>`).
-const MAP_PATHS: [&str; 2] = ["validation.routes", "transport.routes"];
+const MAP_PATHS: [&str; 3] = ["validation.routes", "transport.routes", "anomaly.routes"];
 
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
 /// that is never what an operator means, so arrays are accepted only where
@@ -531,6 +542,11 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawTransport"))]
     transport: Option<RawTransport>,
+    /// Spike detection on request rate, upstream errors and latency, per
+    /// route class. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawAnomaly"))]
+    anomaly: Option<RawAnomaly>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -621,6 +637,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let geo = geo::compile(raw.geo, raw.mode, &routes)?;
     let validation = validation::compile(raw.validation, raw.mode, &routes)?;
     let transport = transport::compile(raw.transport, raw.mode, &routes)?;
+    let anomaly = anomaly::compile(raw.anomaly, &routes)?;
     if let (None, Some(i)) = (
         &geo,
         rate_limits.rules.iter().position(|r| r.countries.is_some()),
@@ -661,6 +678,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         reputation,
         validation,
         transport,
+        anomaly,
     })
 }
 
@@ -1110,6 +1128,7 @@ mod tests {
         assert_eq!(
             fields,
             [
+                "anomaly",
                 "api_keys",
                 "authorization",
                 "bans",

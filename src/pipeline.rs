@@ -25,6 +25,7 @@ use crate::stages::account::{
     self,
     config::{Login, LoginOutcome},
 };
+use crate::stages::anomaly;
 use crate::stages::auth::jwks;
 use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
@@ -80,6 +81,8 @@ pub struct Engine {
     lists: reputation::State,
     /// Rate-limit tokens this worker took ahead of need (`reserve`).
     held: Mutex<Held>,
+    /// This worker's requests and answers not yet in the anomaly baselines.
+    tallies: anomaly::Tallies,
     host: HostKind,
 }
 
@@ -153,6 +156,9 @@ struct Outcome {
     /// Cookies for an allowed request's response (a challenge pass).
     set_cookies: Vec<String>,
     login: Option<Box<LoginCheck>>,
+    /// When the request arrived, if the anomaly detector watches its
+    /// upstream's answer.
+    arrived_ms: Option<u64>,
 }
 
 /// The request body as the body phase saw it.
@@ -222,6 +228,9 @@ pub enum Verdict {
         login: Option<Box<LoginCheck>>,
         /// The route class (its `transport` response headers).
         route: RouteId,
+        /// Set when the upstream's answer is to be reported with
+        /// [`Engine::upstream_answered`]: when the request arrived.
+        arrived_ms: Option<u64>,
     },
     Respond(LocalResponse),
 }
@@ -238,6 +247,7 @@ impl Engine {
             seed,
             auth: Mutex::new(auth),
             held: Mutex::default(),
+            tallies: anomaly::Tallies::default(),
             host,
         })
     }
@@ -299,6 +309,68 @@ impl Engine {
             .any(|p| p.remote.is_some())
             || lists.is_some_and(|r| r.lists.iter().any(|l| l.remote().is_some()))
             || self.policy.rate_limits.rules.iter().any(|r| r.reserve > 1)
+            || self.policy.anomaly.is_some()
+    }
+
+    /// Counts a request for the anomaly detector; when the route class's
+    /// upstream answers are watched too, returns when it arrived.
+    fn count_arrival(&self, facts: &Facts<'_>, host: &Services<'_>) -> Option<u64> {
+        let watch = self.policy.anomaly.as_ref()?.watch(facts.route)?;
+        let now_ms = facts.now_ms(host.clock)?;
+        self.tallies.request(watch, facts.route, now_ms);
+        watch.needs_responses().then_some(now_ms)
+    }
+
+    /// Whether the upstream's latency is watched on `route` (the glue then
+    /// reads the clock when the answer comes).
+    pub fn watches_latency(&self, route: RouteId) -> bool {
+        self.policy
+            .anomaly
+            .as_ref()
+            .and_then(|a| a.watch(route))
+            .is_some_and(|w| w.watches(anomaly::Signal::Latency))
+    }
+
+    /// The upstream answered a request of `route` (see `Verdict::Allow`'s
+    /// `arrived_ms`) with `status`, at `now_ms` when the clock was read.
+    pub fn upstream_answered(
+        &self,
+        route: RouteId,
+        arrived_ms: u64,
+        status: u16,
+        now_ms: Option<u64>,
+    ) {
+        let Some(watch) = self.policy.anomaly.as_ref().and_then(|a| a.watch(route)) else {
+            return;
+        };
+        let latency_ms = now_ms.map(|now| now.saturating_sub(arrived_ms));
+        self.tallies
+            .response(watch, route, arrived_ms, status, latency_ms);
+    }
+
+    /// On the root context's tick: this worker's counts go to the shared
+    /// baselines; anomalies that begin or end are logged and counted.
+    pub fn anomaly_tick(&self, host: &Services<'_>, now_ms: u64) {
+        let Some(anomaly) = &self.policy.anomaly else {
+            return;
+        };
+        let retries = || host.metrics.increment(Counter::CasRetry);
+        match anomaly::flush(anomaly, &self.tallies, host.store, now_ms, &retries) {
+            Ok(changes) => {
+                for change in changes {
+                    event::anomaly(&change, &self.policy);
+                    if change.started {
+                        host.metrics.increment(Counter::Anomaly {
+                            route: change.route,
+                            signal: change.signal,
+                        });
+                    }
+                }
+            }
+            Err(e) => log::warn!(
+                "palisade: anomaly counts could not reach shared data ({e:?}); kept for the next tick"
+            ),
+        }
     }
 
     /// The root context's tick (whatever its period, see `needs_tick`):
@@ -398,6 +470,7 @@ impl Engine {
             }
         }
         let login = self.login_check(&request.facts);
+        let arrived_ms = self.count_arrival(&request.facts, host);
         let outcome = Outcome {
             quota: request.quota,
             upstream: request.upstream,
@@ -405,6 +478,7 @@ impl Engine {
             challenge: request.challenge,
             set_cookies: request.bot.map(|(a, _)| a.set_cookies).unwrap_or_default(),
             login,
+            arrived_ms,
         };
         self.conclude(&request.facts, request.findings, outcome, host.metrics)
     }
@@ -751,6 +825,7 @@ impl Engine {
             challenge,
             set_cookies,
             login,
+            arrived_ms,
         } = outcome;
         for finding in &findings {
             self.record(facts, finding, metrics);
@@ -784,6 +859,7 @@ impl Engine {
             body,
             login,
             route: facts.route,
+            arrived_ms,
         }
     }
 
@@ -1077,6 +1153,7 @@ fn refused_credentials(findings: &[Finding]) -> bool {
 mod tests {
     use super::*;
 
+    mod anomaly;
     mod bot;
     mod contention;
     mod login;

@@ -2,6 +2,7 @@
 
 use crate::core::names::Names;
 use crate::core::request::Facts;
+use crate::core::routes::RouteId;
 use crate::core::verdict::{Finding, Stage};
 use siphasher::sip128::SipHasher13;
 use std::hash::Hasher;
@@ -32,6 +33,40 @@ pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names
         "bot_reasons": facts.bot.as_ref().map(|b| &b.reasons),
         "country": facts.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()),
         "request_id": facts.request_id,
+    });
+    log::warn!("{event}");
+}
+
+/// What the anomaly detector found when it judged a window: an anomaly
+/// began (`started`) or ended on a route class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnomalyChange {
+    pub route: RouteId,
+    /// `rate`, `errors` or `latency`.
+    pub signal: &'static str,
+    pub started: bool,
+    /// The window's value, the baseline before it, and the deviation the
+    /// spike was measured in.
+    pub observed: f64,
+    pub baseline: f64,
+    pub sigma: f64,
+    /// Start of the window judged (Unix ms).
+    pub window_start_ms: u64,
+}
+
+/// One JSON event per anomaly that begins or ends: numbers and names only.
+pub fn anomaly(change: &AnomalyChange, names: &dyn Names) {
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let event = serde_json::json!({
+        "event": "palisade.anomaly",
+        "action": if change.started { "start" } else { "end" },
+        "reason": format!("anomaly.{}", change.signal),
+        "route": names.route_name(change.route),
+        "signal": change.signal,
+        "observed": round(change.observed),
+        "baseline": round(change.baseline),
+        "deviation": round(change.sigma),
+        "window_start_ms": change.window_start_ms,
     });
     log::warn!("{event}");
 }

@@ -35,6 +35,11 @@ pub enum Counter {
         route: RouteId,
     },
     CasRetry,
+    /// An anomaly began on a route class (`signal`: rate, errors, latency).
+    Anomaly {
+        route: RouteId,
+        signal: &'static str,
+    },
     /// A remote JWK Set fetch finished (`ok`: it brought usable keys).
     JwksFetch {
         provider: u8,
@@ -83,6 +88,10 @@ impl Counter {
                 names.route_name(route)
             ),
             Counter::CasRetry => "palisade_shared_data_cas_retries_total".to_string(),
+            Counter::Anomaly { route, signal } => format!(
+                "palisade_anomalies_total.route.{}.signal.{signal}",
+                names.route_name(route)
+            ),
             Counter::JwksFetch { provider, ok } => format!(
                 "palisade_jwks_fetches_total.provider.{}.result.{}",
                 names.provider_name(provider).unwrap_or("unknown"),

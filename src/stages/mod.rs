@@ -4,6 +4,7 @@
 //! the pipeline puts them in order.
 
 pub mod account;
+pub mod anomaly;
 pub mod auth;
 pub mod bot;
 pub mod client_ip;

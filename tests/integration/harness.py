@@ -68,7 +68,7 @@ _EXTRA_ARGS = os.environ.get("PALISADE_ENVOY_ARGS", "").split()
 # on a 1 s tick (TICK_MS in filters/palisade/src/lib.rs): a counter read
 # waits a tick and some slack for the last requests' counts.
 COUNTER_FLUSH_S = 1.5
-PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "list", "result")
+PALISADE_TAG_NAMES = ("decision", "route", "stage", "reason", "mode", "rule", "provider", "list", "result", "signal", "table")
 PALISADE_STATS_TAGS = [
     {"tag_name": name, "regex": rf"^wasmcustom\.palisade_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{name}\.([^.]+))"}
     for name in PALISADE_TAG_NAMES

@@ -345,6 +345,9 @@ impl RootContext for Root {
             return;
         };
         let namespace = self.namespace.clone();
+        with_services(&engine, &self.counters, &namespace, |services| {
+            engine.anomaly_tick(services, now_ms);
+        });
         let store = store(&namespace);
         for plan in engine.jwks_due(&store, now_ms) {
             self.dispatch(&engine, Fetch::Jwks(plan.index), &plan, "application/json");
@@ -363,6 +366,7 @@ impl RootContext for Root {
             login: None,
             namespace: self.namespace.clone(),
             route: None,
+            arrived_ms: None,
         }))
     }
 
@@ -383,6 +387,8 @@ struct Stream {
     /// The route class of a request forwarded upstream: its response
     /// gets the class's `transport` headers.
     route: Option<RouteId>,
+    /// When a request whose answer the anomaly detector watches arrived.
+    arrived_ms: Option<u64>,
 }
 
 /// The request's connection, read through properties (each a host call).
@@ -423,6 +429,7 @@ impl Stream {
     /// Answers instead of the upstream: nothing upstream to account for.
     fn send(&mut self, response: LocalResponse) -> Action {
         self.login = None;
+        self.arrived_ms = None;
         self.respond(
             response.status,
             &response.headers,
@@ -483,9 +490,11 @@ impl Stream {
                 body,
                 login,
                 route,
+                arrived_ms,
             } => {
                 apply_upstream_headers(&upstream);
                 self.route = Some(route);
+                self.arrived_ms = arrived_ms;
                 self.response_headers = response_headers;
                 self.body_check = body;
                 self.login = login;
@@ -614,9 +623,23 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let watched = self.arrived_ms.take().zip(self.route);
+        let status = || {
+            host::header_value(MAP_RESPONSE_HEADERS, ":status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
+        };
+        let status = if watched.is_some() || self.login.is_some() {
+            status()
+        } else {
+            None
+        };
+        if let (Some((arrived_ms, route)), Some(engine), Some(status)) =
+            (watched, &self.engine, status)
+        {
+            let now_ms = engine.watches_latency(route).then(host::now_ms).flatten();
+            engine.upstream_answered(route, arrived_ms, status, now_ms);
+        }
         if let (Some(login), Some(engine)) = (self.login.take(), self.engine.clone()) {
-            let status = host::header_value(MAP_RESPONSE_HEADERS, ":status")
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
             match status {
                 Some(status) => {
                     with_services(&engine, &self.counters, &self.namespace, |services| {
