@@ -20,6 +20,7 @@ use crate::stages::account::config::{compile_login, Login, RawLogin};
 use crate::stages::anomaly::{self, Anomaly, RawAnomaly};
 use crate::stages::auth::config::{compile_auth, RawApiKeys, RawAuthorization, RawJwt};
 use crate::stages::auth::credentials::Auth;
+use crate::stages::bot::behaviour;
 use crate::stages::bot::config::{compile_bot, Bot, RawBot};
 use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
@@ -82,39 +83,59 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Every shared-data key the policy's tables use: all are created up
-    /// front (see `slots`).
-    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
+    /// The slot tables the policy uses: (label, key prefix, pages).
+    pub fn slot_tables(&self) -> Vec<(&'static str, &'static str, u32)> {
         let replay_pages = if self.signatures.policies.iter().any(|p| p.replay) {
             self.signatures.replay_pages
         } else {
             0
         };
+        let behaviour_pages = self
+            .bot
+            .as_ref()
+            .filter(|b| b.observes_behaviour())
+            .map_or(0, |b| b.behaviour.pages);
+        [
+            ("rate_limits", slots::RATE_LIMITS, self.rate_limits.pages),
+            ("replay", slots::REPLAY, replay_pages),
+            (
+                "refresh_tokens",
+                slots::REFRESH,
+                self.auth.refresh.as_ref().map_or(0, |r| r.pages),
+            ),
+            ("bot_behaviour", behaviour::TABLE, behaviour_pages),
+            (
+                "logins",
+                slots::LOGIN,
+                self.login.as_ref().map_or(0, |l| l.pages),
+            ),
+            ("distinct", slots::SEEN, self.rate_limits.distinct_pages),
+            (
+                "travel",
+                slots::TRAVEL,
+                self.geo
+                    .as_ref()
+                    .and_then(|g| g.travel.as_ref())
+                    .map_or(0, |t| t.pages),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, pages)| *pages > 0)
+        .collect()
+    }
+
+    /// Every shared-data key the policy's tables use: all are created up
+    /// front (see `slots`).
+    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
         let overflow = self
             .rate_limits
             .rules
             .iter()
             .map(|r| slots::overflow_key(r.index));
-        let refresh_pages = self.auth.refresh.as_ref().map_or(0, |r| r.pages);
-        (0..self.rate_limits.pages)
-            .map(|i| slots::page_key(slots::RATE_LIMITS, i))
+        self.slot_tables()
+            .into_iter()
+            .flat_map(|(_, table, pages)| (0..pages).map(move |i| slots::page_key(table, i)))
             .chain(overflow)
-            .chain((0..replay_pages).map(|i| slots::page_key(slots::REPLAY, i)))
-            .chain((0..refresh_pages).map(|i| slots::page_key(slots::REFRESH, i)))
-            .chain(self.bot.iter().flat_map(Bot::shared_keys))
-            .chain(
-                (0..self.login.as_ref().map_or(0, |l| l.pages))
-                    .map(|i| slots::page_key(slots::LOGIN, i)),
-            )
-            .chain((0..self.rate_limits.distinct_pages).map(|i| slots::page_key(slots::SEEN, i)))
-            .chain(
-                (0..self
-                    .geo
-                    .as_ref()
-                    .and_then(|g| g.travel.as_ref())
-                    .map_or(0, |t| t.pages))
-                    .map(|i| slots::page_key(slots::TRAVEL, i)),
-            )
             .chain(
                 self.anomaly
                     .iter()

@@ -12,7 +12,7 @@ use crate::config::Policy;
 use crate::core::config_error::ConfigError;
 use crate::core::event;
 use crate::core::hosts::HostKind;
-use crate::core::metrics::{Counter, Metrics};
+use crate::core::metrics::{self, Counter, Metrics};
 use crate::core::mode::Mode;
 use crate::core::remote::FetchPlan;
 use crate::core::request::{request_id, Facts, HeaderMap};
@@ -31,15 +31,16 @@ use crate::stages::auth::refresh;
 use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
-use crate::stages::limits::buckets::Counts;
+use crate::stages::limits::buckets::{Counts, Limiter};
 use crate::stages::limits::reserve::Held;
 use crate::stages::limits::{self, Phase};
 use crate::stages::reputation;
 use crate::stages::transport;
 use crate::stages::validation::{self, BodyPlan};
 use crate::stages::{client_ip, geo, routes, user};
-use crate::state::host::{Connection, SharedStore, StoreError};
-use crate::state::slots;
+use crate::state::host::{create_if_absent, Connection, SharedStore, StoreError};
+use crate::state::occupancy::{self, Sampler, Table};
+use crate::state::{replay, slots};
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -57,6 +58,9 @@ pub fn prepare_shared_data(
 ) -> Result<[u8; 16], StoreError> {
     let seed = slots::shared_seed(store, fresh)?;
     slots::ensure_pages(store, policy.shared_keys())?;
+    // Created before any worker runs, as the pages (Envoy's first insert
+    // is not a compare-and-swap); 16 bytes, not a page.
+    create_if_absent(store, occupancy::LEASE_KEY, &[0; 16])?;
     for remote in policy
         .auth
         .providers
@@ -83,6 +87,8 @@ pub struct Engine {
     held: Mutex<Held>,
     /// This worker's requests and answers not yet in the anomaly baselines.
     tallies: anomaly::Tallies,
+    /// What this worker has read of the slot tables (table gauges).
+    sampler: Mutex<Sampler>,
     host: HostKind,
 }
 
@@ -248,6 +254,7 @@ impl Engine {
             auth: Mutex::new(auth),
             held: Mutex::default(),
             tallies: anomaly::Tallies::default(),
+            sampler: Mutex::default(),
             host,
         })
     }
@@ -346,6 +353,58 @@ impl Engine {
         let latency_ms = now_ms.map(|now| now.saturating_sub(arrived_ms));
         self.tallies
             .response(watch, route, arrived_ms, status, latency_ms);
+    }
+
+    /// On the root context's tick, on a host with metrics: when this worker
+    /// (`worker`, a number unique to its VM) holds the sampling lease, reads
+    /// a few more table pages and returns every table's gauges (stat name,
+    /// value); otherwise nothing.
+    pub fn table_gauges(
+        &self,
+        host: &Services<'_>,
+        now_ms: u64,
+        worker: u64,
+    ) -> Vec<(String, u64)> {
+        let tables = self.policy.slot_tables();
+        if tables.is_empty() {
+            return Vec::new();
+        }
+        let limiter = Limiter {
+            rules: &self.policy.rate_limits.rules,
+            bans: &self.policy.bans,
+            store: host.store,
+            metrics: host.metrics,
+        };
+        let behaviour = self.policy.bot.as_ref().map(|b| b.behaviour.tenant());
+        let tables: Vec<Table<'_>> = tables
+            .into_iter()
+            .map(|(name, key, pages)| Table {
+                name,
+                key,
+                pages,
+                tenant: match (key, &behaviour) {
+                    (slots::RATE_LIMITS, _) => &limiter,
+                    (bot::behaviour::TABLE, Some(b)) => b,
+                    _ => &replay::Expiring,
+                },
+            })
+            .collect();
+        let sampled = occupancy::hold_lease(host.store, worker, now_ms).and_then(|held| {
+            if !held {
+                return Ok(Vec::new());
+            }
+            self.sampler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sample(host.store, &tables, now_ms, occupancy::PAGES_PER_TICK)
+        });
+        match sampled {
+            Ok(found) => found.iter().flat_map(metrics::table_gauges).collect(),
+            Err(e) => {
+                log::warn!("palisade: cannot read the slot tables for their gauges ({e:?})");
+                Vec::new()
+            }
+        }
     }
 
     /// On the root context's tick: this worker's counts go to the shared

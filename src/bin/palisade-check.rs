@@ -393,17 +393,18 @@ mod tests {
     fn a_65536_slot_rate_limit_table_needs_6_mib() {
         let e = estimated(ONE_RULE);
         // 65,536 slots / 16 a page = 4,096 pages, one overflow bucket: four
-        // 1 KiB chunks a page; the seed, the host probe and the zone's own
-        // header in 128-byte chunks.
+        // 1 KiB chunks a page; the seed, the host probe, the gauges' lease
+        // and the zone's own header in 128-byte chunks.
         assert_eq!(keys(&e, "rl.p"), 4096);
         assert_eq!(keys(&e, "rl.o"), 1);
         assert_eq!(keys(&e, "seed"), 1);
         assert_eq!(keys(&e, "host-probe"), 1);
+        assert_eq!(keys(&e, "gauges"), 1);
         assert!(
-            e.groups
-                .iter()
-                .all(|g| matches!(g.label.as_str(), "seed" | "host-probe")
-                    || g.alloc == Alloc::Chunk(1024)),
+            e.groups.iter().all(
+                |g| matches!(g.label.as_str(), "seed" | "host-probe" | "gauges")
+                    || g.alloc == Alloc::Chunk(1024)
+            ),
             "{e:?}"
         );
         assert_eq!(e.configure_pages, 1025 + 1);
@@ -447,8 +448,9 @@ mod tests {
         assert_eq!(keys(&e, "seed"), 1);
         assert_eq!(keys(&e, "jwks"), 1);
         let counted: u64 = e.groups.iter().map(|g| g.keys).sum();
-        // The tables, the seed, the key-set record and the host probe.
-        assert_eq!(counted, policy.shared_keys().count() as u64 + 3);
+        // The tables, the seed, the key-set record, the host probe and the
+        // gauges' lease.
+        assert_eq!(counted, policy.shared_keys().count() as u64 + 4);
         // 962 page-sized keys, four to a page; the seed, the probe and the zone header
         // in a page of 128-byte chunks, the empty key-set record (96 + key
         // + 32 bytes) in one of 256-byte chunks.

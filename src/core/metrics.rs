@@ -11,6 +11,7 @@ use crate::core::names::Names;
 use crate::core::routes::RouteId;
 use crate::core::verdict::{Decision, Reason, Stage};
 use crate::state::host::CasRetries;
+use crate::state::occupancy::Occupancy;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -104,6 +105,20 @@ impl Counter {
             ),
         }
     }
+}
+
+/// The gauges of one slot table: its used slots and its size, by stat name.
+pub fn table_gauges(occupancy: &Occupancy) -> [(String, u64); 2] {
+    [
+        (
+            format!("palisade_table_slots_used.table.{}", occupancy.table),
+            occupancy.used,
+        ),
+        (
+            format!("palisade_table_slots.table.{}", occupancy.table),
+            occupancy.slots,
+        ),
+    ]
 }
 
 /// Counter sink.

@@ -4,5 +4,6 @@
 //! nothing else of the crate.
 
 pub mod host;
+pub mod occupancy;
 pub mod replay;
 pub mod slots;

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from harness import palisade_counter, palisade_lines
+import time
+
+from harness import palisade_counter, palisade_lines, parse_prometheus
 
 CONFIG = {
     "version": 1,
@@ -44,3 +46,38 @@ def test_monitor_mode_allows_and_counts(envoy):
     after = palisade_counter(prom, "palisade_findings_total", mode="monitor")
     assert after > before, f"monitor findings did not increment ({before} -> {after}):\n{palisade_lines(prom)}"
     assert after - before >= 3, f"expected 3 monitor findings ({before} -> {after}):\n{palisade_lines(prom)}"
+
+
+def _gauge(prom_text: str, metric: str, table: str) -> float | None:
+    for name, labels, value in parse_prometheus(prom_text):
+        if name.endswith(metric) and labels.get("table") == table:
+            return value
+    return None
+
+
+def test_table_occupancy_gauges(envoy):
+    """One worker at a time reads the slot pages (a lease in shared data)
+    and sets palisade_table_slots_used / palisade_table_slots; a table of
+    64 pages is read whole within a tick. Used means a record still carries
+    information: 20 clients with partly spent buckets, 20 slots."""
+    cfg = {
+        "version": 1,
+        "client_ip": {"source": "x-forwarded-for", "trusted_hops": 1},
+        "rate_limits": {
+            "slots": 1024,
+            "rules": [{"name": "per-ip", "key": ["ip"], "capacity": 50, "refill": {"tokens": 1, "every": "1h"}}],
+        },
+    }
+    e = envoy(cfg)
+    for i in range(20):
+        assert e.request("GET", "/x", {"x-forwarded-for": f"198.51.100.{i + 1}"})[0] == 200
+    deadline = time.monotonic() + 10
+    used = slots = None
+    while time.monotonic() < deadline:
+        prom = e.prometheus()
+        used = _gauge(prom, "palisade_table_slots_used", "rate_limits")
+        slots = _gauge(prom, "palisade_table_slots", "rate_limits")
+        if used == 20:
+            break
+        time.sleep(0.5)
+    assert (used, slots) == (20, 1024), palisade_lines(prom)

@@ -24,6 +24,7 @@ const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
+const METRIC_GAUGE: u32 = 1;
 
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]
@@ -103,6 +104,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated through the SDK's
@@ -364,6 +366,32 @@ pub fn flush_metrics(batch: &CounterBatch, ids: &mut HashMap<Counter, u32>, name
         // SAFETY: no pointers.
         unsafe {
             proxy_increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Sets gauges (stat name, value), each defined on first use and
+/// remembered in `ids` (per VM).
+pub fn record_gauges(gauges: &[(String, u64)], ids: &mut HashMap<String, u32>) {
+    for (name, value) in gauges {
+        let id = match ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let mut id: u32 = 0;
+                // SAFETY: the name is a valid buffer; the host writes one u32.
+                let status = unsafe {
+                    proxy_define_metric(METRIC_GAUGE, name.as_ptr(), name.len(), &mut id)
+                };
+                if status != OK {
+                    continue;
+                }
+                ids.insert(name.clone(), id);
+                id
+            }
+        };
+        // SAFETY: no pointers.
+        unsafe {
+            proxy_record_metric(id, *value);
         }
     }
 }

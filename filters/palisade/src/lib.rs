@@ -79,6 +79,10 @@ struct Root {
     counters: Rc<CounterBatch>,
     /// Host metric ids of the counters defined so far.
     metric_ids: HashMap<Counter, u32>,
+    /// Host metric ids of the gauges defined so far, by stat name.
+    gauge_ids: HashMap<String, u32>,
+    /// A number unique to this VM: who holds the table-sampling lease.
+    worker: u64,
     /// Fetches in flight, by call token.
     fetches: HashMap<u32, Fetch>,
     /// Shared-data key prefix of this filter instance.
@@ -331,6 +335,11 @@ impl RootContext for Root {
         self.engine = Some(engine);
         self.fetches.clear();
         self.metric_ids.clear();
+        self.gauge_ids.clear();
+        if self.worker == 0 {
+            let seed = fresh_seed();
+            self.worker = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])).max(1);
+        }
         true
     }
 
@@ -345,9 +354,15 @@ impl RootContext for Root {
             return;
         };
         let namespace = self.namespace.clone();
-        with_services(&engine, &self.counters, &namespace, |services| {
+        let gauges = with_services(&engine, &self.counters, &namespace, |services| {
             engine.anomaly_tick(services, now_ms);
+            if engine.host().has_metrics() {
+                engine.table_gauges(services, now_ms, self.worker)
+            } else {
+                Vec::new()
+            }
         });
+        host::record_gauges(&gauges, &mut self.gauge_ids);
         let store = store(&namespace);
         for plan in engine.jwks_due(&store, now_ms) {
             self.dispatch(&engine, Fetch::Jwks(plan.index), &plan, "application/json");

@@ -177,6 +177,11 @@ impl Behaviour {
         (0..self.pages).map(|i| slots::page_key(TABLE, i))
     }
 
+    /// What decides whether one of the table's records is still in use.
+    pub fn tenant(&self) -> impl Tenant + '_ {
+        Tenancy(self)
+    }
+
     /// Whether any flow rule is configured.
     pub fn has_flows(&self) -> bool {
         self.keep_ms.iter().any(|&k| k > 0)

@@ -140,14 +140,6 @@ impl Bot {
             Signal::DistinctPaths,
         ]) || (self.behaviour.has_flows() && self.model.weight(Signal::Flow) != 0.0)
     }
-
-    /// The behaviour table's pages, when it is used.
-    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
-        self.observes_behaviour()
-            .then(|| self.behaviour.shared_keys())
-            .into_iter()
-            .flatten()
-    }
 }
 
 #[derive(Deserialize, Default)]
