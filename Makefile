@@ -112,19 +112,20 @@ $(SETUP_STAMP): $(REQUIREMENTS)
 # Tools of the deployment checks: Python packages (pinned in
 # tests/deploy/requirements.txt), the Node validators of the Istio and Gateway
 # API schemas and of the Grafana dashboard (@grafana/schema, typescript;
-# pinned by tests/deploy/package-lock.json), promtool from Debian's
-# prometheus package (required: it checks envoy/prometheus.yml, the alerting
-# rules and their unit tests), and skopeo from Debian when it can be
-# installed (an independent reader of the OCI layout; its test is skipped
-# without it). Offline once done.
+# pinned by tests/deploy/package-lock.json), promtool and prometheus from
+# Debian's prometheus package (required: promtool checks envoy/prometheus.yml,
+# the alerting rules and their unit tests; the server scrapes a live Envoy
+# for the dashboard's and the alerts' queries, test_monitoring_live.py), and
+# skopeo from Debian when it can be installed (an independent reader of the
+# OCI layout; its test is skipped without it). Offline once done.
 deploy-setup: setup $(DEPLOY_STAMP) $(NODE_STAMP)
-	@if ! command -v promtool >/dev/null 2>&1; then \
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing prometheus (Debian) for promtool"; \
+	    echo "installing prometheus (Debian) for promtool and the prometheus server"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-	      || { echo "error: could not install Debian's prometheus package; the monitoring checks need its promtool" >&2; exit 1; }; \
+	      || { echo "error: could not install Debian's prometheus package; the monitoring checks need its promtool and prometheus" >&2; exit 1; }; \
 	  else \
-	    echo "error: the monitoring checks need promtool: install Debian's prometheus package (sudo apt-get install --no-install-recommends prometheus)" >&2; exit 1; \
+	    echo "error: the monitoring checks need promtool and prometheus: install Debian's prometheus package (sudo apt-get install --no-install-recommends prometheus)" >&2; exit 1; \
 	  fi; \
 	fi
 	@if ! command -v skopeo >/dev/null 2>&1; then \

@@ -66,16 +66,22 @@ PANEL_TYPES = {
 # --------------------------------------------------------------------------
 # Tools
 # --------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    path = shutil.which("promtool")
+def prometheus_tool(name: str) -> str:
+    """A program of Debian's prometheus package (promtool, prometheus);
+    the test fails when it is missing."""
+    path = shutil.which(name)
     if not path:
         pytest.fail(
-            "promtool not found: run `make deploy-setup` (it installs Debian's prometheus package: "
+            f"{name} not found: run `make deploy-setup` (it installs Debian's prometheus package: "
             "apt-get install --no-install-recommends prometheus)",
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return prometheus_tool("promtool")
 
 
 @pytest.fixture(scope="session")
