@@ -12,7 +12,7 @@ use crate::config::Policy;
 use crate::core::config_error::ConfigError;
 use crate::core::event;
 use crate::core::hosts::HostKind;
-use crate::core::metrics::{self, Counter, Metrics};
+use crate::core::metrics::{self, Counter};
 use crate::core::mode::Mode;
 use crate::core::remote::FetchPlan;
 use crate::core::request::{request_id, Facts, HeaderMap};
@@ -417,7 +417,7 @@ impl Engine {
         match anomaly::flush(anomaly, &self.tallies, host.store, now_ms, &retries) {
             Ok(changes) => {
                 for change in changes {
-                    event::anomaly(&change, &self.policy);
+                    event::anomaly(&change, now_ms, &self.policy);
                     if change.started {
                         host.metrics.increment(Counter::Anomaly {
                             route: change.route,
@@ -461,7 +461,7 @@ impl Engine {
         };
         let route = match routes::classify(&self.policy.routes, headers) {
             Ok(route) => route,
-            Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host.metrics),
+            Err(pseudo) => return self.refuse_unclassified(headers, pseudo, host),
         };
         // Palisade's own headers are removed whether or not the stage that
         // sets them is on: an upstream that trusts them must never get a
@@ -492,7 +492,7 @@ impl Engine {
             // instead of) palisade's.
             let finding = Finding::new(Stage::Classify, Reason::IdentityHeader, Mode::Enforce);
             let facts = Facts::new(route, request_id(headers));
-            return self.conclude(&facts, vec![finding], Outcome::default(), host.metrics);
+            return self.conclude(&facts, vec![finding], Outcome::default(), host);
         }
         let mut request = Request {
             headers,
@@ -539,7 +539,7 @@ impl Engine {
             login,
             arrived_ms,
         };
-        self.conclude(&request.facts, request.findings, outcome, host.metrics)
+        self.conclude(&request.facts, request.findings, outcome, host)
     }
 
     fn client_ip(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
@@ -771,26 +771,21 @@ impl Engine {
         &self,
         headers: &HeaderMap<'_>,
         pseudo: Pseudo,
-        metrics: &dyn Metrics,
+        host: &Services<'_>,
     ) -> Verdict {
         let finding = Finding::new(
             Stage::Classify,
             Reason::RequestMalformed(pseudo),
             Mode::Enforce,
         );
-        self.refuse_unrouted(request_id(headers), finding, metrics)
+        self.refuse_unrouted(request_id(headers), finding, host)
     }
 
     /// The verdict on a request refused before it has a route: it is
     /// counted under `default`.
-    fn refuse_unrouted(
-        &self,
-        request_id: &str,
-        finding: Finding,
-        metrics: &dyn Metrics,
-    ) -> Verdict {
+    fn refuse_unrouted(&self, request_id: &str, finding: Finding, host: &Services<'_>) -> Verdict {
         let facts = Facts::new(self.policy.routes.default_id(), request_id);
-        self.conclude(&facts, vec![finding], Outcome::default(), metrics)
+        self.conclude(&facts, vec![finding], Outcome::default(), host)
     }
 
     /// What the body phase must check, if anything: a signed digest, a
@@ -875,8 +870,9 @@ impl Engine {
         facts: &Facts<'_>,
         findings: Vec<Finding>,
         outcome: Outcome,
-        metrics: &dyn Metrics,
+        host: &Services<'_>,
     ) -> Verdict {
+        let metrics = host.metrics;
         let Outcome {
             quota,
             upstream,
@@ -886,9 +882,7 @@ impl Engine {
             login,
             arrived_ms,
         } = outcome;
-        for finding in &findings {
-            self.record(facts, finding, metrics);
-        }
+        self.record(facts, &findings, false, host);
         if let Some(denial) = findings.iter().find(|f| f.enforced()) {
             metrics.increment(Counter::Request {
                 decision: denial.reason.decision(),
@@ -1020,9 +1014,7 @@ impl Engine {
             self.count_limits(Phase::Failed, &facts, &ctx, &mut findings);
             answer_uncounted_as_store_failure(&mut findings, counted_from, 0);
         }
-        for finding in &findings {
-            self.record(&facts, finding, host.metrics);
-        }
+        self.record(&facts, &findings, false, host);
         let denial = findings.into_iter().find(Finding::enforced);
         host.metrics.increment(Counter::Request {
             decision: denial
@@ -1109,9 +1101,7 @@ impl Engine {
                     .increment(Counter::FailedLogin { route: check.route });
                 let mut findings = Vec::new();
                 self.count_limits(Phase::LoginFailed, &facts, &ctx, &mut findings);
-                for finding in &findings {
-                    self.record_as(&facts, finding, "flag", host.metrics);
-                }
+                self.record(&facts, &findings, true, host);
             }
             LoginOutcome::Succeeded => {
                 let user_rules = self.policy.rate_limits.rules.iter().any(|r| r.key.username);
@@ -1151,33 +1141,37 @@ impl Engine {
         }
     }
 
-    /// Counts and logs one finding.
-    fn record(&self, facts: &Facts<'_>, finding: &Finding, metrics: &dyn Metrics) {
-        let action = if finding.enforced() {
-            "deny"
-        } else {
-            "monitor"
+    /// Counts a request's findings and writes its one security event
+    /// (none without findings). `flag`: findings from an upstream's answer,
+    /// not the request's own verdict.
+    fn record(&self, facts: &Facts<'_>, findings: &[Finding], flag: bool, host: &Services<'_>) {
+        if findings.is_empty() {
+            return;
+        }
+        for finding in findings {
+            host.metrics.increment(Counter::Finding {
+                stage: finding.stage,
+                reason: finding.reason,
+                mode: finding.mode,
+                route: facts.route,
+            });
+        }
+        let action = match findings.iter().find(|f| f.enforced()) {
+            _ if flag => "flag",
+            Some(f) if f.reason == Reason::BotChallenge => "challenge",
+            Some(_) => "deny",
+            None => "monitor",
         };
-        self.record_as(facts, finding, action, metrics);
-    }
-
-    /// Counts and logs one finding with the event's `action`.
-    fn record_as(&self, facts: &Facts<'_>, finding: &Finding, action: &str, metrics: &dyn Metrics) {
-        metrics.increment(Counter::Finding {
-            stage: finding.stage,
-            reason: finding.reason,
-            mode: finding.mode,
-            route: facts.route,
-        });
-        event::log(facts, finding, action, &self.policy, &self.seed);
+        let now_ms = facts.now_ms(host.clock);
+        event::request(facts, findings, action, now_ms, &self.policy, &self.seed);
     }
 
     /// The request headers could not be read from the host: nothing can be
     /// classified, so `failure_mode` decides alone.
-    pub fn headers_unavailable(&self, metrics: &dyn Metrics) -> Verdict {
+    pub fn headers_unavailable(&self, host: &Services<'_>) -> Verdict {
         let finding =
             stage::host_failure(self.policy.failure_mode, "request headers", Stage::Classify);
-        self.refuse_unrouted("", finding, metrics)
+        self.refuse_unrouted("", finding, host)
     }
 }
 
@@ -2955,7 +2949,7 @@ mod tests {
                 }
             };
             assert_eq!(status, expect, "{failure_mode}");
-            let unread = match f.engine.headers_unavailable(&f.metrics) {
+            let unread = match f.engine.headers_unavailable(&f.services()) {
                 Verdict::Allow { .. } => 200,
                 Verdict::Respond(r) => r.status,
             };

@@ -1,4 +1,5 @@
-//! The JSON security event written for every finding.
+//! The JSON security events: one per request with findings, one per
+//! anomaly that begins or ends. Versioned (`schema`), timestamped.
 
 use crate::core::names::Names;
 use crate::core::request::Facts;
@@ -7,22 +8,67 @@ use crate::core::verdict::{Finding, Stage};
 use siphasher::sip128::SipHasher13;
 use std::hash::Hasher;
 
-/// One JSON security event per finding. Only configuration names, enum
-/// strings, the client address and a validated request id are written:
-/// never a header value, token or user name. `action`: `deny` or
-/// `monitor` for a request's verdict, `flag` for what an upstream's answer
-/// showed (a failed login), which the next request is held to.
-pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names, seed: &[u8; 16]) {
-    let event = serde_json::json!({
-        "event": "palisade.finding",
-        "action": action,
-        "reason": finding.reason.as_str(),
-        "stage": finding.stage.as_str(),
-        "route": names.route_name(facts.route),
-        "rule": finding.rule.map(|r| match finding.stage {
+/// Version of the event schema (README, Security events). Fields may be
+/// added within a version; one that changes meaning or goes away bumps it.
+pub const SCHEMA: u32 = 1;
+
+/// One JSON security event for a request with findings (`findings` not
+/// empty): the one that decided (the first enforced, else the first) at
+/// the top, every finding in `findings`. Only configuration names, enum
+/// strings, the client address, keyed hashes and a validated request id
+/// are written: never a header value, token or user name. `action`: `deny`,
+/// `challenge` or `monitor` for a request's verdict, `flag` for what an
+/// upstream's answer showed (a failed login), which the next request is
+/// held to. `now_ms`: when (Unix ms), if the host could tell.
+pub fn request(
+    facts: &Facts<'_>,
+    findings: &[Finding],
+    action: &str,
+    now_ms: Option<u64>,
+    names: &dyn Names,
+    seed: &[u8; 16],
+) {
+    let Some(primary) = findings
+        .iter()
+        .find(|f| f.enforced())
+        .or_else(|| findings.first())
+    else {
+        return;
+    };
+    let rule = |f: &Finding| {
+        f.rule.map(|r| match f.stage {
             Stage::Reputation => names.list_name(r).unwrap_or(""),
             _ => names.rule_name(r).unwrap_or(""),
-        }),
+        })
+    };
+    let mut reasons: Vec<&str> = Vec::with_capacity(findings.len());
+    for f in findings {
+        if !reasons.contains(&f.reason.as_str()) {
+            reasons.push(f.reason.as_str());
+        }
+    }
+    let detail: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "stage": f.stage.as_str(),
+                "reason": f.reason.as_str(),
+                "mode": f.mode.as_str(),
+                "rule": rule(f),
+            })
+        })
+        .collect();
+    let event = serde_json::json!({
+        "schema": SCHEMA,
+        "event": "palisade.request",
+        "ts": now_ms.map(rfc3339),
+        "action": action,
+        "reason": primary.reason.as_str(),
+        "stage": primary.stage.as_str(),
+        "rule": rule(primary),
+        "reasons": reasons,
+        "findings": detail,
+        "route": names.route_name(facts.route),
         "client_ip": facts.client_ip.map(|ip| ip.to_string()),
         "user_hash": facts.user.as_deref().map(|u| short_hash(seed, u)),
         // Already a keyed hash: eight hex digits correlate, reveal nothing.
@@ -35,6 +81,29 @@ pub fn log(facts: &Facts<'_>, finding: &Finding, action: &str, names: &dyn Names
         "request_id": facts.request_id,
     });
     log::warn!("{event}");
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-12-03T07:00:18.123Z`), the
+/// form SIEMs parse without configuration.
+pub fn rfc3339(ms: u64) -> String {
+    let (days, rest) = (ms / 86_400_000, ms % 86_400_000);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000
+    )
 }
 
 /// What the anomaly detector found when it judged a window: an anomaly
@@ -55,10 +124,12 @@ pub struct AnomalyChange {
 }
 
 /// One JSON event per anomaly that begins or ends: numbers and names only.
-pub fn anomaly(change: &AnomalyChange, names: &dyn Names) {
+pub fn anomaly(change: &AnomalyChange, now_ms: u64, names: &dyn Names) {
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     let event = serde_json::json!({
+        "schema": SCHEMA,
         "event": "palisade.anomaly",
+        "ts": rfc3339(now_ms),
         "action": if change.started { "start" } else { "end" },
         "reason": format!("anomaly.{}", change.signal),
         "route": names.route_name(change.route),
@@ -78,4 +149,17 @@ fn short_hash(seed: &[u8; 16], value: &[u8]) -> String {
     h.write(b"user");
     h.write(value);
     format!("{:08x}", h.finish() >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_281_218_123), "2026-12-03T07:00:18.123Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
 }

@@ -140,7 +140,7 @@ def test_monitor_mode_logs_the_country_and_lets_through(envoy):
     e = envoy(config)
     assert_allowed(e.request("GET", "/admin", req(US_IP, "de")), "monitored admin DE")
     log = e.wait_for_log('"reason":"geo.denied"', timeout=10)
-    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"event":"palisade.finding"' in line]
+    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"event":"palisade.request"' in line]
     geo = [ev for ev in events if ev.get("reason") == "geo.denied"]
     assert geo and geo[-1]["action"] == "monitor" and geo[-1]["country"] == "DE" and geo[-1]["stage"] == "geo", geo
     prom = e.prometheus()

@@ -674,7 +674,7 @@ def test_refresh_token_reuse_is_refused_on_other_workers(idp):
 
     log = idp.wait_for_log("oauth.refresh_reuse", timeout=5)
     events = [line for line in log.splitlines() if "oauth.refresh_reuse" in line]
-    assert any("palisade.finding" in line for line in events), harness.tail(log, 30)
+    assert any("palisade.request" in line for line in events), harness.tail(log, 30)
     assert rt not in log and rt2 not in log, "a refresh token value is in Envoy's log"
 
 
@@ -1079,4 +1079,4 @@ def test_no_token_key_or_secret_in_logs_or_responses(idp):
     idp.wait_for_log("oauth.refresh_reuse", timeout=5)
     log = assert_no_leaks(idp)
     # Security events are written (the check is not vacuous).
-    assert "palisade.finding" in log and "jwt.signature" in log and "apikey.invalid" in log, harness.tail(log, 40)
+    assert "palisade.request" in log and "jwt.signature" in log and "apikey.invalid" in log, harness.tail(log, 40)

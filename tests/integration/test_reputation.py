@@ -65,7 +65,7 @@ def finding_events(e: harness.EnvoyInstance) -> list[dict]:
     events = []
     for line in e.log_text().splitlines():
         start = line.find('{"')
-        if "palisade.finding" not in line or start < 0:
+        if "palisade.request" not in line or start < 0:
             continue
         try:
             events.append(json.loads(line[start:]))

@@ -66,8 +66,8 @@ def test_429_headers_and_body(envoy):
         assert value not in everything, f"{value!r} reflected in the 429: {everything}"
 
     # ...nor written to Envoy's log by the filter's security events.
-    log = e.wait_for_log("palisade.finding")
-    assert "palisade.finding" in log, "no security event logged for the 429"
+    log = e.wait_for_log("palisade.request")
+    assert "palisade.request" in log, "no security event logged for the 429"
     for value in (SECRET, "cookie-value-456"):
         assert value not in log, f"{value!r} written to the Envoy log"
 

@@ -36,7 +36,7 @@ def call(e, token: str, country: str | None):
 
 def findings(log: str, reason: str) -> list[dict]:
     events = [json.loads(line[line.index("{"):]) for line in log.splitlines()
-              if '"event":"palisade.finding"' in line]
+              if '"event":"palisade.request"' in line]
     return [ev for ev in events if ev.get("reason") == reason]
 
 

@@ -65,7 +65,7 @@ def write_log(path: Path, events: list[dict], extra: list[str] = ()) -> Path:
     lines += list(extra)
     # Envoy's other lines: no palisade.bot in them.
     lines.insert(0, "[2026-12-01 18:00:00.000][1][info][main] [source/server/server.cc:1] starting main dispatch loop")
-    lines.insert(1, PREFIX + json.dumps({"event": "palisade.finding", "reason": "rl.exhausted"}))
+    lines.insert(1, PREFIX + json.dumps({"event": "palisade.request", "reason": "rl.exhausted"}))
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -422,10 +422,6 @@ impl Connection for HostConnection {
 }
 
 impl Stream {
-    fn metrics(&self, engine: &Engine) -> HostMetrics {
-        metrics(engine, &self.counters)
-    }
-
     /// Finishes a pending body check: forwards the request, or answers.
     fn finish_body(&mut self, body: Body<'_>) -> Action {
         let (Some(check), Some(engine)) = (self.body_check.take(), self.engine.clone()) else {
@@ -574,7 +570,9 @@ impl HttpContext for Stream {
             );
         };
         let unavailable = |stream: &mut Stream| {
-            let verdict = engine.headers_unavailable(&stream.metrics(&engine));
+            let verdict = with_services(&engine, &stream.counters, &stream.namespace, |services| {
+                engine.headers_unavailable(services)
+            });
             stream.apply(verdict, || BodyArrival::None)
         };
         let bytes = match host::header_map_bytes(MAP_REQUEST_HEADERS) {
