@@ -89,6 +89,9 @@ pub struct Engine {
     tallies: anomaly::Tallies,
     /// What this worker has read of the slot tables (table gauges).
     sampler: Mutex<Sampler>,
+    /// Per route class: until when (Unix ms) its anomaly lasts, as the
+    /// shared record said on this worker's last tick (`tighten_by`).
+    tightened: Mutex<Vec<u64>>,
     host: HostKind,
 }
 
@@ -255,6 +258,7 @@ impl Engine {
             held: Mutex::default(),
             tallies: anomaly::Tallies::default(),
             sampler: Mutex::default(),
+            tightened: Mutex::default(),
             host,
         })
     }
@@ -328,6 +332,31 @@ impl Engine {
         watch.needs_responses().then_some(now_ms)
     }
 
+    /// Tokens a request of `facts.route` takes from each rate-limit rule:
+    /// the class's `tighten_by` while an anomaly lasts on it, else 1.
+    fn limit_cost(&self, facts: &Facts<'_>, host: &Services<'_>) -> u32 {
+        let by = match self
+            .policy
+            .anomaly
+            .as_ref()
+            .and_then(|a| a.watch(facts.route))
+        {
+            Some(w) if w.tighten_by > 1 => w.tighten_by,
+            _ => return 1,
+        };
+        let until = self
+            .tightened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(usize::from(facts.route))
+            .copied()
+            .unwrap_or(0);
+        match facts.now_ms(host.clock) {
+            Some(now) if now < until => by,
+            _ => 1,
+        }
+    }
+
     /// Whether the upstream's latency is watched on `route` (the glue then
     /// reads the clock when the answer comes).
     pub fn watches_latency(&self, route: RouteId) -> bool {
@@ -374,6 +403,7 @@ impl Engine {
             bans: &self.policy.bans,
             store: host.store,
             metrics: host.metrics,
+            cost: 1,
         };
         let behaviour = self.policy.bot.as_ref().map(|b| b.behaviour.tenant());
         let tables: Vec<Table<'_>> = tables
@@ -415,8 +445,16 @@ impl Engine {
         };
         let retries = || host.metrics.increment(Counter::CasRetry);
         match anomaly::flush(anomaly, &self.tallies, host.store, now_ms, &retries) {
-            Ok(changes) => {
-                for change in changes {
+            Ok(flushed) => {
+                let mut tightened = self.tightened.lock().unwrap_or_else(|p| p.into_inner());
+                for (route, until) in flushed.anomalous_until {
+                    let i = usize::from(route);
+                    if tightened.len() <= i {
+                        tightened.resize(i + 1, 0);
+                    }
+                    tightened[i] = until;
+                }
+                for change in flushed.changes {
                     event::anomaly(&change, now_ms, &self.policy);
                     if change.started {
                         host.metrics.increment(Counter::Anomaly {
@@ -761,6 +799,7 @@ impl Engine {
             ctx,
             &mut r.findings,
             &mut r.quota,
+            self.limit_cost(&r.facts, ctx.host),
         );
     }
 
@@ -1058,8 +1097,9 @@ impl Engine {
         findings: &mut Vec<Finding>,
     ) {
         let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+        let cost = self.limit_cost(facts, ctx.host);
         limits::check(
-            phase, limits, bans, &self.held, facts, ctx, findings, &mut None,
+            phase, limits, bans, &self.held, facts, ctx, findings, &mut None, cost,
         );
     }
 

@@ -107,3 +107,46 @@ def test_steady_traffic_raises_nothing(envoy):
     assert palisade_counter(prom, "palisade_anomalies_total") == 0, palisade_lines(prom)
     # The traffic went through palisade on the watched class.
     assert palisade_counter(prom, "palisade_requests_total", route="api") >= n - 10, palisade_lines(prom)
+
+
+TIGHTENING = {
+    **CONFIG,
+    "user": {"header": "x-user"},
+    "rate_limits": {
+        "rules": [
+            {"name": "per-user", "key": ["user"], "routes": ["api"], "capacity": 6, "refill": {"tokens": 1, "every": "1h"}}
+        ]
+    },
+    # An anomaly is known 2-3 s after its window ends: hold it for 10 s.
+    "anomaly": {**CONFIG["anomaly"], "defaults": {**CONFIG["anomaly"]["defaults"], "tighten_by": 3, "hold": "10s"}},
+}
+
+
+def allowed_for_new_user(e, user: str) -> int:
+    statuses = [e.request("GET", "/api/items", {"x-user": user})[0] for _ in range(8)]
+    assert set(statuses) <= {200, 429}, statuses
+    return statuses.count(200)
+
+
+def check_tightening(proxy, log: Callable[[], str]) -> None:
+    """Steady traffic from many users, a spike, then a fresh user's
+    allowance before, during and after the anomaly (Envoy and NGINX)."""
+    end, n = time.monotonic() + 9, 0
+    while time.monotonic() < end:
+        proxy.request("GET", "/api/items", {"x-user": f"steady-{n}"})
+        n += 1
+        time.sleep(STEADY_GAP_S)
+    assert allowed_for_new_user(proxy, "before") == 6
+    for i in range(150):
+        proxy.request("GET", "/api/items", {"x-user": f"spike-{i}"})
+    wait_for_event(log, "start", "rate")
+    time.sleep(COUNTER_FLUSH_S)  # every worker has read the record on its tick
+    assert allowed_for_new_user(proxy, "during") == 2, "limits divided by tighten_by"
+    wait_for_event(log, "end", "rate", timeout=20)
+    time.sleep(COUNTER_FLUSH_S)
+    assert allowed_for_new_user(proxy, "after") == 6, "relaxed once the anomaly ended"
+
+
+def test_limits_tighten_while_the_anomaly_lasts_and_relax_after(envoy):
+    e = envoy(TIGHTENING)
+    check_tightening(e, e.log_text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from test_anomaly import CONFIG, STEADY_GAP_S, anomaly_events, steady, wait_for_event
+from test_anomaly import CONFIG, STEADY_GAP_S, TIGHTENING, anomaly_events, check_tightening, steady, wait_for_event
 
 
 def test_a_request_spike_across_workers_is_one_anomaly_on_nginx(nginx, upstream):
@@ -35,4 +35,10 @@ def test_steady_traffic_raises_nothing_on_nginx(nginx, upstream):
         time.sleep(STEADY_GAP_S)
     time.sleep(3)
     assert anomaly_events(inst.error_log()) == []
+    inst.assert_healthy()
+
+
+def test_limits_tighten_during_an_anomaly_on_nginx(nginx, upstream):
+    inst = nginx(TIGHTENING)
+    check_tightening(inst, inst.error_log)
     inst.assert_healthy()

@@ -66,3 +66,62 @@ fn a_spike_of_refused_requests_is_counted_and_reported_once() {
     assert_eq!((arrived_ms, route), (Some(f.clock.now_ms()), login));
     assert!(f.engine.watches_latency(login));
 }
+
+const TIGHTENING: &str = r#"{
+    "routes": [{"name": "login", "prefix": "/login"}],
+    "user": {"header": "x-user"},
+    "rate_limits": {"rules": [{"name": "per-user", "key": ["user"], "routes": ["login"],
+                               "capacity": 4, "refill": {"tokens": 1, "every": "1h"}}]},
+    "anomaly": {"defaults": {"window": "2s", "warmup_windows": 3, "min_requests": 5,
+                             "signals": ["rate"], "hold": "10s", "tighten_by": 2},
+                "routes": {"default": {"disable": true}}}
+}"#;
+
+/// Requests of a fresh user until the first refusal.
+fn allowed_for_new_user(f: &Fixture, user: &str) -> usize {
+    (0..10)
+        .take_while(|_| {
+            matches!(
+                f.send("POST", "/login", &[("x-user", user)]),
+                Verdict::Allow { .. }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn limits_tighten_while_an_anomaly_lasts_and_relax_after() {
+    let f = Fixture::new(TIGHTENING);
+    let steady = |f: &Fixture, n: usize| {
+        for second in 0..2 {
+            for i in 0..n / 2 {
+                f.send(
+                    "POST",
+                    "/login",
+                    &[("x-user", &format!("steady-{second}-{i}"))],
+                );
+            }
+            f.clock.advance(1000);
+            f.engine.anomaly_tick(&f.services(), f.clock.now_ms());
+        }
+    };
+    for _ in 0..6 {
+        steady(&f, 8);
+    }
+    assert_eq!(allowed_for_new_user(&f, "before"), 4, "normal limits");
+    steady(&f, 80);
+    steady(&f, 8);
+    assert_eq!(
+        allowed_for_new_user(&f, "during"),
+        2,
+        "halved while the anomaly lasts"
+    );
+    for _ in 0..6 {
+        steady(&f, 8);
+    }
+    assert_eq!(
+        allowed_for_new_user(&f, "after"),
+        4,
+        "relaxed once it is over"
+    );
+}

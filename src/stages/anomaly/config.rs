@@ -65,6 +65,9 @@ pub struct Watch {
     pub min_requests: u32,
     pub signals: [bool; 3],
     pub hold_ms: u64,
+    /// While an anomaly lasts, requests of the class take this many
+    /// tokens of every rate-limit rule (its limits divided by it); 1: off.
+    pub tighten_by: u32,
 }
 
 impl Watch {
@@ -137,6 +140,11 @@ pub struct RawWatch {
     /// How long an anomaly lasts after its last spiking window (default 60s).
     #[serde(default)]
     hold: Option<Millis>,
+    /// Divide the class's rate limits by this while an anomaly lasts on it
+    /// (each request takes this many tokens); default 1, off.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
+    tighten_by: Option<u32>,
 }
 
 /// The `anomaly` section.
@@ -163,6 +171,7 @@ impl RawWatch {
             min_requests: over.min_requests.or(self.min_requests),
             signals: over.signals.clone().or_else(|| self.signals.clone()),
             hold: over.hold.or(self.hold),
+            tighten_by: over.tighten_by.or(self.tighten_by),
         }
     }
 
@@ -194,6 +203,10 @@ impl RawWatch {
         if min_requests == 0 {
             return Err(err(at("min_requests"), "must be at least 1"));
         }
+        let tighten_by = self.tighten_by.unwrap_or(1);
+        if !(1..=100).contains(&tighten_by) {
+            return Err(err(at("tighten_by"), "between 1 (off) and 100"));
+        }
         let mut signals = [false; 3];
         match &self.signals {
             None => signals = [true; 3],
@@ -213,6 +226,7 @@ impl RawWatch {
             min_requests,
             signals,
             hold_ms: self.hold.map_or(DEFAULT_HOLD_MS, Millis::as_ms),
+            tighten_by,
         }))
     }
 }

@@ -356,17 +356,27 @@ impl Tallies {
     }
 }
 
+/// What a flush found.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Anomalies that began or ended, for the caller to report: exactly one
+    /// worker sees each.
+    pub changes: Vec<Change>,
+    /// Per watched class: until when (Unix ms) its latest anomaly lasts,
+    /// 0 for none, as the shared record says.
+    pub anomalous_until: Vec<(RouteId, u64)>,
+}
+
 /// Adds this worker's counts to every watched class's shared record and
-/// judges the windows that are complete. The changes are for the caller to
-/// report: exactly one worker sees each. `retries` counts CAS conflicts.
+/// judges the windows that are complete. `retries` counts CAS conflicts.
 pub fn flush(
     anomaly: &Anomaly,
     tallies: &Tallies,
     store: &dyn SharedStore,
     now_ms: u64,
     retries: &dyn Fn(),
-) -> Result<Vec<Change>, StoreError> {
-    let mut changes = Vec::new();
+) -> Result<Flushed, StoreError> {
+    let mut flushed = Flushed::default();
     for (route, watch) in anomaly.watched() {
         let name_hash = anomaly
             .name_hashes
@@ -375,14 +385,17 @@ pub fn flush(
             .unwrap_or(0);
         let counts = tallies.take(route);
         match flush_route(watch, route, name_hash, &counts, store, now_ms, retries) {
-            Ok(found) => changes.extend(found),
+            Ok((found, until)) => {
+                flushed.changes.extend(found);
+                flushed.anomalous_until.push((route, until));
+            }
             Err(e) => {
                 tallies.restore(route, counts);
                 return Err(e);
             }
         }
     }
-    Ok(changes)
+    Ok(flushed)
 }
 
 fn flush_route(
@@ -393,7 +406,7 @@ fn flush_route(
     store: &dyn SharedStore,
     now_ms: u64,
     retries: &dyn Fn(),
-) -> Result<Vec<Change>, StoreError> {
+) -> Result<(Vec<Change>, u64), StoreError> {
     let key = record_key(route);
     for attempt in 0..MAX_CAS_ATTEMPTS {
         if attempt > 0 {
@@ -418,11 +431,12 @@ fn flush_route(
                 slot.add(c);
             }
         }
+        let until = record.until_ms.iter().copied().max().unwrap_or(0);
         if record == before {
-            return Ok(changes);
+            return Ok((changes, until));
         }
         match store.set(&key, &record.encode(), cas) {
-            Ok(()) => return Ok(changes),
+            Ok(()) => return Ok((changes, until)),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }

@@ -93,7 +93,7 @@ impl Cluster {
         for worker in &self.workers {
             let found = flush(&self.anomaly, worker, &self.store, self.now, &|| {})
                 .unwrap_or_else(|e| unreachable!("{e:?}"));
-            self.changes.extend(found);
+            self.changes.extend(found.changes);
         }
     }
 
@@ -306,6 +306,10 @@ fn the_section_is_checked_naming_the_field() {
         (
             r#"{"defaults": {"min_requests": 0}}"#,
             "anomaly.defaults.min_requests",
+        ),
+        (
+            r#"{"defaults": {"tighten_by": 0}}"#,
+            "anomaly.defaults.tighten_by",
         ),
         (r#"{"routes": {"nope": {}}}"#, "anomaly.routes.nope"),
         (

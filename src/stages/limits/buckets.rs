@@ -452,6 +452,9 @@ pub struct Limiter<'a> {
     pub bans: &'a BanPolicy,
     pub store: &'a dyn SharedStore,
     pub metrics: &'a dyn Metrics,
+    /// Tokens a request takes: 1, or the route class's `tighten_by` while
+    /// an anomaly lasts on it (every limit divided by it).
+    pub cost: u32,
 }
 
 impl Tenant for Limiter<'_> {
@@ -611,7 +614,7 @@ impl Limiter<'_> {
                 };
             }
         }
-        let take = rule.take(record.state, now_us);
+        let take = rule.take_many(record.state, now_us, self.cost);
         let quota = rule.quota(&take);
         if take.allowed || charge == Charge::BanOnly {
             if matches!(charge, Charge::Take | Charge::Batch(_)) {
@@ -644,7 +647,7 @@ impl Limiter<'_> {
             &slots::overflow_key(rule.index),
             |page: &mut Page| {
                 let record = &mut page.records[0];
-                let take = rule.take(record.state, now_us);
+                let take = rule.take_many(record.state, now_us, self.cost);
                 let quota = rule.quota(&take);
                 let looks = matches!(charge, Charge::Peek | Charge::BanOnly);
                 if (take.allowed && looks) || charge == Charge::BanOnly {
@@ -883,6 +886,7 @@ mod tests {
             bans: &b,
             store: &store,
             metrics: &metrics,
+            cost: 1,
         };
         let check = |tag, now| limiter.check(&rules[0], at(tag, 0, 1), now, Charge::Take);
         // Each key takes a token: their buckets are not full, so they hold their slots.
@@ -943,6 +947,7 @@ mod tests {
             bans: &b,
             store: &store,
             metrics: &metrics,
+            cost: 1,
         };
         assert!(matches!(
             limiter.check(&rules[0], at(1, 0, 4), T0, Charge::Take),
@@ -992,6 +997,7 @@ mod tests {
             bans: &b,
             store: &store,
             metrics: &metrics,
+            cost: 1,
         };
         for tag in 1..=FULL {
             assert!(matches!(
@@ -1068,6 +1074,7 @@ mod tests {
                 bans: &b,
                 store: &store,
                 metrics: &metrics,
+                cost: 1,
             };
             limiter.check(rule, at(key, 0, 1), now, Charge::Take)
         };
@@ -1154,6 +1161,7 @@ mod tests {
             bans: &b,
             store: &store,
             metrics: &metrics,
+            cost: 1,
         };
         // Records as a key's requests leave them: a token taken now and
         // then, strikes, bans and their decay.

@@ -52,6 +52,7 @@ pub fn check(
     ctx: &Ctx<'_>,
     findings: &mut Vec<Finding>,
     quota: &mut Option<Quota>,
+    cost: u32,
 ) {
     if limits.rules.is_empty() {
         return;
@@ -62,6 +63,7 @@ pub fn check(
         bans,
         store: host.store,
         metrics: host.metrics,
+        cost,
     };
     // After a refusal or an answer, every rule still counts.
     let counts_all = matches!(phase, Phase::Failed | Phase::LoginFailed);
@@ -86,6 +88,9 @@ pub fn check(
         };
         let (hash, addr) = clients.address(rule, facts, ctx, limits.pages);
         let charge = match charge {
+            // Held tokens are one request each: none are spent or taken
+            // while requests cost more.
+            Charge::Batch(_) if cost > 1 => Charge::Take,
             Charge::Batch(_) if rule.reserve > 1 => {
                 let held = tally.held().next(rule.index, addr.tag, rule.reserve);
                 match held {

@@ -33,6 +33,7 @@ fn run(rule: &Rule, bans: &BanPolicy, steps: &[Step]) -> (Vec<RuleOutcome>, u64)
         bans,
         store: &store,
         metrics: &metrics,
+        cost: 1,
     };
     let (mut now, mut elapsed) = (T0, 0);
     let mut outcomes = Vec::new();
