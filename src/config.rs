@@ -153,7 +153,7 @@ impl Policy {
         }
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| err(".", format!("not valid JSON: {e}")))?;
-        reject_arrays_as_objects(&value, &mut String::new())
+        reject_arrays_as_objects(&value, &mut String::new(), &mut String::new())
             .map_err(|e| without_secrets(e, &value))?;
         // Kept for the error path only: serde consumes `value`.
         let doc = value.clone();
@@ -252,7 +252,7 @@ const LIST_PATHS: [&str; 47] = [
 /// Values that are whole documents of another format.
 const OPAQUE_PATHS: [&str; 1] = ["jwt.providers[].jwks.inline"];
 
-const OBJECT_NOT_ARRAY: &str = "expected an object, found an array";
+const OBJECT_NOT_ARRAY: &str = "expected an object or a single value, found an array";
 
 /// Schema paths (`[]` for any index) whose values are, or may hold, secrets,
 /// with what each takes. The first three are the roots: an operator who
@@ -430,22 +430,25 @@ const MAP_PATHS: [&str; 3] = ["validation.routes", "transport.routes", "anomaly.
 fn reject_arrays_as_objects(
     value: &serde_json::Value,
     pattern: &mut String,
+    shown: &mut String,
 ) -> Result<(), ConfigError> {
     match value {
         serde_json::Value::Array(items) => {
             if !LIST_PATHS.contains(&pattern.as_str()) {
-                let shown = if pattern.is_empty() {
+                let at = if shown.is_empty() {
                     "."
                 } else {
-                    pattern.as_str()
+                    shown.as_str()
                 };
-                return Err(err(shown.replace("[]", "[..]"), OBJECT_NOT_ARRAY));
+                return Err(err(at, OBJECT_NOT_ARRAY));
             }
-            for item in items {
-                let len = pattern.len();
+            for (i, item) in items.iter().enumerate() {
+                let (len, shown_len) = (pattern.len(), shown.len());
                 pattern.push_str("[]");
-                reject_arrays_as_objects(item, pattern)?;
+                shown.push_str(&format!("[{i}]"));
+                reject_arrays_as_objects(item, pattern, shown)?;
                 pattern.truncate(len);
+                shown.truncate(shown_len);
             }
         }
         // Documents of other formats embedded whole (a JWK Set) have their
@@ -455,13 +458,16 @@ fn reject_arrays_as_objects(
             // Objects keyed by a route class name: one pattern for every key.
             let keyed_by_name = MAP_PATHS.contains(&pattern.as_str());
             for (name, field) in fields {
-                let len = pattern.len();
+                let (len, shown_len) = (pattern.len(), shown.len());
                 if !pattern.is_empty() {
                     pattern.push('.');
+                    shown.push('.');
                 }
                 pattern.push_str(if keyed_by_name { "*" } else { name });
-                reject_arrays_as_objects(field, pattern)?;
+                shown.push_str(name);
+                reject_arrays_as_objects(field, pattern, shown)?;
                 pattern.truncate(len);
+                shown.truncate(shown_len);
             }
         }
         _ => {}
@@ -797,8 +803,14 @@ mod tests {
         assert_rejected(r#"{"bans": [3]}"#, "bans", "expected an object");
         assert_rejected(
             r#"{"routes": [["r", "/"]]}"#,
-            "routes[..]",
+            "routes[0]",
             "expected an object",
+        );
+        // A route class named in an error path, as written.
+        assert_rejected(
+            r#"{"routes": [{"name": "api", "prefix": "/api"}], "anomaly": {"routes": {"api": {"hold": ["1s"]}}}}"#,
+            "anomaly.routes.api.hold",
+            "expected an object or a single value, found an array",
         );
     }
 
