@@ -700,9 +700,10 @@ def without_body_binding(config: dict) -> dict:
 def waits_for_body(config: dict) -> bool:
     """Whether palisade holds some requests until their body is read: a
     signature policy that requires or covers `content-digest` (README,
-    Signing requests), refresh-token routes (`jwt.refresh_tokens`), or logins
-    whose username is read (`login.username_field`)."""
-    return any(
+    Signing requests), refresh-token routes (`jwt.refresh_tokens`), logins
+    whose username is read (`login.username_field`), or request validation
+    (`validation`: JSON and form bodies, bodies of undeclared size)."""
+    return "validation" in config or any(
         p.get("require_digest") or "content-digest" in p.get("components", [])
         for p in (config.get("signatures") or {}).get("policies", [])
     ) or bool(((config.get("jwt") or {}).get("refresh_tokens") or {}).get("routes")) or bool(
