@@ -310,7 +310,7 @@ class Config:
 
     name: str
     label: str
-    workload: str  # "get", "signed", "login" or "stuffing"
+    workload: str  # "get", "signed", "login", "stuffing" or "search"
     kind: str  # "bare", "native", "empty", "unit" or "palisade"
     palisade: dict | None = None
     native_filters: list[dict] = field(default_factory=list)
@@ -331,8 +331,20 @@ class Config:
         return f"{self.unit[0]} {self.unit[1]}" if self.unit else ""
 
 
-BASELINE = {"get": "bare", "signed": "bare-post", "login": "bare-login", "stuffing": "bare-stuffing"}
-FLOOR = {"get": "empty", "signed": "empty-post", "login": "empty-login", "stuffing": "empty-stuffing"}
+BASELINE = {
+    "get": "bare",
+    "signed": "bare-post",
+    "login": "bare-login",
+    "stuffing": "bare-stuffing",
+    "search": "bare-search",
+}
+FLOOR = {
+    "get": "empty",
+    "signed": "empty-post",
+    "login": "empty-login",
+    "stuffing": "empty-stuffing",
+    "search": "empty-search",
+}
 NATIVE = "native"
 
 
@@ -534,6 +546,27 @@ def all_configs(ident: Identity) -> list[Config]:
             palisade={"client_ip": _XFF, "rate_limits": {"rules": _rules("ip", "ip+route")}},
             default=False,
         ),
+        # Request validation: --configs bare,empty,off,validation,bare-search,
+        # empty-search,off-search,validation-search
+        Config(
+            "validation",
+            "palisade request validation only (every check, defaults), GET / without a query",
+            "get",
+            "palisade",
+            palisade={"validation": {}},
+            default=False,
+        ),
+        Config("bare-search", "bare Envoy, GET with a 4-parameter search query", "search", "bare", default=False),
+        Config("empty-search", "empty proxy-wasm filter, search query", "search", "empty", default=False),
+        Config("off-search", "palisade, every stage off, search query", "search", "palisade", palisade={}, default=False),
+        Config(
+            "validation-search",
+            "palisade request validation only (every check, defaults), search query",
+            "search",
+            "palisade",
+            palisade={"validation": {}},
+            default=False,
+        ),
         # Account protection: --configs bare,native,empty,account,bare-login,empty-login,
         # account-login,bare-stuffing,empty-stuffing,account-stuffing
         Config(
@@ -645,6 +678,9 @@ def signed_body() -> bytes:
 # answered 200 by the upstream (`login`: a user logging in) or 401
 # (`stuffing`: a failed guess, on the path the upstream refuses).
 LOGIN_PATHS = {"login": "/login", "stuffing": "/login-refused"}
+# Workload `search`: an API search with a four-parameter query, several
+# words and an apostrophe in its text (what request validation reads).
+SEARCH_PATH = "/api/items?q=women%27s%20red%20running%20shoes&sort=price&page=2&size=20"
 LOGIN_BODY = b"username=alice%40example.com&password=correct-horse-battery-staple"
 
 
@@ -656,6 +692,8 @@ def expected_status(workload: str) -> int:
 def workload_request(workload: str, ident: Identity) -> Request:
     if workload == "get":
         return Request("GET", {"Host": "bench.example", "Authorization": f"Bearer {ident.token}"})
+    if workload == "search":
+        return Request("GET", {"Host": "bench.example", "Accept": "application/json"}, None, SEARCH_PATH)
     if workload in LOGIN_PATHS:
         headers = {"Host": "bench.example", "Content-Type": "application/x-www-form-urlencoded"}
         return Request("POST", headers, LOGIN_BODY, LOGIN_PATHS[workload])
