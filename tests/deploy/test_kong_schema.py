@@ -60,6 +60,7 @@ GAPS = {
     "a remote key set's min_refetch is not shorter than its timeout, refresh not shorter than min_refetch":
         r"must not be shorter than `timeout`|must not be shorter than `min_refetch`",
     "durations are at most 30 days": r"longer than 30 days|does not start with a whole number",
+    "an anomaly window is between 2s and 1h": r"anomaly\.(defaults|routes\.[^.`]+)\.window`: between 2s and 1h",
     "a provider's clock_skew is at most 1 h, a key-set fetch's timeout at most 60 s":
         r"must be at most 3600 seconds|must be at most 60s",
     "a rule keyed on key_id needs a signature policy": r"no `signatures\.policies` verify",
