@@ -398,6 +398,14 @@ impl Engine {
         if tables.is_empty() {
             return Vec::new();
         }
+        match occupancy::hold_lease(host.store, worker, now_ms) {
+            Ok(true) => {}
+            Ok(false) => return Vec::new(),
+            Err(e) => {
+                log::warn!("palisade: cannot read the table gauges' lease ({e:?})");
+                return Vec::new();
+            }
+        }
         let limiter = Limiter {
             rules: &self.policy.rate_limits.rules,
             bans: &self.policy.bans,
@@ -419,15 +427,11 @@ impl Engine {
                 },
             })
             .collect();
-        let sampled = occupancy::hold_lease(host.store, worker, now_ms).and_then(|held| {
-            if !held {
-                return Ok(Vec::new());
-            }
-            self.sampler
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .sample(host.store, &tables, now_ms, occupancy::PAGES_PER_TICK)
-        });
+        let sampled = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(host.store, &tables, now_ms, occupancy::PAGES_PER_TICK);
         match sampled {
             Ok(found) => found.iter().flat_map(metrics::table_gauges).collect(),
             Err(e) => {

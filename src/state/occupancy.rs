@@ -10,7 +10,7 @@
 //! not be taken over): that, not a non-zero tag, is what refuses new keys.
 
 use crate::state::host::{SharedStore, StoreError};
-use crate::state::slots::{page_key, Page, Tenant, SLOTS_PER_PAGE};
+use crate::state::slots::{page_key, u64_at, Page, Tenant, SLOTS_PER_PAGE};
 
 /// The lease's shared-data key: (holder, until) as two little-endian u64.
 pub const LEASE_KEY: &str = "palisade.gauges";
@@ -44,15 +44,10 @@ pub struct Occupancy {
 /// Takes or renews the lease for `worker`; `true` while it holds it.
 pub fn hold_lease(store: &dyn SharedStore, worker: u64, now_ms: u64) -> Result<bool, StoreError> {
     let (bytes, cas) = store.get(LEASE_KEY)?.unwrap_or_default();
-    let field = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-    };
-    let holder = field(0).filter(|_| bytes.len() == 16);
-    let until = field(8).unwrap_or(0);
-    if holder.is_some_and(|h| h != worker) && until > now_ms {
+    // A value of another length is no lease; the zeros written at start
+    // are one that expired long ago.
+    let held_by_other = bytes.len() == 16 && u64_at(&bytes, 0) != worker;
+    if held_by_other && u64_at(&bytes, 8) > now_ms {
         return Ok(false);
     }
     let mut value = [0u8; 16];

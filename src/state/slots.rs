@@ -62,7 +62,8 @@ pub struct Record {
     pub updated_s: u32,
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `at`, 0 when `bytes` is too short.
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
     bytes
         .get(at..at + 8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())

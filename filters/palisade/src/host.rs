@@ -343,6 +343,15 @@ impl Metrics for HostMetrics {
     }
 }
 
+/// Defines a metric of `kind` named `name`; its host id, or `None` when
+/// the host refuses it.
+fn define_metric(kind: u32, name: &str) -> Option<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: the name is a valid buffer; the host writes one u32.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
+}
+
 /// Hands `batch`'s counts to the host: one increment per counter, each
 /// defined on first use and remembered in `ids` (per VM).
 pub fn flush_metrics(batch: &CounterBatch, ids: &mut HashMap<Counter, u32>, names: &dyn Names) {
@@ -350,15 +359,9 @@ pub fn flush_metrics(batch: &CounterBatch, ids: &mut HashMap<Counter, u32>, name
         let id = match ids.get(&counter) {
             Some(id) => *id,
             None => {
-                let name = counter.stat_name(names);
-                let mut id: u32 = 0;
-                // SAFETY: as above.
-                let status = unsafe {
-                    proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id)
-                };
-                if status != OK {
+                let Some(id) = define_metric(METRIC_COUNTER, &counter.stat_name(names)) else {
                     continue;
-                }
+                };
                 ids.insert(counter, id);
                 id
             }
@@ -377,14 +380,9 @@ pub fn record_gauges(gauges: &[(String, u64)], ids: &mut HashMap<String, u32>) {
         let id = match ids.get(name) {
             Some(id) => *id,
             None => {
-                let mut id: u32 = 0;
-                // SAFETY: the name is a valid buffer; the host writes one u32.
-                let status = unsafe {
-                    proxy_define_metric(METRIC_GAUGE, name.as_ptr(), name.len(), &mut id)
-                };
-                if status != OK {
+                let Some(id) = define_metric(METRIC_GAUGE, name) else {
                     continue;
-                }
+                };
                 ids.insert(name.clone(), id);
                 id
             }

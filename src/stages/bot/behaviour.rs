@@ -172,8 +172,10 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// Every page key of the table, for `slots::ensure_pages`.
-    pub fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
+    /// Every page key of the table, for `slots::ensure_pages` in tests
+    /// (a policy's keys come from `Policy::slot_tables`).
+    #[cfg(test)]
+    fn shared_keys(&self) -> impl Iterator<Item = String> + '_ {
         (0..self.pages).map(|i| slots::page_key(TABLE, i))
     }
 
