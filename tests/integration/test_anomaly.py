@@ -36,11 +36,22 @@ BROKEN = [{"match": {"prefix": "/api/broken"}, "direct_response": {"status": 503
 STEADY_GAP_S = 0.12  # about 8 requests a second, 16 a window
 
 
-def steady(e, seconds: float, path: str = "/api/items") -> None:
+def steady(proxy, seconds: float, send: Callable[[int], tuple] | None = None) -> list[int]:
+    """Paced requests for `seconds` (`send(n)` makes the n-th, by default
+    GET /api/items); their statuses."""
+    send = send or (lambda _n: proxy.request("GET", "/api/items"))
+    statuses = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        e.request("GET", path)
+        statuses.append(send(len(statuses))[0])
         time.sleep(STEADY_GAP_S)
+    return statuses
+
+
+def at_window_start() -> None:
+    """Waits for the next window (whole 2 s of Unix time, as the proxy's
+    clock counts them), so that a burst sent now is not split over two."""
+    time.sleep(2 - time.time() % 2)
 
 
 def anomaly_events(log: str) -> list[dict]:
@@ -66,6 +77,7 @@ def test_a_request_spike_starts_an_anomaly_that_ends_after_the_hold(envoy):
     e = envoy(CONFIG)
     steady(e, 10)
     assert anomaly_events(e.log_text()) == [], "steady traffic is not an anomaly"
+    at_window_start()
     for _ in range(150):  # ten times the rate, across both workers
         assert e.request("GET", "/api/items")[0] == 200
     steady(e, 4)
@@ -83,9 +95,10 @@ def test_a_request_spike_starts_an_anomaly_that_ends_after_the_hold(envoy):
 def test_an_upstream_error_burst_is_an_errors_anomaly(envoy):
     e = envoy(CONFIG, extra_routes=BROKEN)
     steady(e, 9)
-    for _ in range(16):
-        assert e.request("GET", "/api/broken")[0] == 503
-        time.sleep(STEADY_GAP_S)
+    # One window of failing answers at the steady pace.
+    at_window_start()
+    statuses = steady(e, 1.7, lambda _n: e.request("GET", "/api/broken"))
+    assert set(statuses) == {503}, statuses
     steady(e, 4)
     event = wait_for_event(e.log_text, "start", "errors")
     assert event["observed"] > 0.5 and event["baseline"] < 0.1, event
@@ -95,12 +108,7 @@ def test_an_upstream_error_burst_is_an_errors_anomaly(envoy):
 def test_steady_traffic_raises_nothing(envoy):
     e = envoy(CONFIG, extra_routes=BROKEN)
     # Steady with a steady share of errors: every fifth request fails.
-    end = time.monotonic() + 20
-    n = 0
-    while time.monotonic() < end:
-        e.request("GET", "/api/broken" if n % 5 == 0 else "/api/items")
-        n += 1
-        time.sleep(STEADY_GAP_S)
+    n = len(steady(e, 20, lambda i: e.request("GET", "/api/broken" if i % 5 == 0 else "/api/items")))
     time.sleep(3)
     assert anomaly_events(e.log_text()) == []
     prom = e.prometheus()
@@ -131,11 +139,7 @@ def allowed_for_new_user(e, user: str) -> int:
 def check_tightening(proxy, log: Callable[[], str]) -> None:
     """Steady traffic from many users, a spike, then a fresh user's
     allowance before, during and after the anomaly (Envoy and NGINX)."""
-    end, n = time.monotonic() + 9, 0
-    while time.monotonic() < end:
-        proxy.request("GET", "/api/items", {"x-user": f"steady-{n}"})
-        n += 1
-        time.sleep(STEADY_GAP_S)
+    steady(proxy, 9, lambda i: proxy.request("GET", "/api/items", {"x-user": f"steady-{i}"}))
     assert allowed_for_new_user(proxy, "before") == 6
     for i in range(150):
         proxy.request("GET", "/api/items", {"x-user": f"spike-{i}"})
