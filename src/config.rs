@@ -12,6 +12,7 @@
 //! no secret text in errors), and the assembly of the sections, each of
 //! which its stage's module reads and compiles.
 
+use crate::core::cluster::Scope;
 use crate::core::config_error::{err, ConfigError};
 use crate::core::mode::{FailureMode, Mode};
 use crate::core::names::Names;
@@ -26,6 +27,7 @@ use crate::stages::client_ip::{
     compile_client_ip, compile_ip_prefixes, ClientIpSource, IpPrefixes, RawClientIp,
 };
 use crate::stages::geo::{self, Geo};
+use crate::stages::global::{self, Global, RawGlobal};
 use crate::stages::integrity::config::{compile_signatures, RawSignatures, Signatures};
 use crate::stages::limits::buckets::{BanPolicy, Counts};
 use crate::stages::limits::config::{
@@ -80,6 +82,9 @@ pub struct Policy {
     /// Spike detection per route class, when the document has an
     /// `anomaly` section.
     pub anomaly: Option<Anomaly>,
+    /// The rate-limit service of the rules and tables scoped `global`,
+    /// when the document has a `global` section.
+    pub global: Option<Global>,
 }
 
 impl Policy {
@@ -574,6 +579,11 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawAnomaly"))]
     anomaly: Option<RawAnomaly>,
+    /// The rate-limit service (Limitador on Redis) that rules and tables
+    /// scoped "global" count in, across replicas. Absent: everything is local.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawGlobal"))]
+    global: Option<RawGlobal>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -665,6 +675,15 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let validation = validation::compile(raw.validation, raw.mode, &routes)?;
     let transport = transport::compile(raw.transport, raw.mode, &routes)?;
     let anomaly = anomaly::compile(raw.anomaly, &routes)?;
+    let global = global::config::compile(raw.global, raw.failure_mode)?;
+    if global.is_none() {
+        if let Some(path) = global_scope_path(&rate_limits, &signatures, &auth) {
+            return Err(err(
+                path,
+                "is \"global\" but there is no `global` section (the rate-limit service's cluster)",
+            ));
+        }
+    }
     if let (None, Some(i)) = (
         &geo,
         rate_limits.rules.iter().position(|r| r.countries.is_some()),
@@ -706,7 +725,34 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         validation,
         transport,
         anomaly,
+        global,
     })
+}
+
+/// The first setting scoped `global`, as a JSON path.
+fn global_scope_path(
+    rate_limits: &RateLimits,
+    signatures: &Signatures,
+    auth: &Auth,
+) -> Option<String> {
+    if let Some(i) = rate_limits
+        .rules
+        .iter()
+        .position(|r| r.scope == Scope::Global)
+    {
+        return Some(format!("rate_limits.rules[{i}].scope"));
+    }
+    if signatures.replay_scope == Scope::Global {
+        return Some("signatures.replay_scope".into());
+    }
+    if auth
+        .refresh
+        .as_ref()
+        .is_some_and(|r| r.scope == Scope::Global)
+    {
+        return Some("jwt.refresh_tokens.scope".into());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -1169,6 +1215,7 @@ mod tests {
                 "client_ip",
                 "failure_mode",
                 "geo",
+                "global",
                 "jwt",
                 "login",
                 "mode",

@@ -9,6 +9,7 @@
 //! `stages/`; this module only orders them and takes the verdict.
 
 use crate::config::Policy;
+use crate::core::cluster::Descriptor;
 use crate::core::config_error::ConfigError;
 use crate::core::event;
 use crate::core::hosts::HostKind;
@@ -46,6 +47,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 pub use crate::core::stage::Services;
+pub use global::{Answer, RemoteCheck};
+
+mod global;
 
 /// Everything `on_configure` writes to shared data before the first
 /// request, in order: the process-wide seed (`fresh` if this worker is the
@@ -145,6 +149,8 @@ struct Request<'a, 'h> {
     /// The address would come from the TCP peer, and no stage needed it:
     /// it is read only if the request gets a security event.
     peer_deferred: bool,
+    /// What the rate-limit service is to count (global mode).
+    remote: Vec<Descriptor>,
 }
 
 impl Request<'_, '_> {
@@ -168,6 +174,8 @@ struct Outcome {
     /// When the request arrived, if the anomaly detector watches its
     /// upstream's answer.
     arrived_ms: Option<u64>,
+    /// What the rate-limit service is to count (global mode).
+    remote: Vec<Descriptor>,
 }
 
 /// The request body as the body phase saw it.
@@ -197,16 +205,41 @@ pub struct BodyCheck {
     pub max_bytes: usize,
     /// The limit of the digest, refresh-token and login checks.
     checks_max_bytes: usize,
-    pub route: RouteId,
-    pub client_ip: Option<IpAddr>,
-    /// Key id of the verified signature, for the security log.
-    pub key_id: Option<String>,
-    pub request_id: String,
+    pub later: Later,
     /// Multipart or content-encoded: refresh tokens cannot be read from it.
     pub opaque_body: bool,
     /// A login whose username is read from the body (`login` section).
     pub login: bool,
+    /// What the header phase left for the rate-limit service to count: one
+    /// call, after the body phase.
+    remote: Vec<Descriptor>,
+    /// The header phase's tightest local quota (quota headers).
+    quota: Option<Quota>,
+}
+
+/// What the header phase learned that a later phase of the request reads
+/// (the body's checks, the rate-limit service's answer): for its security
+/// event, and the rules keyed on the client.
+#[derive(Debug, Clone)]
+pub struct Later {
+    pub route: RouteId,
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    /// Key id of the verified signature, for the security log.
+    pub key_id: Option<String>,
     pub fingerprint: Option<u64>,
+}
+
+impl Later {
+    fn of(facts: &Facts<'_>) -> Later {
+        Later {
+            route: facts.route,
+            request_id: facts.request_id.to_string(),
+            client_ip: facts.client_ip,
+            key_id: facts.key_id.clone(),
+            fingerprint: facts.fingerprint,
+        }
+    }
 }
 
 /// A login on its way to the upstream: what its answer is counted against
@@ -240,12 +273,44 @@ pub enum Verdict {
         /// Set when the upstream's answer is to be reported with
         /// [`Engine::upstream_answered`]: when the request arrived.
         arrived_ms: Option<u64>,
+        /// Set when the rate-limit service must be asked first (global
+        /// mode, no body to check): forward once
+        /// [`Engine::remote_answered`] says so.
+        remote: Option<Box<RemoteCheck>>,
     },
     Respond(LocalResponse),
 }
 
+/// The outcome of the body phase.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum BodyVerdict {
+    Forward,
+    Respond(LocalResponse),
+    /// Ask the rate-limit service, then see [`Engine::remote_answered`].
+    Ask(Box<RemoteCheck>),
+}
+
+impl BodyVerdict {
+    /// The response palisade answers with, if it already knows it.
+    pub fn response(self) -> Option<LocalResponse> {
+        match self {
+            BodyVerdict::Respond(response) => Some(response),
+            BodyVerdict::Forward | BodyVerdict::Ask(_) => None,
+        }
+    }
+}
+
 impl Engine {
     pub fn new(policy: Policy, seed: [u8; 16], host: HostKind) -> Result<Engine, ConfigError> {
+        if policy.global.is_some() && !host.dispatches_grpc() {
+            // Refused, not run locally: limits an operator believes hold
+            // across replicas would silently hold per replica.
+            return Err(ConfigError {
+                path: "global".into(),
+                message: "needs gRPC calls to the rate-limit service, which ngx_wasm_module does not support; remove the section and scope every rule and table \"local\" on NGINX and Kong".into(),
+            });
+        }
         let auth = AuthState::new(&policy.auth, seed).map_err(|e| ConfigError {
             path: format!("jwt.providers.{}", e.field),
             message: e.message,
@@ -273,6 +338,7 @@ impl Engine {
             host,
             seed: &self.seed,
             failure_mode: self.policy.failure_mode,
+            cluster_seed: self.policy.global.as_ref().map(|g| &g.seed),
         }
     }
 
@@ -551,6 +617,7 @@ impl Engine {
             authenticated: false,
             challenge: None,
             peer_deferred: false,
+            remote: Vec::new(),
         };
         let ctx = self.ctx(host);
         for step in HEADER_STAGES {
@@ -564,10 +631,12 @@ impl Engine {
         }
         let mut body = self.body_check(headers, &request.facts, request.digest, request.validation);
         // Security events carry the address, the body phase's too.
-        if request.peer_deferred && (!request.findings.is_empty() || body.is_some()) {
+        let later_event =
+            !request.findings.is_empty() || body.is_some() || !request.remote.is_empty();
+        if request.peer_deferred && later_event {
             client_ip::from_peer(request.peer, self.policy.ip_prefixes, &mut request.facts);
             if let Some(check) = &mut body {
-                check.client_ip = request.facts.client_ip;
+                check.later.client_ip = request.facts.client_ip;
             }
         }
         let login = self.login_check(&request.facts);
@@ -580,6 +649,7 @@ impl Engine {
             set_cookies: request.bot.map(|(a, _)| a.set_cookies).unwrap_or_default(),
             login,
             arrived_ms,
+            remote: request.remote,
         };
         self.conclude(&request.facts, request.findings, outcome, host)
     }
@@ -729,7 +799,7 @@ impl Engine {
     fn signature(&self, r: &mut Request<'_, '_>, ctx: &Ctx<'_>) {
         let sigs = &self.policy.signatures;
         if let (false, Some(policy)) = (r.blocked(), sigs.policy_for(r.facts.route)) {
-            integrity::verify(
+            let one_use = integrity::verify(
                 sigs,
                 policy,
                 r.headers,
@@ -738,6 +808,7 @@ impl Engine {
                 &mut r.findings,
                 &mut r.digest,
             );
+            r.remote.extend(one_use);
         }
     }
 
@@ -803,6 +874,7 @@ impl Engine {
             ctx,
             &mut r.findings,
             &mut r.quota,
+            &mut r.remote,
             self.limit_cost(&r.facts, ctx.host),
         );
     }
@@ -861,13 +933,11 @@ impl Engine {
             max_bytes: max_bytes.max(validation.as_ref().map_or(0, |v| v.max_bytes)),
             checks_max_bytes: max_bytes,
             validation,
-            route: facts.route,
-            client_ip: facts.client_ip,
-            key_id: facts.key_id.clone(),
-            request_id: facts.request_id.to_string(),
+            later: Later::of(facts),
             opaque_body: refresh::body_is_opaque(headers),
             login,
-            fingerprint: facts.fingerprint,
+            remote: Vec::new(),
+            quota: None,
         })
     }
 
@@ -924,6 +994,7 @@ impl Engine {
             set_cookies,
             login,
             arrived_ms,
+            remote,
         } = outcome;
         self.record(facts, &findings, false, host);
         if let Some(denial) = findings.iter().find(|f| f.enforced()) {
@@ -937,16 +1008,34 @@ impl Engine {
             };
             return Verdict::Respond(self.with_security_headers(facts.route, response));
         }
-        // With a body still to check, the request is counted when it is.
-        if body.is_none() {
+        // With a body still to check or the service to ask, the request is
+        // counted when they have answered.
+        if body.is_none() && remote.is_empty() {
             metrics.increment(Counter::Request {
                 decision: Decision::Allow,
                 route: facts.route,
             });
         }
+        // The service's answer sets the quota headers then.
+        let quota_now = remote.is_empty() && self.policy.rate_limits.quota_headers;
         let mut response_headers = match quota {
-            Some(q) if self.policy.rate_limits.quota_headers => q.headers(&self.policy),
+            Some(q) if quota_now => q.headers(&self.policy),
             _ => Vec::new(),
+        };
+        let mut body = body;
+        let remote = match &mut body {
+            // One call for the request, after its body phase.
+            Some(check) => {
+                check.remote = remote;
+                check.quota = quota;
+                None
+            }
+            None => self.remote_check(global::Asking {
+                descriptors: remote,
+                facts,
+                quota,
+                refresh_mode: None,
+            }),
         };
         response_headers.extend(set_cookies.into_iter().map(|c| ("set-cookie", c)));
         Verdict::Allow {
@@ -956,6 +1045,7 @@ impl Engine {
             login,
             route: facts.route,
             arrived_ms,
+            remote,
         }
     }
 
@@ -982,16 +1072,11 @@ impl Engine {
         body: Body<'_>,
         host: &Services<'_>,
         login: Option<&mut LoginCheck>,
-    ) -> Option<LocalResponse> {
-        let mut facts = self.facts_after_headers(
-            check.route,
-            &check.request_id,
-            check.client_ip,
-            check.fingerprint,
-        );
-        facts.key_id = check.key_id.clone();
+    ) -> BodyVerdict {
+        let mut facts = self.facts_later(&check.later);
         let ctx = self.ctx(host);
         let mut findings = Vec::new();
+        let mut remote = check.remote.clone();
         if let (Some(plan), Some(v)) = (&check.validation, &self.policy.validation) {
             let bytes = match body {
                 Body::Complete(bytes) => Some(bytes),
@@ -1041,6 +1126,7 @@ impl Engine {
                         mode,
                         &facts,
                         &ctx,
+                        &mut remote,
                     ));
                 }
                 let blocked = findings.iter().any(Finding::enforced);
@@ -1059,15 +1145,41 @@ impl Engine {
         }
         self.record(&facts, &findings, false, host);
         let denial = findings.into_iter().find(Finding::enforced);
+        if denial.is_none() {
+            let asking = global::Asking {
+                descriptors: remote,
+                facts: &facts,
+                quota: check.quota,
+                refresh_mode: check.refresh,
+            };
+            if let Some(remote) = self.remote_check(asking) {
+                // Counted once the service has answered.
+                return BodyVerdict::Ask(remote);
+            }
+        }
+        match self.settle(&check.later, denial, host) {
+            Some(response) => BodyVerdict::Respond(response),
+            None => BodyVerdict::Forward,
+        }
+    }
+
+    /// The end of a request decided after its header phase: counted, and
+    /// refused with `denial`'s response if there is one.
+    fn settle(
+        &self,
+        later: &Later,
+        denial: Option<Finding>,
+        host: &Services<'_>,
+    ) -> Option<LocalResponse> {
         host.metrics.increment(Counter::Request {
             decision: denial
                 .as_ref()
                 .map_or(Decision::Allow, |f| f.reason.decision()),
-            route: check.route,
+            route: later.route,
         });
         denial.map(|f| {
-            let response = f.respond(&check.request_id, &self.policy);
-            self.with_security_headers(check.route, response)
+            let response = f.respond(&later.request_id, &self.policy);
+            self.with_security_headers(later.route, response)
         })
     }
 
@@ -1102,12 +1214,34 @@ impl Engine {
     ) {
         let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
         let cost = self.limit_cost(facts, ctx.host);
+        // Only rules counting requests are global: nothing is sent from here.
+        let mut remote = Vec::new();
         limits::check(
-            phase, limits, bans, &self.held, facts, ctx, findings, &mut None, cost,
+            phase,
+            limits,
+            bans,
+            &self.held,
+            facts,
+            ctx,
+            findings,
+            &mut None,
+            &mut remote,
+            cost,
         );
     }
 
     /// What the header phase learned, for a later phase of the request.
+    fn facts_later<'a>(&self, later: &'a Later) -> Facts<'a> {
+        let mut facts = self.facts_after_headers(
+            later.route,
+            &later.request_id,
+            later.client_ip,
+            later.fingerprint,
+        );
+        facts.key_id = later.key_id.clone();
+        facts
+    }
+
     fn facts_after_headers<'a>(
         &self,
         route: RouteId,
@@ -1253,6 +1387,7 @@ mod tests {
     mod anomaly;
     mod bot;
     mod contention;
+    mod global;
     mod login;
     mod reserve;
     mod transport;
@@ -1828,6 +1963,7 @@ mod tests {
                     match f
                         .engine
                         .check_body(&check, Body::Complete(body), &f.services(), None)
+                        .response()
                     {
                         None => (200, String::new()),
                         Some(r) => (r.status, r.body),
@@ -1930,7 +2066,8 @@ mod tests {
                 };
                 let got = f
                     .engine
-                    .check_body(&check, Body::Unframed, &f.services(), None);
+                    .check_body(&check, Body::Unframed, &f.services(), None)
+                    .response();
                 assert_eq!(got.as_ref().map(|r| r.status), expected, "{section}");
                 if let Some(r) = got {
                     assert_eq!(reason(&(r.status, r.body)), "body.length_required");
@@ -2443,6 +2580,7 @@ mod tests {
             };
             f.engine
                 .check_body(&check, Body::Complete(body.as_bytes()), &f.services(), None)
+                .response()
         }
 
         #[test]
@@ -2505,6 +2643,7 @@ mod tests {
             };
             f.engine
                 .check_body(&check, Body::Complete(body.as_bytes()), &f.services(), None)
+                .response()
         }
 
         const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -2648,7 +2787,7 @@ mod tests {
                 else {
                     unreachable!("the token route holds the body");
                 };
-                check.route
+                check.later.route
             });
         }
 
@@ -2910,6 +3049,7 @@ mod tests {
                 } => f
                     .engine
                     .check_body(&check, Body::Complete(grant), &f.services(), None)
+                    .response()
                     .map_or(200, |r| r.status),
                 other => reason(&other).0,
             };
@@ -3061,7 +3201,7 @@ mod tests {
         let seen = match &verdict {
             Verdict::Allow {
                 body: Some(check), ..
-            } => check.client_ip,
+            } => check.later.client_ip,
             _ => None,
         };
         (reads.get(), verdict, seen)

@@ -44,4 +44,11 @@ impl HostKind {
     pub fn delivers_body_whole(self) -> bool {
         self == HostKind::NgxWasm
     }
+
+    /// ngx_wasm_module does not implement `proxy_dispatch_grpc_call` (the
+    /// VM traps on it): the global mode's calls to the rate-limit service
+    /// cannot be made there.
+    pub fn dispatches_grpc(self) -> bool {
+        self == HostKind::Envoy
+    }
 }

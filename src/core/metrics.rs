@@ -51,6 +51,11 @@ pub enum Counter {
         list: u8,
         ok: bool,
     },
+    /// A call to the rate-limit service (global mode) ended: `ok` (every
+    /// descriptor within its limit), `over`, or `error` (no usable answer).
+    GlobalCall {
+        outcome: &'static str,
+    },
 }
 
 /// Reason codes use `.`, which separates stat-name segments; metrics use `_`.
@@ -103,6 +108,9 @@ impl Counter {
                 names.list_name(list).unwrap_or("unknown"),
                 if ok { "ok" } else { "failed" }
             ),
+            Counter::GlobalCall { outcome } => {
+                format!("palisade_global_calls_total.result.{outcome}")
+            }
         }
     }
 }

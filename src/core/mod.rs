@@ -4,6 +4,7 @@
 //! document; it may use `state` below it.
 
 pub mod body;
+pub mod cluster;
 pub mod config_error;
 pub mod country;
 pub mod duration;

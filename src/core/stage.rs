@@ -20,6 +20,9 @@ pub struct Ctx<'a> {
     pub host: &'a Services<'a>,
     pub seed: &'a [u8; 16],
     pub failure_mode: FailureMode,
+    /// The key of the global mode's hashes (`global.key_secret`), when the
+    /// document has a `global` section.
+    pub cluster_seed: Option<&'a [u8; 16]>,
 }
 
 impl Ctx<'_> {
@@ -29,6 +32,15 @@ impl Ctx<'_> {
         let mut h = SipHasher13::new_with_key(self.seed);
         write(&mut h);
         h.finish128()
+    }
+
+    /// The key of a global descriptor: like [`Ctx::keyed_hash`], but the
+    /// same on every replica (keyed with the cluster's secret, not the
+    /// process seed). `None` without a `global` section.
+    pub fn cluster_hash(&self, write: impl FnOnce(&mut SipHasher13)) -> Option<u128> {
+        let mut h = SipHasher13::new_with_key(self.cluster_seed?);
+        write(&mut h);
+        Some(h.finish128().as_u128())
     }
 
     /// Tag from one half of the hash, home page from the other (the tag

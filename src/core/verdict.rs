@@ -27,6 +27,8 @@ pub enum Stage {
     /// Login accounting: the username of a login request.
     Login,
     Reputation,
+    /// The rate-limit service's answer (global mode).
+    Global,
 }
 
 impl Stage {
@@ -44,6 +46,7 @@ impl Stage {
             Stage::RateLimit => "ratelimit",
             Stage::Login => "login",
             Stage::Reputation => "reputation",
+            Stage::Global => "global",
         }
     }
 }
@@ -130,6 +133,9 @@ pub enum Reason {
     Validation(ValidationError),
     /// A plain-HTTP request to a route class that requires TLS.
     TlsRequired,
+    /// The rate-limit service of the global mode failed, timed out or
+    /// answered nonsense.
+    GlobalUnavailable,
 }
 
 impl Reason {
@@ -176,6 +182,7 @@ impl Reason {
             Reason::ReputationNoList => "reputation.no_list",
             Reason::Validation(e) => e.as_str(),
             Reason::TlsRequired => "transport.tls_required",
+            Reason::GlobalUnavailable => "global.unavailable",
         }
     }
 
@@ -222,7 +229,8 @@ impl Reason {
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
             | Reason::HostUnavailable
-            | Reason::ReputationNoList => Decision::Error,
+            | Reason::ReputationNoList
+            | Reason::GlobalUnavailable => Decision::Error,
         }
     }
 
@@ -268,7 +276,8 @@ impl Reason {
             | Reason::StoreUnavailable
             | Reason::ConfigMissing
             | Reason::HostUnavailable
-            | Reason::ReputationNoList => 503,
+            | Reason::ReputationNoList
+            | Reason::GlobalUnavailable => 503,
         }
     }
 

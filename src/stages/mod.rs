@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bot;
 pub mod client_ip;
 pub mod geo;
+pub mod global;
 pub mod integrity;
 pub mod limits;
 pub mod reputation;

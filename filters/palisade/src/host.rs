@@ -22,6 +22,7 @@ pub const MAP_RESPONSE_HEADERS: u32 = 2;
 pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const BUFFER_GRPC_RECEIVE: u32 = 5;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
 const METRIC_GAUGE: u32 = 1;
@@ -235,6 +236,11 @@ pub fn set_tick_period_ms(period: u32) -> Result<(), u32> {
 /// The body of an HTTP call's response, up to `max_size` bytes.
 pub fn http_call_response_body(max_size: usize) -> Result<Vec<u8>, u32> {
     buffer_bytes(BUFFER_HTTP_CALL_RESPONSE_BODY, max_size)
+}
+
+/// The message of a gRPC call's response, up to `max_size` bytes.
+pub fn grpc_response_body(max_size: usize) -> Result<Vec<u8>, u32> {
+    buffer_bytes(BUFFER_GRPC_RECEIVE, max_size)
 }
 
 /// A property by path segments (e.g. `["source", "address"]`).

@@ -15,9 +15,11 @@ use palisade_core::core::request::{encode_map, BodyFraming, HeaderMap};
 use palisade_core::core::routes::RouteId;
 use palisade_core::core::verdict::{LocalResponse, Reason, UpstreamHeaders};
 use palisade_core::pipeline::{
-    prepare_shared_data, Body, BodyCheck, Engine, LoginCheck, Services, Verdict,
+    prepare_shared_data, Answer, Body, BodyCheck, BodyVerdict, Engine, LoginCheck, RemoteCheck,
+    Services, Verdict,
 };
 use palisade_core::stages::auth::jwks;
+use palisade_core::stages::global::{self, Failure};
 use palisade_core::stages::reputation;
 use palisade_core::state::host::{namespace_prefix, Connection, Namespaced};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -382,6 +384,7 @@ impl RootContext for Root {
             namespace: self.namespace.clone(),
             route: None,
             arrived_ms: None,
+            remote: None,
         }))
     }
 
@@ -404,6 +407,9 @@ struct Stream {
     route: Option<RouteId>,
     /// When a request whose answer the anomaly detector watches arrived.
     arrived_ms: Option<u64>,
+    /// The call to the rate-limit service the request waits for (global
+    /// mode): its token, and what its answer is read against.
+    remote: Option<(u32, Box<RemoteCheck>)>,
 }
 
 /// The request's connection, read through properties (each a host call).
@@ -428,12 +434,58 @@ impl Stream {
             return Action::Continue;
         };
         let login = self.login.as_deref_mut();
-        let answer = with_services(&engine, &self.counters, &self.namespace, |services| {
+        let verdict = with_services(&engine, &self.counters, &self.namespace, |services| {
             engine.check_body(&check, body, services, login)
         });
+        match verdict {
+            BodyVerdict::Forward => Action::Continue,
+            BodyVerdict::Respond(response) => self.send(response),
+            BodyVerdict::Ask(check) => self.ask_service(&engine, check),
+        }
+    }
+
+    /// Calls the rate-limit service and holds the request until it
+    /// answers; a call that cannot start is answered as a failure at once.
+    fn ask_service(&mut self, engine: &Rc<Engine>, check: Box<RemoteCheck>) -> Action {
+        let Some((cluster, timeout_ms)) = engine.global_call() else {
+            return self.service_answered(engine, &check, Err(Failure::Dispatch));
+        };
+        let call = self.dispatch_grpc_call(
+            cluster,
+            global::SERVICE,
+            global::METHOD,
+            Vec::new(),
+            Some(&check.message),
+            Duration::from_millis(timeout_ms),
+        );
+        match call {
+            Ok(token) => {
+                self.remote = Some((token, check));
+                Action::Pause
+            }
+            Err(status) => {
+                log::error!("palisade: cannot call the rate-limit service on cluster {cluster} ({status:?})");
+                self.service_answered(engine, &check, Err(Failure::Dispatch))
+            }
+        }
+    }
+
+    /// Forwards or answers the request as the service's answer says.
+    fn service_answered(
+        &mut self,
+        engine: &Rc<Engine>,
+        check: &RemoteCheck,
+        answer: Result<&[u8], Failure>,
+    ) -> Action {
+        let answer = with_services(engine, &self.counters, &self.namespace, |services| {
+            engine.remote_answered(check, answer, services)
+        });
         match answer {
-            None => Action::Continue,
-            Some(response) => self.send(response),
+            Answer::Forward(headers) => {
+                self.response_headers.extend(headers);
+                Action::Continue
+            }
+            Answer::Respond(response) => self.send(response),
         }
     }
 
@@ -472,7 +524,30 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some((token, check)), Some(engine)) = (self.remote.take(), self.engine.clone()) else {
+            return;
+        };
+        if token != token_id {
+            self.remote = Some((token, check));
+            return;
+        }
+        let body = match status_code {
+            0 => host::grpc_response_body(response_size).map_err(|status| {
+                log::error!(
+                    "palisade: cannot read the rate-limit service's answer (host status {status})"
+                );
+                Failure::Malformed
+            }),
+            code => Err(Failure::Status(code)),
+        };
+        let action = self.service_answered(&engine, &check, body.as_deref().map_err(Clone::clone));
+        if action == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
 
 /// How the rest of a request's body reaches the filter after its headers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -502,6 +577,7 @@ impl Stream {
                 login,
                 route,
                 arrived_ms,
+                remote,
             } => {
                 apply_upstream_headers(&upstream);
                 self.route = Some(route);
@@ -510,7 +586,10 @@ impl Stream {
                 self.body_check = body;
                 self.login = login;
                 if self.body_check.is_none() {
-                    return Action::Continue;
+                    return match (remote, self.engine.clone()) {
+                        (Some(check), Some(engine)) => self.ask_service(&engine, check),
+                        _ => Action::Continue,
+                    };
                 }
                 match body_arrival() {
                     BodyArrival::Whole => Action::Continue,
@@ -610,6 +689,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.remote.is_some() {
+            // Continue would also let the held headers go before the
+            // service has answered.
+            return Action::Pause;
+        }
         let Some(check) = &self.body_check else {
             return Action::Continue;
         };
@@ -626,6 +710,9 @@ impl HttpContext for Stream {
     /// With HTTP/2 trailers the last body callback may not see
     /// `end_of_stream`: the trailers end the body.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.remote.is_some() {
+            return Action::Pause;
+        }
         match &self.body_check {
             None => Action::Continue,
             Some(check) => {

@@ -127,6 +127,7 @@ impl Race {
                 .f
                 .engine
                 .check_body(&check, Body::Complete(body), &services, None)
+                .response()
             {
                 None => Answer::pass(),
                 Some(r) => Answer::of(&r),

@@ -60,12 +60,15 @@ fn login_body(f: &Fixture, ip: &str, body: &[u8]) -> Login {
         Verdict::Allow { body, login, .. } => (body, login),
     };
     if let Some(check) = check {
-        let answer = f.engine.check_body(
-            &check,
-            Body::Complete(body),
-            &f.services(),
-            login.as_deref_mut(),
-        );
+        let answer = f
+            .engine
+            .check_body(
+                &check,
+                Body::Complete(body),
+                &f.services(),
+                login.as_deref_mut(),
+            )
+            .response();
         if let Some(refused) = answer {
             return Login::Refused(refused);
         }

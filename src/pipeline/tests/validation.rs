@@ -28,7 +28,11 @@ fn post(f: &Fixture, path: &str, content_type: &str, body: Body<'_>) -> (u16, St
             body: Some(check), ..
         } => check,
     };
-    match f.engine.check_body(&check, body, &f.services(), None) {
+    match f
+        .engine
+        .check_body(&check, body, &f.services(), None)
+        .response()
+    {
         None => (200, String::new()),
         Some(r) => (r.status, reason(&r.body)),
     }

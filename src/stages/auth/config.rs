@@ -2,6 +2,7 @@
 //! something together: raw types, defaults, validation and compile into
 //! the providers, keys and per-route policies the credential check reads.
 
+use crate::core::cluster::Scope;
 use crate::core::config_error::{
     assign_routes, check_name, env_value, err, is_header_name, route_flags, slot_pages,
     ConfigError, DEFAULT_REPLAY_SLOTS,
@@ -225,6 +226,10 @@ struct RawRefreshTokens {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     slots: Option<u32>,
+    /// Where refresh tokens are remembered: "local" (this proxy's workers)
+    /// or "global" (every replica, through the `global` section's service).
+    #[serde(default)]
+    scope: Scope,
 }
 
 /// API keys by id, stored as SHA-256 hashes. A hash is 64 hex digits
@@ -518,6 +523,7 @@ pub fn compile_auth(
                     .remember
                     .map_or(DEFAULT_REFRESH_REMEMBER_MS, Millis::as_ms),
                 pages,
+                scope: raw.scope,
             })
         }
     };

@@ -15,6 +15,7 @@
 //! on the request path; an unknown `kid` costs one shared-data read to pick
 //! up a set another worker fetched.
 
+use crate::core::cluster::Scope;
 use crate::core::mode::{FailureMode, Mode};
 use crate::core::remote::Remote;
 use crate::core::request::HeaderMap;
@@ -108,6 +109,8 @@ pub struct RefreshTokens {
     pub by_route: Vec<bool>,
     pub remember_ms: u64,
     pub pages: u32,
+    /// Whether a token seen on another replica is a reuse too.
+    pub scope: Scope,
 }
 
 impl RefreshTokens {

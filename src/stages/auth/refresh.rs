@@ -6,6 +6,7 @@
 //! the headers.
 
 use crate::core::body;
+use crate::core::cluster::{Counted, Descriptor, Scope};
 use crate::core::mode::Mode;
 use crate::core::request::{Facts, HeaderMap};
 use crate::core::routes::RouteId;
@@ -14,6 +15,7 @@ use crate::core::verdict::{Finding, Reason, Stage};
 use crate::stages::auth::credentials::Auth;
 use crate::state::replay::{self, Sighting};
 use crate::state::slots;
+use siphasher::sip128::SipHasher13;
 use std::hash::Hasher;
 
 /// Whether the body is multipart or content-encoded: palisade cannot read
@@ -68,6 +70,7 @@ pub fn check_body(
     mode: Mode,
     facts: &Facts<'_>,
     ctx: &Ctx<'_>,
+    remote: &mut Vec<Descriptor>,
 ) -> Option<Finding> {
     let host = ctx.host;
     let refresh = auth.refresh.as_ref()?;
@@ -84,11 +87,11 @@ pub fn check_body(
     };
     let expires_ms = now_ms.saturating_add(refresh.remember_ms);
     for token in tokens {
-        let hash = ctx.keyed_hash(|h| {
+        let write_token = |h: &mut SipHasher13| {
             h.write(b"refresh");
             h.write(token.as_bytes());
-        });
-        let addr = Ctx::address(hash, refresh.pages);
+        };
+        let addr = Ctx::address(ctx.keyed_hash(write_token), refresh.pages);
         match replay::remember(
             host.store,
             host.metrics,
@@ -97,6 +100,15 @@ pub fn check_body(
             expires_ms,
             now_ms,
         ) {
+            // Fresh here; the service says whether another replica saw it.
+            Ok(Sighting::Fresh) if refresh.scope == Scope::Global => {
+                remote.extend(ctx.cluster_hash(write_token).map(|key| Descriptor {
+                    counted: Counted::Refresh,
+                    key,
+                    max: 1,
+                    window_s: Descriptor::window_from_ms(refresh.remember_ms),
+                }));
+            }
             Ok(Sighting::Fresh) => {}
             Ok(Sighting::Replay) => return flag(Reason::RefreshReuse),
             Ok(Sighting::TableFull) => {

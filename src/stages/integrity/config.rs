@@ -1,6 +1,7 @@
 //! The `signatures` section: keys, per-route policies, body and replay
 //! table sizes; raw types, defaults, validation and compile.
 
+use crate::core::cluster::Scope;
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{
@@ -22,6 +23,8 @@ pub struct Signatures {
     pub max_body_bytes: usize,
     /// Pages of the shared replay table.
     pub replay_pages: u32,
+    /// Whether a signature seen on another replica is a replay too.
+    pub replay_scope: Scope,
     pub policies: Vec<SignaturePolicy>,
     /// Indexed by route id: the policy that applies, if any.
     by_route: Vec<Option<usize>>,
@@ -71,6 +74,10 @@ pub struct RawSignatures {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = crate::core::config_error::MIN_SLOTS, max = crate::core::config_error::MAX_SLOTS)))]
     replay_slots: Option<u32>,
+    /// Where signatures are remembered: "local" (this proxy's workers) or
+    /// "global" (every replica, through the `global` section's service).
+    #[serde(default)]
+    replay_scope: Scope,
     #[serde(default)]
     policies: Vec<RawSignaturePolicy>,
 }
@@ -203,6 +210,7 @@ pub fn compile_signatures(
         keys,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
         replay_pages,
+        replay_scope: raw.replay_scope,
         policies,
         by_route,
     })

@@ -13,6 +13,7 @@
 //! exact with integer math however often it is read. Buckets that never
 //! refill count the requests they let through.
 
+use crate::core::cluster::Scope;
 use crate::core::country::CountrySet;
 use crate::core::metrics::Metrics;
 use crate::core::mode::{string_enum, Mode};
@@ -118,6 +119,8 @@ pub struct Rule {
     /// Tokens a worker takes at once while the bucket has plenty, spending
     /// the spare ones without a shared-data round trip (1: no reservation).
     pub reserve: u32,
+    /// Local, or also counted by the rate-limit service (`global`).
+    pub scope: Scope,
     /// Microseconds per token; `None` when the bucket never refills.
     interval_us: Option<u64>,
     /// Stamp of `capacity` and `refill` kept in the records (never 0).
@@ -208,6 +211,7 @@ impl Rule {
             counts: Counts::Requests,
             countries: None,
             reserve: 1,
+            scope: Scope::Local,
             interval_us,
             limits_stamp: limits_stamp(capacity, refill),
             name_salt: {
@@ -225,6 +229,10 @@ impl Rule {
 
     pub fn in_countries(self, countries: Option<CountrySet>) -> Rule {
         Rule { countries, ..self }
+    }
+
+    pub fn scoped(self, scope: Scope) -> Rule {
+        Rule { scope, ..self }
     }
 
     pub fn reserving(self, reserve: u32) -> Rule {

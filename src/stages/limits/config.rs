@@ -1,6 +1,7 @@
 //! The `rate_limits` and `bans` sections: raw types, defaults, validation
 //! and compile into the rules the buckets run.
 
+use crate::core::cluster::Scope;
 #[cfg(feature = "schema")]
 use crate::core::config_error::NAME_PATTERN;
 use crate::core::config_error::{check_name, err, route_ids, slot_pages, ConfigError};
@@ -82,6 +83,10 @@ struct RawRule {
     #[serde(default = "one")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_RESERVE)))]
     reserve: u32,
+    /// Where the rule counts: "local" (this proxy's workers) or "global"
+    /// (every replica, through the rate-limit service of the `global` section).
+    #[serde(default)]
+    scope: Scope,
 }
 
 fn one() -> u32 {
@@ -281,6 +286,50 @@ fn login_rule_routes(
     Ok(ids)
 }
 
+/// Longest window the rate-limit service counts (its own bound).
+const MAX_GLOBAL_WINDOW_MS: u64 = 31 * 24 * 3_600_000;
+
+/// What a `"scope": "global"` rule must be: the service counts requests in
+/// fixed windows (the time the bucket takes to refill whole), and every
+/// request of it is one remote hit.
+fn global_rule(
+    counts: Counts,
+    reserve: u32,
+    capacity: u32,
+    refill: Option<Refill>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if counts != Counts::Requests {
+        return Err(err(
+            at("scope"),
+            "\"global\" is for rules counting \"requests\"; keep this rule \"local\"",
+        ));
+    }
+    if reserve > 1 {
+        return Err(err(
+            at("reserve"),
+            "a \"global\" rule takes one remote hit per request; reserve applies to \"local\" rules",
+        ));
+    }
+    let Some(refill) = refill else {
+        return Err(err(
+            at("refill"),
+            "a \"global\" rule needs a refill: the service counts fixed windows, the time the bucket takes to refill whole",
+        ));
+    };
+    let window_ms = refill
+        .every_ms
+        .saturating_mul(u64::from(capacity))
+        .div_ceil(u64::from(refill.tokens));
+    if window_ms > MAX_GLOBAL_WINDOW_MS {
+        return Err(err(
+            at("refill"),
+            "a \"global\" rule's window (capacity / refill rate) must be at most 31 days",
+        ));
+    }
+    Ok(())
+}
+
 pub fn compile_rate_limits(
     raw: RawRateLimits,
     global: Mode,
@@ -425,6 +474,9 @@ pub fn compile_rate_limits(
                 ),
             ));
         }
+        if rule.scope == Scope::Global {
+            global_rule(rule.counts, rule.reserve, rule.capacity, refill, &at)?;
+        }
         rules.push(
             Rule::new(
                 rule.name,
@@ -438,7 +490,8 @@ pub fn compile_rate_limits(
             )
             .counting(rule.counts)
             .in_countries(countries)
-            .reserving(rule.reserve),
+            .reserving(rule.reserve)
+            .scoped(rule.scope),
         );
     }
     let distinct_pages = slot_pages(

@@ -7,6 +7,7 @@ pub mod buckets;
 pub mod config;
 pub mod reserve;
 
+use crate::core::cluster::{Counted, Descriptor, Scope};
 use crate::core::metrics::Counter;
 use crate::core::request::Facts;
 use crate::core::stage::Ctx;
@@ -52,6 +53,7 @@ pub fn check(
     ctx: &Ctx<'_>,
     findings: &mut Vec<Finding>,
     quota: &mut Option<Quota>,
+    remote: &mut Vec<Descriptor>,
     cost: u32,
 ) {
     if limits.rules.is_empty() {
@@ -75,8 +77,10 @@ pub fn check(
         bans,
         held,
         ctx,
+        facts,
         findings,
         quota,
+        remote,
         counts_all,
     };
     let mut clients = Clients::default();
@@ -210,12 +214,34 @@ struct Tally<'a, 'c> {
     bans: &'a BanPolicy,
     held: &'a Mutex<Held>,
     ctx: &'a Ctx<'c>,
+    facts: &'a Facts<'c>,
     findings: &'a mut Vec<Finding>,
     quota: &'a mut Option<Quota>,
+    /// The global rules' descriptors, for the service to count.
+    remote: &'a mut Vec<Descriptor>,
     counts_all: bool,
 }
 
 impl Tally<'_, '_> {
+    /// A global rule the local bucket allowed is counted by the service
+    /// too: the local bucket is the pre-check, the service the limit.
+    fn ask_service(&mut self, rule: &Rule) {
+        if rule.scope != Scope::Global {
+            return;
+        }
+        let (Some(key), Some(window_ms)) =
+            (global_key(rule, self.facts, self.ctx), rule.window_ms())
+        else {
+            return;
+        };
+        self.remote.push(Descriptor {
+            counted: Counted::Rule(rule.index),
+            key,
+            max: u64::from(rule.capacity),
+            window_s: Descriptor::window_from_ms(window_ms),
+        });
+    }
+
     /// Locked only around its own use: never across a shared-data call.
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held
@@ -243,9 +269,11 @@ impl Tally<'_, '_> {
                 if rule.counts == Counts::Requests {
                     self.counted(q);
                 }
+                self.ask_service(rule);
                 return false;
             }
             Ok(RuleOutcome::Reserved { quota: q, spare }) => {
+                self.ask_service(rule);
                 self.held().keep(rule.index, addr.tag, spare, q);
                 // The held tokens are the client's too.
                 let remaining = q.remaining.saturating_add(u64::from(spare));
@@ -321,7 +349,7 @@ fn same_trip(rule: &Rule, facts: &Facts<'_>) -> bool {
 }
 
 /// What an empty bucket of `rule` is called.
-fn exhausted_reason(rule: &Rule) -> Reason {
+pub fn exhausted_reason(rule: &Rule) -> Reason {
     match rule.counts {
         Counts::Requests | Counts::Failures => Reason::RateLimitExhausted,
         Counts::Usernames => Reason::LoginDistinctUsers,
@@ -440,7 +468,27 @@ impl Clients {
 
 /// Keyed hash of the client parts of a key (all but the route).
 fn client_hash(key: KeySpec, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
-    ctx.keyed_hash(|h| {
+    ctx.keyed_hash(|h| write_client(key, facts, h))
+}
+
+/// The key of `rule`'s global counter for this request: the rule's name,
+/// the route class when keyed on it, and the client parts, hashed the same
+/// way on every replica.
+fn global_key(rule: &Rule, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Option<u128> {
+    ctx.cluster_hash(|h| {
+        h.write(rule.name.as_bytes());
+        h.write_u8(0xff);
+        if rule.key.route {
+            h.write_u16(facts.route);
+        }
+        h.write_u8(0xff);
+        write_client(rule.key, facts, h);
+    })
+}
+
+/// The client parts of a key, into a hash.
+fn write_client(key: KeySpec, facts: &Facts<'_>, h: &mut impl Hasher) {
+    {
         if key.ip {
             // The address is already cut to its prefix (`client_ip`).
             match facts.ip_key {
@@ -470,5 +518,5 @@ fn client_hash(key: KeySpec, facts: &Facts<'_>, ctx: &Ctx<'_>) -> Hash128 {
             h.write_u128(facts.token.unwrap_or_default());
             h.write_u8(0xff);
         }
-    })
+    }
 }
