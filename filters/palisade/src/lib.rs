@@ -311,8 +311,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        log::info!(
-            "palisade: configured: {} route classes, {} rate-limit rules, {} slot pages, {} token providers",
+        let summary = format!(
+            "{} route classes, {} rate-limit rules, {} slot pages, {} token providers",
             policy.routes.len_with_default() - 1,
             policy.rate_limits.rules.len(),
             policy.rate_limits.pages,
@@ -325,6 +325,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        log::info!("palisade: configured: {summary}");
         if engine.needs_tick() || kind.has_metrics() {
             if let Err(status) = host::set_tick_period_ms(TICK_MS) {
                 log::error!("palisade: cannot start the timer (host status {status})");
