@@ -677,7 +677,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let anomaly = anomaly::compile(raw.anomaly, &routes)?;
     let global = global::config::compile(raw.global, raw.failure_mode)?;
     if global.is_none() {
-        if let Some(path) = global_scope_path(&rate_limits, &signatures, &auth) {
+        if let Some(path) = global_scope_path(&rate_limits, &bans, &signatures, &auth) {
             return Err(err(
                 path,
                 "is \"global\" but there is no `global` section (the rate-limit service's cluster)",
@@ -732,6 +732,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
 /// The first setting scoped `global`, as a JSON path.
 fn global_scope_path(
     rate_limits: &RateLimits,
+    bans: &BanPolicy,
     signatures: &Signatures,
     auth: &Auth,
 ) -> Option<String> {
@@ -741,6 +742,9 @@ fn global_scope_path(
         .position(|r| r.scope == Scope::Global)
     {
         return Some(format!("rate_limits.rules[{i}].scope"));
+    }
+    if bans.scope == Scope::Global {
+        return Some("bans.scope".into());
     }
     if signatures.replay_scope == Scope::Global {
         return Some("signatures.replay_scope".into());

@@ -33,7 +33,6 @@ use crate::stages::auth::{self, credentials::AuthState};
 use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::{Counts, Limiter};
-use crate::stages::limits::reserve::Held;
 use crate::stages::limits::{self, Phase};
 use crate::stages::reputation;
 use crate::stages::transport;
@@ -87,8 +86,8 @@ pub struct Engine {
     auth: Mutex<AuthState>,
     /// Remote reputation lists as this worker installed them.
     lists: reputation::State,
-    /// Rate-limit tokens this worker took ahead of need (`reserve`).
-    held: Mutex<Held>,
+    /// Rate-limit state of this worker: held tokens, bans to publish.
+    limits: limits::WorkerState,
     /// This worker's requests and answers not yet in the anomaly baselines.
     tallies: anomaly::Tallies,
     /// What this worker has read of the slot tables (table gauges).
@@ -320,7 +319,7 @@ impl Engine {
             policy,
             seed,
             auth: Mutex::new(auth),
-            held: Mutex::default(),
+            limits: limits::WorkerState::default(),
             tallies: anomaly::Tallies::default(),
             sampler: Mutex::default(),
             tightened: Mutex::default(),
@@ -543,10 +542,7 @@ impl Engine {
     /// The root context's tick (whatever its period, see `needs_tick`):
     /// held rate-limit tokens age and expire.
     pub fn tick(&self) {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .tick();
+        limits::lock(&self.limits.held).tick();
     }
 
     /// Evaluates one request. `connection` answers what the host knows of
@@ -869,7 +865,7 @@ impl Engine {
             phase,
             limits,
             bans,
-            &self.held,
+            &self.limits,
             &r.facts,
             ctx,
             &mut r.findings,
@@ -1220,7 +1216,7 @@ impl Engine {
             phase,
             limits,
             bans,
-            &self.held,
+            &self.limits,
             facts,
             ctx,
             findings,

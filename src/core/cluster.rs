@@ -21,8 +21,8 @@ string_enum!(Scope, "\"local\" or \"global\"", {
     "global" => Scope::Global,
 });
 
-/// What a descriptor counts. The service keys its limits on the name
-/// ([`Counted::write_name`]), so every replica must name it the same way.
+/// What a descriptor counts. The service keys its limits on its name
+/// (`stages::global`), so every replica must name it the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     /// A request of a rate-limit rule, by its index.
@@ -31,6 +31,9 @@ pub enum Counted {
     Nonce,
     /// A refresh token presented at the token endpoint: one use.
     Refresh,
+    /// A ban of a rule's key (`bans.scope: global`): a counter of limit 1
+    /// whose window is the ban's length.
+    Ban(u8),
 }
 
 /// One counter the service checks and takes a hit from.
@@ -44,6 +47,9 @@ pub struct Descriptor {
     pub max: u64,
     /// Length of the window, whole seconds (at least 1).
     pub window_s: u64,
+    /// Only look whether the counter is at its limit, take no hit (a
+    /// replica checking for a ban another one published).
+    pub check_only: bool,
 }
 
 impl Descriptor {

@@ -42,6 +42,13 @@ pub(super) struct Asking<'a> {
 }
 
 impl Engine {
+    fn rule_name(&self, index: u8) -> String {
+        let rules = &self.policy.rate_limits.rules;
+        rules
+            .get(usize::from(index))
+            .map_or_else(String::new, |r| r.name.clone())
+    }
+
     /// The service's cluster, and how long a call may take (ms); `None`
     /// without a `global` section.
     pub fn global_call(&self) -> Option<(&str, u64)> {
@@ -55,13 +62,7 @@ impl Engine {
         if asking.descriptors.is_empty() {
             return None;
         }
-        let rules = &self.policy.rate_limits.rules;
-        let rule_name = |index: u8| {
-            rules
-                .get(usize::from(index))
-                .map_or_else(String::new, |r| r.name.clone())
-        };
-        let message = global::encode(global, &asking.descriptors, &rule_name);
+        let message = global::encode(global, &asking.descriptors, &|index| self.rule_name(index));
         let facts = asking.facts;
         Some(Box::new(RemoteCheck {
             message,
@@ -84,7 +85,7 @@ impl Engine {
         let mut quota = check.quota;
         let findings = match answer.and_then(|bytes| global::decode(bytes, check.descriptors.len()))
         {
-            Ok(statuses) => self.read_statuses(check, &statuses, &mut quota),
+            Ok(statuses) => self.read_statuses(check, &statuses, &facts, host, &mut quota),
             Err(failure) => vec![self.service_failure(&failure)],
         };
         host.metrics.increment(Counter::GlobalCall {
@@ -111,8 +112,12 @@ impl Engine {
         &self,
         check: &RemoteCheck,
         statuses: &[Status],
+        facts: &Facts<'_>,
+        host: &Services<'_>,
         quota: &mut Option<Quota>,
     ) -> Vec<Finding> {
+        let ctx = self.ctx(host);
+        let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
         let mut findings = Vec::new();
         for (descriptor, status) in check.descriptors.iter().zip(statuses) {
             match descriptor.counted {
@@ -128,6 +133,11 @@ impl Engine {
                         reset_s: Some(status.reset_s),
                     };
                     if status.over {
+                        // A strike toward a ban, as a local refusal is.
+                        let struck = limits::strike(rule, limits, bans, &self.limits, facts, &ctx);
+                        if let Err(error) = struck {
+                            log::warn!("palisade: a refusal of the rate-limit service could not count toward a ban: {error:?}");
+                        }
                         findings.push(Finding {
                             rule: Some(index),
                             retry_after_s: Some(status.reset_s),
@@ -152,10 +162,28 @@ impl Engine {
                     Reason::RefreshReuse,
                     check.refresh_mode.unwrap_or(Mode::Enforce),
                 )),
-                Counted::Nonce | Counted::Refresh => {}
+                Counted::Ban(index) if status.over => findings.push(Finding {
+                    rule: Some(index),
+                    retry_after_s: Some(status.reset_s),
+                    ..Finding::new(Stage::Bans, Reason::BanActive, bans.mode)
+                }),
+                Counted::Nonce | Counted::Refresh | Counted::Ban(_) => {}
             }
         }
         findings
+    }
+
+    /// The bans this worker issued since its last tick, as one call for the
+    /// service to record them (`bans.scope: global`); `None` without any.
+    pub fn ban_publications(&self) -> Option<Vec<u8>> {
+        let global = self.policy.global.as_ref()?;
+        let bans = self.limits.take_bans();
+        if bans.is_empty() {
+            return None;
+        }
+        Some(global::encode(global, &bans, &|index| {
+            self.rule_name(index)
+        }))
     }
 
     /// What a failed call means: `global.failure_mode` decides, as

@@ -6,7 +6,7 @@ all on loopback.
 * a global limit of N per window allows exactly N across both replicas,
   sent one after the other and all at once;
 * a signature nonce or a refresh token used on one replica is refused on
-  the other;
+  the other, and so is a client banned on the other;
 * the service or Redis going down gives the configured failure mode
   (``deny``: 503 ``global.unavailable``; ``allow``: through), and the
   requests are counted again once they are back.
@@ -39,6 +39,7 @@ def config(failure_mode: str = "deny", limit: int = 5) -> dict:
         "routes": [
             {"name": "login", "prefix": "/login"},
             {"name": "burst", "prefix": "/burst"},
+            {"name": "admin", "prefix": "/admin"},
             {"name": "pay", "prefix": "/pay"},
             {"name": "token", "path": "/oauth/token", "methods": ["POST"]},
         ],
@@ -60,6 +61,14 @@ def config(failure_mode: str = "deny", limit: int = 5) -> dict:
                     "scope": "global",
                 },
                 {
+                    "name": "admin-ip",
+                    "key": ["ip"],
+                    "routes": ["admin"],
+                    "capacity": 2,
+                    "refill": {"tokens": 2, "every": "1m"},
+                    "ban": True,
+                },
+                {
                     "name": "burst-route",
                     "key": ["route"],
                     "routes": ["burst"],
@@ -69,6 +78,7 @@ def config(failure_mode: str = "deny", limit: int = 5) -> dict:
                 },
             ],
         },
+        "bans": {"after": 1, "base": "1m", "factor": 2.0, "max": "4m", "scope": "global"},
         "signatures": {
             "replay_scope": "global",
             "keys": [{"id": "client-a", "secret": {"base64": base64.b64encode(SIGNING_SECRET).decode()}}],
@@ -221,3 +231,20 @@ def test_failure_mode_allow_lets_requests_through_while_the_service_is_down(stac
     # Still held to the local bucket of each replica meanwhile.
     statuses = [a.request("GET", "/login", {"Host": HOST})[0] for _ in range(5)]
     assert 429 in statuses, statuses
+
+
+def test_a_ban_issued_on_one_replica_holds_on_the_other(stack):
+    a, b = stack().replicas
+    seen = [status_and_reason(a.request("GET", "/admin", {"Host": HOST})) for _ in range(4)]
+    assert seen == [(200, None), (200, None), (429, "rl.exhausted"), (403, "ban.active")], seen
+    # Published on the banning worker's next tick (1 s). Replica b's own
+    # bucket holds 2: two tries there can only be refused by the ban.
+    time.sleep(2.0)
+    banned = b.request("GET", "/admin", {"Host": HOST})
+    if banned[0] == 200:
+        time.sleep(1.5)
+        banned = b.request("GET", "/admin", {"Host": HOST})
+    assert status_and_reason(banned) == (403, "ban.active"), banned
+    assert 50 <= int(banned[1]["retry-after"]) <= 60, banned[1]
+    prom = a.prometheus()
+    assert palisade_counter(prom, "palisade_bans_total", rule="admin-ip") == 1, palisade_lines(prom)

@@ -165,6 +165,13 @@ fn with_services<T>(
 }
 
 impl Context for Root {
+    /// The answer to a ban publication: only a failure is worth a line.
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, _response_size: usize) {
+        if status_code != 0 {
+            log::error!("palisade: the rate-limit service did not record this worker's bans ({}); other replicas do not see them", Failure::Status(status_code).describe());
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -211,6 +218,26 @@ impl Context for Root {
 }
 
 impl Root {
+    /// Sends the bans this worker issued since its last tick to the
+    /// rate-limit service (`bans.scope: global`).
+    fn publish_bans(&self, engine: &Engine) {
+        let (Some(message), Some((cluster, timeout_ms))) =
+            (engine.ban_publications(), engine.global_call())
+        else {
+            return;
+        };
+        let call = self.dispatch_grpc_call(
+            cluster,
+            global::SERVICE,
+            global::METHOD,
+            Vec::new(),
+            Some(&message),
+            Duration::from_millis(timeout_ms.max(1_000)),
+        );
+        if let Err(status) = call {
+            log::error!("palisade: cannot publish bans to the rate-limit service on cluster {cluster} ({status:?})");
+        }
+    }
     /// Hands the counts of this VM's streams to the host.
     fn flush_metrics(&mut self) {
         if let Some(engine) = &self.engine {
@@ -352,6 +379,7 @@ impl RootContext for Root {
             return;
         };
         engine.tick();
+        self.publish_bans(&engine);
         let Some(now_ms) = host::now_ms() else {
             log::warn!("palisade: the host clock failed; key sets are looked at on the next tick");
             return;

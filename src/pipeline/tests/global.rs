@@ -46,7 +46,8 @@ impl Service {
                 (*count, *start) = (0, now_s);
             }
             let over = *count + 1 > max;
-            if !over {
+            let look = d.hits_addend.as_ref().is_some_and(|h| h.value == 0);
+            if !over && !look {
                 *count += 1;
             }
             statuses.push(proto::DescriptorStatus {
@@ -322,6 +323,14 @@ fn global_settings_are_checked_where_they_are_written() {
             config("").replace(r#""scope": "global""#, r#""scope": "cluster""#),
             "rate_limits.rules[0].scope",
         ),
+        (r#"{"bans": {"scope": "global"}}"#.to_string(), "bans.scope: is \"global\""),
+        (
+            config(r#""#).replace(
+                r#""rate_limits""#,
+                r#""bans": {"scope": "global", "base": "1s", "factor": 1.1, "max": "1h"}, "rate_limits""#,
+            ),
+            "bans.scope: a global ban is checked once for each length",
+        ),
     ];
     for (json, expected) in cases {
         let got = error(&json);
@@ -423,4 +432,92 @@ fn a_nonce_or_a_refresh_token_used_on_one_replica_is_refused_on_the_other() {
     assert_eq!(grant(&b, "rt-1"), (400, "oauth.refresh_reuse".to_string()));
     assert_eq!(grant(&b, "rt-2"), (200, String::new()));
     assert_eq!(grant(&a, "rt-2"), (400, "oauth.refresh_reuse".to_string()));
+}
+
+fn ban_config(rule_scope: &str) -> String {
+    format!(
+        r#"{{"routes": [{{"name": "login", "prefix": "/login"}}],
+            "global": {{"cluster": "ratelimit", "key_secret": {{"base64": "{SECRET_B64}"}}}},
+            "bans": {{"after": 1, "base": "1m", "factor": 2.0, "max": "4m", "scope": "global"}},
+            "rate_limits": {{"rules": [
+                {{"name": "login-ip", "key": ["ip"], "routes": ["login"], "capacity": 2,
+                  "refill": {{"tokens": 2, "every": "1m"}}, "ban": true, "scope": "{rule_scope}"}}]}}}}"#
+    )
+}
+
+/// Hands the bans `f` issued to the service, as its tick does.
+fn publish(f: &Fixture, service: &Service) -> bool {
+    match f.engine.ban_publications() {
+        Some(message) => {
+            service.answer(&message, T0 / 1000);
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn a_ban_issued_on_one_replica_holds_on_the_other() {
+    let (a, b) = (
+        Fixture::new(&ban_config("local")),
+        Fixture::new(&ban_config("local")),
+    );
+    let service = Service::default();
+    let seen: Vec<(u16, String)> = (0..4)
+        .map(|_| {
+            let (status, reason, _) = through(&a, &service, "/login");
+            (status, reason)
+        })
+        .collect();
+    assert_eq!(seen[..2], [(200, String::new()), (200, String::new())]);
+    assert_eq!(seen[2], (429, "rl.exhausted".to_string()), "{seen:?}");
+    assert_eq!(seen[3], (403, "ban.active".to_string()), "{seen:?}");
+    // The other replica does not know yet: its bucket is full.
+    assert!(
+        !publish(&b, &service),
+        "a replica that banned nobody publishes"
+    );
+    assert!(
+        publish(&a, &service),
+        "the ban was not queued for the service"
+    );
+    assert!(!publish(&a, &service), "a ban is published once");
+    let (status, reason, headers) = through(&b, &service, "/login");
+    assert_eq!((status, reason.as_str()), (403, "ban.active"));
+    let retry = headers.iter().find(|(n, _)| *n == "retry-after");
+    assert!(retry.is_some_and(|(_, v)| v == "60"), "{headers:?}");
+    // Each request looks for each length a ban can have: 1, 2 and 4 minutes.
+    let Verdict::Allow {
+        remote: Some(check),
+        ..
+    } = Fixture::new(&ban_config("local")).send("GET", "/login", &[])
+    else {
+        unreachable!("no ban look")
+    };
+    let request = proto::RateLimitRequest::decode(check.message.as_slice()).unwrap_or_default();
+    let windows: Vec<String> = request
+        .descriptors
+        .iter()
+        .filter(|d| d.hits_addend.as_ref().is_some_and(|h| h.value == 0))
+        .map(|d| d.entries[3].value.clone())
+        .collect();
+    assert_eq!(windows, ["60", "120", "240"]);
+}
+
+#[test]
+fn refusals_by_the_service_count_toward_a_ban_and_the_ban_is_published() {
+    let (a, b) = (
+        Fixture::new(&ban_config("global")),
+        Fixture::new(&ban_config("global")),
+    );
+    let service = Service::default();
+    // Two requests use up the global limit of 2, one on each replica.
+    assert_eq!(through(&a, &service, "/login").0, 200);
+    assert_eq!(through(&b, &service, "/login").0, 200);
+    // Replica a's bucket still has a token: the service refuses, which is
+    // a strike there (after: 1), and a ban.
+    assert_eq!(through(&a, &service, "/login").1, "rl.exhausted");
+    assert_eq!(a.metrics.get(&Counter::BanIssued { rule: 0 }), 1);
+    assert!(publish(&a, &service));
+    assert_eq!(through(&b, &service, "/login").1, "ban.active");
 }

@@ -107,6 +107,7 @@ pub fn check_body(
                     key,
                     max: 1,
                     window_s: Descriptor::window_from_ms(refresh.remember_ms),
+                    check_only: false,
                 }));
             }
             Ok(Sighting::Fresh) => {}

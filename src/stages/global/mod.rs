@@ -9,8 +9,9 @@
 //!
 //! The descriptor convention the service relies on (its README): entries
 //! `palisade` (what is counted), `key` (a keyed hash, hex), `max` and
-//! `window` (seconds). Each descriptor carries its own limit, so service
-//! replicas need no configuration of their own.
+//! `window` (seconds), and a `hits_addend` of 0 for a check that counts
+//! nothing. Each descriptor carries its own limit, so service replicas need
+//! no configuration of their own.
 
 pub mod config;
 pub mod proto;
@@ -65,6 +66,7 @@ fn counted_name(counted: Counted, rule_name: &dyn Fn(u8) -> String) -> String {
         Counted::Rule(index) => format!("rule.{}", rule_name(index)),
         Counted::Nonce => "nonce".into(),
         Counted::Refresh => "refresh".into(),
+        Counted::Ban(index) => format!("ban.{}", rule_name(index)),
     }
 }
 
@@ -89,6 +91,7 @@ pub fn encode(
                     entry("max", d.max.to_string()),
                     entry("window", d.window_s.to_string()),
                 ],
+                hits_addend: d.check_only.then_some(proto::UInt64Value { value: 0 }),
             })
             .collect(),
         hits_addend: 1,

@@ -21,6 +21,17 @@ pub struct RateLimitRequest {
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
+    /// Overrides the request's `hits_addend` for this descriptor; 0 (set)
+    /// asks the service to look without counting (palisade's convention).
+    #[prost(message, optional, tag = "3")]
+    pub hits_addend: Option<UInt64Value>,
+}
+
+/// `google.protobuf.UInt64Value`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UInt64Value {
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
 }
 
 /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`.

@@ -38,12 +38,14 @@ fn the_request_names_each_descriptor_and_its_limit() {
             key: 0xabc,
             max: 20,
             window_s: 60,
+            check_only: false,
         },
         Descriptor {
             counted: Counted::Nonce,
             key: u128::MAX,
             max: 1,
             window_s: 330,
+            check_only: false,
         },
     ];
     let bytes = encode(&global(), &descriptors, &|i| format!("r{i}"));

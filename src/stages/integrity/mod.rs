@@ -136,6 +136,7 @@ fn global_replay(verified: &Verified, now_ms: u64, ctx: &Ctx<'_>) -> Option<Desc
         key: ctx.cluster_hash(|h| write_replay_id(verified, h))?,
         max: 1,
         window_s: Descriptor::window_from_ms(expires_ms(verified, now_ms).saturating_sub(now_ms)),
+        check_only: false,
     })
 }
 

@@ -78,6 +78,9 @@ pub struct BanPolicy {
     pub factor: f64,
     pub max_ms: u64,
     pub decay_ms: u64,
+    /// `global`: a ban issued on one replica is published to the
+    /// rate-limit service, and every replica checks it there.
+    pub scope: Scope,
 }
 
 /// Which request attributes make up a rule's key.
@@ -336,7 +339,28 @@ impl Rule {
     }
 }
 
+/// Most distinct ban lengths a `global` ban table may have: each is one
+/// descriptor a request checks.
+pub const MAX_GLOBAL_BAN_LENGTHS: usize = 16;
+
 impl BanPolicy {
+    /// The lengths a ban can have (ms), shortest first: level 1, 2, ...
+    /// until `max`. A global ban is a counter whose window is its length,
+    /// so a replica checks one per length.
+    pub fn lengths_ms(&self) -> Vec<u64> {
+        let mut lengths: Vec<u64> = Vec::new();
+        for level in 1..=63u8 {
+            let ms = self.duration_ms(level);
+            if lengths.last() != Some(&ms) {
+                lengths.push(ms);
+            }
+            if ms >= self.max_ms || lengths.len() > MAX_GLOBAL_BAN_LENGTHS {
+                break;
+            }
+        }
+        lengths
+    }
+
     /// Cooldown for the `level`-th ban in a row: base × factor^(level−1), capped.
     pub fn duration_ms(&self, level: u8) -> u64 {
         let exponent = i32::from(level.max(1)) - 1;
@@ -403,6 +427,9 @@ pub enum Charge {
     /// a login before its username is known (an empty bucket only refuses
     /// a username the key has not tried).
     BanOnly,
+    /// Another authority refused the request (the rate-limit service of a
+    /// global rule): one violation toward a ban, no token.
+    Strike,
 }
 
 /// What one rule says about one request.
@@ -420,7 +447,8 @@ pub enum RuleOutcome {
         retry_after_s: Option<u64>,
         /// The key had no slot and went through the overflow bucket.
         overflow: bool,
-        ban_issued: bool,
+        /// The length (ms) of the ban this violation started, if it did.
+        ban_ms: Option<u64>,
     },
     Banned {
         retry_after_s: u64,
@@ -609,6 +637,14 @@ impl Limiter<'_> {
             };
         }
         let now_us = now_ms.saturating_mul(1000);
+        if charge == Charge::Strike {
+            return RuleOutcome::Throttled {
+                quota: rule.quota(&rule.take_many(record.state, now_us, 1)),
+                retry_after_s: None,
+                overflow: false,
+                ban_ms: self.violation(rule, record, write, now_ms),
+            };
+        }
         if let Charge::Batch(n @ 2..) = charge {
             let batch = rule.take_many(record.state, now_us, n);
             // Only while the bucket has plenty: near its limit every worker
@@ -631,14 +667,26 @@ impl Limiter<'_> {
             }
             return RuleOutcome::Allowed(quota);
         }
-        let ban_issued = rule.ban && self.bans.strike(record, now_ms);
-        *write |= rule.ban;
         RuleOutcome::Throttled {
             quota,
             retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
             overflow: false,
-            ban_issued,
+            ban_ms: self.violation(rule, record, write, now_ms),
         }
+    }
+
+    /// A refusal of `rule`'s key: a strike when the rule bans; the length
+    /// (ms) of the ban it started, if it did.
+    fn violation(
+        &self,
+        rule: &Rule,
+        record: &mut Record,
+        write: &mut bool,
+        now_ms: u64,
+    ) -> Option<u64> {
+        *write |= rule.ban;
+        (rule.ban && self.bans.strike(record, now_ms))
+            .then(|| record.banned_until_ms.saturating_sub(now_ms))
     }
 
     /// All keys of `rule` that found no slot share one bucket with the rule's
@@ -657,8 +705,8 @@ impl Limiter<'_> {
                 let record = &mut page.records[0];
                 let take = rule.take_many(record.state, now_us, self.cost);
                 let quota = rule.quota(&take);
-                let looks = matches!(charge, Charge::Peek | Charge::BanOnly);
-                if (take.allowed && looks) || charge == Charge::BanOnly {
+                let looks = matches!(charge, Charge::Peek | Charge::BanOnly | Charge::Strike);
+                if (take.allowed && looks) || matches!(charge, Charge::BanOnly | Charge::Strike) {
                     return (false, RuleOutcome::Allowed(quota));
                 }
                 if take.allowed {
@@ -670,7 +718,7 @@ impl Limiter<'_> {
                     quota,
                     retry_after_s: take.wait_us.map(|us| ceil_seconds(us).max(1)),
                     overflow: true,
-                    ban_issued: false,
+                    ban_ms: None,
                 };
                 (false, outcome)
             },
@@ -711,6 +759,7 @@ mod tests {
             factor: 2.0,
             max_ms: 8_000,
             decay_ms: 10_000,
+            scope: Scope::Local,
         }
     }
 
@@ -964,7 +1013,7 @@ mod tests {
         assert!(matches!(
             limiter.check(&rules[0], at(1, 0, 4), T0, Charge::Take),
             Ok(RuleOutcome::Throttled {
-                ban_issued: true,
+                ban_ms: Some(_),
                 ..
             })
         ));
@@ -1021,7 +1070,7 @@ mod tests {
         assert!(matches!(
             limiter.check(&rules[1], spilled, T0, Charge::Take),
             Ok(RuleOutcome::Throttled {
-                ban_issued: true,
+                ban_ms: Some(_),
                 ..
             })
         ));
@@ -1108,10 +1157,7 @@ mod tests {
         let _ = check(&before, 2, T0);
         assert!(matches!(
             check(&before, 2, T0 + 1),
-            Ok(RuleOutcome::Throttled {
-                ban_issued: false,
-                ..
-            })
+            Ok(RuleOutcome::Throttled { ban_ms: None, .. })
         ));
 
         // A reload doubles the capacity: the ban holds, the bucket is fresh
@@ -1126,7 +1172,7 @@ mod tests {
         assert!(matches!(
             check(&after, 2, T0 + 12),
             Ok(RuleOutcome::Throttled {
-                ban_issued: true,
+                ban_ms: Some(_),
                 ..
             })
         ));

@@ -9,7 +9,9 @@ use crate::core::country::CountrySet;
 use crate::core::duration::Millis;
 use crate::core::mode::{string_enum, Mode};
 use crate::core::routes::{RouteId, RouteTable};
-use crate::stages::limits::buckets::{BanPolicy, Counts, KeySpec, Refill, Rule};
+use crate::stages::limits::buckets::{
+    BanPolicy, Counts, KeySpec, Refill, Rule, MAX_GLOBAL_BAN_LENGTHS,
+};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -198,6 +200,10 @@ pub struct RawBans {
     max: Option<Millis>,
     #[serde(default)]
     decay: Option<Millis>,
+    /// Where bans hold: "local" (this proxy's workers) or "global" (every
+    /// replica, through the `global` section's service).
+    #[serde(default)]
+    scope: Scope,
 }
 
 pub fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigError> {
@@ -217,14 +223,24 @@ pub fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigErro
     if max_ms < base_ms {
         return Err(err("bans.max", "must not be shorter than bans.base"));
     }
-    Ok(BanPolicy {
+    let bans = BanPolicy {
         mode: raw.mode.unwrap_or(global),
         after,
         base_ms,
         factor,
         max_ms,
         decay_ms: raw.decay.map_or(600_000, Millis::as_ms),
-    })
+        scope: raw.scope,
+    };
+    if bans.scope == Scope::Global && bans.lengths_ms().len() > MAX_GLOBAL_BAN_LENGTHS {
+        return Err(err(
+            "bans.scope",
+            format!(
+                "a global ban is checked once for each length a ban can have, and base, factor and max give more than {MAX_GLOBAL_BAN_LENGTHS}: raise factor or base, or lower max"
+            ),
+        ));
+    }
+    Ok(bans)
 }
 
 /// Checks a rule counting logins against the `login` section; returns its

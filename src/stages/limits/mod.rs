@@ -23,6 +23,31 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+/// What a worker keeps of the stage between requests.
+#[derive(Default)]
+pub struct WorkerState {
+    /// Rate-limit tokens this worker took ahead of need (`reserve`).
+    pub held: Mutex<Held>,
+    /// Bans this worker issued, for the rate-limit service (`bans.scope:
+    /// global`), sent on the next tick.
+    pub bans_issued: Mutex<Vec<Descriptor>>,
+}
+
+impl WorkerState {
+    /// The bans issued since the last call, for the service.
+    pub fn take_bans(&self) -> Vec<Descriptor> {
+        std::mem::take(&mut *lock(&self.bans_issued))
+    }
+}
+
+/// Locked only around its own use: never across a shared-data call. A
+/// poisoned lock (a panic elsewhere) still holds usable state.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// When a group of rate-limit rules runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -48,7 +73,7 @@ pub fn check(
     phase: Phase,
     limits: &RateLimits,
     bans: &BanPolicy,
-    held: &Mutex<Held>,
+    worker: &WorkerState,
     facts: &Facts<'_>,
     ctx: &Ctx<'_>,
     findings: &mut Vec<Finding>,
@@ -75,7 +100,7 @@ pub fn check(
     let mut tally = Tally {
         limits,
         bans,
-        held,
+        worker,
         ctx,
         facts,
         findings,
@@ -212,7 +237,7 @@ fn due(phase: Phase, rule: &Rule, facts: &Facts<'_>) -> Option<Charge> {
 struct Tally<'a, 'c> {
     limits: &'a RateLimits,
     bans: &'a BanPolicy,
-    held: &'a Mutex<Held>,
+    worker: &'a WorkerState,
     ctx: &'a Ctx<'c>,
     facts: &'a Facts<'c>,
     findings: &'a mut Vec<Finding>,
@@ -224,29 +249,37 @@ struct Tally<'a, 'c> {
 
 impl Tally<'_, '_> {
     /// A global rule the local bucket allowed is counted by the service
-    /// too: the local bucket is the pre-check, the service the limit.
+    /// too: the local bucket is the pre-check, the service the limit. With
+    /// global bans, the service is asked whether another replica banned
+    /// the key: one look per length a ban can have.
     fn ask_service(&mut self, rule: &Rule) {
-        if rule.scope != Scope::Global {
+        let global_rule = rule.scope == Scope::Global;
+        let global_ban = rule.ban && self.bans.scope == Scope::Global;
+        if !global_rule && !global_ban {
             return;
         }
-        let (Some(key), Some(window_ms)) =
-            (global_key(rule, self.facts, self.ctx), rule.window_ms())
-        else {
+        let Some(key) = global_key(rule, self.facts, self.ctx) else {
             return;
         };
-        self.remote.push(Descriptor {
-            counted: Counted::Rule(rule.index),
-            key,
-            max: u64::from(rule.capacity),
-            window_s: Descriptor::window_from_ms(window_ms),
-        });
+        // The bans first: a banned key's answer is the ban, as here.
+        if global_ban {
+            for length_ms in self.bans.lengths_ms() {
+                self.remote.push(ban_descriptor(rule, key, length_ms, true));
+            }
+        }
+        if let (true, Some(window_ms)) = (global_rule, rule.window_ms()) {
+            self.remote.push(Descriptor {
+                counted: Counted::Rule(rule.index),
+                key,
+                max: u64::from(rule.capacity),
+                window_s: Descriptor::window_from_ms(window_ms),
+                check_only: false,
+            });
+        }
     }
 
-    /// Locked only around its own use: never across a shared-data call.
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.worker.held)
     }
 
     /// The client's quota is that of its tightest rule.
@@ -282,13 +315,12 @@ impl Tally<'_, '_> {
             }
             Ok(outcome) => {
                 if let RuleOutcome::Throttled {
-                    ban_issued: true, ..
+                    ban_ms: Some(length_ms),
+                    ..
                 } = outcome
                 {
-                    self.ctx
-                        .host
-                        .metrics
-                        .increment(Counter::BanIssued { rule: rule.index });
+                    let (bans, worker, facts, ctx) = (self.bans, self.worker, self.facts, self.ctx);
+                    banned(rule, length_ms, bans, worker, facts, ctx);
                 }
                 match refusal(rule, &outcome, self.limits, self.bans) {
                     Some(finding) => finding,
@@ -304,6 +336,74 @@ impl Tally<'_, '_> {
         self.findings.push(finding);
         stop && !self.counts_all
     }
+}
+
+/// The descriptor of a ban of `rule`'s key lasting `length_ms`: a counter
+/// of limit 1 over that window. `look`: whether it is banned; else the ban.
+fn ban_descriptor(rule: &Rule, key: u128, length_ms: u64, look: bool) -> Descriptor {
+    Descriptor {
+        counted: Counted::Ban(rule.index),
+        key,
+        max: 1,
+        window_s: Descriptor::window_from_ms(length_ms),
+        check_only: look,
+    }
+}
+
+/// Counts a ban of `rule`'s key; with global bans, queues it for the
+/// service (sent on the worker's next tick: its length is the window, so
+/// it ends there when it ends here).
+fn banned(
+    rule: &Rule,
+    length_ms: u64,
+    bans: &BanPolicy,
+    worker: &WorkerState,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) {
+    ctx.host
+        .metrics
+        .increment(Counter::BanIssued { rule: rule.index });
+    if bans.scope != Scope::Global {
+        return;
+    }
+    if let Some(key) = global_key(rule, facts, ctx) {
+        lock(&worker.bans_issued).push(ban_descriptor(rule, key, length_ms, false));
+    }
+}
+
+/// The rate-limit service refused `rule` for this request (a global
+/// rule): one violation of the key toward a ban, as a local refusal is.
+pub fn strike(
+    rule: &Rule,
+    limits: &RateLimits,
+    bans: &BanPolicy,
+    worker: &WorkerState,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<(), StoreError> {
+    if !rule.ban {
+        return Ok(());
+    }
+    let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
+        return Ok(());
+    };
+    let (_, addr) = Clients::default().address(rule, facts, ctx, limits.pages);
+    let limiter = Limiter {
+        rules: &limits.rules,
+        bans,
+        store: ctx.host.store,
+        metrics: ctx.host.metrics,
+        cost: 1,
+    };
+    if let RuleOutcome::Throttled {
+        ban_ms: Some(length_ms),
+        ..
+    } = limiter.check(rule, addr, now_ms, Charge::Strike)?
+    {
+        banned(rule, length_ms, bans, worker, facts, ctx);
+    }
+    Ok(())
 }
 
 /// The finding a ban or an empty bucket of `rule` makes; none for a pass.
