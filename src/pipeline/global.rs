@@ -162,11 +162,20 @@ impl Engine {
                     Reason::RefreshReuse,
                     check.refresh_mode.unwrap_or(Mode::Enforce),
                 )),
-                Counted::Ban(index) if status.over => findings.push(Finding {
-                    rule: Some(index),
-                    retry_after_s: Some(status.reset_s),
-                    ..Finding::new(Stage::Bans, Reason::BanActive, bans.mode)
-                }),
+                Counted::Ban(index) if status.over => {
+                    if let Some(rule) = limits.rules.get(usize::from(index)) {
+                        let left_ms = status.reset_s.saturating_mul(1000);
+                        let kept = limits::adopt_ban(rule, left_ms, limits, bans, facts, &ctx);
+                        if let Err(error) = kept {
+                            log::warn!("palisade: a ban the rate-limit service holds could not be kept here: {error:?}");
+                        }
+                    }
+                    findings.push(Finding {
+                        rule: Some(index),
+                        retry_after_s: Some(status.reset_s),
+                        ..Finding::new(Stage::Bans, Reason::BanActive, bans.mode)
+                    });
+                }
                 Counted::Nonce | Counted::Refresh | Counted::Ban(_) => {}
             }
         }

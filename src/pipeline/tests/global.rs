@@ -159,9 +159,9 @@ fn a_global_rule_holds_across_replicas_and_only_its_routes_call() {
     // Each replica alone would have allowed 5 (its local bucket): the
     // service holds them to 5 together.
     assert_eq!(allowed, 5);
-    // Each replica's sixth request found its own bucket empty: refused
-    // without a call.
-    assert_eq!(service.calls(), 10);
+    // A refusal by the service empties the replica's bucket: its next
+    // requests are refused without a call (two refusals were asked).
+    assert_eq!(service.calls(), 7);
     // A route without a global rule makes no call.
     assert!(matches!(
         a.send("GET", "/other", &[]),
@@ -486,6 +486,14 @@ fn a_ban_issued_on_one_replica_holds_on_the_other() {
     assert_eq!((status, reason.as_str()), (403, "ban.active"));
     let retry = headers.iter().find(|(n, _)| *n == "retry-after");
     assert!(retry.is_some_and(|(_, v)| v == "60"), "{headers:?}");
+    // Replica b keeps the ban: refused without a call from now on.
+    let calls = service.calls();
+    let again = b.send("GET", "/login", &[]);
+    let Verdict::Respond(r) = again else {
+        unreachable!("a ban learned from the service was not kept")
+    };
+    assert_eq!((r.status, reason_of(&r).as_str()), (403, "ban.active"));
+    assert_eq!(service.calls(), calls);
     // Each request looks for each length a ban can have: 1, 2 and 4 minutes.
     let Verdict::Allow {
         remote: Some(check),

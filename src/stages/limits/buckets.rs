@@ -277,6 +277,13 @@ impl Rule {
         }
     }
 
+    /// The state of a bucket in `state` with no token left now, if it
+    /// has one; `None` for a bucket that never refills (no window to wait).
+    pub fn emptied(&self, state: u64, now_us: u64) -> Option<u64> {
+        let empty = now_us.saturating_add(self.burst_us(self.interval_us?));
+        (state < empty).then_some(empty)
+    }
+
     /// Takes one token from a bucket in `state`.
     pub fn take(&self, state: u64, now_us: u64) -> Take {
         self.take_many(state, now_us, 1)
@@ -428,8 +435,13 @@ pub enum Charge {
     /// a username the key has not tried).
     BanOnly,
     /// Another authority refused the request (the rate-limit service of a
-    /// global rule): one violation toward a ban, no token.
+    /// global rule): one violation toward a ban, and the bucket is emptied,
+    /// so the key's next requests here are refused without asking until a
+    /// token comes back.
     Strike,
+    /// Another replica banned the key, for this many more ms: the ban is
+    /// kept here too, so its next requests are refused without asking.
+    BannedFor(u64),
 }
 
 /// What one rule says about one request.
@@ -623,6 +635,18 @@ impl Limiter<'_> {
         now_ms: u64,
         charge: Charge,
     ) -> RuleOutcome {
+        if let Charge::BannedFor(left_ms) = charge {
+            let until = now_ms.saturating_add(left_ms);
+            if until > record.banned_until_ms {
+                record.banned_until_ms = until;
+                // The level whose length covers it, so the safety net
+                // below keeps it whole.
+                while record.level < 63 && self.bans.duration_ms(record.level) < left_ms {
+                    record.level += 1;
+                }
+                *write = true;
+            }
+        }
         if record.banned_until_ms > now_ms {
             // A ban never outlasts its level's length from now (a safety net
             // behind `rebase` for records written without a time stamp).
@@ -638,6 +662,10 @@ impl Limiter<'_> {
         }
         let now_us = now_ms.saturating_mul(1000);
         if charge == Charge::Strike {
+            if let Some(empty) = rule.emptied(record.state, now_us) {
+                record.state = empty;
+                *write = true;
+            }
             return RuleOutcome::Throttled {
                 quota: rule.quota(&rule.take_many(record.state, now_us, 1)),
                 retry_after_s: None,
@@ -705,8 +733,10 @@ impl Limiter<'_> {
                 let record = &mut page.records[0];
                 let take = rule.take_many(record.state, now_us, self.cost);
                 let quota = rule.quota(&take);
-                let looks = matches!(charge, Charge::Peek | Charge::BanOnly | Charge::Strike);
-                if (take.allowed && looks) || matches!(charge, Charge::BanOnly | Charge::Strike) {
+                let looks = !matches!(charge, Charge::Take | Charge::Batch(_));
+                if (take.allowed && looks)
+                    || !matches!(charge, Charge::Take | Charge::Batch(_) | Charge::Peek)
+                {
                     return (false, RuleOutcome::Allowed(quota));
                 }
                 if take.allowed {

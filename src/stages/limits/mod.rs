@@ -373,7 +373,9 @@ fn banned(
 }
 
 /// The rate-limit service refused `rule` for this request (a global
-/// rule): one violation of the key toward a ban, as a local refusal is.
+/// rule): one violation of the key toward a ban, as a local refusal is,
+/// and its local bucket emptied, so that its next requests here are
+/// refused without a call until a token comes back.
 pub fn strike(
     rule: &Rule,
     limits: &RateLimits,
@@ -382,11 +384,42 @@ pub fn strike(
     facts: &Facts<'_>,
     ctx: &Ctx<'_>,
 ) -> Result<(), StoreError> {
-    if !rule.ban {
-        return Ok(());
+    if let Some(RuleOutcome::Throttled {
+        ban_ms: Some(length_ms),
+        ..
+    }) = charge_after(rule, Charge::Strike, limits, bans, facts, ctx)?
+    {
+        banned(rule, length_ms, bans, worker, facts, ctx);
     }
+    Ok(())
+}
+
+/// Another replica banned `rule`'s key for `left_ms` more (the rate-limit
+/// service says so): the ban is kept here too, so that the key's next
+/// requests are refused without a call.
+pub fn adopt_ban(
+    rule: &Rule,
+    left_ms: u64,
+    limits: &RateLimits,
+    bans: &BanPolicy,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<(), StoreError> {
+    charge_after(rule, Charge::BannedFor(left_ms), limits, bans, facts, ctx).map(|_| ())
+}
+
+/// `charge` on `rule`'s key for this request, after its phases (the
+/// service's answer); `None` when the clock failed.
+fn charge_after(
+    rule: &Rule,
+    charge: Charge,
+    limits: &RateLimits,
+    bans: &BanPolicy,
+    facts: &Facts<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<Option<RuleOutcome>, StoreError> {
     let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
-        return Ok(());
+        return Ok(None);
     };
     let (_, addr) = Clients::default().address(rule, facts, ctx, limits.pages);
     let limiter = Limiter {
@@ -396,14 +429,7 @@ pub fn strike(
         metrics: ctx.host.metrics,
         cost: 1,
     };
-    if let RuleOutcome::Throttled {
-        ban_ms: Some(length_ms),
-        ..
-    } = limiter.check(rule, addr, now_ms, Charge::Strike)?
-    {
-        banned(rule, length_ms, bans, worker, facts, ctx);
-    }
-    Ok(())
+    limiter.check(rule, addr, now_ms, charge).map(Some)
 }
 
 /// The finding a ban or an empty bucket of `rule` makes; none for a pass.
