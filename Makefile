@@ -18,6 +18,8 @@
 #   make nginx         nginx + ngx_wasm_module + Wasmtime from NGINX_SRC / NGX_WASM_SRC into target/nginx
 #   make nginx-smoke   the built nginx, 2 workers, palisade with one rate limit: 3 x 200 then 429 rl.exhausted
 #   make nginx-test    the NGINX end-to-end suite (tests/nginx) on that nginx; in make test when the sources are found
+#   make ratelimit-service       the global mode's rate-limit service (envoy/ratelimit-service) -> RLS_BIN
+#   make ratelimit-service-test  its fmt, clippy and tests (against a throwaway redis-server; `make redis`)
 #
 # Pass extra pytest arguments with PYTEST_ARGS (integration) or
 # DEPLOY_PYTEST_ARGS (check-deploy) or NGINX_PYTEST_ARGS (nginx-test), e.g.
@@ -756,6 +758,52 @@ nginx-test-if-sources:
 	  echo "################################################################################"; \
 	  echo; \
 	fi
+
+# ---------------------------------------------------- ratelimit-service ----
+# palisade-ratelimit (envoy/ratelimit-service): the rate-limit service of the
+# global mode, Limitador over Redis behind Envoy's rate-limit gRPC protocol.
+# A cargo workspace of its own, built into target/ratelimit-service; first
+# fetch-limitador.sh puts limitador 0.14.0 (checked, patched) in
+# target/vendor. Its tests start redis-server (`make redis`).
+RLS_DIR        := envoy/ratelimit-service
+RLS_MANIFEST   := --manifest-path $(RLS_DIR)/Cargo.toml
+RLS_TARGET_DIR := $(CURDIR)/target/ratelimit-service
+RLS_CARGO      := CARGO_TARGET_DIR='$(RLS_TARGET_DIR)' $(CARGO)
+RLS_BIN        := $(RLS_TARGET_DIR)/release/palisade-ratelimit
+
+.PHONY: ratelimit-service ratelimit-service-test limitador-vendor redis
+
+limitador-vendor:
+	$(RLS_DIR)/fetch-limitador.sh
+
+ratelimit-service: limitador-vendor
+	$(RLS_CARGO) build --release --locked $(RLS_MANIFEST)
+	@ls -l $(RLS_BIN)
+
+# The tests run in the release profile: they share the release build's
+# dependencies instead of compiling them a second time.
+ratelimit-service-test: limitador-vendor redis
+	$(CARGO) fmt $(RLS_MANIFEST) --check
+	$(RLS_CARGO) clippy --release --locked $(RLS_MANIFEST) --all-targets -- -D warnings
+	$(RLS_CARGO) test --release --locked $(RLS_MANIFEST)
+
+# redis-server 7.0 or later (Limitador's scripts use EXPIRE ... NX): Debian's
+# redis-server when missing and apt-get can run as root.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server (Debian)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
+	      || { echo "error: could not install Debian's redis-server package" >&2; exit 1; }; \
+	  else \
+	    echo "error: the rate-limit service's tests need redis-server 7.0 or later (Debian: sudo apt-get install --no-install-recommends redis-server)" >&2; exit 1; \
+	  fi; \
+	fi
+	@version="$$(redis-server --version | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p')"; \
+	if [ "$${version%%.*}" -lt 7 ] 2>/dev/null || [ -z "$$version" ]; then \
+	  echo "error: $$(command -v redis-server) is version '$$version'; the rate-limit service needs Redis 7.0 or later" >&2; exit 1; \
+	fi; \
+	echo "redis-server: $$(command -v redis-server) ($$version)"
 
 # ---------------------------------------------------------------- clean ----
 clean:
