@@ -118,6 +118,13 @@ impl Engine {
     ) -> Vec<Finding> {
         let ctx = self.ctx(host);
         let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
+        let keys = limits::KeysOf {
+            limits,
+            bans,
+            worker: &self.limits,
+            facts,
+            ctx: &ctx,
+        };
         let mut findings = Vec::new();
         for (descriptor, status) in check.descriptors.iter().zip(statuses) {
             match descriptor.counted {
@@ -134,8 +141,7 @@ impl Engine {
                     };
                     if status.over {
                         // A strike toward a ban, as a local refusal is.
-                        let struck = limits::strike(rule, limits, bans, &self.limits, facts, &ctx);
-                        if let Err(error) = struck {
+                        if let Err(error) = keys.strike(rule) {
                             log::warn!("palisade: a refusal of the rate-limit service could not count toward a ban: {error:?}");
                         }
                         findings.push(Finding {
@@ -165,8 +171,7 @@ impl Engine {
                 Counted::Ban(index) if status.over => {
                     if let Some(rule) = limits.rules.get(usize::from(index)) {
                         let left_ms = status.reset_s.saturating_mul(1000);
-                        let kept = limits::adopt_ban(rule, left_ms, limits, bans, facts, &ctx);
-                        if let Err(error) = kept {
+                        if let Err(error) = keys.adopt_ban(rule, left_ms) {
                             log::warn!("palisade: a ban the rate-limit service holds could not be kept here: {error:?}");
                         }
                     }

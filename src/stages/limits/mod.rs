@@ -319,8 +319,14 @@ impl Tally<'_, '_> {
                     ..
                 } = outcome
                 {
-                    let (bans, worker, facts, ctx) = (self.bans, self.worker, self.facts, self.ctx);
-                    banned(rule, length_ms, bans, worker, facts, ctx);
+                    let keys = KeysOf {
+                        limits: self.limits,
+                        bans: self.bans,
+                        worker: self.worker,
+                        facts: self.facts,
+                        ctx: self.ctx,
+                    };
+                    keys.banned(rule, length_ms);
                 }
                 match refusal(rule, &outcome, self.limits, self.bans) {
                     Some(finding) => finding,
@@ -350,86 +356,70 @@ fn ban_descriptor(rule: &Rule, key: u128, length_ms: u64, look: bool) -> Descrip
     }
 }
 
-/// Counts a ban of `rule`'s key; with global bans, queues it for the
-/// service (sent on the worker's next tick: its length is the window, so
-/// it ends there when it ends here).
-fn banned(
-    rule: &Rule,
-    length_ms: u64,
-    bans: &BanPolicy,
-    worker: &WorkerState,
-    facts: &Facts<'_>,
-    ctx: &Ctx<'_>,
-) {
-    ctx.host
-        .metrics
-        .increment(Counter::BanIssued { rule: rule.index });
-    if bans.scope != Scope::Global {
-        return;
-    }
-    if let Some(key) = global_key(rule, facts, ctx) {
-        lock(&worker.bans_issued).push(ban_descriptor(rule, key, length_ms, false));
-    }
+/// A request's keys after its phases: what the rate-limit service's answer
+/// (global mode) changes of them, and the bans issued meanwhile.
+pub struct KeysOf<'a, 'c> {
+    pub limits: &'a RateLimits,
+    pub bans: &'a BanPolicy,
+    pub worker: &'a WorkerState,
+    pub facts: &'a Facts<'c>,
+    pub ctx: &'a Ctx<'c>,
 }
 
-/// The rate-limit service refused `rule` for this request (a global
-/// rule): one violation of the key toward a ban, as a local refusal is,
-/// and its local bucket emptied, so that its next requests here are
-/// refused without a call until a token comes back.
-pub fn strike(
-    rule: &Rule,
-    limits: &RateLimits,
-    bans: &BanPolicy,
-    worker: &WorkerState,
-    facts: &Facts<'_>,
-    ctx: &Ctx<'_>,
-) -> Result<(), StoreError> {
-    if let Some(RuleOutcome::Throttled {
-        ban_ms: Some(length_ms),
-        ..
-    }) = charge_after(rule, Charge::Strike, limits, bans, facts, ctx)?
-    {
-        banned(rule, length_ms, bans, worker, facts, ctx);
+impl KeysOf<'_, '_> {
+    /// Counts a ban of `rule`'s key; with global bans, queues it for the
+    /// service (sent on the worker's next tick: its length is the window,
+    /// so it ends there when it ends here).
+    fn banned(&self, rule: &Rule, length_ms: u64) {
+        self.ctx
+            .host
+            .metrics
+            .increment(Counter::BanIssued { rule: rule.index });
+        if self.bans.scope != Scope::Global {
+            return;
+        }
+        if let Some(key) = global_key(rule, self.facts, self.ctx) {
+            lock(&self.worker.bans_issued).push(ban_descriptor(rule, key, length_ms, false));
+        }
     }
-    Ok(())
-}
 
-/// Another replica banned `rule`'s key for `left_ms` more (the rate-limit
-/// service says so): the ban is kept here too, so that the key's next
-/// requests are refused without a call.
-pub fn adopt_ban(
-    rule: &Rule,
-    left_ms: u64,
-    limits: &RateLimits,
-    bans: &BanPolicy,
-    facts: &Facts<'_>,
-    ctx: &Ctx<'_>,
-) -> Result<(), StoreError> {
-    charge_after(rule, Charge::BannedFor(left_ms), limits, bans, facts, ctx).map(|_| ())
-}
+    /// The rate-limit service refused `rule` for this request (a global
+    /// rule): one violation of the key toward a ban, as a local refusal
+    /// is, and its local bucket emptied, so that its next requests here
+    /// are refused without a call until a token comes back.
+    pub fn strike(&self, rule: &Rule) -> Result<(), StoreError> {
+        if let Some(RuleOutcome::Throttled {
+            ban_ms: Some(length_ms),
+            ..
+        }) = self.charge(rule, Charge::Strike)?
+        {
+            self.banned(rule, length_ms);
+        }
+        Ok(())
+    }
 
-/// `charge` on `rule`'s key for this request, after its phases (the
-/// service's answer); `None` when the clock failed.
-fn charge_after(
-    rule: &Rule,
-    charge: Charge,
-    limits: &RateLimits,
-    bans: &BanPolicy,
-    facts: &Facts<'_>,
-    ctx: &Ctx<'_>,
-) -> Result<Option<RuleOutcome>, StoreError> {
-    let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
-        return Ok(None);
-    };
-    let (_, addr) = Clients::default().address(rule, facts, ctx, limits.pages);
-    let limiter = Limiter {
-        rules: &limits.rules,
-        bans,
-        store: ctx.host.store,
-        metrics: ctx.host.metrics,
-        cost: 1,
-    };
-    limiter.check(rule, addr, now_ms, charge).map(Some)
+    /// Another replica banned `rule`'s key for `left_ms` more (the
+    /// service says so): the ban is kept here too, so that the key's next
+    /// requests are refused without a call.
+    pub fn adopt_ban(&self, rule: &Rule, left_ms: u64) -> Result<(), StoreError> {
+        self.charge(rule, Charge::BannedFor(left_ms)).map(|_| ())
+    }
+
+    /// `charge` on `rule`'s key; `None` when the clock failed.
+    fn charge(&self, rule: &Rule, charge: Charge) -> Result<Option<RuleOutcome>, StoreError> {
+        let Some(now_ms) = self.facts.now_ms(self.ctx.host.clock) else {
+            return Ok(None);
+        };
+        let (_, addr) = Clients::default().address(rule, self.facts, self.ctx, self.limits.pages);
+        let limiter = Limiter {
+            rules: &self.limits.rules,
+            bans: self.bans,
+            store: self.ctx.host.store,
+            metrics: self.ctx.host.metrics,
+            cost: 1,
+        };
+        limiter.check(rule, addr, now_ms, charge).map(Some)
+    }
 }
 
 /// The finding a ban or an empty bucket of `rule` makes; none for a pass.
