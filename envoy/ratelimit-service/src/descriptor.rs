@@ -21,8 +21,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_KEY_LEN: usize = 128;
 /// Longest domain.
 pub const MAX_DOMAIN_LEN: usize = 128;
-/// Most descriptors in one request.
-pub const MAX_DESCRIPTORS: usize = 64;
+/// Most descriptors in one request. palisade sends one per global rule of
+/// the route, plus one look per ban length (at most 16) of a rule with
+/// global bans, plus a nonce and a refresh token.
+pub const MAX_DESCRIPTORS: usize = 512;
 
 /// What one descriptor asks for, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
