@@ -224,9 +224,12 @@ oci-layout: build
 	$(HOST_PYTHON) envoy/oci/oci_layout.py --wasm $(WASM) --out $(OCI_LAYOUT)
 
 # envoy/k8s/ rendered for this build: the palisade.wasm ConfigMap and the
-# image digest (and IMAGE, if given) filled in. See envoy/k8s/README.md.
+# image digest (and IMAGE, if given) filled in; RLS_IMAGE, if given, names the
+# rate-limit service's image (envoy/ratelimit-service/Dockerfile, built and
+# pushed by you). See envoy/k8s/README.md.
 k8s-manifests: build
-	$(HOST_PYTHON) envoy/k8s/render.py --wasm $(WASM) --out $(K8S_OUT) $(if $(IMAGE),--image $(IMAGE))
+	$(HOST_PYTHON) envoy/k8s/render.py --wasm $(WASM) --out $(K8S_OUT) $(if $(IMAGE),--image $(IMAGE)) \
+	  $(if $(RLS_IMAGE),--rls-image $(RLS_IMAGE))
 
 # ----------------------------------------------------------------- lint ----
 # The fuzz crate (tests/fuzz) is its own workspace: formatted by name.

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Render envoy/k8s/ into ready-to-apply manifests for one palisade build.
 
-    python3 envoy/k8s/render.py [--wasm PATH] [--out DIR] [--image REF]
+    python3 envoy/k8s/render.py [--wasm PATH] [--out DIR] [--image REF] [--rls-image REF]
 
-(`make k8s-manifests [IMAGE=registry/palisade:tag]` runs it.) Writes to DIR
+(`make k8s-manifests [IMAGE=registry/palisade:tag]
+[RLS_IMAGE=registry/palisade-ratelimit:tag]` runs it.) Writes to DIR
 (default target/k8s):
 
-  plain/                  the committed plain-Envoy manifests, plus
+  plain/                  the committed plain-Envoy manifests, with the
+                          rate-limit service's image (ratelimit.yaml) set to
+                          --rls-image when given, plus
   plain/palisade-wasm-configmap.yaml
                           ConfigMap `palisade-wasm`: the built palisade.wasm as
                           binaryData, generated here rather than committed (a
@@ -52,6 +55,11 @@ DEFAULT_OUT = REPO_ROOT / "target" / "k8s"
 CONFIGMAP_LIMIT = 1024 * 1024
 PLACEHOLDER_SHA256 = "0" * 64
 PLACEHOLDER_IMAGE = "registry.example.com/palisade/palisade:0.1.0"
+# The rate-limit service's container image (envoy/ratelimit-service/Dockerfile),
+# which you build and push: a name no registry serves until --rls-image
+# replaces it, so unchanged manifests fail closed (no service, palisade's
+# global routes answer 503).
+PLACEHOLDER_RLS_IMAGE = "registry.example.com/palisade/palisade-ratelimit:0.1.0"
 WASM_CONFIGMAP = "palisade-wasm-configmap.yaml"
 NOT_RENDERED = (".example.yaml", ".patch.yaml")
 
@@ -91,22 +99,29 @@ def wasm_configmap(wasm: bytes, source: str) -> str:
     )
 
 
+def check_image_ref(image: str, flag: str) -> None:
+    """Refuses what is not a registry/repository[:tag] reference."""
+    if "://" in image or not re.fullmatch(r"[a-z0-9][a-z0-9._:/-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", image):
+        raise SystemExit(f"{flag} {image!r} is not a registry/repository[:tag] reference (no scheme)")
+
+
 def stamp_image(text: str, digest_hex: str, image: str | None, path: Path) -> str:
     """Replaces the placeholder digest (and image) of a committed manifest."""
     if text.count(PLACEHOLDER_SHA256) != 1:
         raise SystemExit(f"{path}: expected exactly one placeholder sha256 {PLACEHOLDER_SHA256}")
     text = text.replace(PLACEHOLDER_SHA256, digest_hex)
     if image:
-        if "://" in image or not re.fullmatch(r"[a-z0-9][a-z0-9._:/-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", image):
-            raise SystemExit(f"--image {image!r} is not a registry/repository[:tag] reference (no scheme)")
+        check_image_ref(image, "--image")
         if text.count(PLACEHOLDER_IMAGE) != 1:
             raise SystemExit(f"{path}: expected exactly one placeholder image {PLACEHOLDER_IMAGE}")
         text = text.replace(PLACEHOLDER_IMAGE, image)
     return text
 
 
-def render(wasm_path: Path, out: Path, image: str | None) -> dict[str, Path]:
+def render(wasm_path: Path, out: Path, image: str | None, rls_image: str | None = None) -> dict[str, Path]:
     wasm = wasm_path.read_bytes()
+    if rls_image:
+        check_image_ref(rls_image, "--rls-image")
     oci = _oci_layout()
     digest = oci.build_image(wasm, oci.workspace_version(), oci.workspace_version()).digest
     digest_hex = digest.split(":", 1)[1]
@@ -117,9 +132,16 @@ def render(wasm_path: Path, out: Path, image: str | None) -> dict[str, Path]:
 
     plain = out / "plain"
     plain.mkdir(parents=True)
+    stamped = 0
     for src in manifests(HERE / "plain"):
-        shutil.copyfile(src, plain / src.name)
+        text = src.read_text()
+        if rls_image and PLACEHOLDER_RLS_IMAGE in text:
+            stamped += text.count(PLACEHOLDER_RLS_IMAGE)
+            text = text.replace(PLACEHOLDER_RLS_IMAGE, rls_image)
+        (plain / src.name).write_text(text)
         written[f"plain/{src.name}"] = plain / src.name
+    if rls_image and stamped != 1:
+        raise SystemExit(f"plain/: expected the placeholder image {PLACEHOLDER_RLS_IMAGE} once, found it {stamped} times")
     try:
         source = str(wasm_path.relative_to(REPO_ROOT))
     except ValueError:
@@ -149,16 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wasm", type=Path, default=DEFAULT_WASM, help="palisade.wasm (default: the release build)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: target/k8s)")
     ap.add_argument("--image", default=None, help="registry/repository:tag the image was pushed to")
+    ap.add_argument(
+        "--rls-image", default=None,
+        help="registry/repository:tag of the rate-limit service's image (envoy/ratelimit-service/Dockerfile)",
+    )
     args = ap.parse_args(argv)
     if not args.wasm.is_file():
         print(f"{args.wasm} not found: run `make build`", file=sys.stderr)
         return 1
-    written = render(args.wasm, args.out, args.image)
+    written = render(args.wasm, args.out, args.image, args.rls_image)
     size = args.wasm.stat().st_size
     print(f"rendered {len(written)} manifests into {args.out}")
     print(f"  palisade-wasm ConfigMap: {size} bytes of wasm ({100 * size // CONFIGMAP_LIMIT}% of the 1 MiB limit);")
     print(f"  apply it with: kubectl apply --server-side -f {args.out / 'plain'}")
     print("  first create the Secrets it reads (TLS, signing keys): see envoy/k8s/README.md")
+    if not args.rls_image:
+        print(f"  plain/ratelimit.yaml: image still {PLACEHOLDER_RLS_IMAGE}; pass RLS_IMAGE=registry/palisade-ratelimit:tag")
     if not args.image:
         print(f"  istio/, envoy-gateway/: image still {PLACEHOLDER_IMAGE}; pass IMAGE=registry/palisade:tag")
     return 0

@@ -773,7 +773,7 @@ def _k8s(demo: dict) -> dict:
     return without_demo_jwt(with_env_secrets(demo))
 
 
-# The global mode as the compose deployment turns it on
+# The global mode as the compose and plain-Kubernetes deployments turn it on
 # (README, `global`): the section, naming the Envoy cluster of the rate-limit
 # service and reading its hashing key from the environment like the other
 # secrets, and what is counted across replicas - the rules GLOBAL_RULES
@@ -810,9 +810,11 @@ def with_global(config: dict) -> dict:
 # (envoy/envoy.yaml): one policy everywhere, adapted only where needed.
 #   * Secrets (signing keys, API-key hashes) come from the environment
 #     everywhere but in the demo (SECRET_ENV).
-#   * docker-compose, which ships the rate-limit service and Redis, turns
-#     the global mode on (with_global); the demo (`make run` needs no Redis)
-#     stays local; NGINX and Kong refuse it.
+#   * docker-compose and plain Kubernetes, which ship the rate-limit service
+#     and Redis, turn the global mode on (with_global); the demo (`make run`
+#     needs no Redis) stays local, and so do Istio and Envoy Gateway, whose
+#     wasm resources cannot declare the HTTP/2 cluster it needs
+#     (envoy/k8s/README.md, The global mode); NGINX and Kong refuse it.
 #   * The Kubernetes flavors do not trust the demo's token issuer
 #     (without_demo_jwt); docker-compose, a demo like `make run`, does.
 #   * Istio and Envoy Gateway cannot let palisade wait for a body
@@ -829,7 +831,7 @@ def with_global(config: dict) -> dict:
 EXPECTED_POLICY: dict[str, Callable[[dict], dict]] = {
     "envoy/envoy.yaml": lambda demo: demo,
     "envoy/compose/envoy.yaml": lambda demo: with_global(with_env_secrets(demo)),
-    "envoy/k8s/plain/envoy-config.yaml": _k8s,
+    "envoy/k8s/plain/envoy-config.yaml": lambda demo: with_global(_k8s(demo)),
     "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
     "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
     "nginx/nginx.conf": _nginx,

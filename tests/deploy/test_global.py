@@ -4,12 +4,13 @@ bootstrap (palisade cannot know the bootstrap's clusters, so nothing else
 would notice a typo before the first request answers 503
 global.unavailable), and that cluster speaks HTTP/2, which gRPC needs.
 
-The compose deployment ships the rate-limit service and Redis and turns the
-mode on; the demo (`make run`) carries the cluster but stays local; NGINX
-and Kong refuse the section. `envoy --mode validate` of these bootstraps is
-test_envoy.py's, and so is a request through the compose configuration to
-the real service; the compose wiring of the service and Redis is
-test_compose.py's.
+The compose and plain-Kubernetes deployments ship the rate-limit service and
+Redis and turn the mode on; the demo (`make run`) carries the cluster but
+stays local; Istio and Envoy Gateway stay local (envoy/k8s/README.md says
+why); NGINX and Kong refuse the section. `envoy --mode validate` of these
+bootstraps is test_envoy.py's, and so is a request through the compose and
+Kubernetes configurations to the real service; the compose and Kubernetes
+wiring of the service and Redis is test_compose.py's and test_k8s.py's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import deploy
 
 DEMO, COMPOSE_ENVOY, K8S_ENVOY = deploy.SHIPPED_ENVOY
-WITH_SERVICE = [COMPOSE_ENVOY]
+WITH_SERVICE = [COMPOSE_ENVOY, K8S_ENVOY]
 
 
 @pytest.mark.parametrize("config", deploy.SHIPPED_ENVOY, ids=lambda c: c.label)

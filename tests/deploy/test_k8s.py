@@ -5,7 +5,11 @@ schemas of @kubernetes-models/istio and @kubernetes-models/gateway-api), the
 Envoy Gateway EnvoyExtensionPolicy and EnvoyProxy (tests/deploy/schemas/),
 the example Secrets and the patches of objects the user owns (the Istio
 gateway Deployment, the Envoy Gateway Gateway: applied to representative
-objects and validated), and that the pieces reference each other correctly.
+objects and validated), and that the pieces reference each other correctly,
+the global mode's rate-limit service and Redis included (Envoy's cluster ->
+the service's headless Service -> its pods -> the Redis Service -> Redis,
+fenced by NetworkPolicies, every pod within the namespace's restricted
+profile, the service's image rendered like the filter's).
 How palisade's secrets flow through them is test_secrets.py's.
 """
 
@@ -17,6 +21,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -443,3 +448,182 @@ def test_committed_manifests_carry_the_placeholder_digest():
     for path in (WASMPLUGIN, EEP):
         assert path.read_text().count(render.PLACEHOLDER_SHA256) == 1, path
         assert path.read_text().count(render.PLACEHOLDER_IMAGE) == 1, path
+
+
+# ---------------------------------------------------------------------------
+# The global mode: the rate-limit service and Redis (plain/)
+# ---------------------------------------------------------------------------
+RLS_IMAGE = "ghcr.io/example/palisade-ratelimit:0.1.0"
+
+
+def _plain_objects(directory: Path) -> dict[tuple[str, str], dict]:
+    return _by_kind(sorted(directory.glob("*.yaml")))
+
+
+def _flag(args: list[str], flag: str) -> str:
+    assert args.count(flag) == 1, f"{flag} must be given once in {args}"
+    return args[args.index(flag) + 1]
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _port_named(container: dict, name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return port
+
+
+def _global_cluster() -> dict:
+    (section,) = {json.dumps(s, sort_keys=True): s for s in deploy.global_sections(K8S_ENVOY)}.values()
+    return deploy.clusters(K8S_ENVOY.bootstrap())[section["cluster"]]
+
+
+def _address_of(cluster: dict) -> str:
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    return endpoint["endpoint"]["address"]["socket_address"]["address"]
+
+
+def _service_of(objs: dict, host: str) -> dict:
+    """The Service a cluster-internal DNS name (<name>.<namespace>.svc.cluster.local) names."""
+    name, namespace, *rest = host.split(".")
+    assert rest == ["svc", "cluster", "local"], f"{host}: not a Service's cluster DNS name"
+    service = objs.get(("Service", name))
+    assert service and service["metadata"]["namespace"] == namespace, f"{host}: no such Service in plain/"
+    return service
+
+
+def _selected(objs: dict, selector: dict) -> list[dict]:
+    return [
+        o for o in objs.values()
+        if o["kind"] == "Deployment" and selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+def test_envoy_reaches_the_ratelimit_pods_over_http2(rendered):
+    """palisade's global.cluster -> Envoy's cluster (STRICT_DNS, HTTP/2) ->
+    the headless Service -> the rate-limit Deployment's gRPC port, which is
+    where --listen puts the service."""
+    objs = _plain_objects(rendered / "plain")
+    cluster = _global_cluster()
+    assert cluster["type"] == "STRICT_DNS" and deploy.speaks_http2(cluster)
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    service = _service_of(objs, address["address"])
+    assert service["spec"].get("clusterIP") == "None", (
+        "headless, so that STRICT_DNS sees every pod (a cluster IP pins each HTTP/2 connection to one pod)"
+    )
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == address["port_value"]]
+    (deployment,) = _selected(objs, service["spec"]["selector"])
+    container = _container(deployment)
+    assert _port_named(container, port["targetPort"]) == int(_flag(container["args"], "--listen").rsplit(":", 1)[1])
+    assert _flag(container["args"], "--listen").startswith("0.0.0.0:")
+
+
+def test_ratelimit_deployment(rendered):
+    """Two replicas, probes on the health port (readiness on /healthz:
+    ready while Redis answers), requests and limits."""
+    objs = _plain_objects(rendered / "plain")
+    (deployment,) = _selected(objs, _service_of(objs, _address_of(_global_cluster()))["spec"]["selector"])
+    assert deployment["spec"]["replicas"] == 2
+    container = _container(deployment)
+    health = int(_flag(container["args"], "--health-listen").rsplit(":", 1)[1])
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/healthz" and _port_named(container, ready["port"]) == health
+    live = container["livenessProbe"]
+    target = (live.get("httpGet") or live.get("tcpSocket"))["port"]
+    assert _port_named(container, target) == health
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), f"resources.{kind}"
+
+
+def test_ratelimit_counts_in_the_redis_service(rendered):
+    """--redis-url names the Redis Service and its port, which leads to the
+    Redis container's port; Redis is the compose file's Redis (7.0 or
+    later), one replica, never two at once."""
+    objs = _plain_objects(rendered / "plain")
+    (deployment,) = _selected(objs, _service_of(objs, _address_of(_global_cluster()))["spec"]["selector"])
+    url = urlsplit(_flag(_container(deployment)["args"], "--redis-url"))
+    assert url.scheme == "redis" and url.password is None, "no password in a manifest"
+    service = _service_of(objs, url.hostname)
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP" and not service["spec"].get("externalIPs"), (
+        "Redis stays inside the cluster"
+    )
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == (url.port or 6379)]
+    (redis,) = _selected(objs, service["spec"]["selector"])
+    assert _port_named(_container(redis), port["targetPort"]) == 6379
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["strategy"]["type"] == "Recreate"
+    compose = yaml.safe_load(deploy.COMPOSE_FILE.read_text())["services"]["redis"]["image"]
+    assert _container(redis)["image"] == compose, "one Redis for compose and Kubernetes"
+
+
+def test_every_plain_pod_meets_the_restricted_profile(rendered):
+    """The namespace enforces Pod Security `restricted`: a pod that does not
+    meet it is refused at admission, not here, unless this checks it."""
+    objs = _plain_objects(rendered / "plain")
+    (namespace,) = [o for o in objs.values() if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    deployments = [o for o in objs.values() if o["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} >= {"palisade-envoy", "palisade-ratelimit", "palisade-redis"}
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", d["metadata"]["name"]
+        assert pod.get("automountServiceAccountToken") is False, d["metadata"]["name"]
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), c["name"]
+            assert not any("hostPort" in p for p in c.get("ports", [])), c["name"]
+        for v in pod.get("volumes", []):
+            assert set(v) - {"name"} <= {"configMap", "secret", "emptyDir"}, v
+
+
+def test_network_policies_fence_redis_and_the_service(rendered):
+    """Only the rate-limit pods reach Redis; only the Envoy pods reach the
+    service's gRPC port."""
+    objs = _plain_objects(rendered / "plain")
+    policies = {o["metadata"]["name"]: o for o in objs.values() if o["kind"] == "NetworkPolicy"}
+    envoy_labels = objs[("Deployment", "palisade-envoy")]["spec"]["template"]["metadata"]["labels"]
+
+    def fenced(name: str) -> tuple[dict, dict]:
+        deployment = objs[("Deployment", name)]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [p for p in policies.values() if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        (peer,) = rule["from"]
+        assert set(peer) == {"podSelector"}, f"{name}: only pods of this namespace: {peer}"
+        return rule, peer["podSelector"]["matchLabels"]
+
+    rls_labels = objs[("Deployment", "palisade-ratelimit")]["spec"]["template"]["metadata"]["labels"]
+    rule, allowed = fenced("palisade-redis")
+    assert allowed.items() <= rls_labels.items() and not allowed.items() <= envoy_labels.items()
+    assert [p["port"] for p in rule["ports"]] == [6379]
+    rule, allowed = fenced("palisade-ratelimit")
+    assert allowed.items() <= envoy_labels.items()
+    rls = _container(objs[("Deployment", "palisade-ratelimit")])
+    assert [p["port"] for p in rule["ports"]] == [_port_named(rls, "grpc")]
+
+
+def test_ratelimit_image_is_rendered_like_the_filter_image(wasm, tmp_path):
+    """The committed manifest names a placeholder image once (applied
+    unchanged, it fails closed); `make k8s-manifests RLS_IMAGE=...` names
+    the pushed one; a malformed reference is refused."""
+    committed = K8S / "plain" / "ratelimit.yaml"
+    assert committed.read_text().count(render.PLACEHOLDER_RLS_IMAGE) == 1
+    others = [p for p in K8S.rglob("*.yaml") if p != committed]
+    assert not [p for p in others if render.PLACEHOLDER_RLS_IMAGE in p.read_text()]
+
+    render.render(wasm, tmp_path / "out", None, RLS_IMAGE)
+    objs = _plain_objects(tmp_path / "out" / "plain")
+    assert _container(objs[("Deployment", "palisade-ratelimit")])["image"] == RLS_IMAGE
+    assert render.PLACEHOLDER_RLS_IMAGE not in "".join(p.read_text() for p in (tmp_path / "out").rglob("*.yaml"))
+
+    render.render(wasm, tmp_path / "default", None)
+    objs = _plain_objects(tmp_path / "default" / "plain")
+    assert _container(objs[("Deployment", "palisade-ratelimit")])["image"] == render.PLACEHOLDER_RLS_IMAGE
+
+    with pytest.raises(SystemExit, match="--rls-image"):
+        render.render(wasm, tmp_path / "bad", None, "https://ghcr.io/example/palisade-ratelimit:0.1.0")
