@@ -56,6 +56,14 @@ How (each choice is there to make one run's numbers comparable):
   ``tests/bench/hostcalls``, which runs the measured palisade.wasm under
   wasmi (an interpreter with fuel metering) on a small proxy-wasm host and
   sends it the bench's request.
+* The global mode (``rl-global``, ``ban-global``, named with ``--configs``):
+  the run starts one ``redis-server`` and palisade's rate-limit service
+  (``envoy/ratelimit-service``) on it, as the integration tests do
+  (``tests/integration/cluster.py``), pinned with wrk; the global Envoys get
+  its cluster. Each request makes a remote call (its limit is never
+  reached), so Envoy's CPU per request alone would hide half of the cost:
+  the service's and Redis's CPU per request and the remote calls per
+  request (``palisade_global_calls_total``) are reported next to ``rl``.
 * Memory: after the rounds, ``N`` distinct client keys (``X-Forwarded-For``
   from 2001:db8::/32, the documentation prefix; header text only) go through
   the rate-limiting configuration; Envoy's RSS and its allocator's figures
@@ -116,7 +124,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # One listener, connection manager and palisade filter entry, shared with the
 # integration tests.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
-from harness import OK_ROUTE, ROUTER_FILTER, ingress_bootstrap, palisade_wasm_filter  # noqa: E402
+from harness import OK_ROUTE, ROUTER_FILTER, HarnessError, ingress_bootstrap, palisade_wasm_filter  # noqa: E402
+
+# The global mode's Redis and rate-limit service, as the integration tests start them.
+import cluster  # noqa: E402
 
 WASM_DIR = REPO_ROOT / "target" / "wasm32-wasip1" / "release"
 DEFAULT_WASM = WASM_DIR / "palisade.wasm"
@@ -207,11 +218,27 @@ _XFF = {"source": "x-forwarded-for", "trusted_hops": 1}
 # its bucket and writes it back with a CAS, which is the cost being measured.
 _HUGE = {"capacity": 1_000_000_000, "refill": {"tokens": 1_000_000_000, "every": "1s"}}
 _BENCH_SECRET = b"bench-secret-of-at-least-32-bytes-long!!"
+# The global mode (README `global`): the rate-limit service's cluster (see
+# bootstrap()), a timeout no round comes near, and `deny` so that a service
+# that fails answers 503 and the round's serve check fails loudly instead of
+# measuring requests that made no call.
+RLS_CLUSTER = "ratelimit"
+_GLOBAL = {
+    "cluster": RLS_CLUSTER,
+    "timeout": "1s",
+    "failure_mode": "deny",
+    "key_secret": {"base64": base64.b64encode(b"bench-global-key-secret-32-bytes!!").decode()},
+}
 _SIGNED_COMPONENTS = ["@method", "@authority", "@path", "@query", "content-digest", "content-type"]
 
 
 def _rules(*keys: str) -> list[dict]:
     return [{"name": "per-" + "-".join(k.split("+")), "key": k.split("+"), **_HUGE} for k in keys]
+
+
+def _global(rule: dict) -> dict:
+    """`rule` counted by the rate-limit service too (`"scope": "global"`)."""
+    return {**rule, "scope": "global"}
 
 
 def _jwt_section(ident: Identity, **provider: object) -> dict:
@@ -325,6 +352,12 @@ class Config:
     # kind "unit": the empty filter making one kind of host call n times per
     # request (its plugin configuration `<kind> <n>`).
     unit: tuple[str, int] | None = None
+    # Needs the global mode's rate-limit service (and its Redis): the run
+    # starts them once, and their CPU and the remote calls are reported.
+    global_service: bool = False
+    # The configuration the global-mode table compares this one with (what
+    # the remote call adds to Envoy's CPU), when it is in the run.
+    twin: str | None = None
 
     @property
     def empty_filter_config(self) -> str:
@@ -391,6 +424,14 @@ def all_configs(ident: Identity) -> list[Config]:
     """Every configuration the bench knows, in report order. Those with
     default=False run only when named with --configs."""
     rl_only = {"client_ip": _XFF, "rate_limits": {"rules": _rules("ip")}}
+    # The same rule counted by the service too: never over its limit, so every
+    # request makes one remote call with one descriptor.
+    rl_global = {"client_ip": _XFF, "global": _GLOBAL, "rate_limits": {"rules": [_global(r) for r in _rules("ip")]}}
+    # Global bans with the default lengths (30 s doubling to 1 h: 8): each
+    # request also looks at the 8 ban counters of its key, in the same call.
+    ban_global = json.loads(json.dumps(rl_global))
+    ban_global["rate_limits"]["rules"][0]["ban"] = True
+    ban_global["bans"] = {"scope": "global"}
     jwt_rl = {
         "client_ip": _XFF,
         "routes": [{"name": "api", "prefix": "/"}],
@@ -545,6 +586,31 @@ def all_configs(ident: Identity) -> list[Config]:
             "palisade",
             palisade={"client_ip": _XFF, "rate_limits": {"rules": _rules("ip", "ip+route")}},
             default=False,
+        ),
+        # The global mode: --configs bare,empty,rl,rl-global,ban-global. No
+        # `needs`: a start-up check that fails here is a broken service, which
+        # must fail the run, not make a row "not available".
+        Config(
+            "rl-global",
+            "palisade, the `rl` rule scoped global: one call per request to the rate-limit service "
+            "(Limitador on Redis), never over its limit",
+            "get",
+            "palisade",
+            palisade=rl_global,
+            default=False,
+            global_service=True,
+            twin="rl",
+        ),
+        Config(
+            "ban-global",
+            "palisade, `rl-global` with `ban: true` and global bans: the same call also looks at the key's "
+            "8 ban lengths",
+            "get",
+            "palisade",
+            palisade=ban_global,
+            default=False,
+            global_service=True,
+            twin="rl-global",
         ),
         # Request validation: --configs bare,empty,off,validation,bare-search,
         # empty-search,off-search,validation-search
@@ -949,7 +1015,7 @@ def upstream_cluster(port: int) -> dict:
     }
 
 
-def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
+def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int, clusters: list[dict] | None = None) -> str:
     """Envoy bootstrap as JSON (valid YAML): the integration tests' listener
     and HTTP connection manager (harness.ingress_bootstrap), so the client's
     X-Forwarded-For reaches the filter unchanged. `cfg` None is the upstream
@@ -957,7 +1023,8 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
     0 (`--upstream direct`) the measured Envoy answers the same way itself:
     its HTTP filters run on the request, then the router answers from the
     route (no upstream connection), and the encoder side of the filters
-    (palisade's response headers, a login's answer) runs on that answer."""
+    (palisade's response headers, a login's answer) runs on that answer.
+    `clusters` are added as they are (the global mode's rate-limit service)."""
     direct_routes = [REFUSED_LOGIN_ROUTE, OK_ROUTE]
     if cfg is None:
         return json.dumps(ingress_bootstrap(direct_routes, [ROUTER_FILTER]), indent=2)
@@ -967,10 +1034,10 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int) -> str:
     elif cfg.kind == "palisade":
         filters.append(palisade_wasm_filter(json.dumps(cfg.palisade), cfg.wasm or wasm))
     filters.append(ROUTER_FILTER)
-    if not upstream_port:
-        return json.dumps(ingress_bootstrap(direct_routes, filters), indent=2)
-    b = ingress_bootstrap([UPSTREAM_ROUTE], filters)
-    b["static_resources"]["clusters"] = [upstream_cluster(upstream_port)]
+    b = ingress_bootstrap([UPSTREAM_ROUTE] if upstream_port else direct_routes, filters)
+    all_clusters = ([upstream_cluster(upstream_port)] if upstream_port else []) + list(clusters or [])
+    if all_clusters:
+        b["static_resources"]["clusters"] = all_clusters
     return json.dumps(b, indent=2)
 
 
@@ -1011,6 +1078,8 @@ class Envoy:
     taskset: str | None
     cpu: str
     upstream_port: int = 0
+    # Extra clusters of its bootstrap (the rate-limit service's).
+    clusters: list[dict] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     admin_port: int = 0
     port: int = 0
@@ -1039,7 +1108,7 @@ class Envoy:
 
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "envoy.yaml").write_text(bootstrap(self.config, self.wasm, self.upstream_port))
+        (self.dir / "envoy.yaml").write_text(bootstrap(self.config, self.wasm, self.upstream_port, self.clusters))
 
     def validate(self) -> None:
         """`envoy --mode validate`: the bootstrap, the native filters' typed
@@ -1190,6 +1259,81 @@ class Envoy:
 
 
 # ----------------------------------------------------------------------------
+# The global mode's service: one redis-server and one palisade rate-limit
+# service (envoy/ratelimit-service) for the whole run
+# ----------------------------------------------------------------------------
+class _Pinned:
+    """Mixin for tests/integration/cluster.py's processes: started under
+    `taskset -c CPU` like wrk (see pinned()), so the service's work does not
+    land on the measured Envoy's CPU; the pid stays the process's own."""
+
+    taskset: str | None = None
+    cpu: str = WRK_CPU
+
+    def command(self) -> list[str]:
+        return pinned(super().command(), self.cpu, self.taskset)  # type: ignore[misc]
+
+
+class _PinnedRedis(_Pinned, cluster.Redis):
+    pass
+
+
+class _PinnedRateLimitService(_Pinned, cluster.RateLimitService):
+    pass
+
+
+@dataclass
+class GlobalService:
+    """The rate-limit service and its Redis, shared by every global
+    configuration of the run. Their CPU is read around each round of a
+    global configuration, as Envoy's is: what the remote call costs on the
+    other side, which Envoy's CPU per request does not show."""
+
+    redis: cluster.Redis
+    rls: cluster.RateLimitService
+
+    def cluster(self) -> dict:
+        """The Envoy cluster palisade's `global.cluster` names (HTTP/2, for gRPC)."""
+        return self.rls.cluster(RLS_CLUSTER)
+
+    def cpu_ns(self) -> tuple[int, int, int]:
+        """(service schedstat ns, Redis schedstat ns, both utime+stime ns)."""
+        rls, redis = self.rls.proc.pid, self.redis.proc.pid
+        return schedstat_ns(rls), schedstat_ns(redis), stat_cpu_ns(rls) + stat_cpu_ns(redis)
+
+    def check_alive(self) -> None:
+        for p in (self.redis, self.rls):
+            if p.proc is None or p.proc.poll() is not None:
+                code = p.proc.returncode if p.proc else "?"
+                raise BenchError(f"{p.what} died (exit code {code}):\n{p.log_text()[-3000:]}")
+
+
+def start_global_service(workdir: Path, taskset: str | None, services: list) -> GlobalService:
+    """Starts Redis, then the service on it; each goes into `services` before
+    it starts, so stop_all stops it whatever happens next."""
+    try:
+        redis = _PinnedRedis(workdir / "redis")
+        rls = _PinnedRateLimitService(workdir / "ratelimit-service", redis.url)
+    except HarnessError as e:  # a binary is missing
+        raise SetupError(str(e)) from e
+    for proc in (redis, rls):
+        proc.taskset = taskset
+        services.append(proc)
+        try:
+            proc.start()
+        except HarnessError as e:
+            raise BenchError(f"{e}\n{proc.log_text()[-3000:]}") from e
+    # Its health check asks Redis: a service that cannot reach its Redis
+    # would otherwise only show up as 503s at the first request.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while rls.healthz() != 200:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the rate-limit service is not healthy (/healthz):\n{rls.log_text()[-3000:]}")
+        time.sleep(0.1)
+    return GlobalService(redis, rls)
+
+
+# ----------------------------------------------------------------------------
 # One round
 # ----------------------------------------------------------------------------
 @dataclass
@@ -1208,10 +1352,32 @@ class Sample:
     log_bytes: int  # growth of Envoy's log during the round (expected 0)
     wrk_cpu_ns: int
     other_cpu_ns: int  # everything else on the machine (incl. the upstream and the idle Envoys)
+    # A global configuration's rounds only: the rate-limit service's and
+    # Redis's CPU (schedstat, and utime+stime of both), and palisade's remote
+    # calls (palisade_global_calls_total, every result).
+    remote: bool = False
+    rls_cpu_ns: int = 0
+    redis_cpu_ns: int = 0
+    remote_cpu_ns_ticks: int = 0
+    remote_calls: int = 0
 
     @property
     def cpu_us_per_req(self) -> float:
         return self.cpu_ns / self.requests / 1000
+
+    @property
+    def remote_us_per_req(self) -> float:
+        """The service's and Redis's CPU per request Envoy served."""
+        return (self.rls_cpu_ns + self.redis_cpu_ns) / self.requests / 1000
+
+    @property
+    def calls_per_req(self) -> float:
+        return self.remote_calls / self.requests
+
+    @property
+    def remote_util(self) -> float:
+        """CPUs' worth the service and Redis used during the round."""
+        return (self.rls_cpu_ns + self.redis_cpu_ns) / (self.seconds * 1e9)
 
     @property
     def cpu_us_per_req_ticks(self) -> float:
@@ -1268,6 +1434,10 @@ def delta(after: dict[str, int], before: dict[str, int], pred) -> int:
     return sum(v - before.get(k, 0) for k, v in after.items() if pred(k))
 
 
+# palisade_global_calls_total{result}: result ok, over or error.
+GLOBAL_CALLS = "wasmcustom.palisade_global_calls_total."
+
+
 def check_served(envoy: Envoy, where: str, res: dict, c0: dict, c1: dict) -> int:
     """Requests Envoy completed between two counter snapshots, after checking
     that every one was served as intended; raises BenchError otherwise."""
@@ -1310,6 +1480,13 @@ def check_served(envoy: Envoy, where: str, res: dict, c0: dict, c1: dict) -> int
         calls = delta(c1, c0, lambda k: k == "wasmcustom.bench_unit_calls")
         if not (0 <= calls - completed * envoy.config.unit[1] <= 2 * WRK_CONNECTIONS * envoy.config.unit[1]):
             raise BenchError(f"{where}: the metric unit counted {calls} increments for {completed} requests")
+    if envoy.config and envoy.config.global_service:
+        # The remote call is what is measured: it must happen, and succeed
+        # (an error would be a 503 with failure_mode deny, `over` a 429).
+        calls = delta(c1, c0, lambda k: k.startswith(GLOBAL_CALLS))
+        failed = calls - delta(c1, c0, lambda k: k == GLOBAL_CALLS + "result.ok")
+        if calls == 0 or failed:
+            raise BenchError(f"{where}: palisade made {calls} remote calls, {failed} not ok; Envoy completed {completed}")
     if kind == "native":
         allowed = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.allowed")
         denied = delta(c1, c0, lambda k: k == "http.ingress_http.jwt_authn.denied")
@@ -1344,21 +1521,38 @@ def settled_counters(envoy: Envoy, c0: dict[str, int]) -> dict[str, int]:
     return c1
 
 
-def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: str | None, procs: list) -> Sample:
+def measure(
+    envoy: Envoy,
+    rnd: int,
+    wrk: str,
+    lua: Path,
+    seconds: int,
+    taskset: str | None,
+    procs: list,
+    service: GlobalService | None = None,
+) -> Sample:
     """One wrk round against one Envoy; validates that every request was served
-    as intended before its CPU number is believed."""
+    as intended before its CPU number is believed. A global configuration's
+    round also reads the CPU of the service and Redis (`service`) around wrk."""
+    remote = service if envoy.config is not None and envoy.config.global_service else None
     envoy.check_alive()
+    if remote:
+        remote.check_alive()
     c0 = envoy.counters()
     log0 = envoy.log_bytes()
     pid = envoy.proc.pid
     t0 = time.monotonic()
     b0, w0 = system_busy_ns(), children_cpu_ns()
     s0, k0 = envoy.cpu_ns()
+    r0 = remote.cpu_ns() if remote else (0, 0, 0)
     res = run_wrk(wrk, lua, envoy.port, seconds, taskset, procs, str(CLIENTS))
+    r1 = remote.cpu_ns() if remote else (0, 0, 0)
     s1, k1 = envoy.cpu_ns()
     b1, w1 = system_busy_ns(), children_cpu_ns()
     wall = time.monotonic() - t0
     envoy.check_alive()
+    if remote:
+        remote.check_alive()
     c1 = settled_counters(envoy, c0)
     log_growth = envoy.log_bytes() - log0
     if thread_count(pid) != envoy.threads:
@@ -1379,7 +1573,14 @@ def measure(envoy: Envoy, rnd: int, wrk: str, lua: Path, seconds: int, taskset: 
         p99_us=res["p99_us"],
         log_bytes=log_growth,
         wrk_cpu_ns=w1 - w0,
-        other_cpu_ns=max(0, (b1 - b0) - (k1 - k0) - (w1 - w0)),
+        # The service's work is the configuration's, not other load (ticks,
+        # like system_busy_ns and Envoy's share taken off it).
+        other_cpu_ns=max(0, (b1 - b0) - (k1 - k0) - (w1 - w0) - (r1[2] - r0[2])),
+        remote=remote is not None,
+        rls_cpu_ns=r1[0] - r0[0],
+        redis_cpu_ns=r1[1] - r0[1],
+        remote_cpu_ns_ticks=r1[2] - r0[2],
+        remote_calls=delta(c1, c0, lambda k: k.startswith(GLOBAL_CALLS)),
     )
 
 
@@ -1450,8 +1651,15 @@ def count_host_calls(
     """{config name: counts} for the palisade configurations, each counted
     on the module it runs (`wasm`, or a baseline's); on failure, ({}, reason)."""
     jobs: dict[Path, list[dict]] = {}
+    # The harness's host answers no gRPC call, so a global configuration's
+    # request cannot go through it (the filter traps waiting for the call).
+    skipped = {
+        cfg.name: {"name": cfg.name, "error": "not counted: the harness's host makes no gRPC call (global mode)"}
+        for cfg in configs
+        if cfg.kind == "palisade" and cfg.global_service
+    }
     for cfg in configs:
-        if cfg.kind != "palisade":
+        if cfg.kind != "palisade" or cfg.name in skipped:
             continue
         req = workload_request(cfg.workload, ident)
         headers = [[":method", req.method], [":path", req.path], [":scheme", "http"], [":authority", "bench.example"]]
@@ -1471,7 +1679,7 @@ def count_host_calls(
             }
         )
     if not jobs:
-        return {}, None
+        return skipped, None
     cargo = os.environ.get("CARGO", "cargo")
     # A workspace member: it shares target/ with the build. Release: wasmi
     # interprets the module, and a token verified on every request is
@@ -1491,7 +1699,7 @@ def count_host_calls(
             first = next((line for line in p.stderr.splitlines() if line.startswith("error")), p.stderr.strip()[-200:])
             return {}, f"host-call harness failed ({first}; see {out_dir / 'hostcalls.log'})"
         counts.update({r["name"]: r for r in json.loads(p.stdout)})
-    return counts, None
+    return counts | skipped, None
 
 
 # ----------------------------------------------------------------------------
@@ -1633,8 +1841,36 @@ def summarize(samples: list[Sample], configs: list[Config], unavailable: dict[st
             row["over_floor_F_ci95"] = f["ci95"] if f else None
         over = row["over_bare_us"]
         row["vs_native"] = over / native_over if over is not None and native_over == native_over and native_over > 0 else None
+        if c.global_service:
+            row.update(global_figures(by, c))
         rows.append(row)
     return rows
+
+
+def global_figures(by: dict[str, dict[int, Sample]], c: Config) -> dict:
+    """A global configuration's other side, medians over its rounds: the
+    service's and Redis's CPU per request, remote calls per request, and
+    Envoy + service + Redis together (what a request costs in all); and what
+    Envoy pays over its twin, paired round by round (µs, and in F)."""
+    ss = list(by[c.name].values())
+    out: dict = {
+        "remote_us_per_req": med([s.remote_us_per_req for s in ss]),
+        "rls_us_per_req": med([s.rls_cpu_ns / s.requests / 1000 for s in ss]),
+        "redis_us_per_req": med([s.redis_cpu_ns / s.requests / 1000 for s in ss]),
+        "remote_cpu_util": med([s.remote_util for s in ss]),
+        "remote_calls_per_req": med([s.calls_per_req for s in ss]),
+        "total_us_per_req": med([s.cpu_us_per_req + s.remote_us_per_req for s in ss]),
+        "twin": c.twin,
+        "over_twin": None,
+        "over_twin_F": None,
+    }
+    if c.twin and by.get(c.twin):
+        out["over_twin"] = describe(paired(by, c.name, c.twin))
+        out["over_twin_F"] = ratio_interval(
+            combo_series(by, {c.name: 1.0, c.twin: -1.0}),
+            combo_series(by, {FLOOR["get"]: 1.0, BASELINE["get"]: -1.0}),
+        )
+    return out
 
 
 # Which unit cost stands for each column of the host-call harness. Columns
@@ -1897,6 +2133,68 @@ def markdown_summary(rows: list[dict], hostcalls: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def markdown_global(rows: list[dict]) -> str:
+    """The global configurations next to their local twins (`rl` and
+    `rl-global` side by side): Envoy's CPU, its cost over the empty filter,
+    the service's and Redis's CPU, the remote calls, the latency; then what
+    each global configuration adds to Envoy over its twin. Empty without a
+    global configuration in the run."""
+    by_name = {r["config"]: r for r in rows if "unavailable" not in r}
+    shown: list[str] = []
+    for r in rows:
+        if "remote_us_per_req" in r:
+            shown += [n for n in (r["twin"], r["config"]) if n in by_name and n not in shown]
+    if not shown:
+        return ""
+    table = []
+    for name in shown:
+        r = by_name[name]
+        floor = _us(r["over_floor_us"])
+        if r.get("over_floor_ci95"):
+            lo, hi = r["over_floor_ci95"]
+            floor += f" [{lo:+.1f}, {hi:+.1f}]"
+        remote = "—"
+        if "remote_us_per_req" in r:
+            remote = f"{r['remote_us_per_req']:.1f} ({r['rls_us_per_req']:.1f} + {r['redis_us_per_req']:.1f})"
+        table.append(
+            [
+                f"`{name}`",
+                f"{r['rps']:,.0f}",
+                f"{r['cpu_us_per_req']:.1f}",
+                f"{100 * r['envoy_cpu_util']:.0f}%",
+                floor,
+                _ratio({"value": r.get("over_floor_F"), "ci95": r.get("over_floor_F_ci95")}),
+                remote,
+                f"{100 * r['remote_cpu_util']:.0f}%" if "remote_cpu_util" in r else "—",
+                f"{r['total_us_per_req']:.1f}" if "total_us_per_req" in r else f"{r['cpu_us_per_req']:.1f}",
+                f"{r.get('remote_calls_per_req', 0):.2f}",
+                f"{r['p50_us'] / 1000:.2f} ms",
+                f"{r['p99_us'] / 1000:.2f} ms",
+            ]
+        )
+    out = _table(
+        ["configuration", "requests/s", "Envoy CPU µs/request", "Envoy CPU use", "over empty wasm filter [95% CI]",
+         "÷ F [95% CI]", "service + Redis CPU µs/request (service + Redis)", "service + Redis CPU use",
+         "Envoy + service + Redis µs/request", "remote calls/request", "p50", "p99"],
+        "lrrrrrrrrrrr",
+        table,
+        "Global mode: the global configurations next to the local configuration they are compared with. "
+        "Service + Redis CPU: the rate-limit service's and Redis's process CPU (schedstat, all threads) during "
+        "the round, per request Envoy served; both run on wrk's CPU. Remote calls: "
+        "`palisade_global_calls_total` (every result) per request. Envoy CPU use below ~100% means Envoy "
+        "waited for the service: wrk keeps 8 requests in flight, so at most 8 calls are outstanding, and "
+        "Envoy's µs/request is then measured at less than full load.",
+    )  # fmt: skip
+    for name in shown:
+        r = by_name[name]
+        if r.get("over_twin"):
+            out.append(
+                f"* `{name}` over `{r['twin']}`: Envoy {_ci(r['over_twin'], '{:+.1f}')} µs/request "
+                f"(median of the paired per-round differences [95% t-interval]), {_ratio(r['over_twin_F'])}."
+            )
+    return "\n".join(out).rstrip()
+
+
 def markdown_hostcalls(hostcalls: dict[str, dict], reason: str | None) -> str:
     if reason:
         return f"Host calls: not available: {reason}"
@@ -1947,16 +2245,18 @@ def markdown_memory(mem: dict | None) -> str:
 
 
 def markdown_rounds(samples: list[Sample]) -> str:
-    out = [
-        "| round | configuration | requests | requests/s | CPU µs/request | CPU µs/req (ticks) "
-        "| Envoy CPU use | other load | p50 | p99 |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    remote = any(s.remote for s in samples)
+    head = "| round | configuration | requests | requests/s | CPU µs/request | CPU µs/req (ticks) | Envoy CPU use "
+    head += "| service + Redis µs/req | calls/req " if remote else ""
+    head += "| other load | p50 | p99 |"
+    out = [head, "|---:|---|" + "---:|" * (head.count("|") - 3)]
     for s in samples:
-        out.append(
-            f"| {s.round} | {s.config} | {s.requests:,} | {s.rps:,.0f} | {s.cpu_us_per_req:.2f} | {s.cpu_us_per_req_ticks:.2f} "
-            f"| {100 * s.envoy_util:.0f}% | {100 * s.other_load:.0f}% | {s.p50_us / 1000:.2f} ms | {s.p99_us / 1000:.2f} ms |"
-        )
+        cells = f"| {s.round} | {s.config} | {s.requests:,} | {s.rps:,.0f} | {s.cpu_us_per_req:.2f} "
+        cells += f"| {s.cpu_us_per_req_ticks:.2f} | {100 * s.envoy_util:.0f}% "
+        if remote:
+            cells += f"| {s.remote_us_per_req:.2f} | {s.calls_per_req:.2f} " if s.remote else "| — | — "
+        cells += f"| {100 * s.other_load:.0f}% | {s.p50_us / 1000:.2f} ms | {s.p99_us / 1000:.2f} ms |"
+        out.append(cells)
     return "\n".join(out)
 
 
@@ -1988,6 +2288,9 @@ def markdown_report(
         "",
         analysis_md,
     ]
+    global_md = markdown_global(rows)
+    if global_md:
+        notes += ["", global_md]
     if meta.get("remeasured"):
         notes += [
             "",
@@ -2126,7 +2429,15 @@ def wasm_size(path: Path) -> tuple[int, int]:
     return len(data), len(gzip.compress(data, 9))
 
 
-def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys: list[Envoy], procs: list, workdir: Path) -> int:
+def run(
+    args: argparse.Namespace,
+    ident: Identity,
+    configs: list[Config],
+    envoys: list[Envoy],
+    procs: list,
+    workdir: Path,
+    services: list,
+) -> int:
     envoy_bin = find_envoy(args.envoy)
     wasm_src = find_wasm(args.wasm)
     if any(c.kind in ("empty", "unit") for c in configs) and not EMPTY_WASM.is_file():
@@ -2165,7 +2476,10 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
 
     load = f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} (keep-alive), {CLIENTS:,} X-Forwarded-For clients"
     direct = args.upstream == "direct"
+    needs_service = any(c.global_service for c in configs)
     others = "wrk" if direct else "wrk and the upstream"
+    if needs_service:
+        others += " (and the rate-limit service and Redis)"
     pinning = f"measured Envoy on CPU {ENVOY_CPU}, {others} on CPU {WRK_CPU}" if taskset else "no CPU pinning"
     answer = (
         "answers: each measured Envoy's own route (direct_response), no upstream hop"
@@ -2208,10 +2522,19 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
         envoys.append(upstream)
         upstream.start()
         upstream_port = upstream.port
+    service: GlobalService | None = None
+    if needs_service:
+        service = start_global_service(workdir, taskset, services)
+        print(
+            f"started the rate-limit service (pid {service.rls.proc.pid}, :{service.rls.port}) "
+            f"on Redis (pid {service.redis.proc.pid}, :{service.redis.port})",
+            file=sys.stderr,
+        )
     unavailable: dict[str, str] = {}
     running: list[Envoy] = []
     for i, cfg in enumerate(configs, start=1):
-        e = Envoy(cfg.name, cfg, envoy_bin, wasm, workdir, base + i, taskset, ENVOY_CPU, upstream_port)
+        clusters = [service.cluster()] if service and cfg.global_service else []
+        e = Envoy(cfg.name, cfg, envoy_bin, wasm, workdir, base + i, taskset, ENVOY_CPU, upstream_port, clusters)
         envoys.append(e)
         if cfg.kind == "native":
             e.validate()
@@ -2232,7 +2555,7 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
         # Rotate the order each round so no configuration always runs first.
         k = rnd % len(running)
         for e in running[k:] + running[:k]:
-            s = measure(e, rnd, wrk, scripts[e.config.workload], args.seconds, taskset, procs)
+            s = measure(e, rnd, wrk, scripts[e.config.workload], args.seconds, taskset, procs, service)
             # Work that is not the bench's (another VM's, a cron job) lands on
             # the measured CPU too: such a round is measured again.
             for _ in range(MAX_REMEASURES):
@@ -2243,11 +2566,12 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
                     file=sys.stderr,
                 )
                 remeasured += 1
-                s = measure(e, rnd, wrk, scripts[e.config.workload], args.seconds, taskset, procs)
+                s = measure(e, rnd, wrk, scripts[e.config.workload], args.seconds, taskset, procs, service)
             tag = "warm-up, discarded" if rnd == 0 else f"round {rnd}/{args.rounds}"
+            remote = f"  service+Redis {s.remote_us_per_req:.2f} µs/req, {s.calls_per_req:.2f} calls/req" if s.remote else ""
             print(
                 f"[{tag}] {e.name:14s} {s.requests:>9,} req  {s.rps:>9,.0f} req/s  "
-                f"{s.cpu_us_per_req:6.2f} µs CPU/req  p99 {s.p99_us / 1000:.2f} ms",
+                f"{s.cpu_us_per_req:6.2f} µs CPU/req  p99 {s.p99_us / 1000:.2f} ms{remote}",
                 file=sys.stderr,
             )
             if s.log_bytes:
@@ -2302,6 +2626,8 @@ def run(args: argparse.Namespace, ident: Identity, configs: list[Config], envoys
                         "kind": c.kind,
                         "palisade": c.palisade,
                         "empty_filter": c.empty_filter_config if c.kind in ("empty", "unit") else None,
+                        "global_service": c.global_service,
+                        "twin": c.twin,
                     }
                     for c in configs
                 },
@@ -2340,8 +2666,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def stop_all(envoys: list[Envoy], procs: list) -> None:
-    """Stop everything this script started (wrk first, then each Envoy)."""
+def stop_all(envoys: list[Envoy], procs: list, services: list) -> None:
+    """Stop everything this script started (wrk first, then each Envoy, then
+    the rate-limit service and Redis, in reverse order of their start)."""
     for p in list(procs):
         if p.poll() is None:
             p.kill()
@@ -2351,6 +2678,11 @@ def stop_all(envoys: list[Envoy], procs: list) -> None:
             e.stop()
         except Exception as exc:  # noqa: BLE001 - keep stopping the others
             print(f"warning: stopping Envoy '{e.name}': {exc}", file=sys.stderr)
+    for s in reversed(services):
+        try:
+            s.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            print(f"warning: stopping {s.what}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -2373,10 +2705,11 @@ def main(argv: list[str]) -> int:
 
     envoys: list[Envoy] = []
     procs: list[subprocess.Popen] = []
+    services: list = []  # the global mode's Redis and rate-limit service
     workdir = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
     keep = False  # keep Envoy's configs and logs only when they explain a failure
     try:
-        return run(args, ident, configs, envoys, procs, workdir)
+        return run(args, ident, configs, envoys, procs, workdir, services)
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -2388,7 +2721,7 @@ def main(argv: list[str]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        stop_all(envoys, procs)
+        stop_all(envoys, procs, services)
         if keep:
             print(f"(Envoy configs and logs kept in {workdir})", file=sys.stderr)
         else:
