@@ -676,6 +676,12 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let transport = transport::compile(raw.transport, raw.mode, &routes)?;
     let anomaly = anomaly::compile(raw.anomaly, &routes)?;
     let global = global::config::compile(raw.global, raw.failure_mode)?;
+    if global_descriptors(&rate_limits, &bans) > MAX_GLOBAL_DESCRIPTORS {
+        return Err(err(
+            "bans.scope",
+            format!("global rules and ban looks would send more than {MAX_GLOBAL_DESCRIPTORS} descriptors in one call (the rate-limit service's bound): fewer global rules or ban lengths"),
+        ));
+    }
     if global.is_none() {
         if let Some(path) = global_scope_path(&rate_limits, &bans, &signatures, &auth) {
             return Err(err(
@@ -727,6 +733,24 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         anomaly,
         global,
     })
+}
+
+/// Most descriptors one call may carry (the rate-limit service's bound),
+/// less room for a nonce and a request's refresh tokens.
+const MAX_GLOBAL_DESCRIPTORS: usize = 500;
+
+/// Most descriptors a request's rules can make: one per global rule, one
+/// look per ban length for each rule that bans when bans are global.
+fn global_descriptors(rate_limits: &RateLimits, bans: &BanPolicy) -> usize {
+    let rules = &rate_limits.rules;
+    let counted = rules.iter().filter(|r| r.scope == Scope::Global).count();
+    let banning = rules.iter().filter(|r| r.ban).count();
+    let looks = if bans.scope == Scope::Global {
+        banning * bans.lengths_ms().len()
+    } else {
+        0
+    };
+    counted + looks
 }
 
 /// The first setting scoped `global`, as a JSON path.

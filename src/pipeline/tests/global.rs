@@ -303,6 +303,10 @@ fn global_settings_are_checked_where_they_are_written() {
         ),
         (rule(r#", "reserve": 2"#), "rate_limits.rules[0].reserve"),
         (
+            config("").replace(r#""capacity": 5,"#, r#""capacity": 1000000001,"#),
+            "rate_limits.rules[0].capacity: a \"global\" rule's capacity is at most",
+        ),
+        (
             config("").replace(
                 r#""refill": {"tokens": 5, "every": "1m"}, "scope""#,
                 r#""refill": "none", "scope""#,
@@ -528,4 +532,33 @@ fn refusals_by_the_service_count_toward_a_ban_and_the_ban_is_published() {
     assert_eq!(a.metrics.get(&Counter::BanIssued { rule: 0 }), 1);
     assert!(publish(&a, &service));
     assert_eq!(through(&b, &service, "/login").1, "ban.active");
+}
+
+#[test]
+fn a_call_never_carries_more_descriptors_than_the_service_takes() {
+    let rules: Vec<String> = (0..32)
+        .map(|i| {
+            format!(
+                r#"{{"name": "r{i}", "key": ["ip"], "capacity": 5, "refill": {{"tokens": 5, "every": "1m"}}, "ban": true}}"#
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"global": {{"cluster": "ratelimit", "key_secret": {{"base64": "{SECRET_B64}"}}}},
+            "bans": {{"scope": "global", "base": "1s", "factor": 2.0, "max": "9h"}},
+            "rate_limits": {{"rules": [{}]}}}}"#,
+        rules.join(",")
+    );
+    let Err(e) = Policy::from_json(json.as_bytes()) else {
+        unreachable!("32 rules × 16 ban lengths accepted")
+    };
+    assert_eq!(e.path, "bans.scope");
+    assert!(
+        e.message.contains("more than 500 descriptors"),
+        "{}",
+        e.message
+    );
+    // Half as many rules fit.
+    let fewer = json.replace(&format!(",{}", rules[16..].join(",")), "");
+    assert!(Policy::from_json(fewer.as_bytes()).is_ok());
 }

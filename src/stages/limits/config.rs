@@ -302,8 +302,10 @@ fn login_rule_routes(
     Ok(ids)
 }
 
-/// Longest window the rate-limit service counts (its own bound).
+/// Longest window and largest limit the rate-limit service counts (its
+/// own bounds, `envoy/ratelimit-service`).
 const MAX_GLOBAL_WINDOW_MS: u64 = 31 * 24 * 3_600_000;
+const MAX_GLOBAL_LIMIT: u64 = 1_000_000_000;
 
 /// What a `"scope": "global"` rule must be: the service counts requests in
 /// fixed windows (the time the bucket takes to refill whole), and every
@@ -319,6 +321,12 @@ fn global_rule(
         return Err(err(
             at("scope"),
             "\"global\" is for rules counting \"requests\"; keep this rule \"local\"",
+        ));
+    }
+    if u64::from(capacity) > MAX_GLOBAL_LIMIT {
+        return Err(err(
+            at("capacity"),
+            "a \"global\" rule's capacity is at most 1000000000 (the rate-limit service's bound)",
         ));
     }
     if reserve > 1 {
