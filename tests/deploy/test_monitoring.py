@@ -49,6 +49,7 @@ METRICS: dict[str, set[str]] = {
     "palisade_table_slots_used": {"table"},
     "palisade_table_slots": {"table"},
     "palisade_failed_logins_total": {"route"},
+    "palisade_global_calls_total": {"result"},
 }
 # Asked for by the issue; more may exist.
 ISSUE_ALERTS = {

@@ -15,7 +15,9 @@ shipped Envoy configuration gives them:
   remote key sets and reputation lists that load and ones that fail (local
   servers; 404s); a refresh-token table filled past its limit (503s, decision
   `error`); HTTP/2 bursts on one rate-limit key from every worker
-  (compare-and-swap retries). The slot-table gauges come with the tables.
+  (compare-and-swap retries); a global rule counted by palisade's rate-limit
+  service on a Redis (calls answered, then calls failing while the service
+  is stopped). The slot-table gauges come with the tables.
 * Envoy B runs the `anomaly` section: steady traffic on a route class, then
   a spike. It is its own Envoy so that a build that refuses the section
   fails the anomaly cases only (with Envoy's error), not the rest.
@@ -55,10 +57,12 @@ make build and make deploy-setup have run).
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import math
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -79,6 +83,7 @@ from test_monitoring import ALERTS, METRICS, PROMETHEUS, alert_rules, dashboard_
 
 sys.path.insert(0, str(deploy.REPO_ROOT / "tests" / "integration"))
 try:
+    import cluster
     import harness
     import suite_support
     from demo_token import demo_provider, mint
@@ -331,7 +336,15 @@ CONFIG = {
     },
     "bot": {"routes": ["bot"], "challenge": {"secret": {"base64": SECRET_B64}, "difficulty": 8},
             "behaviour": {"slots": 16}},
+    # The global mode: `glob` is counted by the rate-limit service too.
+    "global": {"cluster": "ratelimit", "timeout": "300ms", "failure_mode": "deny",
+               "key_secret": {"base64": base64.b64encode(secrets.token_bytes(32)).decode()}},
 }  # fmt: skip
+CONFIG["routes"].append({"name": "glob", "prefix": "/glob"})
+CONFIG["rate_limits"]["rules"].append(
+    {"name": "glob-ip", "key": ["ip"], "routes": ["glob"], "capacity": 3, "refill": {"tokens": 3, "every": "1h"},
+     "scope": "global"}
+)
 LISTED_IP = "203.0.113.9"  # on the `drop` list
 
 # --------------------------------------------------------------------------
@@ -366,6 +379,7 @@ EXPECTED_SERIES: dict[str, list[dict[str, str]]] = {
     # Tables by their `table` label (Policy::slot_tables): the rate-limit rules', the refresh tokens'.
     "palisade_table_slots_used": [{"table": "rate_limits"}, {"table": "refresh_tokens"}],
     "palisade_table_slots": [{"table": "rate_limits"}, {"table": "refresh_tokens"}],
+    "palisade_global_calls_total": [{"result": "ok"}, {"result": "error"}],
 }
 
 
@@ -501,7 +515,7 @@ def _once_a(e: harness.EnvoyInstance) -> None:
           "the `drop` list loaded: a monitor-mode reputation_deny finding")  # fmt: skip
 
 
-def _round_a(e: harness.EnvoyInstance, n: int, notes: dict[str, str]) -> None:
+def _round_a(e: harness.EnvoyInstance, n: int, notes: dict[str, str], rls: cluster.RateLimitService) -> None:
     """One round of traffic that moves every palisade counter of Envoy A.
     Each step checks the answers it is meant to get, so a query that finds
     nothing later is not a step that silently did something else."""
@@ -536,6 +550,16 @@ def _round_a(e: harness.EnvoyInstance, n: int, notes: dict[str, str]) -> None:
     grants = [grant(i) for i in (range(REFRESH_SLOTS + 4) if n == 0 else range(100, 103))]
     assert grants[-1] == (503, "oauth.refresh_capacity") and set(grants) <= {(200, None), grants[-1]}, grants
     assert grant(0) == (400, "oauth.refresh_reuse")  # accepted in the first round
+    # The global mode: calls the rate-limit service answers, then calls
+    # while it is stopped (503 global.unavailable, failure_mode deny).
+    for i in range(2):
+        assert _outcome(e.request("GET", f"/glob/{i}", ip(30))) == (200, None)
+    rls.stop()
+    try:
+        for i in range(2):
+            assert _outcome(e.request("GET", f"/glob/{i}", ip(31))) == (503, "global.unavailable")
+    finally:
+        rls.start()
     # Monitor-mode finding: an address on the `drop` list, let through.
     assert e.request("GET", "/listed", {"x-forwarded-for": LISTED_IP})[0] == 200
     # Compare-and-swap retries: HTTP/2 bursts on the one bucket of `hot`,
@@ -590,11 +614,16 @@ def stack(tmp_path_factory, prometheus_binary) -> Stack:
         cleanup.callback(lists.stop)
         logins = LoginService({"alice": "the right password"}).start()
         cleanup.callback(logins.stop)
+        redis = cluster.Redis(tmp / "redis").start()
+        cleanup.callback(redis.stop)
+        rls = cluster.RateLimitService(tmp / "rls", redis.url).start()
+        cleanup.callback(rls.stop)
 
         a = _envoy(
             CONFIG, tmp / "envoy_a",
             extra_routes=[{"match": {"path": "/login"}, "route": {"cluster": "upstream"}}],
-            extra_clusters=[jwks.cluster("jwks"), lists.cluster("lists"), logins.cluster("upstream")],
+            extra_clusters=[jwks.cluster("jwks"), lists.cluster("lists"), logins.cluster("upstream"),
+                            rls.cluster(CONFIG["global"]["cluster"])],
         )  # fmt: skip
         cleanup.callback(a.stop)
         suite_support.start_or_fail(a)
@@ -619,7 +648,7 @@ def stack(tmp_path_factory, prometheus_binary) -> Stack:
             b_traffic = pool.submit(_drive_b, b) if b is not None else None
             _once_a(a)
             for n in range(2):
-                _round_a(a, n, s.notes)
+                _round_a(a, n, s.notes, rls)
                 s.wait_for_scrapes(a)
             if b_traffic is not None:
                 b_traffic.result()
