@@ -1023,7 +1023,8 @@ impl Engine {
             // One call for the request, after its body phase.
             Some(check) => {
                 check.remote = remote;
-                check.quota = quota;
+                // Unless its headers were set above already.
+                check.quota = quota.filter(|_| !quota_now);
                 None
             }
             None => self.remote_check(global::Asking {
@@ -1210,7 +1211,8 @@ impl Engine {
     ) {
         let (limits, bans) = (&self.policy.rate_limits, &self.policy.bans);
         let cost = self.limit_cost(facts, ctx.host);
-        // Only rules counting requests are global: nothing is sent from here.
+        // Only the header and body phases ask the service (rules counting
+        // requests, and ban looks): what these phases would add is dropped.
         let mut remote = Vec::new();
         limits::check(
             phase,

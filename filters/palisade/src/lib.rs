@@ -238,6 +238,7 @@ impl Root {
             log::error!("palisade: cannot publish bans to the rate-limit service on cluster {cluster} ({status:?})");
         }
     }
+
     /// Hands the counts of this VM's streams to the host.
     fn flush_metrics(&mut self) {
         if let Some(engine) = &self.engine {
