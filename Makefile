@@ -10,7 +10,7 @@
 #   make deny          cargo deny (deny.toml): licenses, bans, sources; advisories when the RustSec
 #                      database can be had (fetched, or CARGO_DENY_DB=/path/to/advisory-db clone)
 #   make oci-layout    palisade.wasm as an OCI image layout in target/oci/palisade
-#   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag]
+#   make k8s-manifests ready-to-apply Kubernetes manifests in target/k8s [IMAGE=registry/palisade:tag] [RLS_IMAGE=registry/palisade-ratelimit:tag]
 #   make bench         Envoy CPU per request with palisade vs bare and native Envoy (target/bench/)
 #   make size          palisade.wasm's bytes per dependency and per stage (twiggy; target/bench/size.md)
 #   make train         fit the bot stage's model from simulator traffic (TRAIN_SECONDS, MODEL_OUT, LABELLED)
@@ -352,7 +352,7 @@ chromium:
 # Every shipped deployment file: Envoy configs in envoy --mode validate (and
 # the demo's TLS/JA4 listener at run time), compose, Kubernetes, Istio, Envoy
 # Gateway, NGINX and Kong. Offline after deploy-setup.
-check-deploy: deploy-setup build palisade-check
+check-deploy: deploy-setup build palisade-check redis ratelimit-service
 	$(PYTHON) -m pytest tests/deploy -v $(DEPLOY_PYTEST_ARGS)
 
 # Supply-chain checks of the dependency tree against deny.toml, with cargo-deny
