@@ -115,7 +115,8 @@ pub fn run(selector: u8, headers: &HeaderMap<'_>, body: &[u8], times: u8, step_m
                     _ => Body::Complete(body),
                 };
                 forwarded = engine
-                    .check_body(&check, body, &services, login.as_deref_mut()).response()
+                    .check_body(&check, body, &services, login.as_deref_mut())
+                    .response()
                     .is_none();
             }
             // The upstream's answer to a login: a failure or a success.
