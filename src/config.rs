@@ -745,12 +745,7 @@ fn global_descriptors(rate_limits: &RateLimits, bans: &BanPolicy) -> usize {
     let rules = &rate_limits.rules;
     let counted = rules.iter().filter(|r| r.scope == Scope::Global).count();
     let banning = rules.iter().filter(|r| r.ban).count();
-    let looks = if bans.scope == Scope::Global {
-        banning * bans.lengths_ms().len()
-    } else {
-        0
-    };
-    counted + looks
+    counted + banning * bans.global_lengths_ms.len()
 }
 
 /// The first setting scoped `global`, as a JSON path.

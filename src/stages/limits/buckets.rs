@@ -81,6 +81,9 @@ pub struct BanPolicy {
     /// `global`: a ban issued on one replica is published to the
     /// rate-limit service, and every replica checks it there.
     pub scope: Scope,
+    /// With `global`, [`BanPolicy::lengths_ms`], computed once: a request
+    /// looks at each of them.
+    pub global_lengths_ms: Vec<u64>,
 }
 
 /// Which request attributes make up a rule's key.
@@ -790,6 +793,7 @@ mod tests {
             max_ms: 8_000,
             decay_ms: 10_000,
             scope: Scope::Local,
+            global_lengths_ms: Vec::new(),
         }
     }
 

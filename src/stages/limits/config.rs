@@ -231,8 +231,16 @@ pub fn compile_bans(raw: &RawBans, global: Mode) -> Result<BanPolicy, ConfigErro
         max_ms,
         decay_ms: raw.decay.map_or(600_000, Millis::as_ms),
         scope: raw.scope,
+        global_lengths_ms: Vec::new(),
     };
-    if bans.scope == Scope::Global && bans.lengths_ms().len() > MAX_GLOBAL_BAN_LENGTHS {
+    let bans = BanPolicy {
+        global_lengths_ms: match bans.scope {
+            Scope::Global => bans.lengths_ms(),
+            Scope::Local => Vec::new(),
+        },
+        ..bans
+    };
+    if bans.global_lengths_ms.len() > MAX_GLOBAL_BAN_LENGTHS {
         return Err(err(
             "bans.scope",
             format!(
@@ -310,41 +318,32 @@ const MAX_GLOBAL_LIMIT: u64 = 1_000_000_000;
 /// What a `"scope": "global"` rule must be: the service counts requests in
 /// fixed windows (the time the bucket takes to refill whole), and every
 /// request of it is one remote hit.
-fn global_rule(
-    counts: Counts,
-    reserve: u32,
-    capacity: u32,
-    refill: Option<Refill>,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    if counts != Counts::Requests {
+fn global_rule(rule: &Rule, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if rule.counts != Counts::Requests {
         return Err(err(
             at("scope"),
             "\"global\" is for rules counting \"requests\"; keep this rule \"local\"",
         ));
     }
-    if u64::from(capacity) > MAX_GLOBAL_LIMIT {
+    if u64::from(rule.capacity) > MAX_GLOBAL_LIMIT {
         return Err(err(
             at("capacity"),
             "a \"global\" rule's capacity is at most 1000000000 (the rate-limit service's bound)",
         ));
     }
-    if reserve > 1 {
+    if rule.reserve > 1 {
         return Err(err(
             at("reserve"),
             "a \"global\" rule takes one remote hit per request; reserve applies to \"local\" rules",
         ));
     }
-    let Some(refill) = refill else {
+    // The window the service is sent (see `limits::Tally::ask_service`).
+    let Some(window_ms) = rule.window_ms() else {
         return Err(err(
             at("refill"),
             "a \"global\" rule needs a refill: the service counts fixed windows, the time the bucket takes to refill whole",
         ));
     };
-    let window_ms = refill
-        .every_ms
-        .saturating_mul(u64::from(capacity))
-        .div_ceil(u64::from(refill.tokens));
     if window_ms > MAX_GLOBAL_WINDOW_MS {
         return Err(err(
             at("refill"),
@@ -498,25 +497,24 @@ pub fn compile_rate_limits(
                 ),
             ));
         }
-        if rule.scope == Scope::Global {
-            global_rule(rule.counts, rule.reserve, rule.capacity, refill, &at)?;
+        let compiled = Rule::new(
+            rule.name,
+            u8::try_from(i).unwrap_or(u8::MAX),
+            key,
+            applies_to,
+            routes.len_with_default(),
+            rule.capacity,
+            refill,
+            rule.ban,
+        )
+        .counting(rule.counts)
+        .in_countries(countries)
+        .reserving(rule.reserve)
+        .scoped(rule.scope);
+        if compiled.scope == Scope::Global {
+            global_rule(&compiled, &at)?;
         }
-        rules.push(
-            Rule::new(
-                rule.name,
-                u8::try_from(i).unwrap_or(u8::MAX),
-                key,
-                applies_to,
-                routes.len_with_default(),
-                rule.capacity,
-                refill,
-                rule.ban,
-            )
-            .counting(rule.counts)
-            .in_countries(countries)
-            .reserving(rule.reserve)
-            .scoped(rule.scope),
-        );
+        rules.push(compiled);
     }
     let distinct_pages = slot_pages(
         raw.distinct_slots,

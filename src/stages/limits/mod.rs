@@ -263,7 +263,7 @@ impl Tally<'_, '_> {
         };
         // The bans first: a banned key's answer is the ban, as here.
         if global_ban {
-            for length_ms in self.bans.lengths_ms() {
+            for &length_ms in &self.bans.global_lengths_ms {
                 self.remote.push(ban_descriptor(rule, key, length_ms, true));
             }
         }
