@@ -73,6 +73,13 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def device_ca(tmp_path_factory) -> tuple[Path, Path]:
+    """A throwaway client CA and its key (never make mtls-certs' demo CA),
+    for the demo's mutual-TLS listener."""
+    return _require(lambda: deploy.make_device_ca(tmp_path_factory.mktemp("device-ca")))
+
+
+@pytest.fixture(scope="session")
 def kong_schema() -> dict:
     import json
 

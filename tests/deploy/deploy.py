@@ -191,7 +191,9 @@ class EnvoyConfig:
 
     `files` maps each path written in the configuration to what stands for it
     in the checks: "wasm" (the built palisade.wasm), "cert" or "key" (a
-    throwaway certificate the checks generate).
+    throwaway certificate the checks generate), "ca" (a throwaway CA the
+    checks generate, standing for the demo device CA the mTLS listener
+    trusts; make_device_ca).
     """
 
     label: str
@@ -222,6 +224,10 @@ SHIPPED_ENVOY = [
             "target/wasm32-wasip1/release/palisade.wasm": "wasm",
             "target/tls/demo.crt": "cert",
             "target/tls/demo.key": "key",
+            # The mutual-TLS listener (demo only; make mtls-certs).
+            "target/tls/mtls/server.crt": "cert",
+            "target/tls/mtls/server.key": "key",
+            "target/tls/mtls/ca.crt": "ca",
         },
     ),
     EnvoyConfig(
@@ -262,13 +268,55 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return crt, key
 
 
-def materialize(config: EnvoyConfig, directory: Path, cert: Path, key: Path) -> Path:
+def make_device_ca(directory: Path) -> tuple[Path, Path]:
+    """A throwaway CA (P-256, openssl CLI) standing for the demo device CA:
+    the client certificates the demo's mTLS listener accepts are the ones
+    it signs (make_client_cert)."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise MissingTool("openssl not found (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / "device-ca.crt", directory / "device-ca.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=palisade check device CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return crt, key
+
+
+def make_client_cert(directory: Path, ca: tuple[Path, Path], name: str, uri: str) -> tuple[Path, Path]:
+    """A throwaway client certificate (CN `name`, URI SAN `uri`) that `ca`
+    (make_device_ca's pair, or any certificate and key) signs."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise MissingTool("openssl not found (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key, csr, ext = (directory / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
+    ext.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:{uri}\n")
+    subprocess.run(
+        [openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"],
+        check=True, capture_output=True, timeout=60,
+    )
+    subprocess.run(
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+         "-set_serial", str(secrets.randbits(63)), "-days", "1", "-extfile", str(ext), "-out", str(crt)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return crt, key
+
+
+def materialize(config: EnvoyConfig, directory: Path, cert: Path, key: Path, ca: Path | None = None) -> Path:
     """Writes `config` into `directory` with its file paths pointed at local
-    files: the built wasm and the throwaway certificate. Each path the
-    configuration is known to name must be there (so the substitution can
-    never silently miss one), and no other absolute or target/ path may be
-    left over."""
-    local = {"wasm": WASM.resolve(), "cert": cert.resolve(), "key": key.resolve()}
+    files: the built wasm, the throwaway certificate and, for a trusted
+    client CA, `ca` (the throwaway certificate itself when not given: a
+    configuration check only needs a certificate Envoy can load). Each path
+    the configuration is known to name must be there (so the substitution
+    can never silently miss one), and no other absolute or target/ path may
+    be left over."""
+    local = {"wasm": WASM.resolve(), "cert": cert.resolve(), "key": key.resolve(), "ca": (ca or cert).resolve()}
     text = config.text()
     for path, kind in config.files.items():
         pattern = re.compile(rf"(filename:\s*){re.escape(path)}(?=[\s,}}]|$)", re.M)
@@ -730,10 +778,37 @@ def without_ja4_header(config: dict) -> dict:
     return config
 
 
+def without_mtls(config: dict) -> dict:
+    """The policy without mutual-TLS device identity: no `mtls` section,
+    and none of the route classes only it names (the demo's `devices`).
+    Only the demo (envoy/envoy.yaml) has a listener that asks clients for a
+    certificate (ingress_mtls, with make mtls-certs' test CA); compose and
+    the Kubernetes files ship no client CA, Istio and Envoy Gateway
+    terminate TLS in a gateway these files do not configure, and NGINX and
+    Kong refuse the section (ngx_wasm_module does not implement the
+    connection properties it reads)."""
+    config = copy.deepcopy(config)
+    section = config.pop("mtls", None)
+    if section is None:
+        return config
+    classes = [r for r in config.get("routes", []) if r["name"] in (section.get("routes") or {})]
+    for route in classes:
+        others = [r for r in config["routes"] if r is not route]
+        if f'"{route["name"]}"' not in json.dumps({**config, "routes": others}):
+            config["routes"].remove(route)
+    rest = json.dumps(config)
+    for what in ('"device"', '"identities"', '"bound_tokens"'):
+        assert what not in rest, (
+            f"the demo policy uses {what} outside its mtls section: decide what deployments without "
+            "a client CA carry (deploy.without_mtls)"
+        )
+    return config
+
+
 def _nginx(demo: dict) -> dict:
-    return without_ja4_header(without_bot_challenge(
+    return without_mtls(without_ja4_header(without_bot_challenge(
         without_demo_api_keys(without_demo_jwt(without_demo_signatures(demo)))
-    ))
+    )))
 
 
 def without_body_binding(config: dict) -> dict:
@@ -770,7 +845,7 @@ def waits_for_body(config: dict) -> bool:
 
 
 def _k8s(demo: dict) -> dict:
-    return without_demo_jwt(with_env_secrets(demo))
+    return without_mtls(without_demo_jwt(with_env_secrets(demo)))
 
 
 # The global mode as the compose and plain-Kubernetes deployments turn it on
@@ -819,6 +894,9 @@ def with_global(config: dict) -> dict:
 #     (without_demo_jwt); docker-compose, a demo like `make run`, does.
 #   * Istio and Envoy Gateway cannot let palisade wait for a body
 #     (without_body_binding; waits_for_body).
+#   * Mutual-TLS device identity (the `mtls` section and the route classes
+#     only it names) is the demo's alone: only envoy/envoy.yaml has a
+#     listener that verifies client certificates (without_mtls).
 #   * Only the shipped Envoy bootstraps set `x-palisade-ja4` from the TLS
 #     handshake and strip the client's copy before palisade; everywhere else
 #     the bot stage does not read it (without_ja4_header).
@@ -830,7 +908,7 @@ def with_global(config: dict) -> dict:
 #     deny threshold and challenges nobody.
 EXPECTED_POLICY: dict[str, Callable[[dict], dict]] = {
     "envoy/envoy.yaml": lambda demo: demo,
-    "envoy/compose/envoy.yaml": lambda demo: with_global(with_env_secrets(demo)),
+    "envoy/compose/envoy.yaml": lambda demo: with_global(with_env_secrets(without_mtls(demo))),
     "envoy/k8s/plain/envoy-config.yaml": lambda demo: with_global(_k8s(demo)),
     "envoy/k8s/istio/wasmplugin.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),
     "envoy/k8s/envoy-gateway/envoyextensionpolicy.yaml": lambda demo: without_ja4_header(without_body_binding(_k8s(demo))),

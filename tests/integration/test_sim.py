@@ -73,12 +73,12 @@ def _free_port() -> int:
 def _demo_bootstrap(upstream_port: int) -> str:
     """envoy/envoy.yaml on loopback, kernel-picked ports, this build's wasm."""
     text = DEMO.read_text()
-    ports = {"10000": "0", "10443": "0", "9901": "0", "8081": str(upstream_port)}
+    ports = {"10000": "0", "10443": "0", "10444": "0", "9901": "0", "8081": str(upstream_port)}
     for old, new in ports.items():
         text, n = re.subn(rf"\bport_value: {old}\b", f"port_value: {new}", text)
         assert n == 1, f"envoy/envoy.yaml: expected port_value {old} once, found it {n} times"
     text, n = re.subn(r"\baddress: 0\.0\.0\.0\b", "address: 127.0.0.1", text)
-    assert n == 2, f"envoy/envoy.yaml: expected two listeners on 0.0.0.0, found {n}"
+    assert n == 3, f"envoy/envoy.yaml: expected three listeners on 0.0.0.0, found {n}"
     wasm = "filename: target/wasm32-wasip1/release/palisade.wasm"
     assert text.count(wasm) == 1, f"envoy/envoy.yaml: `{wasm}` not found once"
     return text.replace(wasm, f"filename: {harness.wasm_path()}")
@@ -106,6 +106,9 @@ def demo_port(artefacts, tmp_path_factory):
     for cert in ("target/tls/demo.crt", "target/tls/demo.key"):
         if not (harness.REPO_ROOT / cert).is_file():
             pytest.fail(f"{cert} missing: run `make tls-cert` (the demo's TLS listener needs it)")
+    for cert in ("server.crt", "server.key", "ca.crt"):
+        if not (harness.MTLS_DIR / cert).is_file():
+            pytest.fail(f"{harness.MTLS_DIR / cert} missing: run `make mtls-certs` (the demo's mTLS listener needs it)")
     tmp = tmp_path_factory.mktemp("sim")
     upstream_port = _free_port()
     upstream = subprocess.Popen(
