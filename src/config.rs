@@ -33,6 +33,7 @@ use crate::stages::limits::buckets::{BanPolicy, Counts};
 use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, LoginRoutes, RateLimits, RawBans, RawRateLimits,
 };
+use crate::stages::mtls::{self, Mtls, RawMtls};
 use crate::stages::reputation::config::{compile_reputation, RawReputation, Reputation};
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
@@ -85,6 +86,21 @@ pub struct Policy {
     /// The rate-limit service of the rules and tables scoped `global`,
     /// when the document has a `global` section.
     pub global: Option<Global>,
+    /// Device identity from client certificates, when the document has an
+    /// `mtls` section.
+    pub mtls: Option<Mtls>,
+    /// Indexed by route id: whether a stage reads the device identity on
+    /// the class (a host call per request).
+    pub reads_device: Vec<bool>,
+}
+
+impl Policy {
+    pub fn reads_device(&self, route: RouteId) -> bool {
+        self.reads_device
+            .get(usize::from(route))
+            .copied()
+            .unwrap_or(false)
+    }
 }
 
 impl Policy {
@@ -204,7 +220,10 @@ impl Names for Policy {
 
 /// The only places the schema has lists; the path pattern writes `[]` for
 /// any index.
-const LIST_PATHS: [&str; 47] = [
+const LIST_PATHS: [&str; 50] = [
+    "mtls.defaults.identities",
+    "mtls.routes.*.identities",
+    "authorization.policies[].identities",
     "validation.defaults.methods",
     "validation.defaults.content_types",
     "validation.defaults.disable",
@@ -427,7 +446,12 @@ fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
 }
 
 /// Objects whose keys are names (`validation.routes.<class>`).
-const MAP_PATHS: [&str; 3] = ["validation.routes", "transport.routes", "anomaly.routes"];
+const MAP_PATHS: [&str; 4] = [
+    "validation.routes",
+    "transport.routes",
+    "anomaly.routes",
+    "mtls.routes",
+];
 
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
 /// that is never what an operator means, so arrays are accepted only where
@@ -584,6 +608,11 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawGlobal"))]
     global: Option<RawGlobal>,
+    /// Device identity from verified client certificates, required per
+    /// route class. Absent: off (Envoy only).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawMtls"))]
+    mtls: Option<RawMtls>,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -675,6 +704,8 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let validation = validation::compile(raw.validation, raw.mode, &routes)?;
     let transport = transport::compile(raw.transport, raw.mode, &routes)?;
     let anomaly = anomaly::compile(raw.anomaly, &routes)?;
+    let mtls = mtls::compile(raw.mtls, raw.mode, &routes)?;
+    let reads_device = device_readers(mtls.as_ref(), &auth, &rate_limits, &routes)?;
     let global = global::config::compile(raw.global, raw.failure_mode)?;
     if global_descriptors(&rate_limits, &bans) > MAX_GLOBAL_DESCRIPTORS {
         return Err(err(
@@ -732,7 +763,47 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         transport,
         anomaly,
         global,
+        mtls,
+        reads_device,
     })
+}
+
+/// Indexed by route id: whether the class needs the device identity (its
+/// `mtls` policy, an authorization policy listing identities, a rule keyed
+/// on `device`). Those uses need the `mtls` section: it says which
+/// certificate field is the identity.
+fn device_readers(
+    mtls: Option<&Mtls>,
+    auth: &Auth,
+    rate_limits: &RateLimits,
+    routes: &RouteTable,
+) -> Result<Vec<bool>, ConfigError> {
+    let authz = auth.policies.iter().position(|p| !p.identities.is_empty());
+    let keyed = rate_limits.rules.iter().position(|r| r.key.device);
+    if mtls.is_none() {
+        let path = match (authz, keyed) {
+            (Some(i), _) => format!("authorization.policies[{i}].identities"),
+            (None, Some(i)) => format!("rate_limits.rules[{i}].key"),
+            (None, None) => return Ok(vec![false; routes.len_with_default()]),
+        };
+        return Err(err(
+            path,
+            "uses the device identity but there is no `mtls` section (it names the certificate field the identity is read from)",
+        ));
+    }
+    Ok((0..routes.len_with_default())
+        .map(|i| {
+            let route = RouteId::try_from(i).unwrap_or(RouteId::MAX);
+            mtls.is_some_and(|m| m.requires(route))
+                || auth
+                    .policy_for(route)
+                    .is_some_and(|p| !p.identities.is_empty())
+                || rate_limits
+                    .rules
+                    .iter()
+                    .any(|r| r.key.device && r.applies_to(route))
+        })
+        .collect())
 }
 
 /// Most descriptors one call may carry (the rate-limit service's bound),
@@ -1242,6 +1313,7 @@ mod tests {
                 "jwt",
                 "login",
                 "mode",
+                "mtls",
                 "rate_limits",
                 "reputation",
                 "routes",

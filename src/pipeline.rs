@@ -34,6 +34,7 @@ use crate::stages::bot;
 use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::{Counts, Limiter};
 use crate::stages::limits::{self, Phase};
+use crate::stages::mtls;
 use crate::stages::reputation;
 use crate::stages::transport;
 use crate::stages::validation::{self, BodyPlan};
@@ -104,11 +105,12 @@ type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 16] = [
+const HEADER_STAGES: [Step; 17] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
     Engine::transport,        // TLS required on the route class
+    Engine::mtls,             // the device identity; client certificate required
     Engine::validate,         // request validation: shape, encodings, injection
     Engine::reputation,       // IP allow and deny lists
     Engine::geo,              // the country from the trusted header; allow/deny per route
@@ -308,6 +310,14 @@ impl Engine {
             return Err(ConfigError {
                 path: "global".into(),
                 message: "needs gRPC calls to the rate-limit service, which ngx_wasm_module does not support; remove the section and scope every rule and table \"local\" on NGINX and Kong".into(),
+            });
+        }
+        if policy.mtls.is_some() && !host.reads_peer_certificates() {
+            // Refused, not skipped: routes an operator believes closed to
+            // unknown devices would be open.
+            return Err(ConfigError {
+                path: "mtls".into(),
+                message: "needs the client certificate's properties (connection.uri_san_peer_certificate, connection.subject_peer_certificate), which ngx_wasm_module does not implement; remove the section (and `identities`, `device` keys) on NGINX and Kong".into(),
             });
         }
         let auth = AuthState::new(&policy.auth, seed).map_err(|e| ConfigError {
@@ -675,6 +685,18 @@ impl Engine {
         }
     }
 
+    /// Reads the device identity where a stage needs it (one host call),
+    /// then the class's certificate requirement.
+    fn mtls(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        let Some(m) = &self.policy.mtls else {
+            return;
+        };
+        if !r.blocked() && self.policy.reads_device(r.facts.route) {
+            mtls::identify(m.field, r.connection, &mut r.facts);
+            mtls::check(m, &r.facts, &mut r.findings);
+        }
+    }
+
     fn validate(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
         if let (Some(v), false) = (&self.policy.validation, r.blocked()) {
             r.validation = validation::check_headers(v, r.facts.route, r.headers, &mut r.findings);
@@ -815,9 +837,10 @@ impl Engine {
         let a = &self.policy.auth;
         if let (false, Some(policy)) = (r.blocked(), a.policy_for(r.facts.route)) {
             let (headers, facts, findings) = (r.headers, &mut r.facts, &mut r.findings);
-            if let Some(identity) =
-                auth::authenticate(a, &self.auth, policy, headers, facts, ctx, findings)
-            {
+            let connection = r.connection;
+            if let Some(identity) = auth::authenticate(
+                a, &self.auth, policy, headers, facts, ctx, connection, findings,
+            ) {
                 let rules = &self.policy.rate_limits.rules;
                 if rules
                     .iter()
@@ -1387,6 +1410,7 @@ mod tests {
     mod contention;
     mod global;
     mod login;
+    mod mtls;
     mod reserve;
     mod transport;
     mod travel;
@@ -2218,7 +2242,7 @@ mod tests {
         const B64: base64::engine::GeneralPurpose =
             base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-        fn mint(claims: serde_json::Value) -> String {
+        pub(super) fn mint(claims: serde_json::Value) -> String {
             let header = B64.encode(br#"{"alg":"HS256","kid":"k1","typ":"JWT"}"#);
             let payload = B64.encode(claims.to_string());
             let input = format!("{header}.{payload}");
@@ -2227,7 +2251,7 @@ mod tests {
             format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
         }
 
-        fn claims(sub: &str, extra: serde_json::Value) -> serde_json::Value {
+        pub(super) fn claims(sub: &str, extra: serde_json::Value) -> serde_json::Value {
             let now = T0 / 1000;
             let mut c = serde_json::json!({
                 "iss": "https://idp.example", "aud": "api", "sub": sub,

@@ -145,6 +145,55 @@ pub fn assign_routes(
     Ok(())
 }
 
+/// A section's policy per route class: `defaults`, and the classes
+/// named under its `routes` with their own (`transport`, `mtls`).
+#[derive(Debug, Clone)]
+pub struct PerRoute<P> {
+    /// `defaults` first.
+    policies: Vec<P>,
+    /// Indexed by route id: the index of that class's policy.
+    by_route: Vec<usize>,
+}
+
+impl<P> PerRoute<P> {
+    /// Compiles `defaults` (`compile(None, "<section>.defaults")`) and each
+    /// `routes.<class>` override (`compile(Some(own), "<section>.routes.<class>")`).
+    pub fn compile<R>(
+        routes: &RouteTable,
+        section: &str,
+        overrides: &[(String, R)],
+        mut compile: impl FnMut(Option<&R>, &str) -> Result<P, ConfigError>,
+    ) -> Result<PerRoute<P>, ConfigError> {
+        let mut policies = vec![compile(None, &format!("{section}.defaults"))?];
+        let mut by_route = vec![0; routes.len_with_default()];
+        for (name, own) in overrides {
+            let at = format!("{section}.routes.{name}");
+            let Some(id) = routes.id_of(name) else {
+                return Err(err(
+                    at,
+                    format!(
+                        "no route class named `{name}` (define it under `routes`, or use `default`)"
+                    ),
+                ));
+            };
+            if let Some(slot) = by_route.get_mut(usize::from(id)) {
+                *slot = policies.len();
+            }
+            policies.push(compile(Some(own), &at)?);
+        }
+        Ok(PerRoute { policies, by_route })
+    }
+
+    pub fn get(&self, route: RouteId) -> Option<&P> {
+        self.policies.get(*self.by_route.get(usize::from(route))?)
+    }
+
+    /// Every route class's policy, `defaults` first.
+    pub fn policies(&self) -> &[P] {
+        &self.policies
+    }
+}
+
 /// A secret's text from an environment variable of the wasm VM, for the
 /// `{"env": NAME}` form at `path`.
 /// The name is quoted only when it reads as a variable name

@@ -78,6 +78,7 @@ pub fn request(
         "bot_score": facts.bot.as_ref().map(|b| b.score),
         "bot_reasons": facts.bot.as_ref().map(|b| &b.reasons),
         "country": facts.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()),
+        "device": facts.device,
         "request_id": facts.request_id,
     });
     log::warn!("{event}");

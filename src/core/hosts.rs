@@ -51,4 +51,12 @@ impl HostKind {
     pub fn dispatches_grpc(self) -> bool {
         self == HostKind::Envoy
     }
+
+    /// ngx_wasm_module answers the client-certificate properties
+    /// (`connection.uri_san_peer_certificate`, `..._subject_...`,
+    /// `..._sha256_peer_certificate_digest`) with "not yet implemented":
+    /// a device identity cannot be read there.
+    pub fn reads_peer_certificates(self) -> bool {
+        self == HostKind::Envoy
+    }
 }

@@ -10,6 +10,7 @@ pub mod country;
 pub mod duration;
 pub mod event;
 pub mod hosts;
+pub mod identity;
 pub mod metrics;
 pub mod mode;
 pub mod names;

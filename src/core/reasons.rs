@@ -44,10 +44,14 @@ pub enum JwtError {
     /// its algorithm: trying them all would let one request cost that many
     /// signature checks.
     KidRequired,
+    /// The token is bound to a client certificate (RFC 8705 `cnf`
+    /// `x5t#S256`) other than the connection's, or the connection has none;
+    /// or the route requires bound tokens and this one is not.
+    Binding,
 }
 
 impl JwtError {
-    pub const ALL: [JwtError; 14] = [
+    pub const ALL: [JwtError; 15] = [
         JwtError::Missing,
         JwtError::Malformed,
         JwtError::Alg,
@@ -62,6 +66,7 @@ impl JwtError {
         JwtError::Claims,
         JwtError::TooLarge,
         JwtError::KidRequired,
+        JwtError::Binding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +85,7 @@ impl JwtError {
             JwtError::Claims => "jwt.claims",
             JwtError::TooLarge => "jwt.too_large",
             JwtError::KidRequired => "jwt.kid_required",
+            JwtError::Binding => "jwt.binding",
         }
     }
 }

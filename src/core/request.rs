@@ -251,6 +251,9 @@ pub struct Facts<'h> {
     pub token: Option<u128>,
     /// The client's country from the trusted `geo.header`, when known.
     pub country: Option<crate::core::country::Country>,
+    /// The device identity of the verified client certificate (`mtls`),
+    /// read on route classes that need it.
+    pub device: Option<String>,
     /// The clock, read at most once per request (each read is a host call).
     now_ms: Cell<Option<u64>>,
 }
@@ -270,6 +273,7 @@ impl<'h> Facts<'h> {
             known_client: false,
             token: None,
             country: None,
+            device: None,
             now_ms: Cell::new(None),
         }
     }

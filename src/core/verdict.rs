@@ -29,6 +29,8 @@ pub enum Stage {
     Reputation,
     /// The rate-limit service's answer (global mode).
     Global,
+    /// Device identity from the client certificate (`mtls`).
+    Mtls,
 }
 
 impl Stage {
@@ -47,6 +49,7 @@ impl Stage {
             Stage::Login => "login",
             Stage::Reputation => "reputation",
             Stage::Global => "global",
+            Stage::Mtls => "mtls",
         }
     }
 }
@@ -136,6 +139,13 @@ pub enum Reason {
     /// The rate-limit service of the global mode failed, timed out or
     /// answered nonsense.
     GlobalUnavailable,
+    /// No verified client certificate (with the configured identity field)
+    /// on a route class that requires one.
+    MtlsRequired,
+    /// The certificate's identity is not one the route class accepts.
+    MtlsIdentityNotAllowed,
+    /// The device identity is not one the authorization policy accepts.
+    AuthzIdentity,
 }
 
 impl Reason {
@@ -183,6 +193,9 @@ impl Reason {
             Reason::Validation(e) => e.as_str(),
             Reason::TlsRequired => "transport.tls_required",
             Reason::GlobalUnavailable => "global.unavailable",
+            Reason::MtlsRequired => "mtls.required",
+            Reason::MtlsIdentityNotAllowed => "mtls.identity_not_allowed",
+            Reason::AuthzIdentity => "authz.identity",
         }
     }
 
@@ -214,7 +227,10 @@ impl Reason {
             | Reason::GeoImpossibleTravel
             | Reason::ReputationDeny
             | Reason::Validation(_)
-            | Reason::TlsRequired => Decision::Deny,
+            | Reason::TlsRequired
+            | Reason::MtlsRequired
+            | Reason::MtlsIdentityNotAllowed
+            | Reason::AuthzIdentity => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -262,7 +278,10 @@ impl Reason {
             | Reason::GeoImpossibleTravel
             | Reason::BotChallenge
             | Reason::ReputationDeny
-            | Reason::TlsRequired => 403,
+            | Reason::TlsRequired
+            | Reason::MtlsRequired
+            | Reason::MtlsIdentityNotAllowed
+            | Reason::AuthzIdentity => 403,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
             | Reason::LoginFailuresIp
@@ -328,6 +347,7 @@ impl Reason {
                 | Reason::AuthzRole
                 | Reason::AuthzScope
                 | Reason::AuthzMfa
+                | Reason::AuthzIdentity
                 | Reason::RefreshReuse
                 | Reason::RefreshRepeatedParameter
         )
@@ -337,7 +357,9 @@ impl Reason {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
             Reason::AuthMissing | Reason::Jwt(_) | Reason::ApiKeyInvalid => Some("invalid_token"),
-            Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa => Some("insufficient_scope"),
+            Reason::AuthzRole | Reason::AuthzScope | Reason::AuthzMfa | Reason::AuthzIdentity => {
+                Some("insufficient_scope")
+            }
             _ => None,
         }
     }

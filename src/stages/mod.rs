@@ -12,6 +12,8 @@ pub mod geo;
 pub mod global;
 pub mod integrity;
 pub mod limits;
+pub mod mtls;
+pub mod openapi;
 pub mod reputation;
 pub mod routes;
 pub mod transport;

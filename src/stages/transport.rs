@@ -10,7 +10,7 @@
 //! evidence: over cleartext HTTP/2 the client sets it, and Envoy passes it
 //! on.
 
-use crate::core::config_error::{err, is_header_name, ByName, ConfigError};
+use crate::core::config_error::{err, is_header_name, ByName, ConfigError, PerRoute};
 use crate::core::mode::{string_enum, Mode};
 use crate::core::request::HeaderMap;
 use crate::core::routes::{RouteId, RouteTable};
@@ -47,14 +47,12 @@ struct RoutePolicy {
 pub struct Transport {
     pub mode: Mode,
     tls_from: TlsFrom,
-    policies: Vec<RoutePolicy>,
-    /// Indexed by route id: the policy of that route class.
-    by_route: Vec<usize>,
+    policies: PerRoute<RoutePolicy>,
 }
 
 impl Transport {
     fn policy(&self, route: RouteId) -> Option<&RoutePolicy> {
-        self.policies.get(*self.by_route.get(usize::from(route))?)
+        self.policies.get(route)
     }
 
     /// The headers every response of `route` carries.
@@ -197,28 +195,13 @@ pub fn compile(
     let Some(raw) = raw else {
         return Ok(None);
     };
-    let mut policies = vec![compile_policy(&raw.defaults, None, "transport.defaults")?];
-    let mut by_route = vec![0; routes.len_with_default()];
-    for (name, own) in &raw.routes.0 {
-        let at = format!("transport.routes.{name}");
-        let Some(id) = routes.id_of(name) else {
-            return Err(err(
-                at,
-                format!(
-                    "no route class named `{name}` (define it under `routes`, or use `default`)"
-                ),
-            ));
-        };
-        if let Some(slot) = by_route.get_mut(usize::from(id)) {
-            *slot = policies.len();
-        }
-        policies.push(compile_policy(&raw.defaults, Some(own), &at)?);
-    }
+    let policies = PerRoute::compile(routes, "transport", &raw.routes.0, |own, at| {
+        compile_policy(&raw.defaults, own, at)
+    })?;
     Ok(Some(Transport {
         mode: raw.mode.unwrap_or(global),
         tls_from: raw.tls_from,
         policies,
-        by_route,
     }))
 }
 

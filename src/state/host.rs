@@ -13,6 +13,22 @@ pub trait Connection {
     fn peer(&self) -> Option<String>;
     /// Whether the downstream connection is TLS (`connection.tls_version`).
     fn tls(&self) -> bool;
+    /// The verified client certificate's first URI SAN
+    /// (`connection.uri_san_peer_certificate`).
+    fn peer_uri_san(&self) -> Option<String> {
+        None
+    }
+    /// The verified client certificate's subject
+    /// (`connection.subject_peer_certificate`).
+    fn peer_subject(&self) -> Option<String> {
+        None
+    }
+    /// SHA-256 of the client certificate's DER
+    /// (`connection.sha256_peer_certificate_digest`): what RFC 8705 binds
+    /// tokens to.
+    fn peer_certificate_sha256(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// A function returning the peer is a connection without TLS (tests).

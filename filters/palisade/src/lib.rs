@@ -455,6 +455,30 @@ impl Connection for HostConnection {
     fn tls(&self) -> bool {
         host::property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
     }
+
+    fn peer_uri_san(&self) -> Option<String> {
+        host::property(&["connection", "uri_san_peer_certificate"])
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+
+    fn peer_subject(&self) -> Option<String> {
+        host::property(&["connection", "subject_peer_certificate"])
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// Envoy writes the digest as 64 lower-case hex digits.
+    fn peer_certificate_sha256(&self) -> Option<[u8; 32]> {
+        let hex = host::property(&["connection", "sha256_peer_certificate_digest"])?;
+        let mut digest = [0u8; 32];
+        if hex.len() != 64 {
+            return None;
+        }
+        for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+            let text = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(digest)
+    }
 }
 
 impl Stream {

@@ -12,6 +12,7 @@ use crate::core::config_error::{HEADER_NAME_PATTERN, NAME_PATTERN};
 use crate::core::duration::Millis;
 #[cfg(feature = "schema")]
 use crate::core::duration::DURATION_PATTERN;
+use crate::core::identity;
 use crate::core::mode::{string_enum, FailureMode, Mode};
 use crate::core::remote::{self, RawRemote, Remote, Timing};
 use crate::core::routes::RouteTable;
@@ -342,6 +343,15 @@ struct RawAuthzPolicy {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(inner(length(min = 1))))]
     amr: Vec<String>,
+    /// Device identities (client certificate, `mtls` section) accepted
+    /// here: exact, or a prefix ending in `*`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1), inner(length(min = 1))))]
+    identities: Option<Vec<String>>,
+    /// Tokens must be bound to the connection's client certificate (RFC
+    /// 8705 `cnf` `x5t#S256`); bound tokens are always checked.
+    #[serde(default)]
+    bound_tokens: bool,
 }
 
 const MAX_PROVIDERS: usize = 16;
@@ -502,6 +512,22 @@ pub fn compile_auth(
                 return Err(err(format!("{}[{j}]", at(field)), "must not be empty"));
             }
         }
+        let identities = match &raw.identities {
+            Some(list) if list.is_empty() => {
+                return Err(err(
+                    at("identities"),
+                    "must not be empty; omit it to accept any device",
+                ))
+            }
+            Some(list) => identity::patterns(list, &at("identities"))?,
+            None => Vec::new(),
+        };
+        if raw.bound_tokens && !accept_jwt {
+            return Err(err(
+                at("bound_tokens"),
+                "needs \"jwt\" among the credentials: only tokens are bound to certificates",
+            ));
+        }
         policies.push(AuthzPolicy {
             accept_jwt,
             accept_api_key,
@@ -509,6 +535,8 @@ pub fn compile_auth(
             roles: raw.roles,
             scopes: raw.scopes,
             amr: raw.amr,
+            identities,
+            bound_tokens: raw.bound_tokens,
         });
     }
 

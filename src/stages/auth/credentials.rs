@@ -16,6 +16,7 @@
 //! up a set another worker fetched.
 
 use crate::core::cluster::Scope;
+use crate::core::identity::{self, IdentityPattern};
 use crate::core::mode::{FailureMode, Mode};
 use crate::core::remote::Remote;
 use crate::core::request::HeaderMap;
@@ -101,6 +102,20 @@ pub struct AuthzPolicy {
     pub scopes: Vec<String>,
     /// Any of these `amr` values.
     pub amr: Vec<String>,
+    /// Any of these device identities (`mtls`); empty: no condition.
+    pub identities: Vec<IdentityPattern>,
+    /// Tokens must be bound to the connection's client certificate.
+    pub bound_tokens: bool,
+}
+
+/// What the connection says of the client certificate, for authorization
+/// and token binding.
+pub struct Peer<'a> {
+    /// The device identity (`mtls`), when the route class reads it.
+    pub device: Option<&'a str>,
+    /// SHA-256 of the certificate: a host call, made only for a token that
+    /// is (or must be) bound.
+    pub certificate_sha256: &'a dyn Fn() -> Option<[u8; 32]>,
 }
 
 /// Refresh-token reuse detection on token-endpoint routes.
@@ -275,7 +290,14 @@ pub fn check(
     headers: &HeaderMap<'_>,
     now_ms: u64,
     store: &dyn crate::state::host::SharedStore,
+    peer: &Peer<'_>,
 ) -> Result<Principal, Refusal> {
+    // The device is checked whatever the credential: a valid key or token
+    // on another device does not open the route.
+    let device_refused = !policy.identities.is_empty()
+        && !peer
+            .device
+            .is_some_and(|d| identity::allowed(&policy.identities, d));
     if policy.accept_api_key {
         if let Some(presented) = auth.api_key_header.as_deref().and_then(|h| headers.get(h)) {
             // Two key lines: palisade would check one and the upstream may
@@ -289,7 +311,11 @@ pub fn check(
             }
             let key = api_key(&auth.api_keys, presented).ok_or(Reason::ApiKeyInvalid)?;
             let user_key = user_key("apikey", "", &key.id);
-            if let Err(reason) = authorize(policy, &key.roles, &[], &[]) {
+            let granted = match device_refused {
+                true => Err(Reason::AuthzIdentity),
+                false => authorize(policy, &key.roles, &[], &[]),
+            };
+            if let Err(reason) = granted {
                 return Err(Refusal {
                     reason,
                     user_key: Some(user_key),
@@ -313,8 +339,13 @@ pub fn check(
     if holder.api_key_subject {
         return Err(Reason::Jwt(JwtError::Claims).into());
     }
+    check_binding(policy, holder.bound_to, peer)?;
     let verified = &holder.token;
-    if let Err(reason) = authorize(policy, &holder.roles, &verified.scopes, &verified.amr) {
+    let granted = match device_refused {
+        true => Err(Reason::AuthzIdentity),
+        false => authorize(policy, &holder.roles, &verified.scopes, &verified.amr),
+    };
+    if let Err(reason) = granted {
         return Err(Refusal {
             reason,
             user_key: Some(holder.user_key.clone()),
@@ -345,6 +376,57 @@ struct Authenticated {
     roles: Vec<String>,
     /// What the upstream is told: the subject and the forwarded claims.
     headers: Vec<(String, String)>,
+    /// The client certificate the token is bound to (RFC 8705).
+    bound_to: Binding,
+}
+
+/// A token's certificate binding, from its `cnf` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binding {
+    Unbound,
+    /// `cnf.x5t#S256`: SHA-256 of the certificate's DER.
+    Certificate([u8; 32]),
+    /// A `cnf` with an `x5t#S256` that is not 32 bytes of base64url: the
+    /// issuer meant to bind the token, so it is never accepted unbound.
+    Unreadable,
+}
+
+impl Binding {
+    fn of(claims: &Value) -> Binding {
+        use base64::Engine as _;
+        let Some(cnf) = claims.get("cnf") else {
+            return Binding::Unbound;
+        };
+        let Some(thumbprint) = cnf.get("x5t#S256") else {
+            // Other confirmation methods (`jkt`, `jwk`) need proof of
+            // possession palisade does not check: the token is not
+            // certificate-bound.
+            return Binding::Unbound;
+        };
+        thumbprint
+            .as_str()
+            .and_then(|t| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(t.trim_end_matches('='))
+                    .ok()
+            })
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .map_or(Binding::Unreadable, Binding::Certificate)
+    }
+}
+
+/// RFC 8705 section 3: a certificate-bound token is accepted only over a
+/// connection presenting that certificate; compared in constant time.
+fn check_binding(policy: &AuthzPolicy, bound_to: Binding, peer: &Peer<'_>) -> Result<(), Refusal> {
+    let expected = match bound_to {
+        Binding::Certificate(expected) => expected,
+        Binding::Unbound if !policy.bound_tokens => return Ok(()),
+        Binding::Unbound | Binding::Unreadable => return Err(Reason::Jwt(JwtError::Binding).into()),
+    };
+    match (peer.certificate_sha256)() {
+        Some(presented) if bool::from(presented.ct_eq(&expected)) => Ok(()),
+        _ => Err(Reason::Jwt(JwtError::Binding).into()),
+    }
 }
 
 impl Authenticated {
@@ -369,6 +451,7 @@ impl Authenticated {
             }
         }
         Authenticated {
+            bound_to: Binding::of(&token.claims),
             api_key_subject: subject.starts_with(API_KEY_PREFIX),
             user_key,
             roles: string_list(token.claim_at(&spec.roles_claim)),
@@ -683,6 +766,68 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_bound_token_needs_its_certificate() {
+        use base64::Engine as _;
+        let cert: [u8; 32] = Sha256::digest(b"alpha certificate DER").into();
+        let other: [u8; 32] = Sha256::digest(b"beta certificate DER").into();
+        let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cert);
+        let bound = Binding::of(&serde_json::json!({"cnf": {"x5t#S256": x5t}}));
+        assert_eq!(bound, Binding::Certificate(cert));
+        assert_eq!(
+            Binding::of(&serde_json::json!({"sub": "a"})),
+            Binding::Unbound
+        );
+        assert_eq!(
+            Binding::of(&serde_json::json!({"cnf": {"jkt": "abc"}})),
+            Binding::Unbound
+        );
+        for bad in [serde_json::json!("short"), serde_json::json!(7)] {
+            let claims = serde_json::json!({"cnf": {"x5t#S256": bad}});
+            assert_eq!(Binding::of(&claims), Binding::Unreadable);
+        }
+        let mut policy = AuthzPolicy {
+            accept_jwt: true,
+            accept_api_key: false,
+            providers: vec![0],
+            roles: vec![],
+            scopes: vec![],
+            amr: vec![],
+            identities: Vec::new(),
+            bound_tokens: false,
+        };
+        let refused = Err(Refusal::from(Reason::Jwt(JwtError::Binding)));
+        let alpha = move || Some(cert);
+        let beta = move || Some(other);
+        let none = || None;
+        let peer = |f: &dyn Fn() -> Option<[u8; 32]>| {
+            check_binding(
+                &policy,
+                bound,
+                &Peer {
+                    device: None,
+                    certificate_sha256: f,
+                },
+            )
+        };
+        assert_eq!(peer(&alpha), Ok(()));
+        assert_eq!(peer(&beta), refused);
+        assert_eq!(peer(&none), refused);
+        // An unbound token: fine unless the route requires binding.
+        let unread = || -> Option<[u8; 32]> { None };
+        let unbound = Peer {
+            device: None,
+            certificate_sha256: &unread,
+        };
+        assert_eq!(check_binding(&policy, Binding::Unbound, &unbound), Ok(()));
+        policy.bound_tokens = true;
+        assert_eq!(check_binding(&policy, Binding::Unbound, &unbound), refused);
+        assert_eq!(
+            check_binding(&policy, Binding::Unreadable, &unbound),
+            refused
+        );
+    }
+
+    #[test]
     fn authorization_is_roles_any_scopes_all_amr_any() {
         let policy = AuthzPolicy {
             accept_jwt: true,
@@ -691,6 +836,8 @@ mod tests {
             roles: vec!["admin".into(), "ops".into()],
             scopes: vec!["a".into(), "b".into()],
             amr: vec!["mfa".into(), "otp".into()],
+            identities: Vec::new(),
+            bound_tokens: false,
         };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(

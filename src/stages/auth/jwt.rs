@@ -2533,6 +2533,7 @@ mod tests {
                 "jwt.claims",
                 "jwt.too_large",
                 "jwt.kid_required",
+                "jwt.binding",
             ]
         );
         for alg in Alg::ALL {

@@ -15,7 +15,7 @@ use crate::core::remote::FetchPlan;
 use crate::core::request::{Facts, HeaderMap};
 use crate::core::stage::{Ctx, Services};
 use crate::core::verdict::{Finding, Reason, Stage};
-use crate::state::host::SharedStore;
+use crate::state::host::{Connection, SharedStore};
 use credentials::{Auth, AuthState, AuthzPolicy};
 use std::borrow::Cow;
 use std::hash::Hasher;
@@ -24,6 +24,7 @@ use std::sync::Mutex;
 /// Authentication and authorization on a route that requires a
 /// credential: the principal becomes the `user` key, and its identity
 /// headers (for the upstream) are returned.
+#[allow(clippy::too_many_arguments)]
 pub fn authenticate(
     auth: &Auth,
     state: &Mutex<AuthState>,
@@ -31,13 +32,19 @@ pub fn authenticate(
     headers: &HeaderMap<'_>,
     facts: &mut Facts<'_>,
     ctx: &Ctx<'_>,
+    connection: &dyn Connection,
     findings: &mut Vec<Finding>,
 ) -> Option<Vec<(String, String)>> {
     let Some(now_ms) = facts.now_ms(ctx.host.clock) else {
         findings.push(ctx.host_failure("clock", Stage::Authenticate));
         return None;
     };
-    match credentials::check(auth, state, policy, headers, now_ms, ctx.host.store) {
+    let certificate_sha256 = || connection.peer_certificate_sha256();
+    let peer = credentials::Peer {
+        device: facts.device.as_deref(),
+        certificate_sha256: &certificate_sha256,
+    };
+    match credentials::check(auth, state, policy, headers, now_ms, ctx.host.store, &peer) {
         Ok(principal) => {
             facts.user = Some(Cow::Owned(principal.user_key));
             return Some(principal.headers);

@@ -101,6 +101,8 @@ pub struct KeySpec {
     pub username: bool,
     /// The verified bearer token, as a keyed hash.
     pub token: bool,
+    /// The device identity of the client certificate (`mtls`).
+    pub device: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

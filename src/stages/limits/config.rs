@@ -107,9 +107,10 @@ enum KeyPart {
     Fingerprint,
     Username,
     Token,
+    Device,
 }
 
-string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\" or \"token\"", {
+string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\", \"token\" or \"device\"", {
     "ip" => KeyPart::Ip,
     "user" => KeyPart::User,
     "route" => KeyPart::Route,
@@ -117,6 +118,7 @@ string_enum!(KeyPart, "\"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\",
     "fingerprint" => KeyPart::Fingerprint,
     "username" => KeyPart::Username,
     "token" => KeyPart::Token,
+    "device" => KeyPart::Device,
 });
 
 /// Smallest bucket of a `failed_logins` rule: a user who mistypes twice
@@ -382,7 +384,7 @@ pub fn compile_rate_limits(
         if rule.key.is_empty() {
             return Err(err(
                 at("key"),
-                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\", \"token\"",
+                "must name at least one of \"ip\", \"user\", \"route\", \"key_id\", \"fingerprint\", \"username\", \"token\", \"device\"",
             ));
         }
         let mut key = KeySpec::default();
@@ -395,6 +397,7 @@ pub fn compile_rate_limits(
                 KeyPart::Fingerprint => std::mem::replace(&mut key.fingerprint, true),
                 KeyPart::Username => std::mem::replace(&mut key.username, true),
                 KeyPart::Token => std::mem::replace(&mut key.token, true),
+                KeyPart::Device => std::mem::replace(&mut key.device, true),
             };
             if seen {
                 return Err(err(

@@ -229,6 +229,7 @@ fn due(phase: Phase, rule: &Rule, facts: &Facts<'_>) -> Option<Charge> {
         && !(rule.key.key_id && facts.key_id.is_none())
         && !(rule.key.username && facts.username.is_none())
         && !(rule.key.token && facts.token.is_none())
+        && !(rule.key.device && facts.device.is_none())
         && rule.countries.is_none_or(|c| c.contains(facts.country));
     applies.then_some(charge)
 }
@@ -632,6 +633,10 @@ fn write_client(key: KeySpec, facts: &Facts<'_>, h: &mut impl Hasher) {
         }
         if key.token {
             h.write_u128(facts.token.unwrap_or_default());
+            h.write_u8(0xff);
+        }
+        if key.device {
+            h.write(facts.device.as_deref().unwrap_or_default().as_bytes());
             h.write_u8(0xff);
         }
     }

@@ -1,0 +1,2 @@
+//! OpenAPI stage.
+pub mod spec;
