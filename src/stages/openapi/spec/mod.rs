@@ -1,6 +1,6 @@
 //! An OpenAPI 3.0 / 3.1 document compiled once, at configuration time, into
 //! what a request is checked against: the base paths of its servers, its
-//! path templates (matched without allocating the template), each
+//! path templates (sorted by specificity, scanned in order), each
 //! operation's parameters, and its request bodies' JSON Schemas.
 //!
 //! Threat: requests an API does not declare (unknown paths and methods,
@@ -35,9 +35,23 @@
 //! `oneOf` (exactly one; `discriminator` is not needed for that), `not`,
 //! and `true`/`false` schemas.
 //!
-//! Differences to know: patterns use Rust regex syntax (regex-lite), not
-//! ECMA 262: no look-around or backreferences (refused when compiled),
-//! `\d` and `\w` are ASCII; like ECMA, patterns are not anchored. Numbers
+//! Requests: a concrete path wins over a templated one, and among
+//! templates literal segments earlier win; the most specific template that
+//! declares the method is taken. A `{param}` (with literal text around it
+//! if the template says so) matches one non-empty segment, decoded; the
+//! trailing slash counts. Parameters: path and header `simple`, query
+//! `form` (exploded arrays as repeated keys, or one value split at `,`),
+//! `spaceDelimited`, `pipeDelimited`, cookie `form` (not exploded), and
+//! `content` with a JSON media type; object-valued parameters and other
+//! styles are refused when compiled. Unknown query parameters pass. Only
+//! what operations use is compiled: request schemas and what they refer to
+//! (response schemas, webhooks and callbacks are not read).
+//!
+//! Differences to know: as OpenAPI 3.0.3 says, `nullable` adds null to an
+//! explicit `type` only, and an `enum` without null still refuses it.
+//! Patterns use Rust regex syntax (regex-lite), not ECMA 262: no
+//! look-around or backreferences (refused when compiled), `\d` and `\w`
+//! are ASCII; like ECMA, patterns are not anchored. Numbers
 //! are compared as f64 (integers beyond 2^53 lose precision). External
 //! references and `$id`-relative references are not resolved: bundle the
 //! document. Request bodies of JSON media types (`application/json`,
@@ -624,7 +638,7 @@ impl Operation {
                     .map(|(_, v)| v.as_slice())
                     .collect(),
                 In::Header => {
-                    owned = header(&p.name.to_ascii_lowercase());
+                    owned = header(&p.name);
                     owned.as_deref().map(str::as_bytes).into_iter().collect()
                 }
                 In::Cookie => cookies

@@ -192,7 +192,12 @@ pub(super) fn compile(
         }
     };
     Ok(Some(Param {
-        name: name.to_string(),
+        // Headers are looked up by their lower-case name.
+        name: if place == In::Header {
+            name.to_ascii_lowercase()
+        } else {
+            name.to_string()
+        },
         place,
         location: format!("{prefix}{name}"),
         required,

@@ -751,6 +751,15 @@ fn bits_of(v: &Value) -> u8 {
     }
 }
 
+/// How many values `v` holds, itself included.
+fn weight(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(weight).sum::<usize>(),
+        Value::Object(map) => 1 + map.values().map(weight).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 /// A number with no fractional part (`1.0` too).
 fn is_integer(n: &serde_json::Number) -> bool {
     n.is_i64()
@@ -920,11 +929,16 @@ impl Schemas {
                     }
                 }
                 (Check::Unique, Value::Array(items)) => {
+                    // A comparison costs up to the smaller item's size.
+                    let sizes: Vec<usize> = items.iter().map(weight).collect();
+                    Self::charge(run, sizes.iter().sum())?;
                     for (i, a) in items.iter().enumerate() {
-                        let later = items.get(i + 1..).unwrap_or_default();
-                        Self::charge(run, later.len())?;
-                        if later.iter().any(|b| json_eq(a, b)) {
-                            return Self::fail(run, None, "has duplicate items");
+                        let size = sizes.get(i).copied().unwrap_or(1);
+                        for (j, b) in items.iter().enumerate().skip(i + 1) {
+                            Self::charge(run, size.min(sizes.get(j).copied().unwrap_or(1)))?;
+                            if json_eq(a, b) {
+                                return Self::fail(run, None, "has duplicate items");
+                            }
                         }
                     }
                 }
@@ -937,6 +951,7 @@ impl Schemas {
                     Value::Object(map),
                 ) => {
                     for (key, value) in map {
+                        Self::charge(run, 1 + props.len() / 8)?;
                         let mut known = false;
                         run.path.push(Seg::Key(key));
                         if let Some((_, node)) = props.iter().find(|(name, _)| name == key) {

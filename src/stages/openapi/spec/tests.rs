@@ -1003,3 +1003,32 @@ fn deepest_parsable_body_validates() {
     assert_eq!(v.message, "must be a string");
     assert_eq!(v.location.len(), 128);
 }
+
+#[test]
+fn path_item_refs_and_any_media_type() {
+    let doc = json!({
+        "openapi": "3.1.0",
+        "paths": {"/upload": {"$ref": "#/components/pathItems/Upload"}},
+        "components": {"pathItems": {"Upload": {"post": {
+            "operationId": "upload",
+            "requestBody": {"content": {"*/*": {}, "application/json": {"schema": {"type": "array"}}}}
+        }}}}
+    });
+    let api = Api::compile(&doc, &Options::default(), AT).unwrap();
+    let m = found(&api, "POST", "/upload");
+    assert_eq!(m.operation.name(), "upload");
+    let b = m.operation.body().unwrap();
+    b.validate(Some("text/csv"), b"a,b").unwrap();
+    b.validate(Some("application/json"), b"[]").unwrap();
+    let v = b.validate(Some("application/json"), b"{}").unwrap_err();
+    assert_eq!(v.message, "must be an array");
+    // JSON under `*/*` only: parsed, no schema.
+    assert!(b.validates(Some("application/ld+json")));
+    let v = b.validate(Some("application/ld+json"), b"{").unwrap_err();
+    assert_eq!(v.message, "not valid JSON");
+    let doc = json!({
+        "openapi": "3.1.0",
+        "paths": {"/upload": {"$ref": "#/components/pathItems/Nope"}}
+    });
+    err_at(doc, ".paths./upload.$ref", "does not exist");
+}
