@@ -7,13 +7,20 @@ palisade's.
 
     .venv/bin/python tests/integration/demo_token.py --sub alice
     .venv/bin/python tests/integration/demo_token.py --sub root --roles admin --amr pwd mfa
+    .venv/bin/python tests/integration/demo_token.py --sub alice --bind target/tls/mtls/alpha.crt
+
+`--bind CERT` binds the token to a client certificate (RFC 8705): its
+`cnf` claim carries `x5t#S256`, the certificate's SHA-256 thumbprint, and
+palisade accepts it only over a connection that presents that certificate.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import time
+from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -46,6 +53,23 @@ def demo_private_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(d)
 
 
+def x5t_s256(cert: Path | str | bytes) -> str:
+    """RFC 8705's `x5t#S256` of a certificate (a PEM file's path, or its PEM
+    or DER bytes): base64url, without padding, of the SHA-256 of its DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = cert if isinstance(cert, bytes) else Path(cert).read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        data = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def bound_to(cert: Path | str | bytes) -> dict:
+    """The `cnf` claim binding a token to ``cert`` (see :func:`x5t_s256`)."""
+    return {"x5t#S256": x5t_s256(cert)}
+
+
 def mint(sub: str, lifetime_s: int = 600, **claims: object) -> str:
     now = int(time.time())
     payload = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": sub, "iat": now, "exp": now + lifetime_s}
@@ -60,8 +84,10 @@ def main() -> None:
     parser.add_argument("--roles", nargs="*")
     parser.add_argument("--amr", nargs="*")
     parser.add_argument("--tenant")
+    parser.add_argument("--bind", metavar="CERT", help="bind the token to this client certificate (PEM): cnf x5t#S256")
     args = parser.parse_args()
-    print(mint(args.sub, args.lifetime, roles=args.roles, amr=args.amr, tenant=args.tenant))
+    cnf = bound_to(args.bind) if args.bind else None
+    print(mint(args.sub, args.lifetime, roles=args.roles, amr=args.amr, tenant=args.tenant, cnf=cnf))
 
 
 if __name__ == "__main__":

@@ -245,6 +245,59 @@ def with_tls_listener(bootstrap_text: str) -> str:
     return json.dumps(bootstrap, indent=2)
 
 
+# `make mtls-certs`'s material (Makefile): a test CA, a server certificate
+# it signed for localhost and 127.0.0.1, device certificates it signed, and
+# one a second, untrusted CA signed.
+MTLS_DIR = TLS_DIR / "mtls"
+MTLS_CA = MTLS_DIR / "ca.crt"
+#: The device identity (URI SAN) of each client certificate; rogue claims alpha's.
+DEVICE_PREFIX = "spiffe://palisade.demo/device/"
+CLIENT_CERTS = {"alpha": DEVICE_PREFIX + "alpha", "beta": DEVICE_PREFIX + "beta", "rogue": DEVICE_PREFIX + "alpha"}
+
+
+def client_cert(name: str) -> tuple[Path, Path]:
+    """(certificate, key) of make mtls-certs' client certificate ``name``
+    (alpha, beta or rogue)."""
+    if name not in CLIENT_CERTS:
+        raise ValueError(f"no client certificate {name!r} (make mtls-certs makes {sorted(CLIENT_CERTS)})")
+    cert, key = MTLS_DIR / f"{name}.crt", MTLS_DIR / f"{name}.key"
+    if not (cert.is_file() and key.is_file()):
+        raise HarnessError(f"{cert} missing: run `make mtls-certs`")
+    return cert, key
+
+
+def with_mtls_listener(bootstrap_text: str, *, name: str = "ingress_mtls", require: bool = True) -> str:
+    """The bootstrap with a copy of its ``ingress`` listener behind mutual
+    TLS, as ``name``: make mtls-certs' server certificate, and client
+    certificates verified against its test CA (``validation_context``).
+    ``require=True``: a client without a certificate fails the handshake
+    (``require_client_certificate``); ``require=False``: a certificate is
+    asked for and, when sent, must verify, but a client may send none."""
+    cert, key = MTLS_DIR / "server.crt", MTLS_DIR / "server.key"
+    for path in (cert, key, MTLS_CA):
+        if not path.is_file():
+            raise HarnessError(f"{path} missing: run `make mtls-certs`")
+    bootstrap = json.loads(bootstrap_text)
+    listeners = bootstrap["static_resources"]["listeners"]
+    mtls = json.loads(json.dumps(next(l for l in listeners if l["name"] == "ingress")))
+    mtls["name"] = mtls["stat_prefix"] = name
+    mtls["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": require,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+                ],
+                "validation_context": {"trusted_ca": {"filename": str(MTLS_CA)}},
+            },
+        },
+    }
+    listeners.append(mtls)
+    return json.dumps(bootstrap, indent=2)
+
+
 def static_cluster(name: str, port: int, host: str = "127.0.0.1") -> dict:
     """A STATIC Envoy cluster with one plain-HTTP/1.1 endpoint (a local test
     server), for ``extra_clusters``."""
@@ -385,6 +438,56 @@ def http_request(
             c.close()
 
 
+def mtls_request(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    *,
+    client: str | None = "alpha",
+    timeout: float = 10.0,
+) -> Response:
+    """One HTTP/1.1 request over TLS on a fresh connection to ``port`` (a
+    listener with make mtls-certs' server certificate, which the client
+    verifies against the test CA), presenting client certificate ``client``
+    (alpha, beta, rogue; ``None``: no certificate).
+
+    A handshake the server refuses raises what the TLS stack reports: under
+    TLS 1.3 the client finishes its side of the handshake before the server
+    has judged its certificate, so the refusal (an alert, or the connection
+    closed) usually arrives as the request is sent or the answer read, as an
+    ``ssl.SSLError``, ``ConnectionError`` or ``http.client.RemoteDisconnected``
+    (:data:`HANDSHAKE_REFUSED`)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(MTLS_CA))
+    if client is not None:
+        cert, key = client_cert(client)
+        context.load_cert_chain(str(cert), str(key))
+    # 127.0.0.1, not localhost (which may resolve to ::1 first): the server
+    # certificate names both.
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        r = conn.getresponse()
+        response = (r.status, _collect_headers(r.msg), r.read())
+        _audit(port, headers, body, response)
+        return response
+    finally:
+        conn.close()
+
+
+def _handshake_refused() -> tuple[type[BaseException], ...]:
+    import ssl
+
+    return (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)
+
+
+#: What :func:`mtls_request` raises when the server refuses the client's certificate.
+HANDSHAKE_REFUSED = _handshake_refused()
+
+
 def h2_request(
     port: int,
     method: bytes | str = b"GET",
@@ -519,13 +622,21 @@ class EnvoyInstance(LoopbackHttp):
         lds: bool = False,
         extra_args: list[str] | None = None,
         tls: bool = False,
+        mtls: bool = False,
+        mtls_optional: bool = False,
     ) -> None:
         """``lds=True``: the ``ingress`` listener is not static but delivered
         by LDS from a file Envoy watches (see :meth:`replace_palisade_config`).
         ``extra_args`` are more Envoy command-line arguments (e.g.
         ``["--drain-strategy", "immediate", "--drain-time-s", "2"]``).
         ``tls=True`` adds a listener ``ingress_tls`` (port :attr:`tls_port`)
-        with the same filters behind TLS, with make tls-cert's certificate."""
+        with the same filters behind TLS, with make tls-cert's certificate.
+        ``mtls=True`` adds a listener ``ingress_mtls`` (port :attr:`mtls_port`)
+        with the same filters behind mutual TLS: a client certificate signed
+        by make mtls-certs' test CA is required (:func:`with_mtls_listener`;
+        requests with :func:`mtls_request`). ``mtls_optional=True`` adds
+        ``ingress_mtls_optional`` (port :attr:`mtls_optional_port`), where a
+        certificate is verified when sent but a client may send none."""
         if concurrency < 2:
             raise ValueError("integration tests run Envoy with --concurrency >= 2")
         self.config = config
@@ -556,8 +667,15 @@ class EnvoyInstance(LoopbackHttp):
             text = self._lds_bootstrap(config, text)
         if tls:
             text = with_tls_listener(text)
+        if mtls:
+            text = with_mtls_listener(text)
+        if mtls_optional:
+            text = with_mtls_listener(text, name="ingress_mtls_optional", require=False)
         self.tls = tls
         self.tls_port: int | None = None
+        self.mtls, self.mtls_optional = mtls, mtls_optional
+        self.mtls_port: int | None = None
+        self.mtls_optional_port: int | None = None
         self.config_path.write_text(text)
         self.log_level = log_level
         self.component_log_level = component_log_level
@@ -629,6 +747,13 @@ class EnvoyInstance(LoopbackHttp):
                         _AUDITED[self.port] = self
                         if self.tls:
                             self.tls_port = self._listener_port("ingress_tls")
+                        # Requests with mtls_request are audited too.
+                        if self.mtls:
+                            self.mtls_port = self._listener_port("ingress_mtls")
+                            _AUDITED[self.mtls_port] = self
+                        if self.mtls_optional:
+                            self.mtls_optional_port = self._listener_port("ingress_mtls_optional")
+                            _AUDITED[self.mtls_optional_port] = self
                         return self
                     last_err = f"/ready says {state!r}"
                 except Exception as e:  # noqa: BLE001 - keep polling
@@ -647,8 +772,9 @@ class EnvoyInstance(LoopbackHttp):
         raise HarnessError(f"listener {name!r} not found in /listeners: {data}")
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if _AUDITED.get(self.port or 0) is self:
-            del _AUDITED[self.port]
+        for port in (self.port, self.mtls_port, self.mtls_optional_port):
+            if _AUDITED.get(port or 0) is self:
+                del _AUDITED[port]
         p = self.proc
         if p is None:
             return None
