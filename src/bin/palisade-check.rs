@@ -11,10 +11,22 @@
 //! configuration, the size of the `shm_kv *` zone it needs on NGINX with
 //! ngx_wasm_module (see [`ngx_zone`]), as `FILE: shm_kv * <N>m` and a
 //! one-line breakdown. Exits 1 on an invalid configuration.
+//!
+//! `palisade-check --resolve FILE` prints the configuration with its
+//! `openapi.document` read or fetched when it is a `{"file": ...}` or
+//! `{"uri": ...}` reference, as `{"inline": ...}`: the only form the filter
+//! accepts (see [`resolve`]). Diagnostics go to standard error; nothing is
+//! printed unless the resolved configuration passes the check. Every mode
+//! resolves references before checking, so CI checks the real document.
 
 use palisade::config::Policy;
-use std::io::Read;
+use palisade::core::config_error::ConfigError;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
+
+#[path = "palisade-check/resolve.rs"]
+mod resolve;
 
 /// The `shm_kv *` zone a configuration needs on ngx_wasm_module.
 ///
@@ -294,6 +306,61 @@ fn read(path: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// Why a configuration could not be loaded.
+enum LoadError {
+    Read(std::io::Error),
+    Config(ConfigError),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Read(e) => write!(f, "cannot read: {e}"),
+            LoadError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The configuration at `path` (`-`: standard input) with its document
+/// references resolved: relative to the file's directory, or to the
+/// current directory for standard input.
+fn load(path: &str) -> Result<Vec<u8>, LoadError> {
+    let bytes = read(path).map_err(LoadError::Read)?;
+    let base = match path {
+        "-" => Path::new(""),
+        _ => Path::new(path).parent().unwrap_or(Path::new("")),
+    };
+    resolve::resolve_config(bytes, base).map_err(LoadError::Config)
+}
+
+/// `--resolve FILE`: the resolved configuration on standard output when it
+/// passes the check; otherwise the error on standard error.
+fn print_resolved(path: &str) -> ExitCode {
+    let checked = load(path).and_then(|bytes| {
+        Policy::from_json(&bytes)
+            .map(|_| bytes)
+            .map_err(LoadError::Config)
+    });
+    let mut bytes = match checked {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if bytes.last() != Some(&b'\n') {
+        bytes.push(b'\n');
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-check: cannot write the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The schema as JSON text: two-space indents, keys sorted, a final newline.
 fn schema_text() -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(&palisade::config::json_schema()).map(|text| text + "\n")
@@ -313,19 +380,32 @@ fn main() -> ExitCode {
             }
         };
     }
+    if paths.first().is_some_and(|p| p == "--resolve") {
+        return match &paths[1..] {
+            [path] => print_resolved(path),
+            _ => {
+                eprintln!("usage: palisade-check --resolve FILE (- for standard input)");
+                ExitCode::from(2)
+            }
+        };
+    }
     let zone = paths.first().is_some_and(|p| p == "--nginx-zone-size");
     let paths = if zone { &paths[1..] } else { &paths[..] };
     if paths.is_empty() {
         eprintln!(
-            "usage: palisade-check FILE... (- for standard input)\n       palisade-check --schema\n       palisade-check --nginx-zone-size FILE..."
+            "usage: palisade-check FILE... (- for standard input)\n       palisade-check --schema\n       palisade-check --nginx-zone-size FILE...\n       palisade-check --resolve FILE"
         );
         return ExitCode::from(2);
     }
     let mut failed = false;
     for path in paths {
-        match read(path) {
-            Err(e) => {
-                eprintln!("{path}: cannot read: {e}");
+        match load(path) {
+            Err(e @ LoadError::Read(_)) => {
+                eprintln!("{path}: {e}");
+                failed = true;
+            }
+            Err(e @ LoadError::Config(_)) => {
+                println!("{path}: {e}");
                 failed = true;
             }
             Ok(bytes) => match Policy::from_json(&bytes) {
