@@ -18,8 +18,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes `dir/name`, creating the directories `name` goes through.
 fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).unwrap_or_else(|e| unreachable!("{e}"));
+    let file = dir.join(name);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| unreachable!("{e}"));
+    }
+    std::fs::write(file, text).unwrap_or_else(|e| unreachable!("{e}"));
 }
 
 /// palisade-check with `args`, run in `dir`, `stdin` on its standard input.
@@ -49,10 +54,9 @@ fn text(bytes: &[u8]) -> &str {
 #[test]
 fn an_unreadable_document_fails_on_standard_error_and_prints_nothing() {
     let dir = scratch("missing");
-    std::fs::create_dir_all(dir.join("conf")).unwrap_or_else(|e| unreachable!("{e}"));
     write(
-        &dir.join("conf"),
-        "policy.json",
+        &dir,
+        "conf/policy.json",
         r#"{"version": 1, "openapi": {"document": {"file": "specs/api.yaml"}}}"#,
     );
     let out = check(&dir, &["--resolve", "conf/policy.json"], "");
@@ -125,4 +129,63 @@ fn resolve_takes_exactly_one_file() {
         assert_eq!(text(&out.stdout), "");
         assert!(text(&out.stderr).starts_with("usage: palisade-check --resolve FILE"));
     }
+}
+
+#[test]
+fn a_yaml_document_is_inlined_and_the_result_passes_the_check() {
+    let dir = scratch("inline");
+    write(
+        &dir,
+        "conf/specs/pets.yaml",
+        "openapi: 3.1.0\n\
+         info: {title: Pets, version: '1'}\n\
+         paths:\n  \
+           /pets/{id}:\n    \
+             get:\n      \
+               parameters:\n        \
+                 - {name: id, in: path, required: true, schema: {type: integer}}\n      \
+               responses:\n        \
+                 200: {description: a pet}\n",
+    );
+    let config = r#"{"version": 1, "mode": "monitor", "openapi": {"document": {"file": "specs/pets.yaml"}}}"#;
+    write(&dir, "conf/policy.json", config);
+
+    // The filter's own check refuses the reference...
+    let refused = palisade::config::Policy::from_json(config.as_bytes()).err();
+    assert_eq!(
+        refused.map(|e| e.path),
+        Some("openapi.document.file".to_string())
+    );
+    // ...a plain palisade-check resolves it first...
+    let out = check(&dir, &["conf/policy.json"], "");
+    assert_eq!(
+        text(&out.stdout),
+        "conf/policy.json: ok\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    // ...and --resolve prints the configuration with the document inline.
+    let out = check(&dir, &["--resolve", "conf/policy.json"], "");
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+    let resolved: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(
+        resolved,
+        serde_json::json!({"version": 1, "mode": "monitor", "openapi": {"document": {"inline": {
+            "openapi": "3.1.0",
+            "info": {"title": "Pets", "version": "1"},
+            "paths": {"/pets/{id}": {"get": {
+                "parameters": [{"name": "id", "in": "path", "required": true,
+                                "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "a pet"}}
+            }}}
+        }}}})
+    );
+    // What it prints is what the filter loads.
+    assert!(palisade::config::Policy::from_json(&out.stdout).is_ok());
+    let out = check(&dir, &["-"], text(&out.stdout));
+    assert_eq!(text(&out.stdout), "-: ok\n");
 }
