@@ -34,6 +34,7 @@ use crate::stages::limits::config::{
     compile_bans, compile_rate_limits, LoginRoutes, RateLimits, RawBans, RawRateLimits,
 };
 use crate::stages::mtls::{self, Mtls, RawMtls};
+use crate::stages::openapi::{self, OpenApi, RawOpenApi};
 use crate::stages::reputation::config::{compile_reputation, RawReputation, Reputation};
 #[cfg(feature = "schema")]
 use crate::stages::routes::MAX_ROUTES;
@@ -92,6 +93,12 @@ pub struct Policy {
     /// Indexed by route id: whether a stage reads the device identity on
     /// the class (a host call per request).
     pub reads_device: Vec<bool>,
+    /// The API document requests are held to, when the document has an
+    /// `openapi` section.
+    pub openapi: Option<std::sync::Arc<OpenApi>>,
+    /// A request that matches no route class and no operation of the API
+    /// document is refused (`route.undeclared`).
+    pub default_deny: bool,
 }
 
 impl Policy {
@@ -274,7 +281,7 @@ const LIST_PATHS: [&str; 50] = [
 ];
 
 /// Values that are whole documents of another format.
-const OPAQUE_PATHS: [&str; 1] = ["jwt.providers[].jwks.inline"];
+const OPAQUE_PATHS: [&str; 2] = ["jwt.providers[].jwks.inline", "openapi.document.inline"];
 
 const OBJECT_NOT_ARRAY: &str = "expected an object or a single value, found an array";
 
@@ -446,11 +453,12 @@ fn without_secrets(e: ConfigError, doc: &serde_json::Value) -> ConfigError {
 }
 
 /// Objects whose keys are names (`validation.routes.<class>`).
-const MAP_PATHS: [&str; 4] = [
+const MAP_PATHS: [&str; 5] = [
     "validation.routes",
     "transport.routes",
     "anomaly.routes",
     "mtls.routes",
+    "openapi.routes",
 ];
 
 /// serde lets a struct be written as a positional array (`"bans": [3]`);
@@ -613,6 +621,15 @@ struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     #[cfg_attr(feature = "schema", schemars(with = "RawMtls"))]
     mtls: Option<RawMtls>,
+    /// The OpenAPI document of the API: undeclared operations, parameters
+    /// and bodies are refused. Absent: off.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "RawOpenApi"))]
+    openapi: Option<RawOpenApi>,
+    /// Refuse every request that matches no route class and no operation
+    /// of the `openapi` document (404 route.undeclared).
+    #[serde(default)]
+    default_deny: bool,
 }
 
 /// Doc comments become descriptions with their line breaks: one line reads
@@ -706,6 +723,7 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
     let anomaly = anomaly::compile(raw.anomaly, &routes)?;
     let mtls = mtls::compile(raw.mtls, raw.mode, &routes)?;
     let reads_device = device_readers(mtls.as_ref(), &auth, &rate_limits, &routes)?;
+    let openapi = openapi::config::compile(raw.openapi, raw.mode, &routes)?;
     let global = global::config::compile(raw.global, raw.failure_mode)?;
     if global_descriptors(&rate_limits, &bans) > MAX_GLOBAL_DESCRIPTORS {
         return Err(err(
@@ -765,6 +783,8 @@ fn compile(raw: RawConfig) -> Result<Policy, ConfigError> {
         global,
         mtls,
         reads_device,
+        openapi,
+        default_deny: raw.default_deny,
     })
 }
 
@@ -1307,6 +1327,7 @@ mod tests {
                 "bans",
                 "bot",
                 "client_ip",
+                "default_deny",
                 "failure_mode",
                 "geo",
                 "global",
@@ -1314,6 +1335,7 @@ mod tests {
                 "login",
                 "mode",
                 "mtls",
+                "openapi",
                 "rate_limits",
                 "reputation",
                 "routes",

@@ -35,6 +35,7 @@ use crate::stages::integrity::{self, digest::ContentDigest};
 use crate::stages::limits::buckets::{Counts, Limiter};
 use crate::stages::limits::{self, Phase};
 use crate::stages::mtls;
+use crate::stages::openapi;
 use crate::stages::reputation;
 use crate::stages::transport;
 use crate::stages::validation::{self, BodyPlan};
@@ -102,16 +103,25 @@ pub struct Engine {
 /// One step of the header phase.
 type Step = fn(&Engine, &mut Request<'_, '_>, &Ctx<'_>);
 
+/// What the header phase leaves the body phase to check: the signed
+/// digest, request validation's body checks, the operation's body schema.
+type BodyPlans = (
+    Option<(ContentDigest, Mode)>,
+    Option<BodyPlan>,
+    Option<openapi::BodyPlan>,
+);
+
 /// The header phase, in order, after the route is classified. Each step
 /// decides whether it runs: most only while no enforced finding has
 /// stopped the request; `failures` only after a refusal, which it counts.
-const HEADER_STAGES: [Step; 17] = [
+const HEADER_STAGES: [Step; 18] = [
     Engine::client_ip,        // classify: the client address and its key
     Engine::user,             // classify: the user header
     Engine::fingerprint,      // classify: the client fingerprint
     Engine::transport,        // TLS required on the route class
     Engine::mtls,             // the device identity; client certificate required
     Engine::validate,         // request validation: shape, encodings, injection
+    Engine::schema,           // the API document's operations; default deny
     Engine::reputation,       // IP allow and deny lists
     Engine::geo,              // the country from the trusted header; allow/deny per route
     Engine::pre_auth_limits,  // bans and ip/route/fingerprint limits, failures-rule checks
@@ -137,6 +147,8 @@ struct Request<'a, 'h> {
     digest: Option<(ContentDigest, Mode)>,
     /// The body's validation, planned by the validation stage.
     validation: Option<BodyPlan>,
+    /// The body's schema, planned by the openapi stage.
+    schema: Option<openapi::BodyPlan>,
     upstream: UpstreamHeaders,
     /// Where the verification stages' findings start.
     verified_from: usize,
@@ -202,6 +214,8 @@ pub struct BodyCheck {
     pub refresh: Option<Mode>,
     /// Request validation's checks of the body.
     pub validation: Option<BodyPlan>,
+    /// The operation's request body (`openapi`).
+    pub schema: Option<openapi::BodyPlan>,
     /// The most the host buffers: the largest limit of the checks.
     pub max_bytes: usize,
     /// The limit of the digest, refresh-token and login checks.
@@ -229,6 +243,8 @@ pub struct Later {
     /// Key id of the verified signature, for the security log.
     pub key_id: Option<String>,
     pub fingerprint: Option<u64>,
+    /// The device identity (`mtls`), for `device`-keyed rules and events.
+    pub device: Option<String>,
 }
 
 impl Later {
@@ -239,6 +255,7 @@ impl Later {
             client_ip: facts.client_ip,
             key_id: facts.key_id.clone(),
             fingerprint: facts.fingerprint,
+            device: facts.device.clone(),
         }
     }
 }
@@ -617,6 +634,7 @@ impl Engine {
             quota: None,
             digest: None,
             validation: None,
+            schema: None,
             upstream,
             verified_from: 0,
             bot: None,
@@ -635,7 +653,8 @@ impl Engine {
                 bot::upstream_headers(&request.facts, &mut request.upstream.set);
             }
         }
-        let mut body = self.body_check(headers, &request.facts, request.digest, request.validation);
+        let plans = (request.digest, request.validation, request.schema);
+        let mut body = self.body_check(headers, &request.facts, plans);
         // Security events carry the address, the body phase's too.
         let later_event =
             !request.findings.is_empty() || body.is_some() || !request.remote.is_empty();
@@ -700,6 +719,29 @@ impl Engine {
     fn validate(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
         if let (Some(v), false) = (&self.policy.validation, r.blocked()) {
             r.validation = validation::check_headers(v, r.facts.route, r.headers, &mut r.findings);
+        }
+    }
+
+    /// The request against the API document; then, with `default_deny`,
+    /// a request no route class and no operation declares is refused.
+    fn schema(&self, r: &mut Request<'_, '_>, _: &Ctx<'_>) {
+        let p = &self.policy;
+        let mut declared = false;
+        if let (Some(o), false) = (&p.openapi, r.blocked()) {
+            let checked = openapi::check_headers(o, r.facts.route, r.headers, &mut r.findings);
+            declared = checked.declared;
+            r.schema = checked.body;
+        }
+        if !p.default_deny || r.facts.route != p.routes.default_id() || declared || r.blocked() {
+            return;
+        }
+        // A class the document is `off` on still declares its operations.
+        let off_but_declared = p.openapi.as_ref().is_some_and(|o| {
+            o.by_route.get(r.facts.route) == Some(&None) && openapi::declares(o, r.headers)
+        });
+        if !off_but_declared {
+            let finding = Finding::new(Stage::Classify, Reason::RouteUndeclared, p.mode);
+            r.findings.push(finding);
         }
     }
 
@@ -928,12 +970,12 @@ impl Engine {
         &self,
         headers: &HeaderMap<'_>,
         facts: &Facts<'_>,
-        digest: Option<(ContentDigest, Mode)>,
-        validation: Option<BodyPlan>,
+        (digest, validation, schema): BodyPlans,
     ) -> Option<BodyCheck> {
         let refresh = refresh::mode(&self.policy.auth, headers, facts.route);
         let login = self.reads_username(facts.route);
-        if digest.is_none() && refresh.is_none() && !login && validation.is_none() {
+        let nothing = digest.is_none() && refresh.is_none() && !login;
+        if nothing && validation.is_none() && schema.is_none() {
             return None;
         }
         let mut max_bytes = 0;
@@ -946,12 +988,19 @@ impl Engine {
         if let (true, Some(l)) = (login, &self.policy.login) {
             max_bytes = max_bytes.max(l.max_body_bytes);
         }
+        let schema_max = match (&schema, &self.policy.openapi) {
+            (Some(_), Some(o)) => o.max_body_bytes,
+            _ => 0,
+        };
         Some(BodyCheck {
             digest,
             refresh,
-            max_bytes: max_bytes.max(validation.as_ref().map_or(0, |v| v.max_bytes)),
+            max_bytes: max_bytes
+                .max(validation.as_ref().map_or(0, |v| v.max_bytes))
+                .max(schema_max),
             checks_max_bytes: max_bytes,
             validation,
+            schema,
             later: Later::of(facts),
             opaque_body: refresh::body_is_opaque(headers),
             login,
@@ -1105,6 +1154,21 @@ impl Engine {
             if bytes.is_some() || matches!(body, Body::TooLarge) {
                 validation::check_body(v, plan, bytes, &mut findings);
             }
+        }
+        if let (Some(plan), Some(o), false) = (
+            &check.schema,
+            &self.policy.openapi,
+            findings.iter().any(Finding::enforced),
+        ) {
+            let within = |bytes: &[u8]| bytes.len() <= o.max_body_bytes;
+            let finding = match body {
+                Body::Complete(bytes) => {
+                    openapi::check_body(o, plan, Some(bytes).filter(|b| within(b)))
+                }
+                Body::TooLarge => openapi::check_body(o, plan, None),
+                Body::Unreadable | Body::Unframed => None,
+            };
+            findings.extend(finding);
         }
         let others = check.digest.is_some() || check.refresh.is_some() || check.login;
         // The stage a body that never arrived is counted under.
@@ -1260,6 +1324,7 @@ impl Engine {
             later.fingerprint,
         );
         facts.key_id = later.key_id.clone();
+        facts.device = later.device.clone();
         facts
     }
 
@@ -1411,6 +1476,7 @@ mod tests {
     mod global;
     mod login;
     mod mtls;
+    mod openapi;
     mod reserve;
     mod transport;
     mod travel;

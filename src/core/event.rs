@@ -50,12 +50,20 @@ pub fn request(
     let detail: Vec<serde_json::Value> = findings
         .iter()
         .map(|f| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "stage": f.stage.as_str(),
                 "reason": f.reason.as_str(),
                 "mode": f.mode.as_str(),
                 "rule": rule(f),
-            })
+            });
+            // Where a request broke the API document: names from the
+            // document and JSON pointers, never a value.
+            if let (Some(d), Some(fields)) = (&f.detail, entry.as_object_mut()) {
+                fields.insert("operation".into(), d.operation.clone().into());
+                fields.insert("location".into(), d.location.clone().into());
+                fields.insert("message".into(), d.message.into());
+            }
+            entry
         })
         .collect();
     let event = serde_json::json!({

@@ -31,6 +31,8 @@ pub enum Stage {
     Global,
     /// Device identity from the client certificate (`mtls`).
     Mtls,
+    /// The API document (`openapi`).
+    Schema,
 }
 
 impl Stage {
@@ -50,6 +52,7 @@ impl Stage {
             Stage::Reputation => "reputation",
             Stage::Global => "global",
             Stage::Mtls => "mtls",
+            Stage::Schema => "schema",
         }
     }
 }
@@ -146,6 +149,14 @@ pub enum Reason {
     MtlsIdentityNotAllowed,
     /// The device identity is not one the authorization policy accepts.
     AuthzIdentity,
+    /// The request is no operation of the API document (`openapi`).
+    SchemaUnknownOperation,
+    /// A path, query, header or cookie parameter breaks its declaration.
+    SchemaParameter,
+    /// The body breaks the operation's request body (media type, schema).
+    SchemaBody,
+    /// `default_deny`: the request matches no route class and no operation.
+    RouteUndeclared,
 }
 
 impl Reason {
@@ -196,6 +207,10 @@ impl Reason {
             Reason::MtlsRequired => "mtls.required",
             Reason::MtlsIdentityNotAllowed => "mtls.identity_not_allowed",
             Reason::AuthzIdentity => "authz.identity",
+            Reason::SchemaUnknownOperation => "schema.unknown_operation",
+            Reason::SchemaParameter => "schema.parameter",
+            Reason::SchemaBody => "schema.body",
+            Reason::RouteUndeclared => "route.undeclared",
         }
     }
 
@@ -230,7 +245,11 @@ impl Reason {
             | Reason::TlsRequired
             | Reason::MtlsRequired
             | Reason::MtlsIdentityNotAllowed
-            | Reason::AuthzIdentity => Decision::Deny,
+            | Reason::AuthzIdentity
+            | Reason::SchemaUnknownOperation
+            | Reason::SchemaParameter
+            | Reason::SchemaBody
+            | Reason::RouteUndeclared => Decision::Deny,
             Reason::BotChallenge => Decision::Challenge,
             Reason::RateLimitExhausted
             | Reason::RateLimitOverflow
@@ -260,7 +279,10 @@ impl Reason {
             | Reason::RefreshReuse
             | Reason::RefreshRepeatedParameter
             | Reason::RefreshUnsupportedBody
-            | Reason::LoginRepeatedUsername => 400,
+            | Reason::LoginRepeatedUsername
+            | Reason::SchemaParameter
+            | Reason::SchemaBody => 400,
+            Reason::SchemaUnknownOperation | Reason::RouteUndeclared => 404,
             Reason::Signature(_)
             | Reason::SignatureReplay
             | Reason::AuthMissing
@@ -319,6 +341,7 @@ impl Reason {
             400 => "bad_request",
             401 => "unauthorized",
             403 => "forbidden",
+            404 => "not_found",
             405 => "method_not_allowed",
             411 => "length_required",
             413 => "payload_too_large",
@@ -429,6 +452,19 @@ pub struct Finding {
     /// Seconds the client should wait before trying again.
     pub retry_after_s: Option<u64>,
     pub quota: Option<Quota>,
+    /// Where the request broke the API document (`openapi`).
+    pub detail: Option<Box<Detail>>,
+}
+
+/// What a schema finding points at. Names from the API document and JSON
+/// pointers only: never a request value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detail {
+    /// The operation (`operationId`, or `GET /pets/{petId}`), if one matched.
+    pub operation: Option<String>,
+    /// `query.limit`, `path.petId`, or the JSON pointer of a body value.
+    pub location: String,
+    pub message: &'static str,
 }
 
 impl Finding {
@@ -440,6 +476,7 @@ impl Finding {
             rule: None,
             retry_after_s: None,
             quota: None,
+            detail: None,
         }
     }
 
@@ -506,12 +543,18 @@ impl Finding {
         if let Some(q) = &self.quota {
             headers.extend(q.headers(names));
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": reason.error_word(),
             "reason": reason.as_str(),
             "request_id": request_id,
-        })
-        .to_string();
+        });
+        if let (Some(d), Some(fields)) = (&self.detail, body.as_object_mut()) {
+            // The client's own mistake, by name: nothing it did not send
+            // or the published API does not say.
+            fields.insert("location".into(), d.location.clone().into());
+            fields.insert("message".into(), d.message.into());
+        }
+        let body = body.to_string();
         LocalResponse {
             status: reason.status(),
             headers,

@@ -530,6 +530,18 @@ impl Api {
         Ok(bases)
     }
 
+    /// The index of an operation [`Api::find`] returned, for
+    /// [`Api::operation`] in a later phase of the request.
+    pub fn index_of(&self, operation: &Operation) -> Option<usize> {
+        self.operations
+            .iter()
+            .position(|o| std::ptr::eq(o, operation))
+    }
+
+    pub fn operation(&self, index: usize) -> Option<&Operation> {
+        self.operations.get(index)
+    }
+
     pub fn operation_count(&self) -> usize {
         self.operations.len()
     }
@@ -549,9 +561,8 @@ impl Api {
             let Some(rest) = rest.strip_prefix('/') else {
                 continue;
             };
-            let raw: Vec<&str> = rest.split('/').collect();
-            let decoded: Vec<std::borrow::Cow<'_, [u8]>> = raw
-                .iter()
+            let decoded: Vec<std::borrow::Cow<'_, [u8]>> = rest
+                .split('/')
                 .map(|s| {
                     if s.contains('%') {
                         percent_decode(s.as_bytes()).into()
