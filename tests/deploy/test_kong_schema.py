@@ -88,6 +88,9 @@ GAPS = {
         r"|keys on \"username\", which only rules with \"counts\": \"failed_logins\" know"
     ),
     "a rule keyed on token needs a JWT provider": r"keys on \"token\" but no `jwt\.providers` verify any token",
+    # A route class's mtls policy is `defaults` with its own fields over it:
+    # listed identities with "required": false, written there or inherited.
+    "an mtls policy that lists identities requires a certificate": r"is false while identities are listed",
 }
 
 
@@ -923,7 +926,7 @@ def _subschemas(schema: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 # Documents of another format embedded whole, whose members their own
 # standard leaves open: palisade reads them as such (OPAQUE_PATHS in
 # src/config.rs), and so does the schema.
-OPAQUE = (".jwt.providers[].jwks.inline",)
+OPAQUE = (".jwt.providers[].jwks.inline", ".openapi.document.inline")
 
 
 def _opaque(path: str) -> bool:

@@ -33,7 +33,9 @@ json_schema_impl!(RawDocument, "OpenApiDocument", |_| serde_json::json!({
     "type": "object",
     "additionalProperties": false,
     "properties": {
-        "inline": {"type": "object"},
+        // A document of another format, open as OpenAPI leaves it;
+        // palisade compiles it and names where it fails.
+        "inline": {"type": "object", "additionalProperties": true},
         "file": {"type": "string", "minLength": 1},
         "uri": {"type": "string", "minLength": 1},
     },
