@@ -560,3 +560,30 @@ def test_demo_mtls_listener_admits_only_certificates_of_its_device_ca(demo_envoy
     for client in (None, rogue):
         with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
             _mtls_get(port, "/api/mtls", request, client)
+
+
+def test_demo_devices_route_requires_a_device_identity(demo_envoy, device_ca, tmp_path):
+    """The demo policy's `devices` route class (its `mtls` section): a device
+    certificate of the trusted CA with an identity under
+    spiffe://palisade.demo/device/ reaches the upstream; a certificate of
+    the same CA naming something else is refused by palisade, and so is a
+    request without one, over plain HTTP or server-only TLS."""
+    policy = json.loads(deploy.from_envoy(DEMO)[0].text)
+    assert policy["mtls"]["routes"]["devices"]["required"] is True, policy.get("mtls")
+    device = deploy.make_client_cert(tmp_path / "device", device_ca, "alpha", "spiffe://palisade.demo/device/alpha")
+    other = deploy.make_client_cert(tmp_path / "other", device_ca, "mallory", "spiffe://palisade.demo/user/mallory")
+
+    status, body = _mtls_get(demo_envoy["ingress_mtls"], "/devices/status", {}, device)
+    assert status == 200 and json.loads(body)["path"] == "/devices/status", body[:300]
+    status, body = _mtls_get(demo_envoy["ingress_mtls"], "/devices/status", {}, other)
+    assert (status, json.loads(body).get("reason")) == (403, "mtls.identity_not_allowed"), body[:300]
+    status, body = _mtls_get(demo_envoy["ingress_tls"], "/devices/status", {}, None)
+    assert (status, json.loads(body).get("reason")) == (403, "mtls.required"), body[:300]
+    plain = http.client.HTTPConnection("127.0.0.1", demo_envoy["ingress"], timeout=10)
+    try:
+        plain.request("GET", "/devices/status")
+        resp = plain.getresponse()
+        body = resp.read()
+    finally:
+        plain.close()
+    assert (resp.status, json.loads(body).get("reason")) == (403, "mtls.required"), body[:300]
