@@ -478,8 +478,11 @@ run: setup build tls-cert mtls-certs
 	echo "Palisade demo: Envoy on http://localhost:10000, https://localhost:10443 (TLS 1.3) and https://localhost:10444 (mutual TLS), admin on http://127.0.0.1:9901"; \
 	echo "  allowed:   curl -i localhost:10000/api/items"; \
 	echo "  TLS, JA4:  curl -sk https://localhost:10443/api/items   (the upstream echoes x-palisade-ja4)"; \
-	echo "  mTLS:      device alpha's certificate (make mtls-certs; beta.crt is another device, rogue.crt is refused):"; \
-	echo "             curl -i --cacert $(MTLS_DIR)/ca.crt --cert $(MTLS_DIR)/alpha.crt --key $(MTLS_DIR)/alpha.key https://localhost:10444/api/items"; \
+	echo "  mTLS:      /devices needs a device certificate of the demo CA (make mtls-certs: alpha, beta; rogue's CA is not trusted):"; \
+	echo "             curl -i --cacert $(MTLS_DIR)/ca.crt --cert $(MTLS_DIR)/alpha.crt --key $(MTLS_DIR)/alpha.key https://localhost:10444/devices/status"; \
+	echo "             (plain HTTP: curl -i localhost:10000/devices/status gets 403 mtls.required; rogue.crt fails the handshake)"; \
+	echo "             a token bound to alpha's certificate, accepted only over it (else 401 jwt.binding):"; \
+	echo "             $(PYTHON) tests/integration/demo_token.py --sub alice --bind $(MTLS_DIR)/alpha.crt"; \
 	echo "  429:       for i in \$$(seq 1 7); do curl -s -o /dev/null -w '%{http_code}\n' -X POST localhost:10000/login; done"; \
 	echo "             (login allows 5 per minute per client IP)"; \
 	echo "  403 ban:   keep posting: for i in \$$(seq 1 10); do curl -s -X POST localhost:10000/login; echo; done"; \
