@@ -3,6 +3,7 @@
 //! may read the first, so a body validated here could differ from the one
 //! acted upon. serde_json's nesting limit (128) applies.
 
+use super::schema::push_token;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -36,14 +37,8 @@ pub(super) fn parse(body: &[u8]) -> Result<Value, Bad> {
         Err(_) if state.duplicate => {
             let mut at = String::new();
             for token in state.tokens.iter().rev() {
-                at.push('/');
-                at.push_str(&token.replace('~', "~0").replace('/', "~1"));
+                push_token(&mut at, token);
             }
-            let mut end = at.len().min(128);
-            while !at.is_char_boundary(end) {
-                end -= 1;
-            }
-            at.truncate(end);
             Err(Bad::Duplicate(at))
         }
         Err(_) => Err(Bad::Syntax),

@@ -69,7 +69,7 @@ mod tests;
 
 use crate::core::config_error::{err, ConfigError};
 use params::{In, Param};
-use schema::{percent_decode, Compiler, Dialect, Fail, NodeId, Schemas};
+use schema::{bad, indexed, keyed, percent_decode, Compiler, Dialect, Fail, NodeId, Schemas};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -201,7 +201,7 @@ fn parse_template(
     path: &str,
 ) -> Result<(Vec<Segment>, Vec<String>, String), ConfigError> {
     let Some(rest) = template.strip_prefix('/') else {
-        return Err(err(path, "a path must start with `/`"));
+        return Err(bad(path, "a path must start with `/`"));
     };
     let mut segments = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -223,7 +223,7 @@ fn parse_template(
                         .iter()
                         .any(|s| s.contains(['{', '}']))
                 {
-                    return Err(err(
+                    return Err(bad(
                         path,
                         "a path segment may hold one `{parameter}`, with literal text around it",
                     ));
@@ -235,7 +235,7 @@ fn parse_template(
                 shape.push_str(&format!("{prefix}{{}}{suffix}"));
                 segments.push(Segment::Param(literal(prefix), literal(suffix)));
             }
-            None => return Err(err(path, "unbalanced `}` in the path")),
+            None => return Err(bad(path, "unbalanced `}` in the path")),
         }
     }
     Ok((segments, names, shape))
@@ -263,17 +263,17 @@ fn compile_params(
     let Some(list) = list else {
         return Ok(Vec::new());
     };
-    let at = format!("{path}.parameters");
+    let at = keyed(path, "parameters");
     let list = list
         .as_array()
-        .ok_or_else(|| err(&at, "must be an array"))?;
+        .ok_or_else(|| bad(&at, "must be an array"))?;
     let mut out: Vec<Param> = Vec::new();
     for (i, raw) in list.iter().enumerate() {
-        let here = format!("{at}[{i}]");
+        let here = indexed(&at, i);
         if let Some(p) = params::compile(c, raw, &here)? {
             if out.iter().any(|q| same(q, &p)) {
-                return Err(err(
-                    here,
+                return Err(bad(
+                    &here,
                     "this parameter (name and `in`) is declared twice",
                 ));
             }
@@ -302,26 +302,26 @@ fn compile_body(
         let Some(reference) = raw.get("$ref") else {
             break;
         };
-        (raw, path) = c.follow(reference, &format!("{path}.$ref"))?;
+        (raw, path) = c.follow(reference, &keyed(&path, "$ref"))?;
     }
     let required = match raw.get("required") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(err(format!("{path}.required"), "must be true or false")),
+        Some(_) => return Err(bad(&keyed(&path, "required"), "must be true or false")),
     };
-    let at = format!("{path}.content");
+    let at = keyed(&path, "content");
     let content = raw
         .get("content")
         .and_then(Value::as_object)
         .ok_or_else(|| {
-            err(
+            bad(
                 &at,
                 "a request body needs `content` (an object of media types)",
             )
         })?;
     let mut media = Vec::new();
     for (range, entry) in content {
-        let here = format!("{at}.{range}");
+        let here = keyed(&at, range);
         let essence = range
             .split(';')
             .next()
@@ -329,21 +329,29 @@ fn compile_body(
             .trim()
             .to_ascii_lowercase();
         if !essence.contains('/') {
-            return Err(err(
-                here,
+            return Err(bad(
+                &here,
                 "must be a media type or range (`application/json`, `image/*`)",
             ));
         }
         let schema = match entry.get("schema") {
-            Some(s) => Some(c.root(s, &format!("{here}.schema"))?),
+            Some(s) => Some(c.root(s, &keyed(&here, "schema"))?),
             None => None,
         };
-        media.push(Media {
-            range: essence,
-            schema,
-        });
+        // Most specific first (inserted in order: no `sort` code in the wasm).
+        let rank = media_rank(&essence);
+        let at = media
+            .iter()
+            .position(|m: &Media| media_rank(&m.range) > rank)
+            .unwrap_or(media.len());
+        media.insert(
+            at,
+            Media {
+                range: essence,
+                schema,
+            },
+        );
     }
-    media.sort_by_key(|m| media_rank(&m.range));
     Ok((required, media))
 }
 
@@ -374,7 +382,7 @@ impl Api {
     /// configuration (errors name `path` plus the place in the document).
     pub fn compile(doc: &Value, options: &Options, path: &str) -> Result<Api, ConfigError> {
         let Value::Object(top) = doc else {
-            return Err(err(path, "must be an OpenAPI document (a JSON object)"));
+            return Err(bad(path, "must be an OpenAPI document (a JSON object)"));
         };
         let version = top.get("openapi").and_then(Value::as_str).unwrap_or("");
         let dialect = if version.starts_with("3.0.") {
@@ -382,33 +390,43 @@ impl Api {
         } else if version.starts_with("3.1.") {
             Dialect::V31
         } else {
-            return Err(err(
-                format!("{path}.openapi"),
+            return Err(bad(
+                &keyed(path, "openapi"),
                 "must be an OpenAPI version 3.0.x or 3.1.x",
             ));
         };
-        let mut bases = match &options.base_path {
+        let found = match &options.base_path {
             Some(base) if !base.starts_with('/') => {
-                return Err(err(path, "the base path must start with `/`"))
+                return Err(bad(path, "the base path must start with `/`"))
             }
             Some(base) => vec![base.trim_end_matches('/').to_string()],
             None => Self::server_bases(doc, path)?,
         };
-        bases.sort_by_key(|b| std::cmp::Reverse(b.len()));
-        bases.dedup();
+        // Longest first, each once.
+        let mut bases: Vec<String> = Vec::new();
+        for base in found {
+            if !bases.contains(&base) {
+                let at = bases
+                    .iter()
+                    .position(|b| b.len() < base.len())
+                    .unwrap_or(bases.len());
+                bases.insert(at, base);
+            }
+        }
 
         let mut c = Compiler::new(doc, path, dialect);
         let mut templates = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut operations = Vec::new();
         let mut shapes: Vec<(String, String)> = Vec::new();
-        let paths_at = format!("{path}.paths");
+        let paths_at = keyed(path, "paths");
         let paths = match top.get("paths") {
             Some(Value::Object(paths)) => Some(paths),
             None if dialect == Dialect::V31 => None,
-            _ => return Err(err(&paths_at, "must be an object of path templates")),
+            _ => return Err(bad(&paths_at, "must be an object of path templates")),
         };
         for (template, item) in paths.into_iter().flatten() {
-            let mut at = format!("{paths_at}.{template}");
+            let mut at = keyed(&paths_at, template);
             let (segments, names, shape) = parse_template(template, &at)?;
             if let Some((other, _)) = shapes.iter().find(|(_, s)| *s == shape) {
                 return Err(err(&at, format!("the same template as `{other}`")));
@@ -416,14 +434,14 @@ impl Api {
             shapes.push((template.clone(), shape));
             let mut item = item;
             if let Some(reference) = item.get("$ref") {
-                (item, at) = c.follow(reference, &format!("{at}.$ref"))?;
+                (item, at) = c.follow(reference, &keyed(&at, "$ref"))?;
             }
             if !item.is_object() {
-                return Err(err(&at, "must be a Path Item Object"));
+                return Err(bad(&at, "must be a Path Item Object"));
             }
             if item.get("servers").is_some() && options.base_path.is_none() {
-                return Err(err(
-                    format!("{at}.servers"),
+                return Err(bad(
+                    &keyed(&at, "servers"),
                     "servers of a path are not supported (set the base path instead)",
                 ));
             }
@@ -431,13 +449,13 @@ impl Api {
             let mut ops = [None; 8];
             for (slot, (key, upper)) in ops.iter_mut().zip(METHODS) {
                 let Some(op) = item.get(key) else { continue };
-                let here = format!("{at}.{key}");
+                let here = keyed(&at, key);
                 if !op.is_object() {
-                    return Err(err(&here, "must be an Operation Object"));
+                    return Err(bad(&here, "must be an Operation Object"));
                 }
                 if op.get("servers").is_some() && options.base_path.is_none() {
-                    return Err(err(
-                        format!("{here}.servers"),
+                    return Err(bad(
+                        &keyed(&here, "servers"),
                         "servers of an operation are not supported (set the base path instead)",
                     ));
                 }
@@ -466,7 +484,7 @@ impl Api {
                     }
                 }
                 let body = match op.get("requestBody") {
-                    Some(raw) => Some(compile_body(&mut c, raw, &format!("{here}.requestBody"))?),
+                    Some(raw) => Some(compile_body(&mut c, raw, &keyed(&here, "requestBody"))?),
                     None => None,
                 };
                 let name = match op.get("operationId") {
@@ -476,9 +494,13 @@ impl Api {
                 *slot = Some(operations.len() as u32);
                 operations.push((name, list, body));
             }
-            templates.push(Template { segments, ops });
+            // Most specific first (see `rank`).
+            let template = Template { segments, ops };
+            let key = rank(&template);
+            let at = keys.iter().position(|k| *k > key).unwrap_or(keys.len());
+            keys.insert(at, key);
+            templates.insert(at, template);
         }
-        templates.sort_by_cached_key(rank);
         let schemas = Arc::new(c.finish()?);
         let operations = operations
             .into_iter()
@@ -504,22 +526,20 @@ impl Api {
         let Some(servers) = doc.get("servers") else {
             return Ok(vec![String::new()]);
         };
-        let at = format!("{path}.servers");
+        let at = keyed(path, "servers");
         let servers = servers
             .as_array()
-            .ok_or_else(|| err(&at, "must be an array"))?;
+            .ok_or_else(|| bad(&at, "must be an array"))?;
         let mut bases = Vec::new();
         for (i, server) in servers.iter().enumerate() {
-            let here = format!("{at}[{i}].url");
+            let here = keyed(&indexed(&at, i), "url");
             let url = server
                 .get("url")
                 .and_then(Value::as_str)
-                .ok_or_else(|| err(&here, "a server needs a `url` (a string)"))?;
+                .ok_or_else(|| bad(&here, "a server needs a `url` (a string)"))?;
             let base = server_base(url);
             if base.contains(['{', '}']) {
-                return Err(err(
-                    here,
-                    "a server URL with `{variables}` in its path needs the base path set explicitly",
+                return Err(bad(&here, "a server URL with `{variables}` in its path needs the base path set explicitly",
                 ));
             }
             bases.push(base);
@@ -652,15 +672,18 @@ impl Operation {
                     owned = header(&p.name);
                     owned.as_deref().map(str::as_bytes).into_iter().collect()
                 }
-                In::Cookie => cookies
-                    .as_deref()
-                    .into_iter()
-                    .flat_map(|c| c.split(';'))
-                    .filter_map(|c| c.trim().split_once('='))
-                    .filter(|(k, _)| *k == p.name)
-                    .map(|(_, v)| v.as_bytes())
-                    .take(1)
-                    .collect(),
+                In::Cookie => {
+                    let mut found = Vec::new();
+                    for pair in cookies.as_deref().unwrap_or("").split(';') {
+                        if let Some((k, v)) = pair.trim().split_once('=') {
+                            if k == p.name {
+                                found.push(v.as_bytes());
+                                break;
+                            }
+                        }
+                    }
+                    found
+                }
             };
             p.check(&self.schemas, &raw)?;
         }

@@ -4,8 +4,8 @@
 //! string, or an array of those) and validated as a JSON value.
 
 use super::schema::{
-    percent_decode, type_message, Compiler, Fail, NodeId, Schemas, ARRAY, BOOLEAN, INTEGER, NUMBER,
-    OBJECT, STRING,
+    bad, decode, keyed, type_message, Compiler, Fail, NodeId, Schemas, ARRAY, BOOLEAN, INTEGER,
+    NUMBER, OBJECT, STRING,
 };
 use super::{json, Violation, ViolationKind};
 use crate::core::config_error::{err, ConfigError};
@@ -48,7 +48,7 @@ fn text<'v>(obj: &'v Value, key: &str, path: &str) -> Result<Option<&'v str>, Co
     match obj.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(err(format!("{path}.{key}"), "must be a string")),
+        Some(_) => Err(bad(&keyed(path, key), "must be a string")),
     }
 }
 
@@ -56,7 +56,7 @@ fn flag(obj: &Value, key: &str, path: &str) -> Result<Option<bool>, ConfigError>
     match obj.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(err(format!("{path}.{key}"), "must be true or false")),
+        Some(_) => Err(bad(&keyed(path, key), "must be true or false")),
     }
 }
 
@@ -81,23 +81,23 @@ pub(super) fn compile(
         let Some(reference) = raw.get("$ref") else {
             break;
         };
-        (raw, path) = c.follow(reference, &format!("{path}.$ref"))?;
+        (raw, path) = c.follow(reference, &keyed(&path, "$ref"))?;
     }
     let path = path.as_str();
     if !raw.is_object() || raw.get("$ref").is_some() {
-        return Err(err(path, "must be a Parameter Object"));
+        return Err(bad(path, "must be a Parameter Object"));
     }
     let name = text(raw, "name", path)?
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| err(path, "a parameter needs a `name`"))?;
+        .ok_or_else(|| bad(path, "a parameter needs a `name`"))?;
     let (place, prefix) = match text(raw, "in", path)? {
         Some("path") => (In::Path, "path."),
         Some("query") => (In::Query, "query."),
         Some("header") => (In::Header, "header."),
         Some("cookie") => (In::Cookie, "cookie."),
         _ => {
-            return Err(err(
-                format!("{path}.in"),
+            return Err(bad(
+                &keyed(path, "in"),
                 "must be one of path, query, header, cookie",
             ))
         }
@@ -109,13 +109,13 @@ pub(super) fn compile(
     }
     let required = flag(raw, "required", path)?.unwrap_or(false);
     if place == In::Path && !required {
-        return Err(err(
-            format!("{path}.required"),
+        return Err(bad(
+            &keyed(path, "required"),
             "a path parameter must have `required: true`",
         ));
     }
     let style = text(raw, "style", path)?;
-    let style_at = format!("{path}.style");
+    let style_at = keyed(path, "style");
     let form = match (place, style) {
         (In::Path | In::Header, None | Some("simple")) => false,
         (In::Query | In::Cookie, None | Some("form")) => true,
@@ -135,20 +135,20 @@ pub(super) fn compile(
     };
     let (schema, shape) = match (raw.get("schema"), raw.get("content")) {
         (Some(schema), None) => {
-            let at = format!("{path}.schema");
+            let at = keyed(path, "schema");
             let node = c.root(schema, &at)?;
             let (types, items) = c.shape(node);
             let shape = if types & ARRAY != 0 {
                 let item_types = items.map_or(0, |i| c.shape(i).0);
                 if item_types & (OBJECT | ARRAY) != 0 {
-                    return Err(err(
-                        at,
+                    return Err(bad(
+                        &at,
                         "arrays of objects or arrays are not supported as parameters",
                     ));
                 }
                 if place == In::Cookie && explode {
-                    return Err(err(
-                        at,
+                    return Err(bad(
+                        &at,
                         "exploded array cookies are not supported (set `explode: false`)",
                     ));
                 }
@@ -158,9 +158,7 @@ pub(super) fn compile(
                     sep,
                 }
             } else if types & OBJECT != 0 {
-                return Err(err(
-                    at,
-                    "object-valued parameters (deepObject, form objects) are not supported; use `content` with application/json",
+                return Err(bad(&at, "object-valued parameters (deepObject, form objects) are not supported; use `content` with application/json",
                 ));
             } else {
                 Shape::Scalar(types)
@@ -169,23 +167,23 @@ pub(super) fn compile(
         }
         (None, Some(Value::Object(content))) if content.len() == 1 => {
             let Some((media, entry)) = content.iter().next() else {
-                return Err(err(path, "`content` must hold one media type"));
+                return Err(bad(path, "`content` must hold one media type"));
             };
-            let at = format!("{path}.content.{media}");
+            let at = keyed(&keyed(path, "content"), media);
             if !is_json(&media.to_ascii_lowercase()) {
-                return Err(err(
-                    at,
+                return Err(bad(
+                    &at,
                     "only JSON media types are supported for parameter `content`",
                 ));
             }
             let node = match entry.get("schema") {
-                Some(schema) => c.root(schema, &format!("{at}.schema"))?,
+                Some(schema) => c.root(schema, &keyed(&at, "schema"))?,
                 None => c.root(&Value::Bool(true), &at)?,
             };
             (node, Shape::Json)
         }
         _ => {
-            return Err(err(
+            return Err(bad(
                 path,
                 "a parameter needs either `schema` or `content` with one media type",
             ))
@@ -215,8 +213,7 @@ pub(super) fn query_pairs(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| percent_decode(s.replace('+', " ").as_bytes());
-            (decode(k), decode(v))
+            (decode(k.as_bytes(), true), decode(v.as_bytes(), true))
         })
         .collect()
 }

@@ -78,6 +78,17 @@ impl Check {
     }
 }
 
+/// Adds a check after those of its rank and lower (an insertion, not a
+/// sort: `slice::sort` costs kilobytes of wasm per element type).
+fn add(checks: &mut Vec<Check>, check: Check) {
+    let rank = check.rank();
+    let at = checks
+        .iter()
+        .position(|c| c.rank() > rank)
+        .unwrap_or(checks.len());
+    checks.insert(at, check);
+}
+
 /// The compiled schemas of one document.
 #[derive(Default)]
 pub struct Schemas {
@@ -128,12 +139,39 @@ const ANNOTATIONS: &[&str] = &[
     "contentEncoding",
 ];
 
-fn keyed(path: &str, key: &str) -> String {
-    format!("{path}.{key}")
+/// `path.key`: the configuration path of a member (one function instead
+/// of a `format!` at every call site).
+#[inline(never)]
+pub(super) fn keyed(path: &str, key: &str) -> String {
+    let mut out = String::with_capacity(path.len() + key.len() + 1);
+    out.push_str(path);
+    out.push('.');
+    out.push_str(key);
+    out
 }
 
-fn indexed(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
+/// `path[i]`.
+#[inline(never)]
+pub(super) fn indexed(path: &str, i: usize) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    out.push_str(path);
+    out.push('[');
+    out.push_str(itoa::Buffer::new().format(i));
+    out.push(']');
+    out
+}
+
+/// An error with a fixed message (one function instead of `err`'s
+/// conversions at every call site).
+#[inline(never)]
+pub(super) fn bad(path: &str, message: &str) -> ConfigError {
+    err(path, message)
+}
+
+/// A `$ref` whose target is not in the document.
+#[inline(never)]
+fn missing(path: impl Into<String>, pointer: &str) -> ConfigError {
+    err(path, format!("`$ref` target `#{pointer}` does not exist"))
 }
 
 fn count(v: &Value, path: &str) -> Result<u64, ConfigError> {
@@ -141,29 +179,26 @@ fn count(v: &Value, path: &str) -> Result<u64, ConfigError> {
         Some(n) => Ok(n),
         None => match v.as_f64() {
             Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1.8e19 => Ok(f as u64),
-            _ => Err(err(path, "must be a non-negative integer")),
+            _ => Err(bad(path, "must be a non-negative integer")),
         },
     }
 }
 
 fn number(v: &Value, path: &str) -> Result<f64, ConfigError> {
-    v.as_f64().ok_or_else(|| err(path, "must be a number"))
+    v.as_f64().ok_or_else(|| bad(path, "must be a number"))
 }
 
 fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
     v.as_bool()
-        .ok_or_else(|| err(path, "must be true or false"))
+        .ok_or_else(|| bad(path, "must be true or false"))
 }
 
 fn regex(v: &Value, path: &str) -> Result<Regex, ConfigError> {
-    let source = v.as_str().ok_or_else(|| err(path, "must be a string"))?;
+    let source = v.as_str().ok_or_else(|| bad(path, "must be a string"))?;
     Regex::new(source).map_err(|e| {
         err(
             path,
-            format!(
-                "pattern `{source}` is not supported: {e} (palisade uses Rust regex syntax \
-                 without look-around or backreferences, patterns are not anchored)"
-            ),
+            format!("pattern `{source}` is not supported (Rust regex syntax, no look-around or backreferences): {e}"),
         )
     })
 }
@@ -183,6 +218,11 @@ pub(super) fn type_bit(name: &str) -> Option<u8> {
 
 /// Decodes `%XX` escapes (invalid escapes are kept as they are).
 pub(super) fn percent_decode(s: &[u8]) -> Vec<u8> {
+    decode(s, false)
+}
+
+/// Decodes `%XX` escapes, and `+` as a space if `plus`.
+pub(super) fn decode(s: &[u8], plus: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while let Some(&b) = s.get(i) {
@@ -191,9 +231,26 @@ pub(super) fn percent_decode(s: &[u8]) -> Vec<u8> {
             out.push((h * 16 + l) as u8);
             i += 3;
         } else {
-            out.push(b);
+            out.push(if plus && b == b'+' { b' ' } else { b });
             i += 1;
         }
+    }
+    out
+}
+
+/// A JSON pointer token unescaped (`~1` is `/`, `~0` is `~`).
+fn unescape(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        out.push(match (c, c == '~') {
+            (_, true) => match chars.next() {
+                Some('1') => '/',
+                Some('0') => '~',
+                _ => return String::new(),
+            },
+            (c, false) => c,
+        });
     }
     out
 }
@@ -212,7 +269,7 @@ pub(super) fn resolve<'d>(
     }
     let rest = pointer.strip_prefix('/')?;
     for token in rest.split('/') {
-        let token = token.replace("~1", "/").replace("~0", "~");
+        let token = unescape(token);
         match value {
             Value::Object(map) => {
                 value = map.get(&token)?;
@@ -233,26 +290,21 @@ pub(super) fn resolve<'d>(
 pub(super) fn ref_pointer(reference: &Value, path: &str) -> Result<String, ConfigError> {
     let reference = reference
         .as_str()
-        .ok_or_else(|| err(path, "must be a string"))?;
+        .ok_or_else(|| bad(path, "must be a string"))?;
     let Some(fragment) = reference.strip_prefix('#') else {
         return Err(err(
             path,
-            format!(
-                "`{reference}`: external references are not resolved; bundle the document \
-                 (only local `#/...` references)"
-            ),
+            format!("`{reference}`: external references are not resolved; bundle the document"),
         ));
     };
     if !fragment.is_empty() && !fragment.starts_with('/') {
         return Err(err(
             path,
-            format!(
-                "`{reference}`: only JSON-pointer references (`#/...`) are supported, not anchors"
-            ),
+            format!("`{reference}`: only `#/...` pointers are supported"),
         ));
     }
     String::from_utf8(percent_decode(fragment.as_bytes()))
-        .map_err(|_| err(path, "the reference is not valid UTF-8 once decoded"))
+        .map_err(|_| bad(path, "the reference is not valid UTF-8 once decoded"))
 }
 
 impl<'d> Compiler<'d> {
@@ -276,8 +328,7 @@ impl<'d> Compiler<'d> {
         path: &str,
     ) -> Result<(&'d Value, String), ConfigError> {
         let pointer = ref_pointer(reference, path)?;
-        resolve(self.doc, self.base, &pointer)
-            .ok_or_else(|| err(path, format!("`$ref` target `#{pointer}` does not exist")))
+        resolve(self.doc, self.base, &pointer).ok_or_else(|| missing(path, &pointer))
     }
 
     /// Compiles the schema `v` found at `path` and every schema it refers
@@ -287,10 +338,7 @@ impl<'d> Compiler<'d> {
         while let Some((target, pointer)) = self.pending.pop() {
             let Some((value, at)) = resolve(self.doc, self.base, &pointer) else {
                 let from = self.paths.get(target as usize).cloned().unwrap_or_default();
-                return Err(err(
-                    from,
-                    format!("`$ref` target `#{pointer}` does not exist"),
-                ));
+                return Err(missing(from, &pointer));
             };
             if let Some(p) = self.paths.get_mut(target as usize) {
                 p.clone_from(&at);
@@ -327,7 +375,7 @@ impl<'d> Compiler<'d> {
         let items = v
             .as_array()
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| err(path, "must be a non-empty array of schemas"))?;
+            .ok_or_else(|| bad(path, "must be a non-empty array of schemas"))?;
         let mut ids = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             ids.push(self.compile(item, &indexed(path, i), depth + 1)?);
@@ -341,10 +389,7 @@ impl<'d> Compiler<'d> {
             return Ok(id);
         }
         if resolve(self.doc, self.base, &pointer).is_none() {
-            return Err(err(
-                path,
-                format!("`$ref` target `#{pointer}` does not exist"),
-            ));
+            return Err(missing(path, &pointer));
         }
         let id = self.alloc(path)?;
         self.memo.push((pointer.clone(), id));
@@ -368,7 +413,7 @@ impl<'d> Compiler<'d> {
 
     fn fill(&mut self, id: NodeId, v: &Value, path: &str, depth: usize) -> Result<(), ConfigError> {
         if depth > MAX_DOC_DEPTH {
-            return Err(err(path, "schemas are nested too deeply"));
+            return Err(bad(path, "schemas are nested too deeply"));
         }
         let obj: &Map<String, Value> = match v {
             Value::Bool(true) => return Ok(()),
@@ -378,7 +423,7 @@ impl<'d> Compiler<'d> {
             }
             Value::Object(obj) => obj,
             _ => {
-                return Err(err(
+                return Err(bad(
                     path,
                     "a schema must be an object (or true/false in 3.1)",
                 ))
@@ -399,7 +444,7 @@ impl<'d> Compiler<'d> {
             let at = keyed(path, key);
             let at = at.as_str();
             match key.as_str() {
-                "$ref" => checks.push(Check::Ref(self.reference(value, at)?)),
+                "$ref" => add(&mut checks, Check::Ref(self.reference(value, at)?)),
                 "type" => {
                     let names: Vec<&Value> = match value {
                         Value::Array(a) if !v30 => a.iter().collect(),
@@ -408,7 +453,7 @@ impl<'d> Compiler<'d> {
                     let mut bits = 0;
                     for name in names {
                         bits |= name.as_str().and_then(type_bit).ok_or_else(|| {
-                            err(
+                            bad(
                                 at,
                                 "must be a JSON Schema type name (or, in 3.1, an array of them)",
                             )
@@ -418,16 +463,16 @@ impl<'d> Compiler<'d> {
                 }
                 "nullable" if v30 => nullable = boolean(value, at)?,
                 "nullable" => {
-                    return Err(err(
+                    return Err(bad(
                         at,
                         "`nullable` is OpenAPI 3.0; in 3.1 add \"null\" to `type`",
                     ))
                 }
                 "enum" => match value {
-                    Value::Array(a) if !a.is_empty() => checks.push(Check::Enum(a.clone())),
-                    _ => return Err(err(at, "must be a non-empty array")),
+                    Value::Array(a) if !a.is_empty() => add(&mut checks, Check::Enum(a.clone())),
+                    _ => return Err(bad(at, "must be a non-empty array")),
                 },
-                "const" => checks.push(Check::Enum(vec![value.clone()])),
+                "const" => add(&mut checks, Check::Enum(vec![value.clone()])),
                 "properties" | "patternProperties" | "additionalProperties" => {
                     if members.is_none() {
                         members = Some((Vec::new(), Vec::new(), None));
@@ -441,7 +486,7 @@ impl<'d> Compiler<'d> {
                     }
                     let map = value
                         .as_object()
-                        .ok_or_else(|| err(at, "must be an object of schemas"))?;
+                        .ok_or_else(|| bad(at, "must be an object of schemas"))?;
                     for (name, schema) in map {
                         let node = self.compile(schema, &keyed(at, name), depth + 1)?;
                         if key == "properties" {
@@ -457,24 +502,24 @@ impl<'d> Compiler<'d> {
                 "required" => {
                     let names = value
                         .as_array()
-                        .ok_or_else(|| err(at, "must be an array of member names"))?;
+                        .ok_or_else(|| bad(at, "must be an array of member names"))?;
                     let mut list = Vec::with_capacity(names.len());
                     for (i, name) in names.iter().enumerate() {
                         let name = name
                             .as_str()
-                            .ok_or_else(|| err(indexed(at, i), "must be a string"))?;
+                            .ok_or_else(|| bad(&indexed(at, i), "must be a string"))?;
                         let prop = obj.get("properties").and_then(|p| p.get(name));
                         if !prop.is_some_and(|p| self.read_only(p)) {
                             list.push(name.to_string());
                         }
                     }
                     if !list.is_empty() {
-                        checks.push(Check::Required(list));
+                        add(&mut checks, Check::Required(list));
                     }
                 }
                 "items" => {
                     if value.is_array() {
-                        return Err(err(
+                        return Err(bad(
                             at,
                             "must be a schema (use `prefixItems` for tuples in 3.1)",
                         ));
@@ -490,10 +535,10 @@ impl<'d> Compiler<'d> {
                 "maxProperties" => mem_hi = count(value, at)?,
                 "uniqueItems" => {
                     if boolean(value, at)? {
-                        checks.push(Check::Unique)
+                        add(&mut checks, Check::Unique)
                     }
                 }
-                "pattern" => checks.push(Check::Pattern(regex(value, at)?)),
+                "pattern" => add(&mut checks, Check::Pattern(regex(value, at)?)),
                 "minimum" => min = Some(number(value, at)?),
                 "maximum" => max = Some(number(value, at)?),
                 "exclusiveMinimum" | "exclusiveMaximum" => {
@@ -504,30 +549,42 @@ impl<'d> Compiler<'d> {
                         }
                         Value::Number(_) if !v30 => {
                             let n = number(value, at)?;
-                            checks.push(if lower {
-                                Check::Min(n, true)
-                            } else {
-                                Check::Max(n, true)
-                            });
+                            add(
+                                &mut checks,
+                                if lower {
+                                    Check::Min(n, true)
+                                } else {
+                                    Check::Max(n, true)
+                                },
+                            );
                         }
-                        _ if v30 => return Err(err(at, "must be true or false in OpenAPI 3.0")),
-                        _ => return Err(err(at, "must be a number in OpenAPI 3.1")),
+                        _ if v30 => return Err(bad(at, "must be true or false in OpenAPI 3.0")),
+                        _ => return Err(bad(at, "must be a number in OpenAPI 3.1")),
                     }
                 }
                 "multipleOf" => match value.as_f64() {
-                    Some(n) if n > 0.0 => checks.push(Check::MultipleOf(n)),
-                    _ => return Err(err(at, "must be a number greater than 0")),
+                    Some(n) if n > 0.0 => add(&mut checks, Check::MultipleOf(n)),
+                    _ => return Err(bad(at, "must be a number greater than 0")),
                 },
                 "format" => {
-                    let name = value.as_str().ok_or_else(|| err(at, "must be a string"))?;
+                    let name = value.as_str().ok_or_else(|| bad(at, "must be a string"))?;
                     if let Some(f) = Format::named(name) {
-                        checks.push(Check::Format(f));
+                        add(&mut checks, Check::Format(f));
                     }
                 }
-                "allOf" => checks.push(Check::AllOf(self.compile_all(value, at, depth)?)),
-                "anyOf" => checks.push(Check::AnyOf(self.compile_all(value, at, depth)?)),
-                "oneOf" => checks.push(Check::OneOf(self.compile_all(value, at, depth)?)),
-                "not" => checks.push(Check::Not(self.compile(value, at, depth + 1)?)),
+                "allOf" => add(
+                    &mut checks,
+                    Check::AllOf(self.compile_all(value, at, depth)?),
+                ),
+                "anyOf" => add(
+                    &mut checks,
+                    Check::AnyOf(self.compile_all(value, at, depth)?),
+                ),
+                "oneOf" => add(
+                    &mut checks,
+                    Check::OneOf(self.compile_all(value, at, depth)?),
+                ),
+                "not" => add(&mut checks, Check::Not(self.compile(value, at, depth + 1)?)),
                 k if k.starts_with("x-") || ANNOTATIONS.contains(&k) => {}
                 k => {
                     return Err(err(
@@ -541,34 +598,36 @@ impl<'d> Compiler<'d> {
             if nullable {
                 bits |= NULL;
             }
-            checks.push(Check::Type(bits));
+            add(&mut checks, Check::Type(bits));
         }
         if let Some(n) = min {
-            checks.push(Check::Min(n, ex_min));
+            add(&mut checks, Check::Min(n, ex_min));
         }
         if let Some(n) = max {
-            checks.push(Check::Max(n, ex_max));
+            add(&mut checks, Check::Max(n, ex_max));
         }
         if (len_lo, len_hi) != (0, u64::MAX) {
-            checks.push(Check::Length(len_lo, len_hi));
+            add(&mut checks, Check::Length(len_lo, len_hi));
         }
         if (items_lo, items_hi) != (0, u64::MAX) {
-            checks.push(Check::ItemCount(items_lo, items_hi));
+            add(&mut checks, Check::ItemCount(items_lo, items_hi));
         }
         if (mem_lo, mem_hi) != (0, u64::MAX) {
-            checks.push(Check::MemberCount(mem_lo, mem_hi));
+            add(&mut checks, Check::MemberCount(mem_lo, mem_hi));
         }
         if let Some((props, patterns, additional)) = members {
-            checks.push(Check::Members {
-                props,
-                patterns,
-                additional,
-            });
+            add(
+                &mut checks,
+                Check::Members {
+                    props,
+                    patterns,
+                    additional,
+                },
+            );
         }
         if !prefix.is_empty() || rest.is_some() {
-            checks.push(Check::Items(prefix, rest));
+            add(&mut checks, Check::Items(prefix, rest));
         }
-        checks.sort_by_key(Check::rank);
         self.set(id, checks);
         Ok(())
     }
@@ -633,8 +692,8 @@ impl<'d> Compiler<'d> {
                         }
                         Some(1) => {
                             let at = self.paths.get(node as usize).cloned().unwrap_or_default();
-                            return Err(err(
-                                at,
+                            return Err(bad(
+                                &at,
                                 "this schema refers back to itself without descending into \
                                  a property or item (a `$ref`/`allOf`/`anyOf`/`oneOf`/`not` cycle)",
                             ));
@@ -703,26 +762,28 @@ fn push_truncated(out: &mut String, s: &str) {
 /// An RFC 6901 pointer to `path` (plus `last`), cut at 128 bytes.
 fn pointer(path: &[Seg<'_>], last: Option<&str>) -> String {
     let mut out = String::new();
-    let token = |out: &mut String, key: &str| {
-        push_truncated(out, "/");
-        for c in key.chars() {
-            match c {
-                '~' => push_truncated(out, "~0"),
-                '/' => push_truncated(out, "~1"),
-                c => push_truncated(out, c.encode_utf8(&mut [0; 4])),
-            }
-        }
-    };
     for seg in path {
         match seg {
-            Seg::Key(k) => token(&mut out, k),
-            Seg::Index(i) => token(&mut out, itoa::Buffer::new().format(*i)),
+            Seg::Key(k) => push_token(&mut out, k),
+            Seg::Index(i) => push_token(&mut out, itoa::Buffer::new().format(*i)),
         }
     }
     if let Some(k) = last {
-        token(&mut out, k);
+        push_token(&mut out, k);
     }
     out
+}
+
+/// Appends `/token`, escaped (RFC 6901), to a pointer cut at 128 bytes.
+pub(super) fn push_token(out: &mut String, key: &str) {
+    push_truncated(out, "/");
+    for c in key.chars() {
+        match c {
+            '~' => push_truncated(out, "~0"),
+            '/' => push_truncated(out, "~1"),
+            c => push_truncated(out, c.encode_utf8(&mut [0; 4])),
+        }
+    }
 }
 
 /// Type names, for messages.
@@ -786,7 +847,10 @@ pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
                 && x.iter()
                     .all(|(k, a)| y.get(k).is_some_and(|b| json_eq(a, b)))
         }
-        _ => a == b,
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        _ => false,
     }
 }
 
