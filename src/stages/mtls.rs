@@ -126,10 +126,15 @@ pub fn compile(
         // A list with `required: false` would let a request without a
         // certificate through where one with another identity is refused.
         if required == Some(false) && !identities.is_empty() {
-            return Err(err(
-                required_at,
-                "is false while identities are listed: a request without a certificate would pass where one with another identity is refused",
-            ));
+            // Named where the class's own setting is: a list of its own
+            // under an inherited `false` is the list's mistake.
+            let inherited = own.is_some_and(|o| o.required.is_none() && o.identities.is_some());
+            let (path, message) = if inherited {
+                (list_at, format!("are listed while `required` is false (from `{required_at}`): set `\"required\": true` here"))
+            } else {
+                (required_at, "is false while identities are listed: a request without a certificate would pass where one with another identity is refused".to_string())
+            };
+            return Err(err(path, message));
         }
         Ok(RoutePolicy {
             required: required.unwrap_or(false) || !identities.is_empty(),

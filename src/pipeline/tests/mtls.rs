@@ -192,4 +192,16 @@ fn the_section_is_refused_on_nginx_and_device_uses_need_it() {
         e.map(|e| e.path),
         Some("mtls.routes.admin.required".to_string())
     );
+    // Inherited from `defaults`: the class's own list is named.
+    let inherited = config()
+        .replace(
+            r#""mtls": {"routes""#,
+            r#""mtls": {"defaults": {"required": false}, "routes""#,
+        )
+        .replace(r#""required": true, "identities""#, r#""identities""#);
+    let e = Policy::from_json(inherited.as_bytes()).err();
+    assert_eq!(
+        e.map(|e| e.path),
+        Some("mtls.routes.admin.identities".to_string())
+    );
 }
