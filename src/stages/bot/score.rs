@@ -45,17 +45,23 @@ impl Model {
                 raised.push((contribution, signal));
             }
         }
-        raised.sort_by(|a, b| b.0.total_cmp(&a.0));
         let probability = 1.0 / (1.0 + (-z).exp());
         let value = (probability * 100.0).round().clamp(0.0, 100.0) as u8;
-        Score {
-            value,
-            reasons: raised
-                .into_iter()
-                .take(TOP_REASONS)
-                .map(|(_, s)| s)
-                .collect(),
+        // The strongest first, the earlier signal on a tie; picked rather
+        // than sorted: a slice sort costs about 4 KB of wasm for a handful
+        // of signals.
+        let mut reasons = Vec::with_capacity(TOP_REASONS);
+        while reasons.len() < TOP_REASONS {
+            let mut best: Option<usize> = None;
+            for (i, (c, _)) in raised.iter().enumerate() {
+                if best.is_none_or(|b| raised.get(b).is_some_and(|(bc, _)| c > bc)) {
+                    best = Some(i);
+                }
+            }
+            let Some(b) = best else { break };
+            reasons.push(raised.remove(b).1);
         }
+        Score { value, reasons }
     }
 }
 
