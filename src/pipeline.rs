@@ -1174,8 +1174,10 @@ impl Engine {
         // The stage a body that never arrived is counted under.
         let body_stage = if others {
             Stage::Signature
-        } else {
+        } else if check.validation.is_some() {
             Stage::Validate
+        } else {
+            Stage::Schema
         };
         let oversized = |mode| Finding::new(Stage::Signature, Reason::BodyTooLarge, mode);
         match body {
@@ -1397,6 +1399,10 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|v| v.mode == Mode::Enforce)
             || check.refresh == Some(Mode::Enforce)
+            || check
+                .schema
+                .as_ref()
+                .is_some_and(|s| s.mode == Mode::Enforce)
             || login_enforced;
         if enforced {
             Mode::Enforce

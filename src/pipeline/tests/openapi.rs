@@ -21,6 +21,10 @@ const DOCUMENT: &str = r##"{
       "parameters": [{"name": "petId", "in": "path", "required": true, "schema": {"type": "integer"}}],
       "get": {"operationId": "getPet", "responses": {"200": {"description": "ok"}}}
     },
+    "/uploads": {
+      "post": {"requestBody": {"content": {"multipart/form-data": {}, "application/json": {"schema": {"type": "object"}}}},
+               "responses": {"201": {"description": "stored"}}}
+    },
     "/legacy/{id}": {
       "get": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
               "responses": {"200": {"description": "ok"}}}
@@ -197,4 +201,38 @@ fn a_document_left_as_a_reference_or_broken_is_a_configuration_error() {
         path(&config("").replace(r#""legacy": "monitor""#, r#""nope": "monitor""#)),
         Some("openapi.routes.nope".into())
     );
+}
+
+#[test]
+fn uploads_are_not_buffered_and_an_unreadable_body_is_not_a_pass() {
+    let f = Fixture::new(&config(""));
+    let upload = [("content-type", "multipart/form-data; boundary=x")];
+    let Verdict::Allow { body, .. } = f.send("POST", "/v1/uploads", &upload) else {
+        unreachable!("a declared upload was refused")
+    };
+    assert!(body.is_none(), "a declared non-JSON body is passed unread");
+    let json = [("content-type", "application/json")];
+    let Verdict::Allow {
+        body: Some(check), ..
+    } = f.send("POST", "/v1/uploads", &json)
+    else {
+        unreachable!("a JSON body was not planned")
+    };
+    let answer = f
+        .engine
+        .check_body(&check, Body::Unreadable, &f.services(), None);
+    let status = answer.response().map(|r| r.status);
+    assert_eq!(status, Some(503), "an enforced check whose body never came");
+    // An undeclared media type is refused.
+    let xml = [("content-type", "application/xml")];
+    let Verdict::Allow {
+        body: Some(check), ..
+    } = f.send("POST", "/v1/uploads", &xml)
+    else {
+        unreachable!("an undeclared media type was not planned")
+    };
+    let answer = f
+        .engine
+        .check_body(&check, Body::Complete(b"<a/>"), &f.services(), None);
+    assert_eq!(answer.response().map(|r| r.status), Some(400));
 }

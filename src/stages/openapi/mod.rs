@@ -101,12 +101,19 @@ pub fn check_headers(
         };
         findings.push(finding(reason, mode, Some(operation.name()), v));
     }
-    let index = o.api.index_of(operation);
-    let body = operation.body().zip(index).map(|(_, index)| BodyPlan {
-        operation: index,
-        mode,
-        content_type: headers.get_str("content-type").map(str::to_string),
-    });
+    // The body phase buffers and reads the body unless its declared media
+    // type is one palisade does not parse (an upload may be large).
+    let content_type = headers.get_str("content-type");
+    let body = match (operation.body(), o.api.index_of(operation)) {
+        (Some(b), Some(index)) if !content_type.is_some_and(|ct| b.passes_unread(ct)) => {
+            Some(BodyPlan {
+                operation: index,
+                mode,
+                content_type: content_type.map(str::to_string),
+            })
+        }
+        _ => None,
+    };
     Checked {
         declared: true,
         body,

@@ -727,6 +727,13 @@ impl RequestBody {
             .is_some_and(|(_, json)| json)
     }
 
+    /// Whether a body of this Content-Type is accepted as it is: a declared
+    /// media type that is not JSON (a form, an upload), which the caller
+    /// need not buffer.
+    pub fn passes_unread(&self, content_type: &str) -> bool {
+        self.media(content_type).is_some_and(|(_, json)| !json)
+    }
+
     /// Checks a body (empty: none) and its Content-Type. JSON bodies are
     /// parsed and validated against the declared schema; other declared
     /// media types are accepted as they are.
