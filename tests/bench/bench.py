@@ -64,6 +64,13 @@ How (each choice is there to make one run's numbers comparable):
   reached), so Envoy's CPU per request alone would hide half of the cost:
   the service's and Redis's CPU per request and the remote calls per
   request (``palisade_global_calls_total``) are reported next to ``rl``.
+* The API document (``openapi``, ``openapi-body``, named with ``--configs``):
+  the integration tests' pet store (tests/fixtures/openapi/petstore.json);
+  workload ``petstore`` is a GET with two query parameters and the required
+  header, ``petstore-post`` a POST with a 299-byte JSON body, each with its
+  own ``bare-``/``empty-`` baseline. Every ``petstore-post`` configuration
+  runs Envoy's buffer filter first (``BUFFERED_WORKLOADS``): a route that
+  answers before the body has arrived makes Envoy close the connection.
 * Memory: after the rounds, ``N`` distinct client keys (``X-Forwarded-For``
   from 2001:db8::/32, the documentation prefix; header text only) go through
   the rate-limiting configuration; Envoy's RSS and its allocator's figures
@@ -337,7 +344,7 @@ class Config:
 
     name: str
     label: str
-    workload: str  # "get", "signed", "login", "stuffing" or "search"
+    workload: str  # "get", "signed", "login", "stuffing", "search", "petstore" or "petstore-post"
     kind: str  # "bare", "native", "empty", "unit" or "palisade"
     palisade: dict | None = None
     native_filters: list[dict] = field(default_factory=list)
@@ -370,6 +377,8 @@ BASELINE = {
     "login": "bare-login",
     "stuffing": "bare-stuffing",
     "search": "bare-search",
+    "petstore": "bare-openapi",
+    "petstore-post": "bare-openapi-body",
 }
 FLOOR = {
     "get": "empty",
@@ -377,6 +386,8 @@ FLOOR = {
     "login": "empty-login",
     "stuffing": "empty-stuffing",
     "search": "empty-search",
+    "petstore": "empty-openapi",
+    "petstore-post": "empty-openapi-body",
 }
 NATIVE = "native"
 
@@ -476,6 +487,8 @@ def all_configs(ident: Identity) -> list[Config]:
         },
         "bans": {"after": 3, "base": "30s", "max": "1h"},
     }
+    # The API document of the integration tests, enforced on every route.
+    openapi = {"openapi": {"mode": "enforce", "document": {"inline": petstore_document()}}}
     stages = ", ".join(name for name, _ in FULL_PIPELINE)
     return [
         Config("bare", "bare Envoy (HCM + router)", "get", "bare"),
@@ -643,6 +656,37 @@ def all_configs(ident: Identity) -> list[Config]:
             palisade=account,
             default=False,
         ),
+        # The API document (README, `openapi`): --configs bare,empty,bare-openapi,empty-openapi,off-openapi,
+        # openapi,bare-openapi-body,empty-openapi-body,openapi-body
+        Config("bare-openapi", "bare Envoy, the pet store's GET /v1/pets with 2 query parameters", "petstore", "bare",
+               default=False),
+        Config("empty-openapi", "empty proxy-wasm filter, the pet store's GET", "petstore", "empty", default=False),
+        Config("off-openapi", "palisade, every stage off, the pet store's GET", "petstore", "palisade", palisade={},
+               default=False),
+        Config(
+            "openapi",
+            "palisade openapi only (the pet store document, enforce): GET /v1/pets matched among 7 path "
+            "templates, its header, enum and integer parameters checked",
+            "petstore",
+            "palisade",
+            palisade=openapi,
+            needs="openapi",
+            default=False,
+        ),
+        Config("bare-openapi-body", "bare Envoy, the pet store's POST /v1/pets with a 300-byte JSON body",
+               "petstore-post", "bare", default=False),
+        Config("empty-openapi-body", "empty proxy-wasm filter, the pet store's POST", "petstore-post", "empty",
+               default=False),
+        Config(
+            "openapi-body",
+            "palisade openapi only, POST /v1/pets: the body buffered, parsed and validated against NewPet "
+            "($ref, oneOf cat|dog, nested owner, formats, additionalProperties false)",
+            "petstore-post",
+            "palisade",
+            palisade=openapi,
+            needs="openapi",
+            default=False,
+        ),
         Config("bare-login", "bare Envoy, form login POST answered 200", "login", "bare", default=False),
         Config("empty-login", "empty proxy-wasm filter, login answered 200", "login", "empty", default=False),
         Config(
@@ -748,6 +792,29 @@ LOGIN_PATHS = {"login": "/login", "stuffing": "/login-refused"}
 # words and an apostrophe in its text (what request validation reads).
 SEARCH_PATH = "/api/items?q=women%27s%20red%20running%20shoes&sort=price&page=2&size=20"
 LOGIN_BODY = b"username=alice%40example.com&password=correct-horse-battery-staple"
+# Workloads `petstore` and `petstore-post`: operations of the integration
+# tests' pet store document (tests/fixtures/openapi/petstore.json).
+PETSTORE_DOCUMENT = REPO_ROOT / "tests" / "fixtures" / "openapi" / "petstore.json"
+PETSTORE_PATH = "/v1/pets?status=available&limit=10"
+PETSTORE_TENANT = "0f8e4c1a-5b7d-4e2f-9a3c-6d1b2e4f8a90"
+# A valid NewPet of about 300 bytes: the dog branch of the oneOf, a nested
+# owner with an address, formats date-time, uuid and email.
+PETSTORE_BODY = json.dumps(
+    {
+        "name": "Rex",
+        "details": {"type": "dog", "breed": "border collie", "goodBoy": True},
+        "adoptedAt": "2020-01-31T09:30:00Z",
+        "microchip": "3f2b8c1e-9d4a-4b6f-8e2d-1c7a5b9e0f34",
+        "weightKg": 18.5,
+        "tags": ["friendly", "vaccinated"],
+        "owner": {"name": "Ada Lovelace", "email": "ada@example.org", "address": {"city": "London"}},
+    },
+    separators=(",", ":"),
+).encode()
+
+
+def petstore_document() -> dict:
+    return json.loads(PETSTORE_DOCUMENT.read_text())
 
 
 def expected_status(workload: str) -> int:
@@ -760,6 +827,12 @@ def workload_request(workload: str, ident: Identity) -> Request:
         return Request("GET", {"Host": "bench.example", "Authorization": f"Bearer {ident.token}"})
     if workload == "search":
         return Request("GET", {"Host": "bench.example", "Accept": "application/json"}, None, SEARCH_PATH)
+    if workload == "petstore":
+        headers = {"Host": "bench.example", "Accept": "application/json", "X-Tenant-Id": PETSTORE_TENANT}
+        return Request("GET", headers, None, PETSTORE_PATH)
+    if workload == "petstore-post":
+        headers = {"Host": "bench.example", "Content-Type": "application/json", "X-Tenant-Id": PETSTORE_TENANT}
+        return Request("POST", headers, PETSTORE_BODY, "/v1/pets")
     if workload in LOGIN_PATHS:
         headers = {"Host": "bench.example", "Content-Type": "application/x-www-form-urlencoded"}
         return Request("POST", headers, LOGIN_BODY, LOGIN_PATHS[workload])
@@ -1015,6 +1088,23 @@ def upstream_cluster(port: int) -> dict:
     }
 
 
+# Workloads with a body whose every configuration reads the whole body before
+# the router answers: Envoy's buffer filter first in the chain. Without it,
+# bare Envoy and the empty filter answer from the route (direct_response)
+# before the body has arrived (downstream_rq_response_before_rq_complete on
+# every request) and Envoy closes the connection, so each of their requests
+# pays a new connection, while a filter that buffers the body (palisade's
+# openapi) keeps it open: the baselines would cost more than the filter.
+BUFFERED_WORKLOADS = {"petstore-post"}
+BUFFER_FILTER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 65536,
+    },
+}
+
+
 def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int, clusters: list[dict] | None = None) -> str:
     """Envoy bootstrap as JSON (valid YAML): the integration tests' listener
     and HTTP connection manager (harness.ingress_bootstrap), so the client's
@@ -1028,7 +1118,7 @@ def bootstrap(cfg: Config | None, wasm: Path, upstream_port: int, clusters: list
     direct_routes = [REFUSED_LOGIN_ROUTE, OK_ROUTE]
     if cfg is None:
         return json.dumps(ingress_bootstrap(direct_routes, [ROUTER_FILTER]), indent=2)
-    filters: list[dict] = list(cfg.native_filters)
+    filters: list[dict] = ([BUFFER_FILTER] if cfg.workload in BUFFERED_WORKLOADS else []) + list(cfg.native_filters)
     if cfg.kind in ("empty", "unit"):
         filters.append(palisade_wasm_filter(cfg.empty_filter_config, EMPTY_WASM))
     elif cfg.kind == "palisade":
