@@ -115,6 +115,38 @@ fn parameters_are_checked_and_the_refusal_names_which() {
     assert_eq!(refusal(&too_many), (400, "schema.parameter", "query.limit"));
     let not_int = send(&f, "GET", "/v1/pets/abc", None);
     assert_eq!(refusal(&not_int), (400, "schema.parameter", "path.petId"));
+    // A value given twice: palisade would check one, the upstream read
+    // either; an integer in another notation than digits.
+    for query in [
+        "limit=10&limit=1000",
+        "limit=1000&limit=10",
+        "status=sold&status=eaten",
+    ] {
+        let answer = send(&f, "GET", &format!("/v1/pets?{query}"), None);
+        assert_eq!(answer.0, 400, "{query}");
+        assert_eq!(answer.1["message"], "is given more than once", "{query}");
+    }
+    for query in ["limit=1e1", "limit=10.0", "limit=+5", "limit="] {
+        let answer = send(&f, "GET", &format!("/v1/pets?{query}"), None);
+        assert_eq!(
+            refusal(&answer),
+            (400, "schema.parameter", "query.limit"),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        send(&f, "GET", "/v1/pets?limit=-0", None).0,
+        400,
+        "below the minimum"
+    );
+    assert_eq!(send(&f, "GET", "/v1/pets/1e3", None).0, 400);
+    // A body where the operation declares none.
+    let with_body = f.send("GET", "/v1/pets", &[("content-length", "12")]);
+    let Verdict::Respond(r) = with_body else {
+        unreachable!("a body on a bodiless operation passed")
+    };
+    assert!(r.body.contains("schema.body"), "{}", r.body);
+    assert_eq!(f.status("GET", "/v1/pets", &[("content-length", "0")]), 200);
     // The value the client sent is never echoed.
     assert!(!bad_enum.1.to_string().contains("eaten"), "{}", bad_enum.1);
 }

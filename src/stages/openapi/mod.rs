@@ -93,13 +93,33 @@ pub fn check_headers(
         }
     };
     let operation = matched.operation;
-    let header = |name: &str| headers.get_str(name).map(str::to_string);
+    let header = |name: &str| {
+        let values = headers.get_all(name);
+        values
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
     if let Err(v) = operation.check_parameters(&matched, query, &header) {
         let reason = match v.kind {
             ViolationKind::Parameter => Reason::SchemaParameter,
             ViolationKind::Body => Reason::SchemaBody,
         };
         findings.push(finding(reason, mode, Some(operation.name()), v));
+    }
+    // A body where the operation declares none: a smuggling channel past
+    // the document (seen from the framing headers; an HTTP/2 body without
+    // `content-length` is not).
+    let sends_body = headers.get("transfer-encoding").is_some()
+        || headers
+            .get_str("content-length")
+            .is_some_and(|n| n.trim() != "0");
+    if operation.body().is_none() && sends_body {
+        let v = Violation {
+            kind: ViolationKind::Body,
+            location: String::new(),
+            message: "the operation takes no body",
+        };
+        findings.push(finding(Reason::SchemaBody, mode, Some(operation.name()), v));
     }
     // The body phase buffers and reads the body unless its declared media
     // type is one palisade does not parse (an upload may be large).

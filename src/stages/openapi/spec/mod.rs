@@ -638,21 +638,22 @@ impl Operation {
     }
 
     /// Checks the path, query, header and cookie parameters. `header` reads
-    /// a request header by its lower-case name.
+    /// every value of a request header by its lower-case name.
     pub fn check_parameters(
         &self,
         matched: &Matched<'_>,
         query: Option<&str>,
-        header: &dyn Fn(&str) -> Option<String>,
+        header: &dyn Fn(&str) -> Vec<String>,
     ) -> Result<(), Violation> {
         let pairs = match query {
             Some(q) if self.params.iter().any(|p| p.place == In::Query) => params::query_pairs(q),
             _ => Vec::new(),
         };
+        // Several `cookie` fields (HTTP/2 splits them) are one list.
         let cookies = if self.params.iter().any(|p| p.place == In::Cookie) {
-            header("cookie")
+            header("cookie").join(";")
         } else {
-            None
+            String::new()
         };
         for p in &self.params {
             let owned;
@@ -670,20 +671,15 @@ impl Operation {
                     .collect(),
                 In::Header => {
                     owned = header(&p.name);
-                    owned.as_deref().map(str::as_bytes).into_iter().collect()
+                    owned.iter().map(|v| v.as_bytes()).collect()
                 }
-                In::Cookie => {
-                    let mut found = Vec::new();
-                    for pair in cookies.as_deref().unwrap_or("").split(';') {
-                        if let Some((k, v)) = pair.trim().split_once('=') {
-                            if k == p.name {
-                                found.push(v.as_bytes());
-                                break;
-                            }
-                        }
-                    }
-                    found
-                }
+                // Every occurrence: a name given twice is refused.
+                In::Cookie => cookies
+                    .split(';')
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .filter(|(k, _)| *k == p.name)
+                    .map(|(_, v)| v.as_bytes())
+                    .collect(),
             };
             p.check(&self.schemas, &raw)?;
         }
@@ -756,7 +752,8 @@ impl RequestBody {
         }
         let value = json::parse(body).map_err(|bad| match bad {
             json::Bad::Syntax => body_violation(String::new(), "not valid JSON"),
-            json::Bad::Duplicate(at) => body_violation(at, "duplicate member"),
+            // Where, only as the whole body: the names are the client's.
+            json::Bad::Duplicate(_) => body_violation(String::new(), "duplicate member"),
         })?;
         let Some(schema) = media.schema else {
             return Ok(());

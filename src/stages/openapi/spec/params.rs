@@ -221,7 +221,14 @@ pub(super) fn query_pairs(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// A string value converted to one of the JSON types `types` (0: any,
 /// kept as a string).
 fn scalar(s: &str, types: u8) -> Option<Value> {
-    if types & (NUMBER | INTEGER) != 0 {
+    // An integer is written in plain digits: `1e3` and `10.0` are numbers
+    // servers read differently (`parseInt("1e3")` is 1).
+    let digits = {
+        let d = s.strip_prefix('-').unwrap_or(s);
+        !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+    };
+    let number = types & NUMBER != 0 || (types & INTEGER != 0 && digits);
+    if number {
         if let Ok(n) = s.parse::<serde_json::Number>() {
             return Some(Value::Number(n));
         }
@@ -263,6 +270,11 @@ impl Param {
         };
         if self.allow_empty && texts.len() == 1 && first.is_empty() {
             return Ok(());
+        }
+        // Palisade would check one value and the upstream may read another.
+        let repeats = !matches!(self.shape, Shape::Array { explode: true, .. });
+        if repeats && texts.len() > 1 {
+            return Err(self.violation("is given more than once"));
         }
         let value = match &self.shape {
             Shape::Scalar(types) => {

@@ -1017,8 +1017,17 @@ impl Schemas {
                     for (key, value) in map {
                         Self::charge(run, 1 + props.len() / 8)?;
                         let mut known = false;
-                        run.path.push(Seg::Key(key));
-                        if let Some((_, node)) = props.iter().find(|(name, _)| name == key) {
+                        let declared = props.iter().find(|(name, _)| name == key);
+                        // A name the document does not declare is the
+                        // client's own text, which may be a secret: a
+                        // pointer shows it as `*`.
+                        let shown = if declared.is_some() {
+                            key.as_str()
+                        } else {
+                            "*"
+                        };
+                        run.path.push(Seg::Key(shown));
+                        if let Some((_, node)) = declared {
                             known = true;
                             self.node(*node, value, run)?;
                         }
