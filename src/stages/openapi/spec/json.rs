@@ -3,7 +3,6 @@
 //! may read the first, so a body validated here could differ from the one
 //! acted upon. serde_json's nesting limit (128) applies.
 
-use super::schema::push_token;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -12,15 +11,15 @@ use std::fmt;
 pub(super) enum Bad {
     /// Not JSON (or nested too deeply).
     Syntax,
-    /// A repeated member name in the object at this pointer.
-    Duplicate(String),
+    /// A repeated member name in some object. Where is not kept: the
+    /// names on the way are the client's text.
+    Duplicate,
 }
 
-/// While a duplicate unwinds: the pointer's tokens, innermost first.
+/// Set when a repeated member name stopped the parse.
 #[derive(Default)]
 struct State {
     duplicate: bool,
-    tokens: Vec<String>,
 }
 
 struct Parse<'s>(&'s mut State);
@@ -34,13 +33,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Value, Bad> {
     });
     match parsed {
         Ok(v) => Ok(v),
-        Err(_) if state.duplicate => {
-            let mut at = String::new();
-            for token in state.tokens.iter().rev() {
-                push_token(&mut at, token);
-            }
-            Err(Bad::Duplicate(at))
-        }
+        Err(_) if state.duplicate => Err(Bad::Duplicate),
         Err(_) => Err(Bad::Syntax),
     }
 }
@@ -90,20 +83,10 @@ impl<'de> Visitor<'de> for Parse<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        loop {
-            match seq.next_element_seed(Parse(&mut *self.0)) {
-                Ok(Some(v)) => items.push(v),
-                Ok(None) => return Ok(Value::Array(items)),
-                Err(e) => {
-                    if self.0.duplicate {
-                        self.0
-                            .tokens
-                            .push(itoa::Buffer::new().format(items.len()).to_string());
-                    }
-                    return Err(e);
-                }
-            }
+        while let Some(v) = seq.next_element_seed(Parse(&mut *self.0))? {
+            items.push(v);
         }
+        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -113,17 +96,8 @@ impl<'de> Visitor<'de> for Parse<'_> {
                 self.0.duplicate = true;
                 return Err(A::Error::custom("duplicate member"));
             }
-            match map.next_value_seed(Parse(&mut *self.0)) {
-                Ok(v) => {
-                    members.insert(key, v);
-                }
-                Err(e) => {
-                    if self.0.duplicate {
-                        self.0.tokens.push(key);
-                    }
-                    return Err(e);
-                }
-            }
+            let v = map.next_value_seed(Parse(&mut *self.0))?;
+            members.insert(key, v);
         }
         Ok(Value::Object(members))
     }

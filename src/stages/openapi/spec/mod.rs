@@ -753,7 +753,7 @@ impl RequestBody {
         let value = json::parse(body).map_err(|bad| match bad {
             json::Bad::Syntax => body_violation(String::new(), "not valid JSON"),
             // Where, only as the whole body: the names are the client's.
-            json::Bad::Duplicate(_) => body_violation(String::new(), "duplicate member"),
+            json::Bad::Duplicate => body_violation(String::new(), "duplicate member"),
         })?;
         let Some(schema) = media.schema else {
             return Ok(());
