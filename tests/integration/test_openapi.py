@@ -143,8 +143,8 @@ BAD_BODIES: list[tuple[str, bytes, str | None, str, str]] = [
     ("date format (30 February)", dumps(new_pet(birthDate="2019-02-30")), "application/json", "/birthDate", "is not a valid date"),
     ("exclusive minimum", dumps(new_pet(weightKg=0)), "application/json", "/weightKg", "is below the minimum"),
     ("uniqueItems", dumps(new_pet(tags=["a", "a"])), "application/json", "/tags", "has duplicate items"),
-    ("additionalProperties false at the top", dumps(new_pet(isAdmin=True)), "application/json", "/isAdmin", ""),
-    ("additionalProperties false in the owner", dumps(with_owner(role="admin")), "application/json", "/owner/role", ""),
+    ("additionalProperties false at the top", dumps(new_pet(isAdmin=True)), "application/json", "/*", ""),
+    ("additionalProperties false in the owner", dumps(with_owner(role="admin")), "application/json", "/owner/*", ""),
     (
         "required member missing",
         dumps({k: v for k, v in new_pet().items() if k != "details"}),
@@ -431,16 +431,10 @@ def raw_request(proxy, method: str, path: str, headers: list[tuple[str, str]]) -
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: of a parameter that is not an exploded array, only the first value is checked "
-    "(Param::check in src/stages/openapi/spec/params.rs; Operation::check_parameters takes the first header "
-    "and cookie): a second value goes to the upstream unchecked",
-)
 def test_a_repeated_parameter_is_checked_in_every_value(api, upstream):
     """HTTP parameter pollution: a valid first value, an invalid second one.
-    Back-ends differ on which one they use (the last, both, joined), so each
-    must hold, or the repeat be refused."""
+    Back-ends differ on which one they use (the last, both, joined), so a
+    parameter that is not an exploded array is refused when repeated."""
     e = api(config())
     tenant = ("x-tenant-id", TENANT)
     cases = [
@@ -455,9 +449,11 @@ def test_a_repeated_parameter_is_checked_in_every_value(api, upstream):
         if (resp[0], harness.reason_of(resp)) != (400, "schema.parameter"):
             through.append(f"{what}: {resp[0]}")
         else:
-            assert harness.json_body(resp[2])["location"] == location, resp
+            doc = harness.json_body(resp[2])
+            assert (doc["location"], doc["message"]) == (location, "is given more than once"), resp
     assert not through, "a second, invalid value got through: " + "; ".join(through)
-    # The invalid value first is refused today.
+    # Two valid values are refused the same way: which one counts is unknown.
+    refused(e.request("GET", "/v1/pets?limit=10&limit=20", TENANT_HEADERS), 400, "schema.parameter", "query.limit")
     refused(e.request("GET", "/v1/pets?limit=100000&limit=10", TENANT_HEADERS), 400, "schema.parameter", "query.limit")
 
 
